@@ -1,0 +1,340 @@
+"""Settings: the ``.env`` file overlaid by the process environment, validated at the boundary.
+
+``SETTINGS`` is the one table of every setting of the service (the README repeats it, and a test
+keeps the two equal). :func:`load_settings` reports **all** problems at once, one
+``NAME: problem and how to fix it`` line each.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import os
+import re
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from croniter import croniter
+from dotenv import dotenv_values
+
+from generator.errors import ConfigError, UserError
+
+
+class Kind(enum.Enum):
+    """How a setting's value is validated."""
+
+    TEXT = "text"
+    HOST = "host"
+    NAME = "name"
+    PORT = "port"
+    INT = "int"
+    CRON = "cron"
+    TZ = "tz"
+    ABS_PATH = "abs_path"
+    PATTERNS = "patterns"
+    SECRET = "secret"  # noqa: S105 - the kind of a setting, not a password
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of the service: its name, default and the rule its value must follow."""
+
+    name: str
+    default: str | None
+    kind: Kind
+    help: str
+    minimum: int | None = None
+    maximum: int | None = None
+    required_for_run: bool = False
+
+    @property
+    def secret(self) -> bool:
+        """Secrets are read at run time, from the variable or from the file its ``_FILE`` names."""
+        return self.kind is Kind.SECRET
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "POSTGRES_HOST", "postgres", Kind.HOST, "PostgreSQL server to dump (compose service name)."
+    ),
+    Setting("POSTGRES_PORT", "5432", Kind.PORT, "PostgreSQL port."),
+    Setting("POSTGRES_DB", "gym_secure_db", Kind.NAME, "Database to back up."),
+    Setting("POSTGRES_USER", "gym_secure_user", Kind.NAME, "Role that runs pg_dump."),
+    Setting(
+        "POSTGRES_PASSWORD",
+        None,
+        Kind.SECRET,
+        "Password of POSTGRES_USER (required; or POSTGRES_PASSWORD_FILE).",
+        required_for_run=True,
+    ),
+    Setting("REDIS_HOST", "redis", Kind.HOST, "Redis server to snapshot (compose service name)."),
+    Setting("REDIS_PORT", "6379", Kind.PORT, "Redis port."),
+    Setting("REDIS_PASSWORD", None, Kind.SECRET, "Redis password, if the server requires one."),
+    Setting("BACKUP_SCHEDULE", "0 2 * * *", Kind.CRON, "When the full backup runs (cron, in TZ)."),
+    Setting(
+        "CLEANUP_SCHEDULE", "0 3 * * 0", Kind.CRON, "When old backups are pruned (cron, in TZ)."
+    ),
+    Setting(
+        "BACKUP_RETENTION_DAYS",
+        "90",
+        Kind.INT,
+        "Backups older than this many days are pruned.",
+        minimum=1,
+        maximum=36500,
+    ),
+    Setting(
+        "ENCRYPTION_KEY",
+        None,
+        Kind.SECRET,
+        "Passphrase for GPG AES256 encryption; unset means unencrypted backups.",
+    ),
+    Setting(
+        "TZ",
+        "America/Argentina/Buenos_Aires",
+        Kind.TZ,
+        "Time zone of schedules and backup file names.",
+    ),
+    Setting("BACKUP_DIR", "/backups", Kind.ABS_PATH, "Folder the backups and logs are written to."),
+    Setting(
+        "FILES_DIR", "/data", Kind.ABS_PATH, "Folder whose contents the files backup archives."
+    ),
+    Setting(
+        "FILES_EXCLUDE",
+        "",
+        Kind.PATTERNS,
+        "Comma-separated tar patterns left out of the files backup (e.g. '*.tmp,cache').",
+    ),
+    Setting(
+        "COMPRESSION_LEVEL",
+        "6",
+        Kind.INT,
+        "gzip level, 1 (fast) to 9 (small).",
+        minimum=1,
+        maximum=9,
+    ),
+    Setting(
+        "KEEP_MIN",
+        "3",
+        Kind.INT,
+        "Newest backups of each type that cleanup never deletes.",
+        minimum=1,
+        maximum=10000,
+    ),
+    Setting(
+        "LOCK_TIMEOUT",
+        "600",
+        Kind.INT,
+        "Seconds a run waits for another run's lock before giving up (exit 3).",
+        minimum=0,
+        maximum=86400,
+    ),
+)
+
+BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+SECRET_NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.secret)
+FILE_SUFFIX = "_FILE"
+KNOWN_KEYS: frozenset[str] = frozenset(
+    [s.name for s in SETTINGS] + [n + FILE_SUFFIX for n in SECRET_NAMES]
+)
+MASK = "********"
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:]+\]?$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_$.-]*$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings.
+
+    ``values`` holds every non-secret setting (defaults applied); ``secrets`` holds the secret
+    settings and ``*_FILE`` variants that were given, and is never rendered.
+    """
+
+    values: Mapping[str, str]
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    source: Path | None = None
+
+    def environment(self) -> dict[str, str]:
+        """Every setting as environment variables, to run the rendered scripts with."""
+        return {**self.values, **self.secrets}
+
+    def masked(self) -> dict[str, str]:
+        """Every setting for display, secrets replaced by a mask (``_FILE`` paths are shown)."""
+        shown = dict(self.values)
+        for name in SECRET_NAMES:
+            file_key = name + FILE_SUFFIX
+            if name in self.secrets:
+                shown[name] = MASK
+            elif file_key in self.secrets:
+                shown[file_key] = self.secrets[file_key]
+            else:
+                shown[name] = "(not set)"
+        return shown
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether a run with these settings encrypts (decided again by the script at run time)."""
+        return "ENCRYPTION_KEY" in self.secrets or "ENCRYPTION_KEY_FILE" in self.secrets
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Read a ``.env`` file without touching ``os.environ``; keys without a value are dropped."""
+    if not path.is_file():
+        raise UserError(
+            f"{path}: no such .env file. Copy .env.example to {path} or pass --env FILE."
+        )
+    try:
+        raw = dotenv_values(path, interpolate=False)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot be read ({exc.__class__.__name__}).") from None
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def load_settings(
+    env_file: Path | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    for_run: bool = False,
+) -> Settings:
+    """Merge ``env_file`` and ``environ`` (which wins) and validate every setting.
+
+    Args:
+        env_file: the ``.env`` file, or None to use only the environment and the defaults.
+        environ: the process environment (``os.environ`` when None).
+        for_run: also require what a backup run needs (POSTGRES_PASSWORD or its ``_FILE``).
+
+    Raises:
+        ConfigError: listing every problem found, one ``NAME: problem`` line each.
+    """
+    environ = os.environ if environ is None else environ
+    from_file = read_env_file(env_file) if env_file is not None else {}
+    problems = _near_misses(from_file)
+
+    def given(key: str) -> str | None:
+        value = environ.get(key, from_file.get(key))
+        return value if value else None
+
+    values: dict[str, str] = {}
+    secrets: dict[str, str] = {}
+    for setting in SETTINGS:
+        if setting.secret:
+            problems += _collect_secret(setting, given, secrets, check_files=for_run)
+            continue
+        value = given(setting.name)
+        value = (setting.default or "") if value is None else value.strip()
+        problem = _check(setting, value)
+        if problem:
+            problems.append(f"{setting.name}: {problem}")
+        values[setting.name] = value
+    if problems:
+        raise ConfigError(problems)
+    return Settings(values=values, secrets=secrets, source=env_file)
+
+
+def _near_misses(from_file: Mapping[str, str]) -> list[str]:
+    problems = []
+    for key in from_file:
+        if key in KNOWN_KEYS:
+            continue
+        match = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1, cutoff=0.85)
+        if match:
+            problems.append(f"{key}: unknown setting; did you mean {match[0]}? Rename it.")
+    return problems
+
+
+def _collect_secret(  # noqa: PLR0911 - one return per rule
+    setting: Setting,
+    given: Callable[[str], str | None],
+    secrets: dict[str, str],
+    *,
+    check_files: bool,
+) -> list[str]:
+    name, file_key = setting.name, setting.name + FILE_SUFFIX
+    value, path = given(name), given(file_key)
+    if value is not None and path is not None:
+        return [f"{name}: both {name} and {file_key} are set; keep only one of them."]
+    if value is not None:
+        if "\n" in value or "\0" in value:
+            return [f"{name}: contains a line break or NUL byte; use a single-line value."]
+        secrets[name] = value
+        return []
+    if path is not None:
+        secrets[file_key] = path
+        if check_files and not os.access(path, os.R_OK):
+            return [f"{file_key}: {path} does not exist or is not readable; fix the path."]
+        return []
+    if check_files and setting.required_for_run:
+        return [f"{name}: required for a backup run; set {name} or {file_key} in the .env file."]
+    return []
+
+
+def _check(setting: Setting, value: str) -> str | None:  # noqa: PLR0911 - one branch per kind
+    kind = setting.kind
+    if kind is Kind.HOST:
+        return None if _HOST_RE.match(value) else f"{value!r} is not a host name or address."
+    if kind is Kind.NAME:
+        return (
+            None
+            if _NAME_RE.match(value)
+            else f"{value!r} is not a valid name (letters, digits, _ . -)."
+        )
+    if kind is Kind.PORT:
+        return _check_int(value, 1, 65535, "a port")
+    if kind is Kind.INT:
+        return _check_int(value, setting.minimum, setting.maximum, "a whole number")
+    if kind is Kind.CRON:
+        return _check_cron(value)
+    if kind is Kind.TZ:
+        return _check_tz(value)
+    if kind is Kind.ABS_PATH:
+        if not value.startswith("/"):
+            return f"{value!r} is not an absolute path; write it starting with '/'."
+        return None if "\n" not in value else "contains a line break."
+    if kind is Kind.PATTERNS:
+        return None if "\n" not in value else "contains a line break; separate patterns with ','."
+    return None
+
+
+def _check_int(value: str, low: int | None, high: int | None, what: str) -> str | None:
+    if not re.fullmatch(r"[0-9]+", value):
+        return f"{value!r} is not {what}; write digits only."
+    number = int(value)
+    if (low is not None and number < low) or (high is not None and number > high):
+        return f"{number} is out of range; use {low} to {high}."
+    return None
+
+
+def _check_cron(value: str) -> str | None:
+    fields = value.split()
+    if len(fields) != 5:
+        return (
+            f"{value!r} has {len(fields)} fields; a schedule has 5 "
+            "(minute hour day-of-month month day-of-week), e.g. '0 2 * * *'."
+        )
+    if not croniter.is_valid(value):
+        return f"{value!r} is not a valid cron expression, e.g. '0 2 * * *' for 02:00 every day."
+    return None
+
+
+def _check_tz(value: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return (
+            f"{value!r} is not a time zone name; "
+            "use one like 'America/Argentina/Buenos_Aires' or 'UTC'."
+        )
+    return None
+
+
+def next_runs(
+    schedule: str, tz: str, count: int = 3, start: datetime | None = None
+) -> list[datetime]:
+    """The next ``count`` times ``schedule`` fires, in the time zone ``tz``."""
+    zone = zoneinfo.ZoneInfo(tz)
+    base = start.astimezone(zone) if start else datetime.now(zone)
+    it = croniter(schedule, base)
+    return [it.get_next(datetime) for _ in range(count)]
