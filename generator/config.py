@@ -163,10 +163,12 @@ class Settings:
 
     def masked(self) -> dict[str, str]:
         """Every setting for display, secrets replaced by a mask (``_FILE`` paths are shown)."""
-        shown = dict(self.values)
-        for name in SECRET_NAMES:
-            file_key = name + FILE_SUFFIX
-            if name in self.secrets:
+        shown = {}
+        for setting in SETTINGS:
+            name, file_key = setting.name, setting.name + FILE_SUFFIX
+            if not setting.secret:
+                shown[name] = self.values[name]
+            elif name in self.secrets:
                 shown[name] = MASK
             elif file_key in self.secrets:
                 shown[file_key] = self.secrets[file_key]

@@ -61,11 +61,11 @@ def _cron_escape(value: str) -> str:
 @functools.cache
 def environment() -> jinja2.Environment:
     """The strict Jinja environment (``{# ... #}`` is bash, so comments are ``{## ... ##}``)."""
-    env = jinja2.Environment(  # noqa: S701 - renders shell and config files, not HTML
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir()),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        autoescape=False,
+        autoescape=False,  # noqa: S701 - renders shell and config files, not HTML
         comment_start_string="{##",
         comment_end_string="##}",
     )

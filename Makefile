@@ -1,0 +1,83 @@
+# gym-backup: every command a developer or CI needs. `make` alone lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+STAMP := $(VENV)/.installed-stamp
+# The committed render comes from .env.example alone, never from this shell's environment.
+CLEAN_ENV := env -i PATH="$$PATH" HOME="$$HOME" LANG=C.UTF-8
+
+# command:Debian package, for what the scripts and the tests run on this host.
+SYSTEM_TOOLS := pg_dump:postgresql-client psql:postgresql-client pg_ctlcluster:postgresql \
+	redis-server:redis-server redis-cli:redis-tools redis-check-rdb:redis-tools \
+	gpg:gnupg gpgconf:gnupg pigz:pigz strace:strace flock:util-linux tar:tar gzip:gzip \
+	sha256sum:coreutils runuser:util-linux git:git
+
+.PHONY: help
+help: ## Show the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: system-deps
+system-deps: ## Install the missing system packages (apt, as root)
+	@missing=(); \
+	for pair in $(SYSTEM_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing+=("$${pair##*:}"); \
+	done; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv); \
+	[ -e /usr/share/zoneinfo/America/Argentina/Buenos_Aires ] || missing+=(tzdata); \
+	if [ $${#missing[@]} -gt 0 ]; then \
+	  pkgs=$$(printf '%s\n' "$${missing[@]}" | sort -u | tr '\n' ' '); \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "missing system packages: $$pkgs; install them with: sudo apt-get install $$pkgs" >&2; exit 1; \
+	  fi; \
+	  echo "==> apt-get install $$pkgs"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing gym-backup with its dev tools"
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+.PHONY: install
+install: system-deps $(STAMP) ## Set up everything: system packages and the venv
+
+.PHONY: run
+run: install ## The main job: real servers, sample gym data, a full encrypted backup, list
+	$(BIN)/python -m generator.demo
+
+.PHONY: test
+test: install lint check-generated ## Lint, check the committed render, run every test
+	$(BIN)/pytest -q
+
+.PHONY: lint
+lint: install ## ruff, mypy --strict, shellcheck and shfmt on the committed scripts
+	$(BIN)/ruff check generator tests
+	$(BIN)/ruff format --check generator tests
+	$(BIN)/mypy --strict
+	$(BIN)/shellcheck -s bash docker/backup/*.sh
+	$(BIN)/shfmt -i 2 -ci -d docker/backup/*.sh
+
+.PHONY: fmt
+fmt: install ## Format the Python code and fix what ruff can
+	$(BIN)/ruff format generator tests
+	$(BIN)/ruff check --fix generator tests
+
+.PHONY: generate
+generate: install ## Render docker/backup/ from .env.example
+	$(CLEAN_ENV) $(BIN)/gym-backup generate --env .env.example --out docker/backup
+
+.PHONY: check-generated
+check-generated: generate ## Fail if docker/backup/ differs from a fresh render
+	git diff --exit-code -- docker/backup
+	@untracked=$$(git ls-files --others --exclude-standard -- docker/backup); \
+	if [ -n "$$untracked" ]; then echo "not committed: $$untracked" >&2; exit 1; fi
+
+.PHONY: clean
+clean: ## Remove the venv, caches and the demo's output
+	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache dist build

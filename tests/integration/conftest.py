@@ -1,0 +1,172 @@
+"""Fixtures of the integration tests: real PostgreSQL, Redis and the rendered scripts.
+
+Every test under ``tests/integration`` is marked ``integration`` (deselect them with
+``-m "not integration"``). The servers are throwaway ones from :mod:`generator.sandbox` on free
+ports of 127.0.0.1; nothing here uses a PostgreSQL or Redis already running on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from generator import render
+from generator.config import load_settings
+from generator.sandbox import PostgresServer, RedisServer, start_postgres, start_redis
+
+HERE = Path(__file__).resolve().parent
+
+PG_DB = "gym_secure_db"
+PG_USER = "gym_secure_user"
+# hostile on purpose: spaces, both quotes, $, backslash, backticks, !, ; and &
+PG_PASSWORD = "pg pass 'q\" $x \\ `b` ! ; &"  # noqa: S105 - throwaway test server
+REDIS_PASSWORD = "re dis 'q\" $y \\ `c` ! ; &"  # noqa: S105 - throwaway test server
+
+# FILES_DIR tree made for a run that does not bring its own
+SAMPLE_FILES: dict[str, bytes] = {
+    "members/photos/member_0001.jpg": b"\xff\xd8\xff\xe0 not really a jpeg",
+    "members/photos/member 0002.jpg": b"\xff\xd8\xff\xe0 name with a space",
+    "receipts/2024/recibo-ñandú.pdf": b"%PDF-1.4 unicode name",
+    "notes.txt": b"hello\n",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test collected from this folder (or below) as ``integration``."""
+    for item in items:
+        if item.path.resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.integration)
+
+
+class MakeEnv(Protocol):
+    """The ``backup_env`` factory."""
+
+    def __call__(
+        self,
+        tmp_path: Path,
+        *,
+        encryption_key: str | None = None,
+        redis: RedisServer | None = None,
+        files_dir: Path | None = None,
+        **extra: str,
+    ) -> dict[str, str]: ...
+
+
+class RunScript(Protocol):
+    """The ``run_script`` runner."""
+
+    def __call__(
+        self, script_name: str, *args: str, env: dict[str, str], timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL: ``gym_secure_db`` owned by ``gym_secure_user`` (hostile password)."""
+    with start_postgres(
+        tmp_path_factory.mktemp("pg"), db=PG_DB, user=PG_USER, password=PG_PASSWORD
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A throwaway Redis with ``requirepass`` set to a hostile password."""
+    with start_redis(tmp_path_factory.mktemp("redis-auth"), password=REDIS_PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_open(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A throwaway Redis without a password."""
+    with start_redis(tmp_path_factory.mktemp("redis-open")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rendered_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The service rendered once with default settings (scripts read settings at run time)."""
+    folder = tmp_path_factory.mktemp("service")
+    render.write(render.render(load_settings(None, environ={})), folder)
+    return folder
+
+
+def _make_files_tree(root: Path) -> Path:
+    for rel, data in SAMPLE_FILES.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (root / "empty-folder").mkdir(exist_ok=True)
+    return root
+
+
+@pytest.fixture
+def backup_env(pg: PostgresServer, redis_auth: RedisServer) -> MakeEnv:
+    """A factory of the environment of one script run (the run sees exactly this, nothing else).
+
+    ``make_env(tmp_path, encryption_key=..., redis=..., files_dir=..., **extra)``: BACKUP_DIR is
+    ``tmp_path/backups`` (created), HOME ``tmp_path/home`` (gpg writes there), FILES_DIR a small
+    tree under ``tmp_path/files`` unless given, Redis is ``redis_auth`` unless given, TZ is UTC;
+    ``extra`` is applied last and overrides anything.
+    """
+
+    def make_env(
+        tmp_path: Path,
+        *,
+        encryption_key: str | None = None,
+        redis: RedisServer | None = None,
+        files_dir: Path | None = None,
+        **extra: str,
+    ) -> dict[str, str]:
+        home = tmp_path / "home"
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        backups = tmp_path / "backups"
+        backups.mkdir(parents=True, exist_ok=True)
+        if files_dir is None:
+            files_dir = _make_files_tree(tmp_path / "files")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            "TZ": "UTC",
+            "BACKUP_DIR": str(backups),
+            "FILES_DIR": str(files_dir),
+            **pg.env(),
+            **(redis or redis_auth).env(),
+        }
+        if encryption_key is not None:
+            env["ENCRYPTION_KEY"] = encryption_key
+        env.update(extra)
+        return env
+
+    return make_env
+
+
+@pytest.fixture
+def run_script(rendered_scripts: Path) -> RunScript:
+    """A runner: ``run(script_name, *args, env=..., timeout=120)`` -> CompletedProcess (text).
+
+    Runs ``bash <rendered_scripts>/<script_name> args...`` with exactly ``env`` (nothing is
+    inherited from the test process) and captures stdout and stderr.
+    """
+    bash = shutil.which("bash") or "/bin/bash"
+
+    def run(
+        script_name: str, *args: str, env: dict[str, str], timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [bash, str(rendered_scripts / script_name), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run
