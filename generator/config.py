@@ -67,7 +67,7 @@ SETTINGS: tuple[Setting, ...] = (
         "POSTGRES_PASSWORD",
         None,
         Kind.SECRET,
-        "Password of POSTGRES_USER (required; or POSTGRES_PASSWORD_FILE).",
+        "Password of POSTGRES_USER; required for a backup run.",
         required_for_run=True,
     ),
     Setting("REDIS_HOST", "redis", Kind.HOST, "Redis server to snapshot (compose service name)."),

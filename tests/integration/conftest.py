@@ -25,8 +25,8 @@ HERE = Path(__file__).resolve().parent
 PG_DB = "gym_secure_db"
 PG_USER = "gym_secure_user"
 # hostile on purpose: spaces, both quotes, $, backslash, backticks, !, ; and &
-PG_PASSWORD = "pg pass 'q\" $x \\ `b` ! ; &"  # noqa: S105 - throwaway test server
-REDIS_PASSWORD = "re dis 'q\" $y \\ `c` ! ; &"  # noqa: S105 - throwaway test server
+PG_PASSWORD = "pg pass 'q\" $x \\ `b` ! ; &"
+REDIS_PASSWORD = "re dis 'q\" $y \\ `c` ! ; &"
 
 # FILES_DIR tree made for a run that does not bring its own
 SAMPLE_FILES: dict[str, bytes] = {

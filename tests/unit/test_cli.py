@@ -1,0 +1,120 @@
+"""The CLI: messages and exit codes, through typer's CliRunner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from generator.cli import app
+from generator.config import KNOWN_KEYS
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No setting leaks in from the developer's environment or a .env in the working folder."""
+    for key in KNOWN_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def env_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "test.env"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_generate_renders_and_reports_each_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["generate", "--out", "out"])
+    assert result.exit_code == 0, result.output
+    assert "created     out/backup_script.sh" in result.stderr
+    assert "created     out/crontab" in result.stderr
+    again = runner.invoke(app, ["generate", "--out", "out"])
+    assert "identical   out/backup_script.sh" in again.stderr
+
+
+def test_generate_needs_no_secret() -> None:
+    result = runner.invoke(app, ["generate", "--out", "out", "--env", str(ROOT / ".env.example")])
+    assert result.exit_code == 0, result.output
+
+
+def test_generate_check_exits_1_on_drift_and_writes_nothing(tmp_path: Path) -> None:
+    runner.invoke(app, ["generate", "--out", "out"])
+    (tmp_path / "out" / "crontab").write_text("hand edit\n")
+    result = runner.invoke(app, ["generate", "--out", "out", "--check"])
+    assert result.exit_code == 1
+    assert "would be overwritten out/crontab" in result.stderr
+    assert "differ from what the templates and settings render" in result.stderr
+    assert (tmp_path / "out" / "crontab").read_text() == "hand edit\n"
+
+
+def test_generate_check_passes_on_the_committed_render(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, ["generate", "--env", ".env.example", "--check"])
+    assert result.exit_code == 0, result.stderr
+
+
+def test_generate_dry_run_writes_nothing(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["generate", "--out", "out", "--dry-run"])
+    assert result.exit_code == 0
+    assert "would be created" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_settings_list_every_problem_and_exit_1(tmp_path: Path) -> None:
+    path = env_file(tmp_path, "POSTGRES_PORT=x\nTZ=Nowhere\nBACKUP_RETENTON_DAYS=5\n")
+    result = runner.invoke(app, ["generate", "--env", str(path), "--out", "out"])
+    assert result.exit_code == 1
+    assert "invalid settings (3 problem(s))" in result.stderr
+    assert "POSTGRES_PORT: 'x' is not a port" in result.stderr
+    assert "TZ: 'Nowhere' is not a time zone name" in result.stderr
+    assert "did you mean BACKUP_RETENTION_DAYS?" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_config_check_masks_secrets_and_shows_next_runs(tmp_path: Path) -> None:
+    path = env_file(tmp_path, "POSTGRES_PASSWORD=hunter2-secret\nENCRYPTION_KEY=passphrase-xyz\n")
+    result = runner.invoke(app, ["config", "check", "--env", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "hunter2-secret" not in result.output
+    assert "passphrase-xyz" not in result.output
+    assert "POSTGRES_PASSWORD        ********" in result.stdout
+    assert "Next runs (America/Argentina/Buenos_Aires):" in result.stdout
+    next_runs = result.stdout.split("Next runs")[1]
+    backup_line = next(ln for ln in next_runs.splitlines() if "BACKUP_SCHEDULE" in ln)
+    assert backup_line.count("02:00 -03") == 3
+    assert "Encryption: on" in result.stdout
+
+
+def test_config_check_requires_the_postgres_password(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["config", "check", "--env", str(env_file(tmp_path, ""))])
+    assert result.exit_code == 1
+    assert "POSTGRES_PASSWORD: required for a backup run" in result.stderr
+
+
+def test_a_missing_env_file_is_a_clear_error() -> None:
+    result = runner.invoke(app, ["config", "check", "--env", "nope.env"])
+    assert result.exit_code == 1
+    assert "nope.env: no such .env file" in result.stderr
+
+
+def test_backup_without_local_says_how_to_run_it() -> None:
+    result = runner.invoke(app, ["backup", "full"])
+    assert result.exit_code == 2
+    assert "Add --local" in result.stderr
+
+
+def test_backup_of_an_unknown_type_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["backup", "mysql", "--local"])
+    assert result.exit_code == 2
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.startswith("gym-backup ")

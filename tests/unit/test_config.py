@@ -1,0 +1,164 @@
+"""Settings: defaults, the .env file overlaid by the environment, and every validation rule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from generator.config import MASK, SETTINGS, load_settings, next_runs
+from generator.errors import ConfigError, UserError
+
+
+def write_env(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / ".env"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(
+    env_file: Path | None, environ: dict[str, str], *, for_run: bool = False
+) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file, environ, for_run=for_run)
+    return caught.value.problems
+
+
+def test_defaults_apply_when_nothing_is_set() -> None:
+    settings = load_settings(None, {})
+    for setting in SETTINGS:
+        if not setting.secret:
+            assert settings.values[setting.name] == setting.default
+    assert settings.secrets == {}
+    assert settings.values["TZ"] == "America/Argentina/Buenos_Aires"
+    assert settings.values["BACKUP_SCHEDULE"] == "0 2 * * *"
+
+
+def test_environment_wins_over_the_env_file(tmp_path: Path) -> None:
+    env_file = write_env(tmp_path, "POSTGRES_HOST=from-file\nREDIS_PORT=7000\n")
+    settings = load_settings(env_file, {"POSTGRES_HOST": "from-env"})
+    assert settings.values["POSTGRES_HOST"] == "from-env"
+    assert settings.values["REDIS_PORT"] == "7000"
+
+
+def test_unknown_keys_are_ignored_but_near_misses_are_named(tmp_path: Path) -> None:
+    env_file = write_env(tmp_path, "DJANGO_SECRET_KEY=x\nGYM_NAME=Club\nBACKUP_RETENTON_DAYS=30\n")
+    problems = problems_of(env_file, {})
+    assert problems == [
+        "BACKUP_RETENTON_DAYS: unknown setting; did you mean BACKUP_RETENTION_DAYS? Rename it."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("POSTGRES_PORT", "abc", "POSTGRES_PORT: 'abc' is not a port; write digits only."),
+        ("REDIS_PORT", "70000", "REDIS_PORT: 70000 is out of range; use 1 to 65535."),
+        ("COMPRESSION_LEVEL", "0", "COMPRESSION_LEVEL: 0 is out of range; use 1 to 9."),
+        ("KEEP_MIN", "0", "KEEP_MIN: 0 is out of range; use 1 to 10000."),
+        ("BACKUP_RETENTION_DAYS", "-5", "BACKUP_RETENTION_DAYS: '-5' is not a whole number"),
+        ("LOCK_TIMEOUT", "1.5", "LOCK_TIMEOUT: '1.5' is not a whole number"),
+        ("BACKUP_SCHEDULE", "0 2 * *", "BACKUP_SCHEDULE: '0 2 * *' has 4 fields; a schedule has 5"),
+        ("CLEANUP_SCHEDULE", "0 25 * * *", "CLEANUP_SCHEDULE: '0 25 * * *' is not a valid cron"),
+        ("TZ", "Mars/Olympus", "TZ: 'Mars/Olympus' is not a time zone name"),
+        ("BACKUP_DIR", "backups", "BACKUP_DIR: 'backups' is not an absolute path"),
+        ("FILES_DIR", "./data", "FILES_DIR: './data' is not an absolute path"),
+        ("POSTGRES_HOST", "db host", "POSTGRES_HOST: 'db host' is not a host name or address."),
+        ("POSTGRES_DB", "gym;drop", "POSTGRES_DB: 'gym;drop' is not a valid name"),
+    ],
+)
+def test_each_rule_reports_the_setting_and_how_to_fix_it(
+    name: str, value: str, expected: str
+) -> None:
+    problems = problems_of(None, {name: value})
+    assert len(problems) == 1
+    assert problems[0].startswith(expected)
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    env_file = write_env(
+        tmp_path,
+        "POSTGRES_PORT=x\nTZ=Nowhere/City\nBACKUP_SCHEDULE=often\nKEEP_MIN=none\n"
+        "REDIS_PASWORD=oops\nENCRYPTION_KEY=k\nENCRYPTION_KEY_FILE=/run/secrets/k\n",
+    )
+    problems = problems_of(env_file, {}, for_run=True)
+    named = sorted(p.split(":", 1)[0] for p in problems)
+    assert named == sorted(
+        [
+            "POSTGRES_PORT",
+            "TZ",
+            "BACKUP_SCHEDULE",
+            "KEEP_MIN",
+            "REDIS_PASWORD",
+            "ENCRYPTION_KEY",
+            "POSTGRES_PASSWORD",
+        ]
+    )
+
+
+@pytest.mark.parametrize("secret", ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "ENCRYPTION_KEY"])
+def test_a_secret_and_its_file_variant_together_are_an_error(secret: str) -> None:
+    problems = problems_of(None, {secret: "x", f"{secret}_FILE": "/run/secrets/x"})
+    assert problems == [
+        f"{secret}: both {secret} and {secret}_FILE are set; keep only one of them."
+    ]
+
+
+def test_a_run_requires_the_postgres_password_but_generate_does_not() -> None:
+    assert load_settings(None, {}).secrets == {}
+    assert problems_of(None, {}, for_run=True) == [
+        "POSTGRES_PASSWORD: required for a backup run; set POSTGRES_PASSWORD or "
+        "POSTGRES_PASSWORD_FILE in the .env file."
+    ]
+
+
+def test_a_run_checks_that_secret_files_are_readable(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    ok = load_settings(None, {"POSTGRES_PASSWORD_FILE": str(secret)}, for_run=True)
+    assert ok.secrets == {"POSTGRES_PASSWORD_FILE": str(secret)}
+    missing = str(tmp_path / "nope")
+    assert problems_of(None, {"POSTGRES_PASSWORD_FILE": missing}, for_run=True) == [
+        f"POSTGRES_PASSWORD_FILE: {missing} does not exist or is not readable; fix the path."
+    ]
+
+
+def test_masked_settings_hide_secret_values_and_show_file_paths() -> None:
+    settings = load_settings(
+        None, {"POSTGRES_PASSWORD": "hunter2", "ENCRYPTION_KEY_FILE": "/run/secrets/key"}
+    )
+    shown = settings.masked()
+    assert shown["POSTGRES_PASSWORD"] == MASK
+    assert shown["ENCRYPTION_KEY_FILE"] == "/run/secrets/key"
+    assert shown["REDIS_PASSWORD"] == "(not set)"
+    assert "hunter2" not in repr(shown)
+    assert settings.encrypted
+
+
+def test_empty_values_in_the_env_file_mean_the_default(tmp_path: Path) -> None:
+    env_file = write_env(tmp_path, "POSTGRES_HOST=\nREDIS_PASSWORD=\nENCRYPTION_KEY=\n")
+    settings = load_settings(env_file, {})
+    assert settings.values["POSTGRES_HOST"] == "postgres"
+    assert not settings.encrypted
+
+
+def test_env_file_values_keep_quotes_dollars_and_spaces_literally(tmp_path: Path) -> None:
+    env_file = write_env(tmp_path, "POSTGRES_PASSWORD='a $b \"c\" `d`'\n")
+    settings = load_settings(env_file, {})
+    assert settings.secrets["POSTGRES_PASSWORD"] == 'a $b "c" `d`'
+
+
+def test_a_missing_env_file_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"no such \.env file"):
+        load_settings(tmp_path / "missing.env", {})
+
+
+def test_next_runs_are_in_the_configured_time_zone() -> None:
+    start = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    runs = next_runs("0 2 * * *", "America/Argentina/Buenos_Aires", start=start)
+    assert [r.isoformat() for r in runs] == [
+        "2026-11-28T02:00:00-03:00",
+        "2026-11-29T02:00:00-03:00",
+        "2026-11-30T02:00:00-03:00",
+    ]

@@ -1,0 +1,48 @@
+"""The settings table in the code is the one in the README and in .env.example."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from generator.config import SETTINGS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_settings() -> dict[str, str]:
+    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]+) \|", (ROOT / "README.md").read_text(), re.M)
+    return {name: default.strip() for name, default in rows}
+
+
+def test_readme_lists_every_setting_with_its_default() -> None:
+    table = readme_settings()
+    assert list(table) == [s.name for s in SETTINGS]
+    for s in SETTINGS:
+        if s.required_for_run:
+            assert table[s.name] == "(required)"
+        elif s.default:
+            assert table[s.name] == f"`{s.default}`", s.name
+        else:
+            assert table[s.name] in {"(none)", "(empty)"}, s.name
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    example = dotenv_values(ROOT / ".env.example")
+    for s in SETTINGS:
+        assert s.name in example, s.name
+        if not s.secret:
+            assert example[s.name] == s.default, s.name
+        else:
+            assert example[s.name] == "", f"{s.name} must not hold a value in the example"
+
+
+def test_readme_exit_code_table_matches_the_scripts() -> None:
+    readme = (ROOT / "README.md").read_text()
+    codes = dict(re.findall(r"^\| ([0-9]) \| ([^|]+) \|", readme, re.M))
+    assert sorted(codes) == ["0", "1", "2", "3", "4", "5", "6"]
+    script = (ROOT / "docker" / "backup" / "backup_script.sh").read_text()
+    for name, code in re.findall(r"^readonly EXIT_([A-Z_]+)=([0-9])$", script, re.M):
+        assert code in codes, name

@@ -1,0 +1,115 @@
+"""The rendered scripts as shell: lint-clean, and their pure functions behave."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from generator.config import load_settings
+from generator.render import render, write
+
+BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=str(BIN)) or shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} is not installed (make install puts it in .venv)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def scripts(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    out = tmp_path_factory.mktemp("rendered")
+    write(render(load_settings(None, {})), out)
+    return sorted(out.glob("*.sh"))
+
+
+def test_rendered_scripts_parse_with_bash(scripts: list[Path]) -> None:
+    for script in scripts:
+        subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_rendered_scripts_are_shellcheck_clean(scripts: list[Path]) -> None:
+    result = subprocess.run(
+        [tool("shellcheck"), "-s", "bash", *map(str, scripts)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_rendered_scripts_are_shfmt_clean_with_two_space_indent(scripts: list[Path]) -> None:
+    result = subprocess.run(
+        [tool("shfmt"), "-i", "2", "-ci", "-d", *map(str, scripts)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def call(script: Path, snippet: str) -> subprocess.CompletedProcess[str]:
+    """Source the script (its source guard keeps main from running) and run a snippet."""
+    return subprocess.run(
+        ["bash", "-c", f'source "$1"; {snippet}', "bash", str(script)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "BACKUP_DIR": "/nonexistent", "TZ": "UTC"},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("client", "server_num", "code"),
+    [
+        ("pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)", "150019", 0),
+        ("pg_dump (PostgreSQL) 16.4", "150008", 0),
+        ("pg_dump (PostgreSQL) 15.4", "160002", 6),
+        ("pg_dump (PostgreSQL) 9.6.24", "100001", 6),
+    ],
+)
+def test_pg_dump_older_than_the_server_is_refused(
+    scripts: list[Path], client: str, server_num: str, code: int
+) -> None:
+    backup = next(s for s in scripts if s.name == "backup_script.sh")
+    result = call(backup, f'check_pg_versions "{client}" {server_num}')
+    assert result.returncode == code, result.stderr
+    if code:
+        major = int(server_num) // 10000
+        assert f"install the PostgreSQL {major} client" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("postgresql_backup_20261127_020000.sql.gz", True),
+        ("redis_backup_20261127_020000.rdb.gz.gpg", True),
+        ("files_backup_20261127_020000.tar.gz.gpg", True),
+        ("postgresql_backup_latest.sql.gz", False),
+        ("postgresql_backup_20261127_020000.sql.gz.sha256", False),
+        ("mysql_backup_20261127_020000.sql.gz", False),
+        ("files_backup_20261127_020000.tar.gz.partial", False),
+    ],
+)
+def test_only_this_tools_own_backup_names_are_recognised(
+    scripts: list[Path], name: str, ok: bool
+) -> None:
+    backup = next(s for s in scripts if s.name == "backup_script.sh")
+    result = call(backup, f'[[ "{name}" =~ ${{BACKUP_NAME_RE}} ]]')
+    assert (result.returncode == 0) is ok
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("plain", '"plain"'), ('q"uote\\back', '"q\\"uote\\\\back"'), ("tab\there", '"tab\\there"')],
+)
+def test_json_strings_are_escaped(scripts: list[Path], value: str, expected: str) -> None:
+    backup = next(s for s in scripts if s.name == "backup_script.sh")
+    result = call(backup, f"json_str {shlex.quote(value)}")
+    assert result.stdout == expected
