@@ -193,7 +193,8 @@ acquire_lock() {
       die "${EXIT_LOCKED}" "another run holds the lock ($(lock_holder "${lock_file}")); gave up after ${LOCK_TIMEOUT}s (LOCK_TIMEOUT). Try again when it has finished."
     fi
   fi
-  printf '%s (pid %s, started %s)\n' "${what}" "$$" "$(now_iso)" >"${lock_file}"
+  # Say who holds the lock (best effort: on a full disk the run goes on and fails loudly later).
+  printf '%s (pid %s, started %s)\n' "${what}" "$$" "$(now_iso)" 2>/dev/null >"${lock_file}" || true
 }
 
 lock_holder() {

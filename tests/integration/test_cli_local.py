@@ -1,0 +1,114 @@
+"""The CLI end to end on this host: `gym-backup backup|list --local` and `make run`'s demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from generator.config import KNOWN_KEYS
+from generator.demo import dotenv_quote
+from generator.sandbox import PostgresServer, RedisServer
+
+GYM_BACKUP = Path(sys.executable).parent / "gym-backup"
+
+
+def clean_environ(tmp_path: Path) -> dict[str, str]:
+    """This process's environment without any setting of the service."""
+    env = {k: v for k, v in os.environ.items() if k not in KNOWN_KEYS}
+    env["HOME"] = str(tmp_path)
+    return env
+
+
+def cli(
+    *args: str, cwd: Path, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(GYM_BACKUP), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def write_dotenv(path: Path, values: dict[str, str]) -> Path:
+    path.write_text("".join(f"{k}={dotenv_quote(v)}\n" for k, v in values.items()))
+    return path
+
+
+def test_backup_full_local_runs_with_the_env_file_settings(
+    tmp_path: Path, pg: PostgresServer, redis_auth: RedisServer
+) -> None:
+    (tmp_path / "uploads" / "a b").mkdir(parents=True)
+    (tmp_path / "uploads" / "a b" / "ñ.txt").write_text("hola")
+    key_file = tmp_path / "key"
+    key_file.write_text("a passphrase with $ and 'quotes'\n")
+    env_file = write_dotenv(
+        tmp_path / ".env",
+        {
+            **pg.env(),
+            **redis_auth.env(),
+            "ENCRYPTION_KEY_FILE": str(key_file),
+            "BACKUP_DIR": str(tmp_path / "backups"),
+            "FILES_DIR": str(tmp_path / "uploads"),
+            "TZ": "UTC",
+            "GYM_APP_SECRET": "ignored: not a setting of the service",
+        },
+    )
+    env = clean_environ(tmp_path)
+    result = cli("backup", "full", "--local", "--env", str(env_file), cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    made = sorted(p.name for p in (tmp_path / "backups").glob("*_backup_*.gz.gpg"))
+    assert [name.split("_backup_")[0] for name in made] == ["files", "postgresql", "redis"]
+
+    listing = cli("list", "--local", "--env", str(env_file), cwd=tmp_path, env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert "3 backup(s) (postgresql 1, redis 1, files 1)" in listing.stdout
+
+
+def test_a_failing_script_gives_its_exit_code_and_a_clear_message(
+    tmp_path: Path, pg: PostgresServer
+) -> None:
+    env_file = write_dotenv(
+        tmp_path / ".env",
+        {
+            **pg.env(),
+            "REDIS_HOST": "127.0.0.1",
+            "REDIS_PORT": "1",
+            "BACKUP_DIR": str(tmp_path / "backups"),
+        },
+    )
+    result = cli(
+        "backup",
+        "redis",
+        "--local",
+        "--env",
+        str(env_file),
+        cwd=tmp_path,
+        env=clean_environ(tmp_path),
+    )
+    assert result.returncode == 1
+    assert "redis: cannot reach 127.0.0.1:1" in result.stderr
+    assert "error: backup_script.sh redis: failed" in result.stderr
+    assert pg.password not in result.stderr + result.stdout
+
+
+def test_make_run_demo_backs_up_sample_gym_data(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "generator.demo"],
+        cwd=tmp_path,
+        env=clean_environ(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    backups = tmp_path / "demo-output" / "backups"
+    made = sorted(p.name.split("_backup_")[0] for p in backups.glob("*_backup_*.gz.gpg"))
+    assert made == ["files", "postgresql", "redis"]
+    assert "3 backup(s)" in result.stdout + result.stderr
