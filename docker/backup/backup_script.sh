@@ -410,33 +410,9 @@ require_tools() {
   fi
 }
 
-readonly LOG_FILE="${BACKUP_DIR}/backup.log"
+# --- The backups themselves, shared by backup_script.sh and restore_script.sh (safety backups).
 readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 DRY_RUN=0
-
-usage() {
-  cat <<'EOF'
-Usage: backup_script.sh COMMAND [--dry-run]
-
-Commands:
-  full        back up PostgreSQL, Redis and the files, with one timestamp for the run
-  postgresql  dump the PostgreSQL database (pg_dump, plain SQL)
-  redis       snapshot the Redis dataset (RDB)
-  files       archive FILES_DIR (tar)
-  list        list the backups in BACKUP_DIR, newest first, with totals and free space
-  cleanup     delete backups older than BACKUP_RETENTION_DAYS (keeping the newest KEEP_MIN
-              of each type), stale .partial files and logs older than 7 days
-
-Options:
-  --dry-run   say what would be done (and check the servers are reachable); write nothing
-  -h, --help  show this help
-
-Each backup FILE gets FILE.sha256 and FILE.manifest.json next to it. Settings come from the
-environment (see the README); secrets may be given as VAR_FILE.
-Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy, 4 verification failed, 5 wrong encryption
-key, 6 refused (a precondition not met).
-EOF
-}
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL
@@ -744,7 +720,7 @@ check_free_space() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Commands
+# Running the parts
 
 # Pick the run's timestamp (in TZ) so that no final name of this run exists yet.
 pick_timestamp() {
@@ -766,6 +742,35 @@ run_part() (
   make_work_dir
   "backup_$1" "$2" "$3"
 )
+
+readonly LOG_FILE="${BACKUP_DIR}/backup.log"
+
+usage() {
+  cat <<'EOF'
+Usage: backup_script.sh COMMAND [--dry-run]
+
+Commands:
+  full        back up PostgreSQL, Redis and the files, with one timestamp for the run
+  postgresql  dump the PostgreSQL database (pg_dump, plain SQL)
+  redis       snapshot the Redis dataset (RDB)
+  files       archive FILES_DIR (tar)
+  list        list the backups in BACKUP_DIR, newest first, with totals and free space
+  cleanup     delete backups older than BACKUP_RETENTION_DAYS (keeping the newest KEEP_MIN
+              of each type), stale .partial files and logs older than 7 days
+
+Options:
+  --dry-run   say what would be done (and check the servers are reachable); write nothing
+  -h, --help  show this help
+
+Each backup FILE gets FILE.sha256 and FILE.manifest.json next to it. Settings come from the
+environment (see the README); secrets may be given as VAR_FILE.
+Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy, 4 verification failed, 5 wrong encryption
+key, 6 refused (a precondition not met).
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# Commands
 
 cmd_backup() {
   local what="$1"
