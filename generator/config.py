@@ -124,6 +124,19 @@ SETTINGS: tuple[Setting, ...] = (
         maximum=10000,
     ),
     Setting(
+        "REDIS_DATA_DIR",
+        "/redis-data",
+        Kind.ABS_PATH,
+        "Redis data folder (a shared volume), written by 'restore redis --mode file'.",
+    ),
+    Setting(
+        "REDIS_RESTORE_HOST",
+        "",
+        Kind.HOST,
+        "Address the live Redis reaches this host at, for 'restore redis' online "
+        "(empty: found from the route to REDIS_HOST; 127.0.0.1 in local runs).",
+    ),
+    Setting(
         "LOCK_TIMEOUT",
         "600",
         Kind.INT,
@@ -275,6 +288,8 @@ def _collect_secret(  # noqa: PLR0911 - one return per rule
 
 def _check(setting: Setting, value: str) -> str | None:  # noqa: PLR0911 - one branch per kind
     kind = setting.kind
+    if value == "" and setting.default == "":
+        return None
     if kind is Kind.HOST:
         return None if _HOST_RE.match(value) else f"{value!r} is not a host name or address."
     if kind is Kind.NAME:

@@ -36,14 +36,13 @@ readonly EXIT_REFUSED=6
 : "${FILES_EXCLUDE:=}"
 : "${COMPRESSION_LEVEL:=6}"
 : "${KEEP_MIN:=3}"
+: "${REDIS_DATA_DIR:=/redis-data}"
+: "${REDIS_RESTORE_HOST:=}"
 : "${LOCK_TIMEOUT:=600}"
 export TZ
 
 # The backups this tool writes, and nothing else: cleanup and list only ever touch these names.
-readonly BACKUP_TYPES=(postgresql redis files)
 readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(sql|rdb|tar)\.gz(\.gpg)?$'
-readonly SIDECARS=(sha256 manifest.json)
-readonly LOG_KEEP_DAYS=7
 
 WORK_DIR=""
 PARTIALS=()
@@ -413,6 +412,8 @@ require_tools() {
 # --- The backups themselves, shared by backup_script.sh and restore_script.sh (safety backups).
 readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 DRY_RUN=0
+# Where the Redis content check also keeps the decoded RDB (the restore script sets it).
+RDB_COPY=""
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL
@@ -492,11 +493,19 @@ backup_postgresql() {
 # ---------------------------------------------------------------------------------------------
 # Redis
 
+# redis_cli_at HOST PORT PASSWORD ARGS...: the password travels in REDISCLI_AUTH, never in argv.
+redis_cli_at() {
+  local host="$1" port="$2" password="$3"
+  shift 3
+  if [[ -n "${password}" ]]; then
+    REDISCLI_AUTH="${password}" redis-cli -h "${host}" -p "${port}" "$@"
+  else
+    redis-cli -h "${host}" -p "${port}" "$@"
+  fi
+}
+
 redis_cli() {
-  (
-    [[ -z "${REDIS_PASSWORD}" ]] || export REDISCLI_AUTH="${REDIS_PASSWORD}"
-    exec redis-cli -h "${REDIS_HOST}" -p "${REDIS_PORT}" "$@"
-  )
+  redis_cli_at "${REDIS_HOST}" "${REDIS_PORT}" "${REDIS_PASSWORD}" "$@"
 }
 
 redis_check_reachable() {
@@ -622,8 +631,14 @@ count_bytes() {
 content_check() {
   case "$1" in
     postgresql) tail -c 1024 >"${WORK_DIR}/content.tail" ;;
-    redis) sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256" ;;
-    files) tar -tf - >"${WORK_DIR}/content.list" && cat >/dev/null ;;
+    redis)
+      if [[ -n "${RDB_COPY}" ]]; then
+        tee -- "${RDB_COPY}" | sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
+      else
+        sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
+      fi
+      ;;
+    files) tar -tPf - >"${WORK_DIR}/content.list" && cat >/dev/null ;;
   esac
 }
 
@@ -744,6 +759,9 @@ run_part() (
 )
 
 readonly LOG_FILE="${BACKUP_DIR}/backup.log"
+readonly BACKUP_TYPES=(postgresql redis files)
+readonly SIDECARS=(sha256 manifest.json)
+readonly LOG_KEEP_DAYS=7
 
 usage() {
   cat <<'EOF'
