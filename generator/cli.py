@@ -148,25 +148,30 @@ def config_check(env: EnvOption = None) -> None:
             typer.echo("Encryption: OFF; set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to encrypt.")
 
 
-def _run_local(env: Path | None, args: list[str], *, for_run: bool) -> None:
-    """Render the scripts from the current settings into a private folder and run one here."""
-    settings = config.load_settings(_env_file(env), for_run=for_run)
-    with tempfile.TemporaryDirectory(prefix="gym-backup-") as tmp:
-        folder = Path(tmp)
-        render.write(render.render(settings), folder)
-        code = ops.run_script(folder / "backup_script.sh", args, settings.environment())
-    if code != 0:
-        meaning = EXIT_MEANINGS.get(code) or ops.signal_name(code) or "failed"
-        raise ScriptFailedError(f"backup_script.sh {' '.join(args)}: {meaning}", exit_code=code)
+def _run(local: bool, env: Path | None, script: str, args: list[str], *, for_run: bool) -> None:
+    """Render the scripts from the current settings into a private folder and run one here.
 
-
-def _require_local(local: bool) -> None:
+    Rendering afresh means the script always matches the templates and the .env in use.
+    """
     if not local:
         raise UserError(
             "only --local runs are available: the container service is not part of this "
             "render yet. Add --local to run the script on this host.",
             exit_code=2,
         )
+    settings = config.load_settings(_env_file(env), for_run=for_run)
+    with tempfile.TemporaryDirectory(prefix="gym-backup-") as tmp:
+        folder = Path(tmp)
+        render.write(render.render(settings), folder)
+        code = ops.run_script(folder / script, args, settings.environment())
+    if code != 0:
+        meaning = EXIT_MEANINGS.get(code) or ops.signal_name(code) or "failed"
+        raise ScriptFailedError(f"{script} {' '.join(args)}: {meaning}", exit_code=code)
+
+
+def _flags(**flags: bool) -> list[str]:
+    """``--name`` for each flag that is on (underscores become dashes)."""
+    return [f"--{name.replace('_', '-')}" for name, on in flags.items() if on]
 
 
 @app.command()
@@ -178,16 +183,14 @@ def backup(
 ) -> None:
     """Take a backup (full = PostgreSQL, Redis and files, with one timestamp)."""
     with reporting_errors():
-        _require_local(local)
-        _run_local(env, [what.value, *(["--dry-run"] if dry_run else [])], for_run=True)
+        _run(local, env, "backup_script.sh", [what.value, *_flags(dry_run=dry_run)], for_run=True)
 
 
 @app.command("list")
 def list_backups(local: LocalOption = False, env: EnvOption = None) -> None:
     """List the backups, newest first, with totals and free space."""
     with reporting_errors():
-        _require_local(local)
-        _run_local(env, ["list"], for_run=False)
+        _run(local, env, "backup_script.sh", ["list"], for_run=False)
 
 
 @app.command()
@@ -196,5 +199,91 @@ def cleanup(
 ) -> None:
     """Delete backups older than BACKUP_RETENTION_DAYS (never the newest KEEP_MIN of a type)."""
     with reporting_errors():
-        _require_local(local)
-        _run_local(env, ["cleanup", *(["--dry-run"] if dry_run else [])], for_run=False)
+        _run(local, env, "backup_script.sh", ["cleanup", *_flags(dry_run=dry_run)], for_run=False)
+
+
+BackupFile = Annotated[str, typer.Argument(help="A backup: a path, or a name in BACKUP_DIR.")]
+
+
+@app.command()
+def verify(
+    file: BackupFile,
+    local: LocalOption = False,
+    env: EnvOption = None,
+    deep: Annotated[
+        bool, typer.Option("--deep", help="Also restore into a scratch database or server.")
+    ] = False,
+    no_checksum: Annotated[
+        bool, typer.Option("--no-checksum", help="Verify without the FILE.sha256 sidecar.")
+    ] = False,
+) -> None:
+    """Check a backup: checksum, decryption, decompression and content."""
+    with reporting_errors():
+        args = ["verify", file, *_flags(deep=deep, no_checksum=no_checksum)]
+        _run(local, env, "restore_script.sh", args, for_run=False)
+
+
+@app.command()
+def info(file: BackupFile, local: LocalOption = False, env: EnvOption = None) -> None:
+    """Show what a backup is: type, time, sizes, encryption, checksum state, source."""
+    with reporting_errors():
+        _run(local, env, "restore_script.sh", ["info", file], for_run=False)
+
+
+class RestoreType(enum.StrEnum):
+    """What a restore writes to."""
+
+    POSTGRESQL = "postgresql"
+    REDIS = "redis"
+    FILES = "files"
+
+
+class RedisMode(enum.StrEnum):
+    """How a Redis backup is restored."""
+
+    ONLINE = "online"
+    FILE = "file"
+
+
+@app.command()
+def restore(
+    what: Annotated[RestoreType, typer.Argument(help="What to restore into.")],
+    file: BackupFile,
+    dest: Annotated[
+        str | None, typer.Argument(help="files only: the folder (default FILES_DIR).")
+    ] = None,
+    local: LocalOption = False,
+    env: EnvOption = None,
+    target_db: Annotated[
+        str | None, typer.Option("--target-db", help="postgresql: restore into this new database.")
+    ] = None,
+    clean: Annotated[
+        bool, typer.Option("--clean", help="postgresql: replace objects in a non-empty database.")
+    ] = False,
+    no_owner: Annotated[
+        bool, typer.Option("--no-owner", help="postgresql: skip ownership and grants.")
+    ] = False,
+    no_safety_backup: Annotated[
+        bool, typer.Option("--no-safety-backup", help="Do not back up the target first.")
+    ] = False,
+    mode: Annotated[
+        RedisMode, typer.Option("--mode", help="redis: online (replication) or file.")
+    ] = RedisMode.ONLINE,
+    force: Annotated[
+        bool, typer.Option("--force", help="files: overwrite files that exist in DEST.")
+    ] = False,
+) -> None:
+    """Restore a backup (it is verified first; a failure leaves the target as it was)."""
+    with reporting_errors():
+        args = [what.value, file]
+        if dest is not None:
+            if what is not RestoreType.FILES:
+                raise UserError("DEST is for `restore files` only.", exit_code=2)
+            args.append(dest)
+        if target_db:
+            args += ["--target-db", target_db]
+        if what is RestoreType.REDIS:
+            args += ["--mode", mode.value]
+        args += _flags(clean=clean, no_owner=no_owner, no_safety_backup=no_safety_backup)
+        args += _flags(force=force)
+        _run(local, env, "restore_script.sh", args, for_run=True)

@@ -69,6 +69,31 @@ def test_backup_full_local_runs_with_the_env_file_settings(
     assert listing.returncode == 0, listing.stderr
     assert "3 backup(s) (postgresql 1, redis 1, files 1)" in listing.stdout
 
+    files_backup = made[0]
+    verified = cli(
+        "verify", files_backup, "--deep", "--local", "--env", str(env_file), cwd=tmp_path, env=env
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert "every check passed" in verified.stdout
+    info = cli("info", files_backup, "--local", "--env", str(env_file), cwd=tmp_path, env=env)
+    assert "type:         files" in info.stdout
+
+    dest = tmp_path / "restored"
+    dest.mkdir()
+    restored = cli(
+        "restore",
+        "files",
+        files_backup,
+        str(dest),
+        "--local",
+        "--env",
+        str(env_file),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert (dest / "a b" / "ñ.txt").read_text() == "hola"
+
 
 def test_a_failing_script_gives_its_exit_code_and_a_clear_message(
     tmp_path: Path, pg: PostgresServer
