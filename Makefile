@@ -57,16 +57,16 @@ test: install lint check-generated ## Lint, check the committed render, run ever
 
 .PHONY: lint
 lint: install ## ruff, mypy --strict, shellcheck and shfmt on the committed scripts
-	$(BIN)/ruff check generator tests
-	$(BIN)/ruff format --check generator tests
+	$(BIN)/ruff check generator tests bench
+	$(BIN)/ruff format --check generator tests bench
 	$(BIN)/mypy --strict
 	$(BIN)/shellcheck -s bash docker/backup/*.sh
 	$(BIN)/shfmt -i 2 -ci -d docker/backup/*.sh
 
 .PHONY: fmt
 fmt: install ## Format the Python code and fix what ruff can
-	$(BIN)/ruff format generator tests
-	$(BIN)/ruff check --fix generator tests
+	$(BIN)/ruff format generator tests bench
+	$(BIN)/ruff check --fix generator tests bench
 
 .PHONY: generate
 generate: install ## Render docker/backup/ from .env.example
@@ -77,6 +77,10 @@ check-generated: generate ## Fail if docker/backup/ differs from a fresh render
 	git diff --exit-code -- docker/backup
 	@untracked=$$(git ls-files --others --exclude-standard -- docker/backup); \
 	if [ -n "$$untracked" ]; then echo "not committed: $$untracked" >&2; exit 1; fi
+
+.PHONY: bench
+bench: install ## Time backups and verifies on real servers (pgbench data, Redis, files)
+	$(BIN)/python bench/backup_throughput.py
 
 .PHONY: clean
 clean: ## Remove the venv, caches and the demo's output

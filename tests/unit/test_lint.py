@@ -16,8 +16,8 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "check", "generator", "tests"],
-        ["ruff", "format", "--check", "generator", "tests"],
+        ["ruff", "check", "generator", "tests", "bench"],
+        ["ruff", "format", "--check", "generator", "tests", "bench"],
         ["mypy", "--strict"],
     ],
     ids=["ruff-check", "ruff-format", "mypy-strict"],
