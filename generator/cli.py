@@ -109,11 +109,15 @@ def generate(
         bool, typer.Option("--check", help="Write nothing; exit 1 if any file would change.")
     ] = False,
     dry_run: DryRunOption = False,
+    flavor: Annotated[
+        str, typer.Option("--flavor", help="Image flavour: alpine (default) or debian.")
+    ] = render.DEFAULT_FLAVOR,
 ) -> None:
     """Render the service's files from the .env settings (no secret is needed or rendered)."""
     with reporting_errors():
         settings = config.load_settings(_env_file(env))
-        results = render.write(render.render(settings), out, check=check, dry_run=dry_run)
+        files = render.render(settings, flavor)
+        results = render.write(files, out, check=check, dry_run=dry_run)
         drift = [rel for rel, status in results if status is not render.Status.IDENTICAL]
         for rel, status in results:
             prefix = "would be " if (check or dry_run) and rel in drift else ""

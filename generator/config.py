@@ -35,6 +35,8 @@ class Kind(enum.Enum):
     TZ = "tz"
     ABS_PATH = "abs_path"
     PATTERNS = "patterns"
+    BOOL = "bool"
+    IMAGE = "image"
     SECRET = "secret"  # noqa: S105 - the kind of a setting, not a password
 
 
@@ -137,6 +139,49 @@ SETTINGS: tuple[Setting, ...] = (
         "(empty: found from the route to REDIS_HOST; 127.0.0.1 in local runs).",
     ),
     Setting(
+        "PG_MAJOR",
+        "16",
+        Kind.INT,
+        "PostgreSQL client major version in the image; not older than the server.",
+        minimum=12,
+        maximum=18,
+    ),
+    Setting(
+        "BACKUP_ON_START",
+        "false",
+        Kind.BOOL,
+        "Run one full backup when the container starts (true or false).",
+    ),
+    Setting(
+        "HEALTH_MAX_AGE",
+        "0",
+        Kind.INT,
+        "Seconds after which the last full backup counts as too old for the health check "
+        "(0: about two intervals of BACKUP_SCHEDULE).",
+        minimum=0,
+        maximum=31 * 86400,
+    ),
+    Setting("CONTAINER_NAME", "gym_backup", Kind.NAME, "Name of the backup container."),
+    Setting("IMAGE_NAME", "gym-backup:latest", Kind.IMAGE, "Tag of the backup image."),
+    Setting(
+        "UPLOADS_SOURCE",
+        "./uploads",
+        Kind.TEXT,
+        "Host folder or volume of the uploads, mounted at FILES_DIR in the container.",
+    ),
+    Setting(
+        "REDIS_DATA_SOURCE",
+        "redis_data",
+        Kind.TEXT,
+        "Host folder or volume of Redis's data, mounted at REDIS_DATA_DIR in the container.",
+    ),
+    Setting(
+        "REDIS_CONTAINER",
+        "gym_redis",
+        Kind.NAME,
+        "Container of the gym system's Redis, restarted after 'restore redis --mode file'.",
+    ),
+    Setting(
         "LOCK_TIMEOUT",
         "600",
         Kind.INT,
@@ -154,8 +199,9 @@ KNOWN_KEYS: frozenset[str] = frozenset(
 )
 MASK = "********"
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:]+\]?$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_$.-]*$")
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[?[0-9A-Fa-f:]+\]?")
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_$.-]*")
+_IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
 
 
 @dataclass(frozen=True)
@@ -286,33 +332,43 @@ def _collect_secret(  # noqa: PLR0911 - one return per rule
     return []
 
 
-def _check(setting: Setting, value: str) -> str | None:  # noqa: PLR0911 - one branch per kind
-    kind = setting.kind
+def _matches(pattern: re.Pattern[str], problem: str) -> Callable[[Setting, str], str | None]:
+    def check(_: Setting, value: str) -> str | None:
+        return None if pattern.fullmatch(value) else f"{value!r} {problem}"
+
+    return check
+
+
+def _check_abs_path(_: Setting, value: str) -> str | None:
+    if not value.startswith("/"):
+        return f"{value!r} is not an absolute path; write it starting with '/'."
+    return None if "\n" not in value else "contains a line break."
+
+
+# One rule per kind of setting; each returns the problem, or None.
+_RULES: Mapping[Kind, Callable[[Setting, str], str | None]] = {
+    Kind.HOST: _matches(_HOST_RE, "is not a host name or address."),
+    Kind.NAME: _matches(_NAME_RE, "is not a valid name (letters, digits, _ . -)."),
+    Kind.PORT: lambda _, v: _check_int(v, 1, 65535, "a port"),
+    Kind.INT: lambda s, v: _check_int(v, s.minimum, s.maximum, "a whole number"),
+    Kind.CRON: lambda _, v: _check_cron(v),
+    Kind.TZ: lambda _, v: _check_tz(v),
+    Kind.ABS_PATH: _check_abs_path,
+    Kind.PATTERNS: _matches(
+        re.compile(r"[^\n]*"), "contains a line break; separate patterns with ','."
+    ),
+    Kind.BOOL: _matches(re.compile(r"true|false"), "is not true or false."),
+    Kind.IMAGE: _matches(_IMAGE_RE, "is not an image name like 'name:tag'."),
+    Kind.TEXT: _matches(
+        re.compile(r"[^\s:'\"]+"), "must be a path or a name without spaces, quotes or ':'."
+    ),
+}
+
+
+def _check(setting: Setting, value: str) -> str | None:
     if value == "" and setting.default == "":
         return None
-    if kind is Kind.HOST:
-        return None if _HOST_RE.match(value) else f"{value!r} is not a host name or address."
-    if kind is Kind.NAME:
-        return (
-            None
-            if _NAME_RE.match(value)
-            else f"{value!r} is not a valid name (letters, digits, _ . -)."
-        )
-    if kind is Kind.PORT:
-        return _check_int(value, 1, 65535, "a port")
-    if kind is Kind.INT:
-        return _check_int(value, setting.minimum, setting.maximum, "a whole number")
-    if kind is Kind.CRON:
-        return _check_cron(value)
-    if kind is Kind.TZ:
-        return _check_tz(value)
-    if kind is Kind.ABS_PATH:
-        if not value.startswith("/"):
-            return f"{value!r} is not an absolute path; write it starting with '/'."
-        return None if "\n" not in value else "contains a line break."
-    if kind is Kind.PATTERNS:
-        return None if "\n" not in value else "contains a line break; separate patterns with ','."
-    return None
+    return _RULES[setting.kind](setting, value)
 
 
 def _check_int(value: str, low: int | None, high: int | None, what: str) -> str | None:

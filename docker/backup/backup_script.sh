@@ -7,17 +7,16 @@ set -Eeuo pipefail
 umask 077
 
 # --- Shared by every rendered script: settings, logging, lock, secrets, compression, encryption.
-readonly GYM_BACKUP_VERSION=0.1.0
-
-# Exit codes, the same for every script (README: "Exit codes").
-readonly EXIT_OK=0
-readonly EXIT_FAILED=1
-readonly EXIT_USAGE=2
-readonly EXIT_LOCKED=3
-readonly EXIT_VERIFY=4
-# shellcheck disable=SC2034 # used by restore_script.sh
-readonly EXIT_WRONG_KEY=5
-readonly EXIT_REFUSED=6
+# The version, and the exit codes: the same for every script (README: "Exit codes").
+# shellcheck disable=SC2034 # a shared table: not every script uses every code
+readonly GYM_BACKUP_VERSION=0.1.0 \
+  EXIT_OK=0 \
+  EXIT_FAILED=1 \
+  EXIT_USAGE=2 \
+  EXIT_LOCKED=3 \
+  EXIT_VERIFY=4 \
+  EXIT_WRONG_KEY=5 \
+  EXIT_REFUSED=6
 
 # Settings. The environment wins; these defaults come from the .env the service was rendered from.
 # Secrets are not here: they are read at run time from VAR or from the file VAR_FILE names.
@@ -38,6 +37,14 @@ readonly EXIT_REFUSED=6
 : "${KEEP_MIN:=3}"
 : "${REDIS_DATA_DIR:=/redis-data}"
 : "${REDIS_RESTORE_HOST:=}"
+: "${PG_MAJOR:=16}"
+: "${BACKUP_ON_START:=false}"
+: "${HEALTH_MAX_AGE:=0}"
+: "${CONTAINER_NAME:=gym_backup}"
+: "${IMAGE_NAME:=gym-backup:latest}"
+: "${UPLOADS_SOURCE:=./uploads}"
+: "${REDIS_DATA_SOURCE:=redis_data}"
+: "${REDIS_CONTAINER:=gym_redis}"
 : "${LOCK_TIMEOUT:=600}"
 export TZ
 
@@ -408,7 +415,6 @@ require_tools() {
     die "${EXIT_REFUSED}" "missing tools: ${missing[*]}; install them (see the README's requirements)"
   fi
 }
-
 # --- The backups themselves, shared by backup_script.sh and restore_script.sh (safety backups).
 readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 DRY_RUN=0
@@ -757,7 +763,6 @@ run_part() (
   make_work_dir
   "backup_$1" "$2" "$3"
 )
-
 readonly LOG_FILE="${BACKUP_DIR}/backup.log"
 readonly BACKUP_TYPES=(postgresql redis files)
 readonly SIDECARS=(sha256 manifest.json)
@@ -816,10 +821,20 @@ cmd_backup() {
   done
   if ((first_failure == 0)); then
     log INFO "backup ${what} finished: ${summary[*]}"
+    [[ "${what}" != full ]] || mark_success
   else
     log ERROR "backup ${what} FAILED: ${summary[*]}"
   fi
   exit "${first_failure}"
+}
+
+# The health check reads when the last full backup succeeded.
+mark_success() {
+  local marker="${BACKUP_DIR}/.last_success"
+  if ! { printf '%s %s\n' "${EPOCHSECONDS}" "${RUN_TS}" >"${marker}.partial"; } 2>/dev/null ||
+    ! mv -f -- "${marker}.partial" "${marker}"; then
+    log WARN "could not write ${marker}; the health check may call this container unhealthy"
+  fi
 }
 
 cmd_list() {

@@ -7,17 +7,16 @@ set -Eeuo pipefail
 umask 077
 
 # --- Shared by every rendered script: settings, logging, lock, secrets, compression, encryption.
-readonly GYM_BACKUP_VERSION=0.1.0
-
-# Exit codes, the same for every script (README: "Exit codes").
-readonly EXIT_OK=0
-readonly EXIT_FAILED=1
-readonly EXIT_USAGE=2
-readonly EXIT_LOCKED=3
-readonly EXIT_VERIFY=4
-# shellcheck disable=SC2034 # used by restore_script.sh
-readonly EXIT_WRONG_KEY=5
-readonly EXIT_REFUSED=6
+# The version, and the exit codes: the same for every script (README: "Exit codes").
+# shellcheck disable=SC2034 # a shared table: not every script uses every code
+readonly GYM_BACKUP_VERSION=0.1.0 \
+  EXIT_OK=0 \
+  EXIT_FAILED=1 \
+  EXIT_USAGE=2 \
+  EXIT_LOCKED=3 \
+  EXIT_VERIFY=4 \
+  EXIT_WRONG_KEY=5 \
+  EXIT_REFUSED=6
 
 # Settings. The environment wins; these defaults come from the .env the service was rendered from.
 # Secrets are not here: they are read at run time from VAR or from the file VAR_FILE names.
@@ -38,6 +37,14 @@ readonly EXIT_REFUSED=6
 : "${KEEP_MIN:=3}"
 : "${REDIS_DATA_DIR:=/redis-data}"
 : "${REDIS_RESTORE_HOST:=}"
+: "${PG_MAJOR:=16}"
+: "${BACKUP_ON_START:=false}"
+: "${HEALTH_MAX_AGE:=0}"
+: "${CONTAINER_NAME:=gym_backup}"
+: "${IMAGE_NAME:=gym-backup:latest}"
+: "${UPLOADS_SOURCE:=./uploads}"
+: "${REDIS_DATA_SOURCE:=redis_data}"
+: "${REDIS_CONTAINER:=gym_redis}"
 : "${LOCK_TIMEOUT:=600}"
 export TZ
 
@@ -408,7 +415,6 @@ require_tools() {
     die "${EXIT_REFUSED}" "missing tools: ${missing[*]}; install them (see the README's requirements)"
   fi
 }
-
 # --- The backups themselves, shared by backup_script.sh and restore_script.sh (safety backups).
 readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 DRY_RUN=0
@@ -757,7 +763,6 @@ run_part() (
   make_work_dir
   "backup_$1" "$2" "$3"
 )
-
 readonly LOG_FILE="${BACKUP_DIR}/restore.log"
 readonly REDIS_SYNC_TIMEOUT=600
 
@@ -967,7 +972,8 @@ drop_scratch_db() {
 
 table_report() {
   local db="$1"
-  postgres_query_in "${db}" "SELECT count(*) || ' tables, ' || coalesce(sum((xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint), 0) || ' rows' FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+  # ONLY: the rows of a partition (or child table) are counted once, not again in its parent.
+  postgres_query_in "${db}" "SELECT count(*) || ' tables, ' || coalesce(sum((xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint), 0) || ' rows' FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
 }
 
 deep_postgresql() {
@@ -1152,7 +1158,8 @@ database_exists() {
 report_foreign_objects() {
   local target="$1" relation schema name
   local -a extra=()
-  decode "${BACKUP_FILE}" 2>/dev/null | grep -E '^CREATE (TABLE|VIEW|MATERIALIZED VIEW|SEQUENCE|FOREIGN TABLE|UNLOGGED TABLE) ' >"${WORK_DIR}/created.sql" || true
+  # Identity columns' sequences are made by ALTER TABLE ... ADD GENERATED ... (SEQUENCE NAME ...).
+  decode "${BACKUP_FILE}" 2>/dev/null | grep -E '^(CREATE (TABLE|VIEW|MATERIALIZED VIEW|SEQUENCE|FOREIGN TABLE|UNLOGGED TABLE) |    SEQUENCE NAME )' >"${WORK_DIR}/created.sql" || true
   while IFS= read -r relation; do
     [[ -n "${relation}" ]] || continue
     schema="${relation%%.*}"

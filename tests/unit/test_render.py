@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from generator.config import load_settings
+from generator.errors import UserError
 from generator.render import Status, render, write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,9 +70,10 @@ def test_crontab_runs_full_and_cleanup_on_the_schedules() -> None:
         {"BACKUP_SCHEDULE": "30 1 * * *", "CLEANUP_SCHEDULE": "0 4 * * 1", "BACKUP_DIR": "/b 50%"},
     )
     lines = [ln for ln in render(settings)["crontab"].splitlines() if ln and ln[0].isdigit()]
+    job = "BASH_ENV=/dev/shm/gym-backup/env.sh /usr/local/bin/backup_script.sh"
     assert lines == [
-        "30 1 * * * /usr/local/bin/backup_script.sh full >>'/b 50\\%/cron.log' 2>&1",
-        "0 4 * * 1 /usr/local/bin/backup_script.sh cleanup >>'/b 50\\%/cron.log' 2>&1",
+        f"30 1 * * * {job} full >>'/b 50\\%/cron.log' 2>&1",
+        f"0 4 * * 1 {job} cleanup >>'/b 50\\%/cron.log' 2>&1",
     ]
 
 
@@ -93,3 +95,35 @@ def test_check_and_dry_run_write_nothing(tmp_path: Path, mode: str) -> None:
     result = write(files, tmp_path / "out", **{mode: True})
     assert {status for _, status in result} == {Status.CREATED}
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flavor", ["alpine", "debian"])
+def test_each_flavor_renders_its_base_image_and_scheduler(flavor: str) -> None:
+    files = render(load_settings(None, {"PG_MAJOR": "15"}), flavor)
+    base = {"alpine": "FROM alpine:3.20", "debian": "FROM debian:bookworm-slim"}[flavor]
+    scheduler = {"alpine": "exec crond -f", "debian": "exec cron -f"}[flavor]
+    assert base in files["Dockerfile"]
+    assert "ARG PG_MAJOR=15" in files["Dockerfile"]
+    assert scheduler in files["entrypoint.sh"]
+    assert (
+        files["backup_script.sh"]
+        == render(load_settings(None, {"PG_MAJOR": "15"}))["backup_script.sh"]
+    )
+
+
+def test_an_unknown_flavor_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="unknown flavor 'ubuntu'"):
+        render(load_settings(None, {}), "ubuntu")
+
+
+def test_compose_service_mounts_backups_uploads_and_redis_data() -> None:
+    settings = load_settings(
+        None, {"UPLOADS_SOURCE": "gym_uploads", "REDIS_DATA_SOURCE": "./redis-data"}
+    )
+    compose = render(settings)["docker-compose.backup.yml"]
+    assert "container_name: gym_backup" in compose
+    assert 'profiles: ["production"]' in compose
+    assert "- ./backups:/backups" in compose
+    assert "- gym_uploads:/data" in compose
+    assert "- ./redis-data:/redis-data" in compose
+    assert compose.rstrip().endswith("volumes:\n  gym_uploads:")

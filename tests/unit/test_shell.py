@@ -22,11 +22,26 @@ def tool(name: str) -> str:
     return found
 
 
+@pytest.fixture(scope="module", params=["alpine", "debian"])
+def rendered(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    out = tmp_path_factory.mktemp(f"rendered-{request.param}")
+    write(render(load_settings(None, {}), request.param), out)
+    return out
+
+
 @pytest.fixture(scope="module")
-def scripts(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    out = tmp_path_factory.mktemp("rendered")
-    write(render(load_settings(None, {})), out)
-    return sorted(out.glob("*.sh"))
+def scripts(rendered: Path) -> list[Path]:
+    return sorted(rendered.glob("*.sh"))
+
+
+def test_dockerfile_is_hadolint_clean(rendered: Path) -> None:
+    result = subprocess.run(
+        [tool("hadolint"), str(rendered / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
 
 
 def test_rendered_scripts_parse_with_bash(scripts: list[Path]) -> None:
