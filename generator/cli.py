@@ -45,7 +45,10 @@ EnvOption = Annotated[
     ),
 ]
 LocalOption = Annotated[
-    bool, typer.Option("--local", help="Run the script on this host instead of in the container.")
+    bool,
+    typer.Option(
+        "--local", help="Run on this host instead of in the container (BACKUP_CONTAINER)."
+    ),
 ]
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Say what would be done; change nothing.")
@@ -152,25 +155,32 @@ def config_check(env: EnvOption = None) -> None:
             typer.echo("Encryption: OFF; set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to encrypt.")
 
 
-def _run(local: bool, env: Path | None, script: str, args: list[str], *, for_run: bool) -> None:
-    """Render the scripts from the current settings into a private folder and run one here.
-
-    Rendering afresh means the script always matches the templates and the .env in use.
-    """
-    if not local:
-        raise UserError(
-            "only --local runs are available: the container service is not part of this "
-            "render yet. Add --local to run the script on this host.",
-            exit_code=2,
-        )
-    settings = config.load_settings(_env_file(env), for_run=for_run)
-    with tempfile.TemporaryDirectory(prefix="gym-backup-") as tmp:
-        folder = Path(tmp)
-        render.write(render.render(settings), folder)
-        code = ops.run_script(folder / script, args, settings.environment())
+def _fail_on(code: int, what: str) -> None:
     if code != 0:
         meaning = EXIT_MEANINGS.get(code) or ops.signal_name(code) or "failed"
-        raise ScriptFailedError(f"{script} {' '.join(args)}: {meaning}", exit_code=code)
+        raise ScriptFailedError(f"{what}: {meaning}", exit_code=code)
+
+
+def _run(local: bool, env: Path | None, script: str, args: list[str], *, for_run: bool) -> None:
+    """Run a script in the service's container, or (--local) on this host.
+
+    On this host the scripts are rendered afresh into a private folder, so they always match the
+    templates and the .env in use; in the container they read the container's environment.
+    """
+    settings = config.load_settings(_env_file(env), for_run=for_run and local)
+    if local:
+        with tempfile.TemporaryDirectory(prefix="gym-backup-") as tmp:
+            folder = Path(tmp)
+            render.write(render.render(settings), folder)
+            code = ops.run_script(folder / script, args, settings.environment())
+    else:
+        container = settings.values["BACKUP_CONTAINER"]
+        try:
+            ops.require_running(container)
+        except UserError as exc:
+            raise UserError(f"{exc.message} Or add --local to run on this host.") from None
+        code = ops.docker_exec(container, [f"/usr/local/bin/{script}", *args])
+    _fail_on(code, f"{script} {' '.join(args)}")
 
 
 def _flags(**flags: bool) -> list[str]:
@@ -291,3 +301,103 @@ def restore(
         args += _flags(clean=clean, no_owner=no_owner, no_safety_backup=no_safety_backup)
         args += _flags(force=force)
         _run(local, env, "restore_script.sh", args, for_run=True)
+        if what is RestoreType.REDIS and mode is RedisMode.FILE:
+            _restart_redis(local, env)
+
+
+def _restart_redis(local: bool, env: Path | None) -> None:
+    name = config.load_settings(_env_file(env)).values["REDIS_CONTAINER"]
+    if local:
+        say(f"Restart Redis now so that it loads the restored data (e.g. docker restart {name}).")
+        return
+    say(f"restarting {name} so that it loads the restored data")
+    _fail_on(ops.docker_restart(name), f"docker restart {name}")
+
+
+OutOption = Annotated[
+    Path, typer.Option("--out", help="The rendered service folder (the image's build context).")
+]
+ComposeOption = Annotated[
+    Path, typer.Option("--compose-file", help="The gym system's own compose file.")
+]
+
+
+@app.command()
+def build(
+    env: EnvOption = None,
+    out: OutOption = Path("docker/backup"),
+    flavor: Annotated[str, typer.Option("--flavor", help="alpine or debian.")] = "alpine",
+) -> None:
+    """Render the service and build its image (tagged BACKUP_IMAGE)."""
+    with reporting_errors():
+        settings = config.load_settings(_env_file(env))
+        for rel, status in render.write(render.render(settings, flavor), out):
+            say(f"{status.value:<11} {out / rel}")
+        tag = settings.values["BACKUP_IMAGE"]
+        _fail_on(ops.docker_build(out, tag), f"docker build {tag}")
+
+
+def _compose(env: Path | None, out: Path, compose_file: Path, args: list[str]) -> None:
+    config.load_settings(_env_file(env))
+    service_file = out / "docker-compose.backup.yml"
+    for needed in (compose_file, service_file):
+        if not needed.is_file():
+            raise UserError(
+                f"{needed} does not exist; run from the gym system's folder "
+                "(see --compose-file) after `gym-backup generate`."
+            )
+    code = ops.compose([compose_file, service_file], ["--profile", "production", *args], Path.cwd())
+    _fail_on(code, f"docker compose {' '.join(args)}")
+
+
+@app.command()
+def up(
+    env: EnvOption = None,
+    out: OutOption = Path("docker/backup"),
+    compose_file: ComposeOption = Path("docker-compose.yml"),
+) -> None:
+    """Start the backup service beside the gym system (docker compose, profile production)."""
+    with reporting_errors():
+        _compose(env, out, compose_file, ["up", "-d", "--build", "backup"])
+
+
+@app.command()
+def down(
+    env: EnvOption = None,
+    out: OutOption = Path("docker/backup"),
+    compose_file: ComposeOption = Path("docker-compose.yml"),
+) -> None:
+    """Stop and remove the backup service (the gym system keeps running)."""
+    with reporting_errors():
+        _compose(env, out, compose_file, ["rm", "--stop", "--force", "backup"])
+
+
+class LogName(enum.StrEnum):
+    """The service's logs in BACKUP_DIR."""
+
+    BACKUP = "backup"
+    CRON = "cron"
+    RESTORE = "restore"
+
+
+@app.command()
+def logs(
+    which: Annotated[LogName, typer.Argument(help="Which log.")] = LogName.BACKUP,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines.")] = 50,
+    local: LocalOption = False,
+    env: EnvOption = None,
+) -> None:
+    """Show the end of backup.log, cron.log or restore.log."""
+    with reporting_errors():
+        settings = config.load_settings(_env_file(env))
+        path = Path(settings.values["BACKUP_DIR"]) / f"{which.value}.log"
+        if local:
+            if not path.is_file():
+                raise UserError(f"{path} does not exist yet.")
+            text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            typer.echo("\n".join(text[-lines:]))
+            return
+        code = ops.docker_exec(
+            settings.values["BACKUP_CONTAINER"], ["tail", "-n", str(lines), str(path)]
+        )
+        _fail_on(code, f"tail {path}")

@@ -161,8 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0,
         maximum=31 * 86400,
     ),
-    Setting("CONTAINER_NAME", "gym_backup", Kind.NAME, "Name of the backup container."),
-    Setting("IMAGE_NAME", "gym-backup:latest", Kind.IMAGE, "Tag of the backup image."),
+    Setting("BACKUP_CONTAINER", "gym_backup", Kind.NAME, "Name of the backup container."),
+    Setting("BACKUP_IMAGE", "gym-backup:latest", Kind.IMAGE, "Tag of the backup image."),
     Setting(
         "UPLOADS_SOURCE",
         "./uploads",

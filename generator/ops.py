@@ -1,7 +1,8 @@
 """Every external command the generator runs, through the ``sh`` library.
 
 Secrets travel only in the environment (``_env``), never as arguments: ``sh`` prints the full
-command line in its errors.
+command line in its errors. Commands run in the foreground (``_fg``), so the user sees their
+output as it comes, and their exit code is returned rather than raised.
 """
 
 from __future__ import annotations
@@ -16,22 +17,28 @@ import sh
 from generator.errors import UserError
 
 
-def run_script(script: Path, args: Sequence[str], env: Mapping[str, str]) -> int:
-    """Run a rendered script in the foreground with ``env`` added to ours; return its exit code.
-
-    The script's output goes straight to our stdout and stderr.
-    """
+def _command(name: str, install_hint: str) -> sh.Command:
     try:
-        bash = sh.Command("bash")
+        return sh.Command(name)
     except sh.CommandNotFound:
-        raise UserError("bash is not installed; install it (apt-get install bash).") from None
+        raise UserError(f"{name} is not installed; {install_hint}") from None
+
+
+def _foreground(command: sh.Command, args: Sequence[str], env: Mapping[str, str]) -> int:
+    """Run in the foreground with ``env`` added to ours; return the exit code."""
     try:
-        bash(str(script), *args, _fg=True, _env={**os.environ, **env})
+        command(*args, _fg=True, _env={**os.environ, **env})
     except sh.SignalException as exc:
         return 128 + abs(exc.exit_code)
     except sh.ErrorReturnCode as exc:
         return exc.exit_code
     return 0
+
+
+def run_script(script: Path, args: Sequence[str], env: Mapping[str, str]) -> int:
+    """Run a rendered script on this host; its output goes straight to ours."""
+    bash = _command("bash", "install it (apt-get install bash).")
+    return _foreground(bash, [str(script), *args], env)
 
 
 def signal_name(code: int) -> str | None:
@@ -42,3 +49,76 @@ def signal_name(code: int) -> str | None:
         except ValueError:
             return None
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Docker
+
+
+def docker() -> sh.Command:
+    """The docker client, once the engine answers."""
+    client = _command("docker", "install Docker (apt-get install docker.io) and start it.")
+    try:
+        client("info", "--format", "{{.ServerVersion}}", _err_to_out=True)
+    except sh.ErrorReturnCode:
+        raise UserError(
+            "the Docker engine is not running (docker info fails); start it "
+            "(systemctl start docker, or dockerd &) and try again."
+        ) from None
+    return client
+
+
+def compose_command() -> tuple[sh.Command, list[str]]:
+    """``docker compose`` (v2) when available, else ``docker-compose`` (v1)."""
+    client = docker()
+    try:
+        client("compose", "version", _err_to_out=True)
+    except sh.ErrorReturnCode:
+        return _command("docker-compose", "install it (apt-get install docker-compose)."), []
+    return client, ["compose"]
+
+
+def container_state(name: str) -> str | None:
+    """``running``, ``exited``, ... or None when there is no such container."""
+    try:
+        out = docker()("inspect", "--format", "{{.State.Status}}", name, _err_to_out=True)
+    except sh.ErrorReturnCode:
+        return None
+    return str(out).strip()
+
+
+def require_running(name: str) -> None:
+    """Fail with a fix-it message unless the container runs."""
+    state = container_state(name)
+    if state is None:
+        raise UserError(
+            f"there is no container {name}: start the service with `gym-backup up` "
+            "(or set BACKUP_CONTAINER)."
+        )
+    if state != "running":
+        raise UserError(f"container {name} is {state}, not running: start it with `gym-backup up`.")
+
+
+def docker_exec(name: str, args: Sequence[str]) -> int:
+    """Run a command in a running container; its output goes straight to ours."""
+    require_running(name)
+    return _foreground(docker(), ["exec", name, *args], {})
+
+
+def docker_build(context: Path, tag: str) -> int:
+    """Build the image from a rendered folder."""
+    return _foreground(docker(), ["build", "--tag", tag, str(context)], {})
+
+
+def compose(files: Sequence[Path], args: Sequence[str], project_dir: Path) -> int:
+    """Run docker compose with these files (the first one sets the project folder)."""
+    command, prefix = compose_command()
+    file_args = [a for f in files for a in ("-f", str(f))]
+    return _foreground(
+        command, [*prefix, "--project-directory", str(project_dir), *file_args, *args], {}
+    )
+
+
+def docker_restart(name: str) -> int:
+    """Restart a container (e.g. Redis after a file-mode restore)."""
+    return _foreground(docker(), ["restart", name], {})

@@ -40,8 +40,8 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
 : "${PG_MAJOR:=16}"
 : "${BACKUP_ON_START:=false}"
 : "${HEALTH_MAX_AGE:=0}"
-: "${CONTAINER_NAME:=gym_backup}"
-: "${IMAGE_NAME:=gym-backup:latest}"
+: "${BACKUP_CONTAINER:=gym_backup}"
+: "${BACKUP_IMAGE:=gym-backup:latest}"
 : "${UPLOADS_SOURCE:=./uploads}"
 : "${REDIS_DATA_SOURCE:=redis_data}"
 : "${REDIS_CONTAINER:=gym_redis}"
@@ -52,6 +52,7 @@ export TZ
 readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(sql|rdb|tar)\.gz(\.gpg)?$'
 
 WORK_DIR=""
+GNUPG_DIR=""
 PARTIALS=()
 
 # ---------------------------------------------------------------------------------------------
@@ -98,10 +99,13 @@ cleanup() {
     [[ -e "${path}" ]] && rm -f -- "${path}"
   done
   PARTIALS=()
-  if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
-    if [[ -d "${WORK_DIR}/gnupg" ]] && command -v gpgconf >/dev/null 2>&1; then
-      gpgconf --homedir "${WORK_DIR}/gnupg" --kill gpg-agent >/dev/null 2>&1 || true
+  if [[ -n "${GNUPG_DIR}" && -d "${GNUPG_DIR}" ]]; then
+    if command -v gpgconf >/dev/null 2>&1; then
+      gpgconf --homedir "${GNUPG_DIR}" --kill gpg-agent >/dev/null 2>&1 || true
     fi
+    rm -rf -- "${GNUPG_DIR}"
+  fi
+  if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
     rm -rf -- "${WORK_DIR}"
   fi
 }
@@ -110,8 +114,11 @@ register_partial() {
   PARTIALS+=("$1")
 }
 
+# A private temporary folder, and a GnuPG home with a short path: gpg-agent's sockets live there
+# when /run/user does not exist (as in containers), and socket paths are limited to 107 bytes.
 make_work_dir() {
   WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gym-backup.XXXXXXXX")"
+  GNUPG_DIR="$(mktemp -d /tmp/gym-gpg.XXXXXXXX)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -289,8 +296,7 @@ decompress() {
 }
 
 gpg_run() {
-  [[ -d "${WORK_DIR}/gnupg" ]] || mkdir -m 700 -- "${WORK_DIR}/gnupg"
-  gpg --homedir "${WORK_DIR}/gnupg" --batch --no-tty --yes --quiet --pinentry-mode loopback \
+  gpg --homedir "${GNUPG_DIR}" --batch --no-tty --yes --quiet --pinentry-mode loopback \
     --no-symkey-cache --no-permission-warning "$@"
 }
 
@@ -465,14 +471,15 @@ check_pg_versions() {
 
 backup_postgresql() {
   local ts="$1" epoch="$2"
-  local final partial server_version started
+  local final partial server_num server_version started
   local -a st
   final="${BACKUP_DIR}/postgresql_backup_${ts}.sql.gz$(gpg_suffix)"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
   require_tools pg_dump psql "$(compressor)"
   [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "postgresql: POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
-  check_pg_versions "$(pg_dump --version)" "$(postgres_query 'SHOW server_version_num')"
+  server_num="$(postgres_query 'SHOW server_version_num')"
+  check_pg_versions "$(pg_dump --version)" "${server_num}"
   server_version="$(postgres_query 'SHOW server_version')"
   if ((DRY_RUN)); then
     log INFO "dry run: would dump ${POSTGRES_DB} from ${POSTGRES_HOST}:${POSTGRES_PORT} (PostgreSQL ${server_version}) into ${final}"
@@ -520,8 +527,8 @@ redis_check_reachable() {
   [[ "${out}" == "PONG" ]] && return 0
   local hint='is Redis running and reachable? check REDIS_HOST and REDIS_PORT'
   case "${out}" in
-    *NOAUTH*) hint='the server requires a password: set REDIS_PASSWORD or REDIS_PASSWORD_FILE' ;;
     *WRONGPASS* | *invalid\ password* | *invalid\ username-password*) hint='check REDIS_PASSWORD (or REDIS_PASSWORD_FILE)' ;;
+    *NOAUTH*) hint='the server requires a password: set REDIS_PASSWORD or REDIS_PASSWORD_FILE' ;;
   esac
   die "${EXIT_FAILED}" "redis: cannot reach ${REDIS_HOST}:${REDIS_PORT}: ${out//$'\n'/ }; ${hint}"
 }

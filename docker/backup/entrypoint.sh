@@ -42,8 +42,8 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
 : "${PG_MAJOR:=16}"
 : "${BACKUP_ON_START:=false}"
 : "${HEALTH_MAX_AGE:=0}"
-: "${CONTAINER_NAME:=gym_backup}"
-: "${IMAGE_NAME:=gym-backup:latest}"
+: "${BACKUP_CONTAINER:=gym_backup}"
+: "${BACKUP_IMAGE:=gym-backup:latest}"
 : "${UPLOADS_SOURCE:=./uploads}"
 : "${REDIS_DATA_SOURCE:=redis_data}"
 : "${REDIS_CONTAINER:=gym_redis}"
@@ -54,6 +54,7 @@ export TZ
 readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(sql|rdb|tar)\.gz(\.gpg)?$'
 
 WORK_DIR=""
+GNUPG_DIR=""
 PARTIALS=()
 
 # ---------------------------------------------------------------------------------------------
@@ -100,10 +101,13 @@ cleanup() {
     [[ -e "${path}" ]] && rm -f -- "${path}"
   done
   PARTIALS=()
-  if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
-    if [[ -d "${WORK_DIR}/gnupg" ]] && command -v gpgconf >/dev/null 2>&1; then
-      gpgconf --homedir "${WORK_DIR}/gnupg" --kill gpg-agent >/dev/null 2>&1 || true
+  if [[ -n "${GNUPG_DIR}" && -d "${GNUPG_DIR}" ]]; then
+    if command -v gpgconf >/dev/null 2>&1; then
+      gpgconf --homedir "${GNUPG_DIR}" --kill gpg-agent >/dev/null 2>&1 || true
     fi
+    rm -rf -- "${GNUPG_DIR}"
+  fi
+  if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
     rm -rf -- "${WORK_DIR}"
   fi
 }
@@ -112,8 +116,11 @@ register_partial() {
   PARTIALS+=("$1")
 }
 
+# A private temporary folder, and a GnuPG home with a short path: gpg-agent's sockets live there
+# when /run/user does not exist (as in containers), and socket paths are limited to 107 bytes.
 make_work_dir() {
   WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gym-backup.XXXXXXXX")"
+  GNUPG_DIR="$(mktemp -d /tmp/gym-gpg.XXXXXXXX)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -291,8 +298,7 @@ decompress() {
 }
 
 gpg_run() {
-  [[ -d "${WORK_DIR}/gnupg" ]] || mkdir -m 700 -- "${WORK_DIR}/gnupg"
-  gpg --homedir "${WORK_DIR}/gnupg" --batch --no-tty --yes --quiet --pinentry-mode loopback \
+  gpg --homedir "${GNUPG_DIR}" --batch --no-tty --yes --quiet --pinentry-mode loopback \
     --no-symkey-cache --no-permission-warning "$@"
 }
 
@@ -422,7 +428,7 @@ readonly RUN_DIR=/dev/shm/gym-backup
 readonly JOB_ENV="${RUN_DIR}/env.sh"
 readonly CRONTAB_FILE=/etc/gym-backup/crontab
 # Every setting a job may need; a secret is passed as its value or its _FILE, never both.
-readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION_LEVEL KEEP_MIN REDIS_DATA_DIR REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE CONTAINER_NAME IMAGE_NAME UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
+readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION_LEVEL KEEP_MIN REDIS_DATA_DIR REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
 readonly SECRET_SETTINGS=(POSTGRES_PASSWORD REDIS_PASSWORD ENCRYPTION_KEY)
 
 problems=()

@@ -40,8 +40,8 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
 : "${PG_MAJOR:=16}"
 : "${BACKUP_ON_START:=false}"
 : "${HEALTH_MAX_AGE:=0}"
-: "${CONTAINER_NAME:=gym_backup}"
-: "${IMAGE_NAME:=gym-backup:latest}"
+: "${BACKUP_CONTAINER:=gym_backup}"
+: "${BACKUP_IMAGE:=gym-backup:latest}"
 : "${UPLOADS_SOURCE:=./uploads}"
 : "${REDIS_DATA_SOURCE:=redis_data}"
 : "${REDIS_CONTAINER:=gym_redis}"
@@ -52,6 +52,7 @@ export TZ
 readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(sql|rdb|tar)\.gz(\.gpg)?$'
 
 WORK_DIR=""
+GNUPG_DIR=""
 PARTIALS=()
 
 # ---------------------------------------------------------------------------------------------
@@ -98,10 +99,13 @@ cleanup() {
     [[ -e "${path}" ]] && rm -f -- "${path}"
   done
   PARTIALS=()
-  if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
-    if [[ -d "${WORK_DIR}/gnupg" ]] && command -v gpgconf >/dev/null 2>&1; then
-      gpgconf --homedir "${WORK_DIR}/gnupg" --kill gpg-agent >/dev/null 2>&1 || true
+  if [[ -n "${GNUPG_DIR}" && -d "${GNUPG_DIR}" ]]; then
+    if command -v gpgconf >/dev/null 2>&1; then
+      gpgconf --homedir "${GNUPG_DIR}" --kill gpg-agent >/dev/null 2>&1 || true
     fi
+    rm -rf -- "${GNUPG_DIR}"
+  fi
+  if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
     rm -rf -- "${WORK_DIR}"
   fi
 }
@@ -110,8 +114,11 @@ register_partial() {
   PARTIALS+=("$1")
 }
 
+# A private temporary folder, and a GnuPG home with a short path: gpg-agent's sockets live there
+# when /run/user does not exist (as in containers), and socket paths are limited to 107 bytes.
 make_work_dir() {
   WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gym-backup.XXXXXXXX")"
+  GNUPG_DIR="$(mktemp -d /tmp/gym-gpg.XXXXXXXX)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -289,8 +296,7 @@ decompress() {
 }
 
 gpg_run() {
-  [[ -d "${WORK_DIR}/gnupg" ]] || mkdir -m 700 -- "${WORK_DIR}/gnupg"
-  gpg --homedir "${WORK_DIR}/gnupg" --batch --no-tty --yes --quiet --pinentry-mode loopback \
+  gpg --homedir "${GNUPG_DIR}" --batch --no-tty --yes --quiet --pinentry-mode loopback \
     --no-symkey-cache --no-permission-warning "$@"
 }
 
@@ -465,14 +471,15 @@ check_pg_versions() {
 
 backup_postgresql() {
   local ts="$1" epoch="$2"
-  local final partial server_version started
+  local final partial server_num server_version started
   local -a st
   final="${BACKUP_DIR}/postgresql_backup_${ts}.sql.gz$(gpg_suffix)"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
   require_tools pg_dump psql "$(compressor)"
   [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "postgresql: POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
-  check_pg_versions "$(pg_dump --version)" "$(postgres_query 'SHOW server_version_num')"
+  server_num="$(postgres_query 'SHOW server_version_num')"
+  check_pg_versions "$(pg_dump --version)" "${server_num}"
   server_version="$(postgres_query 'SHOW server_version')"
   if ((DRY_RUN)); then
     log INFO "dry run: would dump ${POSTGRES_DB} from ${POSTGRES_HOST}:${POSTGRES_PORT} (PostgreSQL ${server_version}) into ${final}"
@@ -520,8 +527,8 @@ redis_check_reachable() {
   [[ "${out}" == "PONG" ]] && return 0
   local hint='is Redis running and reachable? check REDIS_HOST and REDIS_PORT'
   case "${out}" in
-    *NOAUTH*) hint='the server requires a password: set REDIS_PASSWORD or REDIS_PASSWORD_FILE' ;;
     *WRONGPASS* | *invalid\ password* | *invalid\ username-password*) hint='check REDIS_PASSWORD (or REDIS_PASSWORD_FILE)' ;;
+    *NOAUTH*) hint='the server requires a password: set REDIS_PASSWORD or REDIS_PASSWORD_FILE' ;;
   esac
   die "${EXIT_FAILED}" "redis: cannot reach ${REDIS_HOST}:${REDIS_PORT}: ${out//$'\n'/ }; ${hint}"
 }
@@ -777,6 +784,7 @@ OPT_MODE=online
 BACKUP_FILE=""
 BACKUP_TYPE=""
 SCRATCH_DB=""
+CREATED_DB=""
 TEMP_REDIS_PID=""
 LIVE_REDIS_REPLICATING=0
 LIVE_MASTERAUTH=""
@@ -808,7 +816,8 @@ Commands:
       extract into DEST (default FILES_DIR); existing files are kept unless --force
 
 Options:
-  -h, --help  show this help
+  --no-checksum  (every command but info) go on without FILE.sha256
+  -h, --help     show this help
 
 Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy, 4 verification failed, 5 wrong encryption
 key, 6 refused (a precondition not met). On any failure the target is left as it was.
@@ -896,7 +905,11 @@ check_decode() {
     fi
     check_failed "${EXIT_VERIFY}" decompress "the compressed data is damaged or truncated$(stage_message decode)"
   fi
-  ((encrypted == 0)) || check_ok decrypt "OpenPGP symmetric encryption, the key decrypts it"
+  if ((encrypted)); then
+    check_ok decrypt "OpenPGP symmetric encryption, the key decrypts it"
+  else
+    log INFO "check decrypt: skipped (the backup is not encrypted)"
+  fi
   RAW_SIZE="$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/count.err" | tail -n 1)"
   check_ok decompress "gzip, $(human_size "${RAW_SIZE:-0}") decoded"
   ((st[2] == 0)) || check_failed "${EXIT_VERIFY}" content "cannot read the content$(stage_message check)"
@@ -963,11 +976,22 @@ postgres_query_in() {
   postgres_query "$2"
 }
 
+drop_database() {
+  pg_run psql -X -q -w -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
+    -d "${POSTGRES_DB}" -c "DROP DATABASE IF EXISTS $(sql_ident "$1") WITH (FORCE)" >/dev/null 2>&1
+}
+
 drop_scratch_db() {
   [[ -n "${SCRATCH_DB}" ]] || return 0
-  pg_run psql -X -q -w -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
-    -d "${POSTGRES_DB}" -c "DROP DATABASE IF EXISTS $(sql_ident "${SCRATCH_DB}") WITH (FORCE)" >/dev/null 2>&1 || true
+  drop_database "${SCRATCH_DB}" || log WARN "could not drop the scratch database ${SCRATCH_DB}; drop it by hand"
   SCRATCH_DB=""
+}
+
+# A database this run created for a restore that failed is dropped again: the target is as it was.
+drop_created_db() {
+  [[ -n "${CREATED_DB}" ]] || return 0
+  drop_database "${CREATED_DB}" || log WARN "could not drop the database ${CREATED_DB} that this failed restore created; drop it by hand"
+  CREATED_DB=""
 }
 
 table_report() {
@@ -976,9 +1000,18 @@ table_report() {
   postgres_query_in "${db}" "SELECT count(*) || ' tables, ' || coalesce(sum((xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint), 0) || ' rows' FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
 }
 
+# require_createdb WHAT ALTERNATIVE: creating a database needs CREATEDB; say so before anything is done.
+require_createdb() {
+  local can
+  can="$(postgres_query "SELECT rolcreatedb OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")"
+  [[ "${can}" == t ]] ||
+    die "${EXIT_REFUSED}" "postgresql: $1 needs a new database, and ${POSTGRES_USER} may not create databases; as a superuser run: ALTER ROLE $(sql_ident "${POSTGRES_USER}") CREATEDB$2. Nothing was changed."
+}
+
 deep_postgresql() {
   local -a st
   require_tools psql
+  require_createdb "verify --deep" "; or verify without --deep"
   SCRATCH_DB="gym_backup_verify_$$_${RANDOM}"
   postgres_query "CREATE DATABASE $(sql_ident "${SCRATCH_DB}")" >/dev/null
   set +o errexit
@@ -1182,7 +1215,9 @@ cmd_restore_postgresql() {
   if database_exists "${target}"; then
     relations="$(list_relations "${target}" | grep -c . || true)"
   elif [[ -n "${OPT_TARGET_DB}" ]]; then
+    require_createdb "--target-db ${target}" "; or create the database ${target} (owned by ${POSTGRES_USER}) first"
     postgres_query "CREATE DATABASE $(sql_ident "${target}")" >/dev/null
+    CREATED_DB="${target}"
     log INFO "postgresql: created database ${target}"
   else
     die "${EXIT_REFUSED}" "database ${target} does not exist; create it, or pass --target-db NAME to create a new one"
@@ -1203,10 +1238,12 @@ cmd_restore_postgresql() {
   st=("${PIPESTATUS[@]}")
   set -o errexit
   if ((st[0] != 0 || st[1] != 0 || st[2] != 0)); then
-    local hint=""
+    local hint="" state="${target} is as it was"
     ! grep -qs 'role .* does not exist' "${WORK_DIR}/psql.err" || hint="; the server lacks a role the dump names: pass --no-owner"
-    die "${EXIT_FAILED}" "postgresql: the restore failed and was rolled back, ${target} is as it was$(stage_message psql)${hint}"
+    [[ -z "${CREATED_DB}" ]] || state="the database ${target} this run created is dropped again"
+    die "${EXIT_FAILED}" "postgresql: the restore failed and was rolled back, ${state}$(stage_message psql)${hint}"
   fi
+  CREATED_DB=""
   log INFO "postgresql: restored ${BACKUP_FILE##*/} into ${target}: $(table_report "${target}")"
 }
 
@@ -1286,6 +1323,7 @@ restore_cleanup() {
   release_live_redis
   stop_temp_redis
   drop_scratch_db
+  drop_created_db
   cleanup
 }
 
@@ -1323,6 +1361,23 @@ restore_redis_online() {
   log INFO "redis: restored ${BACKUP_FILE##*/} into ${REDIS_HOST}:${REDIS_PORT} online: ${got}"
 }
 
+# install_like SRC DST LIKE DIR: copy SRC to DST by a rename (never half-written), with the owner and
+# mode of LIKE (the file it replaces), else the owner of DIR: Redis, often another user, must read it.
+install_like() {
+  local src="$1" dst="$2" like="$3" dir="$4" tmp
+  tmp="${dst%/*}/.${dst##*/}.restore.partial"
+  register_partial "${tmp}"
+  cp -- "${src}" "${tmp}"
+  if [[ -f "${like}" ]]; then
+    chmod --reference="${like}" -- "${tmp}"
+  else
+    like="${dir}"
+  fi
+  chown --reference="${like}" -- "${tmp}" 2>/dev/null || chmod a+r -- "${tmp}"
+  sync -- "${tmp}" 2>/dev/null || sync
+  mv -f -- "${tmp}" "${dst}"
+}
+
 restore_redis_file() {
   local dir="${REDIS_DATA_DIR}" dbfilename=dump.rdb appendonly="" aof_dir=appendonlydir aof_name=appendonly.aof
   local reachable=0 stamp
@@ -1339,24 +1394,26 @@ restore_redis_file() {
     redis_cli CONFIG SET save "" >/dev/null 2>&1 || true
   fi
   stamp="$(date +%Y%m%d_%H%M%S)"
-  cp -- "${RESTORE_RDB}" "${dir}/.${dbfilename}.restore.partial"
-  register_partial "${dir}/.${dbfilename}.restore.partial"
-  sync -- "${dir}/.${dbfilename}.restore.partial" 2>/dev/null || sync
-  mv -f -- "${dir}/.${dbfilename}.restore.partial" "${dir}/${dbfilename}"
+  install_like "${RESTORE_RDB}" "${dir}/${dbfilename}" "${dir}/${dbfilename}" "${dir}"
   log INFO "redis: wrote ${dir}/${dbfilename}"
   # An append-only file wins over the RDB at start-up: make the RDB the AOF's base.
   if [[ "${appendonly}" == yes || -e "${dir}/${aof_dir}" || -e "${dir}/${aof_name}" ]]; then
+    local aof_like="${dir}"
     if [[ -e "${dir}/${aof_dir}" ]]; then
       mv -- "${dir}/${aof_dir}" "${dir}/${aof_dir}.before-restore-${stamp}"
+      aof_like="${dir}/${aof_dir}.before-restore-${stamp}"
       log INFO "redis: moved the old AOF aside to ${aof_dir}.before-restore-${stamp}"
     fi
     if [[ -e "${dir}/${aof_name}" ]]; then
       mv -- "${dir}/${aof_name}" "${dir}/${aof_name}.before-restore-${stamp}"
-      cp -- "${RESTORE_RDB}" "${dir}/${aof_name}"
+      install_like "${RESTORE_RDB}" "${dir}/${aof_name}" "${dir}/${aof_name}.before-restore-${stamp}" "${dir}"
     fi
     mkdir -p -- "${dir}/${aof_dir}"
-    cp -- "${RESTORE_RDB}" "${dir}/${aof_dir}/${aof_name}.1.base.rdb"
-    printf 'file %s.1.base.rdb seq 1 type b\n' "${aof_name}" >"${dir}/${aof_dir}/${aof_name}.manifest"
+    chmod --reference="${aof_like}" -- "${dir}/${aof_dir}"
+    chown --reference="${aof_like}" -- "${dir}/${aof_dir}" 2>/dev/null || chmod a+rx -- "${dir}/${aof_dir}"
+    install_like "${RESTORE_RDB}" "${dir}/${aof_dir}/${aof_name}.1.base.rdb" "${dir}/${dbfilename}" "${dir}"
+    printf 'file %s.1.base.rdb seq 1 type b\n' "${aof_name}" >"${WORK_DIR}/aof.manifest"
+    install_like "${WORK_DIR}/aof.manifest" "${dir}/${aof_dir}/${aof_name}.manifest" "${dir}/${dbfilename}" "${dir}"
     log INFO "redis: the backup is also the base of a new AOF in ${aof_dir} (appendonly yes)"
   fi
   if ((reachable)); then
@@ -1371,11 +1428,7 @@ restore_redis_file() {
 cmd_restore_redis() {
   require_type redis
   require_tools redis-cli
-  case "${OPT_MODE}" in
-    online) redis_check_reachable ;;
-    file) ;;
-    *) usage_error "--mode is online or file, not '${OPT_MODE}'" ;;
-  esac
+  [[ "${OPT_MODE}" != online ]] || redis_check_reachable
   verify_backup
   "restore_redis_${OPT_MODE}"
 }
@@ -1416,9 +1469,15 @@ check_links() {
   fi
 }
 
+# A folder, not a link to one.
+is_real_dir() {
+  [[ -d "$1" && ! -L "$1" ]]
+}
+
 cmd_restore_files() {
-  local dest="${1:-${FILES_DIR}}" staging rel
-  local -a st conflicts=()
+  local dest="${1:-${FILES_DIR}}" staging rel entry i
+  local -a st conflicts=() entries=()
+  local -A dir_times=()
   require_type files
   [[ -d "${dest}" && -w "${dest}" ]] || die "${EXIT_REFUSED}" "files: destination ${dest} is not a writable folder; create it or fix its permissions"
   dest="$(realpath -- "${dest}")"
@@ -1431,39 +1490,50 @@ cmd_restore_files() {
     tar -C "${staging}" --same-permissions --numeric-owner -xf - 2>"${WORK_DIR}/tar.err"
   st=("${PIPESTATUS[@]}")
   set -o errexit
-  ((st[0] == 0 && st[1] == 0)) || die "${EXIT_FAILED}" "files: extracting failed$(stage_message tar); nothing was changed in ${dest}"
+  # The links first: tar also fails on an archive that writes through one of its own links.
   check_links "${staging}"
-  while IFS= read -r -d '' rel; do
-    rel="${rel#./}"
-    if [[ -e "${dest}/${rel}" || -L "${dest}/${rel}" ]] && [[ ! -d "${staging}/${rel}" || -L "${staging}/${rel}" || ! -d "${dest}/${rel}" ]]; then
-      conflicts+=("${rel}")
-    fi
-  done < <(cd -- "${staging}" && find . -mindepth 1 -print0)
+  ((st[0] == 0 && st[1] == 0)) || die "${EXIT_FAILED}" "files: extracting failed$(stage_message tar); nothing was changed in ${dest}"
+  # Every entry (parents before children), read once: the moves below change the folders.
+  mapfile -d '' -t entries < <(cd -- "${staging}" && find . -mindepth 1 -printf '%P\0')
+  # The folders' times too, before moving their contents out changes them.
+  while IFS= read -r -d '' entry; do
+    dir_times["${entry#*/}"]="${entry%%/*}"
+  done < <(find "${staging}" -mindepth 1 -type d -printf '%T@/%P\0')
+  # Folders merge with folders; anything else already in DEST is a conflict, a link in DEST too:
+  # it is never followed (it could lead out of DEST), only replaced with --force.
+  for rel in "${entries[@]}"; do
+    [[ -e "${dest}/${rel}" || -L "${dest}/${rel}" ]] || continue
+    is_real_dir "${staging}/${rel}" && is_real_dir "${dest}/${rel}" && continue
+    conflicts+=("${rel}")
+  done
   if ((${#conflicts[@]} > 0 && ! OPT_FORCE)); then
     die "${EXIT_REFUSED}" "files: ${#conflicts[@]} entries already exist in ${dest} (e.g. ${conflicts[*]:0:3}); pass --force to overwrite them. Nothing was changed."
   fi
   local moved=0
-  # Folders first (created or kept), then everything else moved in by rename.
-  while IFS= read -r -d '' rel; do
-    rel="${rel#./}"
-    if [[ -d "${staging}/${rel}" && ! -L "${staging}/${rel}" ]]; then
-      [[ -d "${dest}/${rel}" ]] || mkdir -- "${dest}/${rel}"
+  # Folders are created (or kept), everything else is moved in by rename.
+  for rel in "${entries[@]}"; do
+    if is_real_dir "${staging}/${rel}"; then
+      if ! is_real_dir "${dest}/${rel}"; then
+        [[ ! -e "${dest}/${rel}" && ! -L "${dest}/${rel}" ]] || rm -f -- "${dest}/${rel}"
+        mkdir -- "${dest}/${rel}"
+      fi
     else
-      [[ ! -d "${dest}/${rel}" || -L "${dest}/${rel}" ]] || rm -rf -- "${dest:?}/${rel}"
+      ! is_real_dir "${dest}/${rel}" || rm -rf -- "${dest:?}/${rel}"
       mv -f -T -- "${staging}/${rel}" "${dest}/${rel}"
       moved=$((moved + 1))
     fi
-  done < <(cd -- "${staging}" && find . -mindepth 1 -print0)
-  # Folder modes, owners and times last (writing into them changed their times).
-  while IFS= read -r -d '' rel; do
-    rel="${rel#./}"
+  done
+  # Folder modes, owners and times last, deepest first (writing into a folder changes its time).
+  for ((i = ${#entries[@]} - 1; i >= 0; i--)); do
+    rel="${entries[i]}"
+    [[ -n "${dir_times["${rel}"]+set}" ]] || continue
     chmod --reference="${staging}/${rel}" -- "${dest}/${rel}"
     chown --reference="${staging}/${rel}" -- "${dest}/${rel}" 2>/dev/null || true
-    touch --reference="${staging}/${rel}" -- "${dest}/${rel}"
-  done < <(cd -- "${staging}" && find . -mindepth 1 -type d -print0 | sort -rz)
+    touch -d "@${dir_times["${rel}"]}" -- "${dest}/${rel}"
+  done
   rm -rf -- "${staging}"
   RESTORE_STAGING=""
-  log INFO "files: restored ${BACKUP_FILE##*/} into ${dest}: ${moved} files and links$( ((${#conflicts[@]} > 0)) && printf ', %s of them overwritten (--force)' "${#conflicts[@]}")"
+  log INFO "files: restored ${BACKUP_FILE##*/} into ${dest}: ${moved} files and links$( ((${#conflicts[@]} > 0)) && printf '; %s entries that were in the way replaced (--force)' "${#conflicts[@]}")"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1475,8 +1545,9 @@ usage_error() {
 }
 
 main() {
-  local -a positional=()
+  local -a positional=() given=()
   while (($# > 0)); do
+    [[ "$1" != -?* ]] || given+=("${1%%=*}")
     case "$1" in
       -h | --help)
         usage
@@ -1512,6 +1583,19 @@ main() {
     verify | info | postgresql | redis) ((${#positional[@]} == 2)) || usage_error "${command} takes one FILE" ;;
     *) usage_error "unknown command '${command}'" ;;
   esac
+  # An option another command takes is an error here, not silently ignored.
+  local option
+  local -A takes=(
+    [verify]="--deep --no-checksum"
+    [info]=""
+    [postgresql]="--target-db --clean --no-owner --no-safety-backup --no-checksum"
+    [redis]="--mode --no-safety-backup --no-checksum"
+    [files]="--force --no-checksum"
+  )
+  for option in "${given[@]}"; do
+    [[ " ${takes[${command}]} " == *" ${option} "* ]] || usage_error "${command} does not take ${option}"
+  done
+  [[ "${OPT_MODE}" == online || "${OPT_MODE}" == file ]] || usage_error "--mode is online or file, not '${OPT_MODE}'"
   trap 'on_error $? ${LINENO}' ERR
   trap restore_cleanup EXIT
   check_settings

@@ -39,6 +39,7 @@ def test_redis_with_hostile_password(redis_auth: RedisServer) -> None:
 
 
 def test_load_rdb_has_the_same_digest(redis_open: RedisServer, tmp_path: Path) -> None:
+    redis_open.cli("FLUSHALL")  # the server is shared by the session's tests
     redis_open.pipe(
         [
             ["HSET", "session:abc", "member_id", "42", "ip", "10.0.0.1"],

@@ -103,10 +103,15 @@ def test_a_missing_env_file_is_a_clear_error() -> None:
     assert "nope.env: no such .env file" in result.stderr
 
 
-def test_backup_without_local_says_how_to_run_it() -> None:
+def test_without_local_a_missing_container_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BACKUP_CONTAINER", "gym_backup_that_does_not_exist")
     result = runner.invoke(app, ["backup", "full"])
-    assert result.exit_code == 2
-    assert "Add --local" in result.stderr
+    assert result.exit_code == 1
+    # Docker missing, its engine stopped, or no such container: each says what to do.
+    assert "Or add --local to run on this host." in result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_backup_of_an_unknown_type_is_a_usage_error() -> None:

@@ -1,0 +1,584 @@
+"""backup_script.sh when things go wrong: the exit code and message say what, and nothing is lost.
+
+Every failure must leave BACKUP_DIR as it was: no file under a final backup name, no ``.partial``
+left behind, and the backups made before byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from generator.sandbox import PostgresServer, SandboxError, free_port
+
+if TYPE_CHECKING:
+    from conftest import MakeEnv, RunScript
+
+SCRIPT = "backup_script.sh"
+KEY = "fail key 'q\" $k \\ `e` ! ; & end"
+EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_REFUSED = 1, 2, 3, 6
+Result = subprocess.CompletedProcess[str]
+BACKUP_NAME = re.compile(r"(postgresql|redis|files)_backup_\d{8}_\d{6}\.(sql|rdb|tar)\.gz(\.gpg)?")
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    """Every file of ``folder`` and its bytes, except what the runs keep for themselves: the log
+    and the hidden bookkeeping files (the lock, the last-success marker)."""
+    return {
+        p.name: p.read_bytes()
+        for p in folder.iterdir()
+        if p.is_file() and p.name != "backup.log" and not p.name.startswith(".")
+    }
+
+
+def backup_names(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if BACKUP_NAME.fullmatch(p.name)}
+
+
+def kinds(folder: Path) -> list[str]:
+    return sorted(m.group(1) for p in folder.iterdir() if (m := BACKUP_NAME.fullmatch(p.name)))
+
+
+def run_ok(run_script: RunScript, *args: str, env: dict[str, str]) -> None:
+    result = run_script(SCRIPT, *args, env=env)
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+
+
+def assert_untouched(folder: Path, before: dict[str, bytes]) -> None:
+    """Nothing new (no final name, no .partial, no sidecar) and every earlier file unchanged."""
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".partial")]
+    after = folder_state(folder)
+    assert sorted(after) == sorted(before)
+    assert after == before, "an earlier backup was modified"
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def ancestors(pid: int) -> Iterator[int]:
+    """The parent, grandparent, ... of ``pid`` (from /proc)."""
+    while pid > 1:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return
+        match = re.search(r"^PPid:\s+(\d+)$", status, re.MULTILINE)
+        if match is None:
+            return
+        pid = int(match.group(1))
+        yield pid
+
+
+def descendant_with_arg(root: int, arg: bytes) -> int | None:
+    """A live descendant of ``root`` whose command line has the argument ``arg``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if arg in argv and root in ancestors(int(entry.name)):
+            return int(entry.name)
+    return None
+
+
+# ----------------------------------------------------------------------------- server failures
+
+
+def test_wrong_postgres_password_fails_and_points_at_postgres_password(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    env = backup_env(tmp_path)
+    backups = tmp_path / "backups"
+    run_ok(run_script, "postgresql", env=env)
+    before = folder_state(backups)
+
+    result = run_script(SCRIPT, "postgresql", env={**env, "POSTGRES_PASSWORD": "not it"})
+
+    assert result.returncode == EXIT_FAILED
+    assert "password authentication failed" in result.stderr
+    assert "check POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE)" in result.stderr
+    assert_untouched(backups, before)
+
+
+def test_wrong_postgres_password_is_not_followed_by_a_misleading_version_error(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    env = backup_env(tmp_path, POSTGRES_PASSWORD="not it")
+
+    result = run_script(SCRIPT, "postgresql", env=env)
+
+    assert result.returncode == EXIT_FAILED
+    assert "check POSTGRES_PASSWORD" in result.stderr
+    assert "cannot read the server version" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("problem", "hint"),
+    [
+        pytest.param("down", "check REDIS_HOST and REDIS_PORT", id="server-down"),
+        pytest.param("no-password", "set REDIS_PASSWORD", id="password-missing"),
+        pytest.param("wrong-password", "check REDIS_PASSWORD", id="password-wrong"),
+    ],
+)
+def test_unreachable_redis_fails_with_a_hint_naming_the_setting(
+    problem: str, hint: str, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    env = backup_env(tmp_path)  # redis_auth, which has a password
+    assert env["REDIS_PASSWORD"]
+    backups = tmp_path / "backups"
+    run_ok(run_script, "redis", env=env)
+    before = folder_state(backups)
+    broken = dict(env)
+    if problem == "down":
+        broken["REDIS_PORT"] = str(free_port())
+    elif problem == "no-password":
+        del broken["REDIS_PASSWORD"]
+    else:
+        broken["REDIS_PASSWORD"] = "not it"
+
+    result = run_script(SCRIPT, "redis", env=broken)
+
+    assert result.returncode == EXIT_FAILED
+    assert f"redis: cannot reach 127.0.0.1:{broken['REDIS_PORT']}" in result.stderr
+    assert hint in result.stderr
+    assert_untouched(backups, before)
+
+
+def test_full_backup_with_redis_down_still_writes_postgresql_and_files_but_fails(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    env = backup_env(tmp_path, REDIS_PORT=str(free_port()))
+    backups = tmp_path / "backups"
+
+    result = run_script(SCRIPT, "full", env=env)
+
+    assert result.returncode == EXIT_FAILED
+    assert "backup full FAILED: postgresql ok redis FAILED (exit 1) files ok" in result.stderr
+    assert kinds(backups) == ["files", "postgresql"]
+    for name in backup_names(backups):
+        assert (backups / f"{name}.sha256").is_file()
+        assert (backups / f"{name}.manifest.json").is_file()
+    assert not list(backups.glob("*.partial"))
+    assert not list(backups.glob("redis_*"))
+
+
+# ----------------------------------------------------------------------------- local failures
+
+
+@pytest.fixture
+def tiny_backup_dir(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted on a fresh folder (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], capture_output=True, check=False)
+
+
+@pytest.mark.parametrize("key", [pytest.param(None, id="plain"), pytest.param(KEY, id="encrypted")])
+def test_full_disk_fails_saying_the_folder_is_full_and_leaves_no_partial(
+    key: str | None,
+    tiny_backup_dir: Path,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    for i in range(3):  # 3 MiB of incompressible bytes for a 1 MiB volume
+        (uploads / f"scan-{i}.bin").write_bytes(os.urandom(1024 * 1024))
+    env = backup_env(
+        tmp_path, encryption_key=key, files_dir=uploads, BACKUP_DIR=str(tiny_backup_dir)
+    )
+
+    result = run_script(SCRIPT, "files", env=env)
+
+    assert result.returncode == EXIT_FAILED
+    assert f"files failed: {tiny_backup_dir} is full" in result.stderr
+    assert "free space there or point BACKUP_DIR at a larger volume" in result.stderr
+    assert_untouched(tiny_backup_dir, {})
+
+
+@pytest.fixture
+def lock_holder(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """``flock BACKUP_DIR/.gym-backup.lock sleep 30`` in the background, its lock file saying
+    who holds it the way a run writes it; killed afterwards."""
+    backups = tmp_path / "backups"
+    backups.mkdir(exist_ok=True)
+    lock = backups / ".gym-backup.lock"
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "30"])
+    try:
+        wait_for(
+            lambda: subprocess.run(["flock", "-n", str(lock), "true"], check=False).returncode != 0,
+            "flock to take the lock",
+        )
+        who = f"cleanup (pid {holder.pid}, started 2024-05-01T03:00:00-03:00)"
+        lock.write_text(who + "\n")
+        yield lock, who
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+def test_second_run_gives_up_after_lock_timeout_and_names_the_holder(
+    lock_holder: tuple[Path, str],
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    _, who = lock_holder
+    env = backup_env(tmp_path, LOCK_TIMEOUT="1")
+    backups = tmp_path / "backups"
+    started = time.monotonic()
+
+    result = run_script(SCRIPT, "full", env=env)
+
+    assert result.returncode == EXIT_LOCKED
+    assert f"another run holds the lock ({who}); gave up after 1s (LOCK_TIMEOUT)" in result.stderr
+    assert time.monotonic() - started >= 1
+    assert_untouched(backups, {})
+
+
+@dataclass
+class LockedDatabase:
+    """A database whose table a transaction holds ACCESS EXCLUSIVE: a pg_dump of it waits."""
+
+    pg: PostgresServer
+    name: str
+
+    def dump_waiting(self) -> bool:
+        """Whether a session (the pg_dump) is waiting for the table lock."""
+        waiting = self.pg.psql(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            self.name,
+        )
+        return waiting == "1"
+
+    def release(self) -> None:
+        """End the locking transaction (its session is terminated)."""
+        self.pg.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND query LIKE '%pg_sleep%'",
+            self.name,
+        )
+
+
+@pytest.fixture
+def locked_db(pg: PostgresServer) -> Iterator[LockedDatabase]:
+    """A new database with a table locked by an open transaction; released and dropped after."""
+    locked = LockedDatabase(pg, f"locked_{uuid.uuid4().hex[:12]}")
+    pg.createdb(locked.name)
+    pg.psql(
+        "CREATE TABLE visits (id int); INSERT INTO visits VALUES (1);",
+        locked.name,
+        superuser=False,
+    )
+
+    def hold() -> None:
+        with contextlib.suppress(SandboxError):  # ends when release() terminates the session
+            pg.psql(
+                "BEGIN; LOCK TABLE visits IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);",
+                locked.name,
+            )
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    granted = (
+        "SELECT count(*) FROM pg_locks WHERE relation = 'visits'::regclass "
+        "AND mode = 'AccessExclusiveLock' AND granted"
+    )
+    try:
+        wait_for(lambda: pg.psql(granted, locked.name) == "1", "the table lock")
+        yield locked
+    finally:
+        locked.release()
+        holder.join(timeout=30)
+        pg.dropdb(locked.name)
+
+
+def test_a_run_waiting_for_a_running_backup_names_it_and_exits_3(
+    locked_db: LockedDatabase,
+    rendered_scripts: Path,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = backup_env(tmp_path, POSTGRES_DB=locked_db.name)
+    backups = tmp_path / "backups"
+    lock = backups / ".gym-backup.lock"
+    first = subprocess.Popen(  # its pg_dump waits for the table lock, holding the run's lock
+        ["bash", str(rendered_scripts / SCRIPT), "postgresql"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: lock.exists() and f"(pid {first.pid}," in lock.read_text(),
+            "the first run to take the lock",
+        )
+        wait_for(locked_db.dump_waiting, "the first run's pg_dump to wait for the table")
+        during_first = set(folder_state(backups))  # the first run's .partial, nothing else
+
+        second = run_script(SCRIPT, "postgresql", env={**env, "LOCK_TIMEOUT": "1"})
+
+        assert second.returncode == EXIT_LOCKED, second.stderr
+        assert f"another run holds the lock (backup postgresql (pid {first.pid}, started " in (
+            second.stderr
+        )
+        assert set(folder_state(backups)) == during_first
+        assert not backup_names(backups)
+        locked_db.release()
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 0, out + err
+        assert kinds(backups) == ["postgresql"]
+    finally:
+        locked_db.release()
+        if first.poll() is None:
+            first.kill()
+            first.communicate(timeout=30)
+
+
+@pytest.fixture
+def short_tmpdir() -> Iterator[Path]:
+    """A TMPDIR with a short path (see test_encryption_works_when_tmpdir_is_a_long_path)."""
+    path = Path(tempfile.mkdtemp(prefix="gbt-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_gpg_killed_mid_way_leaves_no_final_file_no_partial_and_no_plaintext(
+    short_tmpdir: Path,
+    rendered_scripts: Path,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    backups = tmp_path / "backups"
+    work = short_tmpdir
+    env = backup_env(tmp_path, encryption_key=KEY, TMPDIR=str(work))
+    run_ok(run_script, "files", env=env)  # a small good backup made first
+    before = folder_state(backups)
+    uploads = tmp_path / "big"
+    uploads.mkdir()
+    for i in range(4):  # ~100 MB of random bytes: encryption takes a while
+        (uploads / f"video-{i}.bin").write_bytes(os.urandom(25 * 1024 * 1024))
+
+    run = subprocess.Popen(
+        ["bash", str(rendered_scripts / SCRIPT), "files"],
+        env={**env, "FILES_DIR": str(uploads)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        gpg_pid: list[int] = []
+
+        def encrypting() -> bool:
+            pid = descendant_with_arg(run.pid, b"--symmetric")
+            partial = list(backups.glob("files_backup_*.tar.gz.gpg.partial"))
+            if pid is None or not partial or partial[0].stat().st_size == 0:
+                return False
+            gpg_pid.append(pid)
+            return True
+
+        wait_for(encrypting, "gpg to be encrypting into the .partial file", timeout=60)
+        os.kill(gpg_pid[0], signal.SIGKILL)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+
+    assert run.returncode == EXIT_FAILED
+    assert "files: encrypt failed (exit 137)" in err
+    assert "nothing was written under a final name" in err
+    assert_untouched(backups, before)
+    assert list(work.iterdir()) == [], "the run left its work folder behind"
+
+
+# ----------------------------------------------------------------------------- refused runs
+
+
+@pytest.mark.parametrize("where", ["missing", "directory"])
+def test_unreadable_encryption_key_file_refuses_and_never_writes_plaintext(
+    where: str, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "no-such.key" if where == "missing" else tmp_path
+    env = backup_env(tmp_path, ENCRYPTION_KEY_FILE=str(key_file))
+
+    result = run_script(SCRIPT, "full", env=env)
+
+    assert result.returncode == EXIT_REFUSED
+    assert f"ENCRYPTION_KEY_FILE: cannot read '{key_file}'" in result.stderr
+    assert_untouched(tmp_path / "backups", {})
+
+
+@pytest.mark.parametrize("secret", ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "ENCRYPTION_KEY"])
+def test_a_secret_given_both_directly_and_as_a_file_is_refused(
+    secret: str, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text("from the file\n")
+    env = backup_env(tmp_path)
+    env[secret] = env.get(secret, "given directly")
+    env[f"{secret}_FILE"] = str(secret_file)
+
+    result = run_script(SCRIPT, "full", env=env)
+
+    assert result.returncode == EXIT_REFUSED
+    assert f"both {secret} and {secret}_FILE are set; keep only one of them" in result.stderr
+    assert_untouched(tmp_path / "backups", {})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param([], "a command is required", id="no-command"),
+        pytest.param(["backup"], "unknown command 'backup'", id="unknown-command"),
+        pytest.param(["--verbose"], "unknown option '--verbose'", id="unknown-option"),
+        pytest.param(["full", "redis"], "unexpected argument 'redis'", id="two-commands"),
+    ],
+)
+def test_usage_errors_exit_2_with_usage_on_stderr(
+    args: list[str], message: str, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    result = run_script(SCRIPT, *args, env=backup_env(tmp_path))
+
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.startswith(f"backup_script.sh: {message}\n")
+    assert "Usage: backup_script.sh COMMAND [--dry-run]" in result.stderr
+    assert result.stdout == ""
+    assert_untouched(tmp_path / "backups", {})
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_prints_usage_on_stdout_and_exits_0(
+    flag: str, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    result = run_script(SCRIPT, flag, env=backup_env(tmp_path))
+
+    assert result.returncode == 0
+    assert result.stdout.startswith("Usage: backup_script.sh COMMAND [--dry-run]")
+    assert "Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy" in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("COMPRESSION_LEVEL", "12"),
+        ("COMPRESSION_LEVEL", "fast"),
+        ("KEEP_MIN", "0"),
+        ("BACKUP_RETENTION_DAYS", "ninety"),
+        ("LOCK_TIMEOUT", "-1"),
+        ("POSTGRES_PORT", "0"),
+        ("REDIS_PORT", "70000"),
+        ("TZ", "Mars/Olympus_Mons"),
+        ("BACKUP_DIR", "relative/backups"),
+    ],
+)
+def test_invalid_runtime_setting_is_refused_naming_the_setting(
+    name: str, value: str, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    env = backup_env(tmp_path)
+    env[name] = value
+
+    result = run_script(SCRIPT, "full", env=env)
+
+    assert result.returncode == EXIT_REFUSED
+    assert f"[ERROR] {name}: '{value}' " in result.stderr
+    assert "invalid settings (1 problem(s))" in result.stderr
+    assert_untouched(tmp_path / "backups", {})
+
+
+def check_pg_versions(script: Path, env: dict[str, str], client: str, server_num: str) -> Result:
+    """Source the rendered script and call its check_pg_versions CLIENT SERVER_VERSION_NUM."""
+    return subprocess.run(
+        ["bash", "-c", 'source "$1"; check_pg_versions "$2" "$3"', "bash", str(script), client,
+         server_num],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("client", "server_num"),
+    [
+        ("pg_dump (PostgreSQL) 15.4", "160002"),
+        ("pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)", "170000"),
+        ("pg_dump (PostgreSQL) 9.6.24", "100023"),
+    ],
+)
+def test_pg_dump_older_than_the_server_is_refused_naming_the_client_to_install(
+    client: str, server_num: str, rendered_scripts: Path, backup_env: MakeEnv, tmp_path: Path
+) -> None:
+    server_major = int(server_num) // 10000
+
+    result = check_pg_versions(rendered_scripts / SCRIPT, backup_env(tmp_path), client, server_num)
+
+    assert result.returncode == EXIT_REFUSED
+    assert f"install the PostgreSQL {server_major} client" in result.stderr
+    assert f"set PG_MAJOR={server_major} and rebuild the image" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("client", "server_num"),
+    [
+        ("pg_dump (PostgreSQL) 16.2", "160002"),
+        ("pg_dump (PostgreSQL) 16.0", "160009"),
+        ("pg_dump (PostgreSQL) 17.0 (Debian 17.0-1.pgdg120+1)", "160002"),
+        ("pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)", "150020"),
+    ],
+)
+def test_pg_dump_as_new_as_the_server_or_newer_is_accepted(
+    client: str, server_num: str, rendered_scripts: Path, backup_env: MakeEnv, tmp_path: Path
+) -> None:
+    result = check_pg_versions(rendered_scripts / SCRIPT, backup_env(tmp_path), client, server_num)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
