@@ -52,16 +52,21 @@ run: install ## The main job: real servers, sample gym data, a full encrypted ba
 	$(BIN)/python -m generator.demo
 
 .PHONY: test
-test: install lint check-generated ## Lint, check the committed render, run every test
-	$(BIN)/pytest -q
+test: install lint check-generated ## Lint, check the committed render, unit and integration tests
+	$(BIN)/pytest -q -m "not container"
+
+.PHONY: test-container
+test-container: install ## The container tests (Debian flavour); starts a Docker engine as root
+	tests/container/with-docker.sh $(BIN)/pytest -q -m container tests/container
 
 .PHONY: lint
 lint: install ## ruff, mypy --strict, shellcheck and shfmt on the committed scripts
 	$(BIN)/ruff check generator tests bench
 	$(BIN)/ruff format --check generator tests bench
 	$(BIN)/mypy --strict
-	$(BIN)/shellcheck -s bash docker/backup/*.sh
+	$(BIN)/shellcheck -s bash docker/backup/*.sh tests/container/*.sh tests/container/standins/*/*.sh
 	$(BIN)/shfmt -i 2 -ci -d docker/backup/*.sh
+	$(BIN)/hadolint docker/backup/Dockerfile
 
 .PHONY: fmt
 fmt: install ## Format the Python code and fix what ruff can

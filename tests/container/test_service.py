@@ -1,0 +1,190 @@
+"""The backup service in real containers: schedule, docker exec, restore, health, restarts.
+
+The scenarios share one stack and run in this order: the schedule first (it needs a quiet
+container), the health and stop scenarios last.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.container.conftest import CONTAINER, ENCRYPTION_KEY, PG_PASSWORD, Stack, docker
+
+BACKUP_RE = re.compile(r"^(postgresql|redis|files)_backup_(\d{8}_\d{6})\.(sql|rdb|tar)\.gz\.gpg$")
+GYM_BACKUP = Path(sys.executable).parent / "gym-backup"
+
+
+def backups(folder: Path) -> dict[str, list[str]]:
+    """The backups in ``folder`` by type, oldest first."""
+    found: dict[str, list[str]] = {"postgresql": [], "redis": [], "files": []}
+    for path in sorted(folder.iterdir()):
+        match = BACKUP_RE.match(path.name)
+        if match:
+            found[match.group(1)].append(path.name)
+    return found
+
+
+def stamp(name: str) -> datetime:
+    match = BACKUP_RE.match(name)
+    assert match, name
+    return datetime.strptime(match.group(2), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+
+
+def started_at() -> datetime:
+    text = docker("inspect", "--format", "{{.State.StartedAt}}", CONTAINER).stdout.strip()
+    return datetime.fromisoformat(text[:19]).replace(tzinfo=UTC)
+
+
+def psql(stack: Stack, sql: str) -> str:
+    """SQL as the gym's user over the published port (the password in the environment)."""
+    result = subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(stack.port("postgres", 5432)),
+            "-U",
+            "gym_secure_user",
+            "-d",
+            "gym_secure_db",
+        ],
+        input=sql,
+        env={**os.environ, "PGPASSWORD": PG_PASSWORD},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return result.stdout.strip()
+
+
+def test_the_schedule_really_fires_with_a_hostile_postgres_password(stack: Stack) -> None:
+    start = started_at()
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        cron_log = stack.backups / "cron.log"
+        found = backups(stack.backups)
+        fresh = [
+            n for names in found.values() for n in names if stamp(n) >= start.replace(second=0)
+        ]
+        if cron_log.exists() and "backup full finished" in cron_log.read_text() and len(fresh) >= 3:
+            break
+        time.sleep(2)
+    else:
+        log = (
+            (stack.backups / "cron.log").read_text()
+            if (stack.backups / "cron.log").exists()
+            else ""
+        )
+        raise AssertionError(f"no scheduled backup within the wait; cron.log:\n{log[-2000:]}")
+    assert "postgresql: wrote postgresql_backup_" in cron_log.read_text()
+    assert PG_PASSWORD not in cron_log.read_text()
+
+
+def test_docker_exec_backup_full_writes_all_three_backups(stack: Stack) -> None:
+    before = backups(stack.backups)
+    result = stack.exec("/usr/local/bin/backup_script.sh", "full")
+    assert result.returncode == 0, result.stderr
+    after = backups(stack.backups)
+    for kind in ("postgresql", "redis", "files"):
+        new = sorted(set(after[kind]) - set(before[kind]))
+        assert len(new) == 1, (kind, new)
+        assert (stack.backups / f"{new[0]}.sha256").exists()
+        assert (stack.backups / f"{new[0]}.manifest.json").exists()
+    check = subprocess.run(
+        ["sha256sum", "-c", *(f"{n}.sha256" for names in after.values() for n in names[-1:])],
+        cwd=stack.backups,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout
+
+
+def test_a_restore_round_trip_through_docker_exec(stack: Stack) -> None:
+    psql(
+        stack,
+        "CREATE TABLE IF NOT EXISTS members (id int PRIMARY KEY, name text);"
+        "TRUNCATE members; INSERT INTO members VALUES (1, 'Sofía'), (2, 'Björn');",
+    )
+    result = stack.exec("/usr/local/bin/backup_script.sh", "postgresql")
+    assert result.returncode == 0, result.stderr
+    name = backups(stack.backups)["postgresql"][-1]
+    psql(stack, "DELETE FROM members WHERE id = 2; INSERT INTO members VALUES (3, 'intruso');")
+
+    restored = stack.exec("/usr/local/bin/restore_script.sh", "postgresql", name, "--clean")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert psql(stack, "SELECT id, name FROM members ORDER BY id") == "1|Sofía\n2|Björn"
+    assert "restored " + name in (stack.backups / "restore.log").read_text()
+
+
+def test_the_cli_runs_the_scripts_in_the_container(stack: Stack) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "BACKUP_CONTAINER"}
+    listing = subprocess.run(
+        [str(GYM_BACKUP), "list", "--env", str(stack.folder / ".env")],
+        cwd=stack.folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert "postgresql" in listing.stdout and "free in /backups" in listing.stdout
+    name = backups(stack.backups)["files"][-1]
+    verified = subprocess.run(
+        [str(GYM_BACKUP), "verify", name, "--deep", "--env", str(stack.folder / ".env")],
+        cwd=stack.folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert "every check passed" in verified.stdout
+    assert ENCRYPTION_KEY not in verified.stdout + verified.stderr
+
+
+def test_backups_survive_a_container_restart(stack: Stack) -> None:
+    before = backups(stack.backups)
+    docker("restart", CONTAINER)
+    stack.wait_for_health("healthy")
+    assert backups(stack.backups) == before
+    listing = stack.exec("/usr/local/bin/backup_script.sh", "list")
+    assert before["postgresql"][-1] in listing.stdout
+
+
+def test_the_health_check_follows_postgresql_down_and_back(stack: Stack) -> None:
+    postgres = stack.container("postgres")
+    docker("stop", postgres)
+    try:
+        stack.wait_for_health("unhealthy", timeout=60)
+        probe = stack.exec("/usr/local/bin/healthcheck.sh")
+        assert probe.returncode == 1
+        assert "PostgreSQL at postgres:5432 does not accept connections" in probe.stdout
+    finally:
+        docker("start", postgres)
+    stack.wait_for_health("healthy", timeout=90)
+
+
+def test_docker_stop_ends_the_container_promptly(stack: Stack) -> None:
+    start = time.monotonic()
+    docker("stop", CONTAINER)
+    elapsed = time.monotonic() - start
+    state = docker("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", CONTAINER)
+    assert state.stdout.split()[0] == "exited"
+    assert elapsed < 10, f"docker stop took {elapsed:.1f}s"
