@@ -143,7 +143,8 @@ def test_the_cli_runs_the_scripts_in_the_container(stack: Stack) -> None:
         timeout=120,
     )
     assert listing.returncode == 0, listing.stderr
-    assert "postgresql" in listing.stdout and "free in /backups" in listing.stdout
+    assert "postgresql" in listing.stdout
+    assert "free in /backups" in listing.stdout
     name = backups(stack.backups)["files"][-1]
     verified = subprocess.run(
         [str(GYM_BACKUP), "verify", name, "--deep", "--env", str(stack.folder / ".env")],
