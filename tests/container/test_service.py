@@ -182,6 +182,44 @@ def test_the_health_check_follows_postgresql_down_and_back(stack: Stack) -> None
     stack.wait_for_health("healthy", timeout=90)
 
 
+IMAGE = "gym-backup:container-test"
+
+
+def test_the_entrypoint_refuses_a_missing_password_with_a_fix_it_message(stack: Stack) -> None:
+    result = docker("run", "--rm", "-e", "TZ=UTC", IMAGE, check=False, timeout=120)
+    assert result.returncode == 6
+    assert "POSTGRES_PASSWORD is not set: set it (or POSTGRES_PASSWORD_FILE" in result.stderr
+
+
+def test_any_other_command_is_passed_through(stack: Stack) -> None:
+    result = docker("run", "--rm", IMAGE, "backup_script.sh", "--help", check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: backup_script.sh COMMAND")
+
+
+def test_the_cron_jobs_settings_are_a_0400_file_with_one_form_of_each_secret(stack: Stack) -> None:
+    probe = stack.exec("stat", "-c", "%a %U", "/dev/shm/gym-backup/env.sh")
+    assert probe.stdout.split() == ["400", "root"]
+    mounts = stack.exec("sh", "-c", "grep ' /dev/shm ' /proc/mounts").stdout
+    assert " tmpfs " in mounts
+    names = stack.exec(
+        "sh", "-c", "sed -n 's/^export \\([A-Z_]*\\)=.*/\\1/p' /dev/shm/gym-backup/env.sh"
+    )
+    exported = names.stdout.split()
+    assert "POSTGRES_PASSWORD" in exported
+    assert "POSTGRES_PASSWORD_FILE" not in exported
+
+
+def test_no_secret_is_in_the_image(stack: Stack, tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    docker("save", "--output", str(archive), IMAGE, timeout=600)
+    data = archive.read_bytes()
+    for secret in (PG_PASSWORD, ENCRYPTION_KEY):
+        assert secret.encode() not in data
+    history = docker("history", "--no-trunc", IMAGE).stdout
+    assert PG_PASSWORD not in history
+
+
 def test_docker_stop_ends_the_container_promptly(stack: Stack) -> None:
     start = time.monotonic()
     docker("stop", CONTAINER)
