@@ -435,11 +435,16 @@ pg_run() {
   PGPASSWORD="${POSTGRES_PASSWORD}" PGCONNECT_TIMEOUT=10 "$@"
 }
 
+# postgres_query SQL: run one statement in POSTGRES_DB. psql exits 2 when it could not connect
+# (then the message says which setting to check) and 1 when the statement failed.
 postgres_query() {
-  local sql="$1" out
-  if ! out="$(pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" \
-    -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" -c "${sql}" 2>"${WORK_DIR}/psql.err")"; then
+  local sql="$1" out rc=0
+  out="$(pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" \
+    -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" -c "${sql}" 2>"${WORK_DIR}/psql.err")" || rc=$?
+  if ((rc == 2)); then
     die "${EXIT_FAILED}" "postgresql: cannot connect to ${POSTGRES_USER}@${POSTGRES_HOST}:${POSTGRES_PORT}/${POSTGRES_DB}$(stage_message psql); $(postgres_hint)"
+  elif ((rc != 0)); then
+    die "${EXIT_FAILED}" "postgresql: a statement failed in ${POSTGRES_DB}$(stage_message psql)"
   fi
   printf '%s\n' "${out}"
 }
@@ -448,7 +453,7 @@ postgres_hint() {
   local err="${WORK_DIR}/psql.err"
   if grep -qs 'password authentication failed' "${err}"; then
     printf 'check POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) and POSTGRES_USER'
-  elif grep -qs 'does not exist' "${err}"; then
+  elif grep -qsE '(database|role) ".*" does not exist' "${err}"; then
     printf 'check POSTGRES_DB and POSTGRES_USER'
   elif grep -qs -e 'no password supplied' -e 'password' "${err}"; then
     printf 'set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE'

@@ -435,11 +435,16 @@ pg_run() {
   PGPASSWORD="${POSTGRES_PASSWORD}" PGCONNECT_TIMEOUT=10 "$@"
 }
 
+# postgres_query SQL: run one statement in POSTGRES_DB. psql exits 2 when it could not connect
+# (then the message says which setting to check) and 1 when the statement failed.
 postgres_query() {
-  local sql="$1" out
-  if ! out="$(pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" \
-    -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" -c "${sql}" 2>"${WORK_DIR}/psql.err")"; then
+  local sql="$1" out rc=0
+  out="$(pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" \
+    -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" -c "${sql}" 2>"${WORK_DIR}/psql.err")" || rc=$?
+  if ((rc == 2)); then
     die "${EXIT_FAILED}" "postgresql: cannot connect to ${POSTGRES_USER}@${POSTGRES_HOST}:${POSTGRES_PORT}/${POSTGRES_DB}$(stage_message psql); $(postgres_hint)"
+  elif ((rc != 0)); then
+    die "${EXIT_FAILED}" "postgresql: a statement failed in ${POSTGRES_DB}$(stage_message psql)"
   fi
   printf '%s\n' "${out}"
 }
@@ -448,7 +453,7 @@ postgres_hint() {
   local err="${WORK_DIR}/psql.err"
   if grep -qs 'password authentication failed' "${err}"; then
     printf 'check POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) and POSTGRES_USER'
-  elif grep -qs 'does not exist' "${err}"; then
+  elif grep -qsE '(database|role) ".*" does not exist' "${err}"; then
     printf 'check POSTGRES_DB and POSTGRES_USER'
   elif grep -qs -e 'no password supplied' -e 'password' "${err}"; then
     printf 'set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE'
@@ -788,6 +793,7 @@ CREATED_DB=""
 TEMP_REDIS_PID=""
 LIVE_REDIS_REPLICATING=0
 LIVE_MASTERAUTH=""
+LIVE_MASTERUSER=""
 RESTORE_STAGING=""
 RESTORE_RDB=""
 TEMP_REDIS_HOST=""
@@ -994,10 +1000,12 @@ drop_created_db() {
   CREATED_DB=""
 }
 
+# "N tables, M rows". ONLY: a partition's (or child table's) rows are not counted again in its
+# parent. Tables POSTGRES_USER may not read (other roles' tables left in the target) are named
+# as not counted, instead of failing the report.
 table_report() {
   local db="$1"
-  # ONLY: the rows of a partition (or child table) are counted once, not again in its parent.
-  postgres_query_in "${db}" "SELECT count(*) || ' tables, ' || coalesce(sum((xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint), 0) || ' rows' FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+  postgres_query_in "${db}" "SELECT count(*) || ' tables, ' || coalesce(sum(CASE WHEN readable THEN (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint END), 0) || ' rows' || CASE WHEN bool_and(readable) IS FALSE THEN ' (' || count(*) FILTER (WHERE NOT readable) || ' table(s) that ' || current_user || ' may not read not counted)' ELSE '' END FROM (SELECT schemaname, tablename, has_table_privilege(format('%I.%I', schemaname, tablename), 'SELECT') AS readable FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')) AS t"
 }
 
 # require_createdb WHAT ALTERNATIVE: creating a database needs CREATEDB; say so before anything is done.
@@ -1313,13 +1321,19 @@ redis_online_preflight() {
 # Put the live server's own settings back and make it a master again (also on failure).
 release_live_redis() {
   ((LIVE_REDIS_REPLICATING)) || return 0
-  redis_cli REPLICAOF NO ONE >/dev/null 2>&1 || true
-  printf '%s' "${LIVE_MASTERAUTH}" | redis_cli -x CONFIG SET masterauth >/dev/null 2>&1 || true
   LIVE_REDIS_REPLICATING=0
+  if [[ "$(redis_cli REPLICAOF NO ONE 2>&1)" != OK* ]]; then
+    log ERROR "redis: could not make ${REDIS_HOST}:${REDIS_PORT} a master again: run REPLICAOF NO ONE on it (and check masterauth and masteruser)"
+  fi
+  printf '%s' "${LIVE_MASTERAUTH}" | redis_cli -x CONFIG SET masterauth >/dev/null 2>&1 || true
+  printf '%s' "${LIVE_MASTERUSER}" | redis_cli -x CONFIG SET masteruser >/dev/null 2>&1 || true
 }
 
 restore_cleanup() {
-  [[ -z "${RESTORE_STAGING}" ]] || rm -rf -- "${RESTORE_STAGING}"
+  if [[ -n "${RESTORE_STAGING}" && -d "${RESTORE_STAGING}" ]]; then
+    find "${RESTORE_STAGING}" -type d -exec chmod u+rwx -- {} + 2>/dev/null || true
+    rm -rf -- "${RESTORE_STAGING}"
+  fi
   release_live_redis
   stop_temp_redis
   drop_scratch_db
@@ -1339,8 +1353,11 @@ restore_redis_online() {
   expected="$(keys_report temp_redis_cli)"
   log INFO "redis: temporary server ${host}:${TEMP_REDIS_PORT} holds the backup (${expected}); ${REDIS_HOST}:${REDIS_PORT} now replicates it"
   LIVE_MASTERAUTH="$(redis_config_get masterauth)"
+  LIVE_MASTERUSER="$(redis_config_get masteruser)"
   LIVE_REDIS_REPLICATING=1
+  # The temporary server knows one password and no ACL user: masteruser must be empty meanwhile.
   printf '%s' "${password}" | redis_cli -x CONFIG SET masterauth >/dev/null
+  redis_cli CONFIG SET masteruser "" >/dev/null
   status="$(redis_cli REPLICAOF "${host}" "${TEMP_REDIS_PORT}" 2>&1)"
   [[ "${status}" == OK* ]] || die "${EXIT_FAILED}" "redis: REPLICAOF was refused (${status}); the live server was left as it was"
   for ((i = 0; i < REDIS_SYNC_TIMEOUT * 10; i++)); do
@@ -1477,7 +1494,7 @@ is_real_dir() {
 cmd_restore_files() {
   local dest="${1:-${FILES_DIR}}" staging rel entry i
   local -a st conflicts=() entries=()
-  local -A dir_times=()
+  local -A dir_times=() dir_modes=()
   require_type files
   [[ -d "${dest}" && -w "${dest}" ]] || die "${EXIT_REFUSED}" "files: destination ${dest} is not a writable folder; create it or fix its permissions"
   dest="$(realpath -- "${dest}")"
@@ -1490,15 +1507,21 @@ cmd_restore_files() {
     tar -C "${staging}" --same-permissions --numeric-owner -xf - 2>"${WORK_DIR}/tar.err"
   st=("${PIPESTATUS[@]}")
   set -o errexit
+  # The folders' modes and times as the archive has them, before anything changes them: moving
+  # their contents out changes their times, and needs write access (a non-root restore of a
+  # read-only folder would fail half-way), so the folders are made writable until the end.
+  while IFS= read -r -d '' entry; do
+    rel="${entry#*/*/}"
+    dir_times["${rel}"]="${entry%%/*}"
+    entry="${entry#*/}"
+    dir_modes["${rel}"]="${entry%%/*}"
+  done < <(find "${staging}" -mindepth 1 -type d -printf '%T@/%m/%P\0')
+  find "${staging}" -type d -exec chmod u+rwx -- {} +
   # The links first: tar also fails on an archive that writes through one of its own links.
   check_links "${staging}"
   ((st[0] == 0 && st[1] == 0)) || die "${EXIT_FAILED}" "files: extracting failed$(stage_message tar); nothing was changed in ${dest}"
   # Every entry (parents before children), read once: the moves below change the folders.
   mapfile -d '' -t entries < <(cd -- "${staging}" && find . -mindepth 1 -printf '%P\0')
-  # The folders' times too, before moving their contents out changes them.
-  while IFS= read -r -d '' entry; do
-    dir_times["${entry#*/}"]="${entry%%/*}"
-  done < <(find "${staging}" -mindepth 1 -type d -printf '%T@/%P\0')
   # Folders merge with folders; anything else already in DEST is a conflict, a link in DEST too:
   # it is never followed (it could lead out of DEST), only replaced with --force.
   for rel in "${entries[@]}"; do
@@ -1527,8 +1550,9 @@ cmd_restore_files() {
   for ((i = ${#entries[@]} - 1; i >= 0; i--)); do
     rel="${entries[i]}"
     [[ -n "${dir_times["${rel}"]+set}" ]] || continue
-    chmod --reference="${staging}/${rel}" -- "${dest}/${rel}"
     chown --reference="${staging}/${rel}" -- "${dest}/${rel}" 2>/dev/null || true
+    # "00": a numeric mode clears a folder's set-group-ID bit only with two leading zeros
+    chmod "00${dir_modes["${rel}"]}" -- "${dest}/${rel}"
     touch -d "@${dir_times["${rel}"]}" -- "${dest}/${rel}"
   done
   rm -rf -- "${staging}"

@@ -26,7 +26,7 @@ import pytest
 from generator.sandbox import PostgresServer, SandboxError, free_port
 
 if TYPE_CHECKING:
-    from conftest import MakeEnv, RunScript
+    from tests.integration.conftest import MakeEnv, RunScript
 
 SCRIPT = "backup_script.sh"
 KEY = "fail key 'q\" $k \\ `e` ! ; & end"

@@ -27,7 +27,7 @@ import pytest
 from generator.sandbox import PostgresServer, RedisServer, load_rdb, sql_literal
 
 if TYPE_CHECKING:
-    from conftest import MakeEnv, RunScript
+    from tests.integration.conftest import MakeEnv, RunScript
 
 SCRIPT = "backup_script.sh"
 # hostile on purpose, like the fixtures' passwords: the key must survive the shell untouched

@@ -1,0 +1,622 @@
+"""restore_script.sh when something is wrong: each fault ends with its exit code and a clear
+message, and the target is left as it was. That is checked, not assumed: the target's pg_dump,
+DEBUG DIGEST or file tree is compared before and after.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from generator.sandbox import PG_SUPERUSER, PostgresServer, SandboxError, start_postgres
+from tests.integration.restore_support import (
+    BACKUP,
+    KEY,
+    RESTORE,
+    Sources,
+    backed_up_sources,
+    copy_backup,
+    createdb_privilege,
+    evil_files_backup,
+    flip_middle_byte,
+    only_backup,
+    private_redis,
+    redis_on,
+    run_ok,
+    tar_dir,
+    tar_file,
+    tar_symlink,
+    tree_state,
+    truncate_half,
+    write_sidecar,
+)
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import MakeEnv, RunScript
+
+TYPES = ("postgresql", "redis", "files")
+
+
+# ----------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def sources(
+    pg: PostgresServer, rendered_scripts: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sources]:
+    """A database, a Redis and a folder with a little data, and good backups of them."""
+    with backed_up_sources(pg, rendered_scripts, tmp_path_factory.mktemp("sources")) as made:
+        yield made
+
+
+@dataclass
+class Target:
+    """One restore's target: the command line that restores into it, and how to read its state."""
+
+    args: list[str]
+    state: Callable[[], object]
+
+
+def target_of(kind: str, sources: Sources, pg: PostgresServer, tmp_path: Path, name: str) -> Target:
+    """The restore of backup ``name`` of ``kind`` over live data (it would change it)."""
+    if kind == "postgresql":
+        return Target([kind, name, "--clean"], lambda: pg.dump(sources.db))
+    if kind == "redis":
+        return Target([kind, name], sources.redis.digest)
+    dest = tmp_path / "dest"
+    shutil.copytree(sources.files, dest)
+    (dest / "a/uno.txt").write_text("changed since the backup")
+    return Target([kind, name, str(dest), "--force"], lambda: tree_state(dest))
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    encrypted: bool
+    damage: Callable[[Path], None]
+    code: int
+    check: str
+    message: str
+
+
+def no_damage(path: Path) -> None:
+    del path
+
+
+def truncated_with_new_sidecar(path: Path) -> None:
+    truncate_half(path)
+    write_sidecar(path)
+
+
+def flipped_with_new_sidecar(path: Path) -> None:
+    flip_middle_byte(path)
+    write_sidecar(path)
+
+
+def sidecar_removed(path: Path) -> None:
+    Path(f"{path}.sha256").unlink()
+
+
+CHANGED = "the file was changed or damaged"
+FAULTS = [
+    Fault("wrong-key", True, no_damage, 5, "decrypt", "wrong encryption key"),
+    Fault("truncated", False, truncate_half, 4, "checksum", CHANGED),
+    Fault("truncated-new-sidecar", False, truncated_with_new_sidecar, 4, "decompress", "truncated"),
+    Fault("truncated-new-sidecar", True, truncated_with_new_sidecar, 4, "decrypt", "truncated"),
+    Fault("flipped", False, flip_middle_byte, 4, "checksum", CHANGED),
+    Fault("flipped", True, flip_middle_byte, 4, "checksum", CHANGED),
+    Fault("flipped-new-sidecar", False, flipped_with_new_sidecar, 4, "decompress", "damaged"),
+    Fault("flipped-new-sidecar", True, flipped_with_new_sidecar, 4, "decrypt", "damaged"),
+    Fault("no-sidecar", False, sidecar_removed, 4, "checksum", "pass --no-checksum"),
+]
+
+
+# ------------------------------------------------------------------------ damaged backups
+
+
+@pytest.mark.parametrize("kind", TYPES)
+@pytest.mark.parametrize(
+    "fault",
+    [pytest.param(f, id=f"{f.name}-{'encrypted' if f.encrypted else 'plain'}") for f in FAULTS],
+)
+def test_a_damaged_backup_or_wrong_key_is_refused_before_the_target_is_touched(
+    fault: Fault,
+    kind: str,
+    sources: Sources,
+    pg: PostgresServer,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    key = "not the key it was made with" if fault.name == "wrong-key" else KEY
+    env = backup_env(
+        tmp_path,
+        encryption_key=key,
+        redis=sources.redis,
+        files_dir=sources.files,
+        POSTGRES_DB=sources.db,
+    )
+    backup = copy_backup(sources.backups[(kind, fault.encrypted)], tmp_path / "backups")
+    fault.damage(backup)
+    target = target_of(kind, sources, pg, tmp_path, backup.name)
+    before = target.state()
+
+    result = run_script(RESTORE, *target.args, env=env)
+
+    assert result.returncode == fault.code, result.stdout + result.stderr
+    assert f"check {fault.check}: FAILED" in result.stderr
+    assert fault.message in result.stderr
+    assert f"failed the {fault.check} check; nothing was changed" in result.stderr
+    if fault.name == "wrong-key":
+        assert "damaged" not in result.stderr, "a wrong key was reported as damage"
+    assert target.state() == before
+    assert sorted(p.name for p in (tmp_path / "backups").glob(f"{kind}_backup_*")) == sorted(
+        p.name for p in tmp_path.joinpath("backups").glob(f"{backup.name}*")
+    ), "a safety backup was taken although nothing was restored"
+
+
+# ------------------------------------------------------------------------------ PostgreSQL
+
+
+def test_postgresql_restore_over_a_non_empty_database_without_clean_is_refused(
+    sources: Sources,
+    pg: PostgresServer,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = backup_env(tmp_path, POSTGRES_DB=sources.db)
+    backup = copy_backup(sources.backups[("postgresql", False)], tmp_path / "backups")
+    pg.psql("UPDATE members SET name = 'changed' WHERE id = 1", sources.db, superuser=False)
+    before = pg.dump(sources.db)
+
+    result = run_script(RESTORE, "postgresql", backup.name, env=env)
+
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert f"database {sources.db} already holds 1 tables" in result.stderr
+    assert "pass --clean" in result.stderr
+    assert pg.dump(sources.db) == before
+
+
+def test_postgresql_restore_is_refused_when_the_safety_backup_fails(
+    sources: Sources,
+    pg: PostgresServer,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = backup_env(tmp_path, encryption_key=KEY, POSTGRES_DB=sources.db)
+    backup = copy_backup(sources.backups[("postgresql", True)], tmp_path / "backups")
+    # a table of another role that the restoring role may not read: pg_dump of the target fails
+    pg.psql("CREATE TABLE admin_only (x int)", sources.db)
+    try:
+        before = pg.dump(sources.db)
+
+        result = run_script(RESTORE, "postgresql", backup.name, "--clean", env=env)
+
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "permission denied for table admin_only" in result.stderr
+        assert "the safety backup failed, so nothing was restored" in result.stderr
+        assert "pass --no-safety-backup" in result.stderr
+        assert pg.dump(sources.db) == before
+        assert sorted(p.name for p in (tmp_path / "backups").glob("postgresql_backup_*")) == sorted(
+            p.name for p in (tmp_path / "backups").glob(f"{backup.name}*")
+        ), "the failed safety backup left a file"
+    finally:
+        pg.psql("DROP TABLE admin_only", sources.db)
+
+
+def test_postgresql_target_db_that_cannot_be_created_is_not_reported_as_unreachable(
+    sources: Sources,
+    pg: PostgresServer,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = backup_env(tmp_path, POSTGRES_DB=sources.db)
+    backup = copy_backup(sources.backups[("postgresql", False)], tmp_path / "backups")
+    target = f"rf_new_{uuid.uuid4().hex[:8]}"
+    # CREATE DATABASE copies template1, which must have no other session
+    connect = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", PG_SUPERUSER]
+    busy = subprocess.Popen(
+        [str(pg.bindir / "psql"), "-X", *connect, "-d", "template1", "-c", "SELECT pg_sleep(60)"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while pg.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'template1'") == "0":
+            assert time.monotonic() < deadline, "the template1 session did not start"
+            time.sleep(0.05)
+        with createdb_privilege(pg, allowed=True):
+            result = run_script(RESTORE, "postgresql", backup.name, "--target-db", target, env=env)
+    finally:
+        pg.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'template1'"
+        )
+        busy.wait(timeout=10)
+        pg.dropdb(target)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "is being accessed by other users" in result.stderr
+    assert "cannot connect" not in result.stderr
+    assert "is PostgreSQL running and reachable" not in result.stderr
+
+
+def test_postgresql_server_dying_mid_restore_leaves_the_database_as_it_was(
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    with start_postgres(
+        tmp_path / "pg", db="dying_db", user="gym_secure_user", password="dying 'pw'"
+    ) as server:
+        server.psql(
+            "CREATE TABLE big (id int PRIMARY KEY, payload text);"
+            "INSERT INTO big SELECT i, md5(i::text) || repeat(' ñ', 30) "
+            "FROM generate_series(1, 300000) i;",
+            superuser=False,
+        )
+        env = {**backup_env(tmp_path), **server.env()}
+        run_ok(run_script, BACKUP, "postgresql", env=env)
+        backup = only_backup(tmp_path / "backups", "postgresql", encrypted=False)
+        server.psql("UPDATE big SET payload = 'changed' WHERE id <= 10", superuser=False)
+        server.psql("CREATE TABLE added_after (x int)", superuser=False)
+        before = server.dump()
+        stopped = threading.Event()
+
+        def stop_when_the_restore_writes() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    writing = server.psql(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE backend_xid IS NOT NULL AND datname = 'dying_db'",
+                        "postgres",
+                    )
+                except SandboxError:
+                    return
+                if writing != "0":
+                    server.stop()
+                    stopped.set()
+                    return
+                time.sleep(0.01)
+
+        killer = threading.Thread(target=stop_when_the_restore_writes, daemon=True)
+        killer.start()
+        result = run_script(
+            RESTORE, "postgresql", backup.name, "--clean", "--no-safety-backup", env=env
+        )
+        killer.join(timeout=60)
+
+        assert stopped.is_set(), "the restore finished before the server could be stopped"
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "the restore failed and was rolled back" in result.stderr
+        server.start()
+        assert server.dump() == before
+
+
+# ------------------------------------------------------------------------------------- Redis
+
+
+def test_redis_online_restore_into_a_replica_is_refused(
+    sources: Sources,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    with (
+        private_redis(tmp_path / "master") as master,
+        private_redis(tmp_path / "replica") as replica,
+    ):
+        master.pipe([["SET", f"m:{i}", str(i)] for i in range(100)])
+        replica.cli("REPLICAOF", master.host, str(master.port))
+        deadline = time.monotonic() + 30
+        while "master_link_status:up" not in replica.cli("INFO", "replication"):
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)
+        before = replica.digest()
+        env = backup_env(tmp_path, redis=replica)
+        backup = copy_backup(sources.backups[("redis", False)], tmp_path / "backups")
+
+        result = run_script(RESTORE, "redis", backup.name, env=env)
+
+        assert result.returncode == 6, result.stdout + result.stderr
+        assert "is a replica" in result.stderr
+        assert "Nothing was changed" in result.stderr
+        assert replica.digest() == before == master.digest()
+        assert replica.cli("ROLE").splitlines()[0] == "slave"
+        assert list((tmp_path / "backups").glob("redis_backup_*.gz")) == [backup]
+
+
+def test_redis_online_restore_without_config_is_refused_and_points_to_file_mode(
+    sources: Sources,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    with redis_on(tmp_path / "no-config", extra=['rename-command CONFIG ""']) as live:
+        live.pipe([["SET", f"k:{i}", str(i)] for i in range(100)])
+        before = live.digest()
+        env = backup_env(tmp_path, redis=live)
+        backup = copy_backup(sources.backups[("redis", False)], tmp_path / "backups")
+
+        result = run_script(RESTORE, "redis", backup.name, env=env)
+
+        assert result.returncode == 6, result.stdout + result.stderr
+        assert "does not allow CONFIG" in result.stderr
+        assert "use --mode file" in result.stderr
+        assert live.digest() == before
+        assert live.cli("ROLE").splitlines()[0] == "master"
+        assert list((tmp_path / "backups").glob("redis_backup_*.gz")) == [backup]
+
+
+# ------------------------------------------------------------------------------------- files
+
+
+def malicious_members(case: str, outside: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """The members of a hostile archive; ``outside`` is a folder next to DEST."""
+    root = [tar_dir("."), tar_file("ok.txt", b"fine\n")]
+    cases = {
+        "dotdot-member": [*root, tar_file("../evil")],
+        "absolute-member": [*root, tar_file("/etc/x"), tar_file(f"{outside}/abs-evil")],
+        "absolute-symlink": [*root, tar_symlink("photos", str(outside))],
+        "relative-symlink": [*root, tar_dir("a"), tar_symlink("a/up", "../../outside")],
+        "write-through-absolute-symlink": [
+            *root,
+            tar_symlink("photos", str(outside)),
+            tar_file("photos/pwned"),
+        ],
+        "write-through-relative-symlink": [
+            *root,
+            tar_symlink("up", "../outside"),
+            tar_file("up/pwned"),
+        ],
+    }
+    return cases[case]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        pytest.param(case, message, id=case)
+        for case, message in [
+            ("dotdot-member", "unsafe paths"),
+            ("absolute-member", "unsafe paths"),
+            ("absolute-symlink", "links that point outside the destination"),
+            ("relative-symlink", "links that point outside the destination"),
+            ("write-through-absolute-symlink", "links that point outside the destination"),
+            ("write-through-relative-symlink", "links that point outside the destination"),
+        ]
+    ],
+)
+def test_a_malicious_files_backup_is_refused_and_nothing_is_written(
+    case: str,
+    message: str,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "existing.txt").write_text("already here")
+    env = backup_env(tmp_path, files_dir=dest)
+    backup = evil_files_backup(tmp_path / "backups", malicious_members(case, outside))
+    outside_before, dest_before = tree_state(outside), tree_state(dest)
+    etc_x_existed = Path("/etc/x").exists()
+
+    result = run_script(RESTORE, "files", backup.name, str(dest), "--force", env=env)
+
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "Nothing was changed" in result.stderr
+    assert tree_state(outside) == outside_before
+    assert tree_state(dest) == dest_before
+    assert not (tmp_path / "evil").exists()
+    assert Path("/etc/x").exists() == etc_x_existed
+
+
+def test_a_files_backup_with_hard_links_to_outside_files_fails_and_writes_nothing(
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not for the uploads folder")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    env = backup_env(tmp_path, files_dir=dest)
+    members = [tar_dir("."), tar_file("ok.txt")]
+    for name, target in (("up", "../outside/secret.txt"), ("abs", f"{outside}/secret.txt")):
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.LNKTYPE
+        info.linkname = target
+        members.append((info, b""))
+    backup = evil_files_backup(tmp_path / "backups", members)
+    outside_before, dest_before = tree_state(outside), tree_state(dest)
+
+    result = run_script(RESTORE, "files", backup.name, str(dest), "--force", env=env)
+
+    # tar itself strips '/' and '../' from hard link targets, then finds no such file
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "files: extracting failed" in result.stderr
+    assert "nothing was changed" in result.stderr
+    assert tree_state(outside) == outside_before
+    assert tree_state(dest) == dest_before
+    assert (outside / "secret.txt").stat().st_nlink == 1
+
+
+def test_files_restore_never_writes_through_a_link_in_dest(
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    uploads = tmp_path / "uploads"
+    (uploads / "docs/sub").mkdir(parents=True)
+    (uploads / "docs/a.txt").write_text("a")
+    (uploads / "docs/sub/b.txt").write_text("b")
+    env = backup_env(tmp_path, files_dir=uploads)
+    run_ok(run_script, BACKUP, "files", env=env)
+    backup = only_backup(tmp_path / "backups", "files", encrypted=False)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "docs").symlink_to(outside)
+    outside_before, dest_before = tree_state(outside), tree_state(dest)
+
+    refused = run_script(RESTORE, "files", backup.name, str(dest), env=env)
+
+    assert refused.returncode == 6, refused.stdout + refused.stderr
+    assert "(e.g. docs)" in refused.stderr
+    assert "pass --force" in refused.stderr
+    assert tree_state(outside) == outside_before
+    assert tree_state(dest) == dest_before
+
+    run_ok(run_script, RESTORE, "files", backup.name, str(dest), "--force", env=env)
+
+    assert tree_state(outside) == outside_before
+    assert tree_state(dest) == tree_state(uploads)
+
+
+def test_files_restore_into_a_missing_folder_is_refused(
+    sources: Sources, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    env = backup_env(tmp_path)
+    backup = copy_backup(sources.backups[("files", False)], tmp_path / "backups")
+    missing = tmp_path / "no such folder"
+
+    result = run_script(RESTORE, "files", backup.name, str(missing), env=env)
+
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert f"destination {missing} is not a writable folder" in result.stderr
+    assert not missing.exists()
+
+
+# ------------------------------------------------------------------------------ lock, usage
+
+
+def test_a_second_run_while_another_holds_the_lock_exits_3(
+    sources: Sources,
+    pg: PostgresServer,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = backup_env(tmp_path, POSTGRES_DB=sources.db, LOCK_TIMEOUT="1")
+    backup = copy_backup(sources.backups[("postgresql", False)], tmp_path / "backups")
+    pg.psql("UPDATE members SET name = 'locked out' WHERE id = 2", sources.db, superuser=False)
+    before = pg.dump(sources.db)
+    lock = tmp_path / "backups" / ".gym-backup.lock"
+
+    # the first run: what backup_script.sh does while it works (flock, then its note)
+    with lock.open("a+") as first_run:
+        fcntl.flock(first_run, fcntl.LOCK_EX)
+        first_run.truncate(0)
+        first_run.write("backup full (pid 4242, started 2026-01-01T02:00:00+00:00)\n")
+        first_run.flush()
+        result = run_script(RESTORE, "postgresql", backup.name, "--clean", env=env)
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "another run holds the lock (backup full (pid 4242" in result.stderr
+    assert "LOCK_TIMEOUT" in result.stderr
+    assert pg.dump(sources.db) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param([], "a command and a backup FILE are required", id="nothing"),
+        pytest.param(["restore", "x.sql.gz"], "unknown command 'restore'", id="restore x.sql.gz"),
+        pytest.param(
+            ["verify", "x.sql.gz", "--bogus"],
+            "unknown option '--bogus'",
+            id="verify x.sql.gz --bogus",
+        ),
+        pytest.param(["verify"], "a command and a backup FILE are required", id="verify"),
+        pytest.param(
+            ["verify", "a.sql.gz", "b.sql.gz"],
+            "verify takes one FILE",
+            id="verify a.sql.gz b.sql.gz",
+        ),
+        pytest.param(
+            ["files", "a.tar.gz", "dest", "extra"],
+            "files takes FILE and an optional DEST",
+            id="files a.tar.gz dest extra",
+        ),
+        pytest.param(
+            ["redis", "x.rdb.gz", "--mode"],
+            "--mode needs online or file",
+            id="redis x.rdb.gz --mode",
+        ),
+        pytest.param(
+            ["redis", "x.rdb.gz", "--mode", "bogus"],
+            "--mode is online or file, not 'bogus'",
+            id="redis x.rdb.gz --mode bogus",
+        ),
+        pytest.param(
+            ["postgresql", "x.sql.gz", "--target-db"],
+            "--target-db needs a database name",
+            id="postgresql x.sql.gz --target-db",
+        ),
+        pytest.param(
+            ["verify", "x.sql.gz", "--clean"],
+            "verify does not take --clean",
+            id="verify x.sql.gz --clean",
+        ),
+        pytest.param(
+            ["files", "x.tar.gz", "--target-db=db"],
+            "files does not take --target-db",
+            id="files x.tar.gz --target-db=db",
+        ),
+        pytest.param(
+            ["info", "x.sql.gz", "--no-checksum"],
+            "info does not take --no-checksum",
+            id="info x.sql.gz --no-checksum",
+        ),
+    ],
+)
+def test_usage_errors_exit_2_before_anything_is_done(
+    args: list[str],
+    message: str,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = backup_env(tmp_path)
+
+    result = run_script(RESTORE, *args, env=env)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"restore_script.sh: {message}" in result.stderr
+    assert "Usage: restore_script.sh COMMAND FILE" in result.stderr
+    assert list((tmp_path / "backups").iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_exits_0_and_shows_every_command(
+    flag: str, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    result = run_script(RESTORE, "verify", flag, env=backup_env(tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: restore_script.sh COMMAND FILE")
+    for command in ("verify FILE", "info FILE", "postgresql FILE", "redis FILE", "files FILE"):
+        assert command in result.stdout
+    assert "Exit codes:" in result.stdout

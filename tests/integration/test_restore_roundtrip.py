@@ -1,0 +1,600 @@
+"""restore_script.sh round trips: write data, back it up with backup_script.sh, change or drop it,
+restore it with restore_script.sh, and compare with what was written.
+
+PostgreSQL is compared with pg_dump (as superuser) of the source and the restored database,
+Redis with DEBUG DIGEST, the keys and their TTLs, files with the whole tree (types, modes,
+owners, times, contents, link targets). Real servers, real gpg, real tar: nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from generator.sandbox import PostgresServer, RedisServer, sql_ident
+from tests.integration.restore_support import (
+    BACKUP,
+    ENCRYPTION,
+    FIDELITY_ROWS,
+    FIDELITY_TABLES,
+    KEY,
+    RESTORE,
+    Resp,
+    RespError,
+    assert_same_redis,
+    backups_of,
+    createdb_privilege,
+    database_names,
+    dump_without_owners,
+    load_fidelity,
+    load_redis_dataset,
+    make_uploads,
+    only_backup,
+    private_redis,
+    processes_in,
+    redis_on,
+    redis_state,
+    run_ok,
+    tree_state,
+    wait_aof_rewrite,
+)
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import MakeEnv, RunScript
+
+NewDb = Callable[..., str]
+
+# What happens to the live database after the backup: every kind of object changed or dropped.
+MUTATIONS = """
+UPDATE gym.members SET name = 'cambiado' WHERE id < 50;
+DELETE FROM gym.payments WHERE receipt % 3 = 0;
+INSERT INTO gym.payments (member_id, amount, paid_at) VALUES (1, 1, '2030-01-01 00:00+00');
+DROP VIEW gym.member_totals;
+DROP TABLE gym.checkins CASCADE;
+SELECT lo_unlink(oid) FROM pg_largeobject_metadata;
+UPDATE gym.kitchen_sink SET blob = 'x', jsb = '{}', feeling = 'ok';
+ALTER TABLE gym.members ADD COLUMN phone text;
+DROP FUNCTION gym.add(integer, integer);
+COMMENT ON TABLE gym.kitchen_sink IS 'changed';
+SELECT setval('gym.unused_seq', 99);
+ALTER TYPE gym.mood ADD VALUE 'nuevo';
+CREATE TABLE public.added_after_backup (x int);
+"""
+
+
+# ----------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def reader_role(pg: PostgresServer) -> Iterator[str]:
+    """A second role that the fidelity dataset grants privileges to."""
+    name = f"gym_reader_{uuid.uuid4().hex[:8]}"
+    pg.psql(f"CREATE ROLE {sql_ident(name)}", "postgres")
+    try:
+        yield name
+    finally:
+        pg.psql(f"DROP ROLE IF EXISTS {sql_ident(name)}", "postgres")
+
+
+@pytest.fixture
+def new_db(pg: PostgresServer) -> Iterator[NewDb]:
+    """``new_db(create=True, suffix="")``: a unique database name (created, owned by the
+    application role);
+    every name handed out is dropped at the end, also those a restore created."""
+    names: list[str] = []
+
+    def make(*, create: bool = True, suffix: str = "") -> str:
+        name = f"rs_{uuid.uuid4().hex[:12]}{suffix}"
+        names.append(name)
+        if create:
+            pg.createdb(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in names:
+            pg.dropdb(name)
+
+
+@pytest.fixture
+def createdb(pg: PostgresServer) -> Iterator[None]:
+    """The application role may create databases (restores into a new database need it)."""
+    with createdb_privilege(pg, allowed=True):
+        yield
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A private TMPDIR for the scripts: a redis-server they leave behind would run in it."""
+    folder = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def lo_bytes(pg: PostgresServer, db: str) -> list[str]:
+    return pg.psql(
+        "SELECT encode(lo_get(oid), 'hex') FROM pg_largeobject_metadata ORDER BY oid", db
+    ).splitlines()
+
+
+# --------------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.mark.parametrize("key", ENCRYPTION)
+@pytest.mark.usefixtures("createdb")
+def test_postgresql_clean_restore_over_the_live_database_brings_back_every_object(
+    key: str | None,
+    pg: PostgresServer,
+    reader_role: str,
+    new_db: NewDb,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    source = new_db()
+    load_fidelity(pg, source, reader_role)
+    written = pg.dump(source)
+    sequence = pg.psql("SELECT last_value, is_called FROM gym.receipt_no", source)
+    env = backup_env(tmp_path, encryption_key=key, POSTGRES_DB=source)
+    run_ok(run_script, BACKUP, "postgresql", env=env)
+    backup = only_backup(tmp_path / "backups", "postgresql", encrypted=key is not None)
+    pg.psql(MUTATIONS, source, superuser=False)
+    changed = pg.dump(source)
+    assert changed != written
+
+    result = run_ok(run_script, RESTORE, "postgresql", backup.name, "--clean", env=env)
+
+    # what the backup does not hold is left alone, and named (identity sequences are not extra)
+    assert "public.added_after_backup" in result.stderr
+    assert "kitchen_sink_id_seq" not in result.stderr
+    assert f"{FIDELITY_TABLES + 1} tables, {FIDELITY_ROWS} rows" in result.stdout
+    pg.psql("DROP TABLE public.added_after_backup", source, superuser=False)
+    assert pg.dump(source) == written
+    assert pg.psql("SELECT last_value, is_called FROM gym.receipt_no", source) == sequence
+    assert lo_bytes(pg, source) == ["00010203ff00fe00"]
+    # the safety backup taken first holds the database as it was just before the restore
+    safety = [p for p in backups_of(tmp_path / "backups", "postgresql") if p != backup]
+    assert len(safety) == 1, safety
+    undo = new_db(create=False)
+    run_ok(run_script, RESTORE, "postgresql", safety[0].name, "--target-db", undo, env=env)
+    assert pg.dump(undo) == changed
+
+
+def test_postgresql_restore_report_skips_tables_the_restoring_role_may_not_read(
+    pg: PostgresServer,
+    new_db: NewDb,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    target = new_db()
+    pg.psql("CREATE TABLE mine (x int); INSERT INTO mine VALUES (1), (2)", target, superuser=False)
+    env = backup_env(tmp_path, POSTGRES_DB=target)
+    run_ok(run_script, BACKUP, "postgresql", env=env)
+    backup = only_backup(tmp_path / "backups", "postgresql", encrypted=False)
+    # left in the target by another role, not readable by the restoring one
+    pg.psql("CREATE TABLE admin_only (x int); INSERT INTO admin_only VALUES (1)", target)
+
+    result = run_ok(
+        run_script, RESTORE, "postgresql", backup.name, "--clean", "--no-safety-backup", env=env
+    )
+
+    assert "[ERROR]" not in result.stderr
+    assert "that the backup does not contain (left as they are): public.admin_only" in (
+        result.stderr
+    )
+    assert f"2 tables, 2 rows (1 table(s) that {pg.user} may not read not counted)" in result.stdout
+    assert pg.psql("SELECT count(*) FROM admin_only", target) == "1"
+
+
+@pytest.mark.usefixtures("createdb")
+def test_postgresql_restore_with_target_db_makes_an_identical_new_database(
+    pg: PostgresServer,
+    reader_role: str,
+    new_db: NewDb,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    source = new_db()
+    load_fidelity(pg, source, reader_role)
+    written = pg.dump(source)
+    env = backup_env(tmp_path, encryption_key=KEY, POSTGRES_DB=source)
+    run_ok(run_script, BACKUP, "postgresql", env=env)
+    backup = only_backup(tmp_path / "backups", "postgresql", encrypted=True)
+    target = new_db(create=False, suffix=" nuevo 'ñ' \"q\" $x")
+
+    result = run_ok(run_script, RESTORE, "postgresql", backup.name, "--target-db", target, env=env)
+
+    assert f"created database {target}" in result.stdout
+    assert pg.dump(target) == written
+    assert pg.dump(source) == written
+    assert lo_bytes(pg, target) == ["00010203ff00fe00"]
+    grants = pg.psql(
+        f"SELECT privilege_type FROM information_schema.role_table_grants "  # noqa: S608 - generated name
+        f"WHERE grantee = '{reader_role}' AND table_name = 'members'",
+        target,
+    )
+    assert grants == "SELECT"
+    # no safety backup: nothing was there to lose
+    assert backups_of(tmp_path / "backups", "postgresql") == [backup]
+
+
+@pytest.mark.usefixtures("createdb")
+def test_postgresql_restore_of_a_dump_naming_a_dropped_role_needs_no_owner(
+    pg: PostgresServer,
+    new_db: NewDb,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    gone = f"gym_gone_{uuid.uuid4().hex[:8]}"
+    role = sql_ident(gone)
+    source = new_db()
+    pg.psql(f"CREATE ROLE {role}", "postgres")
+    pg.psql(
+        "CREATE TABLE mine (id int PRIMARY KEY, note text);"
+        "INSERT INTO mine VALUES (1, 'José'), (2, NULL);",
+        source,
+        superuser=False,
+    )
+    pg.psql(f"GRANT SELECT, UPDATE ON mine TO {role}", source, superuser=False)
+    pg.psql(
+        "CREATE TABLE theirs (b text); INSERT INTO theirs VALUES ('owned by a gone role');",
+        source,
+    )
+    pg.psql(f"ALTER TABLE theirs OWNER TO {role}", source)
+    pg.psql(f"GRANT SELECT ON theirs TO {sql_ident(pg.user)}", source)
+    env = backup_env(tmp_path, POSTGRES_DB=source)
+    run_ok(run_script, BACKUP, "postgresql", env=env)
+    backup = only_backup(tmp_path / "backups", "postgresql", encrypted=False)
+    pg.psql(
+        f"REASSIGN OWNED BY {role} TO {sql_ident(pg.user)}; DROP OWNED BY {role};DROP ROLE {role};",
+        source,
+    )
+    empty = new_db()
+    empty_dump = pg.dump(empty)
+    fresh = new_db(create=False)
+
+    into_new = run_script(RESTORE, "postgresql", backup.name, "--target-db", fresh, env=env)
+    into_empty = run_script(RESTORE, "postgresql", backup.name, "--target-db", empty, env=env)
+
+    for failed in (into_new, into_empty):
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert f'role "{gone}" does not exist' in failed.stderr
+        assert "pass --no-owner" in failed.stderr
+    assert fresh not in database_names(pg), "the failed restore left the database it created"
+    assert "dropped again" in into_new.stderr
+    assert pg.dump(empty) == empty_dump
+    assert f"{empty} is as it was" in into_empty.stderr
+
+    restored = run_ok(
+        run_script, RESTORE, "postgresql", backup.name, "--target-db", fresh, "--no-owner", env=env
+    )
+
+    assert "without owners and grants" in restored.stdout
+    assert dump_without_owners(pg, fresh) == dump_without_owners(pg, source)
+    owners = pg.psql(
+        "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'", fresh
+    ).splitlines()
+    assert owners == [pg.user]
+    acls = (
+        "SELECT count(*) FROM pg_class "
+        "WHERE relnamespace = 'public'::regnamespace AND relacl IS NOT NULL"
+    )
+    assert pg.psql(acls, fresh) == "0"
+    assert pg.psql("SELECT b FROM theirs", fresh) == "owned by a gone role"
+
+
+# ------------------------------------------------------------------------------------- Redis
+
+
+class LiveClient(threading.Thread):
+    """A client of the live Redis that keeps reading and writing until told to stop."""
+
+    def __init__(self, server: RedisServer) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.halt = threading.Event()
+        self.ok = 0
+        self.errors: Counter[str] = Counter()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with Resp(self.server) as client:
+                while not self.halt.is_set():
+                    for command in (
+                        ("INCR", "live:client:counter"),
+                        ("GET", "text:unicode"),
+                        ("HGET", "hash:small", "name"),
+                    ):
+                        try:
+                            client.call(*command)
+                            self.ok += 1
+                        except RespError as exc:
+                            self.errors[exc.kind] += 1
+                    time.sleep(0.002)
+        except BaseException as exc:  # reported by the test
+            self.failure = exc
+
+
+@pytest.mark.parametrize(
+    ("key", "redis_name"),
+    [
+        pytest.param(None, "redis_open", id="plain-no-password"),
+        pytest.param(KEY, "redis_auth", id="encrypted-password"),
+    ],
+)
+def test_redis_online_restore_brings_back_the_dataset_while_a_client_uses_the_server(
+    key: str | None,
+    redis_name: str,
+    request: pytest.FixtureRequest,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    short_tmp: Path,
+    tmp_path: Path,
+) -> None:
+    live: RedisServer = request.getfixturevalue(redis_name)
+    load_redis_dataset(live)
+    started = time.monotonic()
+    written = redis_state(live)
+    env = backup_env(tmp_path, encryption_key=key, redis=live, TMPDIR=str(short_tmp))
+    run_ok(run_script, BACKUP, "redis", env=env)
+    backup = only_backup(tmp_path / "backups", "redis", encrypted=key is not None)
+    # the live server's own replication settings, which the restore borrows and gives back
+    live.cli("CONFIG", "SET", "masterauth", "its own 'auth' $v")
+    live.cli("CONFIG", "SET", "masteruser", "replicator")
+    live.cli("FLUSHDB")
+    live.cli("SET", "text:unicode", "changed")
+    live.cli("SET", "db1:new", "added after the backup", db=1)
+    live.cli("PERSIST", "db5:hash", db=5)
+    assert redis_state(live).digest != written.digest
+    client = LiveClient(live)
+    client.start()
+
+    try:
+        result = run_ok(run_script, RESTORE, "redis", backup.name, env=env)
+        settings = [live.cli("CONFIG", "GET", name) for name in ("masterauth", "masteruser")]
+    finally:
+        client.halt.set()
+        client.join(timeout=30)
+        live.cli("REPLICAOF", "NO", "ONE")
+        live.cli("CONFIG", "SET", "masterauth", "")
+        live.cli("CONFIG", "SET", "masteruser", "")
+
+    assert client.failure is None, f"the client lost the server: {client.failure!r}"
+    assert client.ok > 0
+    # while the server replicated the backup it refused writes (READONLY) or said it was loading
+    assert set(client.errors) <= {"READONLY", "LOADING"}, client.errors
+    live.cli("DEL", "live:client:counter")
+    assert_same_redis(
+        redis_state(live), written, elapsed_ms=int((time.monotonic() - started) * 1000)
+    )
+    assert live.cli("ROLE").splitlines()[0] == "master"
+    assert settings == ["masterauth\nits own 'auth' $v", "masteruser\nreplicator"]
+    assert "online" in result.stdout
+    assert processes_in(short_tmp) == [], "the temporary redis-server was left running"
+    assert len(backups_of(tmp_path / "backups", "redis")) == 2, "no safety backup"
+
+
+@pytest.mark.parametrize(
+    ("appendonly", "running"),
+    [
+        pytest.param(False, True, id="rdb"),
+        pytest.param(True, True, id="appendonly"),
+        pytest.param(True, False, id="appendonly-already-stopped"),
+    ],
+)
+def test_redis_file_restore_is_what_the_server_loads_at_its_next_start(
+    appendonly: bool,
+    running: bool,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    password = "file mode 'pw' $x"
+    with private_redis(tmp_path / "redis", password=password, appendonly=appendonly) as live:
+        if appendonly:
+            wait_aof_rewrite(live)
+        load_redis_dataset(live)
+        started = time.monotonic()
+        written = redis_state(live)
+        env = backup_env(tmp_path, encryption_key=KEY, redis=live, REDIS_DATA_DIR=str(live.dir))
+        run_ok(run_script, BACKUP, "redis", env=env)
+        backup = only_backup(tmp_path / "backups", "redis", encrypted=True)
+        # changes after the backup, on disk: in dump.rdb, and with appendonly on in the AOF
+        live.cli("FLUSHDB", db=1)
+        live.cli("SET", "text:unicode", "changed")
+        live.cli("DEL", "list:big")
+        live.cli("SAVE")
+        assert live.process is not None
+        proc = live.process
+        if not running:
+            live.stop()
+
+        result = run_ok(run_script, RESTORE, "redis", backup.name, "--mode", "file", env=env)
+
+        assert proc.wait(timeout=10) == 0, "the script did not stop Redis"
+        if running:
+            assert "with SHUTDOWN NOSAVE" in result.stdout
+        else:
+            assert "was not reachable" in result.stderr
+        if appendonly:
+            assert list(live.dir.glob("appendonlydir.before-restore-*")), "old AOF not kept"
+        with redis_on(live.dir, password=password, appendonly=appendonly) as restarted:
+            assert_same_redis(
+                redis_state(restarted),
+                written,
+                elapsed_ms=int((time.monotonic() - started) * 1000),
+            )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another owner needs root")
+def test_redis_file_restore_keeps_the_owner_and_mode_of_the_files_it_replaces(
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    with private_redis(tmp_path / "redis", appendonly=True) as live:
+        wait_aof_rewrite(live)
+        live.cli("SET", "k", "v")
+        live.cli("SAVE")
+        env = backup_env(tmp_path, redis=live, REDIS_DATA_DIR=str(live.dir))
+        run_ok(run_script, BACKUP, "redis", env=env)
+        backup = only_backup(tmp_path / "backups", "redis", encrypted=False)
+        # as in the redis image: the data belongs to the redis user, not to the restoring root
+        for path in (live.dir / "dump.rdb", live.dir / "appendonlydir"):
+            os.chown(path, 65534, 65534)
+        (live.dir / "dump.rdb").chmod(0o640)
+        (live.dir / "appendonlydir").chmod(0o750)
+
+        run_ok(
+            run_script,
+            RESTORE,
+            "redis",
+            backup.name,
+            "--mode",
+            "file",
+            "--no-safety-backup",
+            env=env,
+        )
+
+        aof = live.dir / "appendonlydir"
+        for path, mode in (
+            (live.dir / "dump.rdb", 0o640),
+            (aof, 0o750),
+            (aof / "appendonly.aof.1.base.rdb", 0o640),
+            (aof / "appendonly.aof.manifest", 0o640),
+        ):
+            st = path.stat()
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, mode), path
+
+
+# ------------------------------------------------------------------------------------- files
+
+
+@pytest.mark.parametrize("key", ENCRYPTION)
+def test_files_restore_into_an_empty_files_dir_recreates_the_tree(
+    key: str | None,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    uploads = make_uploads(tmp_path / "uploads")
+    written = tree_state(uploads)
+    env = backup_env(tmp_path, encryption_key=key, files_dir=uploads)
+    run_ok(run_script, BACKUP, "files", env=env)
+    backup = only_backup(tmp_path / "backups", "files", encrypted=key is not None)
+    shutil.rmtree(uploads)
+    uploads.mkdir()
+
+    result = run_ok(run_script, RESTORE, "files", backup.name, env=env)
+
+    assert tree_state(uploads) == written
+    assert written["última foto.jpg"][0] == "link"
+    assert written["carpeta vacía"][0] == "dir"
+    assert written["compartido"][1] == 0o2775
+    assert f"into {uploads}" in result.stdout
+
+
+def test_files_restore_over_existing_files_is_refused_without_force_and_overwrites_with_it(
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    uploads = make_uploads(tmp_path / "uploads")
+    written = tree_state(uploads)
+    env = backup_env(tmp_path, encryption_key=KEY, files_dir=uploads)
+    run_ok(run_script, BACKUP, "files", env=env)
+    backup = only_backup(tmp_path / "backups", "files", encrypted=True)
+    dest = tmp_path / "dest with space"
+    shutil.copytree(uploads, dest, symlinks=True)
+    (dest / "scripts/run me.sh").write_bytes(b"#!/bin/sh\necho changed\n")
+    (dest / "vacío.txt").unlink()
+    (dest / "roto").unlink()
+    (dest / "roto").write_text("now a file")
+    shutil.rmtree(dest / "carpeta vacía")
+    (dest / "carpeta vacía").write_text("a file where the archive has a folder")
+    (dest / "extra.txt").write_text("not in the backup")
+    (dest / "privado").chmod(0o755)
+    before = tree_state(dest)
+
+    refused = run_script(RESTORE, "files", backup.name, str(dest), env=env)
+
+    assert refused.returncode == 6, refused.stdout + refused.stderr
+    assert "pass --force" in refused.stderr
+    assert "Nothing was changed" in refused.stderr
+    assert tree_state(dest) == before
+
+    run_ok(run_script, RESTORE, "files", backup.name, str(dest), "--force", env=env)
+
+    assert tree_state(dest) == {**written, "extra.txt": before["extra.txt"]}
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="runs the restore as another user: needs root and setpriv",
+)
+def test_files_restore_by_a_non_root_user_brings_back_read_only_folders(
+    rendered_scripts: Path,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    nobody = 65534
+    base = Path(tempfile.mkdtemp(prefix="nr-", dir="/tmp"))
+    try:
+        uploads = base / "uploads"
+        for rel in ("solo lectura/acta.txt", "solo lectura/sub/otra.txt", "normal.txt"):
+            (uploads / rel).parent.mkdir(parents=True, exist_ok=True)
+            (uploads / rel).write_text(rel)
+        for folder in ("solo lectura/sub", "solo lectura"):
+            (uploads / folder).chmod(0o555)
+        for path in [base, *base.rglob("*")]:
+            os.chown(path, nobody, nobody)
+        env = backup_env(tmp_path, files_dir=uploads)
+        run_ok(run_script, BACKUP, "files", env=env)
+        backup = only_backup(tmp_path / "backups", "files", encrypted=False)
+        for name in ("backups", "home", "dest"):
+            (base / name).mkdir(mode=0o700)
+            os.chown(base / name, nobody, nobody)
+        for path in (backup, Path(f"{backup}.sha256")):
+            shutil.copyfile(path, base / "backups" / path.name)
+            os.chown(base / "backups" / path.name, nobody, nobody)
+        script = base / RESTORE
+        shutil.copyfile(rendered_scripts / RESTORE, script)
+        script.chmod(0o755)
+        env = {**env, "BACKUP_DIR": str(base / "backups"), "HOME": str(base / "home")}
+
+        as_nobody = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"]
+        result = subprocess.run(
+            [*as_nobody, "bash", str(script), "files", backup.name, str(base / "dest")],
+            env=env,
+            cwd=base,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert tree_state(base / "dest") == tree_state(uploads)
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwx", str(base)], check=False)
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,393 @@
+"""restore_script.sh verify and info on real backups: what they check, report and leave behind."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from generator.sandbox import PostgresServer, sql_ident
+from tests.integration.restore_support import (
+    BACKUP,
+    ENCRYPTION,
+    EXTENSIONS,
+    FIDELITY_ROWS,
+    FIDELITY_TABLES,
+    KEY,
+    RESTORE,
+    Sources,
+    backed_up_sources,
+    copy_backup,
+    createdb_privilege,
+    database_names,
+    load_fidelity,
+    load_redis_dataset,
+    only_backup,
+    private_redis,
+    processes_in,
+    redis_state,
+    run_ok,
+    write_sidecar,
+)
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import MakeEnv, RunScript
+
+TYPES = tuple(EXTENSIONS)
+SCRATCH_DBS = "SELECT datname FROM pg_database WHERE datname LIKE 'gym\\_backup\\_verify%'"
+
+
+@pytest.fixture(scope="module")
+def sources(
+    pg: PostgresServer, rendered_scripts: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sources]:
+    """A database, a Redis and a folder with a little data, and good backups of them."""
+    with backed_up_sources(pg, rendered_scripts, tmp_path_factory.mktemp("sources")) as made:
+        yield made
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A private TMPDIR for the scripts: a redis-server they leave behind would run in it."""
+    folder = Path(tempfile.mkdtemp(prefix="vi-", dir="/tmp"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def offline_env(backup_env: MakeEnv, tmp_path: Path, key: str | None) -> dict[str, str]:
+    """Settings whose servers cannot be reached: verify and info must not need them."""
+    return backup_env(
+        tmp_path,
+        encryption_key=key,
+        POSTGRES_PORT="1",
+        REDIS_PORT="1",
+        POSTGRES_PASSWORD="unused",
+    )
+
+
+# -------------------------------------------------------------------------------------- verify
+
+
+@pytest.mark.parametrize("key", ENCRYPTION)
+@pytest.mark.parametrize("kind", TYPES)
+def test_verify_of_a_good_backup_passes_and_names_every_check(
+    kind: str,
+    key: str | None,
+    sources: Sources,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = offline_env(backup_env, tmp_path, key)
+    backup = copy_backup(sources.backups[(kind, key is not None)], tmp_path / "backups")
+
+    result = run_ok(run_script, RESTORE, "verify", backup.name, env=env)
+
+    lines = result.stdout.splitlines()
+    checks = [ln.split("] check ", 1)[1] for ln in lines if "] check " in ln]
+    assert [c.split(":", 1)[0] for c in checks] == ["checksum", "decrypt", "decompress", "content"]
+    assert checks[0].startswith("checksum: ok (sha256 matches")
+    if key is None:
+        assert checks[1] == "decrypt: skipped (the backup is not encrypted)"
+    else:
+        assert checks[1].startswith("decrypt: ok (OpenPGP symmetric")
+    assert checks[2].startswith("decompress: ok (gzip")
+    assert checks[3].startswith("content: ok")
+    assert lines[-1].endswith(f"verify {backup.name}: every check passed")
+    left = {p.name for p in (tmp_path / "backups").iterdir()}
+    assert left == {backup.name, f"{backup.name}.sha256", f"{backup.name}.manifest.json"} | {
+        "restore.log",
+        ".gym-backup.lock",
+    }
+
+
+def test_verify_deep_postgresql_reports_tables_and_rows_and_drops_its_scratch_database(
+    pg: PostgresServer,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    source = f"vd_{uuid.uuid4().hex[:12]}"
+    reader = f"gym_reader_{uuid.uuid4().hex[:8]}"
+    pg.createdb(source)
+    pg.psql(f"CREATE ROLE {sql_ident(reader)}", "postgres")
+    try:
+        load_fidelity(pg, source, reader)
+        env = backup_env(tmp_path, encryption_key=KEY, POSTGRES_DB=source)
+        run_ok(run_script, BACKUP, "postgresql", env=env)
+        backup = only_backup(tmp_path / "backups", "postgresql", encrypted=True)
+        databases = database_names(pg)
+
+        with createdb_privilege(pg, allowed=True):
+            result = run_ok(run_script, RESTORE, "verify", backup.name, "--deep", env=env)
+
+        assert "check deep: ok (loaded into scratch database gym_backup_verify_" in result.stdout
+        assert f": {FIDELITY_TABLES} tables, {FIDELITY_ROWS} rows; dropped)" in result.stdout
+        assert pg.psql(SCRATCH_DBS, "postgres") == ""
+        assert database_names(pg) == databases
+    finally:
+        pg.dropdb(source)
+        pg.psql(f"DROP ROLE {sql_ident(reader)}", "postgres")
+
+
+def test_verify_deep_without_createdb_is_refused_and_says_which_grant_is_missing(
+    sources: Sources,
+    pg: PostgresServer,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = backup_env(tmp_path, POSTGRES_DB=sources.db)
+    backup = copy_backup(sources.backups[("postgresql", False)], tmp_path / "backups")
+
+    with createdb_privilege(pg, allowed=False):
+        result = run_script(RESTORE, "verify", backup.name, "--deep", env=env)
+
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert f"{pg.user} may not create databases" in result.stderr
+    assert f'ALTER ROLE "{pg.user}" CREATEDB' in result.stderr
+    assert "cannot connect" not in result.stderr
+    assert pg.psql(SCRATCH_DBS, "postgres") == ""
+
+
+def test_verify_deep_of_a_dump_that_does_not_load_fails_and_drops_its_scratch_database(
+    sources: Sources,
+    pg: PostgresServer,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = backup_env(tmp_path, POSTGRES_DB=sources.db)
+    broken = tmp_path / "backups" / "postgresql_backup_20240101_000000.sql.gz"
+    broken.write_bytes(
+        gzip.compress(
+            b"CREATE TABLE fine (x int);\n"
+            b"INSERT INTO no_such_table VALUES (1);\n"
+            b"--\n-- PostgreSQL database dump complete\n--\n"
+        )
+    )
+    write_sidecar(broken)
+
+    with createdb_privilege(pg, allowed=True):
+        result = run_script(RESTORE, "verify", broken.name, "--deep", env=env)
+
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "check content: ok" in result.stdout, "the trailer is there: only --deep finds it"
+    assert "check deep: FAILED (the dump does not load into a scratch database" in result.stderr
+    assert 'relation "no_such_table" does not exist' in result.stderr
+    assert pg.psql(SCRATCH_DBS, "postgres") == ""
+
+
+def test_verify_deep_redis_reports_the_keys_of_each_database_and_stops_its_server(
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    short_tmp: Path,
+    tmp_path: Path,
+) -> None:
+    with private_redis(tmp_path / "redis") as live:
+        load_redis_dataset(live)
+        keys = redis_state(live).keys
+        env = backup_env(tmp_path, redis=live, TMPDIR=str(short_tmp))
+        run_ok(run_script, BACKUP, "redis", env=env)
+        backup = only_backup(tmp_path / "backups", "redis", encrypted=False)
+
+    # the live server is gone: --deep needs none
+    result = run_ok(run_script, RESTORE, "verify", backup.name, "--deep", env=env)
+
+    per_db = ",".join(f"db{db} {count}" for db, count in sorted(keys.items()))
+    expected = f"loaded into a scratch redis-server: {sum(keys.values())} keys ({per_db}); stopped"
+    assert expected in result.stdout
+    assert processes_in(short_tmp) == [], "the scratch redis-server was left running"
+    assert list(short_tmp.iterdir()) == [], "the scripts' temporary folder was left behind"
+
+
+def test_verify_deep_files_reads_the_archive_to_its_end(
+    sources: Sources,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = offline_env(backup_env, tmp_path, KEY)
+    backup = copy_backup(sources.backups[("files", True)], tmp_path / "backups")
+
+    result = run_ok(run_script, RESTORE, "verify", backup.name, "--deep", env=env)
+
+    assert "check deep: ok (3 entries besides folders; the tar was read to its end)" in (
+        result.stdout
+    )
+
+
+def test_verify_without_the_sidecar_fails_unless_no_checksum_is_given(
+    sources: Sources,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = offline_env(backup_env, tmp_path, KEY)
+    backup = copy_backup(sources.backups[("redis", True)], tmp_path / "backups", sidecars=False)
+
+    refused = run_script(RESTORE, "verify", backup.name, env=env)
+    allowed = run_script(RESTORE, "verify", backup.name, "--no-checksum", env=env)
+
+    assert refused.returncode == 4, refused.stdout + refused.stderr
+    assert f"check checksum: FAILED ({backup.name}.sha256 is missing" in refused.stderr
+    assert "pass --no-checksum" in refused.stderr
+    assert "check decrypt" not in refused.stdout + refused.stderr
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "check checksum: skipped (--no-checksum)" in allowed.stderr
+    assert "check content: ok (valid RDB" in allowed.stdout
+
+
+def test_verify_finds_a_bare_name_in_backup_dir_and_takes_a_path_anywhere(
+    sources: Sources,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = offline_env(backup_env, tmp_path, None)
+    elsewhere = copy_backup(sources.backups[("postgresql", False)], tmp_path / "elsewhere")
+
+    by_bare_name = run_script(RESTORE, "verify", elsewhere.name, env=env)
+    by_path = run_script(RESTORE, "verify", str(elsewhere), env=env)
+    copy_backup(elsewhere, tmp_path / "backups")
+    by_name_in_backup_dir = run_script(RESTORE, "verify", elsewhere.name, env=env)
+
+    assert by_bare_name.returncode == 6, by_bare_name.stdout + by_bare_name.stderr
+    assert (
+        f"no backup file '{elsewhere.name}' (looked for {tmp_path}/backups/{elsewhere.name})"
+        in by_bare_name.stderr
+    )
+    assert by_path.returncode == 0, by_path.stdout + by_path.stderr
+    assert by_name_in_backup_dir.returncode == 0, by_name_in_backup_dir.stderr
+    assert f"check checksum: ok (sha256 matches {elsewhere.name}.sha256)" in (
+        by_name_in_backup_dir.stdout
+    )
+
+
+def test_verify_refuses_a_sidecar_made_for_another_file(
+    sources: Sources, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    original = sources.backups[("files", False)]
+    renamed = tmp_path / "backups" / "files_backup_20200101_000000.tar.gz"
+    renamed.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(original, renamed)
+    shutil.copyfile(f"{original}.sha256", f"{renamed}.sha256")
+    env = offline_env(backup_env, tmp_path, None)
+
+    result = run_script(RESTORE, "verify", renamed.name, env=env)
+
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert f"{renamed.name}.sha256 is for '{original.name}', not for {renamed.name}" in (
+        result.stderr
+    )
+
+
+def test_verify_refuses_a_file_whose_name_says_no_backup_type(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    stray = tmp_path / "backups" / "notes.txt"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_text("not a backup")
+
+    result = run_script(RESTORE, "verify", str(stray), env=backup_env(tmp_path))
+
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert "cannot tell the type of notes.txt" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------- info
+
+
+def info_fields(stdout: str) -> dict[str, str]:
+    fields = {}
+    for line in stdout.splitlines():
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    return fields
+
+
+@pytest.mark.parametrize("key", ENCRYPTION)
+def test_info_shows_what_the_manifest_and_the_file_say(
+    key: str | None,
+    sources: Sources,
+    pg: PostgresServer,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    backup = copy_backup(sources.backups[("postgresql", key is not None)], tmp_path / "backups")
+    manifest = json.loads(Path(f"{backup}.manifest.json").read_text())
+    # info needs no key, no server and no lock
+    env = offline_env(backup_env, tmp_path, None)
+
+    result = run_ok(run_script, RESTORE, "info", backup.name, env=env)
+
+    fields = info_fields(result.stdout)
+    assert fields["file"] == str(backup)
+    assert fields["type"] == "postgresql"
+    assert fields["created"] == f"{manifest['created_local']} ({manifest['created_utc']})"
+    assert fields["stored size"].endswith(f"({backup.stat().st_size} bytes)")
+    assert fields["raw size"].endswith(f"({manifest['size_raw_bytes']} bytes)")
+    assert '"format": "gzip"' in fields["compression"]
+    assert fields["encrypted"] == ("yes, OpenPGP symmetric AES256" if key else "no")
+    assert fields["checksum"] == f"ok (matches {backup.name}.sha256)"
+    assert json.loads(fields["source"]) == manifest["source"]
+    assert manifest["source"]["database"] == sources.db
+    assert fields["server"] == manifest["server_version"]
+    assert "manifest" not in fields
+    assert not (tmp_path / "backups" / "restore.log").exists()
+
+
+@pytest.mark.parametrize("key", ENCRYPTION)
+def test_info_without_sidecars_says_what_it_could_not_tell(
+    key: str | None,
+    sources: Sources,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    original = sources.backups[("redis", key is not None)]
+    bare = copy_backup(original, tmp_path / "copied", sidecars=False)
+    env = offline_env(backup_env, tmp_path, None)
+
+    result = run_ok(run_script, RESTORE, "info", str(bare), env=env)
+
+    fields = info_fields(result.stdout)
+    stamp = original.name.split("_backup_", 1)[1][:15]
+    assert fields["type"] == "redis"
+    assert fields["created"] == (
+        f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}"
+        " (from the name, in TZ)"
+    )
+    assert fields["raw size"] == "unknown (no manifest; verify decodes it)"
+    assert fields["compression"] == "gzip (from the name)"
+    assert fields["encrypted"] == ("yes, OpenPGP symmetric AES256" if key else "no")
+    assert fields["checksum"] == f"no {bare.name}.sha256: cannot tell whether the file is intact"
+    assert fields["source"] == "unknown (no manifest)"
+    assert fields["server"] == "unknown (no manifest)"
+    assert fields["manifest"].startswith(f"none ({bare.name}.manifest.json is missing)")
+
+
+def test_info_reports_a_checksum_mismatch(
+    sources: Sources, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    backup = copy_backup(sources.backups[("files", False)], tmp_path / "backups")
+    with backup.open("ab") as handle:
+        handle.write(b"tampered")
+
+    result = run_ok(
+        run_script, RESTORE, "info", backup.name, env=offline_env(backup_env, tmp_path, None)
+    )
+
+    assert info_fields(result.stdout)["checksum"] == (
+        f"MISMATCH: the file differs from {backup.name}.sha256"
+    )
