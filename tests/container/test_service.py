@@ -14,7 +14,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.container.conftest import CONTAINER, ENCRYPTION_KEY, PG_PASSWORD, Stack, docker
+from tests.container.conftest import (
+    CONTAINER,
+    ENCRYPTION_KEY,
+    PG_PASSWORD,
+    PROJECT_NAME,
+    Stack,
+    docker,
+)
 
 BACKUP_RE = re.compile(r"^(postgresql|redis|files)_backup_(\d{8}_\d{6})\.(sql|rdb|tar)\.gz\.gpg$")
 GYM_BACKUP = Path(sys.executable).parent / "gym-backup"
@@ -218,6 +225,51 @@ def test_no_secret_is_in_the_image(stack: Stack, tmp_path: Path) -> None:
         assert secret.encode() not in data
     history = docker("history", "--no-trunc", IMAGE).stdout
     assert PG_PASSWORD not in history
+
+
+def test_backup_on_start_runs_a_full_backup_at_once(stack: Stack, tmp_path: Path) -> None:
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    network = f"{PROJECT_NAME}_default"
+    name = "gym_backup_on_start_test"
+    docker(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        network,
+        "--env-file",
+        str(stack.folder / ".env"),
+        "--env",
+        "BACKUP_ON_START=true",
+        "--volume",
+        f"{folder}:/backups",
+        "--volume",
+        f"{stack.folder / 'uploads'}:/data",
+        IMAGE,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all(backups(folder).values()):
+            time.sleep(1)
+        assert all(backups(folder).values()), (folder / "cron.log").read_text()
+    finally:
+        docker("rm", "--force", name, check=False)
+
+
+def test_the_cli_shows_the_logs_of_the_container(stack: Stack) -> None:
+    result = subprocess.run(
+        [str(GYM_BACKUP), "logs", "backup", "--lines", "3", "--env", str(stack.folder / ".env")],
+        cwd=stack.folder,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    assert "[INFO]" in result.stdout
 
 
 def test_docker_stop_ends_the_container_promptly(stack: Stack) -> None:
