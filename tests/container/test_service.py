@@ -19,6 +19,7 @@ from tests.container.conftest import (
     ENCRYPTION_KEY,
     PG_PASSWORD,
     PROJECT_NAME,
+    REDIS_PASSWORD,
     Stack,
     docker,
 )
@@ -270,6 +271,69 @@ def test_the_cli_shows_the_logs_of_the_container(stack: Stack) -> None:
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 3
     assert "[INFO]" in result.stdout
+
+
+def redis_cli(stack: Stack, *args: str) -> str:
+    """redis-cli against the published port (the password in the environment)."""
+    result = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(stack.port("redis", 6379)), *args],
+        env={**os.environ, "REDISCLI_AUTH": REDIS_PASSWORD},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return result.stdout.strip()
+
+
+def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """gym-backup from the gym project's folder, on this test stack's compose project."""
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT_NAME}
+    env.pop("BACKUP_CONTAINER", None)
+    return subprocess.run(
+        [str(GYM_BACKUP), *args, "--env", str(stack.folder / ".env")],
+        cwd=stack.folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+
+
+def test_restore_redis_in_file_mode_restarts_redis_with_the_backup(stack: Stack) -> None:
+    redis_cli(stack, "SET", "plan:monthly", "15000")
+    redis_cli(stack, "HSET", "session:1", "member", "42")
+    taken = stack.exec("/usr/local/bin/backup_script.sh", "redis")
+    assert taken.returncode == 0, taken.stderr
+    name = backups(stack.backups)["redis"][-1]
+    redis_cli(stack, "SET", "plan:monthly", "99999")
+    redis_cli(stack, "DEL", "session:1")
+
+    result = cli(stack, "restore", "redis", name, "--mode", "file")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"restarting {stack.container('redis')}" in result.stderr
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if redis_cli(stack, "PING") == "PONG":
+                break
+        except subprocess.CalledProcessError:
+            pass
+        time.sleep(1)
+    assert redis_cli(stack, "GET", "plan:monthly") == "15000"
+    assert redis_cli(stack, "HGET", "session:1", "member") == "42"
+    stack.wait_for_health("healthy", timeout=90)
+
+
+def test_gym_backup_down_and_up_manage_only_the_backup_service(stack: Stack) -> None:
+    down = cli(stack, "down")
+    assert down.returncode == 0, down.stderr
+    assert docker("inspect", CONTAINER, check=False).returncode != 0
+    assert docker("inspect", stack.container("postgres")).returncode == 0
+    up = cli(stack, "up")
+    assert up.returncode == 0, up.stderr
+    stack.wait_for_health("healthy", timeout=120)
 
 
 def test_docker_stop_ends_the_container_promptly(stack: Stack) -> None:
