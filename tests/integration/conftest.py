@@ -7,7 +7,6 @@ ports of 127.0.0.1; nothing here uses a PostgreSQL or Redis already running on t
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 from generator import render
 from generator.config import load_settings
 from generator.sandbox import PostgresServer, RedisServer, start_postgres, start_redis
+from tests.integration.restore_support import script_env
 
 HERE = Path(__file__).resolve().parent
 
@@ -124,26 +124,16 @@ def backup_env(pg: PostgresServer, redis_auth: RedisServer) -> MakeEnv:
         files_dir: Path | None = None,
         **extra: str,
     ) -> dict[str, str]:
-        home = tmp_path / "home"
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        backups = tmp_path / "backups"
-        backups.mkdir(parents=True, exist_ok=True)
         if files_dir is None:
             files_dir = _make_files_tree(tmp_path / "files")
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            "HOME": str(home),
-            "LANG": "C.UTF-8",
-            "TZ": "UTC",
-            "BACKUP_DIR": str(backups),
-            "FILES_DIR": str(files_dir),
-            **pg.env(),
-            **(redis or redis_auth).env(),
-        }
-        if encryption_key is not None:
-            env["ENCRYPTION_KEY"] = encryption_key
-        env.update(extra)
-        return env
+        return script_env(
+            tmp_path,
+            pg,
+            redis or redis_auth,
+            files_dir,
+            encryption_key=encryption_key,
+            **extra,
+        )
 
     return make_env
 

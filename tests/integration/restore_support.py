@@ -724,8 +724,11 @@ def script_env(
     encryption_key: str | None = None,
     **extra: str,
 ) -> dict[str, str]:
-    """The environment of one script run, like conftest's ``backup_env`` but usable by fixtures
-    wider than one test: BACKUP_DIR is ``base/backups``, HOME ``base/home``, TZ is UTC."""
+    """The environment of one script run (the run sees exactly this, nothing else).
+
+    BACKUP_DIR is ``base/backups`` (created), HOME ``base/home`` (gpg writes there), TZ is UTC;
+    ``extra`` is applied last and overrides anything. conftest's ``backup_env`` builds on it.
+    """
     home = base / "home"
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     backups = base / "backups"
