@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from generator import __version__, config, ops, render
-from generator.errors import ScriptFailedError, UserError
+from generator.errors import ConfigError, ScriptFailedError, UserError
 
 app = typer.Typer(
     name="gym-backup",
@@ -86,6 +86,19 @@ def _env_file(env: Path | None) -> Path | None:
     return default if default.is_file() else None
 
 
+def _load(env: Path | None, *, for_run: bool = False) -> config.Settings:
+    """The settings; when a run lacks some and no .env was found, say where it was looked for."""
+    path = _env_file(env)
+    try:
+        return config.load_settings(path, for_run=for_run)
+    except ConfigError as exc:
+        if path is None:
+            exc.message += (
+                f"\n  (no .env file in {Path.cwd()}: pass --env FILE or run from its folder)"
+            )
+        raise
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"gym-backup {__version__}")
@@ -118,7 +131,7 @@ def generate(
 ) -> None:
     """Render the service's files from the .env settings (no secret is needed or rendered)."""
     with reporting_errors():
-        settings = config.load_settings(_env_file(env))
+        settings = _load(env)
         files = render.render(settings, flavor)
         results = render.write(files, out, check=check, dry_run=dry_run)
         drift = [rel for rel, status in results if status is not render.Status.IDENTICAL]
@@ -136,7 +149,7 @@ def generate(
 def config_check(env: EnvOption = None) -> None:
     """Validate the settings for a run; show them (secrets masked) and the next run times."""
     with reporting_errors():
-        settings = config.load_settings(_env_file(env), for_run=True)
+        settings = _load(env, for_run=True)
         source = settings.source or "the environment and defaults"
         typer.echo(f"Settings from {source} (the environment wins over the file):")
         for name, value in settings.masked().items():
@@ -167,7 +180,7 @@ def _run(local: bool, env: Path | None, script: str, args: list[str], *, for_run
     On this host the scripts are rendered afresh into a private folder, so they always match the
     templates and the .env in use; in the container they read the container's environment.
     """
-    settings = config.load_settings(_env_file(env), for_run=for_run and local)
+    settings = _load(env, for_run=for_run and local)
     if local:
         with tempfile.TemporaryDirectory(prefix="gym-backup-") as tmp:
             folder = Path(tmp)
@@ -306,7 +319,7 @@ def restore(
 
 
 def _restart_redis(local: bool, env: Path | None) -> None:
-    name = config.load_settings(_env_file(env)).values["REDIS_CONTAINER"]
+    name = _load(env).values["REDIS_CONTAINER"]
     if local:
         say(f"Restart Redis now so that it loads the restored data (e.g. docker restart {name}).")
         return
@@ -330,7 +343,7 @@ def build(
 ) -> None:
     """Render the service and build its image (tagged BACKUP_IMAGE)."""
     with reporting_errors():
-        settings = config.load_settings(_env_file(env))
+        settings = _load(env)
         for rel, status in render.write(render.render(settings, flavor), out):
             say(f"{status.value:<11} {out / rel}")
         tag = settings.values["BACKUP_IMAGE"]
@@ -338,7 +351,7 @@ def build(
 
 
 def _compose(env: Path | None, out: Path, compose_file: Path, args: list[str]) -> None:
-    config.load_settings(_env_file(env))
+    _load(env)
     service_file = out / "docker-compose.backup.yml"
     for needed in (compose_file, service_file):
         if not needed.is_file():
@@ -389,7 +402,7 @@ def logs(
 ) -> None:
     """Show the end of backup.log, cron.log or restore.log."""
     with reporting_errors():
-        settings = config.load_settings(_env_file(env))
+        settings = _load(env)
         path = Path(settings.values["BACKUP_DIR"]) / f"{which.value}.log"
         if local:
             if not path.is_file():

@@ -300,6 +300,9 @@ def _near_misses(from_file: Mapping[str, str]) -> list[str]:
     for key in from_file:
         if key in KNOWN_KEYS:
             continue
+        if key.upper() in KNOWN_KEYS:
+            problems.append(f"{key}: settings are written in capitals; rename it {key.upper()}.")
+            continue
         match = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1, cutoff=0.85)
         if match:
             problems.append(f"{key}: unknown setting; did you mean {match[0]}? Rename it.")
@@ -326,6 +329,8 @@ def _collect_secret(  # noqa: PLR0911 - one return per rule
         secrets[file_key] = path
         if check_files and not os.access(path, os.R_OK):
             return [f"{file_key}: {path} does not exist or is not readable; fix the path."]
+        if check_files and not Path(path).read_text(errors="replace").strip("\n"):
+            return [f"{file_key}: {path} is empty; put the {name} in it, or unset {file_key}."]
         return []
     if check_files and setting.required_for_run:
         return [f"{name}: required for a backup run; set {name} or {file_key} in the .env file."]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import re
 import shlex
 import stat
 from collections.abc import Mapping
@@ -107,6 +108,13 @@ def _named_volumes(settings: Settings) -> list[str]:
     return sorted({s for s in sources if not s.startswith((".", "/", "~"))})
 
 
+def _depends_on(settings: Settings) -> list[str]:
+    """The gym's compose services the backup waits for: POSTGRES_HOST and REDIS_HOST, when they
+    are service names (not addresses)."""
+    hosts = (settings.values["POSTGRES_HOST"], settings.values["REDIS_HOST"])
+    return list(dict.fromkeys(h for h in hosts if re.fullmatch(r"[a-z0-9][a-z0-9_-]*", h)))
+
+
 def render(settings: Settings, flavor: str = DEFAULT_FLAVOR) -> dict[str, str]:
     """Render every file of the service; no secret value is ever part of the output."""
     if flavor not in FLAVORS:
@@ -124,6 +132,7 @@ def render(settings: Settings, flavor: str = DEFAULT_FLAVOR) -> dict[str, str]:
         "setting_names": [s.name for s in SETTINGS if not s.secret],
         "secret_names": [s.name for s in SETTINGS if s.secret],
         "named_volumes": _named_volumes(settings),
+        "depends_on": _depends_on(settings),
     }
     files = {}
     for output, template_name in OUTPUTS.items():

@@ -82,6 +82,8 @@ die() {
   local code="$1"
   shift
   log ERROR "$*"
+  # Tell the ERR trap of an enclosing shell that this failure has been reported already.
+  [[ -z "${WORK_DIR}" || ! -d "${WORK_DIR}" ]] || : >"${WORK_DIR}/.reported" 2>/dev/null || true
   exit "${code}"
 }
 
@@ -89,6 +91,7 @@ die() {
 on_error() {
   local code="$1" line="$2"
   [[ "$-" == *e* ]] || return 0
+  [[ -z "${WORK_DIR}" || ! -e "${WORK_DIR}/.reported" ]] || return 0
   log ERROR "unexpected failure (exit ${code}) at line ${line} in ${FUNCNAME[1]:-main}; see the messages above"
 }
 
@@ -108,6 +111,19 @@ cleanup() {
   if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
     rm -rf -- "${WORK_DIR}"
   fi
+}
+
+# SIGINT or SIGTERM: say so in the log; the EXIT trap then removes what was half-written.
+on_signal() {
+  local name="$1" code="$2"
+  trap - INT TERM
+  log ERROR "interrupted by ${name}: nothing was written under a final name"
+  exit "${code}"
+}
+
+trap_signals() {
+  trap 'on_signal SIGINT 130' INT
+  trap 'on_signal SIGTERM 143' TERM
 }
 
 register_partial() {
@@ -175,6 +191,8 @@ file_env() {
   if [[ -n "${file}" ]]; then
     [[ -r "${file}" && -f "${file}" ]] || die "${EXIT_REFUSED}" "${file_var}: cannot read '${file}'; check the path and its permissions"
     value="$(<"${file}")"
+    # An empty key file must not quietly turn encryption (or a password) off.
+    [[ -n "${value}" ]] || die "${EXIT_REFUSED}" "${file_var}: '${file}' is empty; put the ${var} in it, or unset ${file_var}"
   fi
   if [[ "${value}" == *$'\n'* ]]; then
     die "${EXIT_REFUSED}" "${var} contains a line break; use a single-line value"
@@ -426,6 +444,8 @@ readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 DRY_RUN=0
 # Where the Redis content check also keeps the decoded RDB (the restore script sets it).
 RDB_COPY=""
+# Why a backup was made (the manifest says; list marks safety backups taken before restores).
+BACKUP_PURPOSE="backup"
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL
@@ -725,6 +745,7 @@ write_manifest() {
   "sha256": "${hash}",
   "duration_seconds": $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000))),
   "compression": {"format": "gzip", "tool": $(json_str "$(compressor)"), "level": ${COMPRESSION_LEVEL}},
+  "purpose": $(json_str "${BACKUP_PURPOSE}"),
   "encrypted": $(encryption_on && printf true || printf false),
   "encryption": ${encryption},
   "source": ${source_json},
@@ -772,6 +793,7 @@ pick_timestamp() {
 run_part() (
   set -o errexit
   trap cleanup EXIT
+  trap_signals
   make_work_dir
   "backup_$1" "$2" "$3"
 )
@@ -816,7 +838,9 @@ cmd_backup() {
   ((DRY_RUN)) || acquire_lock "backup ${what}"
   ((DRY_RUN)) || rotate_logs
   pick_timestamp
-  log INFO "backup ${what} started: run ${RUN_TS} ($(encryption_on && printf 'encrypted, AES256' || printf 'NOT encrypted: ENCRYPTION_KEY is not set'))"
+  local run="backup ${what}"
+  ((DRY_RUN == 0)) || run="backup ${what} dry run (nothing is written)"
+  log INFO "${run} started: run ${RUN_TS} ($(encryption_on && printf 'encrypted, AES256' || printf 'NOT encrypted: ENCRYPTION_KEY is not set'))"
   local type rc first_failure=0
   local -a summary=()
   for type in "${types[@]}"; do
@@ -832,10 +856,10 @@ cmd_backup() {
     fi
   done
   if ((first_failure == 0)); then
-    log INFO "backup ${what} finished: ${summary[*]}"
-    [[ "${what}" != full ]] || mark_success
+    log INFO "${run} finished: ${summary[*]}"
+    [[ "${what}" != full ]] || ((DRY_RUN)) || mark_success
   else
-    log ERROR "backup ${what} FAILED: ${summary[*]}"
+    log ERROR "${run} FAILED: ${summary[*]}"
   fi
   exit "${first_failure}"
 }
@@ -870,6 +894,9 @@ cmd_list() {
     [[ "${name}" != *.gpg ]] || encrypted=yes
     note=""
     [[ -e "${BACKUP_DIR}/${name}.sha256" ]] || note="  (no .sha256)"
+    if grep -qs '^  "purpose": "safety' "${BACKUP_DIR}/${name}.manifest.json"; then
+      note+="  (safety backup taken before a restore)"
+    fi
     printf '%-10s  %-19s  %10s  %-9s  %s%s\n' "${type}" \
       "${d:0:4}-${d:4:2}-${d:6:2} ${t:0:2}:${t:2:2}:${t:4:2}" "$(human_size "${size}")" \
       "${encrypted}" "${name}" "${note}"
@@ -996,6 +1023,7 @@ main() {
   done
   [[ -n "${command}" ]] || usage_error "a command is required"
   trap 'on_error $? ${LINENO}' ERR
+  trap_signals
   trap cleanup EXIT
   check_settings
   make_work_dir

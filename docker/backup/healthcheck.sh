@@ -84,6 +84,8 @@ die() {
   local code="$1"
   shift
   log ERROR "$*"
+  # Tell the ERR trap of an enclosing shell that this failure has been reported already.
+  [[ -z "${WORK_DIR}" || ! -d "${WORK_DIR}" ]] || : >"${WORK_DIR}/.reported" 2>/dev/null || true
   exit "${code}"
 }
 
@@ -91,6 +93,7 @@ die() {
 on_error() {
   local code="$1" line="$2"
   [[ "$-" == *e* ]] || return 0
+  [[ -z "${WORK_DIR}" || ! -e "${WORK_DIR}/.reported" ]] || return 0
   log ERROR "unexpected failure (exit ${code}) at line ${line} in ${FUNCNAME[1]:-main}; see the messages above"
 }
 
@@ -110,6 +113,19 @@ cleanup() {
   if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
     rm -rf -- "${WORK_DIR}"
   fi
+}
+
+# SIGINT or SIGTERM: say so in the log; the EXIT trap then removes what was half-written.
+on_signal() {
+  local name="$1" code="$2"
+  trap - INT TERM
+  log ERROR "interrupted by ${name}: nothing was written under a final name"
+  exit "${code}"
+}
+
+trap_signals() {
+  trap 'on_signal SIGINT 130' INT
+  trap 'on_signal SIGTERM 143' TERM
 }
 
 register_partial() {
@@ -177,6 +193,8 @@ file_env() {
   if [[ -n "${file}" ]]; then
     [[ -r "${file}" && -f "${file}" ]] || die "${EXIT_REFUSED}" "${file_var}: cannot read '${file}'; check the path and its permissions"
     value="$(<"${file}")"
+    # An empty key file must not quietly turn encryption (or a password) off.
+    [[ -n "${value}" ]] || die "${EXIT_REFUSED}" "${file_var}: '${file}' is empty; put the ${var} in it, or unset ${file_var}"
   fi
   if [[ "${value}" == *$'\n'* ]]; then
     die "${EXIT_REFUSED}" "${var} contains a line break; use a single-line value"
@@ -428,6 +446,8 @@ readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 DRY_RUN=0
 # Where the Redis content check also keeps the decoded RDB (the restore script sets it).
 RDB_COPY=""
+# Why a backup was made (the manifest says; list marks safety backups taken before restores).
+BACKUP_PURPOSE="backup"
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL
@@ -727,6 +747,7 @@ write_manifest() {
   "sha256": "${hash}",
   "duration_seconds": $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000))),
   "compression": {"format": "gzip", "tool": $(json_str "$(compressor)"), "level": ${COMPRESSION_LEVEL}},
+  "purpose": $(json_str "${BACKUP_PURPOSE}"),
   "encrypted": $(encryption_on && printf true || printf false),
   "encryption": ${encryption},
   "source": ${source_json},
@@ -774,6 +795,7 @@ pick_timestamp() {
 run_part() (
   set -o errexit
   trap cleanup EXIT
+  trap_signals
   make_work_dir
   "backup_$1" "$2" "$3"
 )

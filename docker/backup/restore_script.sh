@@ -82,6 +82,8 @@ die() {
   local code="$1"
   shift
   log ERROR "$*"
+  # Tell the ERR trap of an enclosing shell that this failure has been reported already.
+  [[ -z "${WORK_DIR}" || ! -d "${WORK_DIR}" ]] || : >"${WORK_DIR}/.reported" 2>/dev/null || true
   exit "${code}"
 }
 
@@ -89,6 +91,7 @@ die() {
 on_error() {
   local code="$1" line="$2"
   [[ "$-" == *e* ]] || return 0
+  [[ -z "${WORK_DIR}" || ! -e "${WORK_DIR}/.reported" ]] || return 0
   log ERROR "unexpected failure (exit ${code}) at line ${line} in ${FUNCNAME[1]:-main}; see the messages above"
 }
 
@@ -108,6 +111,19 @@ cleanup() {
   if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
     rm -rf -- "${WORK_DIR}"
   fi
+}
+
+# SIGINT or SIGTERM: say so in the log; the EXIT trap then removes what was half-written.
+on_signal() {
+  local name="$1" code="$2"
+  trap - INT TERM
+  log ERROR "interrupted by ${name}: nothing was written under a final name"
+  exit "${code}"
+}
+
+trap_signals() {
+  trap 'on_signal SIGINT 130' INT
+  trap 'on_signal SIGTERM 143' TERM
 }
 
 register_partial() {
@@ -175,6 +191,8 @@ file_env() {
   if [[ -n "${file}" ]]; then
     [[ -r "${file}" && -f "${file}" ]] || die "${EXIT_REFUSED}" "${file_var}: cannot read '${file}'; check the path and its permissions"
     value="$(<"${file}")"
+    # An empty key file must not quietly turn encryption (or a password) off.
+    [[ -n "${value}" ]] || die "${EXIT_REFUSED}" "${file_var}: '${file}' is empty; put the ${var} in it, or unset ${file_var}"
   fi
   if [[ "${value}" == *$'\n'* ]]; then
     die "${EXIT_REFUSED}" "${var} contains a line break; use a single-line value"
@@ -426,6 +444,8 @@ readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 DRY_RUN=0
 # Where the Redis content check also keeps the decoded RDB (the restore script sets it).
 RDB_COPY=""
+# Why a backup was made (the manifest says; list marks safety backups taken before restores).
+BACKUP_PURPOSE="backup"
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL
@@ -725,6 +745,7 @@ write_manifest() {
   "sha256": "${hash}",
   "duration_seconds": $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000))),
   "compression": {"format": "gzip", "tool": $(json_str "$(compressor)"), "level": ${COMPRESSION_LEVEL}},
+  "purpose": $(json_str "${BACKUP_PURPOSE}"),
   "encrypted": $(encryption_on && printf true || printf false),
   "encryption": ${encryption},
   "source": ${source_json},
@@ -772,6 +793,7 @@ pick_timestamp() {
 run_part() (
   set -o errexit
   trap cleanup EXIT
+  trap_signals
   make_work_dir
   "backup_$1" "$2" "$3"
 )
@@ -1134,6 +1156,15 @@ manifest_field() {
   sed -n "s/^  \"${field}\": \"\{0,1\}\([^\"]*\)\"\{0,1\},\{0,1\}\$/\1/p" "${manifest}" | head -n 1
 }
 
+# A one-line JSON object or value from a manifest, as plain words: host postgres, port 5432.
+json_plain() {
+  sed -e 's/,$//' -e 's/^[{]//' -e 's/[}]$//' -e 's/"\([^"]*\)": /\1 /g' -e 's/"//g'
+}
+
+manifest_line() {
+  sed -n "s/^  \"$2\": \(.*\)\$/\1/p" "$1" | head -n 1 | json_plain
+}
+
 cmd_info() {
   local file="${BACKUP_FILE}" name="${BACKUP_FILE##*/}" manifest="${BACKUP_FILE}.manifest.json"
   local created checksum encryption source server
@@ -1169,10 +1200,12 @@ cmd_info() {
     local raw
     raw="$(sed -n 's/.*"size_raw_bytes": \([0-9]*\).*/\1/p' "${manifest}")"
     printf 'raw size:     %s (%s bytes)\n' "$(human_size "${raw:-0}")" "${raw:-?}"
-    source="$(sed -n 's/^  "source": \(.*\),$/\1/p' "${manifest}")"
-    server="$(manifest_field "${manifest}" server_version)"
-    printf 'compression:  %s\n' "$(sed -n 's/^  "compression": \(.*\),$/\1/p' "${manifest}")"
-    printf 'duration:     %ss\n' "$(sed -n 's/^  "duration_seconds": \(.*\),$/\1/p' "${manifest}")"
+    source="$(manifest_line "${manifest}" source)"
+    server="$(manifest_line "${manifest}" server_version)"
+    [[ "${server}" != null ]] || server="none (a files backup has no server)"
+    printf 'compression:  %s\n' "$(manifest_line "${manifest}" compression)"
+    printf 'duration:     %ss\n' "$(manifest_line "${manifest}" duration_seconds)"
+    printf 'purpose:      %s\n' "$(manifest_line "${manifest}" purpose)"
   else
     printf 'raw size:     unknown (no manifest; verify decodes it)\n'
     printf 'compression:  gzip (from the name)\n'
@@ -1263,7 +1296,9 @@ safety_backup() {
   (
     set -o errexit
     trap cleanup EXIT
+    trap_signals
     PARTIALS=()
+    BACKUP_PURPOSE="safety backup before restoring ${BACKUP_FILE##*/}"
     make_work_dir
     POSTGRES_DB="${db}"
     pick_timestamp
@@ -1439,7 +1474,7 @@ restore_redis_file() {
   else
     log WARN "redis: ${REDIS_HOST}:${REDIS_PORT} was not reachable: if it is still running, stop it with SHUTDOWN NOSAVE (a normal shutdown would overwrite ${dbfilename}); then start it: it loads the backup"
   fi
-  log INFO "redis: restart the Redis server (e.g. docker compose restart redis) to load ${BACKUP_FILE##*/}"
+  log INFO "redis: restart the Redis server now; it loads ${BACKUP_FILE##*/}"
 }
 
 cmd_restore_redis() {
@@ -1452,6 +1487,15 @@ cmd_restore_redis() {
 
 # ---------------------------------------------------------------------------------------------
 # Files
+
+# quoted_list NAME...: 'a b', 'c' (names may hold spaces).
+quoted_list() {
+  local out="" name
+  for name in "$@"; do
+    out+="${out:+, }'${name}'"
+  done
+  printf '%s' "${out}"
+}
 
 # Refuse absolute paths and .. members before anything is extracted.
 check_member_names() {
@@ -1530,7 +1574,7 @@ cmd_restore_files() {
     conflicts+=("${rel}")
   done
   if ((${#conflicts[@]} > 0 && ! OPT_FORCE)); then
-    die "${EXIT_REFUSED}" "files: ${#conflicts[@]} entries already exist in ${dest} (e.g. ${conflicts[*]:0:3}); pass --force to overwrite them. Nothing was changed."
+    die "${EXIT_REFUSED}" "files: ${#conflicts[@]} entries already exist in ${dest} (e.g. $(quoted_list "${conflicts[@]:0:3}")); pass --force to overwrite them. Nothing was changed."
   fi
   local moved=0
   # Folders are created (or kept), everything else is moved in by rename.
@@ -1621,6 +1665,7 @@ main() {
   done
   [[ "${OPT_MODE}" == online || "${OPT_MODE}" == file ]] || usage_error "--mode is online or file, not '${OPT_MODE}'"
   trap 'on_error $? ${LINENO}' ERR
+  trap_signals
   trap restore_cleanup EXIT
   check_settings
   make_work_dir

@@ -131,6 +131,7 @@ def test_wrong_postgres_password_is_not_followed_by_a_misleading_version_error(
     env = backup_env(tmp_path, POSTGRES_PASSWORD="not it")
 
     result = run_script(SCRIPT, "postgresql", env=env)
+    assert "unexpected failure" not in result.stderr, "a reported failure is reported once"
 
     assert result.returncode == EXIT_FAILED
     assert "check POSTGRES_PASSWORD" in result.stderr
@@ -455,6 +456,51 @@ def test_unreadable_encryption_key_file_refuses_and_never_writes_plaintext(
     assert_untouched(tmp_path / "backups", {})
 
 
+@pytest.mark.parametrize("content", ["", "\n"], ids=["empty", "only-a-newline"])
+def test_an_empty_key_file_refuses_rather_than_writing_plaintext(
+    content: str, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "empty.key"
+    key_file.write_text(content)
+    env = backup_env(tmp_path, ENCRYPTION_KEY_FILE=str(key_file))
+
+    result = run_script(SCRIPT, "full", env=env)
+
+    assert result.returncode == EXIT_REFUSED
+    assert f"ENCRYPTION_KEY_FILE: '{key_file}' is empty" in result.stderr
+    assert_untouched(tmp_path / "backups", {})
+
+
+def test_a_terminated_run_says_so_and_leaves_nothing_half_written(
+    backup_env: MakeEnv, rendered_scripts: Path, tmp_path: Path
+) -> None:
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "random.bin").write_bytes(os.urandom(64 << 20))
+    env = backup_env(tmp_path, files_dir=big)
+    backups = tmp_path / "backups"
+    run = subprocess.Popen(
+        ["bash", str(rendered_scripts / SCRIPT), "files"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while not list(backups.glob("*.partial")):
+        assert time.monotonic() < deadline, "the backup never started writing"
+        time.sleep(0.05)
+    # as a terminal's Ctrl-C or a stopping service manager does: the whole process group
+    os.killpg(run.pid, signal.SIGTERM)
+    _, stderr = run.communicate(timeout=60)
+
+    assert run.returncode == 143
+    assert "interrupted by SIGTERM" in stderr
+    assert "interrupted by SIGTERM" in (backups / "backup.log").read_text()
+    assert not list(backups.glob("files_backup_*"))
+
+
 @pytest.mark.parametrize("secret", ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "ENCRYPTION_KEY"])
 def test_a_secret_given_both_directly_and_as_a_file_is_refused(
     secret: str, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
@@ -582,3 +628,18 @@ def test_pg_dump_as_new_as_the_server_or_newer_is_accepted(
 
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def test_a_dry_run_writes_nothing_and_is_not_a_successful_backup(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    env = backup_env(tmp_path, ENCRYPTION_KEY="k")
+    backups = tmp_path / "backups"
+
+    result = run_script(SCRIPT, "full", "--dry-run", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert "backup full dry run (nothing is written) finished" in result.stdout
+    assert "dry run: would dump gym_secure_db" in result.stdout
+    assert not (backups / ".last_success").exists(), "the health check would count it"
+    assert not [p for p in backups.iterdir() if "_backup_" in p.name]

@@ -170,6 +170,10 @@ def test_postgresql_clean_restore_over_the_live_database_brings_back_every_objec
     # the safety backup taken first holds the database as it was just before the restore
     safety = [p for p in backups_of(tmp_path / "backups", "postgresql") if p != backup]
     assert len(safety) == 1, safety
+    listing = run_ok(run_script, BACKUP, "list", env=env).stdout
+    marked = [ln for ln in listing.splitlines() if "(safety backup taken before a restore)" in ln]
+    assert len(marked) == 1
+    assert safety[0].name in marked[0]
     undo = new_db(create=False)
     run_ok(run_script, RESTORE, "postgresql", safety[0].name, "--target-db", undo, env=env)
     assert pg.dump(undo) == changed

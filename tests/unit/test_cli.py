@@ -123,3 +123,10 @@ def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.stdout.startswith("gym-backup ")
+
+
+def test_without_a_dotenv_here_the_error_says_where_it_looked(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["backup", "full", "--local"])
+    assert result.exit_code == 1
+    assert "POSTGRES_PASSWORD: required for a backup run" in result.stderr
+    assert f"no .env file in {tmp_path}: pass --env FILE" in result.stderr

@@ -162,3 +162,22 @@ def test_next_runs_are_in_the_configured_time_zone() -> None:
         "2026-11-29T02:00:00-03:00",
         "2026-11-30T02:00:00-03:00",
     ]
+
+
+def test_a_lowercase_key_is_named_with_its_capital_spelling(tmp_path: Path) -> None:
+    env_file = write_env(tmp_path, "encryption_key=secret\n")
+    assert problems_of(env_file, {}) == [
+        "encryption_key: settings are written in capitals; rename it ENCRYPTION_KEY."
+    ]
+
+
+def test_a_run_refuses_an_empty_secret_file(tmp_path: Path) -> None:
+    empty = tmp_path / "key"
+    empty.write_text("\n")
+    problems = problems_of(
+        None, {"POSTGRES_PASSWORD": "x", "ENCRYPTION_KEY_FILE": str(empty)}, for_run=True
+    )
+    assert problems == [
+        f"ENCRYPTION_KEY_FILE: {empty} is empty; put the ENCRYPTION_KEY in it, "
+        "or unset ENCRYPTION_KEY_FILE."
+    ]

@@ -127,3 +127,13 @@ def test_compose_service_mounts_backups_uploads_and_redis_data() -> None:
     assert "- gym_uploads:/data" in compose
     assert "- ./redis-data:/redis-data" in compose
     assert compose.rstrip().endswith("volumes:\n  gym_uploads:")
+
+
+def test_compose_waits_only_for_hosts_that_are_service_names() -> None:
+    by_name = render(load_settings(None, {}))["docker-compose.backup.yml"]
+    assert "depends_on:\n      postgres:\n        condition: service_healthy" in by_name
+    by_address = render(
+        load_settings(None, {"POSTGRES_HOST": "127.0.0.1", "REDIS_HOST": "127.0.0.1"})
+    )["docker-compose.backup.yml"]
+    assert "depends_on" not in by_address.replace("no depends_on", "")
+    assert "are not compose service names" in by_address
