@@ -337,11 +337,15 @@ def test_info_shows_what_the_manifest_and_the_file_say(
     assert fields["created"] == f"{manifest['created_local']} ({manifest['created_utc']})"
     assert fields["stored size"].endswith(f"({backup.stat().st_size} bytes)")
     assert fields["raw size"].endswith(f"({manifest['size_raw_bytes']} bytes)")
-    assert '"format": "gzip"' in fields["compression"]
+    compression = manifest["compression"]
+    assert fields["compression"] == (
+        f"format gzip, tool {compression['tool']}, level {compression['level']}"
+    )
     assert fields["encrypted"] == ("yes, OpenPGP symmetric AES256" if key else "no")
     assert fields["checksum"] == f"ok (matches {backup.name}.sha256)"
-    assert json.loads(fields["source"]) == manifest["source"]
+    assert fields["source"] == ", ".join(f"{k} {v}" for k, v in manifest["source"].items())
     assert manifest["source"]["database"] == sources.db
+    assert fields["purpose"] == "backup"
     assert fields["server"] == manifest["server_version"]
     assert "manifest" not in fields
     assert not (tmp_path / "backups" / "restore.log").exists()
