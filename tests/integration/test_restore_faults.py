@@ -484,7 +484,7 @@ def test_files_restore_never_writes_through_a_link_in_dest(
     refused = run_script(RESTORE, "files", backup.name, str(dest), env=env)
 
     assert refused.returncode == 6, refused.stdout + refused.stderr
-    assert "(e.g. docs)" in refused.stderr
+    assert "(e.g. 'docs')" in refused.stderr
     assert "pass --force" in refused.stderr
     assert tree_state(outside) == outside_before
     assert tree_state(dest) == dest_before
