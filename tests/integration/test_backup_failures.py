@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from generator.sandbox import PostgresServer, SandboxError, free_port
+from tests.integration.restore_support import redis_on
 
 if TYPE_CHECKING:
     from tests.integration.conftest import MakeEnv, RunScript
@@ -643,3 +644,38 @@ def test_a_dry_run_writes_nothing_and_is_not_a_successful_backup(
     assert "dry run: would dump gym_secure_db" in result.stdout
     assert not (backups / ".last_success").exists(), "the health check would count it"
     assert not [p for p in backups.iterdir() if "_backup_" in p.name]
+
+
+def test_too_little_space_for_the_previous_backups_size_refuses_before_starting(
+    tiny_backup_dir: Path, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    # a previous backup of 700 KiB in a 1 MiB folder: the next one would not fit
+    previous = tiny_backup_dir / "files_backup_20260101_020000.tar.gz"
+    previous.write_bytes(os.urandom(700 << 10))
+    before = folder_state(tiny_backup_dir)
+    env = backup_env(tmp_path, BACKUP_DIR=str(tiny_backup_dir))
+
+    result = run_script(SCRIPT, "files", env=env)
+
+    assert result.returncode == EXIT_REFUSED
+    assert f"files: not enough free space in {tiny_backup_dir}" in result.stderr
+    assert "the previous files backup (files_backup_20260101_020000.tar.gz) needs about" in (
+        result.stderr
+    )
+    assert not list(tiny_backup_dir.glob("*.partial"))
+    assert_untouched(tiny_backup_dir, before)
+
+
+def test_a_redis_that_refuses_sync_gives_a_clear_error(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    data = tmp_path / "redis-nosync"
+    with redis_on(data, extra=['rename-command SYNC ""', 'rename-command PSYNC ""']) as redis:
+        redis.cli("SET", "k", "v")
+        env = backup_env(tmp_path, redis=redis)
+        result = run_script(SCRIPT, "redis", env=env)
+
+    assert result.returncode == EXIT_FAILED
+    assert "redis: the server refused or broke off the snapshot" in result.stderr
+    assert "redis-cli --rdb needs the SYNC command" in result.stderr
+    assert not [p for p in (tmp_path / "backups").iterdir() if "_backup_" in p.name]
