@@ -37,7 +37,7 @@ OUTPUTS: Mapping[str, str] = {
 
 # Image flavours: the scheduler each one runs as PID 1 (under tini) and its process name.
 FLAVORS: Mapping[str, tuple[str, str]] = {
-    "alpine": ("crond -f -l 6", "crond"),
+    "alpine": ("crond -f -d 8", "crond"),  # -d: its own log to stderr (docker logs)
     "debian": ("cron -f", "cron"),
 }
 DEFAULT_FLAVOR = "alpine"

@@ -569,7 +569,7 @@ main() {
     (BASH_ENV="${JOB_ENV}" /usr/local/bin/backup_script.sh full >>"${BACKUP_DIR}/cron.log" 2>&1 &)
   fi
   log INFO "starting the scheduler"
-  exec crond -f -l 6
+  exec crond -f -d 8
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
