@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,6 +184,8 @@ def _run(local: bool, env: Path | None, script: str, args: list[str], *, for_run
     """
     settings = _load(env, for_run=for_run and local)
     if local:
+        # SIGTERM ends us through SystemExit, so that the private folder is still removed.
+        signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
         with tempfile.TemporaryDirectory(prefix="gym-backup-") as tmp:
             folder = Path(tmp)
             render.write(render.render(settings), folder)
