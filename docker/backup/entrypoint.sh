@@ -214,6 +214,24 @@ encryption_on() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Redis clients.
+
+# redis_cli_at HOST PORT PASSWORD ARGS...: the password travels in REDISCLI_AUTH, never in argv.
+redis_cli_at() {
+  local host="$1" port="$2" password="$3"
+  shift 3
+  if [[ -n "${password}" ]]; then
+    REDISCLI_AUTH="${password}" redis-cli -h "${host}" -p "${port}" "$@"
+  else
+    redis-cli -h "${host}" -p "${port}" "$@"
+  fi
+}
+
+redis_cli() {
+  redis_cli_at "${REDIS_HOST}" "${REDIS_PORT}" "${REDIS_PASSWORD}" "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
 # The lock: one run at a time (backup, cleanup, restore), waiting up to LOCK_TIMEOUT.
 
 acquire_lock() {

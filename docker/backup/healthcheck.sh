@@ -214,6 +214,24 @@ encryption_on() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Redis clients.
+
+# redis_cli_at HOST PORT PASSWORD ARGS...: the password travels in REDISCLI_AUTH, never in argv.
+redis_cli_at() {
+  local host="$1" port="$2" password="$3"
+  shift 3
+  if [[ -n "${password}" ]]; then
+    REDISCLI_AUTH="${password}" redis-cli -h "${host}" -p "${port}" "$@"
+  else
+    redis-cli -h "${host}" -p "${port}" "$@"
+  fi
+}
+
+redis_cli() {
+  redis_cli_at "${REDIS_HOST}" "${REDIS_PORT}" "${REDIS_PASSWORD}" "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
 # The lock: one run at a time (backup, cleanup, restore), waiting up to LOCK_TIMEOUT.
 
 acquire_lock() {
@@ -441,364 +459,6 @@ require_tools() {
     die "${EXIT_REFUSED}" "missing tools: ${missing[*]}; install them (see the README's requirements)"
   fi
 }
-# --- The backups themselves, shared by backup_script.sh and restore_script.sh (safety backups).
-readonly SQL_TRAILER='-- PostgreSQL database dump complete'
-DRY_RUN=0
-# Where the Redis content check also keeps the decoded RDB (the restore script sets it).
-RDB_COPY=""
-# Why a backup was made (the manifest says; list marks safety backups taken before restores).
-BACKUP_PURPOSE="backup"
-
-# ---------------------------------------------------------------------------------------------
-# PostgreSQL
-
-# The password travels in the environment of the one command that needs it.
-pg_run() {
-  PGPASSWORD="${POSTGRES_PASSWORD}" PGCONNECT_TIMEOUT=10 "$@"
-}
-
-# postgres_query SQL: run one statement in POSTGRES_DB. psql exits 2 when it could not connect
-# (then the message says which setting to check) and 1 when the statement failed.
-postgres_query() {
-  local sql="$1" out rc=0
-  out="$(pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" \
-    -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" -c "${sql}" 2>"${WORK_DIR}/psql.err")" || rc=$?
-  if ((rc == 2)); then
-    die "${EXIT_FAILED}" "postgresql: cannot connect to ${POSTGRES_USER}@${POSTGRES_HOST}:${POSTGRES_PORT}/${POSTGRES_DB}$(stage_message psql); $(postgres_hint)"
-  elif ((rc != 0)); then
-    die "${EXIT_FAILED}" "postgresql: a statement failed in ${POSTGRES_DB}$(stage_message psql)"
-  fi
-  printf '%s\n' "${out}"
-}
-
-postgres_hint() {
-  local err="${WORK_DIR}/psql.err"
-  if grep -qs 'password authentication failed' "${err}"; then
-    printf 'check POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) and POSTGRES_USER'
-  elif grep -qsE '(database|role) ".*" does not exist' "${err}"; then
-    printf 'check POSTGRES_DB and POSTGRES_USER'
-  elif grep -qs -e 'no password supplied' -e 'password' "${err}"; then
-    printf 'set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE'
-  else
-    printf 'is PostgreSQL running and reachable? check POSTGRES_HOST and POSTGRES_PORT'
-  fi
-}
-
-# check_pg_versions "$(pg_dump --version)" SERVER_VERSION_NUM: pg_dump refuses newer servers.
-check_pg_versions() {
-  local client="$1" server_num="$2" client_major server_major
-  [[ "${client}" =~ \(PostgreSQL\)\ ([0-9]+) ]] || die "${EXIT_FAILED}" "cannot read the pg_dump version from '${client}'"
-  client_major="${BASH_REMATCH[1]}"
-  is_uint "${server_num}" || die "${EXIT_FAILED}" "cannot read the server version from '${server_num}'"
-  server_major=$((10#${server_num} / 10000))
-  if ((client_major < server_major)); then
-    die "${EXIT_REFUSED}" "postgresql: pg_dump ${client_major} is older than the PostgreSQL ${server_major} server and cannot dump it; install the PostgreSQL ${server_major} client (set PG_MAJOR=${server_major} and rebuild the image)"
-  fi
-}
-
-backup_postgresql() {
-  local ts="$1" epoch="$2"
-  local final partial server_num server_version started
-  local -a st
-  final="${BACKUP_DIR}/postgresql_backup_${ts}.sql.gz$(gpg_suffix)"
-  partial="${final}.partial"
-  started="${EPOCHREALTIME}"
-  require_tools pg_dump psql "$(compressor)"
-  [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "postgresql: POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
-  server_num="$(postgres_query 'SHOW server_version_num')"
-  check_pg_versions "$(pg_dump --version)" "${server_num}"
-  server_version="$(postgres_query 'SHOW server_version')"
-  if ((DRY_RUN)); then
-    log INFO "dry run: would dump ${POSTGRES_DB} from ${POSTGRES_HOST}:${POSTGRES_PORT} (PostgreSQL ${server_version}) into ${final}"
-    return 0
-  fi
-  check_free_space postgresql
-  log INFO "postgresql: dumping ${POSTGRES_DB} from ${POSTGRES_HOST}:${POSTGRES_PORT} (PostgreSQL ${server_version})"
-  register_partial "${partial}"
-  set +o errexit
-  pg_run pg_dump --no-password --clean --if-exists --quote-all-identifiers \
-    -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
-    2>"${WORK_DIR}/pg_dump.err" |
-    compress 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
-  check_pipeline postgresql pg_dump compress "$(protect_stage)" -- "${st[@]}"
-  verify_stored postgresql "${partial}"
-  finish_backup postgresql "${partial}" "${final}" "${epoch}" "${started}" \
-    "{\"host\": $(json_str "${POSTGRES_HOST}"), \"port\": ${POSTGRES_PORT}, \"database\": $(json_str "${POSTGRES_DB}"), \"user\": $(json_str "${POSTGRES_USER}")}" \
-    "${server_version}" "\"pg_dump\": $(json_str "$(first_line pg_dump --version)")"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Redis
-
-# redis_cli_at HOST PORT PASSWORD ARGS...: the password travels in REDISCLI_AUTH, never in argv.
-redis_cli_at() {
-  local host="$1" port="$2" password="$3"
-  shift 3
-  if [[ -n "${password}" ]]; then
-    REDISCLI_AUTH="${password}" redis-cli -h "${host}" -p "${port}" "$@"
-  else
-    redis-cli -h "${host}" -p "${port}" "$@"
-  fi
-}
-
-redis_cli() {
-  redis_cli_at "${REDIS_HOST}" "${REDIS_PORT}" "${REDIS_PASSWORD}" "$@"
-}
-
-redis_check_reachable() {
-  local out
-  out="$(redis_cli PING 2>&1)" || true
-  [[ "${out}" == "PONG" ]] && return 0
-  local hint='is Redis running and reachable? check REDIS_HOST and REDIS_PORT'
-  case "${out}" in
-    *WRONGPASS* | *invalid\ password* | *invalid\ username-password*) hint='check REDIS_PASSWORD (or REDIS_PASSWORD_FILE)' ;;
-    *NOAUTH*) hint='the server requires a password: set REDIS_PASSWORD or REDIS_PASSWORD_FILE' ;;
-  esac
-  die "${EXIT_FAILED}" "redis: cannot reach ${REDIS_HOST}:${REDIS_PORT}: ${out//$'\n'/ }; ${hint}"
-}
-
-backup_redis() {
-  local ts="$1" epoch="$2"
-  local final partial raw server_version started raw_hash
-  local -a st
-  final="${BACKUP_DIR}/redis_backup_${ts}.rdb.gz$(gpg_suffix)"
-  partial="${final}.partial"
-  raw="${BACKUP_DIR}/redis_backup_${ts}.rdb.partial"
-  started="${EPOCHREALTIME}"
-  require_tools redis-cli redis-check-rdb "$(compressor)"
-  redis_check_reachable
-  server_version="$(redis_cli INFO server | sed -n 's/^redis_version:\([^[:space:]]*\).*/\1/p')"
-  if ((DRY_RUN)); then
-    log INFO "dry run: would snapshot Redis ${server_version} at ${REDIS_HOST}:${REDIS_PORT} into ${final}"
-    return 0
-  fi
-  check_free_space redis
-  log INFO "redis: taking an RDB snapshot of ${REDIS_HOST}:${REDIS_PORT} (Redis ${server_version})"
-  register_partial "${raw}"
-  register_partial "${partial}"
-  if ! redis_cli --rdb "${raw}" >"${WORK_DIR}/redis-cli.err" 2>&1; then
-    if disk_full; then
-      die "${EXIT_FAILED}" "redis: ${BACKUP_DIR} is full ($(human_size "$(free_bytes "${BACKUP_DIR}")") free); free space there or point BACKUP_DIR at a larger volume"
-    fi
-    die "${EXIT_FAILED}" "redis: the server refused or broke off the snapshot$(stage_message redis-cli); redis-cli --rdb needs the SYNC command, which some managed services disable or rename"
-  fi
-  if ! redis-check-rdb "${raw}" >"${WORK_DIR}/redis-check-rdb.err" 2>&1 ||
-    ! grep -q 'RDB looks OK' "${WORK_DIR}/redis-check-rdb.err"; then
-    die "${EXIT_VERIFY}" "redis: the snapshot is not a valid RDB$(stage_message redis-check-rdb)"
-  fi
-  raw_hash="$(sha256sum -- "${raw}" | cut -c1-64)"
-  set +o errexit
-  compress <"${raw}" 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
-  check_pipeline redis compress "$(protect_stage)" -- "${st[@]}"
-  verify_stored redis "${partial}"
-  [[ "$(<"${WORK_DIR}/content.sha256")" == "${raw_hash}" ]] ||
-    die "${EXIT_VERIFY}" "redis: the stored backup does not decode to the snapshot that was taken"
-  rm -f -- "${raw}"
-  finish_backup redis "${partial}" "${final}" "${epoch}" "${started}" \
-    "{\"host\": $(json_str "${REDIS_HOST}"), \"port\": ${REDIS_PORT}}" \
-    "${server_version}" "\"redis_cli\": $(json_str "$(first_line redis-cli --version)")"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Files
-
-backup_files() {
-  local ts="$1" epoch="$2"
-  local final partial started pattern
-  local -a st excludes=()
-  final="${BACKUP_DIR}/files_backup_${ts}.tar.gz$(gpg_suffix)"
-  partial="${final}.partial"
-  started="${EPOCHREALTIME}"
-  require_tools tar "$(compressor)"
-  [[ -d "${FILES_DIR}" ]] || die "${EXIT_REFUSED}" "files: FILES_DIR ${FILES_DIR} does not exist or is not a folder; mount the uploads there or fix FILES_DIR"
-  [[ -r "${FILES_DIR}" && -x "${FILES_DIR}" ]] || die "${EXIT_REFUSED}" "files: FILES_DIR ${FILES_DIR} is not readable; fix its permissions"
-  IFS=',' read -r -a patterns <<<"${FILES_EXCLUDE}"
-  for pattern in "${patterns[@]}"; do
-    pattern="${pattern#"${pattern%%[![:space:]]*}"}"
-    pattern="${pattern%"${pattern##*[![:space:]]}"}"
-    [[ -z "${pattern}" ]] || excludes+=("--exclude=${pattern}")
-  done
-  if ((DRY_RUN)); then
-    log INFO "dry run: would archive ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})} into ${final}"
-    return 0
-  fi
-  check_free_space files
-  log INFO "files: archiving ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})}"
-  register_partial "${partial}"
-  set +o errexit
-  tar -C "${FILES_DIR}" "${excludes[@]}" -cf - . 2>"${WORK_DIR}/tar.err" |
-    compress 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
-  check_pipeline files tar compress "$(protect_stage)" -- "${st[@]}"
-  verify_stored files "${partial}"
-  finish_backup files "${partial}" "${final}" "${epoch}" "${started}" \
-    "{\"host\": $(json_str "$(hostname 2>/dev/null || printf unknown)"), \"dir\": $(json_str "${FILES_DIR}"), \"exclude\": $(json_str "${FILES_EXCLUDE}")}" \
-    "" "\"tar\": $(json_str "$(first_line tar --version)")"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Stages shared by the three backups: protect (encrypt or write), verify, checksum, manifest.
-
-gpg_suffix() {
-  if encryption_on; then printf '.gpg'; fi
-}
-
-protect_stage() {
-  if encryption_on; then printf 'encrypt'; else printf 'write'; fi
-}
-
-protect() {
-  if encryption_on; then
-    encrypt
-  else
-    cat
-  fi
-}
-
-# Count the bytes that pass through (dd reports them on stderr).
-count_bytes() {
-  dd bs=65536 2>"${WORK_DIR}/count.err"
-}
-
-content_check() {
-  case "$1" in
-    postgresql) tail -c 1024 >"${WORK_DIR}/content.tail" ;;
-    redis)
-      if [[ -n "${RDB_COPY}" ]]; then
-        tee -- "${RDB_COPY}" | sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
-      else
-        sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
-      fi
-      ;;
-    files) tar -tPf - >"${WORK_DIR}/content.list" && cat >/dev/null ;;
-  esac
-}
-
-# verify_stored TYPE FILE: decode FILE once (decrypt, decompress) and check its content.
-verify_stored() {
-  local type="$1" file="$2"
-  local -a st
-  set +o errexit
-  decode "${file}" 2>"${WORK_DIR}/decode.err" | count_bytes | content_check "${type}" 2>"${WORK_DIR}/check.err"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
-  local i
-  local -a names=(decode count check)
-  for i in 0 1 2; do
-    if ((st[i] != 0)); then
-      die "${EXIT_VERIFY}" "${type}: the new backup failed verification (${names[i]} exit ${st[i]})$(stage_message "${names[i]}"); nothing was written under a final name"
-    fi
-  done
-  if [[ "${type}" == postgresql ]] && ! grep -qF -- "${SQL_TRAILER}" "${WORK_DIR}/content.tail"; then
-    die "${EXIT_VERIFY}" "postgresql: the dump has no completion trailer ('${SQL_TRAILER}'): it is incomplete"
-  fi
-  RAW_SIZE="$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/count.err" | tail -n 1)"
-  is_uint "${RAW_SIZE}" || die "${EXIT_VERIFY}" "${type}: could not count the decoded bytes"
-}
-
-# finish_backup TYPE PARTIAL FINAL EPOCH STARTED SOURCE_JSON SERVER_VERSION TOOLS_JSON
-finish_backup() {
-  local type="$1" partial="$2" final="$3" epoch="$4" started="$5"
-  local source_json="$6" server_version="$7" tools_json="$8"
-  local name hash stored duration_us manifest sums
-  name="${final##*/}"
-  stored="$(file_size "${partial}")"
-  hash="$(sha256sum -- "${partial}" | cut -c1-64)"
-  duration_us=$((${EPOCHREALTIME/./} - ${started/./}))
-  sums="${final}.sha256.partial"
-  manifest="${final}.manifest.json.partial"
-  register_partial "${sums}"
-  register_partial "${manifest}"
-  printf '%s  %s\n' "${hash}" "${name}" >"${sums}"
-  write_manifest "${type}" "${name}" "${epoch}" "${stored}" "${hash}" "${duration_us}" \
-    "${source_json}" "${server_version}" "${tools_json}" >"${manifest}"
-  publish "${sums}" "${final}.sha256"
-  publish "${manifest}" "${final}.manifest.json"
-  publish "${partial}" "${final}"
-  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))s)"
-}
-
-write_manifest() {
-  local type="$1" name="$2" epoch="$3" stored="$4" hash="$5" duration_us="$6"
-  local source_json="$7" server_version="$8" tools_json="$9"
-  local encryption='null' server='null'
-  if encryption_on; then
-    encryption='{"format": "openpgp-symmetric", "cipher": "AES256", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
-  fi
-  [[ -z "${server_version}" ]] || server="$(json_str "${server_version}")"
-  cat <<EOF
-{
-  "schema_version": 1,
-  "type": "${type}",
-  "file": $(json_str "${name}"),
-  "created_utc": "$(TZ=UTC date -d "@${epoch}" +%Y-%m-%dT%H:%M:%SZ)",
-  "created_local": "$(date -d "@${epoch}" +%Y-%m-%dT%H:%M:%S%:z)",
-  "timezone": $(json_str "${TZ}"),
-  "size_raw_bytes": ${RAW_SIZE},
-  "size_stored_bytes": ${stored},
-  "sha256": "${hash}",
-  "duration_seconds": $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000))),
-  "compression": {"format": "gzip", "tool": $(json_str "$(compressor)"), "level": ${COMPRESSION_LEVEL}},
-  "purpose": $(json_str "${BACKUP_PURPOSE}"),
-  "encrypted": $(encryption_on && printf true || printf false),
-  "encryption": ${encryption},
-  "source": ${source_json},
-  "server_version": ${server},
-  "tool_versions": {"gym_backup": $(json_str "${GYM_BACKUP_VERSION}"), ${tools_json}, "compressor": $(json_str "$(first_line "$(compressor)" --version)"), "bash": $(json_str "${BASH_VERSION}")}
-}
-EOF
-}
-
-# Fail early when the previous backup of TYPE would not fit in what is free now.
-check_free_space() {
-  local type="$1" need avail raw
-  local -a previous
-  mapfile -t previous < <(list_backups "${type}")
-  ((${#previous[@]} > 0)) || return 0
-  need="$(file_size "${BACKUP_DIR}/${previous[0]}")"
-  if [[ "${type}" == redis ]]; then
-    raw="$(sed -n 's/.*"size_raw_bytes": \([0-9]*\).*/\1/p' "${BACKUP_DIR}/${previous[0]}.manifest.json" 2>/dev/null)" || raw=0
-    need=$((need + ${raw:-0}))
-  fi
-  need=$((need + need / 10))
-  avail="$(free_bytes "${BACKUP_DIR}")"
-  if ((avail < need)); then
-    die "${EXIT_REFUSED}" "${type}: not enough free space in ${BACKUP_DIR}: $(human_size "${avail}") free, but the previous ${type} backup (${previous[0]}) needs about $(human_size "${need}"); free space, run cleanup or lower BACKUP_RETENTION_DAYS"
-  fi
-}
-
-# ---------------------------------------------------------------------------------------------
-# Running the parts
-
-# Pick the run's timestamp (in TZ) so that no final name of this run exists yet.
-pick_timestamp() {
-  local tries=0
-  while :; do
-    RUN_EPOCH="${EPOCHSECONDS}"
-    RUN_TS="$(date -d "@${RUN_EPOCH}" +%Y%m%d_%H%M%S)"
-    compgen -G "${BACKUP_DIR}/*_backup_${RUN_TS}.*" >/dev/null || return 0
-    tries=$((tries + 1))
-    ((tries < 5)) || die "${EXIT_FAILED}" "backups named *_${RUN_TS}.* already exist; refusing to overwrite them"
-    sleep 1
-  done
-}
-
-# Each part runs in its own subshell, so that a failed part ends only itself (full goes on).
-run_part() (
-  set -o errexit
-  trap cleanup EXIT
-  trap_signals
-  make_work_dir
-  "backup_$1" "$2" "$3"
-)
 readonly LOG_FILE=""
 readonly RUN_DIR=/dev/shm/gym-backup
 
@@ -844,7 +504,9 @@ check_backup_age() {
     started=0
     [[ ! -r "${RUN_DIR}/started" ]] || read -r started <"${RUN_DIR}/started" || true
     is_uint "${started}" || started=0
-    if ((now - started > limit)); then
+    if ((started == 0)); then
+      problems+=("no successful full backup yet; see ${BACKUP_DIR}/cron.log")
+    elif ((now - started > limit)); then
       problems+=("no successful full backup in the $(((now - started) / 60)) min since the start (limit $((limit / 60)) min); see ${BACKUP_DIR}/cron.log")
     fi
   elif ((now - last > limit)); then

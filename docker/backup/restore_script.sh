@@ -212,6 +212,24 @@ encryption_on() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Redis clients.
+
+# redis_cli_at HOST PORT PASSWORD ARGS...: the password travels in REDISCLI_AUTH, never in argv.
+redis_cli_at() {
+  local host="$1" port="$2" password="$3"
+  shift 3
+  if [[ -n "${password}" ]]; then
+    REDISCLI_AUTH="${password}" redis-cli -h "${host}" -p "${port}" "$@"
+  else
+    redis-cli -h "${host}" -p "${port}" "$@"
+  fi
+}
+
+redis_cli() {
+  redis_cli_at "${REDIS_HOST}" "${REDIS_PORT}" "${REDIS_PASSWORD}" "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
 # The lock: one run at a time (backup, cleanup, restore), waiting up to LOCK_TIMEOUT.
 
 acquire_lock() {
@@ -530,21 +548,6 @@ backup_postgresql() {
 
 # ---------------------------------------------------------------------------------------------
 # Redis
-
-# redis_cli_at HOST PORT PASSWORD ARGS...: the password travels in REDISCLI_AUTH, never in argv.
-redis_cli_at() {
-  local host="$1" port="$2" password="$3"
-  shift 3
-  if [[ -n "${password}" ]]; then
-    REDISCLI_AUTH="${password}" redis-cli -h "${host}" -p "${port}" "$@"
-  else
-    redis-cli -h "${host}" -p "${port}" "$@"
-  fi
-}
-
-redis_cli() {
-  redis_cli_at "${REDIS_HOST}" "${REDIS_PORT}" "${REDIS_PASSWORD}" "$@"
-}
 
 redis_check_reachable() {
   local out

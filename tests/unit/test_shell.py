@@ -128,3 +128,22 @@ def test_json_strings_are_escaped(scripts: list[Path], value: str, expected: str
     backup = next(s for s in scripts if s.name == "backup_script.sh")
     result = call(backup, f"json_str {shlex.quote(value)}")
     assert result.stdout == expected
+
+
+@pytest.mark.parametrize(
+    ("schedule", "seconds"),
+    [
+        ("* * * * *", 60),
+        ("*/15 * * * *", 60),
+        ("0 * * * *", 3600),
+        ("0 2 * * *", 86400),
+        ("0 3 * * 0", 604800),
+        ("0 4 1 * *", 2678400),
+    ],
+)
+def test_the_health_check_derives_the_backup_interval_from_the_schedule(
+    scripts: list[Path], schedule: str, seconds: int
+) -> None:
+    health = next(s for s in scripts if s.name == "healthcheck.sh")
+    result = call(health, f"schedule_interval '{schedule}'")
+    assert result.stdout.strip() == str(seconds)
