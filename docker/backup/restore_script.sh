@@ -972,19 +972,18 @@ verify_backup() {
 # ---------------------------------------------------------------------------------------------
 # verify --deep: restore into a scratch database or redis-server, inspect, remove.
 
-# Drop the lines that set owners and privileges (for a server that lacks the original roles),
-# leaving COPY data untouched.
-strip_owners() {
-  awk '
+# prepare_sql STRIP: the dump as psql gets it. A lock the application holds makes the restore
+# fail after LOCK_TIMEOUT (and roll back) rather than wait for ever: the dump's own
+# "SET lock_timeout = 0;" becomes that. With STRIP=1, the lines that set owners and privileges
+# go (for a server that lacks the original roles). COPY data passes untouched.
+prepare_sql() {
+  awk -v strip="$1" -v lock="${LOCK_TIMEOUT}s" '
     in_copy { print; if ($0 == "\\.") in_copy = 0; next }
     /^COPY .* FROM stdin;$/ { in_copy = 1; print; next }
-    /^ALTER .* OWNER TO / || /^GRANT / || /^REVOKE / || /^ALTER DEFAULT PRIVILEGES / { next }
+    $0 == "SET lock_timeout = 0;" { print "SET lock_timeout = \047" lock "\047;"; next }
+    strip && (/^ALTER .* OWNER TO / || /^GRANT / || /^REVOKE / || /^ALTER DEFAULT PRIVILEGES /) { next }
     { print }
   '
-}
-
-maybe_strip_owners() {
-  if ((OPT_NO_OWNER)); then strip_owners; else cat; fi
 }
 
 sql_literal() {
@@ -1048,7 +1047,7 @@ deep_postgresql() {
   SCRATCH_DB="gym_backup_verify_$$_${RANDOM}"
   postgres_query "CREATE DATABASE $(sql_ident "${SCRATCH_DB}")" >/dev/null
   set +o errexit
-  decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" | strip_owners | psql_into "${SCRATCH_DB}" 2>"${WORK_DIR}/psql.err"
+  decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" | prepare_sql 1 | psql_into "${SCRATCH_DB}" 2>"${WORK_DIR}/psql.err"
   st=("${PIPESTATUS[@]}")
   set -o errexit
   ((st[0] == 0 && st[1] == 0 && st[2] == 0)) ||
@@ -1277,13 +1276,15 @@ cmd_restore_postgresql() {
   fi
   log INFO "postgresql: restoring ${BACKUP_FILE##*/} into ${target} in one transaction$( ((OPT_NO_OWNER)) && printf ' (without owners and grants)')"
   set +o errexit
-  decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" | maybe_strip_owners |
+  decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" | prepare_sql "${OPT_NO_OWNER}" |
     psql_into "${target}" 2>"${WORK_DIR}/psql.err"
   st=("${PIPESTATUS[@]}")
   set -o errexit
   if ((st[0] != 0 || st[1] != 0 || st[2] != 0)); then
     local hint="" state="${target} is as it was"
     ! grep -qs 'role .* does not exist' "${WORK_DIR}/psql.err" || hint="; the server lacks a role the dump names: pass --no-owner"
+    ! grep -qs 'canceling statement due to lock timeout' "${WORK_DIR}/psql.err" ||
+      hint="; another session (the application?) held a lock for LOCK_TIMEOUT=${LOCK_TIMEOUT}s: stop it, or retry"
     [[ -z "${CREATED_DB}" ]] || state="the database ${target} this run created is dropped again"
     die "${EXIT_FAILED}" "postgresql: the restore failed and was rolled back, ${state}$(stage_message psql)${hint}"
   fi

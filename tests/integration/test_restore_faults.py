@@ -189,6 +189,47 @@ def test_postgresql_restore_over_a_non_empty_database_without_clean_is_refused(
     assert pg.dump(sources.db) == before
 
 
+def test_postgresql_restore_behind_an_applications_lock_gives_up_and_rolls_back(
+    sources: Sources,
+    pg: PostgresServer,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = backup_env(tmp_path, POSTGRES_DB=sources.db, LOCK_TIMEOUT="2")
+    backup = copy_backup(sources.backups[("postgresql", False)], tmp_path / "backups")
+    pg.psql("UPDATE members SET name = 'changed' WHERE id = 1", sources.db, superuser=False)
+    before = pg.dump(sources.db)
+    # an application session idle in a transaction that read the table: it holds a lock
+    connect = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", PG_SUPERUSER]
+    app = subprocess.Popen(
+        [str(pg.bindir / "psql"), "-X", "-q", *connect, "-d", sources.db],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert app.stdin is not None
+    app.stdin.write("BEGIN; SELECT count(*) FROM members;\n")
+    app.stdin.flush()
+    try:
+        deadline = time.monotonic() + 10
+        while "idle in transaction" not in pg.psql("SELECT state FROM pg_stat_activity"):
+            assert time.monotonic() < deadline, "the application session did not start"
+            time.sleep(0.05)
+        result = run_script(
+            RESTORE, "postgresql", backup.name, "--clean", "--no-safety-backup", env=env
+        )
+    finally:
+        app.stdin.close()
+        app.wait(timeout=10)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the restore failed and was rolled back" in result.stderr
+    assert "held a lock for LOCK_TIMEOUT=2s" in result.stderr
+    assert pg.dump(sources.db) == before
+
+
 def test_postgresql_restore_is_refused_when_the_safety_backup_fails(
     sources: Sources,
     pg: PostgresServer,
