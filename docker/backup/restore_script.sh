@@ -1152,12 +1152,6 @@ cmd_verify() {
 # ---------------------------------------------------------------------------------------------
 # info
 
-manifest_field() {
-  local manifest="$1" field="$2"
-  [[ -f "${manifest}" ]] || return 0
-  sed -n "s/^  \"${field}\": \"\{0,1\}\([^\"]*\)\"\{0,1\},\{0,1\}\$/\1/p" "${manifest}" | head -n 1
-}
-
 # A one-line JSON object or value from a manifest, as plain words: host postgres, port 5432.
 json_plain() {
   sed -e 's/,$//' -e 's/^[{]//' -e 's/[}]$//' -e 's/"\([^"]*\)": /\1 /g' -e 's/"//g'
@@ -1176,7 +1170,7 @@ cmd_info() {
   else
     created="unknown (the name carries no time)"
   fi
-  [[ ! -f "${manifest}" ]] || created="$(manifest_field "${manifest}" created_local) ($(manifest_field "${manifest}" created_utc))"
+  [[ ! -f "${manifest}" ]] || created="$(manifest_line "${manifest}" created_local) ($(manifest_line "${manifest}" created_utc))"
   if [[ ! -f "${file}.sha256" ]]; then
     checksum="no ${name}.sha256: cannot tell whether the file is intact"
   elif (cd -- "${file%/*}" && sha256sum --check --status -- "${name}.sha256") 2>/dev/null; then
