@@ -72,6 +72,20 @@ SETTINGS: tuple[Setting, ...] = (
         "Password of POSTGRES_USER; required for a backup run.",
         required_for_run=True,
     ),
+    Setting(
+        "POSTGRES_ADMIN_USER",
+        "",
+        Kind.NAME,
+        "Role that creates and drops databases for 'restore --target-db' and 'verify --deep' "
+        "(empty: POSTGRES_USER, which then needs CREATEDB); never used for backups or to load "
+        "a dump.",
+    ),
+    Setting(
+        "POSTGRES_ADMIN_PASSWORD",
+        None,
+        Kind.SECRET,
+        "Password of POSTGRES_ADMIN_USER.",
+    ),
     Setting("REDIS_HOST", "redis", Kind.HOST, "Redis server to snapshot (compose service name)."),
     Setting("REDIS_PORT", "6379", Kind.PORT, "Redis port."),
     Setting("REDIS_PASSWORD", None, Kind.SECRET, "Redis password, if the server requires one."),

@@ -26,6 +26,7 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
 : "${POSTGRES_PORT:=5432}"
 : "${POSTGRES_DB:=gym_secure_db}"
 : "${POSTGRES_USER:=gym_secure_user}"
+: "${POSTGRES_ADMIN_USER:=}"
 : "${REDIS_HOST:=redis}"
 : "${REDIS_PORT:=6379}"
 : "${BACKUP_SCHEDULE:=0 2 * * *}"
@@ -205,6 +206,7 @@ file_env() {
 
 load_secrets() {
   file_env POSTGRES_PASSWORD
+  file_env POSTGRES_ADMIN_PASSWORD
   file_env REDIS_PASSWORD
   file_env ENCRYPTION_KEY
 }
@@ -359,11 +361,15 @@ encode() {
 
 # decode FILE: the raw content of a stored backup on stdout.
 decode() {
-  local file="$1"
-  if [[ "${file%.partial}" == *.gpg ]]; then
-    decrypt <"${file}" | decompress
+  decode_stream "${1##*/}" <"$1"
+}
+
+# decode_stream NAME: the raw content of the stored bytes on stdin, decoded as NAME says.
+decode_stream() {
+  if [[ "${1%.partial}" == *.gpg ]]; then
+    decrypt | decompress
   else
-    decompress <"${file}"
+    decompress
   fi
 }
 
@@ -464,8 +470,8 @@ readonly RUN_DIR=/dev/shm/gym-backup
 readonly JOB_ENV="${RUN_DIR}/env.sh"
 readonly CRONTAB_FILE=/etc/gym-backup/crontab
 # Every setting a job may need; a secret is passed as its value or its _FILE, never both.
-readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION_LEVEL KEEP_MIN REDIS_DATA_DIR REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
-readonly SECRET_SETTINGS=(POSTGRES_PASSWORD REDIS_PASSWORD ENCRYPTION_KEY)
+readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION_LEVEL KEEP_MIN REDIS_DATA_DIR REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
+readonly SECRET_SETTINGS=(POSTGRES_PASSWORD POSTGRES_ADMIN_PASSWORD REDIS_PASSWORD ENCRYPTION_KEY)
 
 problems=()
 

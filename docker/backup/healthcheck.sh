@@ -26,6 +26,7 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
 : "${POSTGRES_PORT:=5432}"
 : "${POSTGRES_DB:=gym_secure_db}"
 : "${POSTGRES_USER:=gym_secure_user}"
+: "${POSTGRES_ADMIN_USER:=}"
 : "${REDIS_HOST:=redis}"
 : "${REDIS_PORT:=6379}"
 : "${BACKUP_SCHEDULE:=0 2 * * *}"
@@ -205,6 +206,7 @@ file_env() {
 
 load_secrets() {
   file_env POSTGRES_PASSWORD
+  file_env POSTGRES_ADMIN_PASSWORD
   file_env REDIS_PASSWORD
   file_env ENCRYPTION_KEY
 }
@@ -359,11 +361,15 @@ encode() {
 
 # decode FILE: the raw content of a stored backup on stdout.
 decode() {
-  local file="$1"
-  if [[ "${file%.partial}" == *.gpg ]]; then
-    decrypt <"${file}" | decompress
+  decode_stream "${1##*/}" <"$1"
+}
+
+# decode_stream NAME: the raw content of the stored bytes on stdin, decoded as NAME says.
+decode_stream() {
+  if [[ "${1%.partial}" == *.gpg ]]; then
+    decrypt | decompress
   else
-    decompress <"${file}"
+    decompress
   fi
 }
 

@@ -24,6 +24,7 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
 : "${POSTGRES_PORT:=5432}"
 : "${POSTGRES_DB:=gym_secure_db}"
 : "${POSTGRES_USER:=gym_secure_user}"
+: "${POSTGRES_ADMIN_USER:=}"
 : "${REDIS_HOST:=redis}"
 : "${REDIS_PORT:=6379}"
 : "${BACKUP_SCHEDULE:=0 2 * * *}"
@@ -203,6 +204,7 @@ file_env() {
 
 load_secrets() {
   file_env POSTGRES_PASSWORD
+  file_env POSTGRES_ADMIN_PASSWORD
   file_env REDIS_PASSWORD
   file_env ENCRYPTION_KEY
 }
@@ -357,11 +359,15 @@ encode() {
 
 # decode FILE: the raw content of a stored backup on stdout.
 decode() {
-  local file="$1"
-  if [[ "${file%.partial}" == *.gpg ]]; then
-    decrypt <"${file}" | decompress
+  decode_stream "${1##*/}" <"$1"
+}
+
+# decode_stream NAME: the raw content of the stored bytes on stdin, decoded as NAME says.
+decode_stream() {
+  if [[ "${1%.partial}" == *.gpg ]]; then
+    decrypt | decompress
   else
-    decompress <"${file}"
+    decompress
   fi
 }
 
@@ -813,6 +819,8 @@ OPT_TARGET_DB=""
 OPT_MODE=online
 BACKUP_FILE=""
 BACKUP_TYPE=""
+# The sha256 FILE.sha256 gives (empty with --no-checksum): what a restore reads must match it.
+EXPECTED_SHA256=""
 SCRATCH_DB=""
 CREATED_DB=""
 TEMP_REDIS_PID=""
@@ -824,6 +832,8 @@ RESTORE_RDB=""
 TEMP_REDIS_HOST=""
 TEMP_REDIS_PORT=""
 TEMP_REDIS_PASSWORD=""
+# The schemas a PostgreSQL restore replaced (the restore's report counts only their tables).
+CLEANED_SCHEMAS=()
 
 usage() {
   cat <<'EOF'
@@ -839,7 +849,8 @@ Commands:
       type, creation time, sizes, encryption, compression, checksum state, source, versions
   postgresql FILE [--target-db NAME] [--clean] [--no-owner] [--no-safety-backup]
       restore in one transaction (a failure leaves the target as it was); a database that
-      already holds tables needs --clean, and gets a safety backup first
+      already holds tables needs --clean (replaces everything in the schemas the backup
+      contains), and gets a safety backup first
   redis FILE [--mode online|file] [--no-safety-backup]
       online (default): the live Redis replicates the backup from a temporary redis-server
       file: write the RDB (and AOF base) into REDIS_DATA_DIR, stop Redis; restart it after
@@ -907,6 +918,7 @@ check_checksum() {
   if ! (cd -- "${dir}" && sha256sum --check --status -- "${name}.sha256") 2>/dev/null; then
     check_failed "${EXIT_VERIFY}" checksum "the sha256 of ${name} is not the one in ${name}.sha256: the file was changed or damaged"
   fi
+  EXPECTED_SHA256="${expected}"
   check_ok checksum "sha256 matches ${name}.sha256"
 }
 
@@ -970,19 +982,54 @@ verify_backup() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# verify --deep: restore into a scratch database or redis-server, inspect, remove.
+# Loading a PostgreSQL dump: all or nothing, and nothing in it ever runs as a psql command.
+
+# psql's \restrict (no meta-command runs until \unrestrict with the key) came with the security
+# releases of 2025-08-14 (CVE-2025-8714): 13.22, 14.19, 15.14, 16.10 and 17.6; every 18 has it.
+declare -rA PSQL_RESTRICT_SINCE=([13]=22 [14]=19 [15]=14 [16]=10 [17]=6)
+
+require_safe_psql() {
+  require_tools psql
+  check_psql_version "$(psql --version 2>&1 || true)"
+}
+
+# check_psql_version "$(psql --version)": refuse a psql without a reliable \restrict (exit 6).
+check_psql_version() {
+  local version="$1" major minor
+  [[ "${version}" =~ \(PostgreSQL\)\ ([0-9]+)(\.([0-9]+))? ]] ||
+    die "${EXIT_REFUSED}" "postgresql: cannot read the psql version from '${version}'"
+  major="${BASH_REMATCH[1]}"
+  minor="${BASH_REMATCH[3]:-0}"
+  if ((10#${major} >= 18)); then
+    return 0
+  fi
+  if [[ -n "${PSQL_RESTRICT_SINCE[${major}]:-}" ]] && ((10#${minor} >= PSQL_RESTRICT_SINCE[${major}])); then
+    return 0
+  fi
+  die "${EXIT_REFUSED}" "postgresql: psql ${major}.${minor} cannot refuse the psql commands a backup file might hold (\\restrict came in 13.22, 14.19, 15.14, 16.10, 17.6 and 18); install a newer PostgreSQL client (rebuild the image). Nothing was changed."
+}
 
 # prepare_sql STRIP: the dump as psql gets it. A lock the application holds makes the restore
 # fail after LOCK_TIMEOUT (and roll back) rather than wait for ever: the dump's own
-# "SET lock_timeout = 0;" becomes that. With STRIP=1, the lines that set owners and privileges
-# go (for a server that lacks the original roles). COPY data passes untouched.
+# "SET lock_timeout = 0;" becomes that. The dump's own \restrict and \unrestrict lines go (psql
+# gets this run's key instead), and so do the BEGIN and COMMIT that pg_dump puts around large
+# objects' data: the restore is one transaction. With STRIP=1, the lines that set owners and privileges go (for a
+# server that lacks the original roles). COPY data passes untouched. Exit 3 when the dump does
+# not end with pg_dump's completion trailer: it is incomplete.
 prepare_sql() {
-  awk -v strip="$1" -v lock="${LOCK_TIMEOUT}s" '
+  awk -v strip="$1" -v lock="${LOCK_TIMEOUT}s" -v trailer="${SQL_TRAILER}" '
     in_copy { print; if ($0 == "\\.") in_copy = 0; next }
-    /^COPY .* FROM stdin;$/ { in_copy = 1; print; next }
+    /^COPY .* FROM stdin;$/ { in_copy = 1; complete = 0; print; next }
+    /^\\(un)?restrict [A-Za-z0-9]+$/ { next }
+    /^-- Data for Name: .*; Type: BLOBS; / { in_blobs = 1 }
+    in_blobs && $0 == "BEGIN;" { next }
+    in_blobs && $0 == "COMMIT;" { in_blobs = 0; next }
+    $0 == trailer { complete = 1; print; next }
+    complete && $0 != "" && $0 != "--" { complete = 0 }
     $0 == "SET lock_timeout = 0;" { print "SET lock_timeout = \047" lock "\047;"; next }
     strip && (/^ALTER .* OWNER TO / || /^GRANT / || /^REVOKE / || /^ALTER DEFAULT PRIVILEGES /) { next }
     { print }
+    END { exit complete ? 0 : 3 }
   '
 }
 
@@ -994,10 +1041,17 @@ sql_ident() {
   printf '"%s"' "${1//\"/\"\"}"
 }
 
-# psql_into DB: run the SQL on stdin in DB, in one transaction, stopping at the first error.
-psql_into() {
-  pg_run psql -X -q -v ON_ERROR_STOP=1 --single-transaction -h "${POSTGRES_HOST}" \
-    -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "$1" >/dev/null
+# sql_array NAME...: ARRAY['a', 'b']::text[]
+sql_array() {
+  local out="" name
+  for name in "$@"; do
+    out+="${out:+, }$(sql_literal "${name}")"
+  done
+  printf 'ARRAY[%s]::text[]' "${out}"
+}
+
+random_hex() {
+  od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'
 }
 
 # postgres_query_in DB SQL
@@ -1006,7 +1060,30 @@ postgres_query_in() {
   postgres_query "$2"
 }
 
+# as_admin CMD...: CMD on POSTGRES_ADMIN_USER's connection when it is set (creating and dropping
+# databases only: a dump is never loaded as the administrator), else on POSTGRES_USER's.
+as_admin() {
+  if [[ -n "${POSTGRES_ADMIN_USER}" ]]; then
+    local POSTGRES_USER="${POSTGRES_ADMIN_USER}" POSTGRES_PASSWORD="${POSTGRES_ADMIN_PASSWORD}"
+    "$@"
+  else
+    "$@"
+  fi
+}
+
+# create_database NAME WHAT ALTERNATIVE: a new database owned by POSTGRES_USER.
+create_database() {
+  local name="$1"
+  [[ -n "${POSTGRES_ADMIN_USER}" ]] || require_createdb "$2" "$3"
+  as_admin postgres_query "CREATE DATABASE $(sql_ident "${name}") OWNER $(sql_ident "${POSTGRES_USER}")" >/dev/null
+}
+
 drop_database() {
+  as_admin drop_database_as_user "$1"
+}
+
+# drop_database_as_user NAME: as POSTGRES_USER (as_admin may have set it); never dies.
+drop_database_as_user() {
   pg_run psql -X -q -w -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
     -d "${POSTGRES_DB}" -c "DROP DATABASE IF EXISTS $(sql_ident "$1") WITH (FORCE)" >/dev/null 2>&1
 }
@@ -1024,12 +1101,14 @@ drop_created_db() {
   CREATED_DB=""
 }
 
-# "N tables, M rows". ONLY: a partition's (or child table's) rows are not counted again in its
-# parent. Tables POSTGRES_USER may not read (other roles' tables left in the target) are named
-# as not counted, instead of failing the report.
+# table_report DB [SCHEMA...]: "N tables, M rows" (in those schemas only, when named). ONLY: a
+# partition's (or child table's) rows are not counted again in its parent. Tables POSTGRES_USER
+# may not read are named as not counted, instead of failing the report.
 table_report() {
-  local db="$1"
-  postgres_query_in "${db}" "SELECT count(*) || ' tables, ' || coalesce(sum(CASE WHEN readable THEN (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint END), 0) || ' rows' || CASE WHEN bool_and(readable) IS FALSE THEN ' (' || count(*) FILTER (WHERE NOT readable) || ' table(s) that ' || current_user || ' may not read not counted)' ELSE '' END FROM (SELECT schemaname, tablename, has_table_privilege(format('%I.%I', schemaname, tablename), 'SELECT') AS readable FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')) AS t"
+  local db="$1" only="true"
+  shift
+  (($# == 0)) || only="schemaname = ANY ($(sql_array "$@"))"
+  postgres_query_in "${db}" "SELECT count(*) || ' tables, ' || coalesce(sum(CASE WHEN readable THEN (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint END), 0) || ' rows' || CASE WHEN bool_and(readable) IS FALSE THEN ' (' || count(*) FILTER (WHERE NOT readable) || ' table(s) that ' || current_user || ' may not read not counted)' ELSE '' END FROM (SELECT schemaname, tablename, has_table_privilege(format('%I.%I', schemaname, tablename), 'SELECT') AS readable FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND ${only}) AS t"
 }
 
 # require_createdb WHAT ALTERNATIVE: creating a database needs CREATEDB; say so before anything is done.
@@ -1037,21 +1116,135 @@ require_createdb() {
   local can
   can="$(postgres_query "SELECT rolcreatedb OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")"
   [[ "${can}" == t ]] ||
-    die "${EXIT_REFUSED}" "postgresql: $1 needs a new database, and ${POSTGRES_USER} may not create databases; as a superuser run: ALTER ROLE $(sql_ident "${POSTGRES_USER}") CREATEDB$2. Nothing was changed."
+    die "${EXIT_REFUSED}" "postgresql: $1 needs a new database, and ${POSTGRES_USER} may not create databases; as a superuser run: ALTER ROLE $(sql_ident "${POSTGRES_USER}") CREATEDB$2, or set POSTGRES_ADMIN_USER to a role that may. Nothing was changed."
+}
+
+# hash_through: stdin to stdout unchanged; the sha256 of every byte that passed, in
+# WORK_DIR/read.sha256. Fails when the reader downstream stopped before the end.
+hash_through() {
+  local fifo="${WORK_DIR}/hash.fifo" rc=0 pid
+  mkfifo -m 600 -- "${fifo}"
+  sha256sum <"${fifo}" | cut -c1-64 >"${WORK_DIR}/read.sha256" &
+  pid=$!
+  tee -- "${fifo}" || rc=$?
+  wait "${pid}" || rc=1
+  rm -f -- "${fifo}"
+  return "${rc}"
+}
+
+# The first SQLSTATE psql reported (VERBOSITY verbose prints "ERROR:  42P01: ..." in any language).
+psql_sqlstate() {
+  sed -n 's/^\(psql:[^ ]*: \)\{0,1\}[^ ]*:  \([0-9A-Z]\{5\}\): .*/\2/p' "${WORK_DIR}/psql.err" | head -n 1
+}
+
+# pg_load DB STRIP [PREAMBLE_FILE]: load the backup into DB as POSTGRES_USER in one transaction
+# that this script opens and commits itself, only when every stage of the decode exited 0, the
+# stored bytes read match FILE.sha256 and the dump ends with pg_dump's completion trailer.
+# Anything else (a cut file, a killed decoder, a signal, even SIGKILL of this script) ends psql's
+# input without COMMIT, and PostgreSQL rolls everything back. psql runs restricted with a key of
+# this run: no psql command in the backup (\!, \o |cmd, \copy, \i ...) is ever run.
+# Returns 0 when committed; else sets LOAD_CODE and LOAD_REASON, and returns 1.
+pg_load() {
+  local db="$1" strip="$2" preamble="${3:-}"
+  local fifo="${WORK_DIR}/load.fifo" key token fd psql_pid psql_rc=0 sent_commit=0 sqlstate
+  local -a st
+  key="$(random_hex 24)"
+  token="$(random_hex 12)"
+  LOAD_CODE="${EXIT_FAILED}"
+  LOAD_REASON=""
+  : >"${WORK_DIR}/psql.err"
+  mkfifo -m 600 -- "${fifo}"
+  pg_run psql -X -q -t -A -v ON_ERROR_STOP=1 -v VERBOSITY=verbose -h "${POSTGRES_HOST}" \
+    -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${db}" \
+    <"${fifo}" >"${WORK_DIR}/psql.out" 2>"${WORK_DIR}/psql.err" &
+  psql_pid=$!
+  exec {fd}>"${fifo}"
+  set +o errexit
+  # A subshell: if psql is gone, a write there gets SIGPIPE, not this script.
+  (
+    printf '\\restrict %s\n' "${key}"
+    printf "SET lock_timeout = '%ss';\n" "${LOCK_TIMEOUT}"
+    printf 'SET client_min_messages = warning;\n'
+    printf 'BEGIN;\n'
+    printf "SELECT pg_catalog.set_config('gym_backup.xact', pg_catalog.txid_current()::text, false);\n"
+    [[ -z "${preamble}" ]] || cat -- "${preamble}"
+  ) 1>&"${fd}" 2>/dev/null
+  hash_through <"${BACKUP_FILE}" 2>"${WORK_DIR}/read.err" |
+    decode_stream "${BACKUP_FILE##*/}" 2>"${WORK_DIR}/decode.err" |
+    prepare_sql "${strip}" 2>"${WORK_DIR}/prepare.err" 1>&"${fd}"
+  st=("${PIPESTATUS[@]}")
+  # 141 (SIGPIPE): the stage after it stopped reading; psql's exit says why.
+  if ((st[1] != 0 && st[1] != 141)); then
+    decode_failure
+  elif ((st[0] != 0 && st[0] != 141)); then
+    LOAD_CODE="${EXIT_VERIFY}"
+    LOAD_REASON="could not read ${BACKUP_FILE##*/}$(stage_message read)"
+  elif ((st[2] == 3)); then
+    LOAD_CODE="${EXIT_VERIFY}"
+    LOAD_REASON="the dump ends before pg_dump's completion trailer: it is incomplete"
+  elif ((st[0] == 0)) && [[ -n "${EXPECTED_SHA256}" && "$(<"${WORK_DIR}/read.sha256")" != "${EXPECTED_SHA256}" ]]; then
+    LOAD_CODE="${EXIT_VERIFY}"
+    LOAD_REASON="${BACKUP_FILE##*/} changed while it was read: its sha256 is no longer the one in ${BACKUP_FILE##*/}.sha256"
+  elif ((st[0] == 0 && st[1] == 0 && st[2] == 0)); then
+    # Everything was read and decoded: check that the dump did not end the transaction itself,
+    # then commit, then say so (the last line only prints once COMMIT has succeeded).
+    (
+      printf "DO \$gym_backup\$ BEGIN IF pg_catalog.current_setting('gym_backup.xact', true) IS DISTINCT FROM pg_catalog.txid_current()::text THEN RAISE EXCEPTION USING ERRCODE = 'GBK01', MESSAGE = 'the backup ended the transaction of the restore itself (it holds COMMIT or ROLLBACK)'; END IF; END \$gym_backup\$;\n"
+      printf 'COMMIT;\n'
+      printf "SELECT 'gym-backup committed %s';\n" "${token}"
+    ) 1>&"${fd}" 2>/dev/null && sent_commit=1
+  fi
+  exec {fd}>&-
+  wait "${psql_pid}"
+  psql_rc=$?
+  set -o errexit
+  rm -f -- "${fifo}"
+  if ((sent_commit && psql_rc == 0)) && grep -qxF "gym-backup committed ${token}" "${WORK_DIR}/psql.out"; then
+    return 0
+  fi
+  [[ -z "${LOAD_REASON}" ]] || return 1
+  sqlstate="$(psql_sqlstate)"
+  if grep -qs 'backslash commands are restricted' "${WORK_DIR}/psql.err"; then
+    LOAD_CODE="${EXIT_VERIFY}"
+    LOAD_REASON="the backup holds a psql command (a line starting with a backslash: \\!, \\o, \\copy, \\i ...); refused, a backup is never run as a program$(stage_message psql)"
+    return 1
+  fi
+  case "${sqlstate}" in
+    GBK01) LOAD_REASON="$(stage_message psql): part of it may have been applied; restore the safety backup if one was taken" ;;
+    42704) LOAD_REASON="$(stage_message psql); the server lacks a role the dump names: pass --no-owner" ;;
+    55P03) LOAD_REASON="$(stage_message psql); another session (the application?) held a lock for LOCK_TIMEOUT=${LOCK_TIMEOUT}s: stop it, or retry" ;;
+    42501) LOAD_REASON="$(stage_message psql); ${POSTGRES_USER} lacks a privilege the dump needs (objects of other owners, or only a superuser may restore them: pass --no-owner, or see the README)" ;;
+    *) LOAD_REASON="$(stage_message psql)" ;;
+  esac
+  if ((sent_commit && psql_rc == 2)); then
+    LOAD_REASON="the connection broke during COMMIT: check whether the restore was applied${LOAD_REASON}"
+  fi
+  LOAD_REASON="psql failed (exit ${psql_rc})${LOAD_REASON}"
+  return 1
+}
+
+# Why the decode failed (LOAD_CODE, LOAD_REASON), in the words of verify; a wrong key is exit 5.
+decode_failure() {
+  LOAD_CODE="${EXIT_VERIFY}"
+  if grep -qs 'Bad session key' "${WORK_DIR}/decode.err"; then
+    LOAD_CODE="${EXIT_WRONG_KEY}"
+    LOAD_REASON="wrong encryption key: ENCRYPTION_KEY does not decrypt this backup"
+  elif [[ "${BACKUP_FILE}" == *.gpg ]] && grep -qs '^gpg: ' "${WORK_DIR}/decode.err"; then
+    LOAD_REASON="the encrypted data is damaged, truncated or its decryption was stopped$(stage_message decode)"
+  else
+    LOAD_REASON="the compressed data is damaged, truncated or its decompression was stopped$(stage_message decode)"
+  fi
 }
 
 deep_postgresql() {
-  local -a st
-  require_tools psql
-  require_createdb "verify --deep" "; or verify without --deep"
+  require_safe_psql
   SCRATCH_DB="gym_backup_verify_$$_${RANDOM}"
-  postgres_query "CREATE DATABASE $(sql_ident "${SCRATCH_DB}")" >/dev/null
-  set +o errexit
-  decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" | prepare_sql 1 | psql_into "${SCRATCH_DB}" 2>"${WORK_DIR}/psql.err"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
-  ((st[0] == 0 && st[1] == 0 && st[2] == 0)) ||
-    check_failed "${EXIT_VERIFY}" deep "the dump does not load into a scratch database$(stage_message psql)"
+  create_database "${SCRATCH_DB}" "verify --deep" "; or verify without --deep"
+  if ! pg_load "${SCRATCH_DB}" 1; then
+    # A dump that does not load fails the verification (4), a wrong key stays 5.
+    ((LOAD_CODE != EXIT_FAILED)) || LOAD_CODE="${EXIT_VERIFY}"
+    check_failed "${LOAD_CODE}" deep "the dump does not load into a scratch database: ${LOAD_REASON}"
+  fi
   check_ok deep "loaded into scratch database ${SCRATCH_DB}: $(table_report "${SCRATCH_DB}"); dropped"
   drop_scratch_db
 }
@@ -1225,43 +1418,118 @@ database_exists() {
   [[ -n "$(postgres_query "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "$1")")" ]]
 }
 
-report_foreign_objects() {
-  local target="$1" relation schema name
-  local -a extra=()
-  # Identity columns' sequences are made by ALTER TABLE ... ADD GENERATED ... (SEQUENCE NAME ...).
-  decode "${BACKUP_FILE}" 2>/dev/null | grep -E '^(CREATE (TABLE|VIEW|MATERIALIZED VIEW|SEQUENCE|FOREIGN TABLE|UNLOGGED TABLE) |    SEQUENCE NAME )' >"${WORK_DIR}/created.sql" || true
-  while IFS= read -r relation; do
-    [[ -n "${relation}" ]] || continue
-    schema="${relation%%.*}"
-    name="${relation#*.}"
-    grep -qF -- "$(sql_ident "${schema}").$(sql_ident "${name}")" "${WORK_DIR}/created.sql" || extra+=("${relation}")
-  done < <(list_relations "${target}")
-  if ((${#extra[@]} > 0)); then
-    log WARN "objects in ${target} that the backup does not contain (left as they are): ${extra[*]}"
+# dump_schemas: the schemas the dump creates ("created NAME") and those it holds objects in
+# ("holds NAME"), from pg_dump's CREATE SCHEMA lines and object headers (COPY data skipped).
+dump_schemas() {
+  decode "${BACKUP_FILE}" 2>/dev/null | awk '
+    in_copy { if ($0 == "\\.") in_copy = 0; next }
+    /^COPY .* FROM stdin;$/ { in_copy = 1; next }
+    /^CREATE SCHEMA "([^"]|"")+";$/ { s = substr($0, 16, length($0) - 17); gsub(/""/, "\"", s); print "created\t" s; next }
+    /^CREATE SCHEMA [a-z_][a-z0-9_$]*;$/ { s = substr($0, 15, length($0) - 15); print "created\t" s; next }
+    /^-- (Data for )?Name: .*; Type: .*; Schema: .*; Owner: / {
+      s = $0; sub(/^.*; Schema: /, "", s); sub(/; Owner: .*$/, "", s)
+      if (s != "-") print "holds\t" s
+    }
+  ' | sort -u
+}
+
+# The user objects outside the schemas in "cleaned" (a text[] of the DO block below): what
+# --clean must not drop through a dependency (a view, column, default or constraint in another
+# schema that uses what it replaces).
+readonly OUTSIDE_OBJECTS_SQL="SELECT o.classid::oid::text || '/' || o.objid::text || '/' || o.objsubid::text AS id, pg_describe_object(o.classid, o.objid, o.objsubid) AS what FROM (SELECT 'pg_class'::regclass AS classid, c.oid AS objid, 0 AS objsubid, c.relnamespace AS nsp FROM pg_class c UNION ALL SELECT 'pg_class'::regclass, a.attrelid, a.attnum, c.relnamespace FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid WHERE a.attnum > 0 AND NOT a.attisdropped UNION ALL SELECT 'pg_attrdef'::regclass, d.oid, 0, c.relnamespace FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid UNION ALL SELECT 'pg_constraint'::regclass, k.oid, 0, k.connamespace FROM pg_constraint k UNION ALL SELECT 'pg_trigger'::regclass, t.oid, 0, c.relnamespace FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid UNION ALL SELECT 'pg_rewrite'::regclass, r.oid, 0, c.relnamespace FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class UNION ALL SELECT 'pg_policy'::regclass, y.oid, 0, c.relnamespace FROM pg_policy y JOIN pg_class c ON c.oid = y.polrelid UNION ALL SELECT 'pg_proc'::regclass, f.oid, 0, f.pronamespace FROM pg_proc f UNION ALL SELECT 'pg_type'::regclass, ty.oid, 0, ty.typnamespace FROM pg_type ty UNION ALL SELECT 'pg_statistic_ext'::regclass, x.oid, 0, x.stxnamespace FROM pg_statistic_ext x) AS o JOIN pg_namespace n ON n.oid = o.nsp WHERE n.nspname <> ALL (cleaned) AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
+
+# clean_preamble TARGET FILE: the SQL --clean runs first, in the restore's transaction. Every
+# schema the dump creates is dropped with all it holds (the dump creates it again); a schema the
+# dump only holds objects in (public, usually) is dropped and made again as it was (owner,
+# privileges, comment). Schemas the dump does not contain are left alone, and named; if dropping
+# would reach into them (a view there on a replaced table), the restore fails and says why.
+clean_preamble() {
+  local target="$1" file="$2" kind name
+  local -a created=() held=() cleaned=() others=()
+  local -A is_created=()
+  while IFS=$'\t' read -r kind name; do
+    case "${kind}" in
+      created) created+=("${name}") is_created["${name}"]=1 ;;
+      holds) held+=("${name}") ;;
+    esac
+  done < <(dump_schemas)
+  cleaned=("${created[@]}")
+  for name in "${held[@]}"; do
+    [[ -n "${is_created["${name}"]:-}" ]] || cleaned+=("${name}")
+  done
+  mapfile -t others < <(postgres_query_in "${target}" "SELECT nspname FROM pg_namespace WHERE nspname <> ALL ($(sql_array "${cleaned[@]}")) AND nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp%' ORDER BY 1" | grep . || true)
+  log INFO "postgresql: --clean replaces everything in the schemas of the backup: ${cleaned[*]:-(none)}"
+  if ((${#others[@]} > 0)); then
+    log WARN "postgresql: schemas in ${target} that the backup does not contain, left as they are: ${others[*]}"
   fi
+  CLEANED_SCHEMAS=("${cleaned[@]}")
+  cat >"${file}" <<SQL
+DO \$gym_backup\$
+DECLARE
+  cleaned text[] := $(sql_array "${cleaned[@]}");
+  created text[] := $(sql_array "${created[@]}");
+  s text;
+  owner_oid oid;
+  acl aclitem[];
+  note text;
+  grant_ record;
+  before_ids text[];
+  before_what text[];
+  lost text[];
+  path text := pg_catalog.current_setting('search_path');
+BEGIN
+  PERFORM pg_catalog.set_config('search_path', 'pg_catalog', false);
+  SELECT array_agg(id), array_agg(what) INTO before_ids, before_what FROM (${OUTSIDE_OBJECTS_SQL}) AS outside;
+  FOREACH s IN ARRAY cleaned LOOP
+    SELECT nspowner, nspacl, obj_description(oid, 'pg_namespace') INTO owner_oid, acl, note
+      FROM pg_namespace WHERE nspname = s;
+    CONTINUE WHEN NOT FOUND;
+    EXECUTE format('DROP SCHEMA %I CASCADE', s);
+    CONTINUE WHEN s = ANY (created);
+    EXECUTE format('CREATE SCHEMA %I', s);
+    EXECUTE format('ALTER SCHEMA %I OWNER TO %I', s, pg_get_userbyid(owner_oid));
+    FOR grant_ IN SELECT * FROM aclexplode(acl) AS a WHERE a.grantee <> owner_oid LOOP
+      EXECUTE format('GRANT %s ON SCHEMA %I TO %s%s', grant_.privilege_type, s,
+        CASE WHEN grant_.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(grant_.grantee)) END,
+        CASE WHEN grant_.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+    IF note IS NOT NULL THEN
+      EXECUTE format('COMMENT ON SCHEMA %I IS %L', s, note);
+    END IF;
+  END LOOP;
+  SELECT array_agg(before_what[i] ORDER BY before_what[i]) INTO lost
+    FROM generate_subscripts(before_ids, 1) AS i
+    WHERE before_ids[i] NOT IN (SELECT id FROM (${OUTSIDE_OBJECTS_SQL}) AS outside);
+  IF lost IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = 'GBK02', MESSAGE = format('--clean would also drop %s object(s) outside the schemas of the backup that depend on what it replaces: %s; drop or change them first', cardinality(lost), array_to_string(lost[1:10], '; '));
+  END IF;
+  PERFORM set_config('search_path', path, false);
+END
+\$gym_backup\$;
+SQL
 }
 
 cmd_restore_postgresql() {
-  local target="${OPT_TARGET_DB:-${POSTGRES_DB}}" relations=0
-  local -a st
+  local target="${OPT_TARGET_DB:-${POSTGRES_DB}}" relations=0 preamble="" state
   require_type postgresql
   require_tools psql pg_dump
+  require_safe_psql
   [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
   postgres_query 'SELECT 1' >/dev/null
   verify_backup
   if database_exists "${target}"; then
     relations="$(list_relations "${target}" | grep -c . || true)"
   elif [[ -n "${OPT_TARGET_DB}" ]]; then
-    require_createdb "--target-db ${target}" "; or create the database ${target} (owned by ${POSTGRES_USER}) first"
-    postgres_query "CREATE DATABASE $(sql_ident "${target}")" >/dev/null
+    create_database "${target}" "--target-db ${target}" "; or create the database ${target} (owned by ${POSTGRES_USER}) first"
     CREATED_DB="${target}"
     log INFO "postgresql: created database ${target}"
   else
     die "${EXIT_REFUSED}" "database ${target} does not exist; create it, or pass --target-db NAME to create a new one"
   fi
   if ((relations > 0)); then
-    ((OPT_CLEAN)) || die "${EXIT_REFUSED}" "database ${target} already holds ${relations} tables, views or sequences; pass --clean to replace the objects the backup contains (a safety backup is taken first), or --target-db NEW to restore beside it. Nothing was changed."
-    report_foreign_objects "${target}"
+    ((OPT_CLEAN)) || die "${EXIT_REFUSED}" "database ${target} already holds ${relations} tables, views or sequences; pass --clean to replace everything in the schemas the backup contains (a safety backup is taken first), or --target-db NEW to restore beside it. Nothing was changed."
+    preamble="${WORK_DIR}/clean.sql"
+    clean_preamble "${target}" "${preamble}"
     if ((OPT_NO_SAFETY)); then
       log WARN "postgresql: no safety backup of ${target} (--no-safety-backup)"
     else
@@ -1269,21 +1537,15 @@ cmd_restore_postgresql() {
     fi
   fi
   log INFO "postgresql: restoring ${BACKUP_FILE##*/} into ${target} in one transaction$( ((OPT_NO_OWNER)) && printf ' (without owners and grants)')"
-  set +o errexit
-  decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" | prepare_sql "${OPT_NO_OWNER}" |
-    psql_into "${target}" 2>"${WORK_DIR}/psql.err"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
-  if ((st[0] != 0 || st[1] != 0 || st[2] != 0)); then
-    local hint="" state="${target} is as it was"
-    ! grep -qs 'role .* does not exist' "${WORK_DIR}/psql.err" || hint="; the server lacks a role the dump names: pass --no-owner"
-    ! grep -qs 'canceling statement due to lock timeout' "${WORK_DIR}/psql.err" ||
-      hint="; another session (the application?) held a lock for LOCK_TIMEOUT=${LOCK_TIMEOUT}s: stop it, or retry"
-    [[ -z "${CREATED_DB}" ]] || state="the database ${target} this run created is dropped again"
-    die "${EXIT_FAILED}" "postgresql: the restore failed and was rolled back, ${state}$(stage_message psql)${hint}"
+  if ! pg_load "${target}" "${OPT_NO_OWNER}" "${preamble}"; then
+    state="rolled back: ${target} is as it was"
+    [[ -z "${CREATED_DB}" ]] || state="rolled back, and the database ${target} this run created is dropped again"
+    [[ "$(psql_sqlstate)" != GBK01 ]] || state="stopped, and NOT all rolled back"
+    die "${LOAD_CODE}" "postgresql: the restore failed and was ${state}: ${LOAD_REASON}"
   fi
   CREATED_DB=""
-  log INFO "postgresql: restored ${BACKUP_FILE##*/} into ${target}: $(table_report "${target}")"
+  ((${#CLEANED_SCHEMAS[@]} > 0)) || mapfile -t CLEANED_SCHEMAS < <(dump_schemas | cut -f2 | sort -u)
+  log INFO "postgresql: restored ${BACKUP_FILE##*/} into ${target}: $(table_report "${target}" "${CLEANED_SCHEMAS[@]}")"
 }
 
 # safety_backup TYPE [DATABASE]: a backup of the target, named like any backup, before changing it.

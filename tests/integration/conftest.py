@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -17,10 +18,18 @@ import pytest
 
 from generator import render
 from generator.config import load_settings
-from generator.sandbox import PostgresServer, RedisServer, start_postgres, start_redis
-from tests.integration.restore_support import script_env
+from generator.sandbox import (
+    PostgresServer,
+    RedisServer,
+    sql_ident,
+    start_postgres,
+    start_redis,
+)
+from tests.integration.restore_support import createdb_privilege, script_env
 
 HERE = Path(__file__).resolve().parent
+
+NewDb = Callable[..., str]
 
 PG_DB = "gym_secure_db"
 PG_USER = "gym_secure_user"
@@ -160,3 +169,42 @@ def run_script(rendered_scripts: Path) -> RunScript:
         )
 
     return run
+
+
+@pytest.fixture
+def new_db(pg: PostgresServer) -> Iterator[NewDb]:
+    """``new_db(create=True, suffix="")``: a unique database name (created, owned by the
+    application role);
+    every name handed out is dropped at the end, also those a restore created."""
+    names: list[str] = []
+
+    def make(*, create: bool = True, suffix: str = "") -> str:
+        name = f"rs_{uuid.uuid4().hex[:12]}{suffix}"
+        names.append(name)
+        if create:
+            pg.createdb(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in names:
+            pg.dropdb(name)
+
+
+@pytest.fixture
+def createdb(pg: PostgresServer) -> Iterator[None]:
+    """The application role may create databases (restores into a new database need it)."""
+    with createdb_privilege(pg, allowed=True):
+        yield
+
+
+@pytest.fixture(scope="module")
+def reader_role(pg: PostgresServer) -> Iterator[str]:
+    """A second role that the fidelity dataset grants privileges to."""
+    name = f"gym_reader_{uuid.uuid4().hex[:8]}"
+    pg.psql(f"CREATE ROLE {sql_ident(name)}", "postgres")
+    try:
+        yield name
+    finally:
+        pg.psql(f"DROP ROLE IF EXISTS {sql_ident(name)}", "postgres")

@@ -124,6 +124,32 @@ def processes_in(folder: Path) -> list[str]:
     return found
 
 
+def descendants(pid: int) -> list[tuple[int, list[str]]]:
+    """The processes below ``pid`` (children, their children...), each with its argv."""
+    parents: dict[int, int] = {}
+    argvs: dict[int, list[str]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat_line = (proc / "stat").read_text()
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # the command name in parentheses may hold spaces: the fields after it are fixed
+        parents[int(proc.name)] = int(stat_line.rsplit(")", 1)[1].split()[1])
+        argvs[int(proc.name)] = [a.decode(errors="replace") for a in argv if a]
+    found: list[tuple[int, list[str]]] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and argvs.get(child):
+                found.append((child, argvs[child]))
+                frontier.append(child)
+    return found
+
+
 # ------------------------------------------------------------------------------ PostgreSQL
 
 # What a database owner (not a superuser) can restore. Left out on purpose, because restoring

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +35,6 @@ from tests.integration.restore_support import (
     RespError,
     assert_same_redis,
     backups_of,
-    createdb_privilege,
     database_names,
     dump_without_owners,
     load_fidelity,
@@ -52,9 +51,7 @@ from tests.integration.restore_support import (
 )
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import MakeEnv, RunScript
-
-NewDb = Callable[..., str]
+    from tests.integration.conftest import MakeEnv, NewDb, RunScript
 
 # What happens to the live database after the backup: every kind of object changed or dropped.
 MUTATIONS = """
@@ -75,45 +72,6 @@ CREATE TABLE public.added_after_backup (x int);
 
 
 # ----------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def reader_role(pg: PostgresServer) -> Iterator[str]:
-    """A second role that the fidelity dataset grants privileges to."""
-    name = f"gym_reader_{uuid.uuid4().hex[:8]}"
-    pg.psql(f"CREATE ROLE {sql_ident(name)}", "postgres")
-    try:
-        yield name
-    finally:
-        pg.psql(f"DROP ROLE IF EXISTS {sql_ident(name)}", "postgres")
-
-
-@pytest.fixture
-def new_db(pg: PostgresServer) -> Iterator[NewDb]:
-    """``new_db(create=True, suffix="")``: a unique database name (created, owned by the
-    application role);
-    every name handed out is dropped at the end, also those a restore created."""
-    names: list[str] = []
-
-    def make(*, create: bool = True, suffix: str = "") -> str:
-        name = f"rs_{uuid.uuid4().hex[:12]}{suffix}"
-        names.append(name)
-        if create:
-            pg.createdb(name)
-        return name
-
-    try:
-        yield make
-    finally:
-        for name in names:
-            pg.dropdb(name)
-
-
-@pytest.fixture
-def createdb(pg: PostgresServer) -> Iterator[None]:
-    """The application role may create databases (restores into a new database need it)."""
-    with createdb_privilege(pg, allowed=True):
-        yield
 
 
 @pytest.fixture
@@ -154,16 +112,21 @@ def test_postgresql_clean_restore_over_the_live_database_brings_back_every_objec
     run_ok(run_script, BACKUP, "postgresql", env=env)
     backup = only_backup(tmp_path / "backups", "postgresql", encrypted=key is not None)
     pg.psql(MUTATIONS, source, superuser=False)
+    # a schema the backup does not contain (and a table in it) is left alone
+    pg.psql("CREATE SCHEMA reporting; CREATE TABLE reporting.kept (x int)", source, superuser=False)
+    pg.psql("INSERT INTO reporting.kept VALUES (1)", source, superuser=False)
     changed = pg.dump(source)
     assert changed != written
 
     result = run_ok(run_script, RESTORE, "postgresql", backup.name, "--clean", env=env)
 
-    # what the backup does not hold is left alone, and named (identity sequences are not extra)
-    assert "public.added_after_backup" in result.stderr
-    assert "kitchen_sink_id_seq" not in result.stderr
-    assert f"{FIDELITY_TABLES + 1} tables, {FIDELITY_ROWS} rows" in result.stdout
-    pg.psql("DROP TABLE public.added_after_backup", source, superuser=False)
+    # every schema the backup contains is exactly as it was backed up, public included (the
+    # table added there after the backup is gone); the schema it does not contain is named
+    assert "replaces everything in the schemas of the backup: gym public" in result.stdout
+    assert "does not contain, left as they are: reporting" in result.stderr
+    assert f"{FIDELITY_TABLES} tables, {FIDELITY_ROWS} rows" in result.stdout
+    assert pg.psql("SELECT x FROM reporting.kept", source) == "1"
+    pg.psql("DROP SCHEMA reporting CASCADE", source, superuser=False)
     assert pg.dump(source) == written
     assert pg.psql("SELECT last_value, is_called FROM gym.receipt_no", source) == sequence
     assert lo_bytes(pg, source) == ["00010203ff00fe00"]
@@ -179,7 +142,7 @@ def test_postgresql_clean_restore_over_the_live_database_brings_back_every_objec
     assert pg.dump(undo) == changed
 
 
-def test_postgresql_restore_report_skips_tables_the_restoring_role_may_not_read(
+def test_postgresql_clean_restore_replaces_other_roles_objects_and_counts_what_it_restored(
     pg: PostgresServer,
     new_db: NewDb,
     backup_env: MakeEnv,
@@ -191,19 +154,24 @@ def test_postgresql_restore_report_skips_tables_the_restoring_role_may_not_read(
     env = backup_env(tmp_path, POSTGRES_DB=target)
     run_ok(run_script, BACKUP, "postgresql", env=env)
     backup = only_backup(tmp_path / "backups", "postgresql", encrypted=False)
-    # left in the target by another role, not readable by the restoring one
-    pg.psql("CREATE TABLE admin_only (x int); INSERT INTO admin_only VALUES (1)", target)
+    # left in the target by another role, not readable by the restoring one: in a schema of the
+    # backup (replaced like everything there) and in a schema of its own (left alone)
+    pg.psql(
+        "CREATE TABLE public.admin_only (x int); INSERT INTO public.admin_only VALUES (1);"
+        "CREATE SCHEMA admin; CREATE TABLE admin.kept (x int); INSERT INTO admin.kept VALUES (1)",
+        target,
+    )
 
     result = run_ok(
         run_script, RESTORE, "postgresql", backup.name, "--clean", "--no-safety-backup", env=env
     )
 
     assert "[ERROR]" not in result.stderr
-    assert "that the backup does not contain (left as they are): public.admin_only" in (
-        result.stderr
-    )
-    assert f"2 tables, 2 rows (1 table(s) that {pg.user} may not read not counted)" in result.stdout
-    assert pg.psql("SELECT count(*) FROM admin_only", target) == "1"
+    assert "does not contain, left as they are: admin" in result.stderr
+    assert "1 tables, 2 rows" in result.stdout
+    assert pg.psql("SELECT to_regclass('public.admin_only') IS NULL", target) == "t"
+    assert pg.psql("SELECT count(*) FROM admin.kept", target) == "1"
+    assert pg.psql("SELECT count(*) FROM mine", target) == "2"
 
 
 @pytest.mark.usefixtures("createdb")

@@ -147,3 +147,30 @@ def test_the_health_check_derives_the_backup_interval_from_the_schedule(
     health = next(s for s in scripts if s.name == "healthcheck.sh")
     result = call(health, f"schedule_interval '{schedule}'")
     assert result.stdout.strip() == str(seconds)
+
+
+@pytest.mark.parametrize(
+    ("version", "code"),
+    [
+        ("psql (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)", 0),
+        ("psql (PostgreSQL) 15.14", 0),
+        ("psql (PostgreSQL) 15.13", 6),
+        ("psql (PostgreSQL) 16.10", 0),
+        ("psql (PostgreSQL) 16.9", 6),
+        ("psql (PostgreSQL) 17.6", 0),
+        ("psql (PostgreSQL) 17.5", 6),
+        ("psql (PostgreSQL) 14.19", 0),
+        ("psql (PostgreSQL) 13.21", 6),
+        ("psql (PostgreSQL) 12.22", 6),
+        ("psql (PostgreSQL) 18.0", 0),
+        ("psql (PostgreSQL) 19devel", 0),
+    ],
+)
+def test_a_psql_without_a_reliable_restrict_is_refused(
+    scripts: list[Path], version: str, code: int
+) -> None:
+    restore = next(s for s in scripts if s.name == "restore_script.sh")
+    result = call(restore, f"check_psql_version {shlex.quote(version)}")
+    assert result.returncode == code, result.stderr
+    if code:
+        assert "13.22, 14.19, 15.14, 16.10, 17.6 and 18" in result.stderr
