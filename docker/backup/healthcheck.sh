@@ -171,6 +171,11 @@ check_settings() {
     done
     die "${EXIT_REFUSED}" "invalid settings (${#problems[@]} problem(s)); fix them in the .env file or the environment"
   fi
+  # Whole numbers are decimal, as for gym-backup config check: 010 is ten, 08 is eight (bash
+  # arithmetic would read a leading 0 as octal).
+  for name in POSTGRES_PORT REDIS_PORT COMPRESSION_LEVEL KEEP_MIN BACKUP_RETENTION_DAYS LOCK_TIMEOUT; do
+    printf -v "${name}" '%d' "$((10#${!name}))"
+  done
 }
 
 check_range() {
@@ -480,8 +485,8 @@ schedule_interval() {
 }
 
 max_age() {
-  if is_uint "${HEALTH_MAX_AGE}" && ((HEALTH_MAX_AGE > 0)); then
-    printf '%s\n' "${HEALTH_MAX_AGE}"
+  if is_uint "${HEALTH_MAX_AGE}" && ((10#${HEALTH_MAX_AGE} > 0)); then
+    printf '%d\n' "$((10#${HEALTH_MAX_AGE}))"
   else
     printf '%s\n' "$(($(schedule_interval "${BACKUP_SCHEDULE}") * 2 + 600))"
   fi

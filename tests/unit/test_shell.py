@@ -8,8 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from generator.config import load_settings
+from generator.cli import app
+from generator.config import KNOWN_KEYS, load_settings
 from generator.render import render, write
 
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
@@ -69,13 +71,14 @@ def test_rendered_scripts_are_shfmt_clean_with_two_space_indent(scripts: list[Pa
     assert result.returncode == 0, result.stdout
 
 
-def call(script: Path, snippet: str) -> subprocess.CompletedProcess[str]:
-    """Source the script (its source guard keeps main from running) and run a snippet."""
+def call(script: Path, snippet: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """Source the script (its source guard keeps main from running) and run a snippet, with
+    ``settings`` in the environment."""
     return subprocess.run(
         ["bash", "-c", f'source "$1"; {snippet}', "bash", str(script)],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "BACKUP_DIR": "/nonexistent", "TZ": "UTC"},
+        env={"PATH": "/usr/bin:/bin", "BACKUP_DIR": "/nonexistent", "TZ": "UTC", **settings},
         check=False,
     )
 
@@ -147,3 +150,50 @@ def test_the_health_check_derives_the_backup_interval_from_the_schedule(
     health = next(s for s in scripts if s.name == "healthcheck.sh")
     result = call(health, f"schedule_interval '{schedule}'")
     assert result.stdout.strip() == str(seconds)
+
+
+NUMBERS = ("KEEP_MIN", "BACKUP_RETENTION_DAYS", "LOCK_TIMEOUT")
+# what the script's arithmetic makes of them after check_settings
+SCRIPT_NUMBERS = (
+    'check_settings && printf "%s %s %s %s" "${KEEP_MIN}" "${BACKUP_RETENTION_DAYS}" '
+    '"${LOCK_TIMEOUT}" "$((BACKUP_RETENTION_DAYS * 86400))"'
+)
+
+
+@pytest.mark.parametrize(("given", "decimal"), [("010", 10), ("08", 8), ("0009", 9)])
+def test_config_check_and_the_scripts_read_leading_zeros_as_decimal(
+    scripts: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    given: str,
+    decimal: int,
+) -> None:
+    for key in KNOWN_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    env_file = tmp_path / "test.env"
+    env_file.write_text("POSTGRES_PASSWORD=x\n" + "".join(f"{name}={given}\n" for name in NUMBERS))
+    backup = next(s for s in scripts if s.name == "backup_script.sh")
+    expected = f"{decimal} {decimal} {decimal} {decimal * 86400}"
+
+    shown = CliRunner().invoke(app, ["config", "check", "--env", str(env_file)])
+    from_environment = call(backup, SCRIPT_NUMBERS, **dict.fromkeys(NUMBERS, given))
+    rendered = tmp_path / "rendered"
+    write(render(load_settings(env_file, {})), rendered)
+    from_render = call(rendered / "backup_script.sh", SCRIPT_NUMBERS)
+
+    assert shown.exit_code == 0, shown.output
+    for name in NUMBERS:
+        assert f"  {name:<24} {decimal}\n" in shown.stdout
+    assert (from_environment.stdout, from_environment.returncode) == (expected, 0), (
+        from_environment.stderr
+    )
+    assert (from_render.stdout, from_render.returncode) == (expected, 0), from_render.stderr
+
+
+@pytest.mark.parametrize(("given", "seconds"), [("010", "10"), ("08", "8"), ("0", "173400")])
+def test_the_health_check_reads_health_max_age_as_decimal(
+    scripts: list[Path], given: str, seconds: str
+) -> None:
+    health = next(s for s in scripts if s.name == "healthcheck.sh")
+    result = call(health, "max_age", HEALTH_MAX_AGE=given)
+    assert (result.stdout.strip(), result.returncode) == (seconds, 0), result.stderr
