@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from generator.sandbox import PostgresServer, SandboxError, free_port
-from tests.integration.restore_support import redis_on
+from tests.integration.restore_support import folder_state, redis_on
 
 if TYPE_CHECKING:
     from tests.integration.conftest import MakeEnv, RunScript
@@ -37,16 +37,6 @@ BACKUP_NAME = re.compile(r"(postgresql|redis|files)_backup_\d{8}_\d{6}\.(sql|rdb
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def folder_state(folder: Path) -> dict[str, bytes]:
-    """Every file of ``folder`` and its bytes, except what the runs keep for themselves: the log
-    and the hidden bookkeeping files (the lock, the last-success marker)."""
-    return {
-        p.name: p.read_bytes()
-        for p in folder.iterdir()
-        if p.is_file() and p.name != "backup.log" and not p.name.startswith(".")
-    }
 
 
 def backup_names(folder: Path) -> set[str]:
