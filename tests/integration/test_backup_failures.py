@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from generator.sandbox import PostgresServer, SandboxError, free_port
-from tests.integration.restore_support import folder_state, redis_on
+from tests.integration.restore_support import folder_state, redis_on, write_sidecar
 
 if TYPE_CHECKING:
     from tests.integration.conftest import MakeEnv, RunScript
@@ -642,6 +642,7 @@ def test_too_little_space_for_the_previous_backups_size_refuses_before_starting(
     # a previous backup of 700 KiB in a 1 MiB folder: the next one would not fit
     previous = tiny_backup_dir / "files_backup_20260101_020000.tar.gz"
     previous.write_bytes(os.urandom(700 << 10))
+    write_sidecar(previous)
     before = folder_state(tiny_backup_dir)
     env = backup_env(tmp_path, BACKUP_DIR=str(tiny_backup_dir))
 

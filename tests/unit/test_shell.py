@@ -197,3 +197,25 @@ def test_the_health_check_reads_health_max_age_as_decimal(
     health = next(s for s in scripts if s.name == "healthcheck.sh")
     result = call(health, "max_age", HEALTH_MAX_AGE=given)
     assert (result.stdout.strip(), result.returncode) == (seconds, 0), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("stamp", "epoch"),
+    [
+        ("20240229_235959", "1709251199"),
+        ("20261127_020000", "1795744800"),
+        ("20250229_020000", None),
+        ("20261301_020000", None),
+        ("20260230_020000", None),
+        ("20260115_250000", None),
+        ("20260115_240000", None),
+        ("20260115_026000", None),
+        ("20260115_020060", None),
+    ],
+)
+def test_a_date_in_a_backup_name_counts_only_when_it_round_trips(
+    scripts: list[Path], stamp: str, epoch: str | None
+) -> None:
+    backup = next(s for s in scripts if s.name == "backup_script.sh")
+    result = call(backup, f"name_epoch files_backup_{stamp}.tar.gz")
+    assert (result.stdout.strip() or None, result.returncode == 0) == (epoch, epoch is not None)
