@@ -307,15 +307,32 @@ publish() {
 # What a name in BACKUP_DIR is. list, cleanup and the free-space check all ask backup_class, so
 # they agree on what counts as a backup.
 
-# name_epoch NAME: the creation time in a backup's name, as seconds since the epoch (in TZ).
-# Fails when the name holds no real date and time: it must round-trip (month 13, Feb 30 and
-# hour 25 do not; nor does a time that TZ skips).
+# The time of each YYYYMMDD_HHMMSS stamp seen so far, in seconds since the epoch (in TZ); empty
+# for a stamp that is no real date and time.
+declare -A STAMP_EPOCHS=()
+
+# stamp_epochs STAMP...: find the times of STAMPs (one date run for them all). A stamp counts only
+# when it round-trips: month 13, Feb 30, hour 25 and a time that TZ skips do not.
+stamp_epochs() {
+  local stamp epoch
+  for stamp in "$@"; do
+    STAMP_EPOCHS[${stamp}]=""
+  done
+  while read -r stamp epoch; do
+    [[ ! -v "STAMP_EPOCHS[${stamp}]" ]] || STAMP_EPOCHS[${stamp}]="${epoch}"
+  done < <(printf '%s\n' "$@" |
+    sed -E 's/^(....)(..)(..)_(..)(..)(..)$/\1-\2-\3 \4:\5:\6/' |
+    date -f - '+%Y%m%d_%H%M%S %s' 2>/dev/null || true)
+}
+
+# name_epoch NAME: the creation time in a backup's name, as seconds since the epoch (in TZ);
+# fails when the name holds no real date and time.
 name_epoch() {
   [[ "$1" =~ ${BACKUP_NAME_RE} ]] || return 1
-  local d="${BASH_REMATCH[2]}" t="${BASH_REMATCH[3]}" out
-  out="$(date -d "${d:0:4}-${d:4:2}-${d:6:2} ${t:0:2}:${t:2:2}:${t:4:2}" '+%Y%m%d_%H%M%S %s' 2>/dev/null)" || return 1
-  [[ "${out%% *}" == "${d}_${t}" ]] || return 1
-  printf '%s\n' "${out##* }"
+  local stamp="${BASH_REMATCH[2]}_${BASH_REMATCH[3]}"
+  [[ -v "STAMP_EPOCHS[${stamp}]" ]] || stamp_epochs "${stamp}"
+  [[ -n "${STAMP_EPOCHS[${stamp}]}" ]] || return 1
+  printf '%s\n' "${STAMP_EPOCHS[${stamp}]}"
 }
 
 # is_own_file PATH: a sidecar of a backup name or a partial file of a run (not a folder):
@@ -346,11 +363,17 @@ sidecar_names() {
 backup_dir_names() {
   local -n _names="$1"
   local path
+  local -a stamps=()
   _names=()
   for path in "${BACKUP_DIR}"/*_backup_*; do
     [[ -e "${path}" || -L "${path}" ]] || continue
-    is_own_file "${path}" || _names+=("${path##*/}")
+    is_own_file "${path}" && continue
+    _names+=("${path##*/}")
+    if [[ "${path##*/}" =~ ${BACKUP_NAME_RE} ]]; then
+      stamps+=("${BASH_REMATCH[2]}_${BASH_REMATCH[3]}")
+    fi
   done
+  ((${#stamps[@]} == 0)) || stamp_epochs "${stamps[@]}"
 }
 
 # backup_class PATH [NOW]: what a name matching *_backup_* is, in BACKUP_CLASS:
@@ -366,9 +389,15 @@ backup_class() {
   BACKUP_CLASS=other
   BACKUP_WHY=""
   BACKUP_EPOCH=""
-  if [[ ! "${name}" =~ ${BACKUP_NAME_RE} ]]; then
+  local stamp=""
+  if [[ "${name}" =~ ${BACKUP_NAME_RE} ]]; then
+    stamp="${BASH_REMATCH[2]}_${BASH_REMATCH[3]}"
+    [[ -v "STAMP_EPOCHS[${stamp}]" ]] || stamp_epochs "${stamp}"
+    BACKUP_EPOCH="${STAMP_EPOCHS[${stamp}]}"
+  fi
+  if [[ -z "${stamp}" ]]; then
     BACKUP_WHY="not a name this tool writes"
-  elif ! BACKUP_EPOCH="$(name_epoch "${name}")"; then
+  elif [[ -z "${BACKUP_EPOCH}" ]]; then
     BACKUP_WHY="the date in the name is not a valid date and time in ${TZ}"
   elif [[ -L "${path}" ]]; then
     BACKUP_WHY="a symbolic link"
