@@ -303,6 +303,8 @@ def load_settings(
         problem = _check(setting, value)
         if problem:
             problems.append(f"{setting.name}: {problem}")
+        elif setting.kind in (Kind.PORT, Kind.INT) and value:
+            value = str(int(value))  # decimal, as the scripts read it: 010 is 10, 08 is 8
         values[setting.name] = value
     if problems:
         raise ConfigError(problems)

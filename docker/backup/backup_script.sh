@@ -49,8 +49,12 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
 : "${LOCK_TIMEOUT:=600}"
 export TZ
 
-# The backups this tool writes, and nothing else: cleanup and list only ever touch these names.
+# The names of the backups this tool writes (backup_class says whether a file so named is one).
 readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(sql|rdb|tar)\.gz(\.gpg)?$'
+# What a run writes before it renames it (the backup, its raw Redis copy, its sidecars).
+readonly PARTIAL_NAME_RE='^(postgresql|redis|files)_backup_[0-9]{8}_[0-9]{6}\..*\.partial$'
+# A name more than this many seconds ahead of now is "in the future" (clock skew, a TZ change).
+readonly FUTURE_SLACK=86400
 
 WORK_DIR=""
 GNUPG_DIR=""
@@ -170,6 +174,11 @@ check_settings() {
     done
     die "${EXIT_REFUSED}" "invalid settings (${#problems[@]} problem(s)); fix them in the .env file or the environment"
   fi
+  # Whole numbers are decimal, as for gym-backup config check: 010 is ten, 08 is eight (bash
+  # arithmetic would read a leading 0 as octal).
+  for name in POSTGRES_PORT REDIS_PORT COMPRESSION_LEVEL KEEP_MIN BACKUP_RETENTION_DAYS LOCK_TIMEOUT; do
+    printf -v "${name}" '%d' "$((10#${!name}))"
+  done
 }
 
 check_range() {
@@ -296,22 +305,144 @@ publish() {
   fi
 }
 
-# list_backups [TYPE]: this tool's backups in BACKUP_DIR, newest first (by the time in the name).
-list_backups() {
-  local type="${1:-}" path name
-  for path in "${BACKUP_DIR}"/*_backup_*; do
-    name="${path##*/}"
-    [[ "${name}" =~ ${BACKUP_NAME_RE} ]] || continue
-    [[ -z "${type}" || "${BASH_REMATCH[1]}" == "${type}" ]] || continue
-    printf '%s%s %s\n' "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}" "${name}"
-  done | sort -k1,1r -k2,2 | cut -d" " -f2-
+# ---------------------------------------------------------------------------------------------
+# What a name in BACKUP_DIR is. list, cleanup and the free-space check all ask backup_class, so
+# they agree on what counts as a backup.
+
+# The time of each YYYYMMDD_HHMMSS stamp seen so far, in seconds since the epoch (in TZ); empty
+# for a stamp that is no real date and time.
+declare -A STAMP_EPOCHS=()
+
+# stamp_epochs STAMP...: find the times of STAMPs (one date run for them all). A stamp counts only
+# when it round-trips: month 13, Feb 30, hour 25 and a time that TZ skips do not.
+stamp_epochs() {
+  local stamp epoch
+  for stamp in "$@"; do
+    STAMP_EPOCHS[${stamp}]=""
+  done
+  while read -r stamp epoch; do
+    [[ ! -v "STAMP_EPOCHS[${stamp}]" ]] || STAMP_EPOCHS[${stamp}]="${epoch}"
+  done < <(printf '%s\n' "$@" |
+    sed -E 's/^(....)(..)(..)_(..)(..)(..)$/\1-\2-\3 \4:\5:\6/' |
+    date -f - '+%Y%m%d_%H%M%S %s' 2>/dev/null || true)
 }
 
-# name_epoch NAME: the creation time in a backup's name, as seconds since the epoch (in TZ).
+# name_epoch NAME: the creation time in a backup's name, as seconds since the epoch (in TZ);
+# fails when the name holds no real date and time.
 name_epoch() {
   [[ "$1" =~ ${BACKUP_NAME_RE} ]] || return 1
-  local d="${BASH_REMATCH[2]}" t="${BASH_REMATCH[3]}"
-  date -d "${d:0:4}-${d:4:2}-${d:6:2} ${t:0:2}:${t:2:2}:${t:4:2}" +%s
+  local stamp="${BASH_REMATCH[2]}_${BASH_REMATCH[3]}"
+  [[ -v "STAMP_EPOCHS[${stamp}]" ]] || stamp_epochs "${stamp}"
+  [[ -n "${STAMP_EPOCHS[${stamp}]}" ]] || return 1
+  printf '%s\n' "${STAMP_EPOCHS[${stamp}]}"
+}
+
+# is_own_file PATH: a sidecar of a backup name or a partial file of a run (not a folder):
+# cleanup removes them when stale or orphaned, list does not show them.
+is_own_file() {
+  local path="$1" name="${1##*/}"
+  [[ -L "${path}" || (-e "${path}" && ! -d "${path}") ]] || return 1
+  case "${name}" in
+    *.partial) [[ "${name}" =~ ${PARTIAL_NAME_RE} ]] ;;
+    *.sha256) [[ "${name%.sha256}" =~ ${BACKUP_NAME_RE} ]] ;;
+    *.manifest.json) [[ "${name%.manifest.json}" =~ ${BACKUP_NAME_RE} ]] ;;
+    *) return 1 ;;
+  esac
+}
+
+# sidecar_names FILE: FILE.sha256 is a file whose first line is "HASH  NAME" (or "HASH *NAME")
+# with NAME the name of FILE. The hash itself is checked by verify, not here.
+sidecar_names() {
+  local sidecar="$1.sha256" line=""
+  [[ -f "${sidecar}" ]] || return 1
+  IFS= read -r line 2>/dev/null <"${sidecar}" || [[ -n "${line}" ]] || return 1
+  [[ "${line}" =~ ^[0-9a-fA-F]{64}\ [\ *](.*)$ ]] || return 1
+  [[ "${BASH_REMATCH[1]}" == "${1##*/}" ]]
+}
+
+# backup_dir_names ARRAY: the names in BACKUP_DIR that match *_backup_*, but for this tool's own
+# sidecars and partial files, in ARRAY.
+backup_dir_names() {
+  local -n _names="$1"
+  local path
+  local -a stamps=()
+  _names=()
+  for path in "${BACKUP_DIR}"/*_backup_*; do
+    [[ -e "${path}" || -L "${path}" ]] || continue
+    is_own_file "${path}" && continue
+    _names+=("${path##*/}")
+    if [[ "${path##*/}" =~ ${BACKUP_NAME_RE} ]]; then
+      stamps+=("${BASH_REMATCH[2]}_${BASH_REMATCH[3]}")
+    fi
+  done
+  ((${#stamps[@]} == 0)) || stamp_epochs "${stamps[@]}"
+}
+
+# backup_class PATH [NOW]: what a name matching *_backup_* is, in BACKUP_CLASS:
+#   backup        a regular, non-empty file with a valid name and date, whose .sha256 names it:
+#                 the only kind that counts (KEEP_MIN, the newest of a type) or is ever pruned;
+#   unverifiable  the same without a .sha256 that names it: not counted, not deleted;
+#   future        a backup named more than FUTURE_SLACK seconds after NOW: not counted, not
+#                 deleted (it would take the place of the newest real backup);
+#   other         anything else: not a backup, left alone.
+# BACKUP_WHY says why for the last three; BACKUP_EPOCH is the time in the name, when valid.
+backup_class() {
+  local path="$1" now="${2:-${EPOCHSECONDS}}" name="${1##*/}"
+  BACKUP_CLASS=other
+  BACKUP_WHY=""
+  BACKUP_EPOCH=""
+  local stamp=""
+  if [[ "${name}" =~ ${BACKUP_NAME_RE} ]]; then
+    stamp="${BASH_REMATCH[2]}_${BASH_REMATCH[3]}"
+    [[ -v "STAMP_EPOCHS[${stamp}]" ]] || stamp_epochs "${stamp}"
+    BACKUP_EPOCH="${STAMP_EPOCHS[${stamp}]}"
+  fi
+  if [[ -z "${stamp}" ]]; then
+    BACKUP_WHY="not a name this tool writes"
+  elif [[ -z "${BACKUP_EPOCH}" ]]; then
+    BACKUP_WHY="the date in the name is not a valid date and time in ${TZ}"
+  elif [[ -L "${path}" ]]; then
+    BACKUP_WHY="a symbolic link"
+  elif [[ -d "${path}" ]]; then
+    BACKUP_WHY="a folder"
+  elif [[ ! -f "${path}" ]]; then
+    BACKUP_WHY="not a regular file"
+  elif [[ ! -s "${path}" ]]; then
+    BACKUP_WHY="an empty file"
+  elif ! sidecar_names "${path}"; then
+    BACKUP_CLASS=unverifiable
+    BACKUP_WHY="no .sha256 sidecar that names it"
+  elif ((BACKUP_EPOCH > now + FUTURE_SLACK)); then
+    BACKUP_CLASS=future
+    BACKUP_WHY="clock skew or a TZ change?"
+  else
+    BACKUP_CLASS=backup
+  fi
+}
+
+# backup_verdict: what list and cleanup say about the name backup_class looked at last.
+backup_verdict() {
+  case "${BACKUP_CLASS}" in
+    backup) printf 'a backup' ;;
+    unverifiable) printf 'unverifiable (%s): not counted, not deleted' "${BACKUP_WHY}" ;;
+    future) printf 'named in the future (%s): not counted, not deleted' "${BACKUP_WHY}" ;;
+    *) printf 'not a backup (%s), left alone' "${BACKUP_WHY}" ;;
+  esac
+}
+
+# list_backups [TYPE]: the backups (class "backup") in BACKUP_DIR, newest first by the time in
+# the name.
+list_backups() {
+  local type="${1:-}" now="${EPOCHSECONDS}" name stamp
+  local -a names
+  backup_dir_names names
+  for name in "${names[@]}"; do
+    [[ "${name}" =~ ${BACKUP_NAME_RE} ]] || continue
+    [[ -z "${type}" || "${BASH_REMATCH[1]}" == "${type}" ]] || continue
+    stamp="${BASH_REMATCH[2]}${BASH_REMATCH[3]}"
+    backup_class "${BACKUP_DIR}/${name}" "${now}"
+    [[ "${BACKUP_CLASS}" != backup ]] || printf '%s %s\n' "${stamp}" "${name}"
+  done | sort -k1,1r -k2,2 | cut -d" " -f2-
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -820,9 +951,11 @@ Commands:
   postgresql  dump the PostgreSQL database (pg_dump, plain SQL)
   redis       snapshot the Redis dataset (RDB)
   files       archive FILES_DIR (tar)
-  list        list the backups in BACKUP_DIR, newest first, with totals and free space
+  list        list the backups in BACKUP_DIR, newest first, with totals and free space, and
+              what cleanup does not count (unverifiable, named in the future, not a backup)
   cleanup     delete backups older than BACKUP_RETENTION_DAYS (keeping the newest KEEP_MIN
-              of each type), stale .partial files and logs older than 7 days
+              of each type), stale .partial files, orphan sidecars and logs older than 7
+              days; names that are not verifiable backups are reported and left alone
 
 Options:
   --dry-run   say what would be done (and check the servers are reachable); write nothing
@@ -882,27 +1015,45 @@ mark_success() {
   fi
 }
 
+# list shows what cleanup sees: backups, then (marked) the unverifiable ones and those named in the
+# future, and the other names that look like backups but are not.
 cmd_list() {
   [[ -d "${BACKUP_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist"
-  local -a names
-  mapfile -t names < <(list_backups)
-  if ((${#names[@]} == 0)); then
+  local -a names rows=() others=()
+  local -A notes=()
+  local name now="${EPOCHSECONDS}"
+  backup_dir_names names
+  for name in "${names[@]}"; do
+    backup_class "${BACKUP_DIR}/${name}" "${now}"
+    case "${BACKUP_CLASS}" in
+      backup) rows+=("${name}") ;;
+      unverifiable | future)
+        rows+=("${name}")
+        notes[${name}]="  ($(backup_verdict))"
+        ;;
+      *) others+=("${name}: $(backup_verdict)") ;;
+    esac
+  done
+  mapfile -t rows < <(newest_first "${rows[@]}")
+  if ((${#rows[@]} == 0)); then
     printf 'No backups in %s.\n' "${BACKUP_DIR}"
   else
     printf '%-10s  %-19s  %10s  %-9s  %s\n' TYPE CREATED SIZE ENCRYPTED FILE
   fi
-  local name size total=0 encrypted note
+  local size total=0 counted=0 encrypted note
   local -A counts=()
-  for name in "${names[@]}"; do
+  for name in "${rows[@]}"; do
     [[ "${name}" =~ ${BACKUP_NAME_RE} ]]
     local type="${BASH_REMATCH[1]}" d="${BASH_REMATCH[2]}" t="${BASH_REMATCH[3]}"
     size="$(file_size "${BACKUP_DIR}/${name}")"
-    total=$((total + size))
-    counts[${type}]=$((${counts[${type}]:-0} + 1))
+    note="${notes[${name}]:-}"
+    if [[ -z "${note}" ]]; then
+      total=$((total + size))
+      counted=$((counted + 1))
+      counts[${type}]=$((${counts[${type}]:-0} + 1))
+    fi
     encrypted=no
     [[ "${name}" != *.gpg ]] || encrypted=yes
-    note=""
-    [[ -e "${BACKUP_DIR}/${name}.sha256" ]] || note="  (no .sha256)"
     if grep -qs '^  "purpose": "safety' "${BACKUP_DIR}/${name}.manifest.json"; then
       note+="  (safety backup taken before a restore)"
     fi
@@ -910,9 +1061,20 @@ cmd_list() {
       "${d:0:4}-${d:4:2}-${d:6:2} ${t:0:2}:${t:2:2}:${t:4:2}" "$(human_size "${size}")" \
       "${encrypted}" "${name}" "${note}"
   done
+  ((${#others[@]} == 0)) || printf '%s\n' "${others[@]}"
   printf '%s backup(s) (postgresql %s, redis %s, files %s), %s in all; %s free in %s\n' \
-    "${#names[@]}" "${counts[postgresql]:-0}" "${counts[redis]:-0}" "${counts[files]:-0}" \
+    "${counted}" "${counts[postgresql]:-0}" "${counts[redis]:-0}" "${counts[files]:-0}" \
     "$(human_size "${total}")" "$(human_size "$(free_bytes "${BACKUP_DIR}")")" "${BACKUP_DIR}"
+}
+
+# newest_first NAME...: backup names, newest first by the time in the name.
+newest_first() {
+  local name
+  for name in "$@"; do
+    if [[ "${name}" =~ ${BACKUP_NAME_RE} ]]; then
+      printf '%s%s %s\n' "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}" "${name}"
+    fi
+  done | sort -k1,1r -k2,2 | cut -d" " -f2-
 }
 
 cmd_cleanup() {
@@ -925,11 +1087,23 @@ cmd_cleanup() {
   fi
   local now="${EPOCHSECONDS}" type
   remove_stale_partials
+  report_uncounted "${now}"
   for type in "${BACKUP_TYPES[@]}"; do
     prune_type "${type}" "${now}"
   done
   remove_orphan_sidecars
   prune_logs "${now}"
+}
+
+# Say which names look like backups but do not count (cleanup leaves them all alone).
+report_uncounted() {
+  local now="$1" name
+  local -a names
+  backup_dir_names names
+  for name in "${names[@]}"; do
+    backup_class "${BACKUP_DIR}/${name}" "${now}"
+    [[ "${BACKUP_CLASS}" == backup ]] || log WARN "${name}: $(backup_verdict)"
+  done
 }
 
 # delete_or_say PATH REASON: delete PATH, or in a dry run say that it would and why.
@@ -943,6 +1117,8 @@ delete_or_say() {
   fi
 }
 
+# Only backups count (backup_class): the newest KEEP_MIN of the type stay, older ones go when
+# they are older than BACKUP_RETENTION_DAYS, and never all of them.
 prune_type() {
   local type="$1" now="$2"
   local cutoff=$((now - BACKUP_RETENTION_DAYS * 86400))
@@ -964,7 +1140,7 @@ prune_type() {
     reason="$(((now - epoch) / 86400)) days old, older than BACKUP_RETENTION_DAYS=${BACKUP_RETENTION_DAYS} and not among the newest KEEP_MIN=${KEEP_MIN}"
     delete_or_say "${BACKUP_DIR}/${name}" "${reason}"
     for suffix in "${SIDECARS[@]}"; do
-      [[ ! -e "${BACKUP_DIR}/${name}.${suffix}" ]] || delete_or_say "${BACKUP_DIR}/${name}.${suffix}" "sidecar of ${name}"
+      ! is_own_file "${BACKUP_DIR}/${name}.${suffix}" || delete_or_say "${BACKUP_DIR}/${name}.${suffix}" "sidecar of ${name}"
     done
   done
   log INFO "${type}: $( ((DRY_RUN)) && printf 'would prune' || printf 'pruned') ${#doomed[@]} of ${#names[@]} backup(s)"
@@ -972,39 +1148,32 @@ prune_type() {
 
 # .partial files are only ever written under the lock, which cleanup holds: any left are stale.
 remove_stale_partials() {
-  local path name
+  local path
   for path in "${BACKUP_DIR}"/*_backup_*.partial; do
-    [[ -e "${path}" ]] || continue
-    name="${path##*/}"
-    [[ "${name}" =~ ^(postgresql|redis|files)_backup_[0-9]{8}_[0-9]{6}\. ]] || continue
-    delete_or_say "${path}" "stale partial file of an interrupted run"
+    ! is_own_file "${path}" || delete_or_say "${path}" "stale partial file of an interrupted run"
   done
 }
 
 remove_orphan_sidecars() {
-  local path name suffix base
+  local path base suffix
   for suffix in "${SIDECARS[@]}"; do
     for path in "${BACKUP_DIR}"/*_backup_*."${suffix}"; do
-      [[ -e "${path}" ]] || continue
-      name="${path##*/}"
-      base="${name%."${suffix}"}"
-      [[ "${base}" =~ ${BACKUP_NAME_RE} ]] || continue
-      [[ -e "${BACKUP_DIR}/${base}" ]] || delete_or_say "${path}" "sidecar of a backup that no longer exists"
+      is_own_file "${path}" || continue
+      base="${path%."${suffix}"}"
+      [[ -e "${base}" || -L "${base}" ]] || delete_or_say "${path}" "sidecar of a backup that no longer exists"
     done
   done
 }
 
 prune_logs() {
-  local now="$1" path name day
+  local now="$1" path name epoch
   local cutoff=$((now - LOG_KEEP_DAYS * 86400))
   for path in "${BACKUP_DIR}"/*.log.*; do
     [[ -e "${path}" ]] || continue
     name="${path##*/}"
     [[ "${name}" =~ ^(backup|cron|restore)\.log\.([0-9]{8})$ ]] || continue
-    day="${BASH_REMATCH[2]}"
-    if (($(date -d "${day:0:4}-${day:4:2}-${day:6:2}" +%s) < cutoff)); then
-      delete_or_say "${path}" "log older than ${LOG_KEEP_DAYS} days"
-    fi
+    epoch="$(date -d "${BASH_REMATCH[2]:0:4}-${BASH_REMATCH[2]:4:2}-${BASH_REMATCH[2]:6:2}" +%s 2>/dev/null)" || continue
+    ((epoch >= cutoff)) || delete_or_say "${path}" "log older than ${LOG_KEEP_DAYS} days"
   done
 }
 

@@ -51,8 +51,12 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
 : "${LOCK_TIMEOUT:=600}"
 export TZ
 
-# The backups this tool writes, and nothing else: cleanup and list only ever touch these names.
+# The names of the backups this tool writes (backup_class says whether a file so named is one).
 readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(sql|rdb|tar)\.gz(\.gpg)?$'
+# What a run writes before it renames it (the backup, its raw Redis copy, its sidecars).
+readonly PARTIAL_NAME_RE='^(postgresql|redis|files)_backup_[0-9]{8}_[0-9]{6}\..*\.partial$'
+# A name more than this many seconds ahead of now is "in the future" (clock skew, a TZ change).
+readonly FUTURE_SLACK=86400
 
 WORK_DIR=""
 GNUPG_DIR=""
@@ -172,6 +176,11 @@ check_settings() {
     done
     die "${EXIT_REFUSED}" "invalid settings (${#problems[@]} problem(s)); fix them in the .env file or the environment"
   fi
+  # Whole numbers are decimal, as for gym-backup config check: 010 is ten, 08 is eight (bash
+  # arithmetic would read a leading 0 as octal).
+  for name in POSTGRES_PORT REDIS_PORT COMPRESSION_LEVEL KEEP_MIN BACKUP_RETENTION_DAYS LOCK_TIMEOUT; do
+    printf -v "${name}" '%d' "$((10#${!name}))"
+  done
 }
 
 check_range() {
@@ -298,22 +307,144 @@ publish() {
   fi
 }
 
-# list_backups [TYPE]: this tool's backups in BACKUP_DIR, newest first (by the time in the name).
-list_backups() {
-  local type="${1:-}" path name
-  for path in "${BACKUP_DIR}"/*_backup_*; do
-    name="${path##*/}"
-    [[ "${name}" =~ ${BACKUP_NAME_RE} ]] || continue
-    [[ -z "${type}" || "${BASH_REMATCH[1]}" == "${type}" ]] || continue
-    printf '%s%s %s\n' "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}" "${name}"
-  done | sort -k1,1r -k2,2 | cut -d" " -f2-
+# ---------------------------------------------------------------------------------------------
+# What a name in BACKUP_DIR is. list, cleanup and the free-space check all ask backup_class, so
+# they agree on what counts as a backup.
+
+# The time of each YYYYMMDD_HHMMSS stamp seen so far, in seconds since the epoch (in TZ); empty
+# for a stamp that is no real date and time.
+declare -A STAMP_EPOCHS=()
+
+# stamp_epochs STAMP...: find the times of STAMPs (one date run for them all). A stamp counts only
+# when it round-trips: month 13, Feb 30, hour 25 and a time that TZ skips do not.
+stamp_epochs() {
+  local stamp epoch
+  for stamp in "$@"; do
+    STAMP_EPOCHS[${stamp}]=""
+  done
+  while read -r stamp epoch; do
+    [[ ! -v "STAMP_EPOCHS[${stamp}]" ]] || STAMP_EPOCHS[${stamp}]="${epoch}"
+  done < <(printf '%s\n' "$@" |
+    sed -E 's/^(....)(..)(..)_(..)(..)(..)$/\1-\2-\3 \4:\5:\6/' |
+    date -f - '+%Y%m%d_%H%M%S %s' 2>/dev/null || true)
 }
 
-# name_epoch NAME: the creation time in a backup's name, as seconds since the epoch (in TZ).
+# name_epoch NAME: the creation time in a backup's name, as seconds since the epoch (in TZ);
+# fails when the name holds no real date and time.
 name_epoch() {
   [[ "$1" =~ ${BACKUP_NAME_RE} ]] || return 1
-  local d="${BASH_REMATCH[2]}" t="${BASH_REMATCH[3]}"
-  date -d "${d:0:4}-${d:4:2}-${d:6:2} ${t:0:2}:${t:2:2}:${t:4:2}" +%s
+  local stamp="${BASH_REMATCH[2]}_${BASH_REMATCH[3]}"
+  [[ -v "STAMP_EPOCHS[${stamp}]" ]] || stamp_epochs "${stamp}"
+  [[ -n "${STAMP_EPOCHS[${stamp}]}" ]] || return 1
+  printf '%s\n' "${STAMP_EPOCHS[${stamp}]}"
+}
+
+# is_own_file PATH: a sidecar of a backup name or a partial file of a run (not a folder):
+# cleanup removes them when stale or orphaned, list does not show them.
+is_own_file() {
+  local path="$1" name="${1##*/}"
+  [[ -L "${path}" || (-e "${path}" && ! -d "${path}") ]] || return 1
+  case "${name}" in
+    *.partial) [[ "${name}" =~ ${PARTIAL_NAME_RE} ]] ;;
+    *.sha256) [[ "${name%.sha256}" =~ ${BACKUP_NAME_RE} ]] ;;
+    *.manifest.json) [[ "${name%.manifest.json}" =~ ${BACKUP_NAME_RE} ]] ;;
+    *) return 1 ;;
+  esac
+}
+
+# sidecar_names FILE: FILE.sha256 is a file whose first line is "HASH  NAME" (or "HASH *NAME")
+# with NAME the name of FILE. The hash itself is checked by verify, not here.
+sidecar_names() {
+  local sidecar="$1.sha256" line=""
+  [[ -f "${sidecar}" ]] || return 1
+  IFS= read -r line 2>/dev/null <"${sidecar}" || [[ -n "${line}" ]] || return 1
+  [[ "${line}" =~ ^[0-9a-fA-F]{64}\ [\ *](.*)$ ]] || return 1
+  [[ "${BASH_REMATCH[1]}" == "${1##*/}" ]]
+}
+
+# backup_dir_names ARRAY: the names in BACKUP_DIR that match *_backup_*, but for this tool's own
+# sidecars and partial files, in ARRAY.
+backup_dir_names() {
+  local -n _names="$1"
+  local path
+  local -a stamps=()
+  _names=()
+  for path in "${BACKUP_DIR}"/*_backup_*; do
+    [[ -e "${path}" || -L "${path}" ]] || continue
+    is_own_file "${path}" && continue
+    _names+=("${path##*/}")
+    if [[ "${path##*/}" =~ ${BACKUP_NAME_RE} ]]; then
+      stamps+=("${BASH_REMATCH[2]}_${BASH_REMATCH[3]}")
+    fi
+  done
+  ((${#stamps[@]} == 0)) || stamp_epochs "${stamps[@]}"
+}
+
+# backup_class PATH [NOW]: what a name matching *_backup_* is, in BACKUP_CLASS:
+#   backup        a regular, non-empty file with a valid name and date, whose .sha256 names it:
+#                 the only kind that counts (KEEP_MIN, the newest of a type) or is ever pruned;
+#   unverifiable  the same without a .sha256 that names it: not counted, not deleted;
+#   future        a backup named more than FUTURE_SLACK seconds after NOW: not counted, not
+#                 deleted (it would take the place of the newest real backup);
+#   other         anything else: not a backup, left alone.
+# BACKUP_WHY says why for the last three; BACKUP_EPOCH is the time in the name, when valid.
+backup_class() {
+  local path="$1" now="${2:-${EPOCHSECONDS}}" name="${1##*/}"
+  BACKUP_CLASS=other
+  BACKUP_WHY=""
+  BACKUP_EPOCH=""
+  local stamp=""
+  if [[ "${name}" =~ ${BACKUP_NAME_RE} ]]; then
+    stamp="${BASH_REMATCH[2]}_${BASH_REMATCH[3]}"
+    [[ -v "STAMP_EPOCHS[${stamp}]" ]] || stamp_epochs "${stamp}"
+    BACKUP_EPOCH="${STAMP_EPOCHS[${stamp}]}"
+  fi
+  if [[ -z "${stamp}" ]]; then
+    BACKUP_WHY="not a name this tool writes"
+  elif [[ -z "${BACKUP_EPOCH}" ]]; then
+    BACKUP_WHY="the date in the name is not a valid date and time in ${TZ}"
+  elif [[ -L "${path}" ]]; then
+    BACKUP_WHY="a symbolic link"
+  elif [[ -d "${path}" ]]; then
+    BACKUP_WHY="a folder"
+  elif [[ ! -f "${path}" ]]; then
+    BACKUP_WHY="not a regular file"
+  elif [[ ! -s "${path}" ]]; then
+    BACKUP_WHY="an empty file"
+  elif ! sidecar_names "${path}"; then
+    BACKUP_CLASS=unverifiable
+    BACKUP_WHY="no .sha256 sidecar that names it"
+  elif ((BACKUP_EPOCH > now + FUTURE_SLACK)); then
+    BACKUP_CLASS=future
+    BACKUP_WHY="clock skew or a TZ change?"
+  else
+    BACKUP_CLASS=backup
+  fi
+}
+
+# backup_verdict: what list and cleanup say about the name backup_class looked at last.
+backup_verdict() {
+  case "${BACKUP_CLASS}" in
+    backup) printf 'a backup' ;;
+    unverifiable) printf 'unverifiable (%s): not counted, not deleted' "${BACKUP_WHY}" ;;
+    future) printf 'named in the future (%s): not counted, not deleted' "${BACKUP_WHY}" ;;
+    *) printf 'not a backup (%s), left alone' "${BACKUP_WHY}" ;;
+  esac
+}
+
+# list_backups [TYPE]: the backups (class "backup") in BACKUP_DIR, newest first by the time in
+# the name.
+list_backups() {
+  local type="${1:-}" now="${EPOCHSECONDS}" name stamp
+  local -a names
+  backup_dir_names names
+  for name in "${names[@]}"; do
+    [[ "${name}" =~ ${BACKUP_NAME_RE} ]] || continue
+    [[ -z "${type}" || "${BASH_REMATCH[1]}" == "${type}" ]] || continue
+    stamp="${BASH_REMATCH[2]}${BASH_REMATCH[3]}"
+    backup_class "${BACKUP_DIR}/${name}" "${now}"
+    [[ "${BACKUP_CLASS}" != backup ]] || printf '%s %s\n' "${stamp}" "${name}"
+  done | sort -k1,1r -k2,2 | cut -d" " -f2-
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -486,8 +617,8 @@ schedule_interval() {
 }
 
 max_age() {
-  if is_uint "${HEALTH_MAX_AGE}" && ((HEALTH_MAX_AGE > 0)); then
-    printf '%s\n' "${HEALTH_MAX_AGE}"
+  if is_uint "${HEALTH_MAX_AGE}" && ((10#${HEALTH_MAX_AGE} > 0)); then
+    printf '%d\n' "$((10#${HEALTH_MAX_AGE}))"
   else
     printf '%s\n' "$(($(schedule_interval "${BACKUP_SCHEDULE}") * 2 + 600))"
   fi

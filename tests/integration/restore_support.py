@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -75,6 +76,26 @@ def backups_of(backup_dir: Path, kind: str) -> list[Path]:
         for p in backup_dir.glob(f"{kind}_backup_*_*.{EXTENSIONS[kind]}.gz*")
         if p.name.endswith((".gz", ".gz.gpg"))
     )
+
+
+def stamp(days_ago: float) -> str:
+    """A backup-name timestamp ``days_ago`` days before now (negative: ahead); runs use TZ=UTC."""
+    return (datetime.now(UTC) - timedelta(days=days_ago)).strftime("%Y%m%d_%H%M%S")
+
+
+def with_sidecars(name: str) -> set[str]:
+    """A backup's name and its two sidecars' names."""
+    return {name, f"{name}.sha256", f"{name}.manifest.json"}
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    """Every file of ``folder`` and its bytes, except what the runs keep for themselves: the log
+    and the hidden bookkeeping files (the lock, the last-success marker)."""
+    return {
+        p.name: p.read_bytes()
+        for p in folder.iterdir()
+        if p.is_file() and p.name != "backup.log" and not p.name.startswith(".")
+    }
 
 
 def write_sidecar(backup: Path) -> None:

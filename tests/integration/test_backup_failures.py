@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from generator.sandbox import PostgresServer, SandboxError, free_port
-from tests.integration.restore_support import redis_on
+from tests.integration.restore_support import folder_state, redis_on, write_sidecar
 
 if TYPE_CHECKING:
     from tests.integration.conftest import MakeEnv, RunScript
@@ -37,16 +37,6 @@ BACKUP_NAME = re.compile(r"(postgresql|redis|files)_backup_\d{8}_\d{6}\.(sql|rdb
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def folder_state(folder: Path) -> dict[str, bytes]:
-    """Every file of ``folder`` and its bytes, except what the runs keep for themselves: the log
-    and the hidden bookkeeping files (the lock, the last-success marker)."""
-    return {
-        p.name: p.read_bytes()
-        for p in folder.iterdir()
-        if p.is_file() and p.name != "backup.log" and not p.name.startswith(".")
-    }
 
 
 def backup_names(folder: Path) -> set[str]:
@@ -652,6 +642,7 @@ def test_too_little_space_for_the_previous_backups_size_refuses_before_starting(
     # a previous backup of 700 KiB in a 1 MiB folder: the next one would not fit
     previous = tiny_backup_dir / "files_backup_20260101_020000.tar.gz"
     previous.write_bytes(os.urandom(700 << 10))
+    write_sidecar(previous)
     before = folder_state(tiny_backup_dir)
     env = backup_env(tmp_path, BACKUP_DIR=str(tiny_backup_dir))
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from generator.sandbox import PostgresServer, RedisServer, load_rdb, sql_literal
+from tests.integration.restore_support import folder_state, stamp, with_sidecars, write_sidecar
 
 if TYPE_CHECKING:
     from tests.integration.conftest import MakeEnv, RunScript
@@ -145,34 +146,16 @@ def human_size(size: int) -> str:
     return f"{size} B" if unit == 0 else f"{scaled}.{tenths} {units[unit]}"
 
 
-def stamp(days_ago: float) -> str:
-    """A backup-name timestamp ``days_ago`` days before now (the runs use TZ=UTC)."""
-    return (datetime.now(UTC) - timedelta(days=days_ago)).strftime("%Y%m%d_%H%M%S")
-
-
 def copy_backup(real: Path, new_stamp: str) -> Path:
-    """Copy a real backup and its two sidecars to the same name with another timestamp."""
+    """Copy a real backup and its manifest to the same name with another timestamp, with a
+    ``.sha256`` that names the copy (cleanup counts only backups whose sidecar names them)."""
     _, day, clock = name_parts(real.name)
     new_name = real.name.replace(f"_{day}_{clock}.", f"_{new_stamp}.")
     target = real.with_name(new_name)
     shutil.copyfile(real, target)
-    for sidecar in (".sha256", ".manifest.json"):
-        shutil.copyfile(real.with_name(real.name + sidecar), target.with_name(new_name + sidecar))
+    shutil.copyfile(real.with_name(f"{real.name}.manifest.json"), f"{target}.manifest.json")
+    write_sidecar(target)
     return target
-
-
-def with_sidecars(name: str) -> set[str]:
-    return {name, f"{name}.sha256", f"{name}.manifest.json"}
-
-
-def folder_state(folder: Path) -> dict[str, bytes]:
-    """Every file of ``folder`` and its bytes, except what the runs keep for themselves: the log
-    and the hidden bookkeeping files (the lock, the last-success marker)."""
-    return {
-        p.name: p.read_bytes()
-        for p in folder.iterdir()
-        if p.is_file() and p.name != "backup.log" and not p.name.startswith(".")
-    }
 
 
 Entry = tuple[str, int, bytes]

@@ -8,8 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from generator.config import load_settings
+from generator.cli import app
+from generator.config import KNOWN_KEYS, load_settings
 from generator.render import render, write
 
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
@@ -69,13 +71,14 @@ def test_rendered_scripts_are_shfmt_clean_with_two_space_indent(scripts: list[Pa
     assert result.returncode == 0, result.stdout
 
 
-def call(script: Path, snippet: str) -> subprocess.CompletedProcess[str]:
-    """Source the script (its source guard keeps main from running) and run a snippet."""
+def call(script: Path, snippet: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """Source the script (its source guard keeps main from running) and run a snippet, with
+    ``settings`` in the environment."""
     return subprocess.run(
         ["bash", "-c", f'source "$1"; {snippet}', "bash", str(script)],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "BACKUP_DIR": "/nonexistent", "TZ": "UTC"},
+        env={"PATH": "/usr/bin:/bin", "BACKUP_DIR": "/nonexistent", "TZ": "UTC", **settings},
         check=False,
     )
 
@@ -174,3 +177,72 @@ def test_a_psql_without_a_reliable_restrict_is_refused(
     assert result.returncode == code, result.stderr
     if code:
         assert "13.22, 14.19, 15.14, 16.10, 17.6 and 18" in result.stderr
+
+
+NUMBERS = ("KEEP_MIN", "BACKUP_RETENTION_DAYS", "LOCK_TIMEOUT")
+# what the script's arithmetic makes of them after check_settings
+SCRIPT_NUMBERS = (
+    'check_settings && printf "%s %s %s %s" "${KEEP_MIN}" "${BACKUP_RETENTION_DAYS}" '
+    '"${LOCK_TIMEOUT}" "$((BACKUP_RETENTION_DAYS * 86400))"'
+)
+
+
+@pytest.mark.parametrize(("given", "decimal"), [("010", 10), ("08", 8), ("0009", 9)])
+def test_config_check_and_the_scripts_read_leading_zeros_as_decimal(
+    scripts: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    given: str,
+    decimal: int,
+) -> None:
+    for key in KNOWN_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    env_file = tmp_path / "test.env"
+    env_file.write_text("POSTGRES_PASSWORD=x\n" + "".join(f"{name}={given}\n" for name in NUMBERS))
+    backup = next(s for s in scripts if s.name == "backup_script.sh")
+    expected = f"{decimal} {decimal} {decimal} {decimal * 86400}"
+
+    shown = CliRunner().invoke(app, ["config", "check", "--env", str(env_file)])
+    from_environment = call(backup, SCRIPT_NUMBERS, **dict.fromkeys(NUMBERS, given))
+    rendered = tmp_path / "rendered"
+    write(render(load_settings(env_file, {})), rendered)
+    from_render = call(rendered / "backup_script.sh", SCRIPT_NUMBERS)
+
+    assert shown.exit_code == 0, shown.output
+    for name in NUMBERS:
+        assert f"  {name:<24} {decimal}\n" in shown.stdout
+    assert (from_environment.stdout, from_environment.returncode) == (expected, 0), (
+        from_environment.stderr
+    )
+    assert (from_render.stdout, from_render.returncode) == (expected, 0), from_render.stderr
+
+
+@pytest.mark.parametrize(("given", "seconds"), [("010", "10"), ("08", "8"), ("0", "173400")])
+def test_the_health_check_reads_health_max_age_as_decimal(
+    scripts: list[Path], given: str, seconds: str
+) -> None:
+    health = next(s for s in scripts if s.name == "healthcheck.sh")
+    result = call(health, "max_age", HEALTH_MAX_AGE=given)
+    assert (result.stdout.strip(), result.returncode) == (seconds, 0), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("stamp", "epoch"),
+    [
+        ("20240229_235959", "1709251199"),
+        ("20261127_020000", "1795744800"),
+        ("20250229_020000", None),
+        ("20261301_020000", None),
+        ("20260230_020000", None),
+        ("20260115_250000", None),
+        ("20260115_240000", None),
+        ("20260115_026000", None),
+        ("20260115_020060", None),
+    ],
+)
+def test_a_date_in_a_backup_name_counts_only_when_it_round_trips(
+    scripts: list[Path], stamp: str, epoch: str | None
+) -> None:
+    backup = next(s for s in scripts if s.name == "backup_script.sh")
+    result = call(backup, f"name_epoch files_backup_{stamp}.tar.gz")
+    assert (result.stdout.strip() or None, result.returncode == 0) == (epoch, epoch is not None)
