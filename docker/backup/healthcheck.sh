@@ -20,6 +20,12 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
   EXIT_WRONG_KEY=5 \
   EXIT_REFUSED=6
 
+# The tools speak the C locale, whatever language the user or the container is set to: their
+# output is read here (dd's "N bytes copied", gpg's "Bad session key", libpq's own errors, df).
+# LANGUAGE goes too: GNU gettext prefers it to LC_ALL for any locale but C.
+export LC_ALL=C
+unset LANGUAGE
+
 # Settings. The environment wins; these defaults come from the .env the service was rendered from.
 # Secrets are not here: they are read at run time from VAR or from the file VAR_FILE names.
 : "${POSTGRES_HOST:=postgres}"

@@ -18,6 +18,12 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
   EXIT_WRONG_KEY=5 \
   EXIT_REFUSED=6
 
+# The tools speak the C locale, whatever language the user or the container is set to: their
+# output is read here (dd's "N bytes copied", gpg's "Bad session key", libpq's own errors, df).
+# LANGUAGE goes too: GNU gettext prefers it to LC_ALL for any locale but C.
+export LC_ALL=C
+unset LANGUAGE
+
 # Settings. The environment wins; these defaults come from the .env the service was rendered from.
 # Secrets are not here: they are read at run time from VAR or from the file VAR_FILE names.
 : "${POSTGRES_HOST:=postgres}"
@@ -942,7 +948,8 @@ check_decode() {
     log INFO "check decrypt: skipped (the backup is not encrypted)"
   fi
   RAW_SIZE="$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/count.err" | tail -n 1)"
-  check_ok decompress "gzip, $(human_size "${RAW_SIZE:-0}") decoded"
+  is_uint "${RAW_SIZE}" || check_failed "${EXIT_VERIFY}" decompress "could not count the decoded bytes$(stage_message count)"
+  check_ok decompress "gzip, $(human_size "${RAW_SIZE}") decoded"
   ((st[2] == 0)) || check_failed "${EXIT_VERIFY}" content "cannot read the content$(stage_message check)"
   case "${BACKUP_TYPE}" in
     postgresql)
