@@ -480,29 +480,81 @@ pg_run() {
 }
 
 # postgres_query SQL: run one statement in POSTGRES_DB. psql exits 2 when it could not connect
-# (then the message says which setting to check) and 1 when the statement failed.
+# (then the message says which setting to check) and 1 when the statement failed. Its errors
+# carry their SQLSTATE (VERBOSITY=verbose: "ERROR:  42501: ..." whatever the server's language).
 postgres_query() {
-  local sql="$1" out rc=0
-  out="$(pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" \
+  local sql="$1" out rc=0 hint
+  out="$(pg_run psql -X -w -q -t -A -v VERBOSITY=verbose -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" \
     -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" -c "${sql}" 2>"${WORK_DIR}/psql.err")" || rc=$?
+  if ((rc != 0)); then
+    # The server's source file and line are of no use to the user.
+    sed -i '/^LOCATION:  /d' "${WORK_DIR}/psql.err" 2>/dev/null || true
+  fi
   if ((rc == 2)); then
     die "${EXIT_FAILED}" "postgresql: cannot connect to ${POSTGRES_USER}@${POSTGRES_HOST}:${POSTGRES_PORT}/${POSTGRES_DB}$(stage_message psql); $(postgres_hint)"
   elif ((rc != 0)); then
-    die "${EXIT_FAILED}" "postgresql: a statement failed in ${POSTGRES_DB}$(stage_message psql)"
+    hint="$(pg_state_hint "$(pg_sqlstate "${WORK_DIR}/psql.err")")"
+    die "${EXIT_FAILED}" "postgresql: a statement failed in ${POSTGRES_DB}$(stage_message psql)${hint:+; ${hint}}"
   fi
   printf '%s\n' "${out}"
 }
 
+# pg_sqlstate FILE: the SQLSTATE of the first error psql (VERBOSITY=verbose) wrote to FILE. The
+# severity word before it is in the server's language ("ERROR", "FEHLER"), the code never is.
+pg_sqlstate() {
+  sed -n 's/^[^:[:space:]]*:  \([0-9A-Z]\{5\}\): .*/\1/p' "$1" 2>/dev/null | head -n 1
+}
+
+# pg_state_hint SQLSTATE: which setting to check, or nothing for a code with no useful advice.
+pg_state_hint() {
+  case "$1" in
+    28P01) printf 'check POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) and POSTGRES_USER' ;;
+    28000) printf 'the server does not let POSTGRES_USER log in (no such role, or no pg_hba.conf entry for it): check POSTGRES_USER' ;;
+    3D000) printf 'check POSTGRES_DB: the database %s does not exist on the server' "${POSTGRES_DB}" ;;
+    42501) printf '%s lacks a privilege this needs' "${POSTGRES_USER}" ;;
+    42704) printf 'a role or object it names does not exist on the server' ;;
+    53300) printf 'the server has no free connection slot; try again later' ;;
+    57P01 | 57P02 | 57P03) printf 'PostgreSQL is shutting down or starting up; try again when it is up' ;;
+    08*) printf 'is PostgreSQL running and reachable? check POSTGRES_HOST and POSTGRES_PORT' ;;
+  esac
+}
+
+# Why psql could not connect. A login the server turns away gives no SQLSTATE (psql prints it
+# only for errors after the login) and a message in the server's lc_messages, so the hint comes
+# from what does not depend on any language: libpq's own messages (this script runs in the C
+# locale), whether the server answers at all (pg_isready), and whether the same login gets into
+# template1 (then POSTGRES_DB is the problem, not the login).
 postgres_hint() {
-  local err="${WORK_DIR}/psql.err"
-  if grep -qs 'password authentication failed' "${err}"; then
-    printf 'check POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) and POSTGRES_USER'
-  elif grep -qsE '(database|role) ".*" does not exist' "${err}"; then
-    printf 'check POSTGRES_DB and POSTGRES_USER'
-  elif grep -qs -e 'no password supplied' -e 'password' "${err}"; then
+  local err="${WORK_DIR}/psql.err" hint ready=unknown found q="'"
+  hint="$(pg_state_hint "$(pg_sqlstate "${err}")")"
+  if [[ -n "${hint}" ]]; then
+    printf '%s' "${hint}"
+    return 0
+  fi
+  if grep -qs 'no password supplied' "${err}"; then
     printf 'set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE'
+    return 0
+  fi
+  if command -v pg_isready >/dev/null 2>&1; then
+    ready=0
+    pg_isready -q -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -t 10 >/dev/null 2>&1 || ready=$?
+  fi
+  case "${ready}" in
+    1) pg_state_hint 57P03 && return 0 ;;
+    2 | 3) pg_state_hint 08006 && return 0 ;;
+  esac
+  if found="$(pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d template1 \
+    -c "SELECT CASE WHEN NOT datallowconn THEN 'closed' WHEN has_database_privilege(oid, 'CONNECT') THEN 'allowed' ELSE 'denied' END FROM pg_catalog.pg_database WHERE datname = '${POSTGRES_DB//${q}/${q}${q}}'" 2>/dev/null)"; then
+    case "${found}" in
+      '') pg_state_hint 3D000 ;;
+      denied) printf '%s lacks the CONNECT privilege on the database %s: grant it, or check POSTGRES_DB' "${POSTGRES_USER}" "${POSTGRES_DB}" ;;
+      closed) printf 'the database %s does not accept connections (datallowconn is false): check POSTGRES_DB' "${POSTGRES_DB}" ;;
+      *) printf "the server's pg_hba.conf does not let %s into %s from this host" "${POSTGRES_USER}" "${POSTGRES_DB}" ;;
+    esac
+  elif [[ "${ready}" == 0 ]]; then
+    printf 'the server refused the login: check POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) and POSTGRES_USER'
   else
-    printf 'is PostgreSQL running and reachable? check POSTGRES_HOST and POSTGRES_PORT'
+    printf 'is PostgreSQL running and reachable, and are the credentials right? check POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER and POSTGRES_PASSWORD'
   fi
 }
 

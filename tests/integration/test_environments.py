@@ -11,11 +11,14 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from generator.sandbox import PostgresServer, RedisServer, free_port, start_postgres
+from tests.integration.conftest import PG_DB, PG_PASSWORD, PG_USER
 from tests.integration.restore_support import (
     BACKUP,
     EXTENSIONS,
@@ -23,6 +26,7 @@ from tests.integration.restore_support import (
     RESTORE,
     only_backup,
     run_ok,
+    script_env,
 )
 
 if TYPE_CHECKING:
@@ -120,3 +124,70 @@ def test_verify_in_german_of_a_backup_reports_what_it_decoded(
     result = run_ok(run_script, RESTORE, "verify", backup.name, env=german)
 
     assert "check decompress: ok (gzip, 10.0 KiB decoded)" in result.stdout, result.stdout
+
+
+@pytest.fixture(scope="module")
+def pg_german(
+    german_locale: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PostgresServer]:
+    """A PostgreSQL server whose messages are German (lc_messages), like the fixtures' ``pg``."""
+    with start_postgres(
+        tmp_path_factory.mktemp("pg-de"),
+        db=PG_DB,
+        user=PG_USER,
+        password=PG_PASSWORD,
+        lc_messages=german_locale,
+    ) as server:
+        yield server
+
+
+@pytest.mark.parametrize("language", ["english", "german"])
+@pytest.mark.parametrize(
+    ("problem", "hint"),
+    [
+        pytest.param(
+            "password",
+            "check POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) and POSTGRES_USER",
+            id="wrong-password",
+        ),
+        pytest.param(
+            "database", "check POSTGRES_DB: the database no_such_db does not exist", id="no-db"
+        ),
+        pytest.param("down", "check POSTGRES_HOST and POSTGRES_PORT", id="server-down"),
+    ],
+)
+def test_a_refused_connection_names_the_setting_whatever_the_servers_language(
+    language: str,
+    problem: str,
+    hint: str,
+    request: pytest.FixtureRequest,
+    redis_auth: RedisServer,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    server: PostgresServer = request.getfixturevalue("pg" if language == "english" else "pg_german")
+    files = tmp_path / "files"
+    files.mkdir()
+    env = script_env(tmp_path, server, redis_auth, files)
+    if problem == "password":
+        env["POSTGRES_PASSWORD"] = "not it"
+    elif problem == "database":
+        env["POSTGRES_DB"] = "no_such_db"
+    else:
+        env["POSTGRES_PORT"] = str(free_port())
+
+    result = run_script(BACKUP, "postgresql", env=env)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    if language == "german" and problem != "down":
+        assert "»" in result.stderr, "the server does not speak German: the test proves nothing"
+    assert hint in result.stderr
+    wrong = {"password", "database", "down"} - {problem}
+    hints = {
+        "password": "check POSTGRES_PASSWORD",
+        "database": "check POSTGRES_DB",
+        "down": "is PostgreSQL running",
+    }
+    for other in wrong:
+        assert hints[other] not in result.stderr, other
+    assert not [p for p in (tmp_path / "backups").iterdir() if "_backup_" in p.name]
