@@ -163,7 +163,7 @@ check_settings() {
   check_range problems KEEP_MIN 1 10000
   check_range problems BACKUP_RETENTION_DAYS 1 36500
   check_range problems LOCK_TIMEOUT 0 86400
-  if [[ "${TZ}" != "UTC" && ! -f "/usr/share/zoneinfo/${TZ}" ]]; then
+  if [[ "${TZ}" != "UTC" ]] && ! tz_file "${TZ}" >/dev/null; then
     problems+=("TZ: '${TZ}' is not a known time zone (is tzdata installed?); use e.g. America/Argentina/Buenos_Aires")
   fi
   if [[ "${BACKUP_DIR}" != /* ]]; then
@@ -175,6 +175,20 @@ check_settings() {
     done
     die "${EXIT_REFUSED}" "invalid settings (${#problems[@]} problem(s)); fix them in the .env file or the environment"
   fi
+}
+
+# tz_file ZONE: the zoneinfo file of a time zone name, or fail. A name is not a path (absolute, or
+# with . or .. parts, which would make /etc/passwd a "zone" that date quietly reads as UTC), and
+# it must lead, links followed, to a time zone file (TZif) inside /usr/share/zoneinfo.
+tz_file() {
+  local zone="$1" dir=/usr/share/zoneinfo real
+  case "/${zone}/" in
+    *//* | */./* | */../*) return 1 ;;
+  esac
+  real="$(realpath -e -- "${dir}/${zone}" 2>/dev/null)" || return 1
+  [[ "${real}" == "$(realpath -e -- "${dir}" 2>/dev/null)"/* && -f "${real}" ]] || return 1
+  [[ "$(head -c 4 -- "${real}" 2>/dev/null)" == TZif ]] || return 1
+  printf '%s\n' "${dir}/${zone}"
 }
 
 check_range() {
