@@ -62,6 +62,8 @@ readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\
 WORK_DIR=""
 GNUPG_DIR=""
 PARTIALS=()
+# Warnings about the run as a whole; a backup's summary line repeats them.
+RUN_WARNINGS=()
 
 # ---------------------------------------------------------------------------------------------
 # Logging: one line per event, ISO time and level, to LOG_FILE; errors and warnings on stderr.
@@ -287,6 +289,13 @@ free_bytes() {
   printf '%s\n' "$((kib * 1024))"
 }
 
+# The size of the whole file system that holds $1.
+total_bytes() {
+  local kib
+  kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $2 }')"
+  printf '%s\n' "$((kib * 1024))"
+}
+
 human_size() {
   local bytes="$1" unit=0
   local -a units=(B KiB MiB GiB TiB)
@@ -463,9 +472,18 @@ rotate_logs() {
   done
 }
 
+# A missing BACKUP_DIR is created only where its parent exists, with a warning (a volume that is
+# not mounted?); a missing parent is a mistake to fix, not a tree of folders to invent.
 prepare_backup_dir() {
-  mkdir -p -- "${BACKUP_DIR}" 2>/dev/null || true
-  [[ -d "${BACKUP_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist and cannot be created; create it or mount a volume there"
+  local parent
+  if [[ ! -d "${BACKUP_DIR}" ]]; then
+    parent="$(dirname -- "${BACKUP_DIR}")"
+    [[ -d "${parent}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist, nor does its parent folder ${parent}; create it (or mount the backups volume there), or fix BACKUP_DIR"
+    mkdir -- "${BACKUP_DIR}" 2>/dev/null || [[ -d "${BACKUP_DIR}" ]] ||
+      die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist and cannot be created in ${parent}; create it or mount a volume there"
+    RUN_WARNINGS+=("BACKUP_DIR ${BACKUP_DIR} did not exist and was created: is the backups volume mounted?")
+    log WARN "${RUN_WARNINGS[-1]}"
+  fi
   [[ -w "${BACKUP_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} is not writable; fix its owner or permissions"
 }
 

@@ -60,6 +60,8 @@ readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\
 WORK_DIR=""
 GNUPG_DIR=""
 PARTIALS=()
+# Warnings about the run as a whole; a backup's summary line repeats them.
+RUN_WARNINGS=()
 
 # ---------------------------------------------------------------------------------------------
 # Logging: one line per event, ISO time and level, to LOG_FILE; errors and warnings on stderr.
@@ -285,6 +287,13 @@ free_bytes() {
   printf '%s\n' "$((kib * 1024))"
 }
 
+# The size of the whole file system that holds $1.
+total_bytes() {
+  local kib
+  kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $2 }')"
+  printf '%s\n' "$((kib * 1024))"
+}
+
 human_size() {
   local bytes="$1" unit=0
   local -a units=(B KiB MiB GiB TiB)
@@ -461,9 +470,18 @@ rotate_logs() {
   done
 }
 
+# A missing BACKUP_DIR is created only where its parent exists, with a warning (a volume that is
+# not mounted?); a missing parent is a mistake to fix, not a tree of folders to invent.
 prepare_backup_dir() {
-  mkdir -p -- "${BACKUP_DIR}" 2>/dev/null || true
-  [[ -d "${BACKUP_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist and cannot be created; create it or mount a volume there"
+  local parent
+  if [[ ! -d "${BACKUP_DIR}" ]]; then
+    parent="$(dirname -- "${BACKUP_DIR}")"
+    [[ -d "${parent}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist, nor does its parent folder ${parent}; create it (or mount the backups volume there), or fix BACKUP_DIR"
+    mkdir -- "${BACKUP_DIR}" 2>/dev/null || [[ -d "${BACKUP_DIR}" ]] ||
+      die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist and cannot be created in ${parent}; create it or mount a volume there"
+    RUN_WARNINGS+=("BACKUP_DIR ${BACKUP_DIR} did not exist and was created: is the backups volume mounted?")
+    log WARN "${RUN_WARNINGS[-1]}"
+  fi
   [[ -w "${BACKUP_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} is not writable; fix its owner or permissions"
 }
 
@@ -683,8 +701,8 @@ backup_redis() {
 
 backup_files() {
   local ts="$1" epoch="$2"
-  local final partial started pattern
-  local -a st excludes=()
+  local final partial started pattern inside previous_entries="" entries warning
+  local -a st excludes=() previous
   final="${BACKUP_DIR}/files_backup_${ts}.tar.gz$(gpg_suffix)"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
@@ -697,11 +715,21 @@ backup_files() {
     pattern="${pattern%"${pattern##*[![:space:]]}"}"
     [[ -z "${pattern}" ]] || excludes+=("--exclude=${pattern}")
   done
+  # BACKUP_DIR inside FILES_DIR: each files backup would hold the ones before it, the lock, the
+  # logs and its own half-written file. It is left out, by its exact path (after the user's
+  # patterns: --anchored and --no-wildcards apply to the excludes that follow them).
+  inside="$(backup_dir_in_files_dir)"
+  if [[ -n "${inside}" ]]; then
+    excludes+=(--anchored --no-wildcards "--exclude=./${inside}")
+    log INFO "files: BACKUP_DIR is inside FILES_DIR: excluded (./${inside})"
+  fi
   if ((DRY_RUN)); then
     log INFO "dry run: would archive ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})} into ${final}"
     return 0
   fi
   check_free_space files
+  mapfile -t previous < <(list_backups files)
+  ((${#previous[@]} == 0)) || previous_entries="$(manifest_count "${BACKUP_DIR}/${previous[0]}.manifest.json" entries)"
   log INFO "files: archiving ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})}"
   register_partial "${partial}"
   set +o errexit
@@ -710,11 +738,48 @@ backup_files() {
     protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
   st=("${PIPESTATUS[@]}")
   set -o errexit
+  # GNU tar's exit 1 when creating: a file changed (or went away) while it was read, as in a
+  # busy uploads folder. The archive is whole and holds what tar read: a warning, not a failure.
+  if ((st[0] == 1)); then
+    st[0]=0
+    warning="$(joined_lines "${WORK_DIR}/tar.err" 5)"
+    warning="${warning#tar: }"
+    part_warning files "tar (exit 1): ${warning//; tar: /; }; the archive holds what tar read"
+  fi
   check_pipeline files tar compress "$(protect_stage)" -- "${st[@]}"
   verify_stored files "${partial}"
+  entries="$(grep -cvx '\./' "${WORK_DIR}/content.list" || true)"
+  if ((entries == 0 && ${previous_entries:-0} > 0)); then
+    part_warning files "FILES_DIR ${FILES_DIR} is empty, but the previous files backup (${previous[0]}) had ${previous_entries} entries: is the uploads volume mounted?"
+  fi
   finish_backup files "${partial}" "${final}" "${epoch}" "${started}" \
     "{\"host\": $(json_str "$(hostname 2>/dev/null || printf unknown)"), \"dir\": $(json_str "${FILES_DIR}"), \"exclude\": $(json_str "${FILES_EXCLUDE}")}" \
-    "" "\"tar\": $(json_str "$(first_line tar --version)")"
+    "" "\"tar\": $(json_str "$(first_line tar --version)")" "\"entries\": ${entries},"
+}
+
+# backup_dir_in_files_dir: BACKUP_DIR's path inside FILES_DIR (links resolved), or nothing. The
+# same folder for both is refused: there would be nothing left to archive but backups.
+backup_dir_in_files_dir() {
+  local files backups
+  files="$(realpath -e -- "${FILES_DIR}")" || return 0
+  backups="$(realpath -e -- "${BACKUP_DIR}")" || return 0
+  if [[ "${backups}" == "${files}" ]]; then
+    die "${EXIT_REFUSED}" "files: BACKUP_DIR and FILES_DIR are the same folder (${files}); each files backup would archive the ones before it: point BACKUP_DIR at another folder"
+  fi
+  files="${files%/}/"
+  [[ "${backups}" != "${files}"* ]] || printf '%s\n' "${backups#"${files}"}"
+}
+
+# joined_lines FILE [MAX]: the lines of FILE as one, separated by "; " (the first MAX of them,
+# then how many more there are).
+joined_lines() {
+  local line text="" count=0 max="${2:-1000}"
+  while IFS= read -r line; do
+    count=$((count + 1))
+    ((count > max)) || text+="${text:+; }${line}"
+  done <"$1"
+  ((count <= max)) || text+="; and $((count - max)) more"
+  printf '%s' "${text}"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -777,10 +842,11 @@ verify_stored() {
   is_uint "${RAW_SIZE}" || die "${EXIT_VERIFY}" "${type}: could not count the decoded bytes"
 }
 
-# finish_backup TYPE PARTIAL FINAL EPOCH STARTED SOURCE_JSON SERVER_VERSION TOOLS_JSON
+# finish_backup TYPE PARTIAL FINAL EPOCH STARTED SOURCE_JSON SERVER_VERSION TOOLS_JSON [FIELDS]
+# FIELDS: more manifest lines of this type ("\"entries\": 12,").
 finish_backup() {
   local type="$1" partial="$2" final="$3" epoch="$4" started="$5"
-  local source_json="$6" server_version="$7" tools_json="$8"
+  local source_json="$6" server_version="$7" tools_json="$8" fields="${9:-}"
   local name hash stored duration_us manifest sums
   name="${final##*/}"
   stored="$(file_size "${partial}")"
@@ -792,7 +858,7 @@ finish_backup() {
   register_partial "${manifest}"
   printf '%s  %s\n' "${hash}" "${name}" >"${sums}"
   write_manifest "${type}" "${name}" "${epoch}" "${stored}" "${hash}" "${duration_us}" \
-    "${source_json}" "${server_version}" "${tools_json}" >"${manifest}"
+    "${source_json}" "${server_version}" "${tools_json}" "${fields}" >"${manifest}"
   publish "${sums}" "${final}.sha256"
   publish "${manifest}" "${final}.manifest.json"
   publish "${partial}" "${final}"
@@ -801,7 +867,7 @@ finish_backup() {
 
 write_manifest() {
   local type="$1" name="$2" epoch="$3" stored="$4" hash="$5" duration_us="$6"
-  local source_json="$7" server_version="$8" tools_json="$9"
+  local source_json="$7" server_version="$8" tools_json="$9" fields="${10}"
   local encryption='null' server='null'
   if encryption_on; then
     encryption='{"format": "openpgp-symmetric", "cipher": "AES256", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
@@ -816,7 +882,8 @@ write_manifest() {
   "created_local": "$(date -d "@${epoch}" +%Y-%m-%dT%H:%M:%S%:z)",
   "timezone": $(json_str "${TZ}"),
   "size_raw_bytes": ${RAW_SIZE},
-  "size_stored_bytes": ${stored},
+  "size_stored_bytes": ${stored},${fields:+
+  ${fields}}
   "sha256": "${hash}",
   "duration_seconds": $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000))),
   "compression": {"format": "gzip", "tool": $(json_str "$(compressor)"), "level": ${COMPRESSION_LEVEL}},
@@ -832,19 +899,48 @@ EOF
 
 # Fail early when the previous backup of TYPE would not fit in what is free now.
 check_free_space() {
-  local type="$1" need avail raw
+  local type="$1" need avail raw manifest
   local -a previous
   mapfile -t previous < <(list_backups "${type}")
   ((${#previous[@]} > 0)) || return 0
   need="$(file_size "${BACKUP_DIR}/${previous[0]}")"
   if [[ "${type}" == redis ]]; then
-    raw="$(sed -n 's/.*"size_raw_bytes": \([0-9]*\).*/\1/p' "${BACKUP_DIR}/${previous[0]}.manifest.json" 2>/dev/null)" || raw=0
+    # The raw RDB is written next to the backup first. A damaged manifest's raw size (none, or
+    # more than the whole volume holds) is unknown, and must not block the backup.
+    manifest="${BACKUP_DIR}/${previous[0]}.manifest.json"
+    raw="$(manifest_count "${manifest}" size_raw_bytes)"
+    if [[ -n "${raw}" ]] && ((raw > $(total_bytes "${BACKUP_DIR}"))); then
+      raw=""
+    fi
+    if [[ -z "${raw}" && -e "${manifest}" ]]; then
+      log WARN "${type}: ${previous[0]##*/}.manifest.json gives no believable raw size; the free-space check counts the stored size only"
+    fi
     need=$((need + ${raw:-0}))
   fi
   need=$((need + need / 10))
   avail="$(free_bytes "${BACKUP_DIR}")"
   if ((avail < need)); then
     die "${EXIT_REFUSED}" "${type}: not enough free space in ${BACKUP_DIR}: $(human_size "${avail}") free, but the previous ${type} backup (${previous[0]}) needs about $(human_size "${need}"); free space, run cleanup or lower BACKUP_RETENTION_DAYS"
+  fi
+}
+
+# manifest_count FILE FIELD: a count field of a manifest (bytes, entries), or nothing when the
+# manifest lacks it or holds something absurd: not a whole number, or over 15 digits (a petabyte).
+manifest_count() {
+  local value
+  value="$(sed -n "s/^  \"$2\": \([^,]*\),\{0,1\}\$/\1/p" -- "$1" 2>/dev/null | head -n 1)"
+  if [[ "${value}" =~ ^[0-9]{1,15}$ ]]; then
+    printf '%s\n' "$((10#${value}))"
+  fi
+}
+
+# part_warning TYPE MESSAGE: a warning of one backup part; the run's summary repeats it (so that
+# alerting can key on it) when the part runs under cmd_backup, which sets PART_WARNINGS.
+PART_WARNINGS=""
+part_warning() {
+  log WARN "$1: $2"
+  if [[ -n "${PART_WARNINGS}" ]]; then
+    printf '%s\n' "$2" >>"${PART_WARNINGS}" 2>/dev/null || true
   fi
 }
 
