@@ -988,6 +988,7 @@ LIVE_REDIS_REPLICATING=0
 LIVE_MASTERAUTH=""
 LIVE_MASTERUSER=""
 RESTORE_STAGING=""
+CREATED_DEST=""
 RESTORE_RDB=""
 TEMP_REDIS_HOST=""
 TEMP_REDIS_PORT=""
@@ -1012,7 +1013,8 @@ Commands:
       online (default): the live Redis replicates the backup from a temporary redis-server
       file: write the RDB (and AOF base) into REDIS_DATA_DIR, stop Redis; restart it after
   files FILE [DEST] [--force]
-      extract into DEST (default FILES_DIR); existing files are kept unless --force
+      extract into DEST (default FILES_DIR; created when only its parent exists); existing
+      files are kept unless --force
 
 Options:
   --no-checksum  (every command but info) go on without FILE.sha256
@@ -1536,6 +1538,8 @@ restore_cleanup() {
     find "${RESTORE_STAGING}" -type d -exec chmod u+rwx -- {} + 2>/dev/null || true
     rm -rf -- "${RESTORE_STAGING}"
   fi
+  # A destination this failed restore created goes again, when nothing was moved into it.
+  [[ -z "${CREATED_DEST}" ]] || rmdir -- "${CREATED_DEST}" 2>/dev/null || true
   release_live_redis
   stop_temp_redis
   drop_scratch_db
@@ -1703,14 +1707,28 @@ is_real_dir() {
 }
 
 cmd_restore_files() {
-  local dest="${1:-${FILES_DIR}}" staging rel entry i
+  local dest="${1:-${FILES_DIR}}" staging rel entry i parent create=0 root=""
   local -a st conflicts=() entries=()
   local -A dir_times=() dir_modes=()
   require_type files
-  [[ -d "${dest}" && -w "${dest}" ]] || die "${EXIT_REFUSED}" "files: destination ${dest} is not a writable folder; create it or fix its permissions"
-  dest="$(realpath -- "${dest}")"
+  # A destination that does not exist yet is created (after the backup is verified) where its
+  # parent is a writable folder: a restore to a new place. A missing parent is a mistake.
+  if [[ ! -e "${dest}" && ! -L "${dest}" ]]; then
+    parent="$(dirname -- "${dest}")"
+    [[ -d "${parent}" && -w "${parent}" ]] ||
+      die "${EXIT_REFUSED}" "files: destination ${dest} does not exist, and its parent folder ${parent} does not exist or is not writable; create ${dest} first, or fix the path"
+    create=1
+  else
+    [[ -d "${dest}" && -w "${dest}" ]] || die "${EXIT_REFUSED}" "files: destination ${dest} is not a writable folder; create it or fix its permissions"
+  fi
   verify_backup
   check_member_names
+  if ((create)); then
+    mkdir -- "${dest}"
+    CREATED_DEST="$(realpath -- "${dest}")"
+    log INFO "files: created the destination ${CREATED_DEST} (it did not exist)"
+  fi
+  dest="$(realpath -- "${dest}")"
   staging="$(mktemp -d "${dest}/.gym-restore.XXXXXXXX")"
   RESTORE_STAGING="${staging}"
   set +o errexit
@@ -1718,6 +1736,9 @@ cmd_restore_files() {
     tar -C "${staging}" --same-permissions --numeric-owner -xf - 2>"${WORK_DIR}/tar.err"
   st=("${PIPESTATUS[@]}")
   set -o errexit
+  # The archive's own folder ("./", FILES_DIR when it was made): a destination this run created
+  # gets its time, mode and owner at the end, as any folder of the archive does.
+  ((create == 0)) || root="$(find "${staging}" -maxdepth 0 -printf '%T@/%m/%U:%G')"
   # The folders' modes and times as the archive has them, before anything changes them: moving
   # their contents out changes their times, and needs write access (a non-root restore of a
   # read-only folder would fail half-way), so the folders are made writable until the end.
@@ -1768,6 +1789,13 @@ cmd_restore_files() {
   done
   rm -rf -- "${staging}"
   RESTORE_STAGING=""
+  if [[ -n "${root}" ]]; then
+    chown -- "${root##*/}" "${dest}" 2>/dev/null || true
+    root="${root%/*}"
+    chmod "00${root#*/}" -- "${dest}"
+    touch -d "@${root%%/*}" -- "${dest}"
+  fi
+  CREATED_DEST=""
   log INFO "files: restored ${BACKUP_FILE##*/} into ${dest}: ${moved} files and links$( ((${#conflicts[@]} > 0)) && printf '; %s entries that were in the way replaced (--force)' "${#conflicts[@]}")"
 }
 
