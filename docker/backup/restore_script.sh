@@ -1332,16 +1332,51 @@ manifest_line() {
   sed -n "s/^  \"$2\": \(.*\)\$/\1/p" "$1" | head -n 1 | json_plain
 }
 
+# manifest_problem MANIFEST: why a manifest cannot be believed, or nothing. write_manifest writes
+# one field a line; a file not of that shape (damaged, truncated, not JSON), without a field info
+# shows, or with a size that is not a believable byte count is unreadable: info then tells what
+# the file itself and its name say, rather than blanks.
+manifest_problem() {
+  local manifest="$1" field value
+  if [[ ! -r "${manifest}" ]]; then
+    printf 'it cannot be read'
+  elif [[ "$(head -n 1 -- "${manifest}")" != "{" || "$(tail -n 1 -- "${manifest}")" != "}" ]]; then
+    printf 'it is not a JSON object as backup_script.sh writes it (damaged or truncated)'
+  else
+    for field in schema_version type created_utc created_local compression source size_raw_bytes size_stored_bytes; do
+      value="$(manifest_line "${manifest}" "${field}")"
+      if [[ -z "${value}" ]]; then
+        printf 'the field %s is missing' "${field}"
+        return 0
+      fi
+      if [[ "${field}" == size_* && -z "$(manifest_count "${manifest}" "${field}")" ]]; then
+        printf '%s is not a believable byte count (%s)' "${field}" "${value:0:40}"
+        return 0
+      fi
+    done
+    value="$(manifest_line "${manifest}" type)"
+    [[ "${value}" == "${BACKUP_TYPE}" ]] || printf 'it describes a %s backup, not a %s one' "${value:0:40}" "${BACKUP_TYPE}"
+  fi
+}
+
 cmd_info() {
   local file="${BACKUP_FILE}" name="${BACKUP_FILE##*/}" manifest="${BACKUP_FILE}.manifest.json"
-  local created checksum encryption source server
+  local created checksum encryption source server problem="" unknown="no manifest" use=0
+  if [[ -f "${manifest}" ]]; then
+    problem="$(manifest_problem "${manifest}")"
+    if [[ -z "${problem}" ]]; then
+      use=1
+    else
+      unknown="the manifest is unreadable"
+    fi
+  fi
   if [[ "${name}" =~ ${BACKUP_NAME_RE} ]]; then
     local d="${BASH_REMATCH[2]}" t="${BASH_REMATCH[3]}"
     created="${d:0:4}-${d:4:2}-${d:6:2} ${t:0:2}:${t:2:2}:${t:4:2} (from the name, in TZ)"
   else
     created="unknown (the name carries no time)"
   fi
-  [[ ! -f "${manifest}" ]] || created="$(manifest_line "${manifest}" created_local) ($(manifest_line "${manifest}" created_utc))"
+  ((use == 0)) || created="$(manifest_line "${manifest}" created_local) ($(manifest_line "${manifest}" created_utc))"
   if [[ ! -f "${file}.sha256" ]]; then
     checksum="no ${name}.sha256: cannot tell whether the file is intact"
   elif (cd -- "${file%/*}" && sha256sum --check --status -- "${name}.sha256") 2>/dev/null; then
@@ -1363,25 +1398,40 @@ cmd_info() {
   printf 'type:         %s\n' "${BACKUP_TYPE}"
   printf 'created:      %s\n' "${created}"
   printf 'stored size:  %s (%s bytes)\n' "$(human_size "$(file_size "${file}")")" "$(file_size "${file}")"
-  if [[ -f "${manifest}" ]]; then
+  if ((use)); then
     local raw
-    raw="$(sed -n 's/.*"size_raw_bytes": \([0-9]*\).*/\1/p' "${manifest}")"
-    printf 'raw size:     %s (%s bytes)\n' "$(human_size "${raw:-0}")" "${raw:-?}"
+    raw="$(manifest_count "${manifest}" size_raw_bytes)"
+    printf 'raw size:     %s (%s bytes)\n' "$(human_size "${raw}")" "${raw}"
     source="$(manifest_line "${manifest}" source)"
     server="$(manifest_line "${manifest}" server_version)"
     [[ "${server}" != null ]] || server="none (a files backup has no server)"
     printf 'compression:  %s\n' "$(manifest_line "${manifest}" compression)"
-    printf 'duration:     %ss\n' "$(manifest_line "${manifest}" duration_seconds)"
-    printf 'purpose:      %s\n' "$(manifest_line "${manifest}" purpose)"
+    printf 'duration:     %s\n' "$(manifest_or_unknown "${manifest}" duration_seconds s)"
+    printf 'purpose:      %s\n' "$(manifest_or_unknown "${manifest}" purpose)"
   else
-    printf 'raw size:     unknown (no manifest; verify decodes it)\n'
+    printf 'raw size:     unknown (%s; verify decodes it)\n' "${unknown}"
     printf 'compression:  gzip (from the name)\n'
   fi
   printf 'encrypted:    %s\n' "${encryption}"
   printf 'checksum:     %s\n' "${checksum}"
-  printf 'source:       %s\n' "${source:-unknown (no manifest)}"
-  printf 'server:       %s\n' "${server:-unknown (no manifest)}"
-  [[ -f "${manifest}" ]] || printf 'manifest:     none (%s.manifest.json is missing): the values above come from the file itself\n' "${name}"
+  printf 'source:       %s\n' "${source:-unknown (${unknown})}"
+  printf 'server:       %s\n' "${server:-unknown (${unknown})}"
+  if [[ ! -f "${manifest}" ]]; then
+    printf 'manifest:     none (%s.manifest.json is missing): the values above come from the file itself\n' "${name}"
+  elif ((use == 0)); then
+    printf 'manifest:     unreadable: %s; the values above come from the file itself and its name\n' "${problem}"
+  fi
+}
+
+# manifest_or_unknown MANIFEST FIELD [UNIT]: a field info shows that older manifests may lack.
+manifest_or_unknown() {
+  local value
+  value="$(manifest_line "$1" "$2")"
+  if [[ -n "${value}" ]]; then
+    printf '%s%s' "${value}" "${3:-}"
+  else
+    printf 'unknown (not in the manifest)'
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
