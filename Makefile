@@ -15,6 +15,10 @@ SYSTEM_TOOLS := pg_dump:postgresql-client psql:postgresql-client pg_ctlcluster:p
 	redis-server:redis-server redis-cli:redis-tools redis-check-rdb:redis-tools \
 	gpg:gnupg gpgconf:gnupg pigz:pigz strace:strace flock:util-linux tar:tar gzip:gzip \
 	sha256sum:coreutils runuser:util-linux git:git
+# The locale the tests run the scripts (and a PostgreSQL server) in, to prove nothing depends on
+# the language: generated from the locales package's data.
+TEST_LOCALE := de_DE.UTF-8
+TEST_LOCALE_SOURCE := de_DE
 
 .PHONY: help
 help: ## Show the targets
@@ -28,6 +32,7 @@ system-deps: ## Install the missing system packages (apt, as root)
 	done; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv); \
 	[ -e /usr/share/zoneinfo/America/Argentina/Buenos_Aires ] || missing+=(tzdata); \
+	[ -e /usr/share/i18n/locales/$(TEST_LOCALE_SOURCE) ] || missing+=(locales); \
 	if [ $${#missing[@]} -gt 0 ]; then \
 	  pkgs=$$(printf '%s\n' "$${missing[@]}" | sort -u | tr '\n' ' '); \
 	  if [ "$$(id -u)" -ne 0 ]; then \
@@ -35,6 +40,14 @@ system-deps: ## Install the missing system packages (apt, as root)
 	  fi; \
 	  echo "==> apt-get install $$pkgs"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; \
+	fi; \
+	if ! locale -a 2>/dev/null | grep -qix '$(subst .UTF-8,.utf-\?8,$(TEST_LOCALE))'; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "note: the locale tests need $(TEST_LOCALE); as root run: localedef -i $(TEST_LOCALE_SOURCE) -f UTF-8 $(TEST_LOCALE)" >&2; \
+	  else \
+	    echo "==> localedef $(TEST_LOCALE)"; \
+	    localedef -i $(TEST_LOCALE_SOURCE) -f UTF-8 $(TEST_LOCALE); \
+	  fi; \
 	fi
 
 $(STAMP): pyproject.toml

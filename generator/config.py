@@ -413,14 +413,25 @@ def _check_cron(value: str) -> str | None:
     return None
 
 
+# Where the scripts look time zones up (check_settings in _common.sh.j2 applies the same rule).
+ZONEINFO_DIR = Path("/usr/share/zoneinfo")
+_TZ_EXAMPLE = "use one like 'America/Argentina/Buenos_Aires' or 'UTC'."
+
+
 def _check_tz(value: str) -> str | None:
+    """A time zone name, not a path: '../../../etc/passwd' would be read as UTC by date."""
+    parts = value.split("/")
+    if value.startswith("/") or "." in parts or ".." in parts:
+        return f"{value!r} is a path, not a time zone name; {_TZ_EXAMPLE}"
+    candidate = ZONEINFO_DIR / value
+    if value and (candidate.exists() or candidate.is_symlink()):
+        real = candidate.resolve()
+        if not real.is_relative_to(ZONEINFO_DIR.resolve()) or not real.is_file():
+            return f"{value!r} does not lead to a time zone file in {ZONEINFO_DIR}; {_TZ_EXAMPLE}"
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return (
-            f"{value!r} is not a time zone name; "
-            "use one like 'America/Argentina/Buenos_Aires' or 'UTC'."
-        )
+        return f"{value!r} is not a time zone name; {_TZ_EXAMPLE}"
     return None
 
 

@@ -304,12 +304,16 @@ def _postgres_base(workdir: Path, run_as: str | None) -> Path:
 
 
 @contextlib.contextmanager
-def start_postgres(workdir: Path, *, db: str, user: str, password: str) -> Iterator[PostgresServer]:
+def start_postgres(
+    workdir: Path, *, db: str, user: str, password: str, lc_messages: str | None = None
+) -> Iterator[PostgresServer]:
     """Run a throwaway PostgreSQL cluster with role ``user`` (``password``) owning ``db``.
 
     The cluster listens on a free port of 127.0.0.1 (scram-sha-256) and on a private unix socket
     (trust, for the ``postgres`` superuser). It is stopped with ``pg_ctl stop -m fast`` and its
-    folders are removed when the block exits.
+    folders are removed when the block exits. ``lc_messages`` (a locale the system has, e.g.
+    ``de_DE.UTF-8``) makes the server write its messages in that language; by default it keeps
+    the cluster's own (``C``: English).
     """
     if "\0" in password or "\n" in password:
         raise ValueError("the password cannot contain a line break or NUL byte")
@@ -336,7 +340,7 @@ def start_postgres(workdir: Path, *, db: str, user: str, password: str) -> Itera
             path.mkdir(mode=0o700)
             _chown_to(path, run_as)
         _initdb(server, base)
-        _start_on_free_port(server)
+        _start_on_free_port(server, lc_messages)
         server.psql(
             f"CREATE ROLE {sql_ident(user)} LOGIN PASSWORD {sql_literal(password)};\n"
             f"CREATE DATABASE {sql_ident(db)} OWNER {sql_ident(user)};\n",
@@ -384,7 +388,7 @@ def _conf_literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _start_on_free_port(server: PostgresServer) -> None:
+def _start_on_free_port(server: PostgresServer, lc_messages: str | None = None) -> None:
     """Configure and start the cluster, retrying on a new port if another process took it."""
     for attempt in range(1, _START_ATTEMPTS + 1):
         server.port = free_port()
@@ -399,6 +403,8 @@ def _start_on_free_port(server: PostgresServer) -> None:
             "shared_buffers": "'32MB'",
             "log_min_messages": "warning",
         }
+        if lc_messages is not None:
+            settings["lc_messages"] = _conf_literal(lc_messages)
         # postgresql.auto.conf is read last: no shell quoting of pg_ctl -o, survives restarts
         conf = "".join(f"{k} = {v}\n" for k, v in settings.items())
         auto_conf = server.data_dir / "postgresql.auto.conf"

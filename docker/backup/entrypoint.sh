@@ -20,6 +20,12 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
   EXIT_WRONG_KEY=5 \
   EXIT_REFUSED=6
 
+# The tools speak the C locale, whatever language the user or the container is set to: their
+# output is read here (dd's "N bytes copied", gpg's "Bad session key", libpq's own errors, df).
+# LANGUAGE goes too: GNU gettext prefers it to LC_ALL for any locale but C.
+export LC_ALL=C
+unset LANGUAGE
+
 # Settings. The environment wins; these defaults come from the .env the service was rendered from.
 # Secrets are not here: they are read at run time from VAR or from the file VAR_FILE names.
 : "${POSTGRES_HOST:=postgres}"
@@ -61,6 +67,8 @@ readonly FUTURE_SLACK=86400
 WORK_DIR=""
 GNUPG_DIR=""
 PARTIALS=()
+# Warnings about the run as a whole; a backup's summary line repeats them.
+RUN_WARNINGS=()
 
 # ---------------------------------------------------------------------------------------------
 # Logging: one line per event, ISO time and level, to LOG_FILE; errors and warnings on stderr.
@@ -164,7 +172,7 @@ check_settings() {
   check_range problems KEEP_MIN 1 10000
   check_range problems BACKUP_RETENTION_DAYS 1 36500
   check_range problems LOCK_TIMEOUT 0 86400
-  if [[ "${TZ}" != "UTC" && ! -f "/usr/share/zoneinfo/${TZ}" ]]; then
+  if [[ "${TZ}" != "UTC" ]] && ! tz_file "${TZ}" >/dev/null; then
     problems+=("TZ: '${TZ}' is not a known time zone (is tzdata installed?); use e.g. America/Argentina/Buenos_Aires")
   fi
   if [[ "${BACKUP_DIR}" != /* ]]; then
@@ -181,6 +189,20 @@ check_settings() {
   for name in POSTGRES_PORT REDIS_PORT COMPRESSION_LEVEL KEEP_MIN BACKUP_RETENTION_DAYS LOCK_TIMEOUT; do
     printf -v "${name}" '%d' "$((10#${!name}))"
   done
+}
+
+# tz_file ZONE: the zoneinfo file of a time zone name, or fail. A name is not a path (absolute, or
+# with . or .. parts, which would make /etc/passwd a "zone" that date quietly reads as UTC), and
+# it must lead, links followed, to a time zone file (TZif) inside /usr/share/zoneinfo.
+tz_file() {
+  local zone="$1" dir=/usr/share/zoneinfo real
+  case "/${zone}/" in
+    *//* | */./* | */../*) return 1 ;;
+  esac
+  real="$(realpath -e -- "${dir}/${zone}" 2>/dev/null)" || return 1
+  [[ "${real}" == "$(realpath -e -- "${dir}" 2>/dev/null)"/* && -f "${real}" ]] || return 1
+  [[ "$(head -c 4 -- "${real}" 2>/dev/null)" == TZif ]] || return 1
+  printf '%s\n' "${dir}/${zone}"
 }
 
 check_range() {
@@ -275,6 +297,13 @@ file_size() {
 free_bytes() {
   local kib
   kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $4 }')"
+  printf '%s\n' "$((kib * 1024))"
+}
+
+# The size of the whole file system that holds $1.
+total_bytes() {
+  local kib
+  kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $2 }')"
   printf '%s\n' "$((kib * 1024))"
 }
 
@@ -580,9 +609,18 @@ rotate_logs() {
   done
 }
 
+# A missing BACKUP_DIR is created only where its parent exists, with a warning (a volume that is
+# not mounted?); a missing parent is a mistake to fix, not a tree of folders to invent.
 prepare_backup_dir() {
-  mkdir -p -- "${BACKUP_DIR}" 2>/dev/null || true
-  [[ -d "${BACKUP_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist and cannot be created; create it or mount a volume there"
+  local parent
+  if [[ ! -d "${BACKUP_DIR}" ]]; then
+    parent="$(dirname -- "${BACKUP_DIR}")"
+    [[ -d "${parent}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist, nor does its parent folder ${parent}; create it (or mount the backups volume there), or fix BACKUP_DIR"
+    mkdir -- "${BACKUP_DIR}" 2>/dev/null || [[ -d "${BACKUP_DIR}" ]] ||
+      die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist and cannot be created in ${parent}; create it or mount a volume there"
+    RUN_WARNINGS+=("BACKUP_DIR ${BACKUP_DIR} did not exist and was created: is the backups volume mounted?")
+    log WARN "${RUN_WARNINGS[-1]}"
+  fi
   [[ -w "${BACKUP_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} is not writable; fix its owner or permissions"
 }
 
@@ -662,8 +700,9 @@ EOF
 }
 
 apply_tz() {
-  if [[ -f "/usr/share/zoneinfo/${TZ}" ]]; then
-    ln -sf "/usr/share/zoneinfo/${TZ}" /etc/localtime
+  local zone_file
+  if zone_file="$(tz_file "${TZ}")"; then
+    ln -sf "${zone_file}" /etc/localtime
     printf '%s\n' "${TZ}" >/etc/timezone
   fi
 }

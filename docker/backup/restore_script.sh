@@ -18,6 +18,12 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
   EXIT_WRONG_KEY=5 \
   EXIT_REFUSED=6
 
+# The tools speak the C locale, whatever language the user or the container is set to: their
+# output is read here (dd's "N bytes copied", gpg's "Bad session key", libpq's own errors, df).
+# LANGUAGE goes too: GNU gettext prefers it to LC_ALL for any locale but C.
+export LC_ALL=C
+unset LANGUAGE
+
 # Settings. The environment wins; these defaults come from the .env the service was rendered from.
 # Secrets are not here: they are read at run time from VAR or from the file VAR_FILE names.
 : "${POSTGRES_HOST:=postgres}"
@@ -59,6 +65,8 @@ readonly FUTURE_SLACK=86400
 WORK_DIR=""
 GNUPG_DIR=""
 PARTIALS=()
+# Warnings about the run as a whole; a backup's summary line repeats them.
+RUN_WARNINGS=()
 
 # ---------------------------------------------------------------------------------------------
 # Logging: one line per event, ISO time and level, to LOG_FILE; errors and warnings on stderr.
@@ -162,7 +170,7 @@ check_settings() {
   check_range problems KEEP_MIN 1 10000
   check_range problems BACKUP_RETENTION_DAYS 1 36500
   check_range problems LOCK_TIMEOUT 0 86400
-  if [[ "${TZ}" != "UTC" && ! -f "/usr/share/zoneinfo/${TZ}" ]]; then
+  if [[ "${TZ}" != "UTC" ]] && ! tz_file "${TZ}" >/dev/null; then
     problems+=("TZ: '${TZ}' is not a known time zone (is tzdata installed?); use e.g. America/Argentina/Buenos_Aires")
   fi
   if [[ "${BACKUP_DIR}" != /* ]]; then
@@ -179,6 +187,20 @@ check_settings() {
   for name in POSTGRES_PORT REDIS_PORT COMPRESSION_LEVEL KEEP_MIN BACKUP_RETENTION_DAYS LOCK_TIMEOUT; do
     printf -v "${name}" '%d' "$((10#${!name}))"
   done
+}
+
+# tz_file ZONE: the zoneinfo file of a time zone name, or fail. A name is not a path (absolute, or
+# with . or .. parts, which would make /etc/passwd a "zone" that date quietly reads as UTC), and
+# it must lead, links followed, to a time zone file (TZif) inside /usr/share/zoneinfo.
+tz_file() {
+  local zone="$1" dir=/usr/share/zoneinfo real
+  case "/${zone}/" in
+    *//* | */./* | */../*) return 1 ;;
+  esac
+  real="$(realpath -e -- "${dir}/${zone}" 2>/dev/null)" || return 1
+  [[ "${real}" == "$(realpath -e -- "${dir}" 2>/dev/null)"/* && -f "${real}" ]] || return 1
+  [[ "$(head -c 4 -- "${real}" 2>/dev/null)" == TZif ]] || return 1
+  printf '%s\n' "${dir}/${zone}"
 }
 
 check_range() {
@@ -273,6 +295,13 @@ file_size() {
 free_bytes() {
   local kib
   kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $4 }')"
+  printf '%s\n' "$((kib * 1024))"
+}
+
+# The size of the whole file system that holds $1.
+total_bytes() {
+  local kib
+  kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $2 }')"
   printf '%s\n' "$((kib * 1024))"
 }
 
@@ -578,9 +607,18 @@ rotate_logs() {
   done
 }
 
+# A missing BACKUP_DIR is created only where its parent exists, with a warning (a volume that is
+# not mounted?); a missing parent is a mistake to fix, not a tree of folders to invent.
 prepare_backup_dir() {
-  mkdir -p -- "${BACKUP_DIR}" 2>/dev/null || true
-  [[ -d "${BACKUP_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist and cannot be created; create it or mount a volume there"
+  local parent
+  if [[ ! -d "${BACKUP_DIR}" ]]; then
+    parent="$(dirname -- "${BACKUP_DIR}")"
+    [[ -d "${parent}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist, nor does its parent folder ${parent}; create it (or mount the backups volume there), or fix BACKUP_DIR"
+    mkdir -- "${BACKUP_DIR}" 2>/dev/null || [[ -d "${BACKUP_DIR}" ]] ||
+      die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist and cannot be created in ${parent}; create it or mount a volume there"
+    RUN_WARNINGS+=("BACKUP_DIR ${BACKUP_DIR} did not exist and was created: is the backups volume mounted?")
+    log WARN "${RUN_WARNINGS[-1]}"
+  fi
   [[ -w "${BACKUP_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} is not writable; fix its owner or permissions"
 }
 
@@ -611,29 +649,82 @@ pg_run() {
 }
 
 # postgres_query SQL: run one statement in POSTGRES_DB. psql exits 2 when it could not connect
-# (then the message says which setting to check) and 1 when the statement failed.
+# (then the message says which setting to check) and 1 when the statement failed. Its errors
+# carry their SQLSTATE (VERBOSITY=verbose: "ERROR:  42501: ..." whatever the server's language).
 postgres_query() {
-  local sql="$1" out rc=0
-  out="$(pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" \
+  local sql="$1" out rc=0 hint
+  out="$(pg_run psql -X -w -q -t -A -v VERBOSITY=verbose -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" \
     -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" -c "${sql}" 2>"${WORK_DIR}/psql.err")" || rc=$?
+  if ((rc != 0)); then
+    # The server's source file and line are of no use to the user.
+    sed -i '/^LOCATION:  /d' "${WORK_DIR}/psql.err" 2>/dev/null || true
+  fi
   if ((rc == 2)); then
     die "${EXIT_FAILED}" "postgresql: cannot connect to ${POSTGRES_USER}@${POSTGRES_HOST}:${POSTGRES_PORT}/${POSTGRES_DB}$(stage_message psql); $(postgres_hint)"
   elif ((rc != 0)); then
-    die "${EXIT_FAILED}" "postgresql: a statement failed in ${POSTGRES_DB}$(stage_message psql)"
+    hint="$(pg_state_hint "$(pg_sqlstate "${WORK_DIR}/psql.err")")"
+    die "${EXIT_FAILED}" "postgresql: a statement failed in ${POSTGRES_DB}$(stage_message psql)${hint:+; ${hint}}"
   fi
   printf '%s\n' "${out}"
 }
 
+# pg_sqlstate FILE: the SQLSTATE of the first error psql (VERBOSITY=verbose) wrote to FILE. The
+# severity word before it is in the server's language ("ERROR", "FEHLER"), the code never is;
+# psql puts "psql:<stdin>:LINE: " before it when it reads a script.
+pg_sqlstate() {
+  sed -n 's/^\(psql:[^[:space:]]*: \)\{0,1\}[^:[:space:]]*:  \([0-9A-Z]\{5\}\): .*/\2/p' "$1" 2>/dev/null | head -n 1
+}
+
+# pg_state_hint SQLSTATE: which setting to check, or nothing for a code with no useful advice.
+pg_state_hint() {
+  case "$1" in
+    28P01) printf 'check POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) and POSTGRES_USER' ;;
+    28000) printf 'the server does not let POSTGRES_USER log in (no such role, or no pg_hba.conf entry for it): check POSTGRES_USER' ;;
+    3D000) printf 'check POSTGRES_DB: the database %s does not exist on the server' "${POSTGRES_DB}" ;;
+    42501) printf '%s lacks a privilege this needs' "${POSTGRES_USER}" ;;
+    42704) printf 'a role or object it names does not exist on the server' ;;
+    53300) printf 'the server has no free connection slot; try again later' ;;
+    57P01 | 57P02 | 57P03) printf 'PostgreSQL is shutting down or starting up; try again when it is up' ;;
+    08*) printf 'is PostgreSQL running and reachable? check POSTGRES_HOST and POSTGRES_PORT' ;;
+  esac
+}
+
+# Why psql could not connect. A login the server turns away gives no SQLSTATE (psql prints it
+# only for errors after the login) and a message in the server's lc_messages, so the hint comes
+# from what does not depend on any language: libpq's own messages (this script runs in the C
+# locale), whether the server answers at all (pg_isready), and whether the same login gets into
+# template1 (then POSTGRES_DB is the problem, not the login).
 postgres_hint() {
-  local err="${WORK_DIR}/psql.err"
-  if grep -qs 'password authentication failed' "${err}"; then
-    printf 'check POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) and POSTGRES_USER'
-  elif grep -qsE '(database|role) ".*" does not exist' "${err}"; then
-    printf 'check POSTGRES_DB and POSTGRES_USER'
-  elif grep -qs -e 'no password supplied' -e 'password' "${err}"; then
+  local err="${WORK_DIR}/psql.err" hint ready=unknown found q="'"
+  hint="$(pg_state_hint "$(pg_sqlstate "${err}")")"
+  if [[ -n "${hint}" ]]; then
+    printf '%s' "${hint}"
+    return 0
+  fi
+  if grep -qs 'no password supplied' "${err}"; then
     printf 'set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE'
+    return 0
+  fi
+  if command -v pg_isready >/dev/null 2>&1; then
+    ready=0
+    pg_isready -q -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -t 10 >/dev/null 2>&1 || ready=$?
+  fi
+  case "${ready}" in
+    1) pg_state_hint 57P03 && return 0 ;;
+    2 | 3) pg_state_hint 08006 && return 0 ;;
+  esac
+  if found="$(pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d template1 \
+    -c "SELECT CASE WHEN NOT datallowconn THEN 'closed' WHEN has_database_privilege(oid, 'CONNECT') THEN 'allowed' ELSE 'denied' END FROM pg_catalog.pg_database WHERE datname = '${POSTGRES_DB//${q}/${q}${q}}'" 2>/dev/null)"; then
+    case "${found}" in
+      '') pg_state_hint 3D000 ;;
+      denied) printf '%s lacks the CONNECT privilege on the database %s: grant it, or check POSTGRES_DB' "${POSTGRES_USER}" "${POSTGRES_DB}" ;;
+      closed) printf 'the database %s does not accept connections (datallowconn is false): check POSTGRES_DB' "${POSTGRES_DB}" ;;
+      *) printf "the server's pg_hba.conf does not let %s into %s from this host" "${POSTGRES_USER}" "${POSTGRES_DB}" ;;
+    esac
+  elif [[ "${ready}" == 0 ]]; then
+    printf 'the server refused the login: check POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) and POSTGRES_USER'
   else
-    printf 'is PostgreSQL running and reachable? check POSTGRES_HOST and POSTGRES_PORT'
+    printf 'is PostgreSQL running and reachable, and are the credentials right? check POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER and POSTGRES_PASSWORD'
   fi
 }
 
@@ -748,8 +839,8 @@ backup_redis() {
 
 backup_files() {
   local ts="$1" epoch="$2"
-  local final partial started pattern
-  local -a st excludes=()
+  local final partial started pattern inside previous_entries="" entries warning
+  local -a st excludes=() previous
   final="${BACKUP_DIR}/files_backup_${ts}.tar.gz$(gpg_suffix)"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
@@ -762,11 +853,21 @@ backup_files() {
     pattern="${pattern%"${pattern##*[![:space:]]}"}"
     [[ -z "${pattern}" ]] || excludes+=("--exclude=${pattern}")
   done
+  # BACKUP_DIR inside FILES_DIR: each files backup would hold the ones before it, the lock, the
+  # logs and its own half-written file. It is left out, by its exact path (after the user's
+  # patterns: --anchored and --no-wildcards apply to the excludes that follow them).
+  inside="$(backup_dir_in_files_dir)"
+  if [[ -n "${inside}" ]]; then
+    excludes+=(--anchored --no-wildcards "--exclude=./${inside}")
+    log INFO "files: BACKUP_DIR is inside FILES_DIR: excluded (./${inside})"
+  fi
   if ((DRY_RUN)); then
     log INFO "dry run: would archive ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})} into ${final}"
     return 0
   fi
   check_free_space files
+  mapfile -t previous < <(list_backups files)
+  ((${#previous[@]} == 0)) || previous_entries="$(manifest_count "${BACKUP_DIR}/${previous[0]}.manifest.json" entries)"
   log INFO "files: archiving ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})}"
   register_partial "${partial}"
   set +o errexit
@@ -775,11 +876,48 @@ backup_files() {
     protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
   st=("${PIPESTATUS[@]}")
   set -o errexit
+  # GNU tar's exit 1 when creating: a file changed (or went away) while it was read, as in a
+  # busy uploads folder. The archive is whole and holds what tar read: a warning, not a failure.
+  if ((st[0] == 1)); then
+    st[0]=0
+    warning="$(joined_lines "${WORK_DIR}/tar.err" 5)"
+    warning="${warning#tar: }"
+    part_warning files "tar (exit 1): ${warning//; tar: /; }; the archive holds what tar read"
+  fi
   check_pipeline files tar compress "$(protect_stage)" -- "${st[@]}"
   verify_stored files "${partial}"
+  entries="$(grep -cvx '\./' "${WORK_DIR}/content.list" || true)"
+  if ((entries == 0 && ${previous_entries:-0} > 0)); then
+    part_warning files "FILES_DIR ${FILES_DIR} is empty, but the previous files backup (${previous[0]}) had ${previous_entries} entries: is the uploads volume mounted?"
+  fi
   finish_backup files "${partial}" "${final}" "${epoch}" "${started}" \
     "{\"host\": $(json_str "$(hostname 2>/dev/null || printf unknown)"), \"dir\": $(json_str "${FILES_DIR}"), \"exclude\": $(json_str "${FILES_EXCLUDE}")}" \
-    "" "\"tar\": $(json_str "$(first_line tar --version)")"
+    "" "\"tar\": $(json_str "$(first_line tar --version)")" "\"entries\": ${entries},"
+}
+
+# backup_dir_in_files_dir: BACKUP_DIR's path inside FILES_DIR (links resolved), or nothing. The
+# same folder for both is refused: there would be nothing left to archive but backups.
+backup_dir_in_files_dir() {
+  local files backups
+  files="$(realpath -e -- "${FILES_DIR}")" || return 0
+  backups="$(realpath -e -- "${BACKUP_DIR}")" || return 0
+  if [[ "${backups}" == "${files}" ]]; then
+    die "${EXIT_REFUSED}" "files: BACKUP_DIR and FILES_DIR are the same folder (${files}); each files backup would archive the ones before it: point BACKUP_DIR at another folder"
+  fi
+  files="${files%/}/"
+  [[ "${backups}" != "${files}"* ]] || printf '%s\n' "${backups#"${files}"}"
+}
+
+# joined_lines FILE [MAX]: the lines of FILE as one, separated by "; " (the first MAX of them,
+# then how many more there are).
+joined_lines() {
+  local line text="" count=0 max="${2:-1000}"
+  while IFS= read -r line; do
+    count=$((count + 1))
+    ((count > max)) || text+="${text:+; }${line}"
+  done <"$1"
+  ((count <= max)) || text+="; and $((count - max)) more"
+  printf '%s' "${text}"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -842,10 +980,11 @@ verify_stored() {
   is_uint "${RAW_SIZE}" || die "${EXIT_VERIFY}" "${type}: could not count the decoded bytes"
 }
 
-# finish_backup TYPE PARTIAL FINAL EPOCH STARTED SOURCE_JSON SERVER_VERSION TOOLS_JSON
+# finish_backup TYPE PARTIAL FINAL EPOCH STARTED SOURCE_JSON SERVER_VERSION TOOLS_JSON [FIELDS]
+# FIELDS: more manifest lines of this type ("\"entries\": 12,").
 finish_backup() {
   local type="$1" partial="$2" final="$3" epoch="$4" started="$5"
-  local source_json="$6" server_version="$7" tools_json="$8"
+  local source_json="$6" server_version="$7" tools_json="$8" fields="${9:-}"
   local name hash stored duration_us manifest sums
   name="${final##*/}"
   stored="$(file_size "${partial}")"
@@ -857,7 +996,7 @@ finish_backup() {
   register_partial "${manifest}"
   printf '%s  %s\n' "${hash}" "${name}" >"${sums}"
   write_manifest "${type}" "${name}" "${epoch}" "${stored}" "${hash}" "${duration_us}" \
-    "${source_json}" "${server_version}" "${tools_json}" >"${manifest}"
+    "${source_json}" "${server_version}" "${tools_json}" "${fields}" >"${manifest}"
   publish "${sums}" "${final}.sha256"
   publish "${manifest}" "${final}.manifest.json"
   publish "${partial}" "${final}"
@@ -866,7 +1005,7 @@ finish_backup() {
 
 write_manifest() {
   local type="$1" name="$2" epoch="$3" stored="$4" hash="$5" duration_us="$6"
-  local source_json="$7" server_version="$8" tools_json="$9"
+  local source_json="$7" server_version="$8" tools_json="$9" fields="${10}"
   local encryption='null' server='null'
   if encryption_on; then
     encryption='{"format": "openpgp-symmetric", "cipher": "AES256", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
@@ -881,7 +1020,8 @@ write_manifest() {
   "created_local": "$(date -d "@${epoch}" +%Y-%m-%dT%H:%M:%S%:z)",
   "timezone": $(json_str "${TZ}"),
   "size_raw_bytes": ${RAW_SIZE},
-  "size_stored_bytes": ${stored},
+  "size_stored_bytes": ${stored},${fields:+
+  ${fields}}
   "sha256": "${hash}",
   "duration_seconds": $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000))),
   "compression": {"format": "gzip", "tool": $(json_str "$(compressor)"), "level": ${COMPRESSION_LEVEL}},
@@ -897,19 +1037,48 @@ EOF
 
 # Fail early when the previous backup of TYPE would not fit in what is free now.
 check_free_space() {
-  local type="$1" need avail raw
+  local type="$1" need avail raw manifest
   local -a previous
   mapfile -t previous < <(list_backups "${type}")
   ((${#previous[@]} > 0)) || return 0
   need="$(file_size "${BACKUP_DIR}/${previous[0]}")"
   if [[ "${type}" == redis ]]; then
-    raw="$(sed -n 's/.*"size_raw_bytes": \([0-9]*\).*/\1/p' "${BACKUP_DIR}/${previous[0]}.manifest.json" 2>/dev/null)" || raw=0
+    # The raw RDB is written next to the backup first. A damaged manifest's raw size (none, or
+    # more than the whole volume holds) is unknown, and must not block the backup.
+    manifest="${BACKUP_DIR}/${previous[0]}.manifest.json"
+    raw="$(manifest_count "${manifest}" size_raw_bytes)"
+    if [[ -n "${raw}" ]] && ((raw > $(total_bytes "${BACKUP_DIR}"))); then
+      raw=""
+    fi
+    if [[ -z "${raw}" && -e "${manifest}" ]]; then
+      log WARN "${type}: ${previous[0]##*/}.manifest.json gives no believable raw size; the free-space check counts the stored size only"
+    fi
     need=$((need + ${raw:-0}))
   fi
   need=$((need + need / 10))
   avail="$(free_bytes "${BACKUP_DIR}")"
   if ((avail < need)); then
     die "${EXIT_REFUSED}" "${type}: not enough free space in ${BACKUP_DIR}: $(human_size "${avail}") free, but the previous ${type} backup (${previous[0]}) needs about $(human_size "${need}"); free space, run cleanup or lower BACKUP_RETENTION_DAYS"
+  fi
+}
+
+# manifest_count FILE FIELD: a count field of a manifest (bytes, entries), or nothing when the
+# manifest lacks it or holds something absurd: not a whole number, or over 15 digits (a petabyte).
+manifest_count() {
+  local value
+  value="$(sed -n "s/^  \"$2\": \([^,]*\),\{0,1\}\$/\1/p" -- "$1" 2>/dev/null | head -n 1)"
+  if [[ "${value}" =~ ^[0-9]{1,15}$ ]]; then
+    printf '%s\n' "$((10#${value}))"
+  fi
+}
+
+# part_warning TYPE MESSAGE: a warning of one backup part; the run's summary repeats it (so that
+# alerting can key on it) when the part runs under cmd_backup, which sets PART_WARNINGS.
+PART_WARNINGS=""
+part_warning() {
+  log WARN "$1: $2"
+  if [[ -n "${PART_WARNINGS}" ]]; then
+    printf '%s\n' "$2" >>"${PART_WARNINGS}" 2>/dev/null || true
   fi
 }
 
@@ -959,6 +1128,7 @@ LIVE_REDIS_REPLICATING=0
 LIVE_MASTERAUTH=""
 LIVE_MASTERUSER=""
 RESTORE_STAGING=""
+CREATED_DEST=""
 RESTORE_RDB=""
 TEMP_REDIS_HOST=""
 TEMP_REDIS_PORT=""
@@ -986,7 +1156,8 @@ Commands:
       online (default): the live Redis replicates the backup from a temporary redis-server
       file: write the RDB (and AOF base) into REDIS_DATA_DIR, stop Redis; restart it after
   files FILE [DEST] [--force]
-      extract into DEST (default FILES_DIR); existing files are kept unless --force
+      extract into DEST (default FILES_DIR; created when only its parent exists); existing
+      files are kept unless --force
 
 Options:
   --no-checksum  (every command but info) go on without FILE.sha256
@@ -1085,7 +1256,8 @@ check_decode() {
     log INFO "check decrypt: skipped (the backup is not encrypted)"
   fi
   RAW_SIZE="$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/count.err" | tail -n 1)"
-  check_ok decompress "gzip, $(human_size "${RAW_SIZE:-0}") decoded"
+  is_uint "${RAW_SIZE}" || check_failed "${EXIT_VERIFY}" decompress "could not count the decoded bytes$(stage_message count)"
+  check_ok decompress "gzip, $(human_size "${RAW_SIZE}") decoded"
   ((st[2] == 0)) || check_failed "${EXIT_VERIFY}" content "cannot read the content$(stage_message check)"
   case "${BACKUP_TYPE}" in
     postgresql)
@@ -1263,11 +1435,6 @@ hash_through() {
   return "${rc}"
 }
 
-# The first SQLSTATE psql reported (VERBOSITY verbose prints "ERROR:  42P01: ..." in any language).
-psql_sqlstate() {
-  sed -n 's/^\(psql:[^ ]*: \)\{0,1\}[^ ]*:  \([0-9A-Z]\{5\}\): .*/\2/p' "${WORK_DIR}/psql.err" | head -n 1
-}
-
 # pg_load DB STRIP [PREAMBLE_FILE]: load the backup into DB as POSTGRES_USER in one transaction
 # that this script opens and commits itself, only when every stage of the decode exited 0, the
 # stored bytes read match FILE.sha256 and the dump ends with pg_dump's completion trailer.
@@ -1334,7 +1501,9 @@ pg_load() {
     return 0
   fi
   [[ -z "${LOAD_REASON}" ]] || return 1
-  sqlstate="$(psql_sqlstate)"
+  # The server's source file and line are of no use to the user.
+  sed -i '/^LOCATION:  /d' "${WORK_DIR}/psql.err" 2>/dev/null || true
+  sqlstate="$(pg_sqlstate "${WORK_DIR}/psql.err")"
   if grep -qs 'backslash commands are restricted' "${WORK_DIR}/psql.err"; then
     LOAD_CODE="${EXIT_VERIFY}"
     LOAD_REASON="the backup holds a psql command (a line starting with a backslash: \\!, \\o, \\copy, \\i ...); refused, a backup is never run as a program$(stage_message psql)"
@@ -1345,7 +1514,10 @@ pg_load() {
     42704) LOAD_REASON="$(stage_message psql); the server lacks a role the dump names: pass --no-owner" ;;
     55P03) LOAD_REASON="$(stage_message psql); another session (the application?) held a lock for LOCK_TIMEOUT=${LOCK_TIMEOUT}s: stop it, or retry" ;;
     42501) LOAD_REASON="$(stage_message psql); ${POSTGRES_USER} lacks a privilege the dump needs (objects of other owners, or only a superuser may restore them: pass --no-owner, or see the README)" ;;
-    *) LOAD_REASON="$(stage_message psql)" ;;
+    *)
+      LOAD_REASON="$(pg_state_hint "${sqlstate}")"
+      LOAD_REASON="$(stage_message psql)${LOAD_REASON:+; ${LOAD_REASON}}"
+      ;;
   esac
   if ((sent_commit && psql_rc == 2)); then
     LOAD_REASON="the connection broke during COMMIT: check whether the restore was applied${LOAD_REASON}"
@@ -1485,16 +1657,51 @@ manifest_line() {
   sed -n "s/^  \"$2\": \(.*\)\$/\1/p" "$1" | head -n 1 | json_plain
 }
 
+# manifest_problem MANIFEST: why a manifest cannot be believed, or nothing. write_manifest writes
+# one field a line; a file not of that shape (damaged, truncated, not JSON), without a field info
+# shows, or with a size that is not a believable byte count is unreadable: info then tells what
+# the file itself and its name say, rather than blanks.
+manifest_problem() {
+  local manifest="$1" field value
+  if [[ ! -r "${manifest}" ]]; then
+    printf 'it cannot be read'
+  elif [[ "$(head -n 1 -- "${manifest}")" != "{" || "$(tail -n 1 -- "${manifest}")" != "}" ]]; then
+    printf 'it is not a JSON object as backup_script.sh writes it (damaged or truncated)'
+  else
+    for field in schema_version type created_utc created_local compression source size_raw_bytes size_stored_bytes; do
+      value="$(manifest_line "${manifest}" "${field}")"
+      if [[ -z "${value}" ]]; then
+        printf 'the field %s is missing' "${field}"
+        return 0
+      fi
+      if [[ "${field}" == size_* && -z "$(manifest_count "${manifest}" "${field}")" ]]; then
+        printf '%s is not a believable byte count (%s)' "${field}" "${value:0:40}"
+        return 0
+      fi
+    done
+    value="$(manifest_line "${manifest}" type)"
+    [[ "${value}" == "${BACKUP_TYPE}" ]] || printf 'it describes a %s backup, not a %s one' "${value:0:40}" "${BACKUP_TYPE}"
+  fi
+}
+
 cmd_info() {
   local file="${BACKUP_FILE}" name="${BACKUP_FILE##*/}" manifest="${BACKUP_FILE}.manifest.json"
-  local created checksum encryption source server
+  local created checksum encryption source server problem="" unknown="no manifest" use=0
+  if [[ -f "${manifest}" ]]; then
+    problem="$(manifest_problem "${manifest}")"
+    if [[ -z "${problem}" ]]; then
+      use=1
+    else
+      unknown="the manifest is unreadable"
+    fi
+  fi
   if [[ "${name}" =~ ${BACKUP_NAME_RE} ]]; then
     local d="${BASH_REMATCH[2]}" t="${BASH_REMATCH[3]}"
     created="${d:0:4}-${d:4:2}-${d:6:2} ${t:0:2}:${t:2:2}:${t:4:2} (from the name, in TZ)"
   else
     created="unknown (the name carries no time)"
   fi
-  [[ ! -f "${manifest}" ]] || created="$(manifest_line "${manifest}" created_local) ($(manifest_line "${manifest}" created_utc))"
+  ((use == 0)) || created="$(manifest_line "${manifest}" created_local) ($(manifest_line "${manifest}" created_utc))"
   if [[ ! -f "${file}.sha256" ]]; then
     checksum="no ${name}.sha256: cannot tell whether the file is intact"
   elif (cd -- "${file%/*}" && sha256sum --check --status -- "${name}.sha256") 2>/dev/null; then
@@ -1516,25 +1723,40 @@ cmd_info() {
   printf 'type:         %s\n' "${BACKUP_TYPE}"
   printf 'created:      %s\n' "${created}"
   printf 'stored size:  %s (%s bytes)\n' "$(human_size "$(file_size "${file}")")" "$(file_size "${file}")"
-  if [[ -f "${manifest}" ]]; then
+  if ((use)); then
     local raw
-    raw="$(sed -n 's/.*"size_raw_bytes": \([0-9]*\).*/\1/p' "${manifest}")"
-    printf 'raw size:     %s (%s bytes)\n' "$(human_size "${raw:-0}")" "${raw:-?}"
+    raw="$(manifest_count "${manifest}" size_raw_bytes)"
+    printf 'raw size:     %s (%s bytes)\n' "$(human_size "${raw}")" "${raw}"
     source="$(manifest_line "${manifest}" source)"
     server="$(manifest_line "${manifest}" server_version)"
     [[ "${server}" != null ]] || server="none (a files backup has no server)"
     printf 'compression:  %s\n' "$(manifest_line "${manifest}" compression)"
-    printf 'duration:     %ss\n' "$(manifest_line "${manifest}" duration_seconds)"
-    printf 'purpose:      %s\n' "$(manifest_line "${manifest}" purpose)"
+    printf 'duration:     %s\n' "$(manifest_or_unknown "${manifest}" duration_seconds s)"
+    printf 'purpose:      %s\n' "$(manifest_or_unknown "${manifest}" purpose)"
   else
-    printf 'raw size:     unknown (no manifest; verify decodes it)\n'
+    printf 'raw size:     unknown (%s; verify decodes it)\n' "${unknown}"
     printf 'compression:  gzip (from the name)\n'
   fi
   printf 'encrypted:    %s\n' "${encryption}"
   printf 'checksum:     %s\n' "${checksum}"
-  printf 'source:       %s\n' "${source:-unknown (no manifest)}"
-  printf 'server:       %s\n' "${server:-unknown (no manifest)}"
-  [[ -f "${manifest}" ]] || printf 'manifest:     none (%s.manifest.json is missing): the values above come from the file itself\n' "${name}"
+  printf 'source:       %s\n' "${source:-unknown (${unknown})}"
+  printf 'server:       %s\n' "${server:-unknown (${unknown})}"
+  if [[ ! -f "${manifest}" ]]; then
+    printf 'manifest:     none (%s.manifest.json is missing): the values above come from the file itself\n' "${name}"
+  elif ((use == 0)); then
+    printf 'manifest:     unreadable: %s; the values above come from the file itself and its name\n' "${problem}"
+  fi
+}
+
+# manifest_or_unknown MANIFEST FIELD [UNIT]: a field info shows that older manifests may lack.
+manifest_or_unknown() {
+  local value
+  value="$(manifest_line "$1" "$2")"
+  if [[ -n "${value}" ]]; then
+    printf '%s%s' "${value}" "${3:-}"
+  else
+    printf 'unknown (not in the manifest)'
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1671,7 +1893,7 @@ cmd_restore_postgresql() {
   if ! pg_load "${target}" "${OPT_NO_OWNER}" "${preamble}"; then
     state="rolled back: ${target} is as it was"
     [[ -z "${CREATED_DB}" ]] || state="rolled back, and the database ${target} this run created is dropped again"
-    [[ "$(psql_sqlstate)" != GBK01 ]] || state="stopped, and NOT all rolled back"
+    [[ "$(pg_sqlstate "${WORK_DIR}/psql.err")" != GBK01 ]] || state="stopped, and NOT all rolled back"
     die "${LOAD_CODE}" "postgresql: the restore failed and was ${state}: ${LOAD_REASON}"
   fi
   CREATED_DB=""
@@ -1760,6 +1982,8 @@ restore_cleanup() {
     find "${RESTORE_STAGING}" -type d -exec chmod u+rwx -- {} + 2>/dev/null || true
     rm -rf -- "${RESTORE_STAGING}"
   fi
+  # A destination this failed restore created goes again, when nothing was moved into it.
+  [[ -z "${CREATED_DEST}" ]] || rmdir -- "${CREATED_DEST}" 2>/dev/null || true
   release_live_redis
   stop_temp_redis
   drop_scratch_db
@@ -1927,14 +2151,28 @@ is_real_dir() {
 }
 
 cmd_restore_files() {
-  local dest="${1:-${FILES_DIR}}" staging rel entry i
+  local dest="${1:-${FILES_DIR}}" staging rel entry i parent create=0 root=""
   local -a st conflicts=() entries=()
   local -A dir_times=() dir_modes=()
   require_type files
-  [[ -d "${dest}" && -w "${dest}" ]] || die "${EXIT_REFUSED}" "files: destination ${dest} is not a writable folder; create it or fix its permissions"
-  dest="$(realpath -- "${dest}")"
+  # A destination that does not exist yet is created (after the backup is verified) where its
+  # parent is a writable folder: a restore to a new place. A missing parent is a mistake.
+  if [[ ! -e "${dest}" && ! -L "${dest}" ]]; then
+    parent="$(dirname -- "${dest}")"
+    [[ -d "${parent}" && -w "${parent}" ]] ||
+      die "${EXIT_REFUSED}" "files: destination ${dest} does not exist, and its parent folder ${parent} does not exist or is not writable; create ${dest} first, or fix the path"
+    create=1
+  else
+    [[ -d "${dest}" && -w "${dest}" ]] || die "${EXIT_REFUSED}" "files: destination ${dest} is not a writable folder; create it or fix its permissions"
+  fi
   verify_backup
   check_member_names
+  if ((create)); then
+    mkdir -- "${dest}"
+    CREATED_DEST="$(realpath -- "${dest}")"
+    log INFO "files: created the destination ${CREATED_DEST} (it did not exist)"
+  fi
+  dest="$(realpath -- "${dest}")"
   staging="$(mktemp -d "${dest}/.gym-restore.XXXXXXXX")"
   RESTORE_STAGING="${staging}"
   set +o errexit
@@ -1942,6 +2180,9 @@ cmd_restore_files() {
     tar -C "${staging}" --same-permissions --numeric-owner -xf - 2>"${WORK_DIR}/tar.err"
   st=("${PIPESTATUS[@]}")
   set -o errexit
+  # The archive's own folder ("./", FILES_DIR when it was made): a destination this run created
+  # gets its time, mode and owner at the end, as any folder of the archive does.
+  ((create == 0)) || root="$(find "${staging}" -maxdepth 0 -printf '%T@/%m/%U:%G')"
   # The folders' modes and times as the archive has them, before anything changes them: moving
   # their contents out changes their times, and needs write access (a non-root restore of a
   # read-only folder would fail half-way), so the folders are made writable until the end.
@@ -1992,6 +2233,13 @@ cmd_restore_files() {
   done
   rm -rf -- "${staging}"
   RESTORE_STAGING=""
+  if [[ -n "${root}" ]]; then
+    chown -- "${root##*/}" "${dest}" 2>/dev/null || true
+    root="${root%/*}"
+    chmod "00${root#*/}" -- "${dest}"
+    touch -d "@${root%%/*}" -- "${dest}"
+  fi
+  CREATED_DEST=""
   log INFO "files: restored ${BACKUP_FILE##*/} into ${dest}: ${moved} files and links$( ((${#conflicts[@]} > 0)) && printf '; %s entries that were in the way replaced (--force)' "${#conflicts[@]}")"
 }
 

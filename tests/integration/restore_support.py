@@ -683,6 +683,15 @@ def tree_state(root: Path) -> dict[str, Entry]:
     return entries
 
 
+def tar_members(tar_bytes: bytes) -> set[str]:
+    """The entries of a decoded files backup, as real tar lists them: relative, no root."""
+    proc = subprocess.run(
+        ["tar", "-tf", "-"], input=tar_bytes, capture_output=True, check=True, timeout=60
+    )
+    names = {line.removeprefix("./").rstrip("/") for line in proc.stdout.decode().splitlines()}
+    return names - {""}
+
+
 def make_uploads(root: Path) -> Path:
     """Uploads that stress a files restore: unicode and spaced names, nested and empty folders,
     links inside the tree (to a file, to a folder, dangling), a hard link, varied modes, owners

@@ -553,6 +553,9 @@ def test_help_prints_usage_on_stdout_and_exits_0(
         ("POSTGRES_PORT", "0"),
         ("REDIS_PORT", "70000"),
         ("TZ", "Mars/Olympus_Mons"),
+        ("TZ", "../../../etc/passwd"),
+        ("TZ", "/etc/passwd"),
+        ("TZ", "zone.tab"),
         ("BACKUP_DIR", "relative/backups"),
     ],
 )

@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from generator.sandbox import PostgresServer, RedisServer, load_rdb, sql_literal
-from tests.integration.restore_support import folder_state, stamp, with_sidecars, write_sidecar
+from tests.integration.restore_support import (
+    folder_state,
+    stamp,
+    tar_members,
+    with_sidecars,
+    write_sidecar,
+)
 
 if TYPE_CHECKING:
     from tests.integration.conftest import MakeEnv, RunScript
@@ -186,14 +192,6 @@ def extract_tar(tar_bytes: bytes, tmp_path: Path, name: str) -> Path:
     dest.mkdir()
     subprocess.run(["tar", "-xf", str(archive), "-C", str(dest)], check=True, timeout=60)
     return dest
-
-
-def tar_members(tar_bytes: bytes) -> set[str]:
-    proc = subprocess.run(
-        ["tar", "-tf", "-"], input=tar_bytes, capture_output=True, check=True, timeout=60
-    )
-    names = {line.removeprefix("./").rstrip("/") for line in proc.stdout.decode().splitlines()}
-    return names - {""}
 
 
 # ----------------------------------------------------------------------------------- fixtures
@@ -497,6 +495,7 @@ def test_full_backup_writes_all_three_with_one_timestamp_checksums_and_manifests
         assert manifest["tool_versions"]["gym_backup"]
         if kind == "files":
             assert manifest["server_version"] is None
+            assert manifest["entries"] == len(tar_members(decode(path, key, gpg_home)))
         else:
             assert isinstance(manifest["server_version"], str)
             assert manifest["server_version"][:1].isdigit()

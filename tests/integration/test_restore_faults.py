@@ -536,18 +536,35 @@ def test_files_restore_never_writes_through_a_link_in_dest(
     assert tree_state(dest) == tree_state(uploads)
 
 
-def test_files_restore_into_a_missing_folder_is_refused(
+def test_files_restore_into_a_folder_whose_parent_is_missing_is_refused(
     sources: Sources, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:
     env = backup_env(tmp_path)
     backup = copy_backup(sources.backups[("files", False)], tmp_path / "backups")
-    missing = tmp_path / "no such folder"
+    missing = tmp_path / "no such folder" / "uploads"
 
     result = run_script(RESTORE, "files", backup.name, str(missing), env=env)
 
     assert result.returncode == 6, result.stdout + result.stderr
-    assert f"destination {missing} is not a writable folder" in result.stderr
-    assert not missing.exists()
+    assert (
+        f"destination {missing} does not exist, and its parent folder {missing.parent} "
+        "does not exist or is not writable"
+    ) in result.stderr
+    assert not missing.parent.exists()
+
+
+def test_a_refused_files_restore_into_a_new_folder_leaves_no_folder_behind(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    env = backup_env(tmp_path)
+    backup = evil_files_backup(tmp_path / "backups", [tar_symlink("salida", "/etc")])
+    new = tmp_path / "new place"
+
+    result = run_script(RESTORE, "files", backup.name, str(new), env=env)
+
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert "links that point outside the destination" in result.stderr
+    assert not new.exists()
 
 
 # ------------------------------------------------------------------------------ lock, usage

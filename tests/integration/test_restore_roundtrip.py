@@ -485,6 +485,25 @@ def test_files_restore_into_an_empty_files_dir_recreates_the_tree(
     assert f"into {uploads}" in result.stdout
 
 
+def test_files_restore_into_a_folder_that_does_not_exist_yet_creates_it_like_the_source(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    uploads = make_uploads(tmp_path / "uploads")
+    uploads.chmod(0o750)
+    written = tree_state(uploads)
+    env = backup_env(tmp_path, files_dir=uploads)
+    run_ok(run_script, BACKUP, "files", env=env)
+    backup = only_backup(tmp_path / "backups", "files", encrypted=False)
+    new = tmp_path / "restored here"
+
+    result = run_ok(run_script, RESTORE, "files", backup.name, str(new), env=env)
+
+    assert f"files: created the destination {new} (it did not exist)" in result.stdout
+    assert tree_state(new) == written
+    assert stat.S_IMODE(new.stat().st_mode) == 0o750
+    assert int(new.stat().st_mtime) == int(uploads.stat().st_mtime)
+
+
 def test_files_restore_over_existing_files_is_refused_without_force_and_overwrites_with_it(
     backup_env: MakeEnv,
     run_script: RunScript,

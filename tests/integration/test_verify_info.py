@@ -381,6 +381,49 @@ def test_info_without_sidecars_says_what_it_could_not_tell(
     assert fields["manifest"].startswith(f"none ({bare.name}.manifest.json is missing)")
 
 
+def corrupt_manifest(text: str, how: str) -> str:
+    manifest = json.loads(text)
+    if how == "not-json":
+        return "this is not a manifest\n"
+    if how == "truncated":
+        return text[: len(text) // 2]
+    if how == "field-missing":
+        return "".join(line for line in text.splitlines(True) if '"created_utc"' not in line)
+    size = f'"size_raw_bytes": {manifest["size_raw_bytes"]},'
+    absurd = {"absurd-size": "99999999999999999999999", "negative-size": "-5", "text-size": '"x"'}
+    return text.replace(size, f'"size_raw_bytes": {absurd[how]},')
+
+
+@pytest.mark.parametrize(
+    "how", ["not-json", "truncated", "field-missing", "absurd-size", "negative-size", "text-size"]
+)
+def test_info_on_a_corrupt_manifest_says_so_and_shows_what_the_file_tells(
+    how: str, sources: Sources, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    backup = copy_backup(sources.backups[("files", True)], tmp_path / "backups")
+    manifest = Path(f"{backup}.manifest.json")
+    manifest.write_text(corrupt_manifest(manifest.read_text(), how))
+
+    result = run_ok(
+        run_script, RESTORE, "info", backup.name, env=offline_env(backup_env, tmp_path, None)
+    )
+
+    fields = info_fields(result.stdout)
+    assert all(fields.values()), f"blank fields: {result.stdout}"
+    assert "()" not in result.stdout
+    assert fields["manifest"].startswith("unreadable: "), fields
+    assert fields["manifest"].endswith("the values above come from the file itself and its name")
+    stamp = backup.name.split("_backup_", 1)[1][:15]
+    assert fields["created"] == (
+        f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}"
+        " (from the name, in TZ)"
+    )
+    assert fields["raw size"] == "unknown (the manifest is unreadable; verify decodes it)"
+    assert fields["encrypted"] == "yes, OpenPGP symmetric AES256"
+    assert fields["checksum"] == f"ok (matches {backup.name}.sha256)"
+    assert fields["source"] == "unknown (the manifest is unreadable)"
+
+
 def test_info_reports_a_checksum_mismatch(
     sources: Sources, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from generator import config
 from generator.config import MASK, SETTINGS, load_settings, next_runs
 from generator.errors import ConfigError, UserError
 
@@ -62,6 +63,9 @@ def test_unknown_keys_are_ignored_but_near_misses_are_named(tmp_path: Path) -> N
         ("BACKUP_SCHEDULE", "0 2 * *", "BACKUP_SCHEDULE: '0 2 * *' has 4 fields; a schedule has 5"),
         ("CLEANUP_SCHEDULE", "0 25 * * *", "CLEANUP_SCHEDULE: '0 25 * * *' is not a valid cron"),
         ("TZ", "Mars/Olympus", "TZ: 'Mars/Olympus' is not a time zone name"),
+        ("TZ", "../../../etc/passwd", "TZ: '../../../etc/passwd' is a path, not a time zone"),
+        ("TZ", "/etc/localtime", "TZ: '/etc/localtime' is a path, not a time zone name"),
+        ("TZ", "zone.tab", "TZ: 'zone.tab' is not a time zone name"),
         ("BACKUP_DIR", "backups", "BACKUP_DIR: 'backups' is not an absolute path"),
         ("FILES_DIR", "./data", "FILES_DIR: './data' is not an absolute path"),
         ("POSTGRES_HOST", "db host", "POSTGRES_HOST: 'db host' is not a host name or address."),
@@ -74,6 +78,22 @@ def test_each_rule_reports_the_setting_and_how_to_fix_it(
     problems = problems_of(None, {name: value})
     assert len(problems) == 1
     assert problems[0].startswith(expected)
+
+
+def test_a_time_zone_name_that_links_out_of_the_zoneinfo_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zones = tmp_path / "zoneinfo"
+    (zones / "Gym").mkdir(parents=True)
+    outside = tmp_path / "not-a-zone"
+    outside.write_bytes(b"TZif outside the zoneinfo folder")
+    (zones / "Gym" / "Local").symlink_to(outside)
+    monkeypatch.setattr(config, "ZONEINFO_DIR", zones)
+
+    assert problems_of(None, {"TZ": "Gym/Local"}) == [
+        f"TZ: 'Gym/Local' does not lead to a time zone file in {zones}; "
+        "use one like 'America/Argentina/Buenos_Aires' or 'UTC'."
+    ]
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
