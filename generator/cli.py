@@ -350,8 +350,7 @@ def build(
         settings = _load(env)
         for rel, status in render.write(render.render(settings, flavor), out):
             say(f"{status.value:<11} {out / rel}")
-        tag = settings.values["BACKUP_IMAGE"]
-        _fail_on(ops.docker_build(out, tag), f"docker build {tag}")
+        ops.docker_build(out, settings.values["BACKUP_IMAGE"])
 
 
 def _compose(env: Path | None, out: Path, compose_file: Path, args: list[str]) -> None:
