@@ -174,3 +174,24 @@ def test_a_failed_docker_build_is_a_build_failure_with_its_last_lines(
     assert "build output line 12\n" in report
     assert "returned a non-zero code: 2" in report
     assert "build output line 11\n" not in report
+
+
+def test_build_and_check_use_the_flavour_of_the_existing_render(fake_docker: Path) -> None:
+    rendered = runner.invoke(app, ["generate", "--out", "out", "--flavor", "debian"])
+    assert rendered.exit_code == 0, rendered.output
+    check = runner.invoke(app, ["generate", "--out", "out", "--check"])
+    assert check.exit_code == 0, check.stderr
+    built = runner.invoke(app, ["build", "--out", "out"])
+    assert built.exit_code == 0, built.output
+    assert "FROM debian:bookworm-slim" in Path("out/Dockerfile").read_text()
+    assert "ARG PG_MAJOR=15" in Path("out/Dockerfile").read_text()
+
+
+def test_an_explicit_flavor_wins_over_the_existing_render() -> None:
+    runner.invoke(app, ["generate", "--out", "out", "--flavor", "debian"])
+    check = runner.invoke(app, ["generate", "--out", "out", "--check", "--flavor", "alpine"])
+    assert check.exit_code == 1
+    again = runner.invoke(app, ["generate", "--out", "out", "--flavor", "alpine"])
+    assert again.exit_code == 0, again.output
+    assert "FROM alpine:3.20" in Path("out/Dockerfile").read_text()
+    assert "ARG PG_MAJOR=16" in Path("out/Dockerfile").read_text()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from generator.config import load_settings
+from generator.config import FLAVOR_PG_MAJOR, load_settings
 from generator.errors import UserError
-from generator.render import Status, render, write
+from generator.render import FLAVORS, Status, render, rendered_flavor, write
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docker" / "backup"
@@ -109,6 +109,23 @@ def test_each_flavor_renders_its_base_image_and_scheduler(flavor: str) -> None:
         files["backup_script.sh"]
         == render(load_settings(None, {"PG_MAJOR": "15"}))["backup_script.sh"]
     )
+
+
+@pytest.mark.parametrize(("flavor", "major"), [("alpine", "16"), ("debian", "15")])
+def test_pg_major_defaults_to_the_client_the_flavours_distribution_ships(
+    flavor: str, major: str
+) -> None:
+    assert set(FLAVOR_PG_MAJOR) == set(FLAVORS)
+    dockerfile = render(load_settings(None, {}), flavor)["Dockerfile"]
+    assert f"ARG PG_MAJOR={major}\n" in dockerfile
+    chosen = render(load_settings(None, {"PG_MAJOR": "17"}), flavor)["Dockerfile"]
+    assert "ARG PG_MAJOR=17\n" in chosen
+
+
+def test_a_render_remembers_its_flavour_in_the_dockerfile(tmp_path: Path) -> None:
+    assert rendered_flavor(tmp_path) is None
+    write(render(load_settings(None, {}), "debian"), tmp_path)
+    assert rendered_flavor(tmp_path) == "debian"
 
 
 def test_an_unknown_flavor_is_a_user_error() -> None:
