@@ -43,6 +43,16 @@ FLAVORS: Mapping[str, tuple[str, str]] = {
 DEFAULT_FLAVOR = "alpine"
 # The Dockerfile's header names its flavour; `build` and `generate --check` read it back from there.
 _FLAVOR_RE = re.compile(r"^# The gym-backup service image \((\w+) flavour\b", re.M)
+# The health check's timing, in the image (HEALTHCHECK) and the compose service alike. Docker
+# probes first one interval after the start, so a short interval brings the first verdict soon;
+# failures in the start period do not count. (A short interval during the start period only,
+# start_interval, needs Docker 25 and a compose that knows it: docker-compose v1 rejects it.)
+HEALTH_CHECK: Mapping[str, str] = {
+    "interval": "15s",
+    "timeout": "30s",
+    "start_period": "30s",
+    "retries": "3",
+}
 # Where the entrypoint leaves the cron jobs' settings (tmpfs in every container).
 JOB_ENV = "/dev/shm/gym-backup/env.sh"  # noqa: S108 - a path inside the container
 
@@ -149,6 +159,7 @@ def render(settings: Settings, flavor: str = DEFAULT_FLAVOR) -> dict[str, str]:
         "scheduler": scheduler,
         "scheduler_process": scheduler_process,
         "job_env": JOB_ENV,
+        "health": HEALTH_CHECK,
         "setting_names": [s.name for s in SETTINGS if not s.secret],
         "secret_names": [s.name for s in SETTINGS if s.secret],
         "named_volumes": _named_volumes(settings),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 from pathlib import Path
 
@@ -144,6 +145,22 @@ def test_compose_service_mounts_backups_uploads_and_redis_data() -> None:
     assert "- gym_uploads:/data" in compose
     assert "- ./redis-data:/redis-data" in compose
     assert compose.rstrip().endswith("volumes:\n  gym_uploads:")
+
+
+@pytest.mark.parametrize("flavor", ["alpine", "debian"])
+def test_the_image_and_the_service_probe_health_first_within_15_seconds(flavor: str) -> None:
+    files = render(load_settings(None, {}), flavor)
+    flags = re.search(r"^HEALTHCHECK (.*) \\$", files["Dockerfile"], re.M)
+    assert flags, "no HEALTHCHECK in the Dockerfile"
+    in_image = dict(re.findall(r"--([a-z-]+)=(\S+)", flags.group(1)))
+    block = files["docker-compose.backup.yml"].split("    healthcheck:\n")[1]
+    in_compose = dict(re.findall(r"^      ([a-z_]+): (\S+)$", block, re.M))
+    assert {k.replace("-", "_"): v for k, v in in_image.items()} == {
+        k: v for k, v in in_compose.items() if k != "test"
+    }
+    # Docker's first probe comes one interval after the start.
+    assert in_image["interval"].endswith("s")
+    assert int(in_image["interval"][:-1]) <= 15
 
 
 def test_compose_waits_only_for_hosts_that_are_service_names() -> None:
