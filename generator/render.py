@@ -41,7 +41,7 @@ FLAVORS: Mapping[str, tuple[str, str]] = {
     "debian": ("cron -f", "cron"),
 }
 DEFAULT_FLAVOR = "alpine"
-# The Dockerfile's header names its flavour; `build` and `generate --check` read it back from there.
+# The Dockerfile's header names its flavour; `generate` and `build` read it back from there.
 _FLAVOR_RE = re.compile(r"^# The gym-backup service image \((\w+) flavour\b", re.M)
 # The health check's timing, in the image (HEALTHCHECK) and the compose service alike. Docker
 # probes first one interval after the start, so a short interval brings the first verdict soon;

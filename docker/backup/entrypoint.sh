@@ -593,7 +593,8 @@ main() {
   fi
   [[ -d "${RUN_DIR}" ]] || mkdir -m 0700 -- "${RUN_DIR}"
   rm -f -- "${REFUSED_FILE}"
-  # In a subshell, so that a refusal (exit 6) comes back here with its message.
+  # In a subshell (each check exits explicitly), so that a refusal (exit 6) comes back here with
+  # its message.
   local checked status=0
   checked="$(check_environment 2>&1)" || status=$?
   ((status != EXIT_REFUSED)) || refuse "${checked}"
