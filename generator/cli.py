@@ -55,6 +55,14 @@ LocalOption = Annotated[
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Say what would be done; change nothing.")
 ]
+FlavorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--flavor",
+        help="Image flavour: alpine or debian (default: the flavour of the render in --out, "
+        f"else {render.DEFAULT_FLAVOR}).",
+    ),
+]
 
 
 class BackupType(enum.StrEnum):
@@ -127,14 +135,12 @@ def generate(
         bool, typer.Option("--check", help="Write nothing; exit 1 if any file would change.")
     ] = False,
     dry_run: DryRunOption = False,
-    flavor: Annotated[
-        str, typer.Option("--flavor", help="Image flavour: alpine (default) or debian.")
-    ] = render.DEFAULT_FLAVOR,
+    flavor: FlavorOption = None,
 ) -> None:
     """Render the service's files from the .env settings (no secret is needed or rendered)."""
     with reporting_errors():
         settings = _load(env)
-        files = render.render(settings, flavor)
+        files = render.render(settings, render.choose_flavor(flavor, out))
         results = render.write(files, out, check=check, dry_run=dry_run)
         drift = [rel for rel, status in results if status is not render.Status.IDENTICAL]
         for rel, status in results:
@@ -343,15 +349,15 @@ ComposeOption = Annotated[
 def build(
     env: EnvOption = None,
     out: OutOption = Path("docker/backup"),
-    flavor: Annotated[str, typer.Option("--flavor", help="alpine or debian.")] = "alpine",
+    flavor: FlavorOption = None,
 ) -> None:
     """Render the service and build its image (tagged BACKUP_IMAGE)."""
     with reporting_errors():
         settings = _load(env)
-        for rel, status in render.write(render.render(settings, flavor), out):
+        files = render.render(settings, render.choose_flavor(flavor, out))
+        for rel, status in render.write(files, out):
             say(f"{status.value:<11} {out / rel}")
-        tag = settings.values["BACKUP_IMAGE"]
-        _fail_on(ops.docker_build(out, tag), f"docker build {tag}")
+        ops.docker_build(out, settings.values["BACKUP_IMAGE"])
 
 
 def _compose(env: Path | None, out: Path, compose_file: Path, args: list[str]) -> None:

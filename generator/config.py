@@ -58,6 +58,10 @@ class Setting:
         return self.kind is Kind.SECRET
 
 
+# PG_MAJOR's default: the PostgreSQL client each image flavour installs from its own distribution
+# (Alpine 3.20 and Debian bookworm), so that each flavour builds without another repository.
+FLAVOR_PG_MAJOR: Mapping[str, str] = {"alpine": "16", "debian": "15"}
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "POSTGRES_HOST", "postgres", Kind.HOST, "PostgreSQL server to dump (compose service name)."
@@ -154,9 +158,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "PG_MAJOR",
-        "16",
+        "",
         Kind.INT,
-        "PostgreSQL client major version in the image; not older than the server.",
+        "PostgreSQL client major version in the image; not older than the server (empty: the "
+        "flavour's own, "
+        + ", ".join(f"{major} on {name.capitalize()}" for name, major in FLAVOR_PG_MAJOR.items())
+        + ").",
         minimum=12,
         maximum=18,
     ),

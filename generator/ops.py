@@ -8,13 +8,21 @@ output as it comes, and their exit code is returned rather than raised.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import sys
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import sh
 
 from generator.errors import UserError
+
+# How many of a failed build's last lines its error repeats.
+BUILD_TAIL_LINES = 20
+# Terminal colour codes (the legacy builder colours the build's stderr even when not on a tty).
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _command(name: str, install_hint: str) -> sh.Command:
@@ -105,9 +113,39 @@ def docker_exec(name: str, args: Sequence[str]) -> int:
     return _foreground(docker(), ["exec", name, *args], {})
 
 
-def docker_build(context: Path, tag: str) -> int:
-    """Build the image from a rendered folder."""
-    return _foreground(docker(), ["build", "--tag", tag, str(context)], {})
+def docker_build(context: Path, tag: str) -> None:
+    """Build the image from a rendered folder; its output goes to our stderr as it comes.
+
+    Raises:
+        UserError: the build failed (exit 1), with the last lines of its output.
+    """
+    tail: deque[str] = deque(maxlen=BUILD_TAIL_LINES)
+
+    def show(line: str) -> None:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        tail.append(_ANSI_RE.sub("", line).rstrip("\r\n"))
+
+    client = docker()
+    try:
+        client(
+            "build",
+            "--tag",
+            tag,
+            str(context),
+            _out=show,
+            _err_to_out=True,
+            _tty_out=False,
+            _decode_errors="replace",
+        )
+    except sh.ErrorReturnCode as exc:
+        code = 128 + abs(exc.exit_code) if isinstance(exc, sh.SignalException) else exc.exit_code
+        lines = "\n".join(f"  {line}" for line in tail)
+        raise UserError(
+            f"docker build {tag} failed (exit {code}); the last lines of its output:\n{lines}\n"
+            "Fix what they name (a base image that cannot be pulled, a package that cannot be "
+            "installed, e.g. a PG_MAJOR the flavour does not offer) and run the build again."
+        ) from None
 
 
 def compose(files: Sequence[Path], args: Sequence[str], project_dir: Path) -> int:

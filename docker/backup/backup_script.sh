@@ -44,7 +44,7 @@ unset LANGUAGE
 : "${KEEP_MIN:=3}"
 : "${REDIS_DATA_DIR:=/redis-data}"
 : "${REDIS_RESTORE_HOST:=}"
-: "${PG_MAJOR:=16}"
+: "${PG_MAJOR:=}"
 : "${BACKUP_ON_START:=false}"
 : "${HEALTH_MAX_AGE:=0}"
 : "${BACKUP_CONTAINER:=gym_backup}"

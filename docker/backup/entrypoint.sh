@@ -4,6 +4,7 @@
 # entrypoint.sh: the backup container's start. It checks the environment (fix-it messages),
 # applies TZ, hands the settings to the cron jobs (secrets in a mode 0400 file on tmpfs),
 # installs the schedule and replaces itself with the scheduler, so `docker stop` is clean.
+# Settings it refuses leave the container up, unhealthy and idle (no restart loop).
 # Any other command is run as given: docker run IMAGE backup_script.sh full
 set -Eeuo pipefail
 umask 077
@@ -46,7 +47,7 @@ unset LANGUAGE
 : "${KEEP_MIN:=3}"
 : "${REDIS_DATA_DIR:=/redis-data}"
 : "${REDIS_RESTORE_HOST:=}"
-: "${PG_MAJOR:=16}"
+: "${PG_MAJOR:=}"
 : "${BACKUP_ON_START:=false}"
 : "${HEALTH_MAX_AGE:=0}"
 : "${BACKUP_CONTAINER:=gym_backup}"
@@ -637,6 +638,8 @@ require_tools() {
 readonly LOG_FILE=""
 readonly RUN_DIR=/dev/shm/gym-backup
 readonly JOB_ENV="${RUN_DIR}/env.sh"
+# Why the settings were refused, for the health check (present only after a refusal).
+readonly REFUSED_FILE="${RUN_DIR}/refused"
 readonly CRONTAB_FILE=/etc/gym-backup/crontab
 # Every setting a job may need; a secret is passed as its value or its _FILE, never both.
 readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION_LEVEL KEEP_MIN REDIS_DATA_DIR REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
@@ -681,12 +684,9 @@ check_environment() {
     true | false) ;;
     *) problem "BACKUP_ON_START='${BACKUP_ON_START}' must be true or false." ;;
   esac
-  if [[ -z "${ENCRYPTION_KEY:-}" && -z "${ENCRYPTION_KEY_FILE:-}" ]]; then
-    log WARN "ENCRYPTION_KEY is not set: backups will NOT be encrypted. Set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to encrypt them."
-  fi
   if ((${#problems[@]} > 0)); then
     {
-      printf 'error: the gym-backup container cannot start (%s problem(s)):\n' "${#problems[@]}"
+      printf 'error: gym-backup refuses these settings (%s problem(s)):\n' "${#problems[@]}"
       printf '  - %s\n' "${problems[@]}"
       cat <<'EOF'
 
@@ -697,6 +697,21 @@ EOF
     exit "${EXIT_REFUSED}"
   fi
   check_settings
+  prepare_backup_dir
+}
+
+# Settings refused: say why once (docker logs), leave the reason where the health check reads
+# it, install no schedule and wait. The container stays up and unhealthy instead of exiting into
+# a restart loop; `docker stop` ends the wait at once (tini passes SIGTERM on to sleep).
+refuse() {
+  local reason="$1"
+  printf '%s\n' "${reason}" >"${REFUSED_FILE}"
+  {
+    printf '%s\n\n' "${reason}"
+    printf 'No backup will run: the container waits, unhealthy. Fix the settings, then recreate it\n'
+    printf '(docker-compose up -d, or gym-backup up; a restart keeps the old environment).\n'
+  } >&2
+  exec sleep infinity
 }
 
 apply_tz() {
@@ -711,7 +726,6 @@ apply_tz() {
 # job's bash reads (BASH_ENV in the crontab). printf %q keeps quotes, $, backticks and spaces.
 write_job_env() {
   local name
-  [[ -d "${RUN_DIR}" ]] || mkdir -m 0700 -- "${RUN_DIR}"
   {
     printf '# written by entrypoint.sh at start-up; read by the cron jobs through BASH_ENV\n'
     for name in PATH TZ "${JOB_SETTINGS[@]}"; do
@@ -753,9 +767,19 @@ main() {
     apply_tz
     exec "$@"
   fi
-  check_environment
+  [[ -d "${RUN_DIR}" ]] || mkdir -m 0700 -- "${RUN_DIR}"
+  rm -f -- "${REFUSED_FILE}"
+  # In a subshell (each check exits explicitly), so that a refusal (exit 6) comes back here with
+  # its message.
+  local checked status=0
+  checked="$(check_environment 2>&1)" || status=$?
+  ((status != EXIT_REFUSED)) || refuse "${checked}"
+  [[ -z "${checked}" ]] || printf '%s\n' "${checked}" >&2
+  ((status == 0)) || exit "${status}"
+  if [[ -z "${ENCRYPTION_KEY:-}" && -z "${ENCRYPTION_KEY_FILE:-}" ]]; then
+    log WARN "ENCRYPTION_KEY is not set: backups will NOT be encrypted. Set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to encrypt them."
+  fi
   apply_tz
-  prepare_backup_dir
   write_job_env
   install_crontab
   if [[ "${BACKUP_ON_START}" == true ]]; then

@@ -4,7 +4,7 @@
 # healthcheck.sh: the container's HEALTHCHECK. Healthy when PostgreSQL accepts connections,
 # Redis answers PING, BACKUP_DIR is writable, the scheduler runs, and the last successful full
 # backup is younger than HEALTH_MAX_AGE (by default about two intervals of BACKUP_SCHEDULE).
-# Prints the reason and exits 1 otherwise.
+# Prints the reason and exits 1 otherwise; after the entrypoint refused the settings, that reason.
 set -Eeuo pipefail
 umask 077
 
@@ -46,7 +46,7 @@ unset LANGUAGE
 : "${KEEP_MIN:=3}"
 : "${REDIS_DATA_DIR:=/redis-data}"
 : "${REDIS_RESTORE_HOST:=}"
-: "${PG_MAJOR:=16}"
+: "${PG_MAJOR:=}"
 : "${BACKUP_ON_START:=false}"
 : "${HEALTH_MAX_AGE:=0}"
 : "${BACKUP_CONTAINER:=gym_backup}"
@@ -690,6 +690,11 @@ check_backup_age() {
 }
 
 main() {
+  if [[ -r "${RUN_DIR}/refused" ]]; then
+    printf 'unhealthy: the settings were refused at start, so no backup runs; fix them and recreate the container:\n'
+    cat -- "${RUN_DIR}/refused"
+    exit 1
+  fi
   # The settings the cron jobs see, secrets included.
   # shellcheck source=/dev/null
   [[ ! -r "${RUN_DIR}/env.sh" ]] || source "${RUN_DIR}/env.sh"

@@ -14,12 +14,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from generator import render
+from generator.config import load_settings
 from tests.container.conftest import (
     CONTAINER,
     ENCRYPTION_KEY,
     PG_PASSWORD,
     PROJECT_NAME,
     REDIS_PASSWORD,
+    TEST_OVERRIDE,
     Stack,
     docker,
 )
@@ -193,10 +196,72 @@ def test_the_health_check_follows_postgresql_down_and_back(stack: Stack) -> None
 IMAGE = "gym-backup:container-test"
 
 
-def test_the_entrypoint_refuses_a_missing_password_with_a_fix_it_message(stack: Stack) -> None:
-    result = docker("run", "--rm", "-e", "TZ=UTC", IMAGE, check=False, timeout=120)
-    assert result.returncode == 6
-    assert "POSTGRES_PASSWORD is not set: set it (or POSTGRES_PASSWORD_FILE" in result.stderr
+def test_a_one_off_backup_without_the_password_exits_6(stack: Stack) -> None:
+    result = docker(
+        "run", "--rm", "-e", "TZ=UTC", IMAGE, "backup_script.sh", "full", check=False, timeout=120
+    )
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert "POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE" in result.stderr
+
+
+def test_a_refused_configuration_keeps_the_service_up_unhealthy_and_idle(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The compose service without POSTGRES_PASSWORD: no restart loop (restart: unless-stopped),
+    the fix-it message once in its log, unhealthy with the reason, no job, a prompt stop."""
+    name = "gym_backup_refused_test"
+    env = "".join(
+        line + "\n"
+        for line in (stack.folder / ".env").read_text().splitlines()
+        if not line.startswith("POSTGRES_PASSWORD=")
+    )
+    # Its own compose project, without the gym's services: addresses, not names, so no depends_on.
+    env += f"BACKUP_CONTAINER={name}\nPOSTGRES_HOST=127.0.0.1\nREDIS_HOST=127.0.0.1\n"
+    (tmp_path / ".env").write_text(env, encoding="utf-8")
+    (tmp_path / "docker-compose.test.yml").write_text(TEST_OVERRIDE, encoding="utf-8")
+    (tmp_path / "backups").mkdir()
+    (tmp_path / "uploads").mkdir()
+    render.write(
+        render.render(load_settings(tmp_path / ".env", {}), "debian"),
+        tmp_path / "docker" / "backup",
+    )
+    project = ["-p", "gymbackuprefused", "--project-directory", str(tmp_path)]
+    files = ["-f", "docker/backup/docker-compose.backup.yml", "-f", "docker-compose.test.yml"]
+
+    def compose(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker-compose", *project, *files, "--profile", "production", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+
+    def state(field: str) -> str:
+        return docker("inspect", "--format", f"{{{{{field}}}}}", name).stdout.strip()
+
+    up = compose("up", "-d", "--no-build")
+    assert up.returncode == 0, up.stderr
+    try:
+        deadline = time.monotonic() + 60
+        while state(".State.Health.Status") != "unhealthy":
+            assert time.monotonic() < deadline, state("json .State")
+            time.sleep(1)
+        for _ in range(2):  # still the first run, a few seconds apart
+            assert state(".State.Status") == "running"
+            assert state(".RestartCount") == "0"
+            time.sleep(3)
+        logs = docker("logs", name)
+        assert (logs.stdout + logs.stderr).count("POSTGRES_PASSWORD is not set") == 1, logs.stderr
+        health = docker("inspect", "--format", "{{json .State.Health.Log}}", name).stdout
+        assert "POSTGRES_PASSWORD is not set" in health
+        assert docker("exec", name, "pgrep", "-x", "cron", check=False).returncode == 1
+        start = time.monotonic()
+        docker("stop", name)
+        assert time.monotonic() - start < 10
+    finally:
+        compose("down", "-v")
 
 
 def test_any_other_command_is_passed_through(stack: Stack) -> None:

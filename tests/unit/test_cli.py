@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,67 @@ def test_without_a_dotenv_here_the_error_says_where_it_looked(tmp_path: Path) ->
     assert result.exit_code == 1
     assert "POSTGRES_PASSWORD: required for a backup run" in result.stderr
     assert f"no .env file in {tmp_path}: pass --env FILE" in result.stderr
+
+
+FAKE_DOCKER = """\
+#!/bin/sh
+# A stand-in for the docker client: the engine answers; `build` prints 30 lines and exits with
+# FAKE_BUILD_EXIT (0 by default).
+case "$1" in
+  info) echo 20.10.24 ;;
+  build)
+    i=1
+    while [ "$i" -le 30 ]; do echo "build output line $i"; i=$((i + 1)); done
+    if [ "${FAKE_BUILD_EXIT:-0}" -ne 0 ]; then
+      echo "The command '/bin/sh -c apt-get install' returned a non-zero code: 2" >&2
+    fi
+    exit "${FAKE_BUILD_EXIT:-0}" ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fake `docker` first on PATH (the CLI's own handling of its results is under test)."""
+    folder = tmp_path / "fake-bin"
+    folder.mkdir()
+    client = folder / "docker"
+    client.write_text(FAKE_DOCKER, encoding="utf-8")
+    client.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    return client
+
+
+def test_a_failed_docker_build_is_a_build_failure_with_its_last_lines(
+    fake_docker: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_BUILD_EXIT", "2")
+    result = runner.invoke(app, ["build", "--out", "out"])
+    assert result.exit_code == 1, result.output
+    assert "usage" not in result.stderr
+    assert "error: docker build gym-backup:latest failed (exit 2)" in result.stderr
+    report = result.stderr.split("error: docker build")[1]
+    assert "build output line 12\n" in report
+    assert "returned a non-zero code: 2" in report
+    assert "build output line 11\n" not in report
+
+
+def test_build_and_check_use_the_flavour_of_the_existing_render(fake_docker: Path) -> None:
+    rendered = runner.invoke(app, ["generate", "--out", "out", "--flavor", "debian"])
+    assert rendered.exit_code == 0, rendered.output
+    check = runner.invoke(app, ["generate", "--out", "out", "--check"])
+    assert check.exit_code == 0, check.stderr
+    built = runner.invoke(app, ["build", "--out", "out"])
+    assert built.exit_code == 0, built.output
+    assert "FROM debian:bookworm-slim" in Path("out/Dockerfile").read_text()
+    assert "ARG PG_MAJOR=15" in Path("out/Dockerfile").read_text()
+
+
+def test_an_explicit_flavor_wins_over_the_existing_render() -> None:
+    runner.invoke(app, ["generate", "--out", "out", "--flavor", "debian"])
+    check = runner.invoke(app, ["generate", "--out", "out", "--check", "--flavor", "alpine"])
+    assert check.exit_code == 1
+    again = runner.invoke(app, ["generate", "--out", "out", "--flavor", "alpine"])
+    assert again.exit_code == 0, again.output
+    assert "FROM alpine:3.20" in Path("out/Dockerfile").read_text()
+    assert "ARG PG_MAJOR=16" in Path("out/Dockerfile").read_text()

@@ -12,9 +12,21 @@ from generator.config import SETTINGS
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def readme_rows() -> list[tuple[str, str, str]]:
+    """The settings table's rows: name, default, description."""
+    return re.findall(
+        r"^\| `([A-Z_]+)` \| ([^|]+) \| (.+) \|$", (ROOT / "README.md").read_text(), re.M
+    )
+
+
 def readme_settings() -> dict[str, str]:
-    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]+) \|", (ROOT / "README.md").read_text(), re.M)
-    return {name: default.strip() for name, default in rows}
+    return {name: default.strip() for name, default, _ in readme_rows()}
+
+
+def test_readme_describes_every_setting_with_its_help_text() -> None:
+    described = {name: text for name, _, text in readme_rows()}
+    for s in SETTINGS:
+        assert described[s.name].startswith(s.help), s.name
 
 
 def test_readme_lists_every_setting_with_its_default() -> None:

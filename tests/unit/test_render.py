@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import stat
 from pathlib import Path
 
 import pytest
 
-from generator.config import load_settings
+from generator.config import FLAVOR_PG_MAJOR, load_settings
 from generator.errors import UserError
-from generator.render import Status, render, write
+from generator.render import FLAVORS, Status, render, rendered_flavor, write
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docker" / "backup"
@@ -111,6 +112,23 @@ def test_each_flavor_renders_its_base_image_and_scheduler(flavor: str) -> None:
     )
 
 
+@pytest.mark.parametrize(("flavor", "major"), [("alpine", "16"), ("debian", "15")])
+def test_pg_major_defaults_to_the_client_the_flavours_distribution_ships(
+    flavor: str, major: str
+) -> None:
+    assert set(FLAVOR_PG_MAJOR) == set(FLAVORS)
+    dockerfile = render(load_settings(None, {}), flavor)["Dockerfile"]
+    assert f"ARG PG_MAJOR={major}\n" in dockerfile
+    chosen = render(load_settings(None, {"PG_MAJOR": "17"}), flavor)["Dockerfile"]
+    assert "ARG PG_MAJOR=17\n" in chosen
+
+
+def test_a_render_remembers_its_flavour_in_the_dockerfile(tmp_path: Path) -> None:
+    assert rendered_flavor(tmp_path) is None
+    write(render(load_settings(None, {}), "debian"), tmp_path)
+    assert rendered_flavor(tmp_path) == "debian"
+
+
 def test_an_unknown_flavor_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown flavor 'ubuntu'"):
         render(load_settings(None, {}), "ubuntu")
@@ -127,6 +145,22 @@ def test_compose_service_mounts_backups_uploads_and_redis_data() -> None:
     assert "- gym_uploads:/data" in compose
     assert "- ./redis-data:/redis-data" in compose
     assert compose.rstrip().endswith("volumes:\n  gym_uploads:")
+
+
+@pytest.mark.parametrize("flavor", ["alpine", "debian"])
+def test_the_image_and_the_service_probe_health_first_within_15_seconds(flavor: str) -> None:
+    files = render(load_settings(None, {}), flavor)
+    flags = re.search(r"^HEALTHCHECK (.*) \\$", files["Dockerfile"], re.M)
+    assert flags, "no HEALTHCHECK in the Dockerfile"
+    in_image = dict(re.findall(r"--([a-z-]+)=(\S+)", flags.group(1)))
+    block = files["docker-compose.backup.yml"].split("    healthcheck:\n")[1]
+    in_compose = dict(re.findall(r"^      ([a-z_]+): (\S+)$", block, re.M))
+    assert {k.replace("-", "_"): v for k, v in in_image.items()} == {
+        k: v for k, v in in_compose.items() if k != "test"
+    }
+    # Docker's first probe comes one interval after the start.
+    assert in_image["interval"].endswith("s")
+    assert int(in_image["interval"][:-1]) <= 15
 
 
 def test_compose_waits_only_for_hosts_that_are_service_names() -> None:
