@@ -35,7 +35,7 @@ OUTPUTS: Mapping[str, str] = {
     "docker-compose.backup.yml": "docker-compose.backup.yml.j2",
 }
 
-# Image flavours: the scheduler each one runs as PID 1 (under tini) and its process name.
+# Image flavours: the scheduler each one runs (the entrypoint's child) and its process name.
 FLAVORS: Mapping[str, tuple[str, str]] = {
     "alpine": ("crond -f -d 8", "crond"),  # -d: its own log to stderr (docker logs)
     "debian": ("cron -f", "cron"),

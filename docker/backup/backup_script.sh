@@ -123,14 +123,113 @@ cleanup() {
   fi
   if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
     rm -rf -- "${WORK_DIR}"
+    # The install's run folder goes too when no other run uses it.
+    [[ "${WORK_DIR}" != "${RUN_DIR_OF_RUN:-}" ]] || rmdir -- "${WORK_DIR%/*}" 2>/dev/null || true
   fi
 }
 
-# SIGINT or SIGTERM: say so in the log; the EXIT trap then removes what was half-written.
+# ---------------------------------------------------------------------------------------------
+# Steps and signals. A long step (a dump, a decode, waiting for the lock) runs as a background
+# job in a process group of its own, and the script waits for it: a signal to the script is then
+# handled at once (a foreground pipeline would keep it waiting until the step ends), and stops
+# the step with every process it started. SIGKILL stops only the script: the next run cleans up.
+
+STEP_PID=""
+# Set while a final name is being given: a signal then waits until the names are all given.
+PUBLISHING=0
+PENDING_SIGNAL=""
+
+# run_step CMD...: run CMD (a command or function) as such a step; STEP_RC is its exit status.
+# A pipeline inside CMD saves its stages' statuses with save_statuses; STEP_ST has them after.
+# run_step itself always succeeds, and is called as a statement of its own: in a condition (if,
+# ||, &&) bash would run CMD with errexit ignored, even where CMD sets it.
+run_step() {
+  STEP_RC=0
+  STEP_ST=()
+  : >"${WORK_DIR}/step.st"
+  set -m
+  (
+    # A pipeline's failure is for the caller to judge (a part sets errexit again itself).
+    set +m +o errexit
+    trap - INT TERM
+    # (BASHPID read here: in the watcher's own arguments it would be the watcher's)
+    local step="${BASHPID}" watcher
+    watch_run "$$" "${step}" &
+    watcher=$!
+    "$@"
+    local rc=$?
+    kill "${watcher}" 2>/dev/null
+    exit "${rc}"
+  ) &
+  STEP_PID=$!
+  set +m
+  # If this run is killed, the next one stops what is left of the step (clean_leftovers).
+  printf '%s\n' "${STEP_PID}" >"${WORK_DIR}/step.pgid"
+  wait "${STEP_PID}" || STEP_RC=$?
+  STEP_PID=""
+  read -r -a STEP_ST <"${WORK_DIR}/step.st" || true
+  # No statuses saved (the step was killed, or is one command): its own status stands for them.
+  ((${#STEP_ST[@]} > 0)) || STEP_ST=("${STEP_RC}")
+  return 0
+}
+
+# watch_run SCRIPT_PID STEP_PID: a step's watcher. SIGKILL of the script runs no trap: the step
+# then stops its whole process group itself within a second (a part removes its partial files).
+# It keeps none of the run's files open (the lock, a pipe psql reads to its end).
+watch_run() {
+  local fd
+  for fd in "/proc/${BASHPID}/fd/"*; do
+    fd="${fd##*/}"
+    ((fd <= 2)) || eval "exec ${fd}>&-" 2>/dev/null
+  done
+  exec </dev/null >/dev/null 2>&1
+  while is_running "$1"; do
+    sleep 1
+  done
+  kill -TERM -- "-$2" 2>/dev/null
+}
+
+# save_statuses "${PIPESTATUS[@]}": the statuses of a step's pipeline, for run_step's caller.
+save_statuses() {
+  printf '%s\n' "$*" >"${WORK_DIR}/step.st"
+}
+
+# is_running PID: the process runs (a zombie, dead but not yet waited for, does not).
+is_running() {
+  local stat
+  # (read, not $(<...): under errexit a missing file there ends the whole shell)
+  { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+
+# stop_step: end the running step (TERM to its process group, KILL after 20 s) and wait until
+# every process of the group is gone (a part's subshell removes its partial files first).
+stop_step() {
+  local i
+  [[ -n "${STEP_PID}" ]] || return 0
+  kill -TERM -- "-${STEP_PID}" 2>/dev/null || true
+  for ((i = 0; i < 200; i++)); do
+    is_running "${STEP_PID}" || wait "${STEP_PID}" 2>/dev/null || true
+    kill -0 -- "-${STEP_PID}" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL -- "-${STEP_PID}" 2>/dev/null || true
+  wait "${STEP_PID}" 2>/dev/null || true
+  STEP_PID=""
+}
+
+# SIGINT or SIGTERM: stop the running step, say exactly what the run had done (each script's
+# interrupted_state tells), and exit; the EXIT trap then removes what was half-written.
 on_signal() {
   local name="$1" code="$2"
+  if ((PUBLISHING)); then
+    PENDING_SIGNAL="${name} ${code}"
+    return 0
+  fi
   trap - INT TERM
-  log ERROR "interrupted by ${name}: nothing was written under a final name"
+  stop_step
+  log ERROR "interrupted by ${name}: $(interrupted_state)"
   exit "${code}"
 }
 
@@ -139,15 +238,122 @@ trap_signals() {
   trap 'on_signal SIGTERM 143' TERM
 }
 
+# publishing_done: names given; a signal that came meanwhile is handled now.
+publishing_done() {
+  PUBLISHING=0
+  if [[ -n "${PENDING_SIGNAL}" ]]; then
+    # shellcheck disable=SC2086 # "NAME CODE"
+    on_signal ${PENDING_SIGNAL}
+  fi
+}
+
 register_partial() {
   PARTIALS+=("$1")
 }
 
-# A private temporary folder, and a GnuPG home with a short path: gpg-agent's sockets live there
-# when /run/user does not exist (as in containers), and socket paths are limited to 107 bytes.
+# ---------------------------------------------------------------------------------------------
+# The run folder: one per install (keyed by BACKUP_DIR), outside every shared volume, mode 0700.
+# Each run's private files live in RUN_ROOT/run.PID (its parts' in folders below it); the name
+# tells which runs are going on (the container's entrypoint signals them on `docker stop`), and
+# what a killed run left is found and removed by the next run that holds the lock.
+
+run_root() {
+  local key
+  key="$(printf '%s' "${BACKUP_DIR%/}" | cksum | cut -d' ' -f1)"
+  printf '%s/gym-backup-%s\n' "${TMPDIR:-/tmp}" "${key}"
+}
+
+# make_work_dir [WHAT]: the run's private folder (the main run's, with WHAT as its description,
+# or a part's inside it), and a GnuPG home with a short path: gpg-agent's sockets live there when
+# /run/user does not exist (as in containers), and socket paths are limited to 107 bytes.
 make_work_dir() {
-  WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gym-backup.XXXXXXXX")"
+  local root tries
+  if [[ -n "${RUN_DIR_OF_RUN:-}" && -d "${RUN_DIR_OF_RUN}" ]]; then
+    WORK_DIR="$(mktemp -d "${RUN_DIR_OF_RUN}/part.XXXXXXXX")"
+  else
+    root="$(run_root)"
+    WORK_DIR="${root}/run.$$"
+    rm -rf -- "${WORK_DIR}"
+    # Another run may remove the (empty) run folder meanwhile: try again then.
+    for tries in 1 2 3; do
+      mkdir -m 700 -- "${root}" 2>/dev/null || true
+      # A folder of this user and nobody else's: /tmp is shared, the name is predictable.
+      [[ -d "${root}" && ! -L "${root}" && -O "${root}" ]] ||
+        die "${EXIT_REFUSED}" "${root} is not a private folder of this user; remove it, or set TMPDIR to another folder"
+      chmod 700 -- "${root}" 2>/dev/null || true
+      ! mkdir -m 700 -- "${WORK_DIR}" 2>/dev/null || break
+      ((tries < 3)) || die "${EXIT_FAILED}" "cannot create the run's private folder ${WORK_DIR}"
+    done
+    printf '%s\n' "${1:-${0##*/}}" >"${WORK_DIR}/command"
+    RUN_DIR_OF_RUN="${WORK_DIR}"
+  fi
   GNUPG_DIR="$(mktemp -d /tmp/gym-gpg.XXXXXXXX)"
+  printf '%s\n' "${GNUPG_DIR}" >"${WORK_DIR}/gnupg-home"
+}
+
+# run_alive PID: a run of this tool is still going under that PID (not a reused PID).
+run_alive() {
+  local cmdline=""
+  kill -0 "$1" 2>/dev/null || return 1
+  [[ -r "/proc/$1/cmdline" ]] || return 0
+  cmdline="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 0
+  [[ "${cmdline}" == *backup_script.sh* || "${cmdline}" == *restore_script.sh* ]]
+}
+
+# running_runs: the PIDs of the runs of this install going on now, one a line.
+running_runs() {
+  local dir pid
+  for dir in "$(run_root)"/run.*; do
+    [[ -d "${dir}" ]] || continue
+    pid="${dir##*/run.}"
+    is_uint "${pid}" && run_alive "${pid}" && printf '%s\n' "${pid}"
+  done
+  return 0
+}
+
+# clean_leftovers [--partials]: with the lock held, remove what killed runs left: their private
+# folders (decrypted data, temporary configs), their gpg-agents and the processes they recorded;
+# with --partials, the .partial files in BACKUP_DIR too (only a run holding the lock writes them:
+# none is ours yet; cleanup removes them itself, saying so in its own words).
+clean_leftovers() {
+  local dir pid what home file proc path
+  for dir in "$(run_root)"/run.*; do
+    [[ -d "${dir}" && ! -L "${dir}" ]] || continue
+    pid="${dir##*/run.}"
+    [[ "${pid}" != "$$" ]] || continue
+    ! { is_uint "${pid}" && run_alive "${pid}"; } || continue
+    what="$(head -c 200 -- "${dir}/command" 2>/dev/null | tr '\n' ' ')"
+    while IFS= read -r -d '' file; do
+      home="$(<"${file}")"
+      if [[ "${home}" == /tmp/gym-gpg.* && -d "${home}" ]]; then
+        gpgconf --homedir "${home}" --kill gpg-agent >/dev/null 2>&1 || true
+        rm -rf -- "${home}"
+      fi
+    done < <(find "${dir}" -name gnupg-home -type f -print0 2>/dev/null)
+    # Its steps go on without it (a pg_dump waiting for a lock, say): stop their process groups.
+    while IFS= read -r -d '' file; do
+      proc="$(<"${file}")"
+      if is_uint "${proc}" && run_alive "${proc}"; then
+        kill -TERM -- "-${proc}" 2>/dev/null || true
+      fi
+    done < <(find "${dir}" -name step.pgid -type f -print0 2>/dev/null)
+    # Servers a killed run started (a temporary redis-server) record their PID in NAME.pid.
+    while IFS= read -r -d '' file; do
+      proc="$(<"${file}")"
+      if is_uint "${proc}" && [[ "$(tr '\0' ' ' <"/proc/${proc}/cmdline" 2>/dev/null)" == *redis-server* ]]; then
+        kill "${proc}" 2>/dev/null || true
+      fi
+    done < <(find "${dir}" -name '*.pid' -type f -print0 2>/dev/null)
+    leftover_hook "${dir}"
+    rm -rf -- "${dir}"
+    log WARN "cleaned up after a run that did not finish (pid ${pid}: ${what% }): it was killed; its private files are removed"
+  done
+  [[ "${1:-}" == --partials ]] || return 0
+  for path in "${BACKUP_DIR}"/*_backup_*.partial; do
+    [[ -f "${path}" && "${path##*/}" =~ ${PARTIAL_NAME_RE} ]] || continue
+    rm -f -- "${path}"
+    log WARN "removed ${path##*/}, left half-written by a run that was killed"
+  done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +477,8 @@ acquire_lock() {
   exec 9>>"${lock_file}" || die "${EXIT_FAILED}" "cannot open the lock file ${lock_file}"
   if ! flock -n 9; then
     log INFO "waiting up to ${LOCK_TIMEOUT}s for the lock held by: $(lock_holder "${lock_file}")"
-    if ! flock -w "${LOCK_TIMEOUT}" 9; then
+    run_step flock -w "${LOCK_TIMEOUT}" 9
+    if ((STEP_RC != 0)); then
       die "${EXIT_LOCKED}" "another run holds the lock ($(lock_holder "${lock_file}")); gave up after ${LOCK_TIMEOUT}s (LOCK_TIMEOUT). Try again when it has finished."
     fi
   fi
@@ -637,6 +844,8 @@ readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 DRY_RUN=0
 # Where the Redis content check also keeps the decoded RDB (the restore script sets it).
 RDB_COPY=""
+# The backup a part's subshell makes (interrupted_state tells a part from the whole run by it).
+PART_TYPE=""
 # Why a backup was made (the manifest says; list marks safety backups taken before restores).
 BACKUP_PURPOSE="backup"
 
@@ -740,6 +949,16 @@ check_pg_versions() {
   fi
 }
 
+# dump_postgresql_to FILE: pg_dump, compressed and protected, into FILE (a step).
+dump_postgresql_to() {
+  pg_run pg_dump --no-password --clean --if-exists --quote-all-identifiers \
+    -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
+    2>"${WORK_DIR}/pg_dump.err" |
+    compress 2>"${WORK_DIR}/compress.err" |
+    protect 2>"${WORK_DIR}/$(protect_stage).err" >"$1"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
 backup_postgresql() {
   local ts="$1" epoch="$2"
   local final partial server_num server_version started
@@ -759,15 +978,8 @@ backup_postgresql() {
   check_free_space postgresql
   log INFO "postgresql: dumping ${POSTGRES_DB} from ${POSTGRES_HOST}:${POSTGRES_PORT} (PostgreSQL ${server_version})"
   register_partial "${partial}"
-  set +o errexit
-  pg_run pg_dump --no-password --clean --if-exists --quote-all-identifiers \
-    -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
-    2>"${WORK_DIR}/pg_dump.err" |
-    compress 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
-  check_pipeline postgresql pg_dump compress "$(protect_stage)" -- "${st[@]}"
+  run_step dump_postgresql_to "${partial}"
+  check_pipeline postgresql pg_dump compress "$(protect_stage)" -- "${STEP_ST[@]}"
   verify_stored postgresql "${partial}"
   finish_backup postgresql "${partial}" "${final}" "${epoch}" "${started}" \
     "{\"host\": $(json_str "${POSTGRES_HOST}"), \"port\": ${POSTGRES_PORT}, \"database\": $(json_str "${POSTGRES_DB}"), \"user\": $(json_str "${POSTGRES_USER}")}" \
@@ -837,6 +1049,16 @@ backup_redis() {
 # ---------------------------------------------------------------------------------------------
 # Files
 
+# archive_files_to FILE [EXCLUDE...]: tar of FILES_DIR, compressed and protected, into FILE.
+archive_files_to() {
+  local out="$1"
+  shift
+  tar -C "${FILES_DIR}" "$@" -cf - . 2>"${WORK_DIR}/tar.err" |
+    compress 2>"${WORK_DIR}/compress.err" |
+    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${out}"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
 backup_files() {
   local ts="$1" epoch="$2"
   local final partial started pattern inside previous_entries="" entries warning
@@ -870,12 +1092,8 @@ backup_files() {
   ((${#previous[@]} == 0)) || previous_entries="$(manifest_count "${BACKUP_DIR}/${previous[0]}.manifest.json" entries)"
   log INFO "files: archiving ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})}"
   register_partial "${partial}"
-  set +o errexit
-  tar -C "${FILES_DIR}" "${excludes[@]}" -cf - . 2>"${WORK_DIR}/tar.err" |
-    compress 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
+  run_step archive_files_to "${partial}" "${excludes[@]}"
+  st=("${STEP_ST[@]}")
   # GNU tar's exit 1 when creating: a file changed (or went away) while it was read, as in a
   # busy uploads folder. The archive is whole and holds what tar read: a warning, not a failure.
   if ((st[0] == 1)); then
@@ -958,14 +1176,18 @@ content_check() {
   esac
 }
 
+# decode_and_check FILE TYPE: decode FILE, count the bytes, check the content (a step).
+decode_and_check() {
+  decode "$1" 2>"${WORK_DIR}/decode.err" | count_bytes | content_check "$2" 2>"${WORK_DIR}/check.err"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
 # verify_stored TYPE FILE: decode FILE once (decrypt, decompress) and check its content.
 verify_stored() {
   local type="$1" file="$2"
   local -a st
-  set +o errexit
-  decode "${file}" 2>"${WORK_DIR}/decode.err" | count_bytes | content_check "${type}" 2>"${WORK_DIR}/check.err"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
+  run_step decode_and_check "${file}" "${type}"
+  st=("${STEP_ST[@]}")
   local i
   local -a names=(decode count check)
   for i in 0 1 2; do
@@ -980,6 +1202,13 @@ verify_stored() {
   is_uint "${RAW_SIZE}" || die "${EXIT_VERIFY}" "${type}: could not count the decoded bytes"
 }
 
+# sha256_to FILE OUT: the sha256 of FILE, in OUT (a step).
+sha256_to() {
+  local sum
+  sum="$(sha256sum -- "$1")" || return 1
+  printf '%s\n' "${sum:0:64}" >"$2"
+}
+
 # finish_backup TYPE PARTIAL FINAL EPOCH STARTED SOURCE_JSON SERVER_VERSION TOOLS_JSON [FIELDS]
 # FIELDS: more manifest lines of this type ("\"entries\": 12,").
 finish_backup() {
@@ -988,7 +1217,10 @@ finish_backup() {
   local name hash stored duration_us manifest sums
   name="${final##*/}"
   stored="$(file_size "${partial}")"
-  hash="$(sha256sum -- "${partial}" | cut -c1-64)"
+  run_step sha256_to "${partial}" "${WORK_DIR}/stored.sha256"
+  ((STEP_RC == 0)) ||
+    die "${EXIT_FAILED}" "${type}: could not read ${partial##*/} back to hash it"
+  hash="$(<"${WORK_DIR}/stored.sha256")"
   duration_us=$((${EPOCHREALTIME/./} - ${started/./}))
   sums="${final}.sha256.partial"
   manifest="${final}.manifest.json.partial"
@@ -997,9 +1229,13 @@ finish_backup() {
   printf '%s  %s\n' "${hash}" "${name}" >"${sums}"
   write_manifest "${type}" "${name}" "${epoch}" "${stored}" "${hash}" "${duration_us}" \
     "${source_json}" "${server_version}" "${tools_json}" "${fields}" >"${manifest}"
+  # The three names are given together: a signal meanwhile waits until they are.
+  PUBLISHING=1
   publish "${sums}" "${final}.sha256"
   publish "${manifest}" "${final}.manifest.json"
   publish "${partial}" "${final}"
+  [[ -z "${RUN_DIR_OF_RUN:-}" ]] || printf '%s\n' "${name}" >>"${RUN_DIR_OF_RUN}/published"
+  publishing_done
   log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))s)"
 }
 
@@ -1098,18 +1334,23 @@ pick_timestamp() {
   done
 }
 
-# Each part runs in its own subshell, so that a failed part ends only itself (full goes on).
-run_part() (
+# run_part TYPE TS EPOCH: one backup, as a step of its own (run_step's subshell), so that a
+# failed part ends only itself (full goes on).
+run_part() {
   set -o errexit
+  PART_TYPE="$1"
   trap cleanup EXIT
   trap_signals
   make_work_dir
   "backup_$1" "$2" "$3"
-)
+}
 readonly LOG_FILE="${BACKUP_DIR}/backup.log"
 readonly BACKUP_TYPES=(postgresql redis files)
 readonly SIDECARS=(sha256 manifest.json)
 readonly LOG_KEEP_DAYS=7
+# The run's parts: all of them, and the one running (what a signal interrupted).
+RUN_TYPES=()
+RUN_CURRENT=""
 
 usage() {
   cat <<'EOF'
@@ -1147,6 +1388,7 @@ cmd_backup() {
   load_secrets
   prepare_backup_dir
   ((DRY_RUN)) || acquire_lock "backup ${what}"
+  ((DRY_RUN)) || clean_leftovers --partials
   ((DRY_RUN)) || rotate_logs
   pick_timestamp
   local run="backup ${what}"
@@ -1154,12 +1396,13 @@ cmd_backup() {
   log INFO "${run} started: run ${RUN_TS} ($(encryption_on && printf 'encrypted, AES256' || printf 'NOT encrypted: ENCRYPTION_KEY is not set'))"
   local type rc first_failure=0 warning
   local -a summary=()
+  RUN_TYPES=("${types[@]}")
   for type in "${types[@]}"; do
     PART_WARNINGS="${WORK_DIR}/${type}.warnings"
-    set +o errexit
-    run_part "${type}" "${RUN_TS}" "${RUN_EPOCH}"
-    rc=$?
-    set -o errexit
+    RUN_CURRENT="${type}"
+    run_step run_part "${type}" "${RUN_TS}" "${RUN_EPOCH}"
+    rc="${STEP_RC}"
+    RUN_CURRENT=""
     if ((rc != 0)); then
       summary+=("${type} FAILED (exit ${rc})")
       ((first_failure != 0)) || first_failure="${rc}"
@@ -1179,6 +1422,35 @@ cmd_backup() {
     log ERROR "${run} FAILED: ${summary[*]}"
   fi
   exit "${first_failure}"
+}
+
+# What the run had done when a signal stopped it (on_signal logs it): in a part, that part; in
+# the run, every backup it published, the part it stopped and those it did not start.
+interrupted_state() {
+  local type published="" started=0
+  local -a not_started=()
+  if [[ -n "${PART_TYPE}" ]]; then
+    printf 'the %s backup was stopped; nothing of it was published, its partial files are removed' "${PART_TYPE}"
+    return 0
+  fi
+  if [[ -n "${RUN_DIR_OF_RUN:-}" && -s "${RUN_DIR_OF_RUN}/published" ]]; then
+    published="$(joined_lines "${RUN_DIR_OF_RUN}/published")"
+  fi
+  for type in "${RUN_TYPES[@]}"; do
+    [[ "${type}" != "${RUN_CURRENT}" ]] || started=1
+    if ((started)) && [[ "${type}" != "${RUN_CURRENT}" ]]; then
+      not_started+=("${type}")
+    fi
+  done
+  printf '%s' "${published:+published before the stop: ${published}; }"
+  [[ -z "${published}" ]] && printf 'nothing was published under a final name; '
+  [[ -z "${RUN_CURRENT}" ]] || printf 'stopped: %s (nothing of it was published); ' "${RUN_CURRENT}"
+  printf 'not started: %s' "${not_started[*]:-none}"
+}
+
+# leftover_hook DIR: nothing of a killed backup run needs more than removing its folder.
+leftover_hook() {
+  return 0
 }
 
 # The health check reads when the last full backup succeeded.
@@ -1258,6 +1530,7 @@ cmd_cleanup() {
     log INFO "cleanup dry run: nothing will be deleted"
   else
     acquire_lock cleanup
+    clean_leftovers
     rotate_logs
   fi
   local now="${EPOCHSECONDS}" type
@@ -1379,7 +1652,7 @@ main() {
   trap_signals
   trap cleanup EXIT
   check_settings
-  make_work_dir
+  make_work_dir "backup_script.sh ${command}"
   case "${command}" in
     full | postgresql | redis | files) cmd_backup "${command}" ;;
     list) cmd_list ;;

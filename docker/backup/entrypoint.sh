@@ -126,14 +126,113 @@ cleanup() {
   fi
   if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
     rm -rf -- "${WORK_DIR}"
+    # The install's run folder goes too when no other run uses it.
+    [[ "${WORK_DIR}" != "${RUN_DIR_OF_RUN:-}" ]] || rmdir -- "${WORK_DIR%/*}" 2>/dev/null || true
   fi
 }
 
-# SIGINT or SIGTERM: say so in the log; the EXIT trap then removes what was half-written.
+# ---------------------------------------------------------------------------------------------
+# Steps and signals. A long step (a dump, a decode, waiting for the lock) runs as a background
+# job in a process group of its own, and the script waits for it: a signal to the script is then
+# handled at once (a foreground pipeline would keep it waiting until the step ends), and stops
+# the step with every process it started. SIGKILL stops only the script: the next run cleans up.
+
+STEP_PID=""
+# Set while a final name is being given: a signal then waits until the names are all given.
+PUBLISHING=0
+PENDING_SIGNAL=""
+
+# run_step CMD...: run CMD (a command or function) as such a step; STEP_RC is its exit status.
+# A pipeline inside CMD saves its stages' statuses with save_statuses; STEP_ST has them after.
+# run_step itself always succeeds, and is called as a statement of its own: in a condition (if,
+# ||, &&) bash would run CMD with errexit ignored, even where CMD sets it.
+run_step() {
+  STEP_RC=0
+  STEP_ST=()
+  : >"${WORK_DIR}/step.st"
+  set -m
+  (
+    # A pipeline's failure is for the caller to judge (a part sets errexit again itself).
+    set +m +o errexit
+    trap - INT TERM
+    # (BASHPID read here: in the watcher's own arguments it would be the watcher's)
+    local step="${BASHPID}" watcher
+    watch_run "$$" "${step}" &
+    watcher=$!
+    "$@"
+    local rc=$?
+    kill "${watcher}" 2>/dev/null
+    exit "${rc}"
+  ) &
+  STEP_PID=$!
+  set +m
+  # If this run is killed, the next one stops what is left of the step (clean_leftovers).
+  printf '%s\n' "${STEP_PID}" >"${WORK_DIR}/step.pgid"
+  wait "${STEP_PID}" || STEP_RC=$?
+  STEP_PID=""
+  read -r -a STEP_ST <"${WORK_DIR}/step.st" || true
+  # No statuses saved (the step was killed, or is one command): its own status stands for them.
+  ((${#STEP_ST[@]} > 0)) || STEP_ST=("${STEP_RC}")
+  return 0
+}
+
+# watch_run SCRIPT_PID STEP_PID: a step's watcher. SIGKILL of the script runs no trap: the step
+# then stops its whole process group itself within a second (a part removes its partial files).
+# It keeps none of the run's files open (the lock, a pipe psql reads to its end).
+watch_run() {
+  local fd
+  for fd in "/proc/${BASHPID}/fd/"*; do
+    fd="${fd##*/}"
+    ((fd <= 2)) || eval "exec ${fd}>&-" 2>/dev/null
+  done
+  exec </dev/null >/dev/null 2>&1
+  while is_running "$1"; do
+    sleep 1
+  done
+  kill -TERM -- "-$2" 2>/dev/null
+}
+
+# save_statuses "${PIPESTATUS[@]}": the statuses of a step's pipeline, for run_step's caller.
+save_statuses() {
+  printf '%s\n' "$*" >"${WORK_DIR}/step.st"
+}
+
+# is_running PID: the process runs (a zombie, dead but not yet waited for, does not).
+is_running() {
+  local stat
+  # (read, not $(<...): under errexit a missing file there ends the whole shell)
+  { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+
+# stop_step: end the running step (TERM to its process group, KILL after 20 s) and wait until
+# every process of the group is gone (a part's subshell removes its partial files first).
+stop_step() {
+  local i
+  [[ -n "${STEP_PID}" ]] || return 0
+  kill -TERM -- "-${STEP_PID}" 2>/dev/null || true
+  for ((i = 0; i < 200; i++)); do
+    is_running "${STEP_PID}" || wait "${STEP_PID}" 2>/dev/null || true
+    kill -0 -- "-${STEP_PID}" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL -- "-${STEP_PID}" 2>/dev/null || true
+  wait "${STEP_PID}" 2>/dev/null || true
+  STEP_PID=""
+}
+
+# SIGINT or SIGTERM: stop the running step, say exactly what the run had done (each script's
+# interrupted_state tells), and exit; the EXIT trap then removes what was half-written.
 on_signal() {
   local name="$1" code="$2"
+  if ((PUBLISHING)); then
+    PENDING_SIGNAL="${name} ${code}"
+    return 0
+  fi
   trap - INT TERM
-  log ERROR "interrupted by ${name}: nothing was written under a final name"
+  stop_step
+  log ERROR "interrupted by ${name}: $(interrupted_state)"
   exit "${code}"
 }
 
@@ -142,15 +241,122 @@ trap_signals() {
   trap 'on_signal SIGTERM 143' TERM
 }
 
+# publishing_done: names given; a signal that came meanwhile is handled now.
+publishing_done() {
+  PUBLISHING=0
+  if [[ -n "${PENDING_SIGNAL}" ]]; then
+    # shellcheck disable=SC2086 # "NAME CODE"
+    on_signal ${PENDING_SIGNAL}
+  fi
+}
+
 register_partial() {
   PARTIALS+=("$1")
 }
 
-# A private temporary folder, and a GnuPG home with a short path: gpg-agent's sockets live there
-# when /run/user does not exist (as in containers), and socket paths are limited to 107 bytes.
+# ---------------------------------------------------------------------------------------------
+# The run folder: one per install (keyed by BACKUP_DIR), outside every shared volume, mode 0700.
+# Each run's private files live in RUN_ROOT/run.PID (its parts' in folders below it); the name
+# tells which runs are going on (the container's entrypoint signals them on `docker stop`), and
+# what a killed run left is found and removed by the next run that holds the lock.
+
+run_root() {
+  local key
+  key="$(printf '%s' "${BACKUP_DIR%/}" | cksum | cut -d' ' -f1)"
+  printf '%s/gym-backup-%s\n' "${TMPDIR:-/tmp}" "${key}"
+}
+
+# make_work_dir [WHAT]: the run's private folder (the main run's, with WHAT as its description,
+# or a part's inside it), and a GnuPG home with a short path: gpg-agent's sockets live there when
+# /run/user does not exist (as in containers), and socket paths are limited to 107 bytes.
 make_work_dir() {
-  WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gym-backup.XXXXXXXX")"
+  local root tries
+  if [[ -n "${RUN_DIR_OF_RUN:-}" && -d "${RUN_DIR_OF_RUN}" ]]; then
+    WORK_DIR="$(mktemp -d "${RUN_DIR_OF_RUN}/part.XXXXXXXX")"
+  else
+    root="$(run_root)"
+    WORK_DIR="${root}/run.$$"
+    rm -rf -- "${WORK_DIR}"
+    # Another run may remove the (empty) run folder meanwhile: try again then.
+    for tries in 1 2 3; do
+      mkdir -m 700 -- "${root}" 2>/dev/null || true
+      # A folder of this user and nobody else's: /tmp is shared, the name is predictable.
+      [[ -d "${root}" && ! -L "${root}" && -O "${root}" ]] ||
+        die "${EXIT_REFUSED}" "${root} is not a private folder of this user; remove it, or set TMPDIR to another folder"
+      chmod 700 -- "${root}" 2>/dev/null || true
+      ! mkdir -m 700 -- "${WORK_DIR}" 2>/dev/null || break
+      ((tries < 3)) || die "${EXIT_FAILED}" "cannot create the run's private folder ${WORK_DIR}"
+    done
+    printf '%s\n' "${1:-${0##*/}}" >"${WORK_DIR}/command"
+    RUN_DIR_OF_RUN="${WORK_DIR}"
+  fi
   GNUPG_DIR="$(mktemp -d /tmp/gym-gpg.XXXXXXXX)"
+  printf '%s\n' "${GNUPG_DIR}" >"${WORK_DIR}/gnupg-home"
+}
+
+# run_alive PID: a run of this tool is still going under that PID (not a reused PID).
+run_alive() {
+  local cmdline=""
+  kill -0 "$1" 2>/dev/null || return 1
+  [[ -r "/proc/$1/cmdline" ]] || return 0
+  cmdline="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 0
+  [[ "${cmdline}" == *backup_script.sh* || "${cmdline}" == *restore_script.sh* ]]
+}
+
+# running_runs: the PIDs of the runs of this install going on now, one a line.
+running_runs() {
+  local dir pid
+  for dir in "$(run_root)"/run.*; do
+    [[ -d "${dir}" ]] || continue
+    pid="${dir##*/run.}"
+    is_uint "${pid}" && run_alive "${pid}" && printf '%s\n' "${pid}"
+  done
+  return 0
+}
+
+# clean_leftovers [--partials]: with the lock held, remove what killed runs left: their private
+# folders (decrypted data, temporary configs), their gpg-agents and the processes they recorded;
+# with --partials, the .partial files in BACKUP_DIR too (only a run holding the lock writes them:
+# none is ours yet; cleanup removes them itself, saying so in its own words).
+clean_leftovers() {
+  local dir pid what home file proc path
+  for dir in "$(run_root)"/run.*; do
+    [[ -d "${dir}" && ! -L "${dir}" ]] || continue
+    pid="${dir##*/run.}"
+    [[ "${pid}" != "$$" ]] || continue
+    ! { is_uint "${pid}" && run_alive "${pid}"; } || continue
+    what="$(head -c 200 -- "${dir}/command" 2>/dev/null | tr '\n' ' ')"
+    while IFS= read -r -d '' file; do
+      home="$(<"${file}")"
+      if [[ "${home}" == /tmp/gym-gpg.* && -d "${home}" ]]; then
+        gpgconf --homedir "${home}" --kill gpg-agent >/dev/null 2>&1 || true
+        rm -rf -- "${home}"
+      fi
+    done < <(find "${dir}" -name gnupg-home -type f -print0 2>/dev/null)
+    # Its steps go on without it (a pg_dump waiting for a lock, say): stop their process groups.
+    while IFS= read -r -d '' file; do
+      proc="$(<"${file}")"
+      if is_uint "${proc}" && run_alive "${proc}"; then
+        kill -TERM -- "-${proc}" 2>/dev/null || true
+      fi
+    done < <(find "${dir}" -name step.pgid -type f -print0 2>/dev/null)
+    # Servers a killed run started (a temporary redis-server) record their PID in NAME.pid.
+    while IFS= read -r -d '' file; do
+      proc="$(<"${file}")"
+      if is_uint "${proc}" && [[ "$(tr '\0' ' ' <"/proc/${proc}/cmdline" 2>/dev/null)" == *redis-server* ]]; then
+        kill "${proc}" 2>/dev/null || true
+      fi
+    done < <(find "${dir}" -name '*.pid' -type f -print0 2>/dev/null)
+    leftover_hook "${dir}"
+    rm -rf -- "${dir}"
+    log WARN "cleaned up after a run that did not finish (pid ${pid}: ${what% }): it was killed; its private files are removed"
+  done
+  [[ "${1:-}" == --partials ]] || return 0
+  for path in "${BACKUP_DIR}"/*_backup_*.partial; do
+    [[ -f "${path}" && "${path##*/}" =~ ${PARTIAL_NAME_RE} ]] || continue
+    rm -f -- "${path}"
+    log WARN "removed ${path##*/}, left half-written by a run that was killed"
+  done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +480,8 @@ acquire_lock() {
   exec 9>>"${lock_file}" || die "${EXIT_FAILED}" "cannot open the lock file ${lock_file}"
   if ! flock -n 9; then
     log INFO "waiting up to ${LOCK_TIMEOUT}s for the lock held by: $(lock_holder "${lock_file}")"
-    if ! flock -w "${LOCK_TIMEOUT}" 9; then
+    run_step flock -w "${LOCK_TIMEOUT}" 9
+    if ((STEP_RC != 0)); then
       die "${EXIT_LOCKED}" "another run holds the lock ($(lock_holder "${lock_file}")); gave up after ${LOCK_TIMEOUT}s (LOCK_TIMEOUT). Try again when it has finished."
     fi
   fi
@@ -641,6 +848,9 @@ readonly JOB_ENV="${RUN_DIR}/env.sh"
 # Why the settings were refused, for the health check (present only after a refusal).
 readonly REFUSED_FILE="${RUN_DIR}/refused"
 readonly CRONTAB_FILE=/etc/gym-backup/crontab
+# Seconds the runs get to stop on `docker stop` (the compose service's stop_grace_period is 30).
+readonly STOP_WAIT=20
+SCHEDULER_PID=""
 # Every setting a job may need; a secret is passed as its value or its _FILE, never both.
 readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION_LEVEL KEEP_MIN REDIS_DATA_DIR REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
 readonly SECRET_SETTINGS=(POSTGRES_PASSWORD POSTGRES_ADMIN_PASSWORD REDIS_PASSWORD ENCRYPTION_KEY)
@@ -787,7 +997,39 @@ main() {
     (BASH_ENV="${JOB_ENV}" /usr/local/bin/backup_script.sh full >>"${BACKUP_DIR}/cron.log" 2>&1 &)
   fi
   log INFO "starting the scheduler"
-  exec crond -f -d 8
+  crond -f -d 8 &
+  SCHEDULER_PID=$!
+  trap 'stop_service SIGTERM' TERM
+  trap 'stop_service SIGINT' INT
+  # The entrypoint stays the scheduler's parent, to stop the runs first on `docker stop`.
+  while is_running "${SCHEDULER_PID}"; do
+    wait "${SCHEDULER_PID}" || true
+  done
+  wait "${SCHEDULER_PID}"
+}
+
+# docker stop (SIGTERM through tini): every backup or restore run going on (started by cron, on
+# start, or by docker exec: each is in the run folder) is interrupted first, and has up to
+# STOP_WAIT seconds to say so and remove its partial files; then the scheduler stops.
+stop_service() {
+  local name="$1" pid i
+  local -a runs
+  trap - TERM INT
+  mapfile -t runs < <(running_runs)
+  if ((${#runs[@]} > 0)); then
+    log INFO "${name}: interrupting the running backup or restore runs (pid ${runs[*]}) before stopping"
+    kill -TERM "${runs[@]}" 2>/dev/null || true
+    for ((i = 0; i < STOP_WAIT * 10; i++)); do
+      mapfile -t runs < <(running_runs)
+      ((${#runs[@]} > 0)) || break
+      sleep 0.1
+    done
+    ((${#runs[@]} == 0)) || log WARN "runs still going after ${STOP_WAIT}s: pid ${runs[*]}"
+  fi
+  kill -TERM "${SCHEDULER_PID}" 2>/dev/null || true
+  wait "${SCHEDULER_PID}" 2>/dev/null || true
+  log INFO "${name}: stopped"
+  exit 0
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

@@ -123,14 +123,113 @@ cleanup() {
   fi
   if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
     rm -rf -- "${WORK_DIR}"
+    # The install's run folder goes too when no other run uses it.
+    [[ "${WORK_DIR}" != "${RUN_DIR_OF_RUN:-}" ]] || rmdir -- "${WORK_DIR%/*}" 2>/dev/null || true
   fi
 }
 
-# SIGINT or SIGTERM: say so in the log; the EXIT trap then removes what was half-written.
+# ---------------------------------------------------------------------------------------------
+# Steps and signals. A long step (a dump, a decode, waiting for the lock) runs as a background
+# job in a process group of its own, and the script waits for it: a signal to the script is then
+# handled at once (a foreground pipeline would keep it waiting until the step ends), and stops
+# the step with every process it started. SIGKILL stops only the script: the next run cleans up.
+
+STEP_PID=""
+# Set while a final name is being given: a signal then waits until the names are all given.
+PUBLISHING=0
+PENDING_SIGNAL=""
+
+# run_step CMD...: run CMD (a command or function) as such a step; STEP_RC is its exit status.
+# A pipeline inside CMD saves its stages' statuses with save_statuses; STEP_ST has them after.
+# run_step itself always succeeds, and is called as a statement of its own: in a condition (if,
+# ||, &&) bash would run CMD with errexit ignored, even where CMD sets it.
+run_step() {
+  STEP_RC=0
+  STEP_ST=()
+  : >"${WORK_DIR}/step.st"
+  set -m
+  (
+    # A pipeline's failure is for the caller to judge (a part sets errexit again itself).
+    set +m +o errexit
+    trap - INT TERM
+    # (BASHPID read here: in the watcher's own arguments it would be the watcher's)
+    local step="${BASHPID}" watcher
+    watch_run "$$" "${step}" &
+    watcher=$!
+    "$@"
+    local rc=$?
+    kill "${watcher}" 2>/dev/null
+    exit "${rc}"
+  ) &
+  STEP_PID=$!
+  set +m
+  # If this run is killed, the next one stops what is left of the step (clean_leftovers).
+  printf '%s\n' "${STEP_PID}" >"${WORK_DIR}/step.pgid"
+  wait "${STEP_PID}" || STEP_RC=$?
+  STEP_PID=""
+  read -r -a STEP_ST <"${WORK_DIR}/step.st" || true
+  # No statuses saved (the step was killed, or is one command): its own status stands for them.
+  ((${#STEP_ST[@]} > 0)) || STEP_ST=("${STEP_RC}")
+  return 0
+}
+
+# watch_run SCRIPT_PID STEP_PID: a step's watcher. SIGKILL of the script runs no trap: the step
+# then stops its whole process group itself within a second (a part removes its partial files).
+# It keeps none of the run's files open (the lock, a pipe psql reads to its end).
+watch_run() {
+  local fd
+  for fd in "/proc/${BASHPID}/fd/"*; do
+    fd="${fd##*/}"
+    ((fd <= 2)) || eval "exec ${fd}>&-" 2>/dev/null
+  done
+  exec </dev/null >/dev/null 2>&1
+  while is_running "$1"; do
+    sleep 1
+  done
+  kill -TERM -- "-$2" 2>/dev/null
+}
+
+# save_statuses "${PIPESTATUS[@]}": the statuses of a step's pipeline, for run_step's caller.
+save_statuses() {
+  printf '%s\n' "$*" >"${WORK_DIR}/step.st"
+}
+
+# is_running PID: the process runs (a zombie, dead but not yet waited for, does not).
+is_running() {
+  local stat
+  # (read, not $(<...): under errexit a missing file there ends the whole shell)
+  { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+
+# stop_step: end the running step (TERM to its process group, KILL after 20 s) and wait until
+# every process of the group is gone (a part's subshell removes its partial files first).
+stop_step() {
+  local i
+  [[ -n "${STEP_PID}" ]] || return 0
+  kill -TERM -- "-${STEP_PID}" 2>/dev/null || true
+  for ((i = 0; i < 200; i++)); do
+    is_running "${STEP_PID}" || wait "${STEP_PID}" 2>/dev/null || true
+    kill -0 -- "-${STEP_PID}" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL -- "-${STEP_PID}" 2>/dev/null || true
+  wait "${STEP_PID}" 2>/dev/null || true
+  STEP_PID=""
+}
+
+# SIGINT or SIGTERM: stop the running step, say exactly what the run had done (each script's
+# interrupted_state tells), and exit; the EXIT trap then removes what was half-written.
 on_signal() {
   local name="$1" code="$2"
+  if ((PUBLISHING)); then
+    PENDING_SIGNAL="${name} ${code}"
+    return 0
+  fi
   trap - INT TERM
-  log ERROR "interrupted by ${name}: nothing was written under a final name"
+  stop_step
+  log ERROR "interrupted by ${name}: $(interrupted_state)"
   exit "${code}"
 }
 
@@ -139,15 +238,122 @@ trap_signals() {
   trap 'on_signal SIGTERM 143' TERM
 }
 
+# publishing_done: names given; a signal that came meanwhile is handled now.
+publishing_done() {
+  PUBLISHING=0
+  if [[ -n "${PENDING_SIGNAL}" ]]; then
+    # shellcheck disable=SC2086 # "NAME CODE"
+    on_signal ${PENDING_SIGNAL}
+  fi
+}
+
 register_partial() {
   PARTIALS+=("$1")
 }
 
-# A private temporary folder, and a GnuPG home with a short path: gpg-agent's sockets live there
-# when /run/user does not exist (as in containers), and socket paths are limited to 107 bytes.
+# ---------------------------------------------------------------------------------------------
+# The run folder: one per install (keyed by BACKUP_DIR), outside every shared volume, mode 0700.
+# Each run's private files live in RUN_ROOT/run.PID (its parts' in folders below it); the name
+# tells which runs are going on (the container's entrypoint signals them on `docker stop`), and
+# what a killed run left is found and removed by the next run that holds the lock.
+
+run_root() {
+  local key
+  key="$(printf '%s' "${BACKUP_DIR%/}" | cksum | cut -d' ' -f1)"
+  printf '%s/gym-backup-%s\n' "${TMPDIR:-/tmp}" "${key}"
+}
+
+# make_work_dir [WHAT]: the run's private folder (the main run's, with WHAT as its description,
+# or a part's inside it), and a GnuPG home with a short path: gpg-agent's sockets live there when
+# /run/user does not exist (as in containers), and socket paths are limited to 107 bytes.
 make_work_dir() {
-  WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gym-backup.XXXXXXXX")"
+  local root tries
+  if [[ -n "${RUN_DIR_OF_RUN:-}" && -d "${RUN_DIR_OF_RUN}" ]]; then
+    WORK_DIR="$(mktemp -d "${RUN_DIR_OF_RUN}/part.XXXXXXXX")"
+  else
+    root="$(run_root)"
+    WORK_DIR="${root}/run.$$"
+    rm -rf -- "${WORK_DIR}"
+    # Another run may remove the (empty) run folder meanwhile: try again then.
+    for tries in 1 2 3; do
+      mkdir -m 700 -- "${root}" 2>/dev/null || true
+      # A folder of this user and nobody else's: /tmp is shared, the name is predictable.
+      [[ -d "${root}" && ! -L "${root}" && -O "${root}" ]] ||
+        die "${EXIT_REFUSED}" "${root} is not a private folder of this user; remove it, or set TMPDIR to another folder"
+      chmod 700 -- "${root}" 2>/dev/null || true
+      ! mkdir -m 700 -- "${WORK_DIR}" 2>/dev/null || break
+      ((tries < 3)) || die "${EXIT_FAILED}" "cannot create the run's private folder ${WORK_DIR}"
+    done
+    printf '%s\n' "${1:-${0##*/}}" >"${WORK_DIR}/command"
+    RUN_DIR_OF_RUN="${WORK_DIR}"
+  fi
   GNUPG_DIR="$(mktemp -d /tmp/gym-gpg.XXXXXXXX)"
+  printf '%s\n' "${GNUPG_DIR}" >"${WORK_DIR}/gnupg-home"
+}
+
+# run_alive PID: a run of this tool is still going under that PID (not a reused PID).
+run_alive() {
+  local cmdline=""
+  kill -0 "$1" 2>/dev/null || return 1
+  [[ -r "/proc/$1/cmdline" ]] || return 0
+  cmdline="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 0
+  [[ "${cmdline}" == *backup_script.sh* || "${cmdline}" == *restore_script.sh* ]]
+}
+
+# running_runs: the PIDs of the runs of this install going on now, one a line.
+running_runs() {
+  local dir pid
+  for dir in "$(run_root)"/run.*; do
+    [[ -d "${dir}" ]] || continue
+    pid="${dir##*/run.}"
+    is_uint "${pid}" && run_alive "${pid}" && printf '%s\n' "${pid}"
+  done
+  return 0
+}
+
+# clean_leftovers [--partials]: with the lock held, remove what killed runs left: their private
+# folders (decrypted data, temporary configs), their gpg-agents and the processes they recorded;
+# with --partials, the .partial files in BACKUP_DIR too (only a run holding the lock writes them:
+# none is ours yet; cleanup removes them itself, saying so in its own words).
+clean_leftovers() {
+  local dir pid what home file proc path
+  for dir in "$(run_root)"/run.*; do
+    [[ -d "${dir}" && ! -L "${dir}" ]] || continue
+    pid="${dir##*/run.}"
+    [[ "${pid}" != "$$" ]] || continue
+    ! { is_uint "${pid}" && run_alive "${pid}"; } || continue
+    what="$(head -c 200 -- "${dir}/command" 2>/dev/null | tr '\n' ' ')"
+    while IFS= read -r -d '' file; do
+      home="$(<"${file}")"
+      if [[ "${home}" == /tmp/gym-gpg.* && -d "${home}" ]]; then
+        gpgconf --homedir "${home}" --kill gpg-agent >/dev/null 2>&1 || true
+        rm -rf -- "${home}"
+      fi
+    done < <(find "${dir}" -name gnupg-home -type f -print0 2>/dev/null)
+    # Its steps go on without it (a pg_dump waiting for a lock, say): stop their process groups.
+    while IFS= read -r -d '' file; do
+      proc="$(<"${file}")"
+      if is_uint "${proc}" && run_alive "${proc}"; then
+        kill -TERM -- "-${proc}" 2>/dev/null || true
+      fi
+    done < <(find "${dir}" -name step.pgid -type f -print0 2>/dev/null)
+    # Servers a killed run started (a temporary redis-server) record their PID in NAME.pid.
+    while IFS= read -r -d '' file; do
+      proc="$(<"${file}")"
+      if is_uint "${proc}" && [[ "$(tr '\0' ' ' <"/proc/${proc}/cmdline" 2>/dev/null)" == *redis-server* ]]; then
+        kill "${proc}" 2>/dev/null || true
+      fi
+    done < <(find "${dir}" -name '*.pid' -type f -print0 2>/dev/null)
+    leftover_hook "${dir}"
+    rm -rf -- "${dir}"
+    log WARN "cleaned up after a run that did not finish (pid ${pid}: ${what% }): it was killed; its private files are removed"
+  done
+  [[ "${1:-}" == --partials ]] || return 0
+  for path in "${BACKUP_DIR}"/*_backup_*.partial; do
+    [[ -f "${path}" && "${path##*/}" =~ ${PARTIAL_NAME_RE} ]] || continue
+    rm -f -- "${path}"
+    log WARN "removed ${path##*/}, left half-written by a run that was killed"
+  done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +477,8 @@ acquire_lock() {
   exec 9>>"${lock_file}" || die "${EXIT_FAILED}" "cannot open the lock file ${lock_file}"
   if ! flock -n 9; then
     log INFO "waiting up to ${LOCK_TIMEOUT}s for the lock held by: $(lock_holder "${lock_file}")"
-    if ! flock -w "${LOCK_TIMEOUT}" 9; then
+    run_step flock -w "${LOCK_TIMEOUT}" 9
+    if ((STEP_RC != 0)); then
       die "${EXIT_LOCKED}" "another run holds the lock ($(lock_holder "${lock_file}")); gave up after ${LOCK_TIMEOUT}s (LOCK_TIMEOUT). Try again when it has finished."
     fi
   fi
@@ -637,6 +844,8 @@ readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 DRY_RUN=0
 # Where the Redis content check also keeps the decoded RDB (the restore script sets it).
 RDB_COPY=""
+# The backup a part's subshell makes (interrupted_state tells a part from the whole run by it).
+PART_TYPE=""
 # Why a backup was made (the manifest says; list marks safety backups taken before restores).
 BACKUP_PURPOSE="backup"
 
@@ -740,6 +949,16 @@ check_pg_versions() {
   fi
 }
 
+# dump_postgresql_to FILE: pg_dump, compressed and protected, into FILE (a step).
+dump_postgresql_to() {
+  pg_run pg_dump --no-password --clean --if-exists --quote-all-identifiers \
+    -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
+    2>"${WORK_DIR}/pg_dump.err" |
+    compress 2>"${WORK_DIR}/compress.err" |
+    protect 2>"${WORK_DIR}/$(protect_stage).err" >"$1"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
 backup_postgresql() {
   local ts="$1" epoch="$2"
   local final partial server_num server_version started
@@ -759,15 +978,8 @@ backup_postgresql() {
   check_free_space postgresql
   log INFO "postgresql: dumping ${POSTGRES_DB} from ${POSTGRES_HOST}:${POSTGRES_PORT} (PostgreSQL ${server_version})"
   register_partial "${partial}"
-  set +o errexit
-  pg_run pg_dump --no-password --clean --if-exists --quote-all-identifiers \
-    -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
-    2>"${WORK_DIR}/pg_dump.err" |
-    compress 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
-  check_pipeline postgresql pg_dump compress "$(protect_stage)" -- "${st[@]}"
+  run_step dump_postgresql_to "${partial}"
+  check_pipeline postgresql pg_dump compress "$(protect_stage)" -- "${STEP_ST[@]}"
   verify_stored postgresql "${partial}"
   finish_backup postgresql "${partial}" "${final}" "${epoch}" "${started}" \
     "{\"host\": $(json_str "${POSTGRES_HOST}"), \"port\": ${POSTGRES_PORT}, \"database\": $(json_str "${POSTGRES_DB}"), \"user\": $(json_str "${POSTGRES_USER}")}" \
@@ -837,6 +1049,16 @@ backup_redis() {
 # ---------------------------------------------------------------------------------------------
 # Files
 
+# archive_files_to FILE [EXCLUDE...]: tar of FILES_DIR, compressed and protected, into FILE.
+archive_files_to() {
+  local out="$1"
+  shift
+  tar -C "${FILES_DIR}" "$@" -cf - . 2>"${WORK_DIR}/tar.err" |
+    compress 2>"${WORK_DIR}/compress.err" |
+    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${out}"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
 backup_files() {
   local ts="$1" epoch="$2"
   local final partial started pattern inside previous_entries="" entries warning
@@ -870,12 +1092,8 @@ backup_files() {
   ((${#previous[@]} == 0)) || previous_entries="$(manifest_count "${BACKUP_DIR}/${previous[0]}.manifest.json" entries)"
   log INFO "files: archiving ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})}"
   register_partial "${partial}"
-  set +o errexit
-  tar -C "${FILES_DIR}" "${excludes[@]}" -cf - . 2>"${WORK_DIR}/tar.err" |
-    compress 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
+  run_step archive_files_to "${partial}" "${excludes[@]}"
+  st=("${STEP_ST[@]}")
   # GNU tar's exit 1 when creating: a file changed (or went away) while it was read, as in a
   # busy uploads folder. The archive is whole and holds what tar read: a warning, not a failure.
   if ((st[0] == 1)); then
@@ -958,14 +1176,18 @@ content_check() {
   esac
 }
 
+# decode_and_check FILE TYPE: decode FILE, count the bytes, check the content (a step).
+decode_and_check() {
+  decode "$1" 2>"${WORK_DIR}/decode.err" | count_bytes | content_check "$2" 2>"${WORK_DIR}/check.err"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
 # verify_stored TYPE FILE: decode FILE once (decrypt, decompress) and check its content.
 verify_stored() {
   local type="$1" file="$2"
   local -a st
-  set +o errexit
-  decode "${file}" 2>"${WORK_DIR}/decode.err" | count_bytes | content_check "${type}" 2>"${WORK_DIR}/check.err"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
+  run_step decode_and_check "${file}" "${type}"
+  st=("${STEP_ST[@]}")
   local i
   local -a names=(decode count check)
   for i in 0 1 2; do
@@ -980,6 +1202,13 @@ verify_stored() {
   is_uint "${RAW_SIZE}" || die "${EXIT_VERIFY}" "${type}: could not count the decoded bytes"
 }
 
+# sha256_to FILE OUT: the sha256 of FILE, in OUT (a step).
+sha256_to() {
+  local sum
+  sum="$(sha256sum -- "$1")" || return 1
+  printf '%s\n' "${sum:0:64}" >"$2"
+}
+
 # finish_backup TYPE PARTIAL FINAL EPOCH STARTED SOURCE_JSON SERVER_VERSION TOOLS_JSON [FIELDS]
 # FIELDS: more manifest lines of this type ("\"entries\": 12,").
 finish_backup() {
@@ -988,7 +1217,10 @@ finish_backup() {
   local name hash stored duration_us manifest sums
   name="${final##*/}"
   stored="$(file_size "${partial}")"
-  hash="$(sha256sum -- "${partial}" | cut -c1-64)"
+  run_step sha256_to "${partial}" "${WORK_DIR}/stored.sha256"
+  ((STEP_RC == 0)) ||
+    die "${EXIT_FAILED}" "${type}: could not read ${partial##*/} back to hash it"
+  hash="$(<"${WORK_DIR}/stored.sha256")"
   duration_us=$((${EPOCHREALTIME/./} - ${started/./}))
   sums="${final}.sha256.partial"
   manifest="${final}.manifest.json.partial"
@@ -997,9 +1229,13 @@ finish_backup() {
   printf '%s  %s\n' "${hash}" "${name}" >"${sums}"
   write_manifest "${type}" "${name}" "${epoch}" "${stored}" "${hash}" "${duration_us}" \
     "${source_json}" "${server_version}" "${tools_json}" "${fields}" >"${manifest}"
+  # The three names are given together: a signal meanwhile waits until they are.
+  PUBLISHING=1
   publish "${sums}" "${final}.sha256"
   publish "${manifest}" "${final}.manifest.json"
   publish "${partial}" "${final}"
+  [[ -z "${RUN_DIR_OF_RUN:-}" ]] || printf '%s\n' "${name}" >>"${RUN_DIR_OF_RUN}/published"
+  publishing_done
   log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))s)"
 }
 
@@ -1098,14 +1334,16 @@ pick_timestamp() {
   done
 }
 
-# Each part runs in its own subshell, so that a failed part ends only itself (full goes on).
-run_part() (
+# run_part TYPE TS EPOCH: one backup, as a step of its own (run_step's subshell), so that a
+# failed part ends only itself (full goes on).
+run_part() {
   set -o errexit
+  PART_TYPE="$1"
   trap cleanup EXIT
   trap_signals
   make_work_dir
   "backup_$1" "$2" "$3"
-)
+}
 readonly LOG_FILE="${BACKUP_DIR}/restore.log"
 readonly REDIS_SYNC_TIMEOUT=600
 
@@ -1236,9 +1474,8 @@ check_decode() {
   # The Redis content check keeps the decoded RDB, for redis-check-rdb and the restore.
   [[ "${BACKUP_TYPE}" != redis ]] || RDB_COPY="${RESTORE_RDB}"
   set +o errexit
-  decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" | count_bytes |
-    content_check "${BACKUP_TYPE}" 2>"${WORK_DIR}/check.err"
-  st=("${PIPESTATUS[@]}")
+  run_step decode_and_check "${BACKUP_FILE}" "${BACKUP_TYPE}"
+  st=("${STEP_ST[@]}")
   set -o errexit
   RDB_COPY=""
   if ((st[0] != 0 || st[1] != 0)); then
@@ -1435,6 +1672,54 @@ hash_through() {
   return "${rc}"
 }
 
+# load_stream STRIP FD: the backup, hashed as read, decoded and prepared, to FD (pg_load's step).
+load_stream() {
+  hash_through <"${BACKUP_FILE}" 2>"${WORK_DIR}/read.err" |
+    decode_stream "${BACKUP_FILE##*/}" 2>"${WORK_DIR}/decode.err" |
+    prepare_sql "$1" 2>"${WORK_DIR}/prepare.err" 1>&"$2"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
+# What pg_load was doing (a signal asks): loading (no COMMIT sent yet), committing, or nothing.
+LOAD_PHASE=""
+LOAD_PSQL_PID=""
+LOAD_TOKEN=""
+LOAD_DB=""
+
+# pg_load_stop: end pg_load after a signal; says what became of the database. Before COMMIT
+# was sent, psql is stopped (its session ends: rolled back); after, psql may finish (30 s).
+pg_load_stop() {
+  local i
+  [[ -n "${LOAD_PHASE}" ]] || return 1
+  [[ "${LOAD_PHASE}" == committing ]] || kill -TERM "${LOAD_PSQL_PID}" 2>/dev/null || true
+  for ((i = 0; i < 300; i++)); do
+    is_running "${LOAD_PSQL_PID}" || break
+    sleep 0.1
+  done
+  if grep -qxF "gym-backup committed ${LOAD_TOKEN}" "${WORK_DIR}/psql.out" 2>/dev/null; then
+    printf 'the restore had committed just before the stop: %s holds the backup' "${LOAD_DB}"
+  elif [[ "${LOAD_PHASE}" == committing ]]; then
+    printf 'the stop came during COMMIT: whether %s holds the backup or is as it was is unknown; check it' "${LOAD_DB}"
+  else
+    printf 'the restore was stopped before its COMMIT and rolled back: %s is as it was' "${LOAD_DB}"
+  fi
+}
+
+# What the run had done when a signal stopped it (on_signal logs it).
+interrupted_state() {
+  local what
+  if [[ -n "${PART_TYPE}" ]]; then
+    printf 'the safety backup was stopped before anything was restored; nothing was changed'
+  elif what="$(pg_load_stop)"; then
+    printf '%s' "${what}"
+    [[ -z "${CREATED_DB}" ]] || printf '; the database %s this run created is dropped again' "${CREATED_DB}"
+  elif ((LIVE_REDIS_REPLICATING)); then
+    printf 'the live Redis %s:%s was replicating the backup: it is made a master again with its own settings; it may hold the backup or its old data: check it, or restore again' "${REDIS_HOST}" "${REDIS_PORT}"
+  else
+    printf 'nothing was changed'
+  fi
+}
+
 # pg_load DB STRIP [PREAMBLE_FILE]: load the backup into DB as POSTGRES_USER in one transaction
 # that this script opens and commits itself, only when every stage of the decode exited 0, the
 # stored bytes read match FILE.sha256 and the dump ends with pg_dump's completion trailer.
@@ -1457,6 +1742,7 @@ pg_load() {
     <"${fifo}" >"${WORK_DIR}/psql.out" 2>"${WORK_DIR}/psql.err" &
   psql_pid=$!
   exec {fd}>"${fifo}"
+  LOAD_PSQL_PID="${psql_pid}" LOAD_TOKEN="${token}" LOAD_PHASE=loading LOAD_DB="${db}"
   set +o errexit
   # A subshell: if psql is gone, a write there gets SIGPIPE, not this script.
   (
@@ -1467,10 +1753,8 @@ pg_load() {
     printf "SELECT pg_catalog.set_config('gym_backup.xact', pg_catalog.txid_current()::text, false);\n"
     [[ -z "${preamble}" ]] || cat -- "${preamble}"
   ) 1>&"${fd}" 2>/dev/null
-  hash_through <"${BACKUP_FILE}" 2>"${WORK_DIR}/read.err" |
-    decode_stream "${BACKUP_FILE##*/}" 2>"${WORK_DIR}/decode.err" |
-    prepare_sql "${strip}" 2>"${WORK_DIR}/prepare.err" 1>&"${fd}"
-  st=("${PIPESTATUS[@]}")
+  run_step load_stream "${strip}" "${fd}"
+  st=("${STEP_ST[@]}")
   # 141 (SIGPIPE): the stage after it stopped reading; psql's exit says why.
   if ((st[1] != 0 && st[1] != 141)); then
     decode_failure
@@ -1490,11 +1774,12 @@ pg_load() {
       printf "DO \$gym_backup\$ BEGIN IF pg_catalog.current_setting('gym_backup.xact', true) IS DISTINCT FROM pg_catalog.txid_current()::text THEN RAISE EXCEPTION USING ERRCODE = 'GBK01', MESSAGE = 'the backup ended the transaction of the restore itself (it holds COMMIT or ROLLBACK)'; END IF; END \$gym_backup\$;\n"
       printf 'COMMIT;\n'
       printf "SELECT 'gym-backup committed %s';\n" "${token}"
-    ) 1>&"${fd}" 2>/dev/null && sent_commit=1
+    ) 1>&"${fd}" 2>/dev/null && sent_commit=1 LOAD_PHASE=committing
   fi
   exec {fd}>&-
   wait "${psql_pid}"
   psql_rc=$?
+  LOAD_PHASE=""
   set -o errexit
   rm -f -- "${fifo}"
   if ((sent_commit && psql_rc == 0)) && grep -qxF "gym-backup committed ${token}" "${WORK_DIR}/psql.out"; then
@@ -1542,6 +1827,8 @@ decode_failure() {
 deep_postgresql() {
   require_safe_psql
   SCRATCH_DB="gym_backup_verify_$$_${RANDOM}"
+  # If this run is killed, the next one drops it (leftover_hook).
+  printf '%s\n' "${SCRATCH_DB}" >"${WORK_DIR}/scratch-db"
   create_database "${SCRATCH_DB}" "verify --deep" "; or verify without --deep"
   if ! pg_load "${SCRATCH_DB}" 1; then
     # A dump that does not load fails the verification (4), a wrong key stays 5.
@@ -1873,6 +2160,7 @@ cmd_restore_postgresql() {
   if database_exists "${target}"; then
     relations="$(list_relations "${target}" | grep -c . || true)"
   elif [[ -n "${OPT_TARGET_DB}" ]]; then
+    printf '%s\n' "${target}" >"${WORK_DIR}/created-db"
     create_database "${target}" "--target-db ${target}" "; or create the database ${target} (owned by ${POSTGRES_USER}) first"
     CREATED_DB="${target}"
     log INFO "postgresql: created database ${target}"
@@ -1897,28 +2185,31 @@ cmd_restore_postgresql() {
     die "${LOAD_CODE}" "postgresql: the restore failed and was ${state}: ${LOAD_REASON}"
   fi
   CREATED_DB=""
+  rm -f -- "${WORK_DIR}/created-db"
   ((${#CLEANED_SCHEMAS[@]} > 0)) || mapfile -t CLEANED_SCHEMAS < <(dump_schemas | cut -f2 | sort -u)
   log INFO "postgresql: restored ${BACKUP_FILE##*/} into ${target}: $(table_report "${target}" "${CLEANED_SCHEMAS[@]}")"
+}
+
+# safety_part TYPE DATABASE: the safety backup itself, a part of its own (safety_backup's step).
+safety_part() {
+  set -o errexit
+  trap cleanup EXIT
+  trap_signals
+  PARTIALS=()
+  PART_TYPE="$1"
+  BACKUP_PURPOSE="safety backup before restoring ${BACKUP_FILE##*/}"
+  make_work_dir
+  POSTGRES_DB="$2"
+  pick_timestamp
+  "backup_$1" "${RUN_TS}" "${RUN_EPOCH}"
 }
 
 # safety_backup TYPE [DATABASE]: a backup of the target, named like any backup, before changing it.
 safety_backup() {
   local type="$1" db="${2:-${POSTGRES_DB}}" rc
   log INFO "${type}: taking a safety backup of the target first"
-  set +o errexit
-  (
-    set -o errexit
-    trap cleanup EXIT
-    trap_signals
-    PARTIALS=()
-    BACKUP_PURPOSE="safety backup before restoring ${BACKUP_FILE##*/}"
-    make_work_dir
-    POSTGRES_DB="${db}"
-    pick_timestamp
-    "backup_${type}" "${RUN_TS}" "${RUN_EPOCH}"
-  )
-  rc=$?
-  set -o errexit
+  run_step safety_part "${type}" "${db}"
+  rc="${STEP_RC}"
   ((rc == 0)) || die "${EXIT_FAILED}" "${type}: the safety backup failed, so nothing was restored (pass --no-safety-backup to restore without one)"
 }
 
@@ -2243,6 +2534,25 @@ cmd_restore_files() {
   log INFO "files: restored ${BACKUP_FILE##*/} into ${dest}: ${moved} files and links$( ((${#conflicts[@]} > 0)) && printf '; %s entries that were in the way replaced (--force)' "${#conflicts[@]}")"
 }
 
+# leftover_hook DIR: a killed run's folder, before it is removed: drop the scratch database of
+# a killed verify --deep, and the database a killed --target-db restore had created (only while
+# it holds no tables: the restore had not committed).
+leftover_hook() {
+  local dir="$1" db
+  if [[ -s "${dir}/scratch-db" ]]; then
+    db="$(<"${dir}/scratch-db")"
+    [[ "${db}" != gym_backup_verify_* ]] || ! drop_database "${db}" ||
+      log WARN "dropped the scratch database ${db} of a killed verify --deep"
+  fi
+  if [[ -s "${dir}/created-db" ]]; then
+    db="$(<"${dir}/created-db")"
+    if database_exists "${db}" && [[ -z "$(list_relations "${db}")" ]]; then
+      drop_database "${db}" && log WARN "dropped the empty database ${db} that a killed restore had created"
+    fi
+  fi
+  return 0
+}
+
 # ---------------------------------------------------------------------------------------------
 
 usage_error() {
@@ -2307,7 +2617,7 @@ main() {
   trap_signals
   trap restore_cleanup EXIT
   check_settings
-  make_work_dir
+  make_work_dir "restore_script.sh ${command} ${positional[1]}"
   RESTORE_RDB="${WORK_DIR}/restore.rdb"
   resolve_backup "${positional[1]}"
   if [[ "${command}" == info ]]; then
@@ -2317,6 +2627,7 @@ main() {
   load_secrets
   prepare_backup_dir
   acquire_lock "restore ${command} ${BACKUP_FILE##*/}"
+  clean_leftovers --partials
   rotate_logs
   log INFO "${command} ${BACKUP_FILE##*/} (${BACKUP_TYPE}) started"
   case "${command}" in

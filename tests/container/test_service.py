@@ -407,6 +407,75 @@ def test_gym_backup_down_and_up_manage_only_the_backup_service(stack: Stack) -> 
     assert probe.stdout.startswith("healthy:")
 
 
+def hold_table_lock(stack: Stack, table: str) -> subprocess.Popen[str]:
+    """A session of the gym's user holding an exclusive lock on ``table`` (pg_dump waits for it)
+    until its stdin is closed."""
+    session = subprocess.Popen(
+        [
+            *("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"),
+            *("-p", str(stack.port("postgres", 5432)), "-U", "gym_secure_user"),
+            *("-d", "gym_secure_db"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PGPASSWORD": PG_PASSWORD},
+        text=True,
+    )
+    assert session.stdin is not None
+    session.stdin.write(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;\n")
+    session.stdin.flush()
+    return session
+
+
+def stop_during_a_blocked_backup(stack: Stack, log_name: str, timeout: float) -> float:
+    """With pg_dump held by a lock, wait for a PostgreSQL backup's partial file, then
+    `docker stop` the service; the seconds it took. The service is started again after."""
+    psql(stack, "CREATE TABLE IF NOT EXISTS stop_probe (x int)")
+    finals = set(backups(stack.backups)["postgresql"])
+    blocker = hold_table_lock(stack, "stop_probe")
+    try:
+        deadline = time.monotonic() + timeout
+        while not list(stack.backups.glob("postgresql_backup_*.partial")):
+            assert time.monotonic() < deadline, "no backup started writing"
+            time.sleep(0.2)
+        start = time.monotonic()
+        docker("stop", CONTAINER, timeout=120)
+        elapsed = time.monotonic() - start
+    finally:
+        assert blocker.stdin is not None
+        blocker.stdin.close()
+        blocker.wait(timeout=30)
+    try:
+        log = (stack.backups / log_name).read_text()
+        assert "interrupted by SIGTERM" in log
+        assert "nothing was published under a final name" in log
+        assert not list(stack.backups.glob("*.partial"))
+        assert set(backups(stack.backups)["postgresql"]) == finals
+    finally:
+        docker("start", CONTAINER)
+        stack.wait_for_health("healthy", timeout=120)
+    return elapsed
+
+
+def test_docker_stop_interrupts_a_docker_exec_backup_cleanly(stack: Stack) -> None:
+    run = subprocess.Popen(
+        ["docker", "exec", CONTAINER, "/usr/local/bin/backup_script.sh", "postgresql"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    elapsed = stop_during_a_blocked_backup(stack, "backup.log", timeout=60)
+    _, err = run.communicate(timeout=60)
+    assert "interrupted by SIGTERM" in err
+    assert elapsed < 20, f"docker stop took {elapsed:.1f}s"
+
+
+def test_docker_stop_interrupts_a_scheduled_backup_cleanly(stack: Stack) -> None:
+    # the schedule is every minute: the next scheduled run blocks on the lock, then is stopped
+    elapsed = stop_during_a_blocked_backup(stack, "cron.log", timeout=90)
+    assert elapsed < 20, f"docker stop took {elapsed:.1f}s"
+
+
 def test_docker_stop_ends_the_container_promptly(stack: Stack) -> None:
     start = time.monotonic()
     docker("stop", CONTAINER)

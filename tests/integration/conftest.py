@@ -25,7 +25,7 @@ from generator.sandbox import (
     start_postgres,
     start_redis,
 )
-from tests.integration.restore_support import createdb_privilege, script_env
+from tests.integration.restore_support import PAYMENTS_SQL, createdb_privilege, script_env
 
 HERE = Path(__file__).resolve().parent
 
@@ -208,3 +208,10 @@ def reader_role(pg: PostgresServer) -> Iterator[str]:
         yield name
     finally:
         pg.psql(f"DROP ROLE IF EXISTS {sql_ident(name)}", "postgres")
+
+
+@pytest.fixture
+def payments_db(pg: PostgresServer, new_db: NewDb) -> str:
+    db = new_db()
+    pg.psql(PAYMENTS_SQL, db, superuser=False)
+    return db

@@ -34,6 +34,7 @@ from generator.sandbox import (
     SandboxError,
     free_port,
     sql_ident,
+    sql_literal,
 )
 
 if TYPE_CHECKING:
@@ -344,6 +345,69 @@ def dump_without_owners(pg: PostgresServer, db: str) -> str:
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
     ).stdout
     return "".join(ln for ln in out.splitlines(keepends=True) if not ln.startswith("\\"))
+
+
+# Billing data with a table big enough that the decoders are still running while the restore
+# waits on a lock (the pipes between them hold far less than the dump).
+PAYMENTS_SQL = """
+CREATE SCHEMA billing;
+CREATE TABLE billing.payments (id int PRIMARY KEY, member int NOT NULL, amount numeric(10, 2),
+                               note text);
+INSERT INTO billing.payments
+SELECT i, i % 500, i * 1.5, 'pago ' || i || ' ñandú ' || md5(i::text)
+FROM generate_series(1, 100000) AS i;
+CREATE TABLE billing.summary (member int PRIMARY KEY, total numeric);
+INSERT INTO billing.summary SELECT member, sum(amount) FROM billing.payments GROUP BY member;
+"""
+CHANGE = (
+    "UPDATE billing.payments SET note = 'cambiado' WHERE id <= 100; DELETE FROM billing.summary;"
+)
+
+
+def hold_lock(
+    pg: PostgresServer, db: str, table: str, mode: str = "ACCESS SHARE"
+) -> subprocess.Popen[str]:
+    """A superuser session that holds a lock on ``table`` until its stdin is closed (ACCESS
+    SHARE blocks what would drop the table; ACCESS EXCLUSIVE blocks pg_dump too)."""
+    session = subprocess.Popen(
+        [
+            str(pg.bindir / "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(pg.socket_dir),
+            "-p",
+            str(pg.port),
+            "-U",
+            PG_SUPERUSER,
+            "-d",
+            db,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert session.stdin is not None
+    session.stdin.write(f"BEGIN; LOCK TABLE {table} IN {mode} MODE;\n")
+    session.stdin.flush()
+    return session
+
+
+def wait_for_blocked_restore(pg: PostgresServer, db: str, timeout: float = 60) -> None:
+    """Until a session of the application role in ``db`` waits for a lock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = pg.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "  # noqa: S608
+            f"AND datname = {sql_literal(db)} AND usename = {sql_literal(pg.user)}",
+            "postgres",
+        )
+        if waiting != "0":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the restore never reached the lock")
 
 
 def database_names(pg: PostgresServer) -> set[str]:

@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,16 +21,19 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PG_SUPERUSER, PostgresServer, sql_ident, sql_literal
+from generator.sandbox import PostgresServer, sql_ident, sql_literal
 from tests.integration.restore_support import (
     BACKUP,
+    CHANGE,
     ENCRYPTION,
     KEY,
     RESTORE,
     database_names,
     descendants,
+    hold_lock,
     only_backup,
     run_ok,
+    wait_for_blocked_restore,
     write_sidecar,
 )
 
@@ -39,29 +41,6 @@ if TYPE_CHECKING:
     from tests.integration.conftest import MakeEnv, NewDb, RunScript
 
 PAYMENTS = 100_000
-
-# Billing data with a table big enough that the decoders are still running while the restore
-# waits on a lock (the pipes between them hold far less than the dump).
-PAYMENTS_SQL = """
-CREATE SCHEMA billing;
-CREATE TABLE billing.payments (id int PRIMARY KEY, member int NOT NULL, amount numeric(10, 2),
-                               note text);
-INSERT INTO billing.payments
-SELECT i, i % 500, i * 1.5, 'pago ' || i || ' ñandú ' || md5(i::text)
-FROM generate_series(1, 100000) AS i;
-CREATE TABLE billing.summary (member int PRIMARY KEY, total numeric);
-INSERT INTO billing.summary SELECT member, sum(amount) FROM billing.payments GROUP BY member;
-"""
-CHANGE = (
-    "UPDATE billing.payments SET note = 'cambiado' WHERE id <= 100; DELETE FROM billing.summary;"
-)
-
-
-@pytest.fixture
-def payments_db(pg: PostgresServer, new_db: NewDb) -> str:
-    db = new_db()
-    pg.psql(PAYMENTS_SQL, db, superuser=False)
-    return db
 
 
 def decoded(backup: Path) -> bytes:
@@ -150,49 +129,6 @@ def test_a_restore_whose_stream_ends_early_changes_nothing(
     assert "the restore failed and was rolled back" in result.stderr
     assert "it is incomplete" in result.stderr
     assert pg.dump(payments_db) == before
-
-
-def hold_lock(pg: PostgresServer, db: str, table: str) -> subprocess.Popen[str]:
-    """A superuser session that holds a lock on ``table`` until its stdin is closed."""
-    session = subprocess.Popen(
-        [
-            str(pg.bindir / "psql"),
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            str(pg.socket_dir),
-            "-p",
-            str(pg.port),
-            "-U",
-            PG_SUPERUSER,
-            "-d",
-            db,
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert session.stdin is not None
-    session.stdin.write(f"BEGIN; LOCK TABLE {table} IN ACCESS SHARE MODE;\n")
-    session.stdin.flush()
-    return session
-
-
-def wait_for_blocked_restore(pg: PostgresServer, db: str, timeout: float = 60) -> None:
-    """Until a session of the application role in ``db`` waits for a lock."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        waiting = pg.psql(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "  # noqa: S608
-            f"AND datname = {sql_literal(db)} AND usename = {sql_literal(pg.user)}",
-            "postgres",
-        )
-        if waiting != "0":
-            return
-        time.sleep(0.05)
-    raise AssertionError("the restore never reached the lock")
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,8 @@ def test_check_and_dry_run_write_nothing(tmp_path: Path, mode: str) -> None:
 def test_each_flavor_renders_its_base_image_and_scheduler(flavor: str) -> None:
     files = render(load_settings(None, {"PG_MAJOR": "15"}), flavor)
     base = {"alpine": "FROM alpine:3.20", "debian": "FROM debian:bookworm-slim"}[flavor]
-    scheduler = {"alpine": "exec crond -f", "debian": "exec cron -f"}[flavor]
+    # the entrypoint stays the scheduler's parent (it stops the runs first on docker stop)
+    scheduler = {"alpine": "\n  crond -f -d 8 &\n", "debian": "\n  cron -f &\n"}[flavor]
     assert base in files["Dockerfile"]
     assert "ARG PG_MAJOR=15" in files["Dockerfile"]
     assert scheduler in files["entrypoint.sh"]
