@@ -5,7 +5,6 @@ DEBUG DIGEST or file tree is compared before and after.
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 import subprocess
 import tarfile
@@ -30,6 +29,7 @@ from tests.integration.restore_support import (
     createdb_privilege,
     evil_files_backup,
     flip_middle_byte,
+    holding_the_lock,
     only_backup,
     private_redis,
     redis_on,
@@ -581,14 +581,11 @@ def test_a_second_run_while_another_holds_the_lock_exits_3(
     backup = copy_backup(sources.backups[("postgresql", False)], tmp_path / "backups")
     pg.psql("UPDATE members SET name = 'locked out' WHERE id = 2", sources.db, superuser=False)
     before = pg.dump(sources.db)
-    lock = tmp_path / "backups" / ".gym-backup.lock"
 
     # the first run: what backup_script.sh does while it works (flock, then its note)
-    with lock.open("a+") as first_run:
-        fcntl.flock(first_run, fcntl.LOCK_EX)
-        first_run.truncate(0)
-        first_run.write("backup full (pid 4242, started 2026-01-01T02:00:00+00:00)\n")
-        first_run.flush()
+    with holding_the_lock(
+        tmp_path / "backups", "backup full (pid 4242, started 2026-01-01T02:00:00+00:00)"
+    ):
         result = run_script(RESTORE, "postgresql", backup.name, "--clean", env=env)
 
     assert result.returncode == 3, result.stdout + result.stderr
