@@ -2195,7 +2195,8 @@ backup_sha256() {
 files_command() {
   local file="${BACKUP_FILE}"
   [[ "${file%/*}" != "$(realpath -- "${BACKUP_DIR}")" ]] || file="${file##*/}"
-  printf 'restore_script.sh files %q %q%s' "${file}" "$1" "$( ((OPT_FORCE == 0)) || printf ' --force')"
+  printf 'restore_script.sh files %q %q%s%s' "${file}" "$1" "$( ((OPT_FORCE == 0)) || printf ' --force')" \
+    "$( ((OPT_NO_CHECKSUM == 0)) || printf ' --no-checksum')"
 }
 
 # write_files_journal STAGING DEST ROOT SHA RECORDS: the journal, whole before it gets its name:
