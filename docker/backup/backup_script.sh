@@ -1594,12 +1594,30 @@ prune_type() {
   log INFO "${type}: $( ((DRY_RUN)) && printf 'would prune' || printf 'pruned') ${#doomed[@]} of ${#names[@]} backup(s)"
 }
 
-# .partial files are only ever written under the lock, which cleanup holds: any left are stale.
+# .partial files are only ever written under the lock, which cleanup holds: any left are stale. A
+# dry run does not take the lock: while another run holds it, the partial files are that run's
+# work in progress, not stale.
 remove_stale_partials() {
-  local path
+  local path holder=""
+  ((DRY_RUN == 0)) || holder="$(lock_busy_holder)"
   for path in "${BACKUP_DIR}"/*_backup_*.partial; do
-    ! is_own_file "${path}" || delete_or_say "${path}" "stale partial file of an interrupted run"
+    is_own_file "${path}" || continue
+    if [[ -n "${holder}" ]]; then
+      log INFO "${path##*/}: in use by the running run (${holder}), not stale"
+    else
+      delete_or_say "${path}" "stale partial file of an interrupted run"
+    fi
   done
+}
+
+# lock_busy_holder: who holds the lock when another run does (nothing when none does). The lock
+# is only tested, through a descriptor of its own, and let go at once.
+lock_busy_holder() {
+  local lock_file="${BACKUP_DIR}/.gym-backup.lock"
+  [[ -f "${lock_file}" ]] || return 0
+  if (exec 8<"${lock_file}" && ! flock -n 8) 2>/dev/null; then
+    lock_holder "${lock_file}"
+  fi
 }
 
 remove_orphan_sidecars() {

@@ -1395,14 +1395,16 @@ Commands:
       file: write the RDB (and AOF base) into REDIS_DATA_DIR, stop Redis; restart it after
   files FILE [DEST] [--force]
       extract into DEST (default FILES_DIR; created when only its parent exists); existing
-      files are kept unless --force
+      files are kept unless --force. A restore stopped while moving entries into place says
+      how far it got; run the same command again to complete it
 
 Options:
   --no-checksum  (every command but info) go on without FILE.sha256
   -h, --help     show this help
 
 Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy, 4 verification failed, 5 wrong encryption
-key, 6 refused (a precondition not met). On any failure the target is left as it was.
+key, 6 refused (a precondition not met). On any failure the target is left as it was, but
+for a files restore stopped while moving entries into place (run it again to complete it).
 EOF
 }
 
@@ -2269,10 +2271,7 @@ release_live_redis() {
 }
 
 restore_cleanup() {
-  if [[ -n "${RESTORE_STAGING}" && -d "${RESTORE_STAGING}" ]]; then
-    find "${RESTORE_STAGING}" -type d -exec chmod u+rwx -- {} + 2>/dev/null || true
-    rm -rf -- "${RESTORE_STAGING}"
-  fi
+  files_staging_cleanup
   # A destination this failed restore created goes again, when nothing was moved into it.
   [[ -z "${CREATED_DEST}" ]] || rmdir -- "${CREATED_DEST}" 2>/dev/null || true
   release_live_redis
@@ -2393,6 +2392,15 @@ cmd_restore_redis() {
 
 # ---------------------------------------------------------------------------------------------
 # Files
+#
+# A files restore extracts the backup into a staging folder inside DEST,
+# DEST/.gym-restore.XXXXXXXX/tree, checks it, then moves its entries into place one by one: each
+# is renamed (rename(2)), so it is either still staged or in DEST, never half of each. Before the
+# first move it writes DEST/.gym-restore.XXXXXXXX/journal: the backup, its sha256, DEST, and
+# every entry, with the folders' modes and times as the archive has them (NUL-separated fields).
+# A restore stopped after that (a signal, a failure, even SIGKILL) keeps its staging folder, and
+# the same restore run again completes it; any other restore into DEST is refused meanwhile.
+readonly FILES_JOURNAL_MAGIC="gym-backup files restore journal 1"
 
 # quoted_list NAME...: 'a b', 'c' (names may hold spaces).
 quoted_list() {
@@ -2403,15 +2411,20 @@ quoted_list() {
   printf '%s' "${out}"
 }
 
+# unsafe_name NAME: an absolute path, or one with a .. part.
+unsafe_name() {
+  case "/$1/" in
+    //* | */../*) return 0 ;;
+  esac
+  return 1
+}
+
 # Refuse absolute paths and .. members before anything is extracted.
 check_member_names() {
   local name
   local -a bad=()
   while IFS= read -r name; do
-    case "/${name}/" in
-      //*) bad+=("${name}") ;;
-      */../*) bad+=("${name}") ;;
-    esac
+    ! unsafe_name "${name}" || bad+=("${name}")
   done <"${WORK_DIR}/content.list"
   if ((${#bad[@]} > 0)); then
     die "${EXIT_REFUSED}" "files: the archive holds unsafe paths (absolute or with ..): ${bad[*]:0:5}; refusing to extract it. Nothing was changed."
@@ -2441,10 +2454,150 @@ is_real_dir() {
   [[ -d "$1" && ! -L "$1" ]]
 }
 
+# same_entry STAGED PLACED: PLACED is STAGED as it is meant to be (the same link target, or a
+# regular file with the same bytes, mode, owner and time): a move that copied it across file
+# systems and was cut short before it removed the staged copy.
+same_entry() {
+  local staged="$1" placed="$2"
+  if [[ -L "${staged}" || -L "${placed}" ]]; then
+    [[ -L "${staged}" && -L "${placed}" && "$(readlink -- "${staged}")" == "$(readlink -- "${placed}")" ]]
+    return
+  fi
+  [[ -f "${staged}" && -f "${placed}" ]] || return 1
+  [[ "$(stat -c '%a %u:%g %Y' -- "${staged}")" == "$(stat -c '%a %u:%g %Y' -- "${placed}")" ]] &&
+    cmp -s -- "${staged}" "${placed}"
+}
+
+# staged_count TREE: the files and links (anything but folders) still waiting in a staging tree.
+staged_count() {
+  { find "$1" ! -type d -printf x 2>/dev/null || true; } | wc -c
+}
+
+# backup_sha256: the sha256 of the backup's stored bytes (FILE.sha256's, when it was checked).
+backup_sha256() {
+  if [[ -n "${EXPECTED_SHA256}" ]]; then
+    printf '%s\n' "${EXPECTED_SHA256,,}"
+  else
+    sha256sum <"${BACKUP_FILE}" | cut -c1-64
+  fi
+}
+
+# files_command DEST: the command line of this restore (to run again), quoted for a shell.
+files_command() {
+  local file="${BACKUP_FILE}"
+  [[ "${file%/*}" != "$(realpath -- "${BACKUP_DIR}")" ]] || file="${file##*/}"
+  printf 'restore_script.sh files %q %q%s%s' "${file}" "$1" "$( ((OPT_FORCE == 0)) || printf ' --force')" \
+    "$( ((OPT_NO_CHECKSUM == 0)) || printf ' --no-checksum')"
+}
+
+# write_files_journal STAGING DEST ROOT SHA RECORDS: the journal, whole before it gets its name:
+# from then on the staging folder is kept when the restore stops.
+write_files_journal() {
+  local staging="$1" journal="$1/journal"
+  {
+    printf '%s\0' "${FILES_JOURNAL_MAGIC}" "backup=${BACKUP_FILE##*/}" "sha256=$4" "dest=$2" \
+      "root=$3" "started=$(now_iso)"
+    cat -- "$5"
+  } >"${journal}.partial"
+  sync -- "${journal}.partial" 2>/dev/null || sync
+  mv -f -- "${journal}.partial" "${journal}"
+}
+
+# read_files_journal FILE: a journal's fields in JOURNAL_BACKUP, JOURNAL_SHA256, JOURNAL_DEST,
+# JOURNAL_ROOT, JOURNAL_STARTED, and its entries in JOURNAL_RECORDS ("TYPE/TIME/MODE/PATH", as
+# find prints them). Fails, with JOURNAL_WHY, for anything this tool did not write whole: the
+# journal lives in DEST, where others may write, so its paths are checked as an archive's are.
+read_files_journal() {
+  local file="$1" record
+  local -a fields=()
+  JOURNAL_RECORDS=()
+  JOURNAL_WHY=""
+  if [[ -L "${file}" || ! -f "${file}" ]] || ! mapfile -d '' -t fields <"${file}" 2>/dev/null; then
+    JOURNAL_WHY="its journal cannot be read"
+    return 1
+  fi
+  if ((${#fields[@]} < 6)) || [[ "${fields[0]}" != "${FILES_JOURNAL_MAGIC}" ||
+    "${fields[1]}" != backup=* || ! "${fields[2]}" =~ ^sha256=[0-9a-f]{64}$ ||
+    "${fields[3]}" != dest=/* || ! "${fields[4]}" =~ ^root=([0-9.]+/[0-7]+/[0-9]+:[0-9]+)?$ ||
+    "${fields[5]}" != started=* ]]; then
+    JOURNAL_WHY="its journal is damaged or not one this version writes"
+    return 1
+  fi
+  for record in "${fields[@]:6}"; do
+    if [[ ! "${record}" =~ ^[a-z]/[0-9.]+/[0-7]+/(.+)$ ]] || unsafe_name "${BASH_REMATCH[1]}"; then
+      JOURNAL_WHY="its journal is damaged (an entry reads '${record}')"
+      return 1
+    fi
+  done
+  JOURNAL_BACKUP="${fields[1]#backup=}"
+  JOURNAL_SHA256="${fields[2]#sha256=}"
+  JOURNAL_DEST="${fields[3]#dest=}"
+  JOURNAL_ROOT="${fields[4]#root=}"
+  JOURNAL_STARTED="${fields[5]#started=}"
+  JOURNAL_RECORDS=("${fields[@]:6}")
+}
+
+# unfinished_restore DEST SHA: the staging folder in DEST of this restore (this backup, with this
+# sha256, into DEST) that stopped while moving entries into place: in RESTORE_STAGING, with its
+# journal read (0); or none (1). A staging folder without a journal never moved anything (it was
+# stopped while extracting): it is removed. One of another restore, or whose journal is damaged,
+# is refused: DEST is half-restored, and only the restore that began it may complete it.
+unfinished_restore() {
+  local dest="$1" sha="$2" path found="" what
+  local -a inside
+  for path in "${dest}"/.gym-restore.????????; do
+    is_real_dir "${path}" || continue
+    if [[ ! -e "${path}/journal" && ! -L "${path}/journal" ]]; then
+      mapfile -t inside < <(find "${path}" -mindepth 1 -maxdepth 1 ! -name tree ! -name journal.partial -printf '%f\n')
+      if ((${#inside[@]} > 0)); then
+        log WARN "files: left ${path} alone: it looks like the staging folder of a restore that was stopped, but it holds more than this version's staging folders do; remove it if nothing in it is needed"
+        continue
+      fi
+      find "${path}" -type d -exec chmod u+rwx -- {} + 2>/dev/null || true
+      rm -rf -- "${path}"
+      log WARN "files: removed ${path}, left by a restore that was stopped before it moved anything into ${dest}"
+      continue
+    fi
+    if read_files_journal "${path}/journal" && [[ -z "${found}" &&
+      "${JOURNAL_BACKUP}" == "${BACKUP_FILE##*/}" && "${JOURNAL_SHA256}" == "${sha}" &&
+      "${JOURNAL_DEST}" == "${dest}" ]]; then
+      found="${path}"
+      continue
+    fi
+    if [[ -n "${JOURNAL_WHY}" ]]; then
+      what="a files restore that did not finish (${JOURNAL_WHY})"
+    else
+      what="the restore of ${JOURNAL_BACKUP} (sha256 ${JOURNAL_SHA256:0:12}...) into ${JOURNAL_DEST}, started ${JOURNAL_STARTED}, which did not finish; run that restore again to complete it"
+    fi
+    die "${EXIT_REFUSED}" "files: ${dest} holds ${path}, left by ${what}. $(staged_count "${path}/tree") files and links of it were not moved into place yet. To give it up instead (${dest} stays as it is now, partly restored), remove that folder: chmod -R u+rwx $(printf '%q' "${path}") && rm -rf $(printf '%q' "${path}"). Nothing was changed."
+  done
+  [[ -n "${found}" ]] || return 1
+  RESTORE_STAGING="${found}"
+  read_files_journal "${found}/journal"
+}
+
+# The EXIT trap's part for a files restore: the staging folder goes, unless the restore had begun
+# moving entries into DEST (its journal exists). Then it stays, with the entries not moved yet, for
+# the same restore run again to complete; the log says how far this run got.
+files_staging_cleanup() {
+  local staging="${RESTORE_STAGING}" total left
+  [[ -n "${staging}" && -d "${staging}" ]] || return 0
+  if [[ ! -f "${staging}/journal" ]]; then
+    find "${staging}" -type d -exec chmod u+rwx -- {} + 2>/dev/null || true
+    rm -rf -- "${staging}"
+    return 0
+  fi
+  # The files and links: records "TYPE/..." of any type but d (the other fields have no "/" there).
+  total="$(grep -zc '^[^d]/' -- "${staging}/journal" 2>/dev/null)" || true
+  left="$(staged_count "${staging}/tree")"
+  log ERROR "files: the restore of ${BACKUP_FILE##*/} into ${staging%/*} did not finish: $((${total:-0} - left)) of ${total:-0} files and links were moved into place, ${left} were not (they wait in ${staging}), and the folders' modes and times are not set yet. Run the same restore again to complete it: $(files_command "${staging%/*}")"
+}
+
 cmd_restore_files() {
-  local dest="${1:-${FILES_DIR}}" staging rel entry i parent create=0 root=""
-  local -a st conflicts=() entries=()
-  local -A dir_times=() dir_modes=()
+  local dest="${1:-${FILES_DIR}}" staging tree rel record i parent create=0 root="" resumed=0
+  local sha moved=0 total=0 placed=0
+  local -a st conflicts=() entries=() kinds=() records=() missing=()
+  local -A dir_times=() dir_modes=() in_place=()
   require_type files
   # A destination that does not exist yet is created (after the backup is verified) where its
   # parent is a writable folder: a restore to a new place. A missing parent is a mistake.
@@ -2464,64 +2617,105 @@ cmd_restore_files() {
     log INFO "files: created the destination ${CREATED_DEST} (it did not exist)"
   fi
   dest="$(realpath -- "${dest}")"
-  staging="$(mktemp -d "${dest}/.gym-restore.XXXXXXXX")"
-  RESTORE_STAGING="${staging}"
-  set +o errexit
-  decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" |
-    tar -C "${staging}" --same-permissions --numeric-owner -xf - 2>"${WORK_DIR}/tar.err"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
-  # The archive's own folder ("./", FILES_DIR when it was made): a destination this run created
-  # gets its time, mode and owner at the end, as any folder of the archive does.
-  ((create == 0)) || root="$(find "${staging}" -maxdepth 0 -printf '%T@/%m/%U:%G')"
-  # The folders' modes and times as the archive has them, before anything changes them: moving
-  # their contents out changes their times, and needs write access (a non-root restore of a
-  # read-only folder would fail half-way), so the folders are made writable until the end.
-  while IFS= read -r -d '' entry; do
-    rel="${entry#*/*/}"
-    dir_times["${rel}"]="${entry%%/*}"
-    entry="${entry#*/}"
-    dir_modes["${rel}"]="${entry%%/*}"
-  done < <(find "${staging}" -mindepth 1 -type d -printf '%T@/%m/%P\0')
-  find "${staging}" -type d -exec chmod u+rwx -- {} +
-  # The links first: tar also fails on an archive that writes through one of its own links.
-  check_links "${staging}"
-  ((st[0] == 0 && st[1] == 0)) || die "${EXIT_FAILED}" "files: extracting failed$(stage_message tar); nothing was changed in ${dest}"
-  # Every entry (parents before children), read once: the moves below change the folders.
-  mapfile -d '' -t entries < <(cd -- "${staging}" && find . -mindepth 1 -printf '%P\0')
+  sha="$(backup_sha256)"
+  if ((create == 0)) && unfinished_restore "${dest}" "${sha}"; then
+    # The same restore, stopped while it moved entries into place: the staged tree, checked then,
+    # holds what it had not moved yet; the journal, every entry and the folders' modes and times.
+    resumed=1
+    staging="${RESTORE_STAGING}"
+    tree="${staging}/tree"
+    root="${JOURNAL_ROOT}"
+    records=("${JOURNAL_RECORDS[@]}")
+    log INFO "files: found ${staging}, left by this restore (started ${JOURNAL_STARTED}), which stopped while moving entries into ${dest} with $(staged_count "${tree}") files and links not moved yet: completing it"
+  else
+    staging="$(mktemp -d "${dest}/.gym-restore.XXXXXXXX")"
+    RESTORE_STAGING="${staging}"
+    tree="${staging}/tree"
+    mkdir -- "${tree}"
+    set +o errexit
+    decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" |
+      tar -C "${tree}" --same-permissions --numeric-owner -xf - 2>"${WORK_DIR}/tar.err"
+    st=("${PIPESTATUS[@]}")
+    set -o errexit
+    # The archive's own folder ("./", FILES_DIR when it was made): a destination this run created
+    # gets its time, mode and owner at the end, as any folder of the archive does.
+    ((create == 0)) || root="$(find "${tree}" -maxdepth 0 -printf '%T@/%m/%U:%G')"
+    # Every entry (parents before children) with its type, and the folders' modes and times as
+    # the archive has them, before anything changes them: moving their contents out changes their
+    # times, and needs write access (a non-root restore of a read-only folder would fail
+    # half-way), so the folders are made writable until the end.
+    find "${tree}" -mindepth 1 -printf '%y/%T@/%m/%P\0' >"${WORK_DIR}/entries"
+    mapfile -d '' -t records <"${WORK_DIR}/entries"
+    find "${tree}" -type d -exec chmod u+rwx -- {} +
+    # The links first: tar also fails on an archive that writes through one of its own links.
+    check_links "${tree}"
+    ((st[0] == 0 && st[1] == 0)) || die "${EXIT_FAILED}" "files: extracting failed$(stage_message tar); nothing was changed in ${dest}"
+  fi
+  for record in "${records[@]}"; do
+    kinds+=("${record%%/*}")
+    record="${record#*/}"
+    rel="${record#*/*/}"
+    entries+=("${rel}")
+    if [[ "${kinds[-1]}" == d ]]; then
+      dir_times["${rel}"]="${record%%/*}"
+      record="${record#*/}"
+      dir_modes["${rel}"]="${record%%/*}"
+    else
+      total=$((total + 1))
+    fi
+  done
   # Folders merge with folders; anything else already in DEST is a conflict, a link in DEST too:
-  # it is never followed (it could lead out of DEST), only replaced with --force.
-  for rel in "${entries[@]}"; do
+  # it is never followed (it could lead out of DEST), only replaced with --force. Completing a
+  # restore, what it moved already is no longer staged, and what DEST already holds exactly as
+  # staged (a move across file systems cut short) is in place: neither is in the way.
+  for i in "${!entries[@]}"; do
+    rel="${entries[i]}"
     [[ -e "${dest}/${rel}" || -L "${dest}/${rel}" ]] || continue
-    is_real_dir "${staging}/${rel}" && is_real_dir "${dest}/${rel}" && continue
+    if [[ "${kinds[i]}" == d ]]; then
+      ! is_real_dir "${dest}/${rel}" || continue
+    elif ((resumed)); then
+      [[ -e "${tree}/${rel}" || -L "${tree}/${rel}" ]] || continue
+      if same_entry "${tree}/${rel}" "${dest}/${rel}"; then
+        in_place["${rel}"]=1
+        continue
+      fi
+    fi
     conflicts+=("${rel}")
   done
   if ((${#conflicts[@]} > 0 && ! OPT_FORCE)); then
     die "${EXIT_REFUSED}" "files: ${#conflicts[@]} entries already exist in ${dest} (e.g. $(quoted_list "${conflicts[@]:0:3}")); pass --force to overwrite them. Nothing was changed."
   fi
-  local moved=0
+  ((resumed)) || write_files_journal "${staging}" "${dest}" "${root}" "${sha}" "${WORK_DIR}/entries"
   # Folders are created (or kept), everything else is moved in by rename.
-  for rel in "${entries[@]}"; do
-    if is_real_dir "${staging}/${rel}"; then
+  for i in "${!entries[@]}"; do
+    rel="${entries[i]}"
+    if [[ "${kinds[i]}" == d ]]; then
       if ! is_real_dir "${dest}/${rel}"; then
         [[ ! -e "${dest}/${rel}" && ! -L "${dest}/${rel}" ]] || rm -f -- "${dest}/${rel}"
         mkdir -- "${dest}/${rel}"
       fi
-    else
+    elif [[ -n "${in_place["${rel}"]+set}" ]]; then
+      rm -f -- "${tree}/${rel}"
+      placed=$((placed + 1))
+    elif [[ -e "${tree}/${rel}" || -L "${tree}/${rel}" ]]; then
       ! is_real_dir "${dest}/${rel}" || rm -rf -- "${dest:?}/${rel}"
-      mv -f -T -- "${staging}/${rel}" "${dest}/${rel}"
+      mv -f -T -- "${tree}/${rel}" "${dest}/${rel}"
       moved=$((moved + 1))
+    elif [[ ! -e "${dest}/${rel}" && ! -L "${dest}/${rel}" ]]; then
+      missing+=("${rel}")
     fi
   done
   # Folder modes, owners and times last, deepest first (writing into a folder changes its time).
   for ((i = ${#entries[@]} - 1; i >= 0; i--)); do
     rel="${entries[i]}"
     [[ -n "${dir_times["${rel}"]+set}" ]] || continue
-    chown --reference="${staging}/${rel}" -- "${dest}/${rel}" 2>/dev/null || true
+    chown --reference="${tree}/${rel}" -- "${dest}/${rel}" 2>/dev/null || true
     # "00": a numeric mode clears a folder's set-group-ID bit only with two leading zeros
     chmod "00${dir_modes["${rel}"]}" -- "${dest}/${rel}"
     touch -d "@${dir_times["${rel}"]}" -- "${dest}/${rel}"
   done
+  # The journal goes last: a restore stopped in between is still completed by a rerun.
+  rm -rf -- "${tree}"
   rm -rf -- "${staging}"
   RESTORE_STAGING=""
   if [[ -n "${root}" ]]; then
@@ -2531,7 +2725,14 @@ cmd_restore_files() {
     touch -d "@${root%%/*}" -- "${dest}"
   fi
   CREATED_DEST=""
-  log INFO "files: restored ${BACKUP_FILE##*/} into ${dest}: ${moved} files and links$( ((${#conflicts[@]} > 0)) && printf '; %s entries that were in the way replaced (--force)' "${#conflicts[@]}")"
+  if ((${#missing[@]} > 0)); then
+    log WARN "files: ${#missing[@]} files and links that the stopped run had moved into ${dest} are not there any more (e.g. $(quoted_list "${missing[@]:0:3}")): removed since? Restore again with --force for a whole copy of the backup"
+  fi
+  if ((resumed)); then
+    log INFO "files: completed the restore of ${BACKUP_FILE##*/} into ${dest}: moved the remaining ${moved} of ${total} files and links$( ((placed == 0)) || printf ' (%s more were in place already)' "${placed}")$( ((${#conflicts[@]} == 0)) || printf '; %s entries that were in the way replaced (--force)' "${#conflicts[@]}")"
+  else
+    log INFO "files: restored ${BACKUP_FILE##*/} into ${dest}: ${moved} files and links$( ((${#conflicts[@]} > 0)) && printf '; %s entries that were in the way replaced (--force)' "${#conflicts[@]}")"
+  fi
 }
 
 # leftover_hook DIR: a killed run's folder, before it is removed: drop the scratch database of

@@ -7,6 +7,7 @@ comparisons read them back from those servers (``pg_dump``, ``DEBUG DIGEST``, th
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import io
@@ -127,6 +128,18 @@ def copy_backup(backup: Path, folder: Path, *, sidecars: bool = True) -> Path:
             if sidecar.exists():
                 shutil.copyfile(sidecar, f"{copy}{suffix}")
     return copy
+
+
+@contextlib.contextmanager
+def holding_the_lock(backup_dir: Path, who: str) -> Iterator[None]:
+    """For the block, hold ``backup_dir``'s lock as a running run does: ``flock`` on
+    ``.gym-backup.lock``, which says ``who`` holds it."""
+    with (backup_dir / ".gym-backup.lock").open("a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.truncate(0)
+        lock.write(who + "\n")
+        lock.flush()
+        yield
 
 
 def processes_in(folder: Path) -> list[str]:

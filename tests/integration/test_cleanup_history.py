@@ -9,6 +9,7 @@ tests assert exactly which names survive and what the script says about each of 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import re
@@ -24,6 +25,7 @@ import pytest
 from tests.integration.restore_support import (
     BACKUP,
     EXTENSIONS,
+    holding_the_lock,
     run_ok,
     stamp,
     with_sidecars,
@@ -381,3 +383,26 @@ def test_the_free_space_check_compares_with_the_last_real_backup_only(
     made = [n for n in names_in(backups) if n.startswith("files_backup_") and n != huge.name]
     assert len(made) == 3, made  # the new backup and its two sidecars
     assert huge.stat().st_size > shutil.disk_usage(backups).free
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["while-a-run-holds-the-lock", "no-run"])
+def test_a_dry_run_cleanup_calls_a_partial_file_stale_only_when_no_run_holds_the_lock(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path, held: bool
+) -> None:
+    env = backup_env(tmp_path)
+    backups = tmp_path / "backups"
+    partial = f"files_backup_{stamp(0)}.tar.gz.partial"
+    (backups / partial).write_bytes(b"half written by the running backup")
+    who = "backup full (pid 4242, started 2026-01-01T02:00:00+00:00)"
+
+    with holding_the_lock(backups, who) if held else contextlib.nullcontext():
+        result = run_ok(run_script, BACKUP, "cleanup", "--dry-run", env=env)
+
+    out = output(result)
+    if held:
+        assert f"[INFO] {partial}: in use by the running run ({who}), not stale\n" in out
+        assert deletions(out, dry_run=True) == set()
+    else:
+        assert deletions(out, dry_run=True) == {partial}
+        assert f"would delete {partial}: stale partial file of an interrupted run\n" in out
+    assert (backups / partial).exists()

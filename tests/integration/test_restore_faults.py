@@ -5,8 +5,10 @@ DEBUG DIGEST or file tree is compared before and after.
 
 from __future__ import annotations
 
-import fcntl
+import os
+import re
 import shutil
+import signal
 import subprocess
 import tarfile
 import threading
@@ -19,7 +21,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PG_SUPERUSER, PostgresServer, SandboxError, start_postgres
+from generator.sandbox import (
+    PG_SUPERUSER,
+    PostgresServer,
+    RedisServer,
+    SandboxError,
+    start_postgres,
+)
 from tests.integration.restore_support import (
     BACKUP,
     KEY,
@@ -30,10 +38,13 @@ from tests.integration.restore_support import (
     createdb_privilege,
     evil_files_backup,
     flip_middle_byte,
+    holding_the_lock,
     only_backup,
     private_redis,
     redis_on,
+    run_direct,
     run_ok,
+    script_env,
     tar_dir,
     tar_file,
     tar_symlink,
@@ -567,6 +578,242 @@ def test_a_refused_files_restore_into_a_new_folder_leaves_no_folder_behind(
     assert not new.exists()
 
 
+# ------------------------------------------------- a files restore stopped while moving entries
+
+MANY = 4000  # files: moved one by one, they take a restore seconds to put into place
+
+
+@pytest.fixture(scope="module")
+def many_files(
+    pg: PostgresServer,
+    redis_auth: RedisServer,
+    rendered_scripts: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, Path]:
+    """Uploads of MANY small files in 40 folders (varied modes, old times, a link and a hard
+    link), and their files backup."""
+    base = tmp_path_factory.mktemp("many")
+    uploads = base / "uploads"
+    for n in range(MANY):
+        folder = uploads / f"carpeta {n % 40:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"foto {n:04d}.jpg").write_bytes(f"foto {n}\n".encode())
+    (uploads / "carpeta 00/última.jpg").symlink_to("foto 0000.jpg")
+    (uploads / "carpeta 01/dura.jpg").hardlink_to(uploads / "carpeta 01/foto 0001.jpg")
+    for n, folder in enumerate(sorted(uploads.iterdir())):
+        folder.chmod((0o755, 0o750, 0o2775, 0o555)[n % 4])
+    for path in [*uploads.rglob("*"), uploads]:
+        if not path.is_symlink():
+            os.utime(path, (1_600_000_000, 1_600_000_000))
+    env = script_env(base, pg, redis_auth, uploads)
+    result = run_direct(rendered_scripts, BACKUP, "files", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return uploads, only_backup(base / "backups", "files", encrypted=False)
+
+
+def start_restore(scripts: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["bash", str(scripts / RESTORE), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def staging_folders(dest: Path) -> list[Path]:
+    return sorted(dest.glob(".gym-restore.*"))
+
+
+def files_and_links(folder: Path) -> int:
+    """Everything but folders under ``folder``, the staging folders of restores left out."""
+    count = 0
+    for parent, dirs, files in os.walk(folder):
+        if Path(parent) == folder:
+            dirs[:] = [d for d in dirs if not d.startswith(".gym-restore.")]
+        count += len(files) + sum((Path(parent) / d).is_symlink() for d in dirs)
+    return count
+
+
+def wait_for_moves(dest: Path, restore: subprocess.Popen[str]) -> None:
+    """Until the restore has moved a file into ``dest`` (it is then in its move phase)."""
+    deadline = time.monotonic() + 120
+    while not any(
+        next(os.scandir(folder), None) is not None
+        for folder in dest.glob("carpeta *")
+        if folder.is_dir()
+    ):
+        assert restore.poll() is None, restore.communicate()
+        assert time.monotonic() < deadline, "the restore never began moving files into place"
+        time.sleep(0.01)
+
+
+def test_a_files_restore_terminated_while_moving_tells_how_far_it_got_and_a_rerun_completes_it(
+    many_files: tuple[Path, Path],
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    rendered_scripts: Path,
+    tmp_path: Path,
+) -> None:
+    uploads, made = many_files
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    env = backup_env(tmp_path, files_dir=dest)
+    backup = copy_backup(made, tmp_path / "backups")
+
+    restore = start_restore(rendered_scripts, env, "files", backup.name, str(dest))
+    wait_for_moves(dest, restore)
+    os.kill(restore.pid, signal.SIGTERM)
+    _, err = restore.communicate(timeout=120)
+
+    assert restore.returncode == 143, err
+    said = re.search(
+        rf"files: the restore of {re.escape(backup.name)} into {re.escape(str(dest))} did not "
+        rf"finish: (\d+) of {MANY + 2} "
+        rf"files and links were moved into place, (\d+) were not \(they wait in (\S+)\)",
+        err,
+    )
+    assert said, err
+    moved, left = int(said[1]), int(said[2])
+    assert 0 < moved < MANY
+    assert moved + left == MANY + 2
+    assert staging_folders(dest) == [Path(said[3])]
+    assert files_and_links(dest) == moved
+    assert files_and_links(Path(said[3]) / "tree") == left
+    assert (
+        f"Run the same restore again to complete it: restore_script.sh files {backup.name} " in err
+    )
+    assert said[0] in (tmp_path / "backups/restore.log").read_text()
+
+    # any other restore into DEST is refused, naming the folder and how to give it up
+    other = evil_files_backup(tmp_path / "backups", [tar_dir("."), tar_file("otro.txt")])
+    half_restored = tree_state(dest)
+    refused = run_script(RESTORE, "files", other.name, str(dest), "--force", env=env)
+
+    assert refused.returncode == 6, refused.stdout + refused.stderr
+    assert f"{dest} holds {said[3]}, left by the restore of {backup.name}" in refused.stderr
+    assert f"run that restore again to complete it. {left} files and links" in refused.stderr
+    assert f"rm -rf {said[3]}" in refused.stderr
+    assert "Nothing was changed." in refused.stderr
+    assert tree_state(dest) == half_restored
+
+    # the same command again, without --force: what the stopped run moved is not in the way
+    done = run_ok(run_script, RESTORE, "files", backup.name, str(dest), env=env, timeout=300)
+
+    assert f"moved the remaining {left} of {MANY + 2} files and links" in done.stdout
+    assert tree_state(dest) == tree_state(uploads)
+    assert staging_folders(dest) == []
+
+
+def test_a_files_restore_killed_while_moving_into_a_new_folder_is_completed_by_the_same_command(
+    many_files: tuple[Path, Path],
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    rendered_scripts: Path,
+    tmp_path: Path,
+) -> None:
+    uploads, made = many_files
+    new = tmp_path / "new uploads"
+    env = backup_env(tmp_path, files_dir=new)
+    backup = copy_backup(made, tmp_path / "backups")
+
+    restore = start_restore(rendered_scripts, env, "files", backup.name, str(new))
+    wait_for_moves(new, restore)
+    os.kill(restore.pid, signal.SIGKILL)  # nothing of the script runs any more
+    restore.communicate(timeout=60)
+    # its last mv, if one was running, still holds the run's lock until it is done
+    with holding_the_lock(tmp_path / "backups", "the test, after the kill"):
+        moved = files_and_links(new)
+    (staging,) = staging_folders(new)
+    assert 0 < moved < MANY + 2
+    assert files_and_links(staging / "tree") == MANY + 2 - moved
+
+    # something new in the way of an entry the killed run had not moved is a conflict, as ever
+    in_the_way = next((staging / "tree").rglob("foto *.jpg"))
+    rel = in_the_way.relative_to(staging / "tree")
+    (new / rel).parent.mkdir(exist_ok=True)
+    (new / rel).write_text("written by the application since")
+    refused = run_script(RESTORE, "files", backup.name, str(new), env=env, timeout=300)
+
+    assert refused.returncode == 6, refused.stdout + refused.stderr
+    assert f"1 entries already exist in {new} (e.g. '{rel}'); pass --force" in refused.stderr
+    assert f"{MANY + 2 - moved} were not (they wait in {staging})" in refused.stderr
+    assert (new / rel).read_text() == "written by the application since"
+
+    done = run_ok(
+        run_script, RESTORE, "files", backup.name, str(new), "--force", env=env, timeout=300
+    )
+
+    assert f"files: found {staging}, left by this restore (started " in done.stdout
+    assert f"with {MANY + 2 - moved} files and links not moved yet: completing it" in done.stdout
+    assert f"moved the remaining {MANY + 2 - moved} of {MANY + 2} files and links; 1 entries" in (
+        done.stdout
+    )
+    assert tree_state(new) == tree_state(uploads)
+    assert (new.stat().st_mode, int(new.stat().st_mtime)) == (
+        uploads.stat().st_mode,
+        int(uploads.stat().st_mtime),
+    )
+    assert staging_folders(new) == []
+
+
+@pytest.mark.parametrize(
+    ("leftover", "code", "message"),
+    [
+        pytest.param(
+            {"tree/a/uno.txt": b"half extracted"},
+            0,
+            "removed {staging}, left by a restore that was stopped before it moved anything",
+            id="killed-while-extracting-is-removed",
+        ),
+        pytest.param(
+            {"tree/a/uno.txt": b"x", "notas.txt": b"someone's"},
+            0,
+            "left {staging} alone: it looks like the staging folder of a restore that was stopped",
+            id="holding-more-is-left-alone",
+        ),
+        pytest.param(
+            {"journal": b"not a journal\0", "tree/a/uno.txt": b"x"},
+            6,
+            "left by a files restore that did not finish (its journal is damaged",
+            id="damaged-journal-is-refused",
+        ),
+    ],
+)
+def test_a_staging_folder_left_in_dest_without_a_sound_journal_never_blocks_or_loses_data(
+    leftover: dict[str, bytes],
+    code: int,
+    message: str,
+    sources: Sources,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "dest"
+    staging = dest / ".gym-restore.Ab12Cd34"
+    for rel, data in leftover.items():
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staging / rel).write_bytes(data)
+    env = backup_env(tmp_path, files_dir=dest)
+    backup = copy_backup(sources.backups[("files", False)], tmp_path / "backups")
+    before = tree_state(dest)
+
+    result = run_script(RESTORE, "files", backup.name, str(dest), env=env)
+
+    assert result.returncode == code, result.stdout + result.stderr
+    assert message.format(staging=staging) in result.stderr
+    restored = {k: v for k, v in tree_state(dest).items() if not k.startswith(staging.name)}
+    if code == 0:
+        assert restored == tree_state(sources.files)
+    else:
+        assert f"rm -rf {staging}. Nothing was changed." in result.stderr
+        assert tree_state(dest) == before
+    if "notas.txt" in leftover:
+        assert {k: v for k, v in tree_state(dest).items() if k.startswith(staging.name)} == before
+    else:
+        assert staging.exists() == (code != 0)
+
+
 # ------------------------------------------------------------------------------ lock, usage
 
 
@@ -581,14 +828,11 @@ def test_a_second_run_while_another_holds_the_lock_exits_3(
     backup = copy_backup(sources.backups[("postgresql", False)], tmp_path / "backups")
     pg.psql("UPDATE members SET name = 'locked out' WHERE id = 2", sources.db, superuser=False)
     before = pg.dump(sources.db)
-    lock = tmp_path / "backups" / ".gym-backup.lock"
 
     # the first run: what backup_script.sh does while it works (flock, then its note)
-    with lock.open("a+") as first_run:
-        fcntl.flock(first_run, fcntl.LOCK_EX)
-        first_run.truncate(0)
-        first_run.write("backup full (pid 4242, started 2026-01-01T02:00:00+00:00)\n")
-        first_run.flush()
+    with holding_the_lock(
+        tmp_path / "backups", "backup full (pid 4242, started 2026-01-01T02:00:00+00:00)"
+    ):
         result = run_script(RESTORE, "postgresql", backup.name, "--clean", env=env)
 
     assert result.returncode == 3, result.stdout + result.stderr
