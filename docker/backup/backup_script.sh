@@ -1075,6 +1075,13 @@ backup_files() {
     pattern="${pattern%"${pattern##*[![:space:]]}"}"
     [[ -z "${pattern}" ]] || excludes+=("--exclude=${pattern}")
   done
+  # A files restore that was stopped keeps its staging folder in FILES_DIR until it is run again
+  # (restore_script.sh files): restored data waiting to be moved, not uploads of the gym.
+  excludes+=(--anchored --wildcards "--exclude=./.gym-restore.????????")
+  local staged
+  for staged in "${FILES_DIR}"/.gym-restore.????????; do
+    [[ ! -d "${staged}" ]] || log WARN "files: left out ${staged}, the staging folder of a files restore that did not finish; run that restore again to complete it"
+  done
   # BACKUP_DIR inside FILES_DIR: each files backup would hold the ones before it, the lock, the
   # logs and its own half-written file. It is left out, by its exact path (after the user's
   # patterns: --anchored and --no-wildcards apply to the excludes that follow them).

@@ -1075,6 +1075,13 @@ backup_files() {
     pattern="${pattern%"${pattern##*[![:space:]]}"}"
     [[ -z "${pattern}" ]] || excludes+=("--exclude=${pattern}")
   done
+  # A files restore that was stopped keeps its staging folder in FILES_DIR until it is run again
+  # (restore_script.sh files): restored data waiting to be moved, not uploads of the gym.
+  excludes+=(--anchored --wildcards "--exclude=./.gym-restore.????????")
+  local staged
+  for staged in "${FILES_DIR}"/.gym-restore.????????; do
+    [[ ! -d "${staged}" ]] || log WARN "files: left out ${staged}, the staging folder of a files restore that did not finish; run that restore again to complete it"
+  done
   # BACKUP_DIR inside FILES_DIR: each files backup would hold the ones before it, the lock, the
   # logs and its own half-written file. It is left out, by its exact path (after the user's
   # patterns: --anchored and --no-wildcards apply to the excludes that follow them).
@@ -1715,6 +1722,8 @@ interrupted_state() {
   elif what="$(pg_load_stop)"; then
     printf '%s' "${what}"
     [[ -z "${CREATED_DB}" ]] || printf '; the database %s this run created is dropped again' "${CREATED_DB}"
+  elif [[ -n "${RESTORE_STAGING}" && -f "${RESTORE_STAGING}/journal" ]]; then
+    printf 'the files restore was moving entries into %s; how far it got, and how to complete it, follows' "${RESTORE_STAGING%/*}"
   elif ((LIVE_REDIS_REPLICATING)); then
     printf 'the live Redis %s:%s was replicating the backup: it is made a master again with its own settings; it may hold the backup or its old data: check it, or restore again' "${REDIS_HOST}" "${REDIS_PORT}"
   else
@@ -2593,6 +2602,13 @@ files_staging_cleanup() {
   log ERROR "files: the restore of ${BACKUP_FILE##*/} into ${staging%/*} did not finish: $((${total:-0} - left)) of ${total:-0} files and links were moved into place, ${left} were not (they wait in ${staging}), and the folders' modes and times are not set yet. Run the same restore again to complete it: $(files_command "${staging%/*}")"
 }
 
+# extract_into FOLDER: the backup, decoded and extracted there (a step).
+extract_into() {
+  decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" |
+    tar -C "$1" --same-permissions --numeric-owner -xf - 2>"${WORK_DIR}/tar.err"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
 cmd_restore_files() {
   local dest="${1:-${FILES_DIR}}" staging tree rel record i parent create=0 root="" resumed=0
   local sha moved=0 total=0 placed=0
@@ -2632,11 +2648,8 @@ cmd_restore_files() {
     RESTORE_STAGING="${staging}"
     tree="${staging}/tree"
     mkdir -- "${tree}"
-    set +o errexit
-    decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" |
-      tar -C "${tree}" --same-permissions --numeric-owner -xf - 2>"${WORK_DIR}/tar.err"
-    st=("${PIPESTATUS[@]}")
-    set -o errexit
+    run_step extract_into "${tree}"
+    st=("${STEP_ST[@]}")
     # The archive's own folder ("./", FILES_DIR when it was made): a destination this run created
     # gets its time, mode and owner at the end, as any folder of the archive does.
     ((create == 0)) || root="$(find "${tree}" -maxdepth 0 -printf '%T@/%m/%U:%G')"

@@ -224,6 +224,29 @@ def test_a_backup_dir_inside_files_dir_is_left_out_of_the_files_backup(
         assert tar_members(gzip.decompress(backup.read_bytes())) == {"fotos", "fotos/socio.jpg"}
 
 
+def test_the_staging_folder_of_an_unfinished_files_restore_is_left_out_of_the_files_backup(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    uploads = tmp_path / "uploads"
+    (uploads / "fotos").mkdir(parents=True)
+    (uploads / "fotos/socio.jpg").write_bytes(b"\xff\xd8 foto")
+    staged = uploads / ".gym-restore.AbCd1234"
+    (staged / "tree/fotos").mkdir(parents=True)
+    (staged / "tree/fotos/restored.jpg").write_bytes(b"waiting to be moved")
+    (uploads / ".gym-restore-notes").write_text("an upload of the gym, kept")
+    env = backup_env(tmp_path, files_dir=uploads)
+
+    result = run_ok(run_script, BACKUP, "files", env=env)
+
+    assert f"files: left out {staged}, the staging folder of a files restore" in result.stderr
+    (made,) = backups_of(tmp_path / "backups", "files")
+    assert tar_members(gzip.decompress(made.read_bytes())) == {
+        "fotos",
+        "fotos/socio.jpg",
+        ".gym-restore-notes",
+    }
+
+
 def test_backup_dir_and_files_dir_being_one_folder_is_refused(
     backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:
