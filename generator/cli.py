@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from generator import __version__, config, ops, render
-from generator.errors import ConfigError, ScriptFailedError, UserError
+from generator.errors import EXIT_MEANINGS, ConfigError, ScriptFailedError, UserError
 
 app = typer.Typer(
     name="gym-backup",
@@ -28,15 +28,6 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-
-EXIT_MEANINGS = {
-    1: "failed",
-    2: "usage",
-    3: "lock busy: another run holds the lock",
-    4: "verification failed",
-    5: "wrong encryption key",
-    6: "refused: a precondition was not met",
-}
 
 EnvOption = Annotated[
     Path | None,

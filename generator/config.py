@@ -212,6 +212,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+PORT_RANGE = (1, 65535)
+
+
+def bounds(setting: Setting) -> tuple[int, int] | None:
+    """The range of a whole-number setting (a port or a count), else None."""
+    if setting.kind is Kind.PORT:
+        return PORT_RANGE
+    if setting.kind is Kind.INT and setting.minimum is not None and setting.maximum is not None:
+        return (setting.minimum, setting.maximum)
+    return None
+
+
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 SECRET_NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.secret)
 FILE_SUFFIX = "_FILE"
@@ -377,7 +389,7 @@ def _check_abs_path(_: Setting, value: str) -> str | None:
 _RULES: Mapping[Kind, Callable[[Setting, str], str | None]] = {
     Kind.HOST: _matches(_HOST_RE, "is not a host name or address."),
     Kind.NAME: _matches(_NAME_RE, "is not a valid name (letters, digits, _ . -)."),
-    Kind.PORT: lambda _, v: _check_int(v, 1, 65535, "a port"),
+    Kind.PORT: lambda _, v: _check_int(v, *PORT_RANGE, "a port"),
     Kind.INT: lambda s, v: _check_int(v, s.minimum, s.maximum, "a whole number"),
     Kind.CRON: lambda _, v: _check_cron(v),
     Kind.TZ: lambda _, v: _check_tz(v),

@@ -17,7 +17,6 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
   EXIT_VERIFY=4 \
   EXIT_WRONG_KEY=5 \
   EXIT_REFUSED=6
-
 # The tools speak the C locale, whatever language the user or the container is set to: their
 # output is read here (dd's "N bytes copied", gpg's "Bad session key", libpq's own errors, df).
 # LANGUAGE goes too: GNU gettext prefers it to LC_ALL for any locale but C.
@@ -367,14 +366,15 @@ is_uint() {
 check_settings() {
   local -a problems=()
   local name
-  for name in POSTGRES_PORT REDIS_PORT; do
-    if ! is_uint "${!name}" || ((10#${!name} < 1 || 10#${!name} > 65535)); then
-      problems+=("${name}: '${!name}' is not a port (1-65535)")
-    fi
-  done
+  # The whole-number settings and their ranges, as gym-backup config check has them (empty: the
+  # setting's default is empty, and so may the value be).
+  check_range problems POSTGRES_PORT 1 65535
+  check_range problems REDIS_PORT 1 65535
+  check_range problems BACKUP_RETENTION_DAYS 1 36500
   check_range problems COMPRESSION_LEVEL 1 9
   check_range problems KEEP_MIN 1 10000
-  check_range problems BACKUP_RETENTION_DAYS 1 36500
+  [[ -z "${PG_MAJOR}" ]] || check_range problems PG_MAJOR 12 18
+  check_range problems HEALTH_MAX_AGE 0 2678400
   check_range problems LOCK_TIMEOUT 0 86400
   if [[ "${TZ}" != "UTC" ]] && ! tz_file "${TZ}" >/dev/null; then
     problems+=("TZ: '${TZ}' is not a known time zone (is tzdata installed?); use e.g. America/Argentina/Buenos_Aires")
@@ -390,8 +390,8 @@ check_settings() {
   fi
   # Whole numbers are decimal, as for gym-backup config check: 010 is ten, 08 is eight (bash
   # arithmetic would read a leading 0 as octal).
-  for name in POSTGRES_PORT REDIS_PORT COMPRESSION_LEVEL KEEP_MIN BACKUP_RETENTION_DAYS LOCK_TIMEOUT; do
-    printf -v "${name}" '%d' "$((10#${!name}))"
+  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL KEEP_MIN PG_MAJOR HEALTH_MAX_AGE LOCK_TIMEOUT; do
+    [[ -z "${!name}" ]] || printf -v "${name}" '%d' "$((10#${!name}))"
   done
 }
 
@@ -417,24 +417,38 @@ check_range() {
   fi
 }
 
+# secret_problem VAR: what is wrong with how VAR or VAR_FILE is given; nothing when it is fine.
+# The one rule for secrets: file_env applies it, the entrypoint collects every problem with it.
+secret_problem() {
+  local var="$1"
+  local file_var="${var}_FILE"
+  local value="${!var:-}" file="${!file_var:-}"
+  if [[ -n "${value}" && -n "${file}" ]]; then
+    printf 'both %s and %s are set; keep only one of them' "${var}" "${file_var}"
+  elif [[ -n "${file}" ]] && [[ ! -r "${file}" || ! -f "${file}" ]]; then
+    printf "%s: cannot read '%s'; check the path and its permissions" "${file_var}" "${file}"
+  elif [[ -n "${file}" ]]; then
+    value="$(<"${file}")"
+    # An empty key file must not quietly turn encryption (or a password) off.
+    if [[ -z "${value}" ]]; then
+      printf "%s: '%s' is empty; put the %s in it, or unset %s" "${file_var}" "${file}" "${var}" "${file_var}"
+    elif [[ "${value}" == *$'\n'* ]]; then
+      printf '%s (in %s) contains a line break; use a single-line value' "${var}" "${file}"
+    fi
+  elif [[ "${value}" == *$'\n'* ]]; then
+    printf '%s contains a line break; use a single-line value' "${var}"
+  fi
+}
+
 # file_env VAR: set VAR from VAR or from the file VAR_FILE names (Docker secrets), never both.
 # The value stays in this shell only: it is not exported to child processes.
 file_env() {
   local var="$1"
   local file_var="${var}_FILE"
-  local value="${!var:-}" file="${!file_var:-}"
-  if [[ -n "${value}" && -n "${file}" ]]; then
-    die "${EXIT_REFUSED}" "both ${var} and ${file_var} are set; keep only one of them"
-  fi
-  if [[ -n "${file}" ]]; then
-    [[ -r "${file}" && -f "${file}" ]] || die "${EXIT_REFUSED}" "${file_var}: cannot read '${file}'; check the path and its permissions"
-    value="$(<"${file}")"
-    # An empty key file must not quietly turn encryption (or a password) off.
-    [[ -n "${value}" ]] || die "${EXIT_REFUSED}" "${file_var}: '${file}' is empty; put the ${var} in it, or unset ${file_var}"
-  fi
-  if [[ "${value}" == *$'\n'* ]]; then
-    die "${EXIT_REFUSED}" "${var} contains a line break; use a single-line value"
-  fi
+  local value="${!var:-}" file="${!file_var:-}" problem
+  problem="$(secret_problem "${var}")"
+  [[ -z "${problem}" ]] || die "${EXIT_REFUSED}" "${problem}"
+  [[ -z "${file}" ]] || value="$(<"${file}")"
   unset "${file_var}" "${var}"
   printf -v "${var}" '%s' "${value}"
 }
@@ -1380,8 +1394,8 @@ Options:
 
 Each backup FILE gets FILE.sha256 and FILE.manifest.json next to it. Settings come from the
 environment (see the README); secrets may be given as VAR_FILE.
-Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy, 4 verification failed, 5 wrong encryption
-key, 6 refused (a precondition not met).
+Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy, 4 verification failed, 5 wrong encryption key,
+6 refused (a precondition not met).
 EOF
 }
 

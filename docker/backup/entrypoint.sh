@@ -20,7 +20,6 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
   EXIT_VERIFY=4 \
   EXIT_WRONG_KEY=5 \
   EXIT_REFUSED=6
-
 # The tools speak the C locale, whatever language the user or the container is set to: their
 # output is read here (dd's "N bytes copied", gpg's "Bad session key", libpq's own errors, df).
 # LANGUAGE goes too: GNU gettext prefers it to LC_ALL for any locale but C.
@@ -370,14 +369,15 @@ is_uint() {
 check_settings() {
   local -a problems=()
   local name
-  for name in POSTGRES_PORT REDIS_PORT; do
-    if ! is_uint "${!name}" || ((10#${!name} < 1 || 10#${!name} > 65535)); then
-      problems+=("${name}: '${!name}' is not a port (1-65535)")
-    fi
-  done
+  # The whole-number settings and their ranges, as gym-backup config check has them (empty: the
+  # setting's default is empty, and so may the value be).
+  check_range problems POSTGRES_PORT 1 65535
+  check_range problems REDIS_PORT 1 65535
+  check_range problems BACKUP_RETENTION_DAYS 1 36500
   check_range problems COMPRESSION_LEVEL 1 9
   check_range problems KEEP_MIN 1 10000
-  check_range problems BACKUP_RETENTION_DAYS 1 36500
+  [[ -z "${PG_MAJOR}" ]] || check_range problems PG_MAJOR 12 18
+  check_range problems HEALTH_MAX_AGE 0 2678400
   check_range problems LOCK_TIMEOUT 0 86400
   if [[ "${TZ}" != "UTC" ]] && ! tz_file "${TZ}" >/dev/null; then
     problems+=("TZ: '${TZ}' is not a known time zone (is tzdata installed?); use e.g. America/Argentina/Buenos_Aires")
@@ -393,8 +393,8 @@ check_settings() {
   fi
   # Whole numbers are decimal, as for gym-backup config check: 010 is ten, 08 is eight (bash
   # arithmetic would read a leading 0 as octal).
-  for name in POSTGRES_PORT REDIS_PORT COMPRESSION_LEVEL KEEP_MIN BACKUP_RETENTION_DAYS LOCK_TIMEOUT; do
-    printf -v "${name}" '%d' "$((10#${!name}))"
+  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL KEEP_MIN PG_MAJOR HEALTH_MAX_AGE LOCK_TIMEOUT; do
+    [[ -z "${!name}" ]] || printf -v "${name}" '%d' "$((10#${!name}))"
   done
 }
 
@@ -420,24 +420,38 @@ check_range() {
   fi
 }
 
+# secret_problem VAR: what is wrong with how VAR or VAR_FILE is given; nothing when it is fine.
+# The one rule for secrets: file_env applies it, the entrypoint collects every problem with it.
+secret_problem() {
+  local var="$1"
+  local file_var="${var}_FILE"
+  local value="${!var:-}" file="${!file_var:-}"
+  if [[ -n "${value}" && -n "${file}" ]]; then
+    printf 'both %s and %s are set; keep only one of them' "${var}" "${file_var}"
+  elif [[ -n "${file}" ]] && [[ ! -r "${file}" || ! -f "${file}" ]]; then
+    printf "%s: cannot read '%s'; check the path and its permissions" "${file_var}" "${file}"
+  elif [[ -n "${file}" ]]; then
+    value="$(<"${file}")"
+    # An empty key file must not quietly turn encryption (or a password) off.
+    if [[ -z "${value}" ]]; then
+      printf "%s: '%s' is empty; put the %s in it, or unset %s" "${file_var}" "${file}" "${var}" "${file_var}"
+    elif [[ "${value}" == *$'\n'* ]]; then
+      printf '%s (in %s) contains a line break; use a single-line value' "${var}" "${file}"
+    fi
+  elif [[ "${value}" == *$'\n'* ]]; then
+    printf '%s contains a line break; use a single-line value' "${var}"
+  fi
+}
+
 # file_env VAR: set VAR from VAR or from the file VAR_FILE names (Docker secrets), never both.
 # The value stays in this shell only: it is not exported to child processes.
 file_env() {
   local var="$1"
   local file_var="${var}_FILE"
-  local value="${!var:-}" file="${!file_var:-}"
-  if [[ -n "${value}" && -n "${file}" ]]; then
-    die "${EXIT_REFUSED}" "both ${var} and ${file_var} are set; keep only one of them"
-  fi
-  if [[ -n "${file}" ]]; then
-    [[ -r "${file}" && -f "${file}" ]] || die "${EXIT_REFUSED}" "${file_var}: cannot read '${file}'; check the path and its permissions"
-    value="$(<"${file}")"
-    # An empty key file must not quietly turn encryption (or a password) off.
-    [[ -n "${value}" ]] || die "${EXIT_REFUSED}" "${file_var}: '${file}' is empty; put the ${var} in it, or unset ${file_var}"
-  fi
-  if [[ "${value}" == *$'\n'* ]]; then
-    die "${EXIT_REFUSED}" "${var} contains a line break; use a single-line value"
-  fi
+  local value="${!var:-}" file="${!file_var:-}" problem
+  problem="$(secret_problem "${var}")"
+  [[ -z "${problem}" ]] || die "${EXIT_REFUSED}" "${problem}"
+  [[ -z "${file}" ]] || value="$(<"${file}")"
   unset "${file_var}" "${var}"
   printf -v "${var}" '%s' "${value}"
 }
@@ -854,6 +868,7 @@ SCHEDULER_PID=""
 # Every setting a job may need; a secret is passed as its value or its _FILE, never both.
 readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION_LEVEL KEEP_MIN REDIS_DATA_DIR REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
 readonly SECRET_SETTINGS=(POSTGRES_PASSWORD POSTGRES_ADMIN_PASSWORD REDIS_PASSWORD ENCRYPTION_KEY)
+readonly REQUIRED_SECRETS=(POSTGRES_PASSWORD)
 
 problems=()
 
@@ -861,16 +876,14 @@ problem() {
   problems+=("$1")
 }
 
+# check_secret NAME: the scripts' rule for NAME and NAME_FILE (secret_problem), every problem
+# collected; a secret a backup run needs must be given one way or the other.
 check_secret() {
-  local name="$1" required="$2" file_name="${1}_FILE"
-  local value="${!name:-}" file="${!file_name:-}"
-  if [[ -n "${value}" && -n "${file}" ]]; then
-    problem "${name} and ${file_name} are both set: keep only one of them."
-  elif [[ -n "${file}" && ! -r "${file}" ]]; then
-    problem "${file_name} points at ${file}, which cannot be read: check the secret is mounted there."
-  elif [[ -n "${file}" && ! -s "${file}" ]]; then
-    problem "${file_name} points at ${file}, which is empty: put the ${name} in it."
-  elif [[ -z "${value}" && -z "${file}" && "${required}" == required ]]; then
+  local name="$1" file_name="${1}_FILE" found
+  found="$(secret_problem "${name}")"
+  if [[ -n "${found}" ]]; then
+    problem "${found}"
+  elif [[ -z "${!name:-}" && -z "${!file_name:-}" && " ${REQUIRED_SECRETS[*]} " == *" ${name} "* ]]; then
     problem "${name} is not set: set it (or ${file_name}, e.g. /run/secrets/${name,,}) in the .env file the service reads."
   fi
 }
@@ -885,9 +898,10 @@ check_schedule() {
 }
 
 check_environment() {
-  check_secret POSTGRES_PASSWORD required
-  check_secret REDIS_PASSWORD optional
-  check_secret ENCRYPTION_KEY optional
+  local name
+  for name in "${SECRET_SETTINGS[@]}"; do
+    check_secret "${name}"
+  done
   check_schedule BACKUP_SCHEDULE
   check_schedule CLEANUP_SCHEDULE
   case "${BACKUP_ON_START}" in

@@ -8,6 +8,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from generator.config import SETTINGS
+from generator.errors import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,10 +52,12 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
             assert example[s.name] == "", f"{s.name} must not hold a value in the example"
 
 
-def test_readme_exit_code_table_matches_the_scripts() -> None:
+def test_readme_exit_code_table_is_the_one_the_scripts_and_the_cli_use() -> None:
     readme = (ROOT / "README.md").read_text()
-    codes = dict(re.findall(r"^\| ([0-9]) \| ([^|]+) \|", readme, re.M))
-    assert sorted(codes) == ["0", "1", "2", "3", "4", "5", "6"]
+    rows = re.findall(r"^\| ([0-9]) \| ([^|]+) \|", readme, re.M)
+    assert [(int(code), meaning.strip()) for code, meaning in rows] == [
+        (e.code, e.meaning) for e in EXIT_CODES
+    ]
     script = (ROOT / "docker" / "backup" / "backup_script.sh").read_text()
-    for name, code in re.findall(r"^(?:readonly |  )\w*?EXIT_([A-Z_]+)=([0-9])\b", script, re.M):
-        assert code in codes, name
+    rendered = re.findall(r"^(?:readonly \w+=\S+ \\\n)?  EXIT_([A-Z_]+)=([0-9])\b", script, re.M)
+    assert [(name, int(code)) for name, code in rendered] == [(e.name, e.code) for e in EXIT_CODES]
