@@ -90,9 +90,13 @@ log() {
   esac
 }
 
+# The error that ends this run or part (its result says it).
+LAST_ERROR=""
+
 die() {
   local code="$1"
   shift
+  LAST_ERROR="$*"
   log ERROR "$*"
   # Tell the ERR trap of an enclosing shell that this failure has been reported already.
   [[ -z "${WORK_DIR}" || ! -d "${WORK_DIR}" ]] || : >"${WORK_DIR}/.reported" 2>/dev/null || true
@@ -105,6 +109,18 @@ on_error() {
   [[ "$-" == *e* ]] || return 0
   [[ -z "${WORK_DIR}" || ! -e "${WORK_DIR}/.reported" ]] || return 0
   log ERROR "unexpected failure (exit ${code}) at line ${line} in ${FUNCNAME[1]:-main}; see the messages above"
+}
+
+# finish_run CODE: the one way out of every run, its EXIT trap, whatever ended it (success, die
+# from anywhere, a signal). The script's run_finished gets the run's exit status and the results
+# its parts left in the run folder (the summary, .last_success; metrics and alerts belong there
+# too); then what the run half-wrote and its private folder go. (SIGKILL runs no trap: the next
+# run finds the folder, says so, and removes it: clean_leftovers.)
+finish_run() {
+  local code="$1"
+  trap - ERR
+  run_finished "${code}" || log WARN "could not record how the run ended"
+  cleanup
 }
 
 # Remove what this run left half-written, and its private temporary folder.
@@ -134,6 +150,8 @@ cleanup() {
 # the step with every process it started. SIGKILL stops only the script: the next run cleans up.
 
 STEP_PID=""
+# The signal that stopped the run, if one did.
+RUN_INTERRUPTED=""
 # Set while a final name is being given: a signal then waits until the names are all given.
 PUBLISHING=0
 PENDING_SIGNAL=""
@@ -228,7 +246,10 @@ on_signal() {
   fi
   trap - INT TERM
   stop_step
-  log ERROR "interrupted by ${name}: $(interrupted_state)"
+  # shellcheck disable=SC2034 # read by the scripts' run_finished (not every script has one)
+  RUN_INTERRUPTED="${name}"
+  LAST_ERROR="interrupted by ${name}: $(interrupted_state)"
+  log ERROR "${LAST_ERROR}"
   exit "${code}"
 }
 
@@ -1256,6 +1277,8 @@ finish_backup() {
   publish "${manifest}" "${final}.manifest.json"
   publish "${partial}" "${final}"
   [[ -z "${RUN_DIR_OF_RUN:-}" ]] || printf '%s\n' "${name}" >>"${RUN_DIR_OF_RUN}/published"
+  PART_FILE="${name}" PART_STORED="${stored}" PART_RAW="${RAW_SIZE}"
+  PART_SECONDS="$((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))"
   publishing_done
   log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))s)"
 }
@@ -1355,12 +1378,39 @@ pick_timestamp() {
   done
 }
 
+# What a part made (finish_backup sets them); part_finished leaves them in its result.
+PART_FILE=""
+PART_STORED=""
+PART_RAW=""
+PART_SECONDS=""
+
+# part_finished CODE: a part's EXIT trap: its result (status, exit code, file, sizes, duration,
+# error) as RUN_DIR_OF_RUN/result.TYPE, for the run's finishing step; then its own cleanup.
+part_finished() {
+  local code="$1" status=ok
+  ((code == 0)) || status=failed
+  [[ -z "${RUN_INTERRUPTED}" ]] || status=interrupted
+  if [[ -n "${RUN_DIR_OF_RUN:-}" && -d "${RUN_DIR_OF_RUN}" ]]; then
+    {
+      printf 'status=%s\ncode=%s\nfile=%s\n' "${status}" "${code}" "${PART_FILE}"
+      printf 'stored_bytes=%s\nraw_bytes=%s\nseconds=%s\n' "${PART_STORED}" "${PART_RAW}" "${PART_SECONDS}"
+      printf 'error=%s\n' "${LAST_ERROR//$'\n'/ }"
+    } >"${RUN_DIR_OF_RUN}/result.${PART_TYPE}" 2>/dev/null || true
+  fi
+  cleanup
+}
+
+# part_result TYPE FIELD: a field of a part's result (empty when it left none).
+part_result() {
+  sed -n "s/^$2=//p" "${RUN_DIR_OF_RUN}/result.$1" 2>/dev/null | head -n 1
+}
+
 # run_part TYPE TS EPOCH: one backup, as a step of its own (run_step's subshell), so that a
 # failed part ends only itself (full goes on).
 run_part() {
   set -o errexit
   PART_TYPE="$1"
-  trap cleanup EXIT
+  trap 'part_finished $?' EXIT
   trap_signals
   make_work_dir
   "backup_$1" "$2" "$3"
@@ -1369,8 +1419,9 @@ readonly LOG_FILE="${BACKUP_DIR}/backup.log"
 readonly BACKUP_TYPES=(postgresql redis files)
 readonly SIDECARS=(sha256 manifest.json)
 readonly LOG_KEEP_DAYS=7
-# The run's parts: all of them, and the one running (what a signal interrupted).
+# The run's parts: all of them, and the one running (what a signal interrupted); its name.
 RUN_TYPES=()
+RUN_NAME=""
 RUN_CURRENT=""
 
 usage() {
@@ -1415,20 +1466,36 @@ cmd_backup() {
   local run="backup ${what}"
   ((DRY_RUN == 0)) || run="backup ${what} dry run (nothing is written)"
   log INFO "${run} started: run ${RUN_TS} ($(encryption_on && printf 'encrypted, AES256' || printf 'NOT encrypted: ENCRYPTION_KEY is not set'))"
-  local type rc first_failure=0 warning
-  local -a summary=()
+  local type rc first_failure=0
   RUN_TYPES=("${types[@]}")
+  RUN_NAME="${run}"
   for type in "${types[@]}"; do
     PART_WARNINGS="${WORK_DIR}/${type}.warnings"
     RUN_CURRENT="${type}"
     run_step run_part "${type}" "${RUN_TS}" "${RUN_EPOCH}"
     rc="${STEP_RC}"
     RUN_CURRENT=""
-    if ((rc != 0)); then
+    ((rc == 0 || first_failure != 0)) || first_failure="${rc}"
+  done
+  exit "${first_failure}"
+}
+
+# run_finished CODE: the end of every run (finish_run). For a backup: the summary line from the
+# parts' results, and .last_success after a full backup that succeeded.
+run_finished() {
+  local code="$1" type rc warning failed=0
+  local -a summary=()
+  ((${#RUN_TYPES[@]} > 0)) || return 0
+  for type in "${RUN_TYPES[@]}"; do
+    rc="$(part_result "${type}" code)"
+    if [[ -z "${rc}" ]]; then
+      summary+=("${type} not run")
+      failed=1
+    elif ((rc != 0)); then
       summary+=("${type} FAILED (exit ${rc})")
-      ((first_failure != 0)) || first_failure="${rc}"
-    elif [[ -s "${PART_WARNINGS}" ]]; then
-      summary+=("${type} ok with warning: $(joined_lines "${PART_WARNINGS}")")
+      failed=1
+    elif [[ -s "${WORK_DIR}/${type}.warnings" ]]; then
+      summary+=("${type} ok with warning: $(joined_lines "${WORK_DIR}/${type}.warnings")")
     else
       summary+=("${type} ok")
     fi
@@ -1436,13 +1503,14 @@ cmd_backup() {
   for warning in "${RUN_WARNINGS[@]}"; do
     summary+=("(warning: ${warning})")
   done
-  if ((first_failure == 0)); then
-    log INFO "${run} finished: ${summary[*]}"
-    [[ "${what}" != full ]] || ((DRY_RUN)) || mark_success
+  # A signal's own message has said how the run ended.
+  [[ -z "${RUN_INTERRUPTED}" ]] || return 0
+  if ((code == 0 && failed == 0)); then
+    log INFO "${RUN_NAME} finished: ${summary[*]}"
+    [[ "${RUN_NAME}" != "backup full" ]] || mark_success
   else
-    log ERROR "${run} FAILED: ${summary[*]}"
+    log ERROR "${RUN_NAME} FAILED: ${summary[*]}"
   fi
-  exit "${first_failure}"
 }
 
 # What the run had done when a signal stopped it (on_signal logs it): in a part, that part; in
@@ -1689,7 +1757,7 @@ main() {
   [[ -n "${command}" ]] || usage_error "a command is required"
   trap 'on_error $? ${LINENO}' ERR
   trap_signals
-  trap cleanup EXIT
+  trap 'finish_run $?' EXIT
   check_settings
   make_work_dir "backup_script.sh ${command}"
   case "${command}" in

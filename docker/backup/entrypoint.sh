@@ -93,9 +93,13 @@ log() {
   esac
 }
 
+# The error that ends this run or part (its result says it).
+LAST_ERROR=""
+
 die() {
   local code="$1"
   shift
+  LAST_ERROR="$*"
   log ERROR "$*"
   # Tell the ERR trap of an enclosing shell that this failure has been reported already.
   [[ -z "${WORK_DIR}" || ! -d "${WORK_DIR}" ]] || : >"${WORK_DIR}/.reported" 2>/dev/null || true
@@ -108,6 +112,18 @@ on_error() {
   [[ "$-" == *e* ]] || return 0
   [[ -z "${WORK_DIR}" || ! -e "${WORK_DIR}/.reported" ]] || return 0
   log ERROR "unexpected failure (exit ${code}) at line ${line} in ${FUNCNAME[1]:-main}; see the messages above"
+}
+
+# finish_run CODE: the one way out of every run, its EXIT trap, whatever ended it (success, die
+# from anywhere, a signal). The script's run_finished gets the run's exit status and the results
+# its parts left in the run folder (the summary, .last_success; metrics and alerts belong there
+# too); then what the run half-wrote and its private folder go. (SIGKILL runs no trap: the next
+# run finds the folder, says so, and removes it: clean_leftovers.)
+finish_run() {
+  local code="$1"
+  trap - ERR
+  run_finished "${code}" || log WARN "could not record how the run ended"
+  cleanup
 }
 
 # Remove what this run left half-written, and its private temporary folder.
@@ -137,6 +153,8 @@ cleanup() {
 # the step with every process it started. SIGKILL stops only the script: the next run cleans up.
 
 STEP_PID=""
+# The signal that stopped the run, if one did.
+RUN_INTERRUPTED=""
 # Set while a final name is being given: a signal then waits until the names are all given.
 PUBLISHING=0
 PENDING_SIGNAL=""
@@ -231,7 +249,10 @@ on_signal() {
   fi
   trap - INT TERM
   stop_step
-  log ERROR "interrupted by ${name}: $(interrupted_state)"
+  # shellcheck disable=SC2034 # read by the scripts' run_finished (not every script has one)
+  RUN_INTERRUPTED="${name}"
+  LAST_ERROR="interrupted by ${name}: $(interrupted_state)"
+  log ERROR "${LAST_ERROR}"
   exit "${code}"
 }
 

@@ -90,9 +90,13 @@ log() {
   esac
 }
 
+# The error that ends this run or part (its result says it).
+LAST_ERROR=""
+
 die() {
   local code="$1"
   shift
+  LAST_ERROR="$*"
   log ERROR "$*"
   # Tell the ERR trap of an enclosing shell that this failure has been reported already.
   [[ -z "${WORK_DIR}" || ! -d "${WORK_DIR}" ]] || : >"${WORK_DIR}/.reported" 2>/dev/null || true
@@ -105,6 +109,18 @@ on_error() {
   [[ "$-" == *e* ]] || return 0
   [[ -z "${WORK_DIR}" || ! -e "${WORK_DIR}/.reported" ]] || return 0
   log ERROR "unexpected failure (exit ${code}) at line ${line} in ${FUNCNAME[1]:-main}; see the messages above"
+}
+
+# finish_run CODE: the one way out of every run, its EXIT trap, whatever ended it (success, die
+# from anywhere, a signal). The script's run_finished gets the run's exit status and the results
+# its parts left in the run folder (the summary, .last_success; metrics and alerts belong there
+# too); then what the run half-wrote and its private folder go. (SIGKILL runs no trap: the next
+# run finds the folder, says so, and removes it: clean_leftovers.)
+finish_run() {
+  local code="$1"
+  trap - ERR
+  run_finished "${code}" || log WARN "could not record how the run ended"
+  cleanup
 }
 
 # Remove what this run left half-written, and its private temporary folder.
@@ -134,6 +150,8 @@ cleanup() {
 # the step with every process it started. SIGKILL stops only the script: the next run cleans up.
 
 STEP_PID=""
+# The signal that stopped the run, if one did.
+RUN_INTERRUPTED=""
 # Set while a final name is being given: a signal then waits until the names are all given.
 PUBLISHING=0
 PENDING_SIGNAL=""
@@ -228,7 +246,10 @@ on_signal() {
   fi
   trap - INT TERM
   stop_step
-  log ERROR "interrupted by ${name}: $(interrupted_state)"
+  # shellcheck disable=SC2034 # read by the scripts' run_finished (not every script has one)
+  RUN_INTERRUPTED="${name}"
+  LAST_ERROR="interrupted by ${name}: $(interrupted_state)"
+  log ERROR "${LAST_ERROR}"
   exit "${code}"
 }
 
@@ -1256,6 +1277,8 @@ finish_backup() {
   publish "${manifest}" "${final}.manifest.json"
   publish "${partial}" "${final}"
   [[ -z "${RUN_DIR_OF_RUN:-}" ]] || printf '%s\n' "${name}" >>"${RUN_DIR_OF_RUN}/published"
+  PART_FILE="${name}" PART_STORED="${stored}" PART_RAW="${RAW_SIZE}"
+  PART_SECONDS="$((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))"
   publishing_done
   log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))s)"
 }
@@ -1355,12 +1378,39 @@ pick_timestamp() {
   done
 }
 
+# What a part made (finish_backup sets them); part_finished leaves them in its result.
+PART_FILE=""
+PART_STORED=""
+PART_RAW=""
+PART_SECONDS=""
+
+# part_finished CODE: a part's EXIT trap: its result (status, exit code, file, sizes, duration,
+# error) as RUN_DIR_OF_RUN/result.TYPE, for the run's finishing step; then its own cleanup.
+part_finished() {
+  local code="$1" status=ok
+  ((code == 0)) || status=failed
+  [[ -z "${RUN_INTERRUPTED}" ]] || status=interrupted
+  if [[ -n "${RUN_DIR_OF_RUN:-}" && -d "${RUN_DIR_OF_RUN}" ]]; then
+    {
+      printf 'status=%s\ncode=%s\nfile=%s\n' "${status}" "${code}" "${PART_FILE}"
+      printf 'stored_bytes=%s\nraw_bytes=%s\nseconds=%s\n' "${PART_STORED}" "${PART_RAW}" "${PART_SECONDS}"
+      printf 'error=%s\n' "${LAST_ERROR//$'\n'/ }"
+    } >"${RUN_DIR_OF_RUN}/result.${PART_TYPE}" 2>/dev/null || true
+  fi
+  cleanup
+}
+
+# part_result TYPE FIELD: a field of a part's result (empty when it left none).
+part_result() {
+  sed -n "s/^$2=//p" "${RUN_DIR_OF_RUN}/result.$1" 2>/dev/null | head -n 1
+}
+
 # run_part TYPE TS EPOCH: one backup, as a step of its own (run_step's subshell), so that a
 # failed part ends only itself (full goes on).
 run_part() {
   set -o errexit
   PART_TYPE="$1"
-  trap cleanup EXIT
+  trap 'part_finished $?' EXIT
   trap_signals
   make_work_dir
   "backup_$1" "$2" "$3"
@@ -2219,10 +2269,10 @@ cmd_restore_postgresql() {
 # safety_part TYPE DATABASE: the safety backup itself, a part of its own (safety_backup's step).
 safety_part() {
   set -o errexit
-  trap cleanup EXIT
+  PART_TYPE="$1"
+  trap 'part_finished $?' EXIT
   trap_signals
   PARTIALS=()
-  PART_TYPE="$1"
   BACKUP_PURPOSE="safety backup before restoring ${BACKUP_FILE##*/}"
   make_work_dir
   POSTGRES_DB="$2"
@@ -2294,7 +2344,9 @@ release_live_redis() {
   printf '%s' "${LIVE_MASTERUSER}" | redis_cli -x CONFIG SET masteruser >/dev/null 2>&1 || true
 }
 
-restore_cleanup() {
+# run_finished CODE: the end of every restore run (finish_run): whatever it changed and did not
+# finish is put back, or kept for a rerun and said so (a files restore stopped while moving).
+run_finished() {
   files_staging_cleanup
   # A destination this failed restore created goes again, when nothing was moved into it.
   [[ -z "${CREATED_DEST}" ]] || rmdir -- "${CREATED_DEST}" 2>/dev/null || true
@@ -2302,7 +2354,6 @@ restore_cleanup() {
   stop_temp_redis
   drop_scratch_db
   drop_created_db
-  cleanup
 }
 
 restore_redis_online() {
@@ -2844,7 +2895,7 @@ main() {
   [[ "${OPT_MODE}" == online || "${OPT_MODE}" == file ]] || usage_error "--mode is online or file, not '${OPT_MODE}'"
   trap 'on_error $? ${LINENO}' ERR
   trap_signals
-  trap restore_cleanup EXIT
+  trap 'finish_run $?' EXIT
   check_settings
   make_work_dir "restore_script.sh ${command} ${positional[1]}"
   RESTORE_RDB="${WORK_DIR}/restore.rdb"
