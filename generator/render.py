@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from generator import __version__
+from generator import __version__, backup_types
 from generator.config import FLAVOR_PG_MAJOR, SETTINGS, Settings, bounds
 from generator.errors import EXIT_CODES, UserError
 
@@ -163,6 +163,16 @@ def render(settings: Settings, flavor: str = DEFAULT_FLAVOR) -> dict[str, str]:
         "scheduler_process": scheduler_process,
         "job_env": JOB_ENV,
         "container_state_dir": CONTAINER_STATE_DIR,
+        "backup_types": backup_types.BACKUP_TYPES,
+        "codecs": backup_types.CODECS,
+        "default_codec": backup_types.DEFAULT_CODEC,
+        "encrypted_suffix": backup_types.ENCRYPTED_SUFFIX,
+        "backup_name_re": backup_types.name_pattern(),
+        "type_packages": [
+            f'"{p}"' if "$" in p else p
+            for t in backup_types.BACKUP_TYPES
+            for p in t.packages[flavor]
+        ],
         "exit_codes": EXIT_CODES,
         "exit_codes_usage": textwrap.fill(
             "Exit codes: " + ", ".join(f"{e.code} {e.short}" for e in EXIT_CODES) + ".",

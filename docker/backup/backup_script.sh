@@ -54,8 +54,16 @@ unset LANGUAGE
 : "${LOCK_TIMEOUT:=600}"
 export TZ
 
-# The names of the backups this tool writes (backup_class says whether a file so named is one).
-readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(sql|rdb|tar)\.gz(\.gpg)?$'
+# The backup types and codecs (generator/backup_types.py), and the names of the backups this tool
+# writes: TYPE_backup_YYYYMMDD_HHMMSS.EXTENSION.CODEC[.gpg] (backup_name makes one, parse_name
+# reads one; backup_class says whether a file so named is a backup).
+readonly BACKUP_TYPES=(postgresql redis files)
+declare -rA TYPE_EXTENSION=([postgresql]=sql [redis]=rdb [files]=tar)
+declare -rA CODEC_EXTENSION=([gzip]=gz)
+declare -rA EXTENSION_CODEC=([gz]=gzip)
+readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(rdb|sql|tar)\.(gz)(\.gpg)?$'
+# The codec new backups are written with.
+readonly CODEC=gzip
 # What a run writes before it renames it (the backup, its raw Redis copy, its sidecars).
 readonly PARTIAL_NAME_RE='^(postgresql|redis|files)_backup_[0-9]{8}_[0-9]{6}\..*\.partial$'
 # A name more than this many seconds ahead of now is "in the future" (clock skew, a TZ change).
@@ -601,8 +609,8 @@ stamp_epochs() {
 # name_epoch NAME: the creation time in a backup's name, as seconds since the epoch (in TZ);
 # fails when the name holds no real date and time.
 name_epoch() {
-  [[ "$1" =~ ${BACKUP_NAME_RE} ]] || return 1
-  local stamp="${BASH_REMATCH[2]}_${BASH_REMATCH[3]}"
+  parse_name "$1" || return 1
+  local stamp="${NAME_STAMP}"
   [[ -v "STAMP_EPOCHS[${stamp}]" ]] || stamp_epochs "${stamp}"
   [[ -n "${STAMP_EPOCHS[${stamp}]}" ]] || return 1
   printf '%s\n' "${STAMP_EPOCHS[${stamp}]}"
@@ -615,8 +623,8 @@ is_own_file() {
   [[ -L "${path}" || (-e "${path}" && ! -d "${path}") ]] || return 1
   case "${name}" in
     *.partial) [[ "${name}" =~ ${PARTIAL_NAME_RE} ]] ;;
-    *.sha256) [[ "${name%.sha256}" =~ ${BACKUP_NAME_RE} ]] ;;
-    *.manifest.json) [[ "${name%.manifest.json}" =~ ${BACKUP_NAME_RE} ]] ;;
+    *.sha256) parse_name "${name%.sha256}" ;;
+    *.manifest.json) parse_name "${name%.manifest.json}" ;;
     *) return 1 ;;
   esac
 }
@@ -642,9 +650,7 @@ backup_dir_names() {
     [[ -e "${path}" || -L "${path}" ]] || continue
     is_own_file "${path}" && continue
     _names+=("${path##*/}")
-    if [[ "${path##*/}" =~ ${BACKUP_NAME_RE} ]]; then
-      stamps+=("${BASH_REMATCH[2]}_${BASH_REMATCH[3]}")
-    fi
+    ! parse_name "${path}" || stamps+=("${NAME_STAMP}")
   done
   ((${#stamps[@]} == 0)) || stamp_epochs "${stamps[@]}"
 }
@@ -663,8 +669,8 @@ backup_class() {
   BACKUP_WHY=""
   BACKUP_EPOCH=""
   local stamp=""
-  if [[ "${name}" =~ ${BACKUP_NAME_RE} ]]; then
-    stamp="${BASH_REMATCH[2]}_${BASH_REMATCH[3]}"
+  if parse_name "${name}"; then
+    stamp="${NAME_STAMP}"
     [[ -v "STAMP_EPOCHS[${stamp}]" ]] || stamp_epochs "${stamp}"
     BACKUP_EPOCH="${STAMP_EPOCHS[${stamp}]}"
   fi
@@ -708,16 +714,47 @@ list_backups() {
   local -a names
   backup_dir_names names
   for name in "${names[@]}"; do
-    [[ "${name}" =~ ${BACKUP_NAME_RE} ]] || continue
-    [[ -z "${type}" || "${BASH_REMATCH[1]}" == "${type}" ]] || continue
-    stamp="${BASH_REMATCH[2]}${BASH_REMATCH[3]}"
+    parse_name "${name}" || continue
+    [[ -z "${type}" || "${NAME_TYPE}" == "${type}" ]] || continue
+    stamp="${NAME_STAMP/_/}"
     backup_class "${BACKUP_DIR}/${name}" "${now}"
     [[ "${BACKUP_CLASS}" != backup ]] || printf '%s %s\n' "${stamp}" "${name}"
   done | sort -k1,1r -k2,2 | cut -d" " -f2-
 }
 
 # ---------------------------------------------------------------------------------------------
-# Compression (gzip format; pigz when installed) and encryption (GPG symmetric AES256).
+# Names and codecs.
+
+# backup_name TYPE TS: the file name of a new backup of TYPE (this run's codec; .gpg when a key
+# is set).
+backup_name() {
+  printf '%s_backup_%s.%s.%s%s\n' "$1" "$2" "${TYPE_EXTENSION[$1]}" "${CODEC_EXTENSION[${CODEC}]}" \
+    "$(encryption_on && printf '.gpg')"
+}
+
+# parse_name NAME: whether NAME (a file name, or a path) is a backup's name, the type's own
+# extension included; sets NAME_TYPE, NAME_STAMP (YYYYMMDD_HHMMSS), NAME_CODEC, NAME_ENCRYPTED.
+# shellcheck disable=SC2034 # a shared parser: not every script reads every field
+parse_name() {
+  [[ "${1##*/}" =~ ${BACKUP_NAME_RE} ]] || return 1
+  [[ "${BASH_REMATCH[4]}" == "${TYPE_EXTENSION[${BASH_REMATCH[1]}]}" ]] || return 1
+  NAME_TYPE="${BASH_REMATCH[1]}"
+  NAME_STAMP="${BASH_REMATCH[2]}_${BASH_REMATCH[3]}"
+  NAME_CODEC="${EXTENSION_CODEC[${BASH_REMATCH[5]}]}"
+  NAME_ENCRYPTED=0
+  [[ -z "${BASH_REMATCH[6]}" ]] || NAME_ENCRYPTED=1
+}
+
+# The names a backup of TYPE may have, for messages: .sql.gz, then .gpg when encrypted.
+name_endings() {
+  local type out=""
+  for type in "${BACKUP_TYPES[@]}"; do
+    out+="${out:+, }.${TYPE_EXTENSION[${type}]}.${CODEC_EXTENSION[${CODEC}]}"
+  done
+  printf '%s (then .gpg when encrypted)' "${out}"
+}
+
+# Compression (the codec of the name; gzip: pigz when installed) and encryption (GPG AES256).
 
 compressor() {
   if command -v pigz >/dev/null 2>&1; then
@@ -727,11 +764,20 @@ compressor() {
   fi
 }
 
+# compress: stdin to stdout in this run's codec; decompress CODEC: back from CODEC.
 compress() {
-  "$(compressor)" -c -n "-${COMPRESSION_LEVEL}"
+  "compress_${CODEC}"
 }
 
 decompress() {
+  "decompress_$1"
+}
+
+compress_gzip() {
+  "$(compressor)" -c -n "-${COMPRESSION_LEVEL}"
+}
+
+decompress_gzip() {
   "$(compressor)" -d -c
 }
 
@@ -764,12 +810,15 @@ decode() {
   decode_stream "${1##*/}" <"$1"
 }
 
-# decode_stream NAME: the raw content of the stored bytes on stdin, decoded as NAME says.
+# decode_stream NAME: the raw content of the stored bytes on stdin, decoded as NAME says (its
+# codec, and .gpg: encrypted).
 decode_stream() {
+  local codec="${CODEC}"
+  ! parse_name "${1%.partial}" || codec="${NAME_CODEC}"
   if [[ "${1%.partial}" == *.gpg ]]; then
-    decrypt | decompress
+    decrypt | decompress "${codec}"
   else
-    decompress
+    decompress "${codec}"
   fi
 }
 
@@ -998,7 +1047,7 @@ backup_postgresql() {
   local ts="$1" epoch="$2"
   local final partial server_num server_version started
   local -a st
-  final="${BACKUP_DIR}/postgresql_backup_${ts}.sql.gz$(gpg_suffix)"
+  final="${BACKUP_DIR}/$(backup_name postgresql "${ts}")"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
   require_tools pg_dump psql "$(compressor)"
@@ -1040,7 +1089,7 @@ backup_redis() {
   local ts="$1" epoch="$2"
   local final partial raw server_version started raw_hash
   local -a st
-  final="${BACKUP_DIR}/redis_backup_${ts}.rdb.gz$(gpg_suffix)"
+  final="${BACKUP_DIR}/$(backup_name redis "${ts}")"
   partial="${final}.partial"
   raw="${BACKUP_DIR}/redis_backup_${ts}.rdb.partial"
   started="${EPOCHREALTIME}"
@@ -1098,7 +1147,7 @@ backup_files() {
   local ts="$1" epoch="$2"
   local final partial started pattern inside previous_entries="" entries warning
   local -a st excludes=() previous
-  final="${BACKUP_DIR}/files_backup_${ts}.tar.gz$(gpg_suffix)"
+  final="${BACKUP_DIR}/$(backup_name files "${ts}")"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
   require_tools tar "$(compressor)"
@@ -1182,10 +1231,6 @@ joined_lines() {
 
 # ---------------------------------------------------------------------------------------------
 # Stages shared by the three backups: protect (encrypt or write), verify, checksum, manifest.
-
-gpg_suffix() {
-  if encryption_on; then printf '.gpg'; fi
-}
 
 protect_stage() {
   if encryption_on; then printf 'encrypt'; else printf 'write'; fi
@@ -1304,7 +1349,7 @@ write_manifest() {
   ${fields}}
   "sha256": "${hash}",
   "duration_seconds": $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000))),
-  "compression": {"format": "gzip", "tool": $(json_str "$(compressor)"), "level": ${COMPRESSION_LEVEL}},
+  "compression": {"format": "${CODEC}", "tool": $(json_str "$(compressor)"), "level": ${COMPRESSION_LEVEL}},
   "purpose": $(json_str "${BACKUP_PURPOSE}"),
   "encrypted": $(encryption_on && printf true || printf false),
   "encryption": ${encryption},
@@ -1416,7 +1461,6 @@ run_part() {
   "backup_$1" "$2" "$3"
 }
 readonly LOG_FILE="${BACKUP_DIR}/backup.log"
-readonly BACKUP_TYPES=(postgresql redis files)
 readonly SIDECARS=(sha256 manifest.json)
 readonly LOG_KEEP_DAYS=7
 # The run's parts: all of them, and the one running (what a signal interrupted); its name.
@@ -1579,8 +1623,8 @@ cmd_list() {
   local size total=0 counted=0 encrypted note
   local -A counts=()
   for name in "${rows[@]}"; do
-    [[ "${name}" =~ ${BACKUP_NAME_RE} ]]
-    local type="${BASH_REMATCH[1]}" d="${BASH_REMATCH[2]}" t="${BASH_REMATCH[3]}"
+    parse_name "${name}"
+    local type="${NAME_TYPE}" d="${NAME_STAMP%_*}" t="${NAME_STAMP#*_}"
     size="$(file_size "${BACKUP_DIR}/${name}")"
     note="${notes[${name}]:-}"
     if [[ -z "${note}" ]]; then
@@ -1607,9 +1651,7 @@ cmd_list() {
 newest_first() {
   local name
   for name in "$@"; do
-    if [[ "${name}" =~ ${BACKUP_NAME_RE} ]]; then
-      printf '%s%s %s\n' "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}" "${name}"
-    fi
+    ! parse_name "${name}" || printf '%s %s\n' "${NAME_STAMP/_/}" "${name}"
   done | sort -k1,1r -k2,2 | cut -d" " -f2-
 }
 

@@ -56,8 +56,16 @@ unset LANGUAGE
 : "${LOCK_TIMEOUT:=600}"
 export TZ
 
-# The names of the backups this tool writes (backup_class says whether a file so named is one).
-readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(sql|rdb|tar)\.gz(\.gpg)?$'
+# The backup types and codecs (generator/backup_types.py), and the names of the backups this tool
+# writes: TYPE_backup_YYYYMMDD_HHMMSS.EXTENSION.CODEC[.gpg] (backup_name makes one, parse_name
+# reads one; backup_class says whether a file so named is a backup).
+readonly BACKUP_TYPES=(postgresql redis files)
+declare -rA TYPE_EXTENSION=([postgresql]=sql [redis]=rdb [files]=tar)
+declare -rA CODEC_EXTENSION=([gzip]=gz)
+declare -rA EXTENSION_CODEC=([gz]=gzip)
+readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(rdb|sql|tar)\.(gz)(\.gpg)?$'
+# The codec new backups are written with.
+readonly CODEC=gzip
 # What a run writes before it renames it (the backup, its raw Redis copy, its sidecars).
 readonly PARTIAL_NAME_RE='^(postgresql|redis|files)_backup_[0-9]{8}_[0-9]{6}\..*\.partial$'
 # A name more than this many seconds ahead of now is "in the future" (clock skew, a TZ change).
@@ -603,8 +611,8 @@ stamp_epochs() {
 # name_epoch NAME: the creation time in a backup's name, as seconds since the epoch (in TZ);
 # fails when the name holds no real date and time.
 name_epoch() {
-  [[ "$1" =~ ${BACKUP_NAME_RE} ]] || return 1
-  local stamp="${BASH_REMATCH[2]}_${BASH_REMATCH[3]}"
+  parse_name "$1" || return 1
+  local stamp="${NAME_STAMP}"
   [[ -v "STAMP_EPOCHS[${stamp}]" ]] || stamp_epochs "${stamp}"
   [[ -n "${STAMP_EPOCHS[${stamp}]}" ]] || return 1
   printf '%s\n' "${STAMP_EPOCHS[${stamp}]}"
@@ -617,8 +625,8 @@ is_own_file() {
   [[ -L "${path}" || (-e "${path}" && ! -d "${path}") ]] || return 1
   case "${name}" in
     *.partial) [[ "${name}" =~ ${PARTIAL_NAME_RE} ]] ;;
-    *.sha256) [[ "${name%.sha256}" =~ ${BACKUP_NAME_RE} ]] ;;
-    *.manifest.json) [[ "${name%.manifest.json}" =~ ${BACKUP_NAME_RE} ]] ;;
+    *.sha256) parse_name "${name%.sha256}" ;;
+    *.manifest.json) parse_name "${name%.manifest.json}" ;;
     *) return 1 ;;
   esac
 }
@@ -644,9 +652,7 @@ backup_dir_names() {
     [[ -e "${path}" || -L "${path}" ]] || continue
     is_own_file "${path}" && continue
     _names+=("${path##*/}")
-    if [[ "${path##*/}" =~ ${BACKUP_NAME_RE} ]]; then
-      stamps+=("${BASH_REMATCH[2]}_${BASH_REMATCH[3]}")
-    fi
+    ! parse_name "${path}" || stamps+=("${NAME_STAMP}")
   done
   ((${#stamps[@]} == 0)) || stamp_epochs "${stamps[@]}"
 }
@@ -665,8 +671,8 @@ backup_class() {
   BACKUP_WHY=""
   BACKUP_EPOCH=""
   local stamp=""
-  if [[ "${name}" =~ ${BACKUP_NAME_RE} ]]; then
-    stamp="${BASH_REMATCH[2]}_${BASH_REMATCH[3]}"
+  if parse_name "${name}"; then
+    stamp="${NAME_STAMP}"
     [[ -v "STAMP_EPOCHS[${stamp}]" ]] || stamp_epochs "${stamp}"
     BACKUP_EPOCH="${STAMP_EPOCHS[${stamp}]}"
   fi
@@ -710,16 +716,47 @@ list_backups() {
   local -a names
   backup_dir_names names
   for name in "${names[@]}"; do
-    [[ "${name}" =~ ${BACKUP_NAME_RE} ]] || continue
-    [[ -z "${type}" || "${BASH_REMATCH[1]}" == "${type}" ]] || continue
-    stamp="${BASH_REMATCH[2]}${BASH_REMATCH[3]}"
+    parse_name "${name}" || continue
+    [[ -z "${type}" || "${NAME_TYPE}" == "${type}" ]] || continue
+    stamp="${NAME_STAMP/_/}"
     backup_class "${BACKUP_DIR}/${name}" "${now}"
     [[ "${BACKUP_CLASS}" != backup ]] || printf '%s %s\n' "${stamp}" "${name}"
   done | sort -k1,1r -k2,2 | cut -d" " -f2-
 }
 
 # ---------------------------------------------------------------------------------------------
-# Compression (gzip format; pigz when installed) and encryption (GPG symmetric AES256).
+# Names and codecs.
+
+# backup_name TYPE TS: the file name of a new backup of TYPE (this run's codec; .gpg when a key
+# is set).
+backup_name() {
+  printf '%s_backup_%s.%s.%s%s\n' "$1" "$2" "${TYPE_EXTENSION[$1]}" "${CODEC_EXTENSION[${CODEC}]}" \
+    "$(encryption_on && printf '.gpg')"
+}
+
+# parse_name NAME: whether NAME (a file name, or a path) is a backup's name, the type's own
+# extension included; sets NAME_TYPE, NAME_STAMP (YYYYMMDD_HHMMSS), NAME_CODEC, NAME_ENCRYPTED.
+# shellcheck disable=SC2034 # a shared parser: not every script reads every field
+parse_name() {
+  [[ "${1##*/}" =~ ${BACKUP_NAME_RE} ]] || return 1
+  [[ "${BASH_REMATCH[4]}" == "${TYPE_EXTENSION[${BASH_REMATCH[1]}]}" ]] || return 1
+  NAME_TYPE="${BASH_REMATCH[1]}"
+  NAME_STAMP="${BASH_REMATCH[2]}_${BASH_REMATCH[3]}"
+  NAME_CODEC="${EXTENSION_CODEC[${BASH_REMATCH[5]}]}"
+  NAME_ENCRYPTED=0
+  [[ -z "${BASH_REMATCH[6]}" ]] || NAME_ENCRYPTED=1
+}
+
+# The names a backup of TYPE may have, for messages: .sql.gz, then .gpg when encrypted.
+name_endings() {
+  local type out=""
+  for type in "${BACKUP_TYPES[@]}"; do
+    out+="${out:+, }.${TYPE_EXTENSION[${type}]}.${CODEC_EXTENSION[${CODEC}]}"
+  done
+  printf '%s (then .gpg when encrypted)' "${out}"
+}
+
+# Compression (the codec of the name; gzip: pigz when installed) and encryption (GPG AES256).
 
 compressor() {
   if command -v pigz >/dev/null 2>&1; then
@@ -729,11 +766,20 @@ compressor() {
   fi
 }
 
+# compress: stdin to stdout in this run's codec; decompress CODEC: back from CODEC.
 compress() {
-  "$(compressor)" -c -n "-${COMPRESSION_LEVEL}"
+  "compress_${CODEC}"
 }
 
 decompress() {
+  "decompress_$1"
+}
+
+compress_gzip() {
+  "$(compressor)" -c -n "-${COMPRESSION_LEVEL}"
+}
+
+decompress_gzip() {
   "$(compressor)" -d -c
 }
 
@@ -766,12 +812,15 @@ decode() {
   decode_stream "${1##*/}" <"$1"
 }
 
-# decode_stream NAME: the raw content of the stored bytes on stdin, decoded as NAME says.
+# decode_stream NAME: the raw content of the stored bytes on stdin, decoded as NAME says (its
+# codec, and .gpg: encrypted).
 decode_stream() {
+  local codec="${CODEC}"
+  ! parse_name "${1%.partial}" || codec="${NAME_CODEC}"
   if [[ "${1%.partial}" == *.gpg ]]; then
-    decrypt | decompress
+    decrypt | decompress "${codec}"
   else
-    decompress
+    decompress "${codec}"
   fi
 }
 
