@@ -298,13 +298,6 @@ free_bytes() {
   printf '%s\n' "$((kib * 1024))"
 }
 
-# The size of the whole file system that holds $1.
-total_bytes() {
-  local kib
-  kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $2 }')"
-  printf '%s\n' "$((kib * 1024))"
-}
-
 human_size() {
   local bytes="$1" unit=0
   local -a units=(B KiB MiB GiB TiB)
@@ -791,13 +784,12 @@ redis_check_reachable() {
 
 backup_redis() {
   local ts="$1" epoch="$2"
-  local final partial raw server_version started raw_hash
+  local final partial server_version started hasher checker hash_rc check_rc sent
   local -a st
   final="${BACKUP_DIR}/redis_backup_${ts}.rdb.gz$(gpg_suffix)"
   partial="${final}.partial"
-  raw="${BACKUP_DIR}/redis_backup_${ts}.rdb.partial"
   started="${EPOCHREALTIME}"
-  require_tools redis-cli redis-check-rdb "$(compressor)"
+  require_tools redis-cli redis-check-rdb mkfifo "$(compressor)"
   redis_check_reachable
   server_version="$(redis_cli INFO server | sed -n 's/^redis_version:\([^[:space:]]*\).*/\1/p')"
   if ((DRY_RUN)); then
@@ -806,32 +798,75 @@ backup_redis() {
   fi
   check_free_space redis
   log INFO "redis: taking an RDB snapshot of ${REDIS_HOST}:${REDIS_PORT} (Redis ${server_version})"
-  register_partial "${raw}"
   register_partial "${partial}"
-  if ! redis_cli --rdb "${raw}" >"${WORK_DIR}/redis-cli.err" 2>&1; then
+  # The snapshot streams from redis-cli into the stored file: no raw RDB is ever written (with
+  # ENCRYPTION_KEY set, no plaintext touches a disk). Two FIFOs in WORK_DIR feed the same bytes to
+  # redis-check-rdb and to sha256sum, which run beside the pipeline as children of this shell.
+  mkfifo -m 600 -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo"
+  redis-check-rdb "${WORK_DIR}/check.fifo" >"${WORK_DIR}/redis-check-rdb.err" 2>&1 &
+  checker=$!
+  sha256sum <"${WORK_DIR}/hash.fifo" >"${WORK_DIR}/raw.sha256" 2>"${WORK_DIR}/hash.err" &
+  hasher=$!
+  set +o errexit
+  redis_cli --rdb - 2>"${WORK_DIR}/redis-cli.err" |
+    rdb_payload 2>"${WORK_DIR}/payload.err" |
+    tee -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo" 2>"${WORK_DIR}/tee.err" |
+    compress 2>"${WORK_DIR}/compress.err" |
+    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
+  st=("${PIPESTATUS[@]}")
+  release_fifo "${WORK_DIR}/check.fifo"
+  release_fifo "${WORK_DIR}/hash.fifo"
+  wait "${checker}"
+  check_rc=$?
+  wait "${hasher}"
+  hash_rc=$?
+  set -o errexit
+  # (redis-cli's exit 141 is SIGPIPE: a later stage stopped reading, and is the cause.)
+  if ((st[0] != 0 && st[0] != 141)); then
     if disk_full; then
       die "${EXIT_FAILED}" "redis: ${BACKUP_DIR} is full ($(human_size "$(free_bytes "${BACKUP_DIR}")") free); free space there or point BACKUP_DIR at a larger volume"
     fi
     die "${EXIT_FAILED}" "redis: the server refused or broke off the snapshot$(stage_message redis-cli); redis-cli --rdb needs the SYNC command, which some managed services disable or rename"
   fi
-  if ! redis-check-rdb "${raw}" >"${WORK_DIR}/redis-check-rdb.err" 2>&1 ||
-    ! grep -q 'RDB looks OK' "${WORK_DIR}/redis-check-rdb.err"; then
+  # tee stops when redis-check-rdb gives up on a damaged snapshot; compress or protect failing
+  # (a full disk) cut the snapshot short for redis-check-rdb too: they are the cause then.
+  ((st[3] == 0 && st[4] == 0)) || check_pipeline redis redis-cli payload tee compress "$(protect_stage)" -- "${st[@]}"
+  if ((check_rc != 0)) || ! grep -q 'RDB looks OK' "${WORK_DIR}/redis-check-rdb.err"; then
     die "${EXIT_VERIFY}" "redis: the snapshot is not a valid RDB$(stage_message redis-check-rdb)"
   fi
-  raw_hash="$(sha256sum -- "${raw}" | cut -c1-64)"
-  set +o errexit
-  compress <"${raw}" 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
-  check_pipeline redis compress "$(protect_stage)" -- "${st[@]}"
+  check_pipeline redis redis-cli payload tee compress "$(protect_stage)" -- "${st[@]}"
+  ((hash_rc == 0)) || die "${EXIT_FAILED}" "redis: could not hash the snapshot$(stage_message hash)"
   verify_stored redis "${partial}"
-  [[ "$(<"${WORK_DIR}/content.sha256")" == "${raw_hash}" ]] ||
+  [[ "$(<"${WORK_DIR}/content.sha256")" == "$(cut -c1-64 "${WORK_DIR}/raw.sha256")" ]] ||
     die "${EXIT_VERIFY}" "redis: the stored backup does not decode to the snapshot that was taken"
-  rm -f -- "${raw}"
+  sent="$(sed -n 's/.* writing \([0-9][0-9]*\) bytes .*/\1/p; s/.* success after \([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/redis-cli.err" | tail -n 1)"
+  [[ -z "${sent}" || "${sent}" == "${RAW_SIZE}" ]] ||
+    die "${EXIT_VERIFY}" "redis: the backup holds ${RAW_SIZE} bytes of RDB, but the server sent ${sent}"
   finish_backup redis "${partial}" "${final}" "${epoch}" "${started}" \
     "{\"host\": $(json_str "${REDIS_HOST}"), \"port\": ${REDIS_PORT}}" \
     "${server_version}" "\"redis_cli\": $(json_str "$(first_line redis-cli --version)")"
+}
+
+# rdb_payload: the RDB that redis-cli --rdb - writes, from stdin to stdout, without the 40-byte
+# EOF mark that ends a diskless transfer (redis-cli removes it from a file by truncating it, which
+# a pipe cannot be). redis-cli says which transfer it is before the first byte arrives.
+rdb_payload() {
+  local magic=""
+  IFS= read -r -N 5 magic || true
+  printf '%s' "${magic}"
+  if grep -qs 'until EOF marker' "${WORK_DIR}/redis-cli.err"; then
+    head -c -40
+  else
+    cat
+  fi
+}
+
+# release_fifo FIFO: make sure a reader that waits for FIFO's writer is not left waiting (when the
+# writer never started): open it for reading and writing, which never blocks, and close it.
+release_fifo() {
+  local fd
+  exec {fd}<>"$1"
+  exec {fd}>&-
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1037,24 +1072,12 @@ EOF
 
 # Fail early when the previous backup of TYPE would not fit in what is free now.
 check_free_space() {
-  local type="$1" need avail raw manifest
+  local type="$1" need avail
   local -a previous
   mapfile -t previous < <(list_backups "${type}")
   ((${#previous[@]} > 0)) || return 0
+  # Every backup streams into its stored file (no raw copy beside it): the stored size is the need.
   need="$(file_size "${BACKUP_DIR}/${previous[0]}")"
-  if [[ "${type}" == redis ]]; then
-    # The raw RDB is written next to the backup first. A damaged manifest's raw size (none, or
-    # more than the whole volume holds) is unknown, and must not block the backup.
-    manifest="${BACKUP_DIR}/${previous[0]}.manifest.json"
-    raw="$(manifest_count "${manifest}" size_raw_bytes)"
-    if [[ -n "${raw}" ]] && ((raw > $(total_bytes "${BACKUP_DIR}"))); then
-      raw=""
-    fi
-    if [[ -z "${raw}" && -e "${manifest}" ]]; then
-      log WARN "${type}: ${previous[0]##*/}.manifest.json gives no believable raw size; the free-space check counts the stored size only"
-    fi
-    need=$((need + ${raw:-0}))
-  fi
   need=$((need + need / 10))
   avail="$(free_bytes "${BACKUP_DIR}")"
   if ((avail < need)); then

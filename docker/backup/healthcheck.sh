@@ -300,13 +300,6 @@ free_bytes() {
   printf '%s\n' "$((kib * 1024))"
 }
 
-# The size of the whole file system that holds $1.
-total_bytes() {
-  local kib
-  kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $2 }')"
-  printf '%s\n' "$((kib * 1024))"
-}
-
 human_size() {
   local bytes="$1" unit=0
   local -a units=(B KiB MiB GiB TiB)
