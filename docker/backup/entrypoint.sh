@@ -265,6 +265,10 @@ redis_cli() {
   redis_cli_at "${REDIS_HOST}" "${REDIS_PORT}" "${REDIS_PASSWORD}" "$@"
 }
 
+# In BACKUP_DIR while a Redis restore runs, or after one was killed (see recover_redis_journal).
+# shellcheck disable=SC2034 # the entrypoint does not use it
+readonly REDIS_JOURNAL_NAME=.redis-restore.journal
+
 # ---------------------------------------------------------------------------------------------
 # The lock: one run at a time (backup, cleanup, restore), waiting up to LOCK_TIMEOUT.
 

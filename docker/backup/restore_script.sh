@@ -262,6 +262,10 @@ redis_cli() {
   redis_cli_at "${REDIS_HOST}" "${REDIS_PORT}" "${REDIS_PASSWORD}" "$@"
 }
 
+# In BACKUP_DIR while a Redis restore runs, or after one was killed (see recover_redis_journal).
+# shellcheck disable=SC2034 # the entrypoint does not use it
+readonly REDIS_JOURNAL_NAME=.redis-restore.journal
+
 # ---------------------------------------------------------------------------------------------
 # The lock: one run at a time (backup, cleanup, restore), waiting up to LOCK_TIMEOUT.
 
@@ -870,6 +874,224 @@ release_fifo() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The Redis restore journal: BACKUP_DIR/.redis-restore.journal (REDIS_JOURNAL_NAME), mode 0600,
+# one KEY=VALUE a line and no secret. A Redis restore writes it before its first change to the
+# live server and rewrites it as it goes; it is removed once the live server has its own settings
+# back. A restore that is killed leaves it behind, and the next run of either script repairs the
+# live server from it right after taking the lock (recover_redis_journal).
+#   mode                 online or file
+#   pid started backup   the restore's run: its PID, when it started, the backup it restored
+#   host port run_id     the live server, and the process of it that was changed (INFO run_id)
+#   masterauth=empty     masterauth was empty and the restore set one (online)
+#   save                 the live server's save setting, which the restore set to "" (file)
+#   temp_host temp_port temp_pid temp_dir   the temporary redis-server it started (online)
+
+# How long a Redis server may take to sync from a temporary one, or to load what it received.
+readonly REDIS_SYNC_TIMEOUT=600
+declare -A JOURNAL=()
+readonly JOURNAL_KEYS=(version mode pid started backup host port run_id masterauth save
+  temp_host temp_port temp_pid temp_dir)
+# Whether this run wrote the journal that exists now (a restore in progress).
+JOURNAL_OPEN=0
+# What repair_live_redis did, or why it could not; what recover_redis_journal repaired.
+REPAIR_DONE=""
+REPAIR_PROBLEM=""
+RECOVERED=""
+
+# journal_begin MODE RUN_ID BACKUP: a new journal, in JOURNAL, for a restore of BACKUP into the
+# live server (REDIS_HOST:REDIS_PORT, whose INFO run_id is RUN_ID); journal_write writes it.
+journal_begin() {
+  JOURNAL=([version]=1 [mode]="$1" [pid]="$$" [started]="$(now_iso)" [backup]="$3")
+  JOURNAL+=([host]="${REDIS_HOST}" [port]="${REDIS_PORT}" [run_id]="$2")
+}
+
+# journal_write: JOURNAL to the journal file, atomically (a .partial file renamed over it). A
+# restore that cannot write it dies before it changes anything it could not put back.
+journal_write() {
+  local path="${BACKUP_DIR}/${REDIS_JOURNAL_NAME}" key
+  for key in "${!JOURNAL[@]}"; do
+    [[ "${JOURNAL[${key}]}" != *[[:cntrl:]]* ]] ||
+      die "${EXIT_REFUSED}" "redis: the ${key} of the restore ('${JOURNAL[${key}]}') holds a control character; nothing was changed"
+  done
+  if ! {
+    printf '# A Redis restore of gym-backup in progress. If no restore runs, it was interrupted: run\n'
+    printf '# restore_script.sh redis --recover (backup_script.sh also repairs it when it next runs).\n'
+    for key in "${JOURNAL_KEYS[@]}"; do
+      [[ -z "${JOURNAL[${key}]:-}" ]] || printf '%s=%s\n' "${key}" "${JOURNAL[${key}]}"
+    done
+  } >"${path}.partial" 2>/dev/null || ! chmod 600 -- "${path}.partial" ||
+    ! sync -- "${path}.partial" 2>/dev/null || ! mv -f -- "${path}.partial" "${path}"; then
+    rm -f -- "${path}.partial"
+    die "${EXIT_FAILED}" "redis: cannot write the restore's journal ${path} (is ${BACKUP_DIR} full or read-only?); the live server was left as it was"
+  fi
+  JOURNAL_OPEN=1
+}
+
+# journal_read FILE: the journal FILE into JOURNAL; fails, with the reason in REPAIR_PROBLEM, on
+# a line that is not one of its keys with a believable value (the file is read, never sourced).
+journal_read() {
+  local line key value pattern
+  local -A patterns=([version]='^1$' [mode]='^(online|file)$' [pid]='^[0-9]{1,10}$'
+    [started]='^[0-9T:+-]{10,40}$' [backup]='^.+$' [host]='^.+$' [port]='^[0-9]{1,5}$'
+    [run_id]='^[0-9a-f]{40}$' [masterauth]='^empty$' [save]='^[0-9 ]+$' [temp_host]='^.+$'
+    [temp_port]='^[0-9]{1,5}$' [temp_pid]='^[0-9]{1,10}$' [temp_dir]='^/.*$')
+  JOURNAL=()
+  while IFS= read -r line || [[ -n "${line}" ]]; do
+    [[ -n "${line}" && "${line}" != \#* ]] || continue
+    key="${line%%=*}"
+    value="${line#*=}"
+    pattern="${patterns[${key}]:-}"
+    if [[ "${line}" != *=* || -z "${pattern}" || ! "${value}" =~ ${pattern} ]]; then
+      REPAIR_PROBLEM="unexpected line '${line}'"
+      return 1
+    fi
+    JOURNAL[${key}]="${value}"
+  done <"$1"
+  for key in version mode pid host port run_id; do
+    [[ -n "${JOURNAL[${key}]:-}" ]] || {
+      REPAIR_PROBLEM="no ${key}="
+      return 1
+    }
+  done
+}
+
+journal_close() {
+  rm -f -- "${BACKUP_DIR}/${REDIS_JOURNAL_NAME}"
+  JOURNAL_OPEN=0
+}
+
+# info_field INFO NAME: the value of NAME in the output of Redis's INFO.
+info_field() {
+  sed -n "s/^$2:\\(.*\\)\$/\\1/p" <<<"$1" | head -n 1
+}
+
+# repair_live_redis: give the live server of JOURNAL back what the restore changed: REPLICAOF NO
+# ONE while it replicates the temporary server, an empty masterauth, its save setting. A server
+# with another run_id was restarted since then and has its own settings again. REPAIR_DONE says
+# what was done; on failure REPAIR_PROBLEM says why.
+repair_live_redis() {
+  local host="${JOURNAL[host]}" port="${JOURNAL[port]}" info out current master
+  local -a done=()
+  REPAIR_DONE=""
+  REPAIR_PROBLEM=""
+  info="$(redis_cli_at "${host}" "${port}" "${REDIS_PASSWORD}" INFO 2>&1 | tr -d '\r')" || true
+  if [[ -z "$(info_field "${info}" run_id)" ]]; then
+    REPAIR_PROBLEM="cannot reach ${host}:${port}: ${info%%$'\n'*}"
+    return 1
+  fi
+  if [[ "$(info_field "${info}" run_id)" != "${JOURNAL[run_id]}" ]]; then
+    REPAIR_DONE="nothing to put back: ${host}:${port} was restarted since, with its own settings"
+    return 0
+  fi
+  master="$(info_field "${info}" master_host):$(info_field "${info}" master_port)"
+  if [[ "$(info_field "${info}" role)" == slave && "${master}" == "${JOURNAL[temp_host]:-}:${JOURNAL[temp_port]:-}" ]]; then
+    out="$(journal_host_cli REPLICAOF NO ONE)"
+    if [[ "${out}" != OK* ]]; then
+      REPAIR_PROBLEM="REPLICAOF NO ONE failed on ${host}:${port}: ${out}"
+      return 1
+    fi
+    done+=("REPLICAOF NO ONE (a master again)")
+  fi
+  if [[ "${JOURNAL[masterauth]:-}" == empty ]]; then
+    current="$(journal_host_cli CONFIG GET masterauth | sed -n 2p)"
+    if [[ -n "${current}" ]]; then
+      out="$(journal_host_cli CONFIG SET masterauth "")"
+      if [[ "${out}" != OK* ]]; then
+        REPAIR_PROBLEM="cannot empty masterauth on ${host}:${port} again: ${out}"
+        return 1
+      fi
+      done+=("masterauth empty again")
+    fi
+  fi
+  if [[ -n "${JOURNAL[save]:-}" ]]; then
+    current="$(journal_host_cli CONFIG GET save | sed -n 2p)"
+    if [[ "${current}" != "${JOURNAL[save]}" ]]; then
+      out="$(journal_host_cli CONFIG SET save "${JOURNAL[save]}")"
+      if [[ "${out}" != OK* ]]; then
+        REPAIR_PROBLEM="cannot set save back to '${JOURNAL[save]}' on ${host}:${port}: ${out}"
+        return 1
+      fi
+      done+=("save '${JOURNAL[save]}' again")
+    fi
+  fi
+  local IFS=';'
+  REPAIR_DONE="${done[*]:-nothing had been changed yet}"
+  REPAIR_DONE="${REPAIR_DONE//;/; }; it holds $(keys_total "$(journal_host_cli INFO keyspace)") keys"
+}
+
+# keys_total INFO: the number of keys in every database of the output of INFO keyspace.
+keys_total() {
+  local line total=0
+  while IFS= read -r line; do
+    [[ ! "${line}" =~ ^db[0-9]+:keys=([0-9]+) ]] || total=$((total + BASH_REMATCH[1]))
+  done <<<"$1"
+  printf '%s\n' "${total}"
+}
+
+# journal_host_cli ARGS...: a command to the live server of JOURNAL, its reply (or error) on
+# stdout. A replica that is loading what it received answers LOADING until it is done: wait.
+journal_host_cli() {
+  local out i
+  for ((i = 0; i < REDIS_SYNC_TIMEOUT * 10; i++)); do
+    out="$(redis_cli_at "${JOURNAL[host]}" "${JOURNAL[port]}" "${REDIS_PASSWORD}" "$@" 2>&1 | tr -d '\r')" || true
+    [[ "${out}" == LOADING* ]] || break
+    sleep 0.1
+  done
+  printf '%s\n' "${out}"
+}
+
+# stop_orphan_temp_redis: stop the temporary redis-server of JOURNAL if it still runs (a killed
+# restore leaves it behind), once sure the PID is still that server: a redis-server working in
+# the journal's temp_dir (perhaps removed since), or with temp_host:temp_port in its title.
+stop_orphan_temp_redis() {
+  local pid="${JOURNAL[temp_pid]:-}" cwd="" title="" state="" i
+  [[ -n "${pid}" && -r "/proc/${pid}/comm" ]] || return 0
+  [[ "$(<"/proc/${pid}/comm")" == redis-server* ]] 2>/dev/null || return 0
+  cwd="$(readlink -- "/proc/${pid}/cwd" 2>/dev/null)" || true
+  title="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null)" || true
+  if [[ "${cwd% (deleted)}" != "${JOURNAL[temp_dir]:-}" &&
+    "${title}" != *" ${JOURNAL[temp_host]:-}:${JOURNAL[temp_port]:-} "* ]]; then
+    return 0
+  fi
+  kill -TERM "${pid}" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    read -r _ _ state _ 2>/dev/null <"/proc/${pid}/stat" || break
+    [[ "${state}" != Z ]] || break
+    ((i < 50)) || kill -KILL "${pid}" 2>/dev/null || true
+    sleep 0.1
+  done
+  log INFO "redis: stopped the temporary redis-server (pid ${pid}) that the interrupted restore left running"
+}
+
+# recover_redis_journal: after a killed Redis restore (its journal is there, and the caller holds
+# the lock, so that restore is not running), put back what it changed on the live server and stop
+# its temporary redis-server, saying so. Never fatal: when the live server cannot be repaired the
+# journal stays, the health check reports it and `restore_script.sh redis --recover` tries again.
+recover_redis_journal() {
+  local path="${BACKUP_DIR}/${REDIS_JOURNAL_NAME}" what
+  rm -f -- "${path}.partial"
+  # A journal this run wrote is the restore in progress, not a killed one.
+  [[ -e "${path}" ]] && ((JOURNAL_OPEN == 0)) || return 0
+  load_secrets
+  if ! journal_read "${path}"; then
+    log ERROR "redis: ${path} is not a journal this tool wrote (${REPAIR_PROBLEM}); check the live Redis by hand (ROLE, CONFIG GET masterauth, CONFIG GET save), then delete the file"
+    return 0
+  fi
+  what="the Redis restore of ${JOURNAL[backup]:-a backup} (pid ${JOURNAL[pid]}, started ${JOURNAL[started]:-at an unknown time}) was interrupted"
+  log WARN "redis: ${what}; repairing ${JOURNAL[host]}:${JOURNAL[port]}"
+  if repair_live_redis; then
+    stop_orphan_temp_redis
+    journal_close
+    RECOVERED="${JOURNAL[host]}:${JOURNAL[port]}: ${REPAIR_DONE}"
+    RUN_WARNINGS+=("${what}; repaired ${RECOVERED}; it may hold part of the backup: run the restore again")
+    log WARN "redis: repaired ${RECOVERED}. The restore did not finish, and may have replaced some or all of the data: run it again"
+  else
+    stop_orphan_temp_redis
+    log ERROR "redis: ${what}, and ${JOURNAL[host]}:${JOURNAL[port]} could not be repaired: ${REPAIR_PROBLEM}; when it answers, run restore_script.sh redis --recover"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
 # Files
 
 backup_files() {
@@ -1130,13 +1352,13 @@ run_part() (
   "backup_$1" "$2" "$3"
 )
 readonly LOG_FILE="${BACKUP_DIR}/restore.log"
-readonly REDIS_SYNC_TIMEOUT=600
 
 OPT_DEEP=0
 OPT_NO_CHECKSUM=0
 OPT_CLEAN=0
 OPT_NO_OWNER=0
 OPT_NO_SAFETY=0
+OPT_RECOVER=0
 OPT_FORCE=0
 OPT_TARGET_DB=""
 OPT_MODE=online
@@ -1147,9 +1369,9 @@ EXPECTED_SHA256=""
 SCRATCH_DB=""
 CREATED_DB=""
 TEMP_REDIS_PID=""
-LIVE_REDIS_REPLICATING=0
-LIVE_MASTERAUTH=""
-LIVE_MASTERUSER=""
+# The live Redis server's INFO run_id, and whether this run changed it (see its journal).
+LIVE_RUN_ID=""
+LIVE_REDIS_CHANGED=0
 RESTORE_STAGING=""
 CREATED_DEST=""
 RESTORE_RDB=""
@@ -1178,6 +1400,8 @@ Commands:
   redis FILE [--mode online|file] [--no-safety-backup]
       online (default): the live Redis replicates the backup from a temporary redis-server
       file: write the RDB (and AOF base) into REDIS_DATA_DIR, stop Redis; restart it after
+  redis --recover
+      repair the live Redis after an interrupted Redis restore (every run does that first)
   files FILE [DEST] [--force]
       extract into DEST (default FILES_DIR; created when only its parent exists); existing
       files are kept unless --force
@@ -1606,11 +1830,18 @@ start_temp_redis() {
       printf 'logfile %s\nrepl-diskless-sync yes\nrepl-diskless-sync-delay 0\n' "${dir}/redis.log"
       [[ -z "${password}" ]] || printf 'requirepass %s\n' "${password}"
     } >"${dir}/redis.conf"
-    redis-server "${dir}/redis.conf" &
+    # Without the lock's descriptor (9): a server left behind by a killed run must not hold the
+    # lock, or no later run could take it and repair what that run left.
+    redis-server "${dir}/redis.conf" </dev/null >>"${dir}/redis.log" 2>&1 9>&- &
     TEMP_REDIS_PID=$!
     TEMP_REDIS_PORT="${port}"
     TEMP_REDIS_HOST="${bind}"
     TEMP_REDIS_PASSWORD="${password}"
+    if ((JOURNAL_OPEN)); then
+      JOURNAL[temp_pid]="${TEMP_REDIS_PID}"
+      JOURNAL[temp_port]="${port}"
+      journal_write
+    fi
     if wait_temp_redis; then
       return 0
     fi
@@ -2003,17 +2234,24 @@ redis_online_preflight() {
   if ! redis_cli CONFIG GET masterauth >/dev/null 2>&1 || [[ "$(redis_cli CONFIG GET masterauth 2>&1 | head -n 1)" == *ERR* ]]; then
     die "${EXIT_REFUSED}" "redis: CONFIG GET is refused; use --mode file. Nothing was changed."
   fi
+  LIVE_RUN_ID="$(live_run_id)"
+  [[ -n "${LIVE_RUN_ID}" ]] || die "${EXIT_REFUSED}" "redis: INFO is not allowed on ${REDIS_HOST}:${REDIS_PORT}, which --mode online needs; use --mode file. Nothing was changed."
 }
 
-# Put the live server's own settings back and make it a master again (also on failure).
+# The INFO run_id of the live server: which process of it answers (a restart changes it).
+live_run_id() {
+  info_field "$(redis_cli INFO server 2>/dev/null | tr -d '\r')" run_id
+}
+
+# Put back what the restore changed on the live server, as its journal says (also on failure).
 release_live_redis() {
-  ((LIVE_REDIS_REPLICATING)) || return 0
-  LIVE_REDIS_REPLICATING=0
-  if [[ "$(redis_cli REPLICAOF NO ONE 2>&1)" != OK* ]]; then
-    log ERROR "redis: could not make ${REDIS_HOST}:${REDIS_PORT} a master again: run REPLICAOF NO ONE on it (and check masterauth and masteruser)"
+  ((LIVE_REDIS_CHANGED)) || return 0
+  if ! repair_live_redis; then
+    log ERROR "redis: could not give ${JOURNAL[host]}:${JOURNAL[port]} its own settings back: ${REPAIR_PROBLEM}; when it answers, run restore_script.sh redis --recover"
+    return 1
   fi
-  printf '%s' "${LIVE_MASTERAUTH}" | redis_cli -x CONFIG SET masterauth >/dev/null 2>&1 || true
-  printf '%s' "${LIVE_MASTERUSER}" | redis_cli -x CONFIG SET masteruser >/dev/null 2>&1 || true
+  LIVE_REDIS_CHANGED=0
+  log INFO "redis: ${JOURNAL[host]}:${JOURNAL[port]} has its own settings back (${REPAIR_DONE})"
 }
 
 restore_cleanup() {
@@ -2023,30 +2261,47 @@ restore_cleanup() {
   fi
   # A destination this failed restore created goes again, when nothing was moved into it.
   [[ -z "${CREATED_DEST}" ]] || rmdir -- "${CREATED_DEST}" 2>/dev/null || true
-  release_live_redis
+  release_live_redis || true
   stop_temp_redis
+  # The journal stays only while the live server still lacks its own settings.
+  ((JOURNAL_OPEN == 0 || LIVE_REDIS_CHANGED)) || journal_close
   drop_scratch_db
   drop_created_db
   cleanup
 }
 
 restore_redis_online() {
-  local host password status info i
+  local host password auth user status info i expected got
   require_tools redis-server
   redis_online_preflight
   host="$(restore_host)"
   ((OPT_NO_SAFETY)) || safety_backup redis
-  password="$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+  # The live server logs in to the temporary one with its own masterauth and masteruser, which the
+  # temporary server is given: they never change. Only an empty masterauth is set, for the sync,
+  # to the temporary server's random password (and emptied again after).
+  auth="$(redis_config_get masterauth)"
+  user="$(redis_config_get masteruser)"
+  password="$(random_hex 16)"
+  journal_begin online "${LIVE_RUN_ID}" "${BACKUP_FILE##*/}"
+  JOURNAL[temp_host]="${host}"
+  JOURNAL[temp_dir]="${WORK_DIR}/temp-redis"
+  [[ -n "${auth}" ]] || JOURNAL[masterauth]=empty
+  LIVE_REDIS_CHANGED=1
+  journal_write
   start_temp_redis "${WORK_DIR}/temp-redis" "${RESTORE_RDB}" "${host}" "${password}"
-  local expected
+  if [[ -z "${auth}" ]]; then
+    auth="${password}"
+    printf '%s' "${auth}" | redis_cli -x CONFIG SET masterauth >/dev/null
+  fi
+  # The passwords go through stdin (redis-cli -x), never on a command line.
+  if [[ -n "${user}" ]]; then
+    printf '>%s' "${auth}" | temp_redis_cli -x ACL SETUSER "${user}" on '~*' '+@all' >/dev/null
+  elif [[ "${auth}" != "${password}" ]]; then
+    printf '%s' "${auth}" | temp_redis_cli -x CONFIG SET requirepass >/dev/null
+    TEMP_REDIS_PASSWORD="${auth}"
+  fi
   expected="$(keys_report temp_redis_cli)"
   log INFO "redis: temporary server ${host}:${TEMP_REDIS_PORT} holds the backup (${expected}); ${REDIS_HOST}:${REDIS_PORT} now replicates it"
-  LIVE_MASTERAUTH="$(redis_config_get masterauth)"
-  LIVE_MASTERUSER="$(redis_config_get masteruser)"
-  LIVE_REDIS_REPLICATING=1
-  # The temporary server knows one password and no ACL user: masteruser must be empty meanwhile.
-  printf '%s' "${password}" | redis_cli -x CONFIG SET masterauth >/dev/null
-  redis_cli CONFIG SET masteruser "" >/dev/null
   status="$(redis_cli REPLICAOF "${host}" "${TEMP_REDIS_PORT}" 2>&1)"
   [[ "${status}" == OK* ]] || die "${EXIT_FAILED}" "redis: REPLICAOF was refused (${status}); the live server was left as it was"
   for ((i = 0; i < REDIS_SYNC_TIMEOUT * 10; i++)); do
@@ -2059,10 +2314,10 @@ restore_redis_online() {
   done
   [[ "${info}" == *master_link_status:up* ]] ||
     die "${EXIT_FAILED}" "redis: ${REDIS_HOST}:${REDIS_PORT} did not finish syncing from ${host}:${TEMP_REDIS_PORT} in ${REDIS_SYNC_TIMEOUT}s (can it reach that address? set REDIS_RESTORE_HOST)"
-  release_live_redis
-  local got
+  release_live_redis || die "${EXIT_FAILED}" "redis: the backup was replicated into ${REDIS_HOST}:${REDIS_PORT}, but its own settings could not be put back"
   got="$(keys_report redis_cli)"
   stop_temp_redis
+  journal_close
   [[ "${got}" == "${expected}" ]] || log WARN "redis: the live server holds ${got} after the restore, the backup ${expected} (clients wrote in between?)"
   log INFO "redis: restored ${BACKUP_FILE##*/} into ${REDIS_HOST}:${REDIS_PORT} online: ${got}"
 }
@@ -2134,9 +2389,26 @@ restore_redis_file() {
 cmd_restore_redis() {
   require_type redis
   require_tools redis-cli
+  redis_journal_repaired
   [[ "${OPT_MODE}" != online ]] || redis_check_reachable
   verify_backup
   "restore_redis_${OPT_MODE}"
+}
+
+# redis --recover: main has run recover_redis_journal after taking the lock; say how it went.
+cmd_recover_redis() {
+  redis_journal_repaired
+  if [[ -n "${RECOVERED}" ]]; then
+    log INFO "redis --recover: repaired ${RECOVERED}"
+  else
+    log INFO "redis --recover: no interrupted Redis restore to repair"
+  fi
+}
+
+# A journal still there after recover_redis_journal is one it could not repair (it said why).
+redis_journal_repaired() {
+  [[ -e "${BACKUP_DIR}/${REDIS_JOURNAL_NAME}" ]] || return 0
+  die "${EXIT_FAILED}" "redis: an interrupted Redis restore could not be repaired (see above): fix what stops it, then run restore_script.sh redis --recover"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -2304,6 +2576,7 @@ main() {
       --clean) OPT_CLEAN=1 ;;
       --no-owner) OPT_NO_OWNER=1 ;;
       --no-safety-backup) OPT_NO_SAFETY=1 ;;
+      --recover) OPT_RECOVER=1 ;;
       --force) OPT_FORCE=1 ;;
       --target-db)
         (($# > 1)) || usage_error "--target-db needs a database name"
@@ -2322,11 +2595,17 @@ main() {
     esac
     shift
   done
-  ((${#positional[@]} >= 2)) || usage_error "a command and a backup FILE are required"
-  local command="${positional[0]}"
+  local command="${positional[0]:-}"
+  if ((OPT_RECOVER)); then
+    [[ "${command}" == redis ]] || usage_error "--recover is for the redis command only"
+    ((${#positional[@]} == 1)) || usage_error "redis --recover takes no FILE"
+  else
+    ((${#positional[@]} >= 2)) || usage_error "a command and a backup FILE are required"
+  fi
   case "${command}" in
     files) ((${#positional[@]} <= 3)) || usage_error "files takes FILE and an optional DEST" ;;
-    verify | info | postgresql | redis) ((${#positional[@]} == 2)) || usage_error "${command} takes one FILE" ;;
+    verify | info | postgresql) ((${#positional[@]} == 2)) || usage_error "${command} takes one FILE" ;;
+    redis) ((${#positional[@]} == 2 - OPT_RECOVER)) || usage_error "${command} takes one FILE" ;;
     *) usage_error "unknown command '${command}'" ;;
   esac
   # An option another command takes is an error here, not silently ignored.
@@ -2335,7 +2614,7 @@ main() {
     [verify]="--deep --no-checksum"
     [info]=""
     [postgresql]="--target-db --clean --no-owner --no-safety-backup --no-checksum"
-    [redis]="--mode --no-safety-backup --no-checksum"
+    [redis]="--mode --no-safety-backup --no-checksum --recover"
     [files]="--force --no-checksum"
   )
   for option in "${given[@]}"; do
@@ -2348,7 +2627,7 @@ main() {
   check_settings
   make_work_dir
   RESTORE_RDB="${WORK_DIR}/restore.rdb"
-  resolve_backup "${positional[1]}"
+  ((OPT_RECOVER)) || resolve_backup "${positional[1]}"
   if [[ "${command}" == info ]]; then
     cmd_info
     return 0
@@ -2357,6 +2636,11 @@ main() {
   prepare_backup_dir
   acquire_lock "restore ${command} ${BACKUP_FILE##*/}"
   rotate_logs
+  recover_redis_journal
+  if ((OPT_RECOVER)); then
+    cmd_recover_redis
+    return 0
+  fi
   log INFO "${command} ${BACKUP_FILE##*/} (${BACKUP_TYPE}) started"
   case "${command}" in
     verify) cmd_verify ;;

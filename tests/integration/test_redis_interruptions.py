@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from generator.sandbox import RedisServer, SandboxError
 from tests.integration.restore_support import (
     BACKUP,
     KEY,
@@ -28,7 +30,9 @@ from tests.integration.restore_support import (
     load_random_values,
     only_backup,
     private_redis,
+    processes_in,
     rdb_files,
+    redis_on,
     run_ok,
     wait_for,
 )
@@ -138,3 +142,132 @@ def test_a_redis_backup_holds_the_rdb_alone_however_the_server_sends_it(
     assert rdb[-9] == 0xFF, "the RDB's EOF opcode and checksum are not its last bytes"
     manifest = json.loads(Path(f"{backup}.manifest.json").read_text())
     assert manifest["size_raw_bytes"] == len(rdb)
+
+
+# ------------------------------------------------------------- a killed online restore
+
+JOURNAL = ".redis-restore.journal"
+INTERRUPTED = "a Redis restore was interrupted: run restore_script.sh redis --recover"
+LIVE_PASSWORD = "live 'pw' $x `y`"
+
+
+def health(run_script: RunScript, env: dict[str, str]) -> str:
+    """What healthcheck.sh says (here it is unhealthy anyway: no scheduler runs on this host)."""
+    return run_script("healthcheck.sh", env=env).stdout
+
+
+@pytest.mark.parametrize(
+    ("repair", "masterauth", "masteruser"),
+    [
+        pytest.param([RESTORE, "redis", "--recover"], "", "", id="recover-empty-masterauth"),
+        pytest.param([BACKUP, "redis"], "its own 'auth' $v", "replicator", id="backup-own-auth"),
+    ],
+)
+def test_a_killed_online_redis_restore_is_repaired_by_the_next_run(
+    repair: list[str],
+    masterauth: str,
+    masteruser: str,
+    backup_env: MakeEnv,
+    rendered_scripts: Path,
+    run_script: RunScript,
+    private_tmp: Path,
+    tmp_path: Path,
+) -> None:
+    backups = tmp_path / "backups"
+    with redis_on(tmp_path / "live", password=LIVE_PASSWORD, extra=["save 900 1"]) as live:
+        load_random_values(live, 32)  # big enough that the sync takes a moment
+        env = backup_env(tmp_path, redis=live, TMPDIR=str(private_tmp), LOCK_TIMEOUT="5")
+        run_ok(run_script, BACKUP, "redis", env=env)
+        backup = only_backup(backups, "redis", encrypted=False)
+        live.cli("FLUSHALL")
+        live.cli("SET", "after:backup", "1")
+        live.cli("CONFIG", "SET", "masterauth", masterauth)
+        live.cli("CONFIG", "SET", "masteruser", masteruser)
+        settings = {name: config_get(live, name) for name in ("masterauth", "masteruser", "save")}
+
+        restore = subprocess.Popen(
+            ["bash", str(rendered_scripts / RESTORE), "redis", backup.name, "--no-safety-backup"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(lambda: role(live) == "slave", "the live server to replicate", timeout=60)
+            os.kill(restore.pid, signal.SIGSTOP)
+            assert INTERRUPTED not in health(run_script, env), "a running restore is no fault"
+            os.kill(restore.pid, signal.SIGKILL)  # the script only, as `kill -9 PID` does
+        finally:
+            restore.kill()
+            restore.wait(timeout=30)
+
+        # what the killed restore left: a replica of its temporary server, which still runs
+        assert role(live) == "slave"
+        with pytest.raises(SandboxError, match="READONLY"):
+            live.cli("SET", "k", "v")
+        assert processes_in(private_tmp), "the temporary redis-server is gone already"
+        journal = backups / JOURNAL
+        assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+        text = journal.read_text()
+        assert LIVE_PASSWORD not in text
+        assert not masterauth or masterauth not in text
+        reported = health(run_script, env)
+        assert INTERRUPTED in reported
+        assert role(live) == "slave", "the health check must only report"
+
+        result = run_ok(run_script, *repair, env=env)
+
+        assert "was interrupted" in result.stderr
+        assert f"repaired {live.host}:{live.port}" in result.stderr
+        assert role(live) == "master"
+        assert live.cli("SET", "k", "v") == "OK"
+        assert {name: config_get(live, name) for name in settings} == settings
+        assert processes_in(private_tmp) == [], "the temporary redis-server was left running"
+        assert not journal.exists()
+        assert INTERRUPTED not in health(run_script, env)
+
+
+def config_get(server: RedisServer, name: str) -> str:
+    _, value = server.cli("CONFIG", "GET", name).split("\n", 1)
+    return value
+
+
+def role(server: RedisServer) -> str:
+    return server.cli("ROLE").split("\n", 1)[0]
+
+
+def test_a_terminated_online_redis_restore_gives_the_live_server_its_settings_back_itself(
+    backup_env: MakeEnv,
+    rendered_scripts: Path,
+    run_script: RunScript,
+    private_tmp: Path,
+    tmp_path: Path,
+) -> None:
+    backups = tmp_path / "backups"
+    with redis_on(tmp_path / "live", password=LIVE_PASSWORD) as live:
+        load_random_values(live, 32)
+        env = backup_env(tmp_path, redis=live, TMPDIR=str(private_tmp))
+        run_ok(run_script, BACKUP, "redis", env=env)
+        backup = only_backup(backups, "redis", encrypted=False)
+        settings = {name: config_get(live, name) for name in ("masterauth", "masteruser")}
+
+        restore = subprocess.Popen(
+            ["bash", str(rendered_scripts / RESTORE), "redis", backup.name, "--no-safety-backup"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(lambda: role(live) == "slave", "the live server to replicate", timeout=60)
+            restore.terminate()
+            _, err = restore.communicate(timeout=120)
+        finally:
+            restore.kill()
+            restore.wait(timeout=30)
+
+        assert restore.returncode == 143, err
+        assert "interrupted by SIGTERM" in err
+        assert role(live) == "master"
+        assert {name: config_get(live, name) for name in settings} == settings
+        assert processes_in(private_tmp) == []
+        assert not (backups / JOURNAL).exists()
