@@ -46,6 +46,8 @@ unset LANGUAGE
 : "${COMPRESSION_LEVEL:=6}"
 : "${KEEP_MIN:=3}"
 : "${REDIS_DATA_DIR:=/redis-data}"
+: "${REDIS_DBFILENAME:=dump.rdb}"
+: "${REDIS_APPENDDIRNAME:=appendonlydir}"
 : "${REDIS_RESTORE_HOST:=}"
 : "${PG_MAJOR:=}"
 : "${BACKUP_ON_START:=false}"

@@ -43,6 +43,8 @@ unset LANGUAGE
 : "${COMPRESSION_LEVEL:=6}"
 : "${KEEP_MIN:=3}"
 : "${REDIS_DATA_DIR:=/redis-data}"
+: "${REDIS_DBFILENAME:=dump.rdb}"
+: "${REDIS_APPENDDIRNAME:=appendonlydir}"
 : "${REDIS_RESTORE_HOST:=}"
 : "${PG_MAJOR:=}"
 : "${BACKUP_ON_START:=false}"
@@ -1372,6 +1374,15 @@ TEMP_REDIS_PID=""
 # The live Redis server's INFO run_id, and whether this run changed it (see its journal).
 LIVE_RUN_ID=""
 LIVE_REDIS_CHANGED=0
+# A file restore: its files are written but not confirmed (put back on failure), its time stamp,
+# the second name of the RDB it replaced, and what the backup holds (see rdb_counts).
+FILE_RESTORE_PENDING=0
+RESTORE_STAMP=""
+OLD_RDB=""
+RDB_PERSISTENT=0
+RDB_VOLATILE=0
+# How long a Redis stopped by a file restore may take to answer again (Docker restarting it).
+readonly REDIS_RESTART_WAIT=10
 RESTORE_STAGING=""
 CREATED_DEST=""
 RESTORE_RDB=""
@@ -1399,7 +1410,8 @@ Commands:
       contains), and gets a safety backup first
   redis FILE [--mode online|file] [--no-safety-backup]
       online (default): the live Redis replicates the backup from a temporary redis-server
-      file: write the RDB (and AOF base) into REDIS_DATA_DIR, stop Redis; restart it after
+      file: write the RDB (and AOF base) into REDIS_DATA_DIR, stop Redis, check that it
+      started again with the backup (or say to start it)
   redis --recover
       repair the live Redis after an interrupted Redis restore (every run does that first)
   files FILE [DEST] [--force]
@@ -2261,6 +2273,7 @@ restore_cleanup() {
   fi
   # A destination this failed restore created goes again, when nothing was moved into it.
   [[ -z "${CREATED_DEST}" ]] || rmdir -- "${CREATED_DEST}" 2>/dev/null || true
+  ((FILE_RESTORE_PENDING == 0)) || undo_file_restore
   release_live_redis || true
   stop_temp_redis
   # The journal stays only while the live server still lacks its own settings.
@@ -2328,7 +2341,10 @@ install_like() {
   local src="$1" dst="$2" like="$3" dir="$4" tmp
   tmp="${dst%/*}/.${dst##*/}.restore.partial"
   register_partial "${tmp}"
-  cp -- "${src}" "${tmp}"
+  if ! cp -- "${src}" "${tmp}" 2>"${WORK_DIR}/cp.err"; then
+    rm -f -- "${tmp}"
+    die "${EXIT_FAILED}" "redis: cannot write ${dst}$(stage_message cp); nothing was restored, and what the restore had changed in ${dir} was put back"
+  fi
   if [[ -f "${like}" ]]; then
     chmod --reference="${like}" -- "${tmp}"
   else
@@ -2339,36 +2355,126 @@ install_like() {
   mv -f -- "${tmp}" "${dst}"
 }
 
+# What a file restore changed in REDIS_DATA_DIR, to put back when it fails, the last change first:
+# UNDO_FROM[i] goes back to UNDO_TO[i], or is removed when UNDO_TO[i] is empty.
+UNDO_FROM=()
+UNDO_TO=()
+
+undo_push() {
+  UNDO_FROM+=("$1")
+  UNDO_TO+=("${2:-}")
+}
+
+undo_file_restore() {
+  local i
+  for ((i = ${#UNDO_FROM[@]} - 1; i >= 0; i--)); do
+    if [[ -z "${UNDO_TO[i]}" ]]; then
+      rm -rf -- "${UNDO_FROM[i]}"
+    else
+      rm -rf -- "${UNDO_TO[i]}"
+      mv -f -- "${UNDO_FROM[i]}" "${UNDO_TO[i]}"
+    fi
+  done
+  ((${#UNDO_FROM[@]} == 0)) || log INFO "redis: put the files of ${REDIS_DATA_DIR} back as they were"
+  UNDO_FROM=()
+  UNDO_TO=()
+}
+
+# set_aside PATH: move PATH out of the way (to PATH.before-restore-STAMP), to be moved back if
+# the restore fails.
+set_aside() {
+  mv -- "$1" "$1.before-restore-${RESTORE_STAMP}"
+  undo_push "$1.before-restore-${RESTORE_STAMP}" "$1"
+}
+
+# A name Redis is configured with (dbfilename, appenddirname, appendfilename) is a plain file name.
+require_plain_name() {
+  [[ "$2" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] ||
+    die "${EXIT_REFUSED}" "redis: the ${1} '${2}' is not a plain file name; set ${3} to the name Redis uses. Nothing was changed."
+}
+
+# rdb_counts: from the redis-check-rdb report of the backup, the keys it holds without a TTL, and
+# the most keys with a TTL a server can load from it (some may expire before it starts), in
+# RDB_PERSISTENT and RDB_VOLATILE.
+rdb_counts() {
+  local report="${WORK_DIR}/redis-check-rdb.err" keys expires expired
+  keys="$(sed -n 's/^\[info\] \([0-9]*\) keys read$/\1/p' "${report}")"
+  expires="$(sed -n 's/^\[info\] \([0-9]*\) expires$/\1/p' "${report}")"
+  expired="$(sed -n 's/^\[info\] \([0-9]*\) already expired$/\1/p' "${report}")"
+  if ! is_uint "${keys}" || ! is_uint "${expires}" || ! is_uint "${expired}"; then
+    die "${EXIT_FAILED}" "redis: cannot read the number of keys from redis-check-rdb's report$(stage_message redis-check-rdb)"
+  fi
+  RDB_PERSISTENT=$((keys - expires))
+  RDB_VOLATILE=$((expires - expired))
+}
+
 restore_redis_file() {
-  local dir="${REDIS_DATA_DIR}" dbfilename=dump.rdb appendonly="" aof_dir=appendonlydir aof_name=appendonly.aof
-  local reachable=0 stamp
+  local dir="${REDIS_DATA_DIR}" dbfilename="${REDIS_DBFILENAME}" aof_dir="${REDIS_APPENDDIRNAME}"
+  local aof_name=appendonly.aof appendonly="" save="" reachable=0 info
   [[ -d "${dir}" && -w "${dir}" ]] || die "${EXIT_REFUSED}" "REDIS_DATA_DIR ${dir} is not a writable folder; mount the Redis data volume there"
   if [[ "$(redis_cli PING 2>/dev/null)" == PONG ]]; then
     reachable=1
-    dbfilename="$(redis_config_get dbfilename)"
-    appendonly="$(redis_config_get appendonly)"
-    aof_dir="$(redis_config_get appenddirname)"
-    aof_name="$(redis_config_get appendfilename)"
-    : "${dbfilename:=dump.rdb}" "${aof_dir:=appendonlydir}" "${aof_name:=appendonly.aof}"
+    info="$(redis_cli INFO 2>/dev/null | tr -d '\r')"
+    LIVE_RUN_ID="$(info_field "${info}" run_id)"
+    [[ -n "${LIVE_RUN_ID}" ]] || die "${EXIT_REFUSED}" "redis: INFO is not allowed on ${REDIS_HOST}:${REDIS_PORT}, so whether it restarts with the backup could not be checked; stop Redis, then run this restore while it is stopped. Nothing was changed."
+    if [[ "$(redis_cli CONFIG GET dbfilename 2>/dev/null | head -n 1 | tr -d '\r')" == dbfilename ]]; then
+      dbfilename="$(redis_config_get dbfilename)"
+      aof_dir="$(redis_config_get appenddirname)"
+      aof_name="$(redis_config_get appendfilename)"
+      appendonly="$(redis_config_get appendonly)"
+      save="$(redis_config_get save)"
+      : "${dbfilename:=dump.rdb}" "${aof_dir:=appendonlydir}" "${aof_name:=appendonly.aof}"
+    else
+      log INFO "redis: CONFIG is not allowed on ${REDIS_HOST}:${REDIS_PORT}: the restore writes ${dbfilename} (REDIS_DBFILENAME) and ${aof_dir} (REDIS_APPENDDIRNAME)"
+      [[ "$(info_field "${info}" aof_enabled)" != 1 ]] || appendonly=yes
+      # The AOF's own name (appendfilename) is in its manifest's.
+      local -a manifests=("${dir}/${aof_dir}"/*.manifest)
+      [[ ${#manifests[@]} -ne 1 || ! -f "${manifests[0]}" ]] || aof_name="$(basename -- "${manifests[0]}" .manifest)"
+    fi
+  fi
+  require_plain_name dbfilename "${dbfilename}" REDIS_DBFILENAME
+  require_plain_name appenddirname "${aof_dir}" REDIS_APPENDDIRNAME
+  require_plain_name appendfilename "${aof_name}" REDIS_APPENDDIRNAME
+  rdb_counts
+  if ((reachable)); then
     ((OPT_NO_SAFETY)) || safety_backup redis
     # No snapshot may overwrite the restored file before the server stops.
-    redis_cli CONFIG SET save "" >/dev/null 2>&1 || true
+    if [[ -n "${save}" ]]; then
+      journal_begin file "${LIVE_RUN_ID}" "${BACKUP_FILE##*/}"
+      JOURNAL[save]="${save}"
+      LIVE_REDIS_CHANGED=1
+      journal_write
+      [[ "$(redis_cli CONFIG SET save "" 2>&1)" == OK* ]] ||
+        die "${EXIT_FAILED}" "redis: CONFIG SET save \"\" was refused on ${REDIS_HOST}:${REDIS_PORT}; nothing was restored"
+    fi
   fi
-  stamp="$(date +%Y%m%d_%H%M%S)"
+  RESTORE_STAMP="$(date +%Y%m%d_%H%M%S)"
+  FILE_RESTORE_PENDING=1
+  if [[ -e "${dir}/${dbfilename}" ]]; then
+    # A second name for the file it replaces, to put it back if the restore fails.
+    OLD_RDB="${dir}/.${dbfilename}.before-restore"
+    rm -f -- "${OLD_RDB}"
+    ln -- "${dir}/${dbfilename}" "${OLD_RDB}" 2>/dev/null || cp -p -- "${dir}/${dbfilename}" "${OLD_RDB}"
+    undo_push "${OLD_RDB}" "${dir}/${dbfilename}"
+  else
+    undo_push "${dir}/${dbfilename}"
+  fi
   install_like "${RESTORE_RDB}" "${dir}/${dbfilename}" "${dir}/${dbfilename}" "${dir}"
   log INFO "redis: wrote ${dir}/${dbfilename}"
   # An append-only file wins over the RDB at start-up: make the RDB the AOF's base.
   if [[ "${appendonly}" == yes || -e "${dir}/${aof_dir}" || -e "${dir}/${aof_name}" ]]; then
     local aof_like="${dir}"
     if [[ -e "${dir}/${aof_dir}" ]]; then
-      mv -- "${dir}/${aof_dir}" "${dir}/${aof_dir}.before-restore-${stamp}"
-      aof_like="${dir}/${aof_dir}.before-restore-${stamp}"
-      log INFO "redis: moved the old AOF aside to ${aof_dir}.before-restore-${stamp}"
+      set_aside "${dir}/${aof_dir}"
+      aof_like="${dir}/${aof_dir}.before-restore-${RESTORE_STAMP}"
+      log INFO "redis: moved the old AOF aside to ${aof_dir}.before-restore-${RESTORE_STAMP}"
     fi
     if [[ -e "${dir}/${aof_name}" ]]; then
-      mv -- "${dir}/${aof_name}" "${dir}/${aof_name}.before-restore-${stamp}"
-      install_like "${RESTORE_RDB}" "${dir}/${aof_name}" "${dir}/${aof_name}.before-restore-${stamp}" "${dir}"
+      set_aside "${dir}/${aof_name}"
+      undo_push "${dir}/${aof_name}"
+      install_like "${RESTORE_RDB}" "${dir}/${aof_name}" "${dir}/${aof_name}.before-restore-${RESTORE_STAMP}" "${dir}"
     fi
+    undo_push "${dir}/${aof_dir}"
     mkdir -p -- "${dir}/${aof_dir}"
     chmod --reference="${aof_like}" -- "${dir}/${aof_dir}"
     chown --reference="${aof_like}" -- "${dir}/${aof_dir}" 2>/dev/null || chmod a+rx -- "${dir}/${aof_dir}"
@@ -2378,12 +2484,76 @@ restore_redis_file() {
     log INFO "redis: the backup is also the base of a new AOF in ${aof_dir} (appendonly yes)"
   fi
   if ((reachable)); then
-    redis_cli SHUTDOWN NOSAVE >/dev/null 2>&1 || true
-    log INFO "redis: stopped ${REDIS_HOST}:${REDIS_PORT} with SHUTDOWN NOSAVE (so it could not overwrite the file); start it again now: it loads the backup"
+    restart_live_redis "${dbfilename}"
   else
-    log WARN "redis: ${REDIS_HOST}:${REDIS_PORT} was not reachable: if it is still running, stop it with SHUTDOWN NOSAVE (a normal shutdown would overwrite ${dbfilename}); then start it: it loads the backup"
+    file_restore_done
+    log WARN "redis: ${REDIS_HOST}:${REDIS_PORT} was not reachable: if it is still running, stop it with SHUTDOWN NOSAVE (a normal shutdown would overwrite ${dbfilename}); then start it: it loads the backup, $(rdb_summary)"
   fi
-  log INFO "redis: restart the Redis server now; it loads ${BACKUP_FILE##*/}"
+}
+
+# The files are in place for good: nothing to put back any more.
+file_restore_done() {
+  FILE_RESTORE_PENDING=0
+  UNDO_FROM=()
+  UNDO_TO=()
+  [[ -z "${OLD_RDB}" ]] || rm -f -- "${OLD_RDB}"
+}
+
+# "N keys" of the backup, for messages.
+rdb_summary() {
+  printf '%s keys without a TTL and up to %s with one' "${RDB_PERSISTENT}" "${RDB_VOLATILE}"
+}
+
+# Stop the live server without saving (a normal stop would write its data over the restored
+# files), then check what answers: only a new process of it (another run_id) that loaded the
+# backup's keys is a restore. Docker may restart it at once (a restart policy); a server that
+# stays down is to be started (the CLI restarts its container); one that keeps running with its
+# old data has not been restored: the files go back as they were.
+# restart_live_redis DBFILENAME
+restart_live_redis() {
+  local dbfilename="$1" reply info run_id="" i state=down keys=0 volatile=0 line
+  reply="$(redis_cli SHUTDOWN NOSAVE 2>&1 | tr -d '\r')" || true
+  for ((i = 0; i < REDIS_RESTART_WAIT * 10; i++)); do
+    info="$(redis_cli INFO 2>/dev/null | tr -d '\r')" || true
+    run_id="$(info_field "${info}" run_id)"
+    if [[ -n "${run_id}" && "${run_id}" != "${LIVE_RUN_ID}" ]]; then
+      state=restarted
+      break
+    elif [[ "${run_id}" == "${LIVE_RUN_ID}" ]]; then
+      state=running
+      # A server that refused SHUTDOWN keeps running: no need to wait for it.
+      [[ -z "${reply}" ]] || break
+    else
+      state=down
+    fi
+    sleep 0.1
+  done
+  if [[ "${state}" == running ]]; then
+    die "${EXIT_FAILED}" "redis: ${REDIS_HOST}:${REDIS_PORT} did not stop (SHUTDOWN NOSAVE: ${reply:-no answer}) and still runs with its old data: nothing was restored. A running Redis writes its data over the restored file when it stops; stop it first (docker stop ${REDIS_CONTAINER}, or redis-cli SHUTDOWN NOSAVE), run this restore again while it is stopped, then start it"
+  fi
+  # The old process is gone, and with it what the restore had changed in it.
+  LIVE_REDIS_CHANGED=0
+  log INFO "redis: stopped ${REDIS_HOST}:${REDIS_PORT} with SHUTDOWN NOSAVE (so it could not overwrite the restored files)"
+  if [[ "${state}" == down ]]; then
+    file_restore_done
+    log WARN "redis: ${REDIS_HOST}:${REDIS_PORT} has not started again within ${REDIS_RESTART_WAIT}s: start it now (e.g. docker start ${REDIS_CONTAINER}); it loads the backup, and must then hold $(rdb_summary)"
+    return 0
+  fi
+  for ((i = 0; i < REDIS_SYNC_TIMEOUT * 10; i++)); do
+    [[ "$(info_field "${info}" loading)" == 1 ]] || break
+    sleep 0.1
+    info="$(redis_cli INFO 2>/dev/null | tr -d '\r')" || true
+  done
+  while IFS= read -r line; do
+    [[ "${line}" =~ ^db[0-9]+:keys=([0-9]+),expires=([0-9]+) ]] || continue
+    keys=$((keys + BASH_REMATCH[1]))
+    volatile=$((volatile + BASH_REMATCH[2]))
+  done <<<"${info}"
+  if [[ "$(info_field "${info}" loading)" == 1 ]] || ((keys - volatile != RDB_PERSISTENT || volatile > RDB_VOLATILE)); then
+    die "${EXIT_FAILED}" "redis: ${REDIS_HOST}:${REDIS_PORT} started again but holds ${keys} keys (${volatile} with a TTL), not the backup's $(rdb_summary): it did not load the restored ${dbfilename} from ${REDIS_DATA_DIR}, so nothing was restored and the files were put back. Check that REDIS_DATA_DIR is its data folder, and set REDIS_DBFILENAME and REDIS_APPENDDIRNAME to its dbfilename and appenddirname (or allow CONFIG GET); the safety backup holds its data from before the restore"
+  fi
+  file_restore_done
+  log INFO "redis: restored ${BACKUP_FILE##*/} into ${REDIS_HOST}:${REDIS_PORT}: it started again (run_id ${run_id}) and holds the backup's ${keys} keys (${volatile} with a TTL)"
 }
 
 cmd_restore_redis() {

@@ -706,6 +706,43 @@ def redis_on(
 
 
 @contextlib.contextmanager
+def restarted_when_stopped(server: RedisServer) -> Iterator[threading.Event]:
+    """As Docker's restart policy does: when the process of ``server`` (a :func:`redis_on` one)
+    exits, start redis-server again, once, with the same configuration (folder, port, password):
+    it loads what the folder holds. The event is set once the new process answers PING."""
+    halt = threading.Event()
+    restarted = threading.Event()
+
+    def watch() -> None:
+        old = server.process
+        assert old is not None
+        while old.poll() is None:
+            if halt.wait(0.02):
+                return
+        server.process = subprocess.Popen(
+            ["redis-server", str(server.dir / "test-redis.conf")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=server.dir,
+        )
+        while not halt.is_set():
+            with contextlib.suppress(SandboxError):
+                if server.cli("PING") == "PONG":
+                    restarted.set()
+                    return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield restarted
+    finally:
+        halt.set()
+        watcher.join(timeout=30)
+
+
+@contextlib.contextmanager
 def private_redis(
     parent: Path, *, password: str | None = None, appendonly: bool = False
 ) -> Iterator[RedisServer]:

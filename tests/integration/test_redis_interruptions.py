@@ -33,6 +33,8 @@ from tests.integration.restore_support import (
     processes_in,
     rdb_files,
     redis_on,
+    redis_state,
+    restarted_when_stopped,
     run_ok,
     wait_for,
 )
@@ -271,3 +273,177 @@ def test_a_terminated_online_redis_restore_gives_the_live_server_its_settings_ba
         assert {name: config_get(live, name) for name in settings} == settings
         assert processes_in(private_tmp) == []
         assert not (backups / JOURNAL).exists()
+
+
+# ------------------------------------------------------------------------ file mode
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file in ``folder`` (not below) and its bytes, but the server's log and config."""
+    return {
+        p.name: p.read_bytes()
+        for p in folder.iterdir()
+        if p.is_file() and p.name not in {"server.log", "test-redis.conf"}
+    }
+
+
+def test_a_file_restore_that_runs_out_of_space_leaves_redis_and_its_files_as_they_were(
+    tiny_volume: Path, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    with private_redis(tmp_path / "source") as source:
+        load_random_values(source, 2)  # 2 MB of RDB for a 1 MiB volume
+        env = backup_env(tmp_path, redis=source)
+        run_ok(run_script, BACKUP, "redis", env=env)
+    backup = only_backup(tmp_path / "backups", "redis", encrypted=False)
+    with redis_on(tiny_volume / "redis", extra=["save 900 1 300 10"]) as live:
+        live.pipe([["SET", f"k:{i}", str(i)] for i in range(100)])
+        live.cli("SAVE")
+        before = (live.digest(), files_of(live.dir), config_get(live, "save"))
+        env = {**env, **live.env(), "REDIS_DATA_DIR": str(live.dir)}
+
+        result = run_script(RESTORE, "redis", backup.name, "--mode", "file", env=env)
+
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert (live.digest(), files_of(live.dir), config_get(live, "save")) == before
+        assert role(live) == "master"
+        assert not (tmp_path / "backups" / JOURNAL).exists()
+        assert f"cannot write {live.dir}/dump.rdb" in result.stderr
+        assert "No space left on device" in result.stderr
+
+
+def test_a_file_restore_that_cannot_stop_redis_fails_and_puts_the_files_back(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    renamed = ["dbfilename other.rdb", 'rename-command CONFIG ""', 'rename-command SHUTDOWN ""']
+    with redis_on(tmp_path / "live", password=LIVE_PASSWORD, extra=renamed) as live:
+        live.pipe([["SET", f"k:{i}", str(i)] for i in range(300)])
+        env = backup_env(tmp_path, redis=live, REDIS_DATA_DIR=str(live.dir))
+        run_ok(run_script, BACKUP, "redis", env=env)
+        backup = only_backup(tmp_path / "backups", "redis", encrypted=False)
+        live.cli("FLUSHALL")
+        live.cli("SET", "after:backup", "1")
+        live.cli("SAVE")
+        before = (live.digest(), files_of(live.dir))
+        assert "other.rdb" in before[1]
+
+        result = run_script(
+            RESTORE,
+            "redis",
+            backup.name,
+            "--mode",
+            "file",
+            env={**env, "REDIS_DBFILENAME": "other.rdb"},
+        )
+
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"wrote {live.dir}/other.rdb" in result.stdout  # the file this server loads
+        assert "did not stop" in result.stderr
+        assert "still runs with its old data: nothing was restored" in result.stderr
+        assert "stop it first" in result.stderr
+        assert "redis: restored" not in result.stdout
+        assert (live.digest(), files_of(live.dir)) == before
+
+
+@pytest.mark.parametrize(
+    ("dbfilename", "restored"),
+    [
+        pytest.param("other.rdb", True, id="its-dbfilename"),
+        pytest.param(None, False, id="dump.rdb-by-default"),
+    ],
+)
+def test_a_file_restore_without_config_checks_that_the_restarted_redis_holds_the_backup(
+    dbfilename: str | None,
+    restored: bool,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    no_config = ["dbfilename other.rdb", 'rename-command CONFIG ""']
+    with redis_on(tmp_path / "live", password=LIVE_PASSWORD, extra=no_config) as live:
+        live.pipe([["SET", f"k:{i}", str(i)] for i in range(300)])
+        live.pipe([["SET", f"ttl:{i}", str(i), "EX", "3600"] for i in range(50)], db=3)
+        written = redis_state(live)
+        env = backup_env(tmp_path, redis=live, REDIS_DATA_DIR=str(live.dir))
+        if dbfilename:
+            env["REDIS_DBFILENAME"] = dbfilename
+        run_ok(run_script, BACKUP, "redis", env=env)
+        backup = only_backup(tmp_path / "backups", "redis", encrypted=False)
+        live.cli("FLUSHALL")
+        live.cli("SET", "after:backup", "1")
+        live.cli("SAVE")
+        saved = files_of(live.dir)
+
+        with restarted_when_stopped(live) as back:
+            result = run_script(RESTORE, "redis", backup.name, "--mode", "file", env=env)
+            assert back.wait(timeout=30), "Redis was not stopped, or did not start again"
+
+        if restored:
+            assert result.returncode == 0, result.stdout + result.stderr
+            after = redis_state(live)
+            assert (after.digest, after.keys) == (written.digest, written.keys)
+            assert f"redis: restored {backup.name} into" in result.stdout
+            assert "holds the backup's 350 keys (50 with a TTL)" in result.stdout
+        else:
+            # the server loaded its own other.rdb, not the dump.rdb the restore wrote
+            assert result.returncode == 1, result.stdout + result.stderr
+            assert "started again but holds 1 keys" in result.stderr
+            assert "set REDIS_DBFILENAME and REDIS_APPENDDIRNAME" in result.stderr
+            assert "redis: restored" not in result.stdout
+            assert live.cli("GET", "after:backup") == "1"
+            assert files_of(live.dir) == saved, "the restore's files were not put back"
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["same-server", "restarted-since"])
+def test_a_killed_file_restore_is_repaired_by_the_next_backup(
+    restarted: bool,
+    backup_env: MakeEnv,
+    rendered_scripts: Path,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    backups = tmp_path / "backups"
+    with redis_on(tmp_path / "live", password=LIVE_PASSWORD, extra=["save 900 1"]) as live:
+        live.pipe([["SET", f"k:{i}", str(i)] for i in range(100)])
+        env = backup_env(tmp_path, redis=live, REDIS_DATA_DIR=str(live.dir))
+        run_ok(run_script, BACKUP, "redis", env=env)
+        backup = only_backup(backups, "redis", encrypted=False)
+        # a FIFO where the restore writes the RDB: its copy blocks there, after `save ""`
+        os.mkfifo(live.dir / ".dump.rdb.restore.partial")
+        restore = subprocess.Popen(
+            [
+                "bash",
+                str(rendered_scripts / RESTORE),
+                "redis",
+                backup.name,
+                "--mode",
+                "file",
+                "--no-safety-backup",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            wait_for(lambda: config_get(live, "save") == "", "the restore to set save", timeout=60)
+        finally:
+            os.killpg(restore.pid, signal.SIGKILL)
+            restore.wait(timeout=30)
+        (live.dir / ".dump.rdb.restore.partial").unlink()
+        assert (backups / JOURNAL).exists()
+        if restarted:
+            with restarted_when_stopped(live) as back:
+                live.stop()
+                assert back.wait(timeout=30)
+        assert config_get(live, "save") == ("900 1" if restarted else "")
+
+        result = run_ok(run_script, BACKUP, "redis", env=env)
+
+        assert config_get(live, "save") == "900 1"
+        assert not (backups / JOURNAL).exists()
+        assert "was interrupted" in result.stderr
+        if restarted:
+            assert "nothing to put back: " in result.stderr
+        else:
+            assert "save '900 1' again" in result.stderr
+        assert "(warning: the Redis restore of" in result.stdout, "not in the summary"
