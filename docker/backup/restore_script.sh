@@ -2302,17 +2302,19 @@ restore_redis_online() {
   LIVE_REDIS_CHANGED=1
   journal_write
   start_temp_redis "${WORK_DIR}/temp-redis" "${RESTORE_RDB}" "${host}" "${password}"
+  # The passwords go through stdin (redis-cli -x), never on a command line.
   if [[ -z "${auth}" ]]; then
     auth="${password}"
-    printf '%s' "${auth}" | redis_cli -x CONFIG SET masterauth >/dev/null
+    status="$(printf '%s' "${auth}" | redis_cli -x CONFIG SET masterauth 2>&1)"
+    [[ "${status}" == OK* ]] || die "${EXIT_FAILED}" "redis: CONFIG SET masterauth was refused on ${REDIS_HOST}:${REDIS_PORT} (${status})"
   fi
-  # The passwords go through stdin (redis-cli -x), never on a command line.
   if [[ -n "${user}" ]]; then
-    printf '>%s' "${auth}" | temp_redis_cli -x ACL SETUSER "${user}" on '~*' '+@all' >/dev/null
+    status="$(printf '>%s' "${auth}" | temp_redis_cli -x ACL SETUSER "${user}" on '~*' '+@all' 2>&1)"
   elif [[ "${auth}" != "${password}" ]]; then
-    printf '%s' "${auth}" | temp_redis_cli -x CONFIG SET requirepass >/dev/null
+    status="$(printf '%s' "${auth}" | temp_redis_cli -x CONFIG SET requirepass 2>&1)"
     TEMP_REDIS_PASSWORD="${auth}"
   fi
+  [[ "${status:-OK}" == OK* ]] || die "${EXIT_FAILED}" "redis: the temporary server refused the live server's login (${status})"
   expected="$(keys_report temp_redis_cli)"
   log INFO "redis: temporary server ${host}:${TEMP_REDIS_PORT} holds the backup (${expected}); ${REDIS_HOST}:${REDIS_PORT} now replicates it"
   status="$(redis_cli REPLICAOF "${host}" "${TEMP_REDIS_PORT}" 2>&1)"

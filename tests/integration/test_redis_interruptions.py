@@ -177,7 +177,7 @@ def test_a_killed_online_redis_restore_is_repaired_by_the_next_run(
 ) -> None:
     backups = tmp_path / "backups"
     with redis_on(tmp_path / "live", password=LIVE_PASSWORD, extra=["save 900 1"]) as live:
-        load_random_values(live, 32)  # big enough that the sync takes a moment
+        load_random_values(live, 16)  # big enough that the sync takes a moment
         env = backup_env(tmp_path, redis=live, TMPDIR=str(private_tmp), LOCK_TIMEOUT="5")
         run_ok(run_script, BACKUP, "redis", env=env)
         backup = only_backup(backups, "redis", encrypted=False)
@@ -204,6 +204,11 @@ def test_a_killed_online_redis_restore_is_repaired_by_the_next_run(
 
         # what the killed restore left: a replica of its temporary server, which still runs
         assert role(live) == "slave"
+        wait_for(
+            lambda: "master_link_status:up" in live.cli("INFO", "replication"),
+            "the orphan sync to finish (no more LOADING replies)",
+            timeout=60,
+        )
         with pytest.raises(SandboxError, match="READONLY"):
             live.cli("SET", "k", "v")
         assert processes_in(private_tmp), "the temporary redis-server is gone already"
@@ -246,7 +251,7 @@ def test_a_terminated_online_redis_restore_gives_the_live_server_its_settings_ba
 ) -> None:
     backups = tmp_path / "backups"
     with redis_on(tmp_path / "live", password=LIVE_PASSWORD) as live:
-        load_random_values(live, 32)
+        load_random_values(live, 16)
         env = backup_env(tmp_path, redis=live, TMPDIR=str(private_tmp))
         run_ok(run_script, BACKUP, "redis", env=env)
         backup = only_backup(backups, "redis", encrypted=False)
