@@ -6,6 +6,7 @@ Real redis-server processes (the fixtures'), real gpg; the scripts are killed wi
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -45,11 +46,15 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def private_tmp() -> Iterator[Path]:
-    """A TMPDIR of the scripts' own, outside the test's folder: what they leave there shows."""
+    """A TMPDIR of the scripts' own, outside the test's folder: what they leave there shows. A
+    temporary redis-server that a failed test leaves running there is stopped at the end."""
     folder = Path(tempfile.mkdtemp(prefix="ri-", dir="/tmp"))
     try:
         yield folder
     finally:
+        for process in processes_in(folder):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(process.split(":", 1)[0]), signal.SIGKILL)
         shutil.rmtree(folder, ignore_errors=True)
 
 
