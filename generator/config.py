@@ -150,6 +150,20 @@ SETTINGS: tuple[Setting, ...] = (
         "Redis data folder (a shared volume), written by 'restore redis --mode file'.",
     ),
     Setting(
+        "REDIS_DBFILENAME",
+        "dump.rdb",
+        Kind.NAME,
+        "The RDB file Redis loads (its dbfilename), written by 'restore redis --mode file' when "
+        "the server does not allow CONFIG GET (otherwise the server's own is used).",
+    ),
+    Setting(
+        "REDIS_APPENDDIRNAME",
+        "appendonlydir",
+        Kind.NAME,
+        "Redis's AOF folder (its appenddirname), written by 'restore redis --mode file' when the "
+        "server does not allow CONFIG GET (otherwise the server's own is used).",
+    ),
+    Setting(
         "REDIS_RESTORE_HOST",
         "",
         Kind.HOST,

@@ -42,6 +42,8 @@ unset LANGUAGE
 : "${COMPRESSION_LEVEL:=6}"
 : "${KEEP_MIN:=3}"
 : "${REDIS_DATA_DIR:=/redis-data}"
+: "${REDIS_DBFILENAME:=dump.rdb}"
+: "${REDIS_APPENDDIRNAME:=appendonlydir}"
 : "${REDIS_RESTORE_HOST:=}"
 : "${PG_MAJOR:=}"
 : "${BACKUP_ON_START:=false}"
@@ -511,6 +513,10 @@ redis_cli() {
   redis_cli_at "${REDIS_HOST}" "${REDIS_PORT}" "${REDIS_PASSWORD}" "$@"
 }
 
+# In BACKUP_DIR while a Redis restore runs, or after one was killed (see recover_redis_journal).
+# shellcheck disable=SC2034 # the entrypoint does not use it
+readonly REDIS_JOURNAL_NAME=.redis-restore.journal
+
 # ---------------------------------------------------------------------------------------------
 # The lock: one run at a time (backup, cleanup, restore), waiting up to LOCK_TIMEOUT.
 
@@ -545,13 +551,6 @@ file_size() {
 free_bytes() {
   local kib
   kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $4 }')"
-  printf '%s\n' "$((kib * 1024))"
-}
-
-# The size of the whole file system that holds $1.
-total_bytes() {
-  local kib
-  kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $2 }')"
   printf '%s\n' "$((kib * 1024))"
 }
 
@@ -1087,13 +1086,12 @@ redis_check_reachable() {
 
 backup_redis() {
   local ts="$1" epoch="$2"
-  local final partial raw server_version started raw_hash
+  local final partial server_version started hasher checker hash_rc check_rc sent
   local -a st
   final="${BACKUP_DIR}/$(backup_name redis "${ts}")"
   partial="${final}.partial"
-  raw="${BACKUP_DIR}/redis_backup_${ts}.rdb.partial"
   started="${EPOCHREALTIME}"
-  require_tools redis-cli redis-check-rdb "$(compressor)"
+  require_tools redis-cli redis-check-rdb mkfifo "$(compressor)"
   redis_check_reachable
   server_version="$(redis_cli INFO server | sed -n 's/^redis_version:\([^[:space:]]*\).*/\1/p')"
   if ((DRY_RUN)); then
@@ -1102,32 +1100,293 @@ backup_redis() {
   fi
   check_free_space redis
   log INFO "redis: taking an RDB snapshot of ${REDIS_HOST}:${REDIS_PORT} (Redis ${server_version})"
-  register_partial "${raw}"
   register_partial "${partial}"
-  if ! redis_cli --rdb "${raw}" >"${WORK_DIR}/redis-cli.err" 2>&1; then
+  # The snapshot streams from redis-cli into the stored file: no raw RDB is ever written (with
+  # ENCRYPTION_KEY set, no plaintext touches a disk). Two FIFOs in WORK_DIR feed the same bytes to
+  # redis-check-rdb and to sha256sum, which run beside the pipeline as children of this shell.
+  mkfifo -m 600 -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo"
+  redis-check-rdb "${WORK_DIR}/check.fifo" >"${WORK_DIR}/redis-check-rdb.err" 2>&1 &
+  checker=$!
+  sha256sum <"${WORK_DIR}/hash.fifo" >"${WORK_DIR}/raw.sha256" 2>"${WORK_DIR}/hash.err" &
+  hasher=$!
+  set +o errexit
+  redis_cli --rdb - 2>"${WORK_DIR}/redis-cli.err" |
+    rdb_payload 2>"${WORK_DIR}/payload.err" |
+    tee -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo" 2>"${WORK_DIR}/tee.err" |
+    compress 2>"${WORK_DIR}/compress.err" |
+    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
+  st=("${PIPESTATUS[@]}")
+  release_fifo "${WORK_DIR}/check.fifo"
+  release_fifo "${WORK_DIR}/hash.fifo"
+  wait "${checker}"
+  check_rc=$?
+  wait "${hasher}"
+  hash_rc=$?
+  set -o errexit
+  # (redis-cli's exit 141 is SIGPIPE: a later stage stopped reading, and is the cause.)
+  if ((st[0] != 0 && st[0] != 141)); then
     if disk_full; then
       die "${EXIT_FAILED}" "redis: ${BACKUP_DIR} is full ($(human_size "$(free_bytes "${BACKUP_DIR}")") free); free space there or point BACKUP_DIR at a larger volume"
     fi
     die "${EXIT_FAILED}" "redis: the server refused or broke off the snapshot$(stage_message redis-cli); redis-cli --rdb needs the SYNC command, which some managed services disable or rename"
   fi
-  if ! redis-check-rdb "${raw}" >"${WORK_DIR}/redis-check-rdb.err" 2>&1 ||
-    ! grep -q 'RDB looks OK' "${WORK_DIR}/redis-check-rdb.err"; then
+  # tee stops when redis-check-rdb gives up on a damaged snapshot; compress or protect failing
+  # (a full disk) cut the snapshot short for redis-check-rdb too: they are the cause then.
+  ((st[3] == 0 && st[4] == 0)) || check_pipeline redis redis-cli payload tee compress "$(protect_stage)" -- "${st[@]}"
+  if ((check_rc != 0)) || ! grep -q 'RDB looks OK' "${WORK_DIR}/redis-check-rdb.err"; then
     die "${EXIT_VERIFY}" "redis: the snapshot is not a valid RDB$(stage_message redis-check-rdb)"
   fi
-  raw_hash="$(sha256sum -- "${raw}" | cut -c1-64)"
-  set +o errexit
-  compress <"${raw}" 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
-  check_pipeline redis compress "$(protect_stage)" -- "${st[@]}"
+  check_pipeline redis redis-cli payload tee compress "$(protect_stage)" -- "${st[@]}"
+  ((hash_rc == 0)) || die "${EXIT_FAILED}" "redis: could not hash the snapshot$(stage_message hash)"
   verify_stored redis "${partial}"
-  [[ "$(<"${WORK_DIR}/content.sha256")" == "${raw_hash}" ]] ||
+  [[ "$(<"${WORK_DIR}/content.sha256")" == "$(cut -c1-64 "${WORK_DIR}/raw.sha256")" ]] ||
     die "${EXIT_VERIFY}" "redis: the stored backup does not decode to the snapshot that was taken"
-  rm -f -- "${raw}"
+  sent="$(sed -n 's/.* writing \([0-9][0-9]*\) bytes .*/\1/p; s/.* success after \([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/redis-cli.err" | tail -n 1)"
+  [[ -z "${sent}" || "${sent}" == "${RAW_SIZE}" ]] ||
+    die "${EXIT_VERIFY}" "redis: the backup holds ${RAW_SIZE} bytes of RDB, but the server sent ${sent}"
   finish_backup redis "${partial}" "${final}" "${epoch}" "${started}" \
     "{\"host\": $(json_str "${REDIS_HOST}"), \"port\": ${REDIS_PORT}}" \
     "${server_version}" "\"redis_cli\": $(json_str "$(first_line redis-cli --version)")"
+}
+
+# rdb_payload: the RDB that redis-cli --rdb - writes, from stdin to stdout, without the 40-byte
+# EOF mark that ends a diskless transfer (redis-cli removes it from a file by truncating it, which
+# a pipe cannot be). redis-cli says which transfer it is before the first byte arrives.
+rdb_payload() {
+  local magic=""
+  IFS= read -r -N 5 magic || true
+  printf '%s' "${magic}"
+  if grep -qs 'until EOF marker' "${WORK_DIR}/redis-cli.err"; then
+    head -c -40
+  else
+    cat
+  fi
+}
+
+# release_fifo FIFO: make sure a reader that waits for FIFO's writer is not left waiting (when the
+# writer never started): open it for reading and writing, which never blocks, and close it.
+release_fifo() {
+  local fd
+  exec {fd}<>"$1"
+  exec {fd}>&-
+}
+
+# ---------------------------------------------------------------------------------------------
+# The Redis restore journal: BACKUP_DIR/.redis-restore.journal (REDIS_JOURNAL_NAME), mode 0600,
+# one KEY=VALUE a line and no secret. A Redis restore writes it before its first change to the
+# live server and rewrites it as it goes; it is removed once the live server has its own settings
+# back. A restore that is killed leaves it behind, and the next run of either script repairs the
+# live server from it right after taking the lock (recover_redis_journal).
+#   mode                 online or file
+#   pid started backup   the restore's run: its PID, when it started, the backup it restored
+#   host port run_id     the live server, and the process of it that was changed (INFO run_id)
+#   masterauth=empty     masterauth was empty and the restore set one (online)
+#   save                 the live server's save setting, which the restore set to "" (file)
+#   temp_host temp_port temp_pid temp_dir   the temporary redis-server it started (online)
+
+# How long a Redis server may take to sync from a temporary one, or to load what it received.
+readonly REDIS_SYNC_TIMEOUT=600
+declare -A JOURNAL=()
+readonly JOURNAL_KEYS=(version mode pid started backup host port run_id masterauth save
+  temp_host temp_port temp_pid temp_dir)
+# Whether this run wrote the journal that exists now (a restore in progress).
+JOURNAL_OPEN=0
+# What repair_live_redis did, or why it could not; what recover_redis_journal repaired.
+REPAIR_DONE=""
+REPAIR_PROBLEM=""
+RECOVERED=""
+
+# journal_begin MODE RUN_ID BACKUP: a new journal, in JOURNAL, for a restore of BACKUP into the
+# live server (REDIS_HOST:REDIS_PORT, whose INFO run_id is RUN_ID); journal_write writes it.
+journal_begin() {
+  JOURNAL=([version]=1 [mode]="$1" [pid]="$$" [started]="$(now_iso)" [backup]="$3")
+  JOURNAL+=([host]="${REDIS_HOST}" [port]="${REDIS_PORT}" [run_id]="$2")
+}
+
+# journal_write: JOURNAL to the journal file, atomically (a .partial file renamed over it). A
+# restore that cannot write it dies before it changes anything it could not put back.
+journal_write() {
+  local path="${BACKUP_DIR}/${REDIS_JOURNAL_NAME}" key
+  for key in "${!JOURNAL[@]}"; do
+    [[ "${JOURNAL[${key}]}" != *[[:cntrl:]]* ]] ||
+      die "${EXIT_REFUSED}" "redis: the ${key} of the restore ('${JOURNAL[${key}]}') holds a control character; nothing was changed"
+  done
+  if ! {
+    printf '# A Redis restore of gym-backup in progress. If no restore runs, it was interrupted: run\n'
+    printf '# restore_script.sh redis --recover (backup_script.sh also repairs it when it next runs).\n'
+    for key in "${JOURNAL_KEYS[@]}"; do
+      [[ -z "${JOURNAL[${key}]:-}" ]] || printf '%s=%s\n' "${key}" "${JOURNAL[${key}]}"
+    done
+  } >"${path}.partial" 2>/dev/null || ! chmod 600 -- "${path}.partial" ||
+    ! sync -- "${path}.partial" 2>/dev/null || ! mv -f -- "${path}.partial" "${path}"; then
+    rm -f -- "${path}.partial"
+    die "${EXIT_FAILED}" "redis: cannot write the restore's journal ${path} (is ${BACKUP_DIR} full or read-only?); the live server was left as it was"
+  fi
+  JOURNAL_OPEN=1
+}
+
+# journal_read FILE: the journal FILE into JOURNAL; fails, with the reason in REPAIR_PROBLEM, on
+# a line that is not one of its keys with a believable value (the file is read, never sourced).
+journal_read() {
+  local line key value pattern
+  local -A patterns=([version]='^1$' [mode]='^(online|file)$' [pid]='^[0-9]{1,10}$'
+    [started]='^[0-9T:+-]{10,40}$' [backup]='^.+$' [host]='^.+$' [port]='^[0-9]{1,5}$'
+    [run_id]='^[0-9a-f]{40}$' [masterauth]='^empty$' [save]='^[0-9 ]+$' [temp_host]='^.+$'
+    [temp_port]='^[0-9]{1,5}$' [temp_pid]='^[0-9]{1,10}$' [temp_dir]='^/.*$')
+  JOURNAL=()
+  while IFS= read -r line || [[ -n "${line}" ]]; do
+    [[ -n "${line}" && "${line}" != \#* ]] || continue
+    key="${line%%=*}"
+    value="${line#*=}"
+    pattern="${patterns[${key}]:-}"
+    if [[ "${line}" != *=* || -z "${pattern}" || ! "${value}" =~ ${pattern} ]]; then
+      REPAIR_PROBLEM="unexpected line '${line}'"
+      return 1
+    fi
+    JOURNAL[${key}]="${value}"
+  done <"$1"
+  for key in version mode pid host port run_id; do
+    [[ -n "${JOURNAL[${key}]:-}" ]] || {
+      REPAIR_PROBLEM="no ${key}="
+      return 1
+    }
+  done
+}
+
+journal_close() {
+  rm -f -- "${BACKUP_DIR}/${REDIS_JOURNAL_NAME}"
+  JOURNAL_OPEN=0
+}
+
+# info_field INFO NAME: the value of NAME in the output of Redis's INFO.
+info_field() {
+  sed -n "s/^$2:\\(.*\\)\$/\\1/p" <<<"$1" | head -n 1
+}
+
+# repair_live_redis: give the live server of JOURNAL back what the restore changed: REPLICAOF NO
+# ONE while it replicates the temporary server, an empty masterauth, its save setting. A server
+# with another run_id was restarted since then and has its own settings again. REPAIR_DONE says
+# what was done; on failure REPAIR_PROBLEM says why.
+repair_live_redis() {
+  local host="${JOURNAL[host]}" port="${JOURNAL[port]}" info out current master
+  local -a done=()
+  REPAIR_DONE=""
+  REPAIR_PROBLEM=""
+  info="$(redis_cli_at "${host}" "${port}" "${REDIS_PASSWORD}" INFO 2>&1 | tr -d '\r')" || true
+  if [[ -z "$(info_field "${info}" run_id)" ]]; then
+    REPAIR_PROBLEM="cannot reach ${host}:${port}: ${info%%$'\n'*}"
+    return 1
+  fi
+  if [[ "$(info_field "${info}" run_id)" != "${JOURNAL[run_id]}" ]]; then
+    REPAIR_DONE="nothing to put back: ${host}:${port} was restarted since, with its own settings"
+    return 0
+  fi
+  master="$(info_field "${info}" master_host):$(info_field "${info}" master_port)"
+  if [[ "$(info_field "${info}" role)" == slave && "${master}" == "${JOURNAL[temp_host]:-}:${JOURNAL[temp_port]:-}" ]]; then
+    out="$(journal_host_cli REPLICAOF NO ONE)"
+    if [[ "${out}" != OK* ]]; then
+      REPAIR_PROBLEM="REPLICAOF NO ONE failed on ${host}:${port}: ${out}"
+      return 1
+    fi
+    done+=("REPLICAOF NO ONE (a master again)")
+  fi
+  if [[ "${JOURNAL[masterauth]:-}" == empty ]]; then
+    current="$(journal_host_cli CONFIG GET masterauth | sed -n 2p)"
+    if [[ -n "${current}" ]]; then
+      out="$(journal_host_cli CONFIG SET masterauth "")"
+      if [[ "${out}" != OK* ]]; then
+        REPAIR_PROBLEM="cannot empty masterauth on ${host}:${port} again: ${out}"
+        return 1
+      fi
+      done+=("masterauth empty again")
+    fi
+  fi
+  if [[ -n "${JOURNAL[save]:-}" ]]; then
+    current="$(journal_host_cli CONFIG GET save | sed -n 2p)"
+    if [[ "${current}" != "${JOURNAL[save]}" ]]; then
+      out="$(journal_host_cli CONFIG SET save "${JOURNAL[save]}")"
+      if [[ "${out}" != OK* ]]; then
+        REPAIR_PROBLEM="cannot set save back to '${JOURNAL[save]}' on ${host}:${port}: ${out}"
+        return 1
+      fi
+      done+=("save '${JOURNAL[save]}' again")
+    fi
+  fi
+  local IFS=';'
+  REPAIR_DONE="${done[*]:-nothing had been changed yet}"
+  REPAIR_DONE="${REPAIR_DONE//;/; }; it holds $(keys_total "$(journal_host_cli INFO keyspace)") keys"
+}
+
+# keys_total INFO: the number of keys in every database of the output of INFO keyspace.
+keys_total() {
+  local line total=0
+  while IFS= read -r line; do
+    [[ ! "${line}" =~ ^db[0-9]+:keys=([0-9]+) ]] || total=$((total + BASH_REMATCH[1]))
+  done <<<"$1"
+  printf '%s\n' "${total}"
+}
+
+# journal_host_cli ARGS...: a command to the live server of JOURNAL, its reply (or error) on
+# stdout. A replica that is loading what it received answers LOADING until it is done: wait.
+journal_host_cli() {
+  local out i
+  for ((i = 0; i < REDIS_SYNC_TIMEOUT * 10; i++)); do
+    out="$(redis_cli_at "${JOURNAL[host]}" "${JOURNAL[port]}" "${REDIS_PASSWORD}" "$@" 2>&1 | tr -d '\r')" || true
+    [[ "${out}" == LOADING* ]] || break
+    sleep 0.1
+  done
+  printf '%s\n' "${out}"
+}
+
+# stop_orphan_temp_redis: stop the temporary redis-server of JOURNAL if it still runs (a killed
+# restore leaves it behind), once sure the PID is still that server: a redis-server working in
+# the journal's temp_dir (perhaps removed since), or with temp_host:temp_port in its title.
+stop_orphan_temp_redis() {
+  local pid="${JOURNAL[temp_pid]:-}" cwd="" title="" state="" i
+  [[ -n "${pid}" && -r "/proc/${pid}/comm" ]] || return 0
+  [[ "$(<"/proc/${pid}/comm")" == redis-server* ]] 2>/dev/null || return 0
+  cwd="$(readlink -- "/proc/${pid}/cwd" 2>/dev/null)" || true
+  title="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null)" || true
+  if [[ "${cwd% (deleted)}" != "${JOURNAL[temp_dir]:-}" &&
+    "${title}" != *" ${JOURNAL[temp_host]:-}:${JOURNAL[temp_port]:-} "* ]]; then
+    return 0
+  fi
+  kill -TERM "${pid}" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    read -r _ _ state _ 2>/dev/null <"/proc/${pid}/stat" || break
+    [[ "${state}" != Z ]] || break
+    ((i < 50)) || kill -KILL "${pid}" 2>/dev/null || true
+    sleep 0.1
+  done
+  log INFO "redis: stopped the temporary redis-server (pid ${pid}) that the interrupted restore left running"
+}
+
+# recover_redis_journal: after a killed Redis restore (its journal is there, and the caller holds
+# the lock, so that restore is not running), put back what it changed on the live server and stop
+# its temporary redis-server, saying so. Never fatal: when the live server cannot be repaired the
+# journal stays, the health check reports it and `restore_script.sh redis --recover` tries again.
+recover_redis_journal() {
+  local path="${BACKUP_DIR}/${REDIS_JOURNAL_NAME}" what
+  rm -f -- "${path}.partial"
+  # A journal this run wrote is the restore in progress, not a killed one.
+  [[ -e "${path}" ]] && ((JOURNAL_OPEN == 0)) || return 0
+  load_secrets
+  if ! journal_read "${path}"; then
+    log ERROR "redis: ${path} is not a journal this tool wrote (${REPAIR_PROBLEM}); check the live Redis by hand (ROLE, CONFIG GET masterauth, CONFIG GET save), then delete the file"
+    return 0
+  fi
+  what="the Redis restore of ${JOURNAL[backup]:-a backup} (pid ${JOURNAL[pid]}, started ${JOURNAL[started]:-at an unknown time}) was interrupted"
+  log WARN "redis: ${what}; repairing ${JOURNAL[host]}:${JOURNAL[port]}"
+  if repair_live_redis; then
+    stop_orphan_temp_redis
+    journal_close
+    RECOVERED="${JOURNAL[host]}:${JOURNAL[port]}: ${REPAIR_DONE}"
+    RUN_WARNINGS+=("${what}; repaired ${RECOVERED}; it may hold part of the backup: run the restore again")
+    log WARN "redis: repaired ${RECOVERED}. The restore did not finish, and may have replaced some or all of the data: run it again"
+  else
+    stop_orphan_temp_redis
+    log ERROR "redis: ${what}, and ${JOURNAL[host]}:${JOURNAL[port]} could not be repaired: ${REPAIR_PROBLEM}; when it answers, run restore_script.sh redis --recover"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1362,24 +1621,12 @@ EOF
 
 # Fail early when the previous backup of TYPE would not fit in what is free now.
 check_free_space() {
-  local type="$1" need avail raw manifest
+  local type="$1" need avail
   local -a previous
   mapfile -t previous < <(list_backups "${type}")
   ((${#previous[@]} > 0)) || return 0
+  # Every backup streams into its stored file (no raw copy beside it): the stored size is the need.
   need="$(file_size "${BACKUP_DIR}/${previous[0]}")"
-  if [[ "${type}" == redis ]]; then
-    # The raw RDB is written next to the backup first. A damaged manifest's raw size (none, or
-    # more than the whole volume holds) is unknown, and must not block the backup.
-    manifest="${BACKUP_DIR}/${previous[0]}.manifest.json"
-    raw="$(manifest_count "${manifest}" size_raw_bytes)"
-    if [[ -n "${raw}" ]] && ((raw > $(total_bytes "${BACKUP_DIR}"))); then
-      raw=""
-    fi
-    if [[ -z "${raw}" && -e "${manifest}" ]]; then
-      log WARN "${type}: ${previous[0]##*/}.manifest.json gives no believable raw size; the free-space check counts the stored size only"
-    fi
-    need=$((need + ${raw:-0}))
-  fi
   need=$((need + need / 10))
   avail="$(free_bytes "${BACKUP_DIR}")"
   if ((avail < need)); then
@@ -1506,6 +1753,7 @@ cmd_backup() {
   ((DRY_RUN)) || acquire_lock "backup ${what}"
   ((DRY_RUN)) || clean_leftovers --partials
   ((DRY_RUN)) || rotate_logs
+  ((DRY_RUN)) || recover_redis_journal
   pick_timestamp
   local run="backup ${what}"
   ((DRY_RUN == 0)) || run="backup ${what} dry run (nothing is written)"
@@ -1663,6 +1911,7 @@ cmd_cleanup() {
     acquire_lock cleanup
     clean_leftovers
     rotate_logs
+    recover_redis_journal
   fi
   local now="${EPOCHSECONDS}" type
   remove_stale_partials

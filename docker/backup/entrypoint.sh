@@ -45,6 +45,8 @@ unset LANGUAGE
 : "${COMPRESSION_LEVEL:=6}"
 : "${KEEP_MIN:=3}"
 : "${REDIS_DATA_DIR:=/redis-data}"
+: "${REDIS_DBFILENAME:=dump.rdb}"
+: "${REDIS_APPENDDIRNAME:=appendonlydir}"
 : "${REDIS_RESTORE_HOST:=}"
 : "${PG_MAJOR:=}"
 : "${BACKUP_ON_START:=false}"
@@ -514,6 +516,10 @@ redis_cli() {
   redis_cli_at "${REDIS_HOST}" "${REDIS_PORT}" "${REDIS_PASSWORD}" "$@"
 }
 
+# In BACKUP_DIR while a Redis restore runs, or after one was killed (see recover_redis_journal).
+# shellcheck disable=SC2034 # the entrypoint does not use it
+readonly REDIS_JOURNAL_NAME=.redis-restore.journal
+
 # ---------------------------------------------------------------------------------------------
 # The lock: one run at a time (backup, cleanup, restore), waiting up to LOCK_TIMEOUT.
 
@@ -548,13 +554,6 @@ file_size() {
 free_bytes() {
   local kib
   kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $4 }')"
-  printf '%s\n' "$((kib * 1024))"
-}
-
-# The size of the whole file system that holds $1.
-total_bytes() {
-  local kib
-  kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $2 }')"
   printf '%s\n' "$((kib * 1024))"
 }
 
@@ -936,7 +935,7 @@ readonly CRONTAB_FILE=/etc/gym-backup/crontab
 readonly STOP_WAIT=20
 SCHEDULER_PID=""
 # Every setting a job may need; a secret is passed as its value or its _FILE, never both.
-readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION_LEVEL KEEP_MIN REDIS_DATA_DIR REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
+readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION_LEVEL KEEP_MIN REDIS_DATA_DIR REDIS_DBFILENAME REDIS_APPENDDIRNAME REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
 readonly SECRET_SETTINGS=(POSTGRES_PASSWORD POSTGRES_ADMIN_PASSWORD REDIS_PASSWORD ENCRYPTION_KEY)
 readonly REQUIRED_SECRETS=(POSTGRES_PASSWORD)
 

@@ -42,6 +42,8 @@ unset LANGUAGE
 : "${COMPRESSION_LEVEL:=6}"
 : "${KEEP_MIN:=3}"
 : "${REDIS_DATA_DIR:=/redis-data}"
+: "${REDIS_DBFILENAME:=dump.rdb}"
+: "${REDIS_APPENDDIRNAME:=appendonlydir}"
 : "${REDIS_RESTORE_HOST:=}"
 : "${PG_MAJOR:=}"
 : "${BACKUP_ON_START:=false}"
@@ -511,6 +513,10 @@ redis_cli() {
   redis_cli_at "${REDIS_HOST}" "${REDIS_PORT}" "${REDIS_PASSWORD}" "$@"
 }
 
+# In BACKUP_DIR while a Redis restore runs, or after one was killed (see recover_redis_journal).
+# shellcheck disable=SC2034 # the entrypoint does not use it
+readonly REDIS_JOURNAL_NAME=.redis-restore.journal
+
 # ---------------------------------------------------------------------------------------------
 # The lock: one run at a time (backup, cleanup, restore), waiting up to LOCK_TIMEOUT.
 
@@ -545,13 +551,6 @@ file_size() {
 free_bytes() {
   local kib
   kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $4 }')"
-  printf '%s\n' "$((kib * 1024))"
-}
-
-# The size of the whole file system that holds $1.
-total_bytes() {
-  local kib
-  kib="$(df -Pk -- "$1" | awk 'NR == 2 { print $2 }')"
   printf '%s\n' "$((kib * 1024))"
 }
 
@@ -1087,13 +1086,12 @@ redis_check_reachable() {
 
 backup_redis() {
   local ts="$1" epoch="$2"
-  local final partial raw server_version started raw_hash
+  local final partial server_version started hasher checker hash_rc check_rc sent
   local -a st
   final="${BACKUP_DIR}/$(backup_name redis "${ts}")"
   partial="${final}.partial"
-  raw="${BACKUP_DIR}/redis_backup_${ts}.rdb.partial"
   started="${EPOCHREALTIME}"
-  require_tools redis-cli redis-check-rdb "$(compressor)"
+  require_tools redis-cli redis-check-rdb mkfifo "$(compressor)"
   redis_check_reachable
   server_version="$(redis_cli INFO server | sed -n 's/^redis_version:\([^[:space:]]*\).*/\1/p')"
   if ((DRY_RUN)); then
@@ -1102,32 +1100,293 @@ backup_redis() {
   fi
   check_free_space redis
   log INFO "redis: taking an RDB snapshot of ${REDIS_HOST}:${REDIS_PORT} (Redis ${server_version})"
-  register_partial "${raw}"
   register_partial "${partial}"
-  if ! redis_cli --rdb "${raw}" >"${WORK_DIR}/redis-cli.err" 2>&1; then
+  # The snapshot streams from redis-cli into the stored file: no raw RDB is ever written (with
+  # ENCRYPTION_KEY set, no plaintext touches a disk). Two FIFOs in WORK_DIR feed the same bytes to
+  # redis-check-rdb and to sha256sum, which run beside the pipeline as children of this shell.
+  mkfifo -m 600 -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo"
+  redis-check-rdb "${WORK_DIR}/check.fifo" >"${WORK_DIR}/redis-check-rdb.err" 2>&1 &
+  checker=$!
+  sha256sum <"${WORK_DIR}/hash.fifo" >"${WORK_DIR}/raw.sha256" 2>"${WORK_DIR}/hash.err" &
+  hasher=$!
+  set +o errexit
+  redis_cli --rdb - 2>"${WORK_DIR}/redis-cli.err" |
+    rdb_payload 2>"${WORK_DIR}/payload.err" |
+    tee -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo" 2>"${WORK_DIR}/tee.err" |
+    compress 2>"${WORK_DIR}/compress.err" |
+    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
+  st=("${PIPESTATUS[@]}")
+  release_fifo "${WORK_DIR}/check.fifo"
+  release_fifo "${WORK_DIR}/hash.fifo"
+  wait "${checker}"
+  check_rc=$?
+  wait "${hasher}"
+  hash_rc=$?
+  set -o errexit
+  # (redis-cli's exit 141 is SIGPIPE: a later stage stopped reading, and is the cause.)
+  if ((st[0] != 0 && st[0] != 141)); then
     if disk_full; then
       die "${EXIT_FAILED}" "redis: ${BACKUP_DIR} is full ($(human_size "$(free_bytes "${BACKUP_DIR}")") free); free space there or point BACKUP_DIR at a larger volume"
     fi
     die "${EXIT_FAILED}" "redis: the server refused or broke off the snapshot$(stage_message redis-cli); redis-cli --rdb needs the SYNC command, which some managed services disable or rename"
   fi
-  if ! redis-check-rdb "${raw}" >"${WORK_DIR}/redis-check-rdb.err" 2>&1 ||
-    ! grep -q 'RDB looks OK' "${WORK_DIR}/redis-check-rdb.err"; then
+  # tee stops when redis-check-rdb gives up on a damaged snapshot; compress or protect failing
+  # (a full disk) cut the snapshot short for redis-check-rdb too: they are the cause then.
+  ((st[3] == 0 && st[4] == 0)) || check_pipeline redis redis-cli payload tee compress "$(protect_stage)" -- "${st[@]}"
+  if ((check_rc != 0)) || ! grep -q 'RDB looks OK' "${WORK_DIR}/redis-check-rdb.err"; then
     die "${EXIT_VERIFY}" "redis: the snapshot is not a valid RDB$(stage_message redis-check-rdb)"
   fi
-  raw_hash="$(sha256sum -- "${raw}" | cut -c1-64)"
-  set +o errexit
-  compress <"${raw}" 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
-  st=("${PIPESTATUS[@]}")
-  set -o errexit
-  check_pipeline redis compress "$(protect_stage)" -- "${st[@]}"
+  check_pipeline redis redis-cli payload tee compress "$(protect_stage)" -- "${st[@]}"
+  ((hash_rc == 0)) || die "${EXIT_FAILED}" "redis: could not hash the snapshot$(stage_message hash)"
   verify_stored redis "${partial}"
-  [[ "$(<"${WORK_DIR}/content.sha256")" == "${raw_hash}" ]] ||
+  [[ "$(<"${WORK_DIR}/content.sha256")" == "$(cut -c1-64 "${WORK_DIR}/raw.sha256")" ]] ||
     die "${EXIT_VERIFY}" "redis: the stored backup does not decode to the snapshot that was taken"
-  rm -f -- "${raw}"
+  sent="$(sed -n 's/.* writing \([0-9][0-9]*\) bytes .*/\1/p; s/.* success after \([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/redis-cli.err" | tail -n 1)"
+  [[ -z "${sent}" || "${sent}" == "${RAW_SIZE}" ]] ||
+    die "${EXIT_VERIFY}" "redis: the backup holds ${RAW_SIZE} bytes of RDB, but the server sent ${sent}"
   finish_backup redis "${partial}" "${final}" "${epoch}" "${started}" \
     "{\"host\": $(json_str "${REDIS_HOST}"), \"port\": ${REDIS_PORT}}" \
     "${server_version}" "\"redis_cli\": $(json_str "$(first_line redis-cli --version)")"
+}
+
+# rdb_payload: the RDB that redis-cli --rdb - writes, from stdin to stdout, without the 40-byte
+# EOF mark that ends a diskless transfer (redis-cli removes it from a file by truncating it, which
+# a pipe cannot be). redis-cli says which transfer it is before the first byte arrives.
+rdb_payload() {
+  local magic=""
+  IFS= read -r -N 5 magic || true
+  printf '%s' "${magic}"
+  if grep -qs 'until EOF marker' "${WORK_DIR}/redis-cli.err"; then
+    head -c -40
+  else
+    cat
+  fi
+}
+
+# release_fifo FIFO: make sure a reader that waits for FIFO's writer is not left waiting (when the
+# writer never started): open it for reading and writing, which never blocks, and close it.
+release_fifo() {
+  local fd
+  exec {fd}<>"$1"
+  exec {fd}>&-
+}
+
+# ---------------------------------------------------------------------------------------------
+# The Redis restore journal: BACKUP_DIR/.redis-restore.journal (REDIS_JOURNAL_NAME), mode 0600,
+# one KEY=VALUE a line and no secret. A Redis restore writes it before its first change to the
+# live server and rewrites it as it goes; it is removed once the live server has its own settings
+# back. A restore that is killed leaves it behind, and the next run of either script repairs the
+# live server from it right after taking the lock (recover_redis_journal).
+#   mode                 online or file
+#   pid started backup   the restore's run: its PID, when it started, the backup it restored
+#   host port run_id     the live server, and the process of it that was changed (INFO run_id)
+#   masterauth=empty     masterauth was empty and the restore set one (online)
+#   save                 the live server's save setting, which the restore set to "" (file)
+#   temp_host temp_port temp_pid temp_dir   the temporary redis-server it started (online)
+
+# How long a Redis server may take to sync from a temporary one, or to load what it received.
+readonly REDIS_SYNC_TIMEOUT=600
+declare -A JOURNAL=()
+readonly JOURNAL_KEYS=(version mode pid started backup host port run_id masterauth save
+  temp_host temp_port temp_pid temp_dir)
+# Whether this run wrote the journal that exists now (a restore in progress).
+JOURNAL_OPEN=0
+# What repair_live_redis did, or why it could not; what recover_redis_journal repaired.
+REPAIR_DONE=""
+REPAIR_PROBLEM=""
+RECOVERED=""
+
+# journal_begin MODE RUN_ID BACKUP: a new journal, in JOURNAL, for a restore of BACKUP into the
+# live server (REDIS_HOST:REDIS_PORT, whose INFO run_id is RUN_ID); journal_write writes it.
+journal_begin() {
+  JOURNAL=([version]=1 [mode]="$1" [pid]="$$" [started]="$(now_iso)" [backup]="$3")
+  JOURNAL+=([host]="${REDIS_HOST}" [port]="${REDIS_PORT}" [run_id]="$2")
+}
+
+# journal_write: JOURNAL to the journal file, atomically (a .partial file renamed over it). A
+# restore that cannot write it dies before it changes anything it could not put back.
+journal_write() {
+  local path="${BACKUP_DIR}/${REDIS_JOURNAL_NAME}" key
+  for key in "${!JOURNAL[@]}"; do
+    [[ "${JOURNAL[${key}]}" != *[[:cntrl:]]* ]] ||
+      die "${EXIT_REFUSED}" "redis: the ${key} of the restore ('${JOURNAL[${key}]}') holds a control character; nothing was changed"
+  done
+  if ! {
+    printf '# A Redis restore of gym-backup in progress. If no restore runs, it was interrupted: run\n'
+    printf '# restore_script.sh redis --recover (backup_script.sh also repairs it when it next runs).\n'
+    for key in "${JOURNAL_KEYS[@]}"; do
+      [[ -z "${JOURNAL[${key}]:-}" ]] || printf '%s=%s\n' "${key}" "${JOURNAL[${key}]}"
+    done
+  } >"${path}.partial" 2>/dev/null || ! chmod 600 -- "${path}.partial" ||
+    ! sync -- "${path}.partial" 2>/dev/null || ! mv -f -- "${path}.partial" "${path}"; then
+    rm -f -- "${path}.partial"
+    die "${EXIT_FAILED}" "redis: cannot write the restore's journal ${path} (is ${BACKUP_DIR} full or read-only?); the live server was left as it was"
+  fi
+  JOURNAL_OPEN=1
+}
+
+# journal_read FILE: the journal FILE into JOURNAL; fails, with the reason in REPAIR_PROBLEM, on
+# a line that is not one of its keys with a believable value (the file is read, never sourced).
+journal_read() {
+  local line key value pattern
+  local -A patterns=([version]='^1$' [mode]='^(online|file)$' [pid]='^[0-9]{1,10}$'
+    [started]='^[0-9T:+-]{10,40}$' [backup]='^.+$' [host]='^.+$' [port]='^[0-9]{1,5}$'
+    [run_id]='^[0-9a-f]{40}$' [masterauth]='^empty$' [save]='^[0-9 ]+$' [temp_host]='^.+$'
+    [temp_port]='^[0-9]{1,5}$' [temp_pid]='^[0-9]{1,10}$' [temp_dir]='^/.*$')
+  JOURNAL=()
+  while IFS= read -r line || [[ -n "${line}" ]]; do
+    [[ -n "${line}" && "${line}" != \#* ]] || continue
+    key="${line%%=*}"
+    value="${line#*=}"
+    pattern="${patterns[${key}]:-}"
+    if [[ "${line}" != *=* || -z "${pattern}" || ! "${value}" =~ ${pattern} ]]; then
+      REPAIR_PROBLEM="unexpected line '${line}'"
+      return 1
+    fi
+    JOURNAL[${key}]="${value}"
+  done <"$1"
+  for key in version mode pid host port run_id; do
+    [[ -n "${JOURNAL[${key}]:-}" ]] || {
+      REPAIR_PROBLEM="no ${key}="
+      return 1
+    }
+  done
+}
+
+journal_close() {
+  rm -f -- "${BACKUP_DIR}/${REDIS_JOURNAL_NAME}"
+  JOURNAL_OPEN=0
+}
+
+# info_field INFO NAME: the value of NAME in the output of Redis's INFO.
+info_field() {
+  sed -n "s/^$2:\\(.*\\)\$/\\1/p" <<<"$1" | head -n 1
+}
+
+# repair_live_redis: give the live server of JOURNAL back what the restore changed: REPLICAOF NO
+# ONE while it replicates the temporary server, an empty masterauth, its save setting. A server
+# with another run_id was restarted since then and has its own settings again. REPAIR_DONE says
+# what was done; on failure REPAIR_PROBLEM says why.
+repair_live_redis() {
+  local host="${JOURNAL[host]}" port="${JOURNAL[port]}" info out current master
+  local -a done=()
+  REPAIR_DONE=""
+  REPAIR_PROBLEM=""
+  info="$(redis_cli_at "${host}" "${port}" "${REDIS_PASSWORD}" INFO 2>&1 | tr -d '\r')" || true
+  if [[ -z "$(info_field "${info}" run_id)" ]]; then
+    REPAIR_PROBLEM="cannot reach ${host}:${port}: ${info%%$'\n'*}"
+    return 1
+  fi
+  if [[ "$(info_field "${info}" run_id)" != "${JOURNAL[run_id]}" ]]; then
+    REPAIR_DONE="nothing to put back: ${host}:${port} was restarted since, with its own settings"
+    return 0
+  fi
+  master="$(info_field "${info}" master_host):$(info_field "${info}" master_port)"
+  if [[ "$(info_field "${info}" role)" == slave && "${master}" == "${JOURNAL[temp_host]:-}:${JOURNAL[temp_port]:-}" ]]; then
+    out="$(journal_host_cli REPLICAOF NO ONE)"
+    if [[ "${out}" != OK* ]]; then
+      REPAIR_PROBLEM="REPLICAOF NO ONE failed on ${host}:${port}: ${out}"
+      return 1
+    fi
+    done+=("REPLICAOF NO ONE (a master again)")
+  fi
+  if [[ "${JOURNAL[masterauth]:-}" == empty ]]; then
+    current="$(journal_host_cli CONFIG GET masterauth | sed -n 2p)"
+    if [[ -n "${current}" ]]; then
+      out="$(journal_host_cli CONFIG SET masterauth "")"
+      if [[ "${out}" != OK* ]]; then
+        REPAIR_PROBLEM="cannot empty masterauth on ${host}:${port} again: ${out}"
+        return 1
+      fi
+      done+=("masterauth empty again")
+    fi
+  fi
+  if [[ -n "${JOURNAL[save]:-}" ]]; then
+    current="$(journal_host_cli CONFIG GET save | sed -n 2p)"
+    if [[ "${current}" != "${JOURNAL[save]}" ]]; then
+      out="$(journal_host_cli CONFIG SET save "${JOURNAL[save]}")"
+      if [[ "${out}" != OK* ]]; then
+        REPAIR_PROBLEM="cannot set save back to '${JOURNAL[save]}' on ${host}:${port}: ${out}"
+        return 1
+      fi
+      done+=("save '${JOURNAL[save]}' again")
+    fi
+  fi
+  local IFS=';'
+  REPAIR_DONE="${done[*]:-nothing had been changed yet}"
+  REPAIR_DONE="${REPAIR_DONE//;/; }; it holds $(keys_total "$(journal_host_cli INFO keyspace)") keys"
+}
+
+# keys_total INFO: the number of keys in every database of the output of INFO keyspace.
+keys_total() {
+  local line total=0
+  while IFS= read -r line; do
+    [[ ! "${line}" =~ ^db[0-9]+:keys=([0-9]+) ]] || total=$((total + BASH_REMATCH[1]))
+  done <<<"$1"
+  printf '%s\n' "${total}"
+}
+
+# journal_host_cli ARGS...: a command to the live server of JOURNAL, its reply (or error) on
+# stdout. A replica that is loading what it received answers LOADING until it is done: wait.
+journal_host_cli() {
+  local out i
+  for ((i = 0; i < REDIS_SYNC_TIMEOUT * 10; i++)); do
+    out="$(redis_cli_at "${JOURNAL[host]}" "${JOURNAL[port]}" "${REDIS_PASSWORD}" "$@" 2>&1 | tr -d '\r')" || true
+    [[ "${out}" == LOADING* ]] || break
+    sleep 0.1
+  done
+  printf '%s\n' "${out}"
+}
+
+# stop_orphan_temp_redis: stop the temporary redis-server of JOURNAL if it still runs (a killed
+# restore leaves it behind), once sure the PID is still that server: a redis-server working in
+# the journal's temp_dir (perhaps removed since), or with temp_host:temp_port in its title.
+stop_orphan_temp_redis() {
+  local pid="${JOURNAL[temp_pid]:-}" cwd="" title="" state="" i
+  [[ -n "${pid}" && -r "/proc/${pid}/comm" ]] || return 0
+  [[ "$(<"/proc/${pid}/comm")" == redis-server* ]] 2>/dev/null || return 0
+  cwd="$(readlink -- "/proc/${pid}/cwd" 2>/dev/null)" || true
+  title="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null)" || true
+  if [[ "${cwd% (deleted)}" != "${JOURNAL[temp_dir]:-}" &&
+    "${title}" != *" ${JOURNAL[temp_host]:-}:${JOURNAL[temp_port]:-} "* ]]; then
+    return 0
+  fi
+  kill -TERM "${pid}" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    read -r _ _ state _ 2>/dev/null <"/proc/${pid}/stat" || break
+    [[ "${state}" != Z ]] || break
+    ((i < 50)) || kill -KILL "${pid}" 2>/dev/null || true
+    sleep 0.1
+  done
+  log INFO "redis: stopped the temporary redis-server (pid ${pid}) that the interrupted restore left running"
+}
+
+# recover_redis_journal: after a killed Redis restore (its journal is there, and the caller holds
+# the lock, so that restore is not running), put back what it changed on the live server and stop
+# its temporary redis-server, saying so. Never fatal: when the live server cannot be repaired the
+# journal stays, the health check reports it and `restore_script.sh redis --recover` tries again.
+recover_redis_journal() {
+  local path="${BACKUP_DIR}/${REDIS_JOURNAL_NAME}" what
+  rm -f -- "${path}.partial"
+  # A journal this run wrote is the restore in progress, not a killed one.
+  [[ -e "${path}" ]] && ((JOURNAL_OPEN == 0)) || return 0
+  load_secrets
+  if ! journal_read "${path}"; then
+    log ERROR "redis: ${path} is not a journal this tool wrote (${REPAIR_PROBLEM}); check the live Redis by hand (ROLE, CONFIG GET masterauth, CONFIG GET save), then delete the file"
+    return 0
+  fi
+  what="the Redis restore of ${JOURNAL[backup]:-a backup} (pid ${JOURNAL[pid]}, started ${JOURNAL[started]:-at an unknown time}) was interrupted"
+  log WARN "redis: ${what}; repairing ${JOURNAL[host]}:${JOURNAL[port]}"
+  if repair_live_redis; then
+    stop_orphan_temp_redis
+    journal_close
+    RECOVERED="${JOURNAL[host]}:${JOURNAL[port]}: ${REPAIR_DONE}"
+    RUN_WARNINGS+=("${what}; repaired ${RECOVERED}; it may hold part of the backup: run the restore again")
+    log WARN "redis: repaired ${RECOVERED}. The restore did not finish, and may have replaced some or all of the data: run it again"
+  else
+    stop_orphan_temp_redis
+    log ERROR "redis: ${what}, and ${JOURNAL[host]}:${JOURNAL[port]} could not be repaired: ${REPAIR_PROBLEM}; when it answers, run restore_script.sh redis --recover"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1362,24 +1621,12 @@ EOF
 
 # Fail early when the previous backup of TYPE would not fit in what is free now.
 check_free_space() {
-  local type="$1" need avail raw manifest
+  local type="$1" need avail
   local -a previous
   mapfile -t previous < <(list_backups "${type}")
   ((${#previous[@]} > 0)) || return 0
+  # Every backup streams into its stored file (no raw copy beside it): the stored size is the need.
   need="$(file_size "${BACKUP_DIR}/${previous[0]}")"
-  if [[ "${type}" == redis ]]; then
-    # The raw RDB is written next to the backup first. A damaged manifest's raw size (none, or
-    # more than the whole volume holds) is unknown, and must not block the backup.
-    manifest="${BACKUP_DIR}/${previous[0]}.manifest.json"
-    raw="$(manifest_count "${manifest}" size_raw_bytes)"
-    if [[ -n "${raw}" ]] && ((raw > $(total_bytes "${BACKUP_DIR}"))); then
-      raw=""
-    fi
-    if [[ -z "${raw}" && -e "${manifest}" ]]; then
-      log WARN "${type}: ${previous[0]##*/}.manifest.json gives no believable raw size; the free-space check counts the stored size only"
-    fi
-    need=$((need + ${raw:-0}))
-  fi
   need=$((need + need / 10))
   avail="$(free_bytes "${BACKUP_DIR}")"
   if ((avail < need)); then
@@ -1461,13 +1708,13 @@ run_part() {
   "backup_$1" "$2" "$3"
 }
 readonly LOG_FILE="${BACKUP_DIR}/restore.log"
-readonly REDIS_SYNC_TIMEOUT=600
 
 OPT_DEEP=0
 OPT_NO_CHECKSUM=0
 OPT_CLEAN=0
 OPT_NO_OWNER=0
 OPT_NO_SAFETY=0
+OPT_RECOVER=0
 OPT_FORCE=0
 OPT_TARGET_DB=""
 OPT_MODE=online
@@ -1478,9 +1725,18 @@ EXPECTED_SHA256=""
 SCRATCH_DB=""
 CREATED_DB=""
 TEMP_REDIS_PID=""
-LIVE_REDIS_REPLICATING=0
-LIVE_MASTERAUTH=""
-LIVE_MASTERUSER=""
+# The live Redis server's INFO run_id, and whether this run changed it (see its journal).
+LIVE_RUN_ID=""
+LIVE_REDIS_CHANGED=0
+# A file restore: its files are written but not confirmed (put back on failure), its time stamp,
+# the second name of the RDB it replaced, and what the backup holds (see rdb_counts).
+FILE_RESTORE_PENDING=0
+RESTORE_STAMP=""
+OLD_RDB=""
+RDB_PERSISTENT=0
+RDB_VOLATILE=0
+# How long a Redis stopped by a file restore may take to answer again (Docker restarting it).
+readonly REDIS_RESTART_WAIT=10
 RESTORE_STAGING=""
 CREATED_DEST=""
 RESTORE_RDB=""
@@ -1508,7 +1764,10 @@ Commands:
       contains), and gets a safety backup first
   redis FILE [--mode online|file] [--no-safety-backup]
       online (default): the live Redis replicates the backup from a temporary redis-server
-      file: write the RDB (and AOF base) into REDIS_DATA_DIR, stop Redis; restart it after
+      file: write the RDB (and AOF base) into REDIS_DATA_DIR, stop Redis, check that it
+      started again with the backup (or say to start it)
+  redis --recover
+      repair the live Redis after an interrupted Redis restore (every run does that first)
   files FILE [DEST] [--force]
       extract into DEST (default FILES_DIR; created when only its parent exists); existing
       files are kept unless --force. A restore stopped while moving entries into place says
@@ -1583,7 +1842,10 @@ check_decode() {
     require_tools gpg
   fi
   # The Redis content check keeps the decoded RDB, for redis-check-rdb and the restore.
-  [[ "${BACKUP_TYPE}" != redis ]] || RDB_COPY="${RESTORE_RDB}"
+  if [[ "${BACKUP_TYPE}" == redis ]]; then
+    ((encrypted == 0)) || require_private_work_dir
+    RDB_COPY="${RESTORE_RDB}"
+  fi
   set +o errexit
   run_step decode_and_check "${BACKUP_FILE}" "${BACKUP_TYPE}"
   st=("${STEP_ST[@]}")
@@ -1630,6 +1892,19 @@ check_decode() {
 verify_backup() {
   check_checksum
   check_decode
+}
+
+# The decoded RDB of an encrypted backup is plaintext: it is written to WORK_DIR (private, 0700)
+# only when WORK_DIR is on none of the shared volumes (BACKUP_DIR, FILES_DIR, REDIS_DATA_DIR).
+require_private_work_dir() {
+  local work volume real
+  work="$(realpath -e -- "${WORK_DIR}")"
+  for volume in "${BACKUP_DIR}" "${FILES_DIR}" "${REDIS_DATA_DIR}"; do
+    real="$(realpath -e -- "${volume}" 2>/dev/null)" || continue
+    if [[ "${work}/" == "${real%/}/"* ]]; then
+      die "${EXIT_REFUSED}" "the temporary folder ${WORK_DIR} is inside ${volume}, a shared volume, where the decrypted RDB must not go; set TMPDIR to a folder on this host's own disk (not /dev/shm, which Docker limits to 64 MB)"
+    fi
+  done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1967,11 +2242,18 @@ start_temp_redis() {
       printf 'logfile %s\nrepl-diskless-sync yes\nrepl-diskless-sync-delay 0\n' "${dir}/redis.log"
       [[ -z "${password}" ]] || printf 'requirepass %s\n' "${password}"
     } >"${dir}/redis.conf"
-    redis-server "${dir}/redis.conf" &
+    # Without the lock's descriptor (9): a server left behind by a killed run must not hold the
+    # lock, or no later run could take it and repair what that run left.
+    redis-server "${dir}/redis.conf" </dev/null >>"${dir}/redis.log" 2>&1 9>&- &
     TEMP_REDIS_PID=$!
     TEMP_REDIS_PORT="${port}"
     TEMP_REDIS_HOST="${bind}"
     TEMP_REDIS_PASSWORD="${password}"
+    if ((JOURNAL_OPEN)); then
+      JOURNAL[temp_pid]="${TEMP_REDIS_PID}"
+      JOURNAL[temp_port]="${port}"
+      journal_write
+    fi
     if wait_temp_redis; then
       return 0
     fi
@@ -2368,17 +2650,24 @@ redis_online_preflight() {
   if ! redis_cli CONFIG GET masterauth >/dev/null 2>&1 || [[ "$(redis_cli CONFIG GET masterauth 2>&1 | head -n 1)" == *ERR* ]]; then
     die "${EXIT_REFUSED}" "redis: CONFIG GET is refused; use --mode file. Nothing was changed."
   fi
+  LIVE_RUN_ID="$(live_run_id)"
+  [[ -n "${LIVE_RUN_ID}" ]] || die "${EXIT_REFUSED}" "redis: INFO is not allowed on ${REDIS_HOST}:${REDIS_PORT}, which --mode online needs; use --mode file. Nothing was changed."
 }
 
-# Put the live server's own settings back and make it a master again (also on failure).
+# The INFO run_id of the live server: which process of it answers (a restart changes it).
+live_run_id() {
+  info_field "$(redis_cli INFO server 2>/dev/null | tr -d '\r')" run_id
+}
+
+# Put back what the restore changed on the live server, as its journal says (also on failure).
 release_live_redis() {
-  ((LIVE_REDIS_REPLICATING)) || return 0
-  LIVE_REDIS_REPLICATING=0
-  if [[ "$(redis_cli REPLICAOF NO ONE 2>&1)" != OK* ]]; then
-    log ERROR "redis: could not make ${REDIS_HOST}:${REDIS_PORT} a master again: run REPLICAOF NO ONE on it (and check masterauth and masteruser)"
+  ((LIVE_REDIS_CHANGED)) || return 0
+  if ! repair_live_redis; then
+    log ERROR "redis: could not give ${JOURNAL[host]}:${JOURNAL[port]} its own settings back: ${REPAIR_PROBLEM}; when it answers, run restore_script.sh redis --recover"
+    return 1
   fi
-  printf '%s' "${LIVE_MASTERAUTH}" | redis_cli -x CONFIG SET masterauth >/dev/null 2>&1 || true
-  printf '%s' "${LIVE_MASTERUSER}" | redis_cli -x CONFIG SET masteruser >/dev/null 2>&1 || true
+  LIVE_REDIS_CHANGED=0
+  log INFO "redis: ${JOURNAL[host]}:${JOURNAL[port]} has its own settings back (${REPAIR_DONE})"
 }
 
 # run_finished CODE: the end of every restore run (finish_run): whatever it changed and did not
@@ -2387,29 +2676,49 @@ run_finished() {
   files_staging_cleanup
   # A destination this failed restore created goes again, when nothing was moved into it.
   [[ -z "${CREATED_DEST}" ]] || rmdir -- "${CREATED_DEST}" 2>/dev/null || true
-  release_live_redis
+  ((FILE_RESTORE_PENDING == 0)) || undo_file_restore
+  release_live_redis || true
   stop_temp_redis
+  # The journal stays only while the live server still lacks its own settings.
+  ((JOURNAL_OPEN == 0 || LIVE_REDIS_CHANGED)) || journal_close
   drop_scratch_db
   drop_created_db
 }
 
 restore_redis_online() {
-  local host password status info i
+  local host password auth user status info i expected got
   require_tools redis-server
   redis_online_preflight
   host="$(restore_host)"
   ((OPT_NO_SAFETY)) || safety_backup redis
-  password="$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+  # The live server logs in to the temporary one with its own masterauth and masteruser, which the
+  # temporary server is given: they never change. Only an empty masterauth is set, for the sync,
+  # to the temporary server's random password (and emptied again after).
+  auth="$(redis_config_get masterauth)"
+  user="$(redis_config_get masteruser)"
+  password="$(random_hex 16)"
+  journal_begin online "${LIVE_RUN_ID}" "${BACKUP_FILE##*/}"
+  JOURNAL[temp_host]="${host}"
+  JOURNAL[temp_dir]="${WORK_DIR}/temp-redis"
+  [[ -n "${auth}" ]] || JOURNAL[masterauth]=empty
+  LIVE_REDIS_CHANGED=1
+  journal_write
   start_temp_redis "${WORK_DIR}/temp-redis" "${RESTORE_RDB}" "${host}" "${password}"
-  local expected
+  # The passwords go through stdin (redis-cli -x), never on a command line.
+  if [[ -z "${auth}" ]]; then
+    auth="${password}"
+    status="$(printf '%s' "${auth}" | redis_cli -x CONFIG SET masterauth 2>&1)"
+    [[ "${status}" == OK* ]] || die "${EXIT_FAILED}" "redis: CONFIG SET masterauth was refused on ${REDIS_HOST}:${REDIS_PORT} (${status})"
+  fi
+  if [[ -n "${user}" ]]; then
+    status="$(printf '>%s' "${auth}" | temp_redis_cli -x ACL SETUSER "${user}" on '~*' '+@all' 2>&1)"
+  elif [[ "${auth}" != "${password}" ]]; then
+    status="$(printf '%s' "${auth}" | temp_redis_cli -x CONFIG SET requirepass 2>&1)"
+    TEMP_REDIS_PASSWORD="${auth}"
+  fi
+  [[ "${status:-OK}" == OK* ]] || die "${EXIT_FAILED}" "redis: the temporary server refused the live server's login (${status})"
   expected="$(keys_report temp_redis_cli)"
   log INFO "redis: temporary server ${host}:${TEMP_REDIS_PORT} holds the backup (${expected}); ${REDIS_HOST}:${REDIS_PORT} now replicates it"
-  LIVE_MASTERAUTH="$(redis_config_get masterauth)"
-  LIVE_MASTERUSER="$(redis_config_get masteruser)"
-  LIVE_REDIS_REPLICATING=1
-  # The temporary server knows one password and no ACL user: masteruser must be empty meanwhile.
-  printf '%s' "${password}" | redis_cli -x CONFIG SET masterauth >/dev/null
-  redis_cli CONFIG SET masteruser "" >/dev/null
   status="$(redis_cli REPLICAOF "${host}" "${TEMP_REDIS_PORT}" 2>&1)"
   [[ "${status}" == OK* ]] || die "${EXIT_FAILED}" "redis: REPLICAOF was refused (${status}); the live server was left as it was"
   for ((i = 0; i < REDIS_SYNC_TIMEOUT * 10; i++)); do
@@ -2422,10 +2731,10 @@ restore_redis_online() {
   done
   [[ "${info}" == *master_link_status:up* ]] ||
     die "${EXIT_FAILED}" "redis: ${REDIS_HOST}:${REDIS_PORT} did not finish syncing from ${host}:${TEMP_REDIS_PORT} in ${REDIS_SYNC_TIMEOUT}s (can it reach that address? set REDIS_RESTORE_HOST)"
-  release_live_redis
-  local got
+  release_live_redis || die "${EXIT_FAILED}" "redis: the backup was replicated into ${REDIS_HOST}:${REDIS_PORT}, but its own settings could not be put back"
   got="$(keys_report redis_cli)"
   stop_temp_redis
+  journal_close
   [[ "${got}" == "${expected}" ]] || log WARN "redis: the live server holds ${got} after the restore, the backup ${expected} (clients wrote in between?)"
   log INFO "redis: restored ${BACKUP_FILE##*/} into ${REDIS_HOST}:${REDIS_PORT} online: ${got}"
 }
@@ -2436,7 +2745,10 @@ install_like() {
   local src="$1" dst="$2" like="$3" dir="$4" tmp
   tmp="${dst%/*}/.${dst##*/}.restore.partial"
   register_partial "${tmp}"
-  cp -- "${src}" "${tmp}"
+  if ! cp -- "${src}" "${tmp}" 2>"${WORK_DIR}/cp.err"; then
+    rm -f -- "${tmp}"
+    die "${EXIT_FAILED}" "redis: cannot write ${dst}$(stage_message cp); nothing was restored, and what the restore had changed in ${dir} was put back"
+  fi
   if [[ -f "${like}" ]]; then
     chmod --reference="${like}" -- "${tmp}"
   else
@@ -2447,36 +2759,126 @@ install_like() {
   mv -f -- "${tmp}" "${dst}"
 }
 
+# What a file restore changed in REDIS_DATA_DIR, to put back when it fails, the last change first:
+# UNDO_FROM[i] goes back to UNDO_TO[i], or is removed when UNDO_TO[i] is empty.
+UNDO_FROM=()
+UNDO_TO=()
+
+undo_push() {
+  UNDO_FROM+=("$1")
+  UNDO_TO+=("${2:-}")
+}
+
+undo_file_restore() {
+  local i
+  for ((i = ${#UNDO_FROM[@]} - 1; i >= 0; i--)); do
+    if [[ -z "${UNDO_TO[i]}" ]]; then
+      rm -rf -- "${UNDO_FROM[i]}"
+    else
+      rm -rf -- "${UNDO_TO[i]}"
+      mv -f -- "${UNDO_FROM[i]}" "${UNDO_TO[i]}"
+    fi
+  done
+  ((${#UNDO_FROM[@]} == 0)) || log INFO "redis: put the files of ${REDIS_DATA_DIR} back as they were"
+  UNDO_FROM=()
+  UNDO_TO=()
+}
+
+# set_aside PATH: move PATH out of the way (to PATH.before-restore-STAMP), to be moved back if
+# the restore fails.
+set_aside() {
+  mv -- "$1" "$1.before-restore-${RESTORE_STAMP}"
+  undo_push "$1.before-restore-${RESTORE_STAMP}" "$1"
+}
+
+# A name Redis is configured with (dbfilename, appenddirname, appendfilename) is a plain file name.
+require_plain_name() {
+  [[ "$2" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] ||
+    die "${EXIT_REFUSED}" "redis: the ${1} '${2}' is not a plain file name; set ${3} to the name Redis uses. Nothing was changed."
+}
+
+# rdb_counts: from the redis-check-rdb report of the backup, the keys it holds without a TTL, and
+# the most keys with a TTL a server can load from it (some may expire before it starts), in
+# RDB_PERSISTENT and RDB_VOLATILE.
+rdb_counts() {
+  local report="${WORK_DIR}/redis-check-rdb.err" keys expires expired
+  keys="$(sed -n 's/^\[info\] \([0-9]*\) keys read$/\1/p' "${report}")"
+  expires="$(sed -n 's/^\[info\] \([0-9]*\) expires$/\1/p' "${report}")"
+  expired="$(sed -n 's/^\[info\] \([0-9]*\) already expired$/\1/p' "${report}")"
+  if ! is_uint "${keys}" || ! is_uint "${expires}" || ! is_uint "${expired}"; then
+    die "${EXIT_FAILED}" "redis: cannot read the number of keys from redis-check-rdb's report$(stage_message redis-check-rdb)"
+  fi
+  RDB_PERSISTENT=$((keys - expires))
+  RDB_VOLATILE=$((expires - expired))
+}
+
 restore_redis_file() {
-  local dir="${REDIS_DATA_DIR}" dbfilename=dump.rdb appendonly="" aof_dir=appendonlydir aof_name=appendonly.aof
-  local reachable=0 stamp
+  local dir="${REDIS_DATA_DIR}" dbfilename="${REDIS_DBFILENAME}" aof_dir="${REDIS_APPENDDIRNAME}"
+  local aof_name=appendonly.aof appendonly="" save="" reachable=0 info
   [[ -d "${dir}" && -w "${dir}" ]] || die "${EXIT_REFUSED}" "REDIS_DATA_DIR ${dir} is not a writable folder; mount the Redis data volume there"
   if [[ "$(redis_cli PING 2>/dev/null)" == PONG ]]; then
     reachable=1
-    dbfilename="$(redis_config_get dbfilename)"
-    appendonly="$(redis_config_get appendonly)"
-    aof_dir="$(redis_config_get appenddirname)"
-    aof_name="$(redis_config_get appendfilename)"
-    : "${dbfilename:=dump.rdb}" "${aof_dir:=appendonlydir}" "${aof_name:=appendonly.aof}"
+    info="$(redis_cli INFO 2>/dev/null | tr -d '\r')"
+    LIVE_RUN_ID="$(info_field "${info}" run_id)"
+    [[ -n "${LIVE_RUN_ID}" ]] || die "${EXIT_REFUSED}" "redis: INFO is not allowed on ${REDIS_HOST}:${REDIS_PORT}, so whether it restarts with the backup could not be checked; stop Redis, then run this restore while it is stopped. Nothing was changed."
+    if [[ "$(redis_cli CONFIG GET dbfilename 2>/dev/null | head -n 1 | tr -d '\r')" == dbfilename ]]; then
+      dbfilename="$(redis_config_get dbfilename)"
+      aof_dir="$(redis_config_get appenddirname)"
+      aof_name="$(redis_config_get appendfilename)"
+      appendonly="$(redis_config_get appendonly)"
+      save="$(redis_config_get save)"
+      : "${dbfilename:=dump.rdb}" "${aof_dir:=appendonlydir}" "${aof_name:=appendonly.aof}"
+    else
+      log INFO "redis: CONFIG is not allowed on ${REDIS_HOST}:${REDIS_PORT}: the restore writes ${dbfilename} (REDIS_DBFILENAME) and ${aof_dir} (REDIS_APPENDDIRNAME)"
+      [[ "$(info_field "${info}" aof_enabled)" != 1 ]] || appendonly=yes
+      # The AOF's own name (appendfilename) is in its manifest's.
+      local -a manifests=("${dir}/${aof_dir}"/*.manifest)
+      [[ ${#manifests[@]} -ne 1 || ! -f "${manifests[0]}" ]] || aof_name="$(basename -- "${manifests[0]}" .manifest)"
+    fi
+  fi
+  require_plain_name dbfilename "${dbfilename}" REDIS_DBFILENAME
+  require_plain_name appenddirname "${aof_dir}" REDIS_APPENDDIRNAME
+  require_plain_name appendfilename "${aof_name}" REDIS_APPENDDIRNAME
+  rdb_counts
+  if ((reachable)); then
     ((OPT_NO_SAFETY)) || safety_backup redis
     # No snapshot may overwrite the restored file before the server stops.
-    redis_cli CONFIG SET save "" >/dev/null 2>&1 || true
+    if [[ -n "${save}" ]]; then
+      journal_begin file "${LIVE_RUN_ID}" "${BACKUP_FILE##*/}"
+      JOURNAL[save]="${save}"
+      LIVE_REDIS_CHANGED=1
+      journal_write
+      [[ "$(redis_cli CONFIG SET save "" 2>&1)" == OK* ]] ||
+        die "${EXIT_FAILED}" "redis: CONFIG SET save \"\" was refused on ${REDIS_HOST}:${REDIS_PORT}; nothing was restored"
+    fi
   fi
-  stamp="$(date +%Y%m%d_%H%M%S)"
+  RESTORE_STAMP="$(date +%Y%m%d_%H%M%S)"
+  FILE_RESTORE_PENDING=1
+  if [[ -e "${dir}/${dbfilename}" ]]; then
+    # A second name for the file it replaces, to put it back if the restore fails.
+    OLD_RDB="${dir}/.${dbfilename}.before-restore"
+    rm -f -- "${OLD_RDB}"
+    ln -- "${dir}/${dbfilename}" "${OLD_RDB}" 2>/dev/null || cp -p -- "${dir}/${dbfilename}" "${OLD_RDB}"
+    undo_push "${OLD_RDB}" "${dir}/${dbfilename}"
+  else
+    undo_push "${dir}/${dbfilename}"
+  fi
   install_like "${RESTORE_RDB}" "${dir}/${dbfilename}" "${dir}/${dbfilename}" "${dir}"
   log INFO "redis: wrote ${dir}/${dbfilename}"
   # An append-only file wins over the RDB at start-up: make the RDB the AOF's base.
   if [[ "${appendonly}" == yes || -e "${dir}/${aof_dir}" || -e "${dir}/${aof_name}" ]]; then
     local aof_like="${dir}"
     if [[ -e "${dir}/${aof_dir}" ]]; then
-      mv -- "${dir}/${aof_dir}" "${dir}/${aof_dir}.before-restore-${stamp}"
-      aof_like="${dir}/${aof_dir}.before-restore-${stamp}"
-      log INFO "redis: moved the old AOF aside to ${aof_dir}.before-restore-${stamp}"
+      set_aside "${dir}/${aof_dir}"
+      aof_like="${dir}/${aof_dir}.before-restore-${RESTORE_STAMP}"
+      log INFO "redis: moved the old AOF aside to ${aof_dir}.before-restore-${RESTORE_STAMP}"
     fi
     if [[ -e "${dir}/${aof_name}" ]]; then
-      mv -- "${dir}/${aof_name}" "${dir}/${aof_name}.before-restore-${stamp}"
-      install_like "${RESTORE_RDB}" "${dir}/${aof_name}" "${dir}/${aof_name}.before-restore-${stamp}" "${dir}"
+      set_aside "${dir}/${aof_name}"
+      undo_push "${dir}/${aof_name}"
+      install_like "${RESTORE_RDB}" "${dir}/${aof_name}" "${dir}/${aof_name}.before-restore-${RESTORE_STAMP}" "${dir}"
     fi
+    undo_push "${dir}/${aof_dir}"
     mkdir -p -- "${dir}/${aof_dir}"
     chmod --reference="${aof_like}" -- "${dir}/${aof_dir}"
     chown --reference="${aof_like}" -- "${dir}/${aof_dir}" 2>/dev/null || chmod a+rx -- "${dir}/${aof_dir}"
@@ -2486,20 +2888,101 @@ restore_redis_file() {
     log INFO "redis: the backup is also the base of a new AOF in ${aof_dir} (appendonly yes)"
   fi
   if ((reachable)); then
-    redis_cli SHUTDOWN NOSAVE >/dev/null 2>&1 || true
-    log INFO "redis: stopped ${REDIS_HOST}:${REDIS_PORT} with SHUTDOWN NOSAVE (so it could not overwrite the file); start it again now: it loads the backup"
+    restart_live_redis "${dbfilename}"
   else
-    log WARN "redis: ${REDIS_HOST}:${REDIS_PORT} was not reachable: if it is still running, stop it with SHUTDOWN NOSAVE (a normal shutdown would overwrite ${dbfilename}); then start it: it loads the backup"
+    file_restore_done
+    log WARN "redis: ${REDIS_HOST}:${REDIS_PORT} was not reachable: if it is still running, stop it with SHUTDOWN NOSAVE (a normal shutdown would overwrite ${dbfilename}); then start it: it loads the backup, $(rdb_summary)"
   fi
-  log INFO "redis: restart the Redis server now; it loads ${BACKUP_FILE##*/}"
+}
+
+# The files are in place for good: nothing to put back any more.
+file_restore_done() {
+  FILE_RESTORE_PENDING=0
+  UNDO_FROM=()
+  UNDO_TO=()
+  [[ -z "${OLD_RDB}" ]] || rm -f -- "${OLD_RDB}"
+}
+
+# "N keys" of the backup, for messages.
+rdb_summary() {
+  printf '%s keys without a TTL and up to %s with one' "${RDB_PERSISTENT}" "${RDB_VOLATILE}"
+}
+
+# Stop the live server without saving (a normal stop would write its data over the restored
+# files), then check what answers: only a new process of it (another run_id) that loaded the
+# backup's keys is a restore. Docker may restart it at once (a restart policy); a server that
+# stays down is to be started (the CLI restarts its container); one that keeps running with its
+# old data has not been restored: the files go back as they were.
+# restart_live_redis DBFILENAME
+restart_live_redis() {
+  local dbfilename="$1" reply info run_id="" i state=down keys=0 volatile=0 line
+  reply="$(redis_cli SHUTDOWN NOSAVE 2>&1 | tr -d '\r')" || true
+  for ((i = 0; i < REDIS_RESTART_WAIT * 10; i++)); do
+    info="$(redis_cli INFO 2>/dev/null | tr -d '\r')" || true
+    run_id="$(info_field "${info}" run_id)"
+    if [[ -n "${run_id}" && "${run_id}" != "${LIVE_RUN_ID}" ]]; then
+      state=restarted
+      break
+    elif [[ "${run_id}" == "${LIVE_RUN_ID}" ]]; then
+      state=running
+      # A server that refused SHUTDOWN keeps running: no need to wait for it.
+      [[ -z "${reply}" ]] || break
+    else
+      state=down
+    fi
+    sleep 0.1
+  done
+  if [[ "${state}" == running ]]; then
+    die "${EXIT_FAILED}" "redis: ${REDIS_HOST}:${REDIS_PORT} did not stop (SHUTDOWN NOSAVE: ${reply:-no answer}) and still runs with its old data: nothing was restored. A running Redis writes its data over the restored file when it stops; stop it first (docker stop ${REDIS_CONTAINER}, or redis-cli SHUTDOWN NOSAVE), run this restore again while it is stopped, then start it"
+  fi
+  # The old process is gone, and with it what the restore had changed in it.
+  LIVE_REDIS_CHANGED=0
+  log INFO "redis: stopped ${REDIS_HOST}:${REDIS_PORT} with SHUTDOWN NOSAVE (so it could not overwrite the restored files)"
+  if [[ "${state}" == down ]]; then
+    file_restore_done
+    log WARN "redis: ${REDIS_HOST}:${REDIS_PORT} has not started again within ${REDIS_RESTART_WAIT}s: start it now (e.g. docker start ${REDIS_CONTAINER}); it loads the backup, and must then hold $(rdb_summary)"
+    return 0
+  fi
+  for ((i = 0; i < REDIS_SYNC_TIMEOUT * 10; i++)); do
+    [[ "$(info_field "${info}" loading)" == 1 ]] || break
+    sleep 0.1
+    info="$(redis_cli INFO 2>/dev/null | tr -d '\r')" || true
+  done
+  while IFS= read -r line; do
+    [[ "${line}" =~ ^db[0-9]+:keys=([0-9]+),expires=([0-9]+) ]] || continue
+    keys=$((keys + BASH_REMATCH[1]))
+    volatile=$((volatile + BASH_REMATCH[2]))
+  done <<<"${info}"
+  if [[ "$(info_field "${info}" loading)" == 1 ]] || ((keys - volatile != RDB_PERSISTENT || volatile > RDB_VOLATILE)); then
+    die "${EXIT_FAILED}" "redis: ${REDIS_HOST}:${REDIS_PORT} started again but holds ${keys} keys (${volatile} with a TTL), not the backup's $(rdb_summary): it did not load the restored ${dbfilename} from ${REDIS_DATA_DIR}, so nothing was restored and the files were put back. Check that REDIS_DATA_DIR is its data folder, and set REDIS_DBFILENAME and REDIS_APPENDDIRNAME to its dbfilename and appenddirname (or allow CONFIG GET); the safety backup holds its data from before the restore"
+  fi
+  file_restore_done
+  log INFO "redis: restored ${BACKUP_FILE##*/} into ${REDIS_HOST}:${REDIS_PORT}: it started again (run_id ${run_id}) and holds the backup's ${keys} keys (${volatile} with a TTL)"
 }
 
 cmd_restore_redis() {
   require_type redis
   require_tools redis-cli
+  redis_journal_repaired
   [[ "${OPT_MODE}" != online ]] || redis_check_reachable
   verify_backup
   "restore_redis_${OPT_MODE}"
+}
+
+# redis --recover: main has run recover_redis_journal after taking the lock; say how it went.
+cmd_recover_redis() {
+  redis_journal_repaired
+  if [[ -n "${RECOVERED}" ]]; then
+    log INFO "redis --recover: repaired ${RECOVERED}"
+  else
+    log INFO "redis --recover: no interrupted Redis restore to repair"
+  fi
+}
+
+# A journal still there after recover_redis_journal is one it could not repair (it said why).
+redis_journal_repaired() {
+  [[ -e "${BACKUP_DIR}/${REDIS_JOURNAL_NAME}" ]] || return 0
+  die "${EXIT_FAILED}" "redis: an interrupted Redis restore could not be repaired (see above): fix what stops it, then run restore_script.sh redis --recover"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -2892,6 +3375,7 @@ main() {
       --clean) OPT_CLEAN=1 ;;
       --no-owner) OPT_NO_OWNER=1 ;;
       --no-safety-backup) OPT_NO_SAFETY=1 ;;
+      --recover) OPT_RECOVER=1 ;;
       --force) OPT_FORCE=1 ;;
       --target-db)
         (($# > 1)) || usage_error "--target-db needs a database name"
@@ -2910,11 +3394,17 @@ main() {
     esac
     shift
   done
-  ((${#positional[@]} >= 2)) || usage_error "a command and a backup FILE are required"
-  local command="${positional[0]}"
+  local command="${positional[0]:-}"
+  if ((OPT_RECOVER)); then
+    [[ "${command}" == redis ]] || usage_error "--recover is for the redis command only"
+    ((${#positional[@]} == 1)) || usage_error "redis --recover takes no FILE"
+  else
+    ((${#positional[@]} >= 2)) || usage_error "a command and a backup FILE are required"
+  fi
   case "${command}" in
     files) ((${#positional[@]} <= 3)) || usage_error "files takes FILE and an optional DEST" ;;
-    verify | info | postgresql | redis) ((${#positional[@]} == 2)) || usage_error "${command} takes one FILE" ;;
+    verify | info | postgresql) ((${#positional[@]} == 2)) || usage_error "${command} takes one FILE" ;;
+    redis) ((${#positional[@]} == 2 - OPT_RECOVER)) || usage_error "${command} takes one FILE" ;;
     *) usage_error "unknown command '${command}'" ;;
   esac
   # An option another command takes is an error here, not silently ignored.
@@ -2923,7 +3413,7 @@ main() {
     [verify]="--deep --no-checksum"
     [info]=""
     [postgresql]="--target-db --clean --no-owner --no-safety-backup --no-checksum"
-    [redis]="--mode --no-safety-backup --no-checksum"
+    [redis]="--mode --no-safety-backup --no-checksum --recover"
     [files]="--force --no-checksum"
   )
   for option in "${given[@]}"; do
@@ -2936,7 +3426,7 @@ main() {
   check_settings
   make_work_dir "restore_script.sh ${command} ${positional[1]}"
   RESTORE_RDB="${WORK_DIR}/restore.rdb"
-  resolve_backup "${positional[1]}"
+  ((OPT_RECOVER)) || resolve_backup "${positional[1]}"
   if [[ "${command}" == info ]]; then
     cmd_info
     return 0
@@ -2946,6 +3436,11 @@ main() {
   acquire_lock "restore ${command} ${BACKUP_FILE##*/}"
   clean_leftovers --partials
   rotate_logs
+  recover_redis_journal
+  if ((OPT_RECOVER)); then
+    cmd_recover_redis
+    return 0
+  fi
   log INFO "${command} ${BACKUP_FILE##*/} (${BACKUP_TYPE}) started"
   case "${command}" in
     verify) cmd_verify ;;

@@ -7,6 +7,7 @@ ports of 127.0.0.1; nothing here uses a PostgreSQL or Redis already running on t
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -169,6 +170,27 @@ def run_script(rendered_scripts: Path) -> RunScript:
         )
 
     return run
+
+
+@pytest.fixture
+def tiny_volume(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted on a fresh folder (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], capture_output=True, check=False)
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,6 +62,16 @@ def run_ok(
         f"{script} {' '.join(args)}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     )
     return result
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def only_backup(backup_dir: Path, kind: str, *, encrypted: bool) -> Path:
@@ -592,6 +603,71 @@ class RedisState:
     ttls: dict[tuple[int, bytes], int]  # (db, key) -> PTTL in ms, -1 without one
 
 
+def load_random_values(server: RedisServer, megabytes: int) -> None:
+    """Replace the server's data with ``megabytes`` MB of incompressible values (1 kB each):
+    enough for a snapshot to take a while to compress, encrypt or replicate."""
+    server.cli("FLUSHALL")
+    for start in range(0, megabytes * 1024, 4096):
+        server.pipe(
+            [
+                ["SET", f"blob:{i}", os.urandom(512).hex()]
+                for i in range(start, min(start + 4096, megabytes * 1024))
+            ]
+        )
+
+
+RDB_MAGIC = b"REDIS00"
+
+
+class RdbWatch(threading.Thread):
+    """Watches folders (and what is below them) while a script runs: every file that starts
+    with an RDB header is plaintext of a Redis dataset; ``seen`` maps it to the mode of the
+    first folder below the watched one that holds it (the script's private WORK_DIR)."""
+
+    def __init__(self, *folders: Path) -> None:
+        super().__init__(daemon=True)
+        self.folders = folders
+        self.halt = threading.Event()
+        self.seen: dict[Path, int] = {}
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            for folder in self.folders:
+                for path in rdb_files(folder, head_only=True):
+                    top = folder / path.relative_to(folder).parts[0]
+                    with contextlib.suppress(OSError):
+                        self.seen.setdefault(path, stat.S_IMODE(top.stat().st_mode))
+            time.sleep(0.005)
+
+    def __enter__(self) -> RdbWatch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.halt.set()
+        self.join(timeout=30)
+
+
+def rdb_files(folder: Path, *, head_only: bool = False) -> list[Path]:
+    """The files below ``folder`` that start with an RDB header or, unless ``head_only``, hold
+    one anywhere (an RDB in clear inside any other file)."""
+    found = []
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = Path(parent, name)
+            try:
+                # only regular files: reading a script's FIFO would steal its data
+                if not stat.S_ISREG(path.lstat().st_mode):
+                    continue
+                with path.open("rb") as handle:
+                    data = handle.read(len(RDB_MAGIC)) if head_only else handle.read()
+            except OSError:  # gone meanwhile
+                continue
+            if RDB_MAGIC in data:
+                found.append(path)
+    return found
+
+
 def redis_state(server: RedisServer) -> RedisState:
     ttls: dict[tuple[int, bytes], int] = {}
     keys: dict[int, int] = {}
@@ -704,6 +780,43 @@ def redis_on(
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def restarted_when_stopped(server: RedisServer) -> Iterator[threading.Event]:
+    """As Docker's restart policy does: when the process of ``server`` (a :func:`redis_on` one)
+    exits, start redis-server again, once, with the same configuration (folder, port, password):
+    it loads what the folder holds. The event is set once the new process answers PING."""
+    halt = threading.Event()
+    restarted = threading.Event()
+
+    def watch() -> None:
+        old = server.process
+        assert old is not None
+        while old.poll() is None:
+            if halt.wait(0.02):
+                return
+        server.process = subprocess.Popen(
+            ["redis-server", str(server.dir / "test-redis.conf")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=server.dir,
+        )
+        while not halt.is_set():
+            with contextlib.suppress(SandboxError):
+                if server.cli("PING") == "PONG":
+                    restarted.set()
+                    return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield restarted
+    finally:
+        halt.set()
+        watcher.join(timeout=30)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from generator.sandbox import PostgresServer, SandboxError, free_port
-from tests.integration.restore_support import folder_state, redis_on, write_sidecar
+from tests.integration.restore_support import folder_state, redis_on, wait_for, write_sidecar
 
 if TYPE_CHECKING:
     from tests.integration.conftest import MakeEnv, RunScript
@@ -58,15 +58,6 @@ def assert_untouched(folder: Path, before: dict[str, bytes]) -> None:
     after = folder_state(folder)
     assert sorted(after) == sorted(before)
     assert after == before, "an earlier backup was modified"
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def ancestors(pid: int) -> Iterator[int]:
@@ -182,31 +173,10 @@ def test_full_backup_with_redis_down_still_writes_postgresql_and_files_but_fails
 # ----------------------------------------------------------------------------- local failures
 
 
-@pytest.fixture
-def tiny_backup_dir(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs mounted on a fresh folder (root only), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], capture_output=True, check=False)
-
-
 @pytest.mark.parametrize("key", [pytest.param(None, id="plain"), pytest.param(KEY, id="encrypted")])
 def test_full_disk_fails_saying_the_folder_is_full_and_leaves_no_partial(
     key: str | None,
-    tiny_backup_dir: Path,
+    tiny_volume: Path,
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
@@ -215,16 +185,14 @@ def test_full_disk_fails_saying_the_folder_is_full_and_leaves_no_partial(
     uploads.mkdir()
     for i in range(3):  # 3 MiB of incompressible bytes for a 1 MiB volume
         (uploads / f"scan-{i}.bin").write_bytes(os.urandom(1024 * 1024))
-    env = backup_env(
-        tmp_path, encryption_key=key, files_dir=uploads, BACKUP_DIR=str(tiny_backup_dir)
-    )
+    env = backup_env(tmp_path, encryption_key=key, files_dir=uploads, BACKUP_DIR=str(tiny_volume))
 
     result = run_script(SCRIPT, "files", env=env)
 
     assert result.returncode == EXIT_FAILED
-    assert f"files failed: {tiny_backup_dir} is full" in result.stderr
+    assert f"files failed: {tiny_volume} is full" in result.stderr
     assert "free space there or point BACKUP_DIR at a larger volume" in result.stderr
-    assert_untouched(tiny_backup_dir, {})
+    assert_untouched(tiny_volume, {})
 
 
 @pytest.fixture
@@ -640,24 +608,24 @@ def test_a_dry_run_writes_nothing_and_is_not_a_successful_backup(
 
 
 def test_too_little_space_for_the_previous_backups_size_refuses_before_starting(
-    tiny_backup_dir: Path, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+    tiny_volume: Path, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:
     # a previous backup of 700 KiB in a 1 MiB folder: the next one would not fit
-    previous = tiny_backup_dir / "files_backup_20260101_020000.tar.gz"
+    previous = tiny_volume / "files_backup_20260101_020000.tar.gz"
     previous.write_bytes(os.urandom(700 << 10))
     write_sidecar(previous)
-    before = folder_state(tiny_backup_dir)
-    env = backup_env(tmp_path, BACKUP_DIR=str(tiny_backup_dir))
+    before = folder_state(tiny_volume)
+    env = backup_env(tmp_path, BACKUP_DIR=str(tiny_volume))
 
     result = run_script(SCRIPT, "files", env=env)
 
     assert result.returncode == EXIT_REFUSED
-    assert f"files: not enough free space in {tiny_backup_dir}" in result.stderr
+    assert f"files: not enough free space in {tiny_volume}" in result.stderr
     assert "the previous files backup (files_backup_20260101_020000.tar.gz) needs about" in (
         result.stderr
     )
-    assert not list(tiny_backup_dir.glob("*.partial"))
-    assert_untouched(tiny_backup_dir, before)
+    assert not list(tiny_volume.glob("*.partial"))
+    assert_untouched(tiny_volume, before)
 
 
 def test_a_redis_that_refuses_sync_gives_a_clear_error(

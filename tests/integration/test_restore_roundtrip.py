@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,7 @@ from tests.integration.restore_support import (
     processes_in,
     redis_on,
     redis_state,
+    restarted_when_stopped,
     run_ok,
     tree_state,
     wait_aof_rewrite,
@@ -368,14 +370,14 @@ def test_redis_online_restore_brings_back_the_dataset_while_a_client_uses_the_se
 @pytest.mark.parametrize(
     ("appendonly", "running"),
     [
-        pytest.param(False, True, id="rdb"),
-        pytest.param(True, True, id="appendonly"),
-        pytest.param(True, False, id="appendonly-already-stopped"),
+        pytest.param(False, "restarted", id="rdb-restarted-at-once"),
+        pytest.param(True, "stays-down", id="appendonly-started-after"),
+        pytest.param(True, "stopped", id="appendonly-already-stopped"),
     ],
 )
 def test_redis_file_restore_is_what_the_server_loads_at_its_next_start(
     appendonly: bool,
-    running: bool,
+    running: str,
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
@@ -397,24 +399,30 @@ def test_redis_file_restore_is_what_the_server_loads_at_its_next_start(
         live.cli("SAVE")
         assert live.process is not None
         proc = live.process
-        if not running:
+        if running == "stopped":
             live.stop()
 
-        result = run_ok(run_script, RESTORE, "redis", backup.name, "--mode", "file", env=env)
+        with restarted_when_stopped(live) if running == "restarted" else nullcontext():
+            result = run_ok(run_script, RESTORE, "redis", backup.name, "--mode", "file", env=env)
 
         assert proc.wait(timeout=10) == 0, "the script did not stop Redis"
-        if running:
+        if running == "restarted":
+            # as under Docker's restart policy: the script sees the server back with the backup
             assert "with SHUTDOWN NOSAVE" in result.stdout
+            assert f"redis: restored {backup.name} into" in result.stdout
+            after = redis_state(live)
         else:
-            assert "was not reachable" in result.stderr
+            if running == "stays-down":
+                assert "has not started again within 10s: start it now" in result.stderr
+            else:
+                assert "was not reachable" in result.stderr
+            assert "redis: restored" not in result.stdout, "not restored until Redis loads it"
+            with redis_on(live.dir, password=password, appendonly=appendonly) as restarted:
+                after = redis_state(restarted)
         if appendonly:
             assert list(live.dir.glob("appendonlydir.before-restore-*")), "old AOF not kept"
-        with redis_on(live.dir, password=password, appendonly=appendonly) as restarted:
-            assert_same_redis(
-                redis_state(restarted),
-                written,
-                elapsed_ms=int((time.monotonic() - started) * 1000),
-            )
+        assert not list(live.dir.glob(".*before-restore")), "the replaced RDB was kept"
+        assert_same_redis(after, written, elapsed_ms=int((time.monotonic() - started) * 1000))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another owner needs root")
@@ -435,6 +443,8 @@ def test_redis_file_restore_keeps_the_owner_and_mode_of_the_files_it_replaces(
             os.chown(path, 65534, 65534)
         (live.dir / "dump.rdb").chmod(0o640)
         (live.dir / "appendonlydir").chmod(0o750)
+
+        live.stop()  # what the server does with the files once it runs is not the point here
 
         run_ok(
             run_script,

@@ -246,3 +246,58 @@ def test_a_date_in_a_backup_name_counts_only_when_it_round_trips(
     backup = next(s for s in scripts if s.name == "backup_script.sh")
     result = call(backup, f"name_epoch files_backup_{stamp}.tar.gz")
     assert (result.stdout.strip() or None, result.returncode == 0) == (epoch, epoch is not None)
+
+
+GOOD_JOURNAL = """\
+# comment lines are skipped
+version=1
+mode=online
+pid=4242
+started=2026-01-02T03:04:05+00:00
+backup=redis_backup_20260102_030000.rdb.gz
+host=redis
+port=6379
+run_id=0123456789abcdef0123456789abcdef01234567
+masterauth=empty
+temp_host=10.0.0.5
+temp_port=34567
+temp_pid=4300
+temp_dir=/tmp/gym-backup.AbCd/temp-redis
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ("", None),
+        ("save=3600 1 300 100\n", None),
+        ("host=$(touch /tmp/pwned)\n", None),  # a value is data: it is never evaluated
+        ("save=$(touch /tmp/pwned)\n", "unexpected line 'save=$(touch /tmp/pwned)'"),
+        ("masterauth=secret\n", "unexpected line 'masterauth=secret'"),
+        ("PATH=/tmp\n", "unexpected line 'PATH=/tmp'"),
+        ("run_id=x\n", "unexpected line 'run_id=x'"),
+    ],
+)
+def test_the_redis_restore_journal_is_read_as_data_and_refused_when_odd(
+    scripts: list[Path], tmp_path: Path, extra: str, problem: str | None
+) -> None:
+    journal = tmp_path / "journal"
+    journal.write_text(GOOD_JOURNAL + extra)
+    backup = next(s for s in scripts if s.name == "backup_script.sh")
+
+    result = call(
+        backup,
+        f"rc=0; journal_read {shlex.quote(str(journal))} || rc=$?; "
+        'echo "rc=$rc ${REPAIR_PROBLEM}"; '
+        'echo "${JOURNAL[host]}|${JOURNAL[temp_dir]}|${JOURNAL[save]:-}"',
+    )
+
+    first, second = result.stdout.splitlines()
+    if problem is None:
+        assert first == "rc=0 "
+        host = "$(touch /tmp/pwned)" if "host=" in extra else "redis"
+        save = "3600 1 300 100" if "save=" in extra else ""
+        assert second == f"{host}|/tmp/gym-backup.AbCd/temp-redis|{save}"
+    else:
+        assert first == f"rc=1 {problem}"
+    assert not Path("/tmp/pwned").exists()
