@@ -1084,6 +1084,17 @@ redis_check_reachable() {
   die "${EXIT_FAILED}" "redis: cannot reach ${REDIS_HOST}:${REDIS_PORT}: ${out//$'\n'/ }; ${hint}"
 }
 
+# snapshot_redis_to FILE: the RDB streamed from redis-cli, through the check and hash FIFOs,
+# compressed and protected into FILE (backup_redis's step).
+snapshot_redis_to() {
+  redis_cli --rdb - 2>"${WORK_DIR}/redis-cli.err" |
+    rdb_payload 2>"${WORK_DIR}/payload.err" |
+    tee -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo" 2>"${WORK_DIR}/tee.err" |
+    compress 2>"${WORK_DIR}/compress.err" |
+    protect 2>"${WORK_DIR}/$(protect_stage).err" >"$1"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
 backup_redis() {
   local ts="$1" epoch="$2"
   local final partial server_version started hasher checker hash_rc check_rc sent
@@ -1109,13 +1120,9 @@ backup_redis() {
   checker=$!
   sha256sum <"${WORK_DIR}/hash.fifo" >"${WORK_DIR}/raw.sha256" 2>"${WORK_DIR}/hash.err" &
   hasher=$!
+  run_step snapshot_redis_to "${partial}"
+  st=("${STEP_ST[@]}")
   set +o errexit
-  redis_cli --rdb - 2>"${WORK_DIR}/redis-cli.err" |
-    rdb_payload 2>"${WORK_DIR}/payload.err" |
-    tee -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo" 2>"${WORK_DIR}/tee.err" |
-    compress 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
-  st=("${PIPESTATUS[@]}")
   release_fifo "${WORK_DIR}/check.fifo"
   release_fifo "${WORK_DIR}/hash.fifo"
   wait "${checker}"

@@ -1084,6 +1084,17 @@ redis_check_reachable() {
   die "${EXIT_FAILED}" "redis: cannot reach ${REDIS_HOST}:${REDIS_PORT}: ${out//$'\n'/ }; ${hint}"
 }
 
+# snapshot_redis_to FILE: the RDB streamed from redis-cli, through the check and hash FIFOs,
+# compressed and protected into FILE (backup_redis's step).
+snapshot_redis_to() {
+  redis_cli --rdb - 2>"${WORK_DIR}/redis-cli.err" |
+    rdb_payload 2>"${WORK_DIR}/payload.err" |
+    tee -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo" 2>"${WORK_DIR}/tee.err" |
+    compress 2>"${WORK_DIR}/compress.err" |
+    protect 2>"${WORK_DIR}/$(protect_stage).err" >"$1"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
 backup_redis() {
   local ts="$1" epoch="$2"
   local final partial server_version started hasher checker hash_rc check_rc sent
@@ -1109,13 +1120,9 @@ backup_redis() {
   checker=$!
   sha256sum <"${WORK_DIR}/hash.fifo" >"${WORK_DIR}/raw.sha256" 2>"${WORK_DIR}/hash.err" &
   hasher=$!
+  run_step snapshot_redis_to "${partial}"
+  st=("${STEP_ST[@]}")
   set +o errexit
-  redis_cli --rdb - 2>"${WORK_DIR}/redis-cli.err" |
-    rdb_payload 2>"${WORK_DIR}/payload.err" |
-    tee -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo" 2>"${WORK_DIR}/tee.err" |
-    compress 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${partial}"
-  st=("${PIPESTATUS[@]}")
   release_fifo "${WORK_DIR}/check.fifo"
   release_fifo "${WORK_DIR}/hash.fifo"
   wait "${checker}"
@@ -2101,8 +2108,8 @@ interrupted_state() {
     [[ -z "${CREATED_DB}" ]] || printf '; the database %s this run created is dropped again' "${CREATED_DB}"
   elif [[ -n "${RESTORE_STAGING}" && -f "${RESTORE_STAGING}/journal" ]]; then
     printf 'the files restore was moving entries into %s; how far it got, and how to complete it, follows' "${RESTORE_STAGING%/*}"
-  elif ((LIVE_REDIS_REPLICATING)); then
-    printf 'the live Redis %s:%s was replicating the backup: it is made a master again with its own settings; it may hold the backup or its old data: check it, or restore again' "${REDIS_HOST}" "${REDIS_PORT}"
+  elif ((LIVE_REDIS_CHANGED)); then
+    printf 'the live Redis %s:%s had its settings changed for the restore: they are put back now (see below); it may hold the backup or its old data: check it, or restore again' "${REDIS_HOST}" "${REDIS_PORT}"
   else
     printf 'nothing was changed'
   fi
@@ -2246,6 +2253,8 @@ start_temp_redis() {
     # lock, or no later run could take it and repair what that run left.
     redis-server "${dir}/redis.conf" </dev/null >>"${dir}/redis.log" 2>&1 9>&- &
     TEMP_REDIS_PID=$!
+    # If this run is killed, the next one stops it (clean_leftovers).
+    printf '%s\n' "${TEMP_REDIS_PID}" >"${WORK_DIR}/temp-redis.pid"
     TEMP_REDIS_PORT="${port}"
     TEMP_REDIS_HOST="${bind}"
     TEMP_REDIS_PASSWORD="${password}"
@@ -3424,7 +3433,7 @@ main() {
   trap_signals
   trap 'finish_run $?' EXIT
   check_settings
-  make_work_dir "restore_script.sh ${command} ${positional[1]}"
+  make_work_dir "restore_script.sh ${command} ${positional[1]:-}"
   RESTORE_RDB="${WORK_DIR}/restore.rdb"
   ((OPT_RECOVER)) || resolve_backup "${positional[1]}"
   if [[ "${command}" == info ]]; then
