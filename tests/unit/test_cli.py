@@ -128,6 +128,44 @@ def test_version() -> None:
     assert result.stdout.startswith("gym-backup ")
 
 
+@pytest.mark.parametrize("args", [["--version", "true"], ["--version", "generate"]])
+def test_version_is_a_plain_flag_that_takes_nothing_after_it(args: list[str]) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "gym-backup 0" not in result.stdout
+    assert "Usage: gym-backup" in result.stderr
+
+
+COMMANDS = [
+    [],
+    ["generate"],
+    ["backup"],
+    ["list"],
+    ["cleanup"],
+    ["verify"],
+    ["info"],
+    ["restore"],
+    ["build"],
+    ["up"],
+    ["down"],
+    ["logs"],
+    ["config"],
+    ["config", "check"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "gym-backup")
+def test_help_shows_flags_without_a_value_placeholder(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.stdout
+    flags = [ln.split()[0] for ln in result.stdout.splitlines() if ln.startswith("  --")]
+    assert "--help" in flags
+    # The command list shows each command's whole summary, never one cut short.
+    listed = result.stdout.partition("\nCommands:\n")[2]
+    assert not [ln for ln in listed.splitlines() if ln.endswith("...")]
+
+
 def loaded_modules(args: list[str], cwd: Path) -> set[str]:
     """Which of the heavy libraries a fresh process has imported after running ``args``."""
     code = (
@@ -137,7 +175,7 @@ def loaded_modules(args: list[str], cwd: Path) -> set[str]:
         "    app(sys.argv[1:])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = ('jinja2', 'sh', 'asyncio')\n"
+        "heavy = ('jinja2', 'sh', 'asyncio', 'rich')\n"
         "print(' '.join(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
     )
     result = subprocess.run(
