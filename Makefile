@@ -97,7 +97,8 @@ check-generated: generate ## Fail if docker/backup/ differs from a fresh render
 	if [ -n "$$untracked" ]; then echo "not committed: $$untracked" >&2; exit 1; fi
 
 .PHONY: bench
-bench: install ## Time backups and verifies on real servers (pgbench data, Redis, files)
+bench: install ## Time the CLI's start, and backups and verifies on real servers
+	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/backup_throughput.py
 
 .PHONY: clean
