@@ -22,7 +22,9 @@ TEST_LOCALE_SOURCE := de_DE
 
 .PHONY: help
 help: ## Show the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@if [ -t 1 ]; then bold=$$'\033[1m' plain=$$'\033[0m'; else bold='' plain=''; fi; \
+	awk -v bold="$$bold" -v plain="$$plain" 'BEGIN {FS = ":.*## "} \
+	  /^[a-zA-Z_-]+:.*## / {printf "  %s%-16s%s %s\n", bold, $$1, plain, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: system-deps
 system-deps: ## Install the missing system packages (apt, as root)
@@ -73,7 +75,7 @@ test-container: install ## The container tests (Debian flavour); starts a Docker
 	tests/container/with-docker.sh $(BIN)/pytest -q -m container tests/container
 
 .PHONY: lint
-lint: install ## ruff, mypy --strict, shellcheck and shfmt on the committed scripts
+lint: install ## ruff and mypy --strict; shellcheck, shfmt and hadolint on the scripts and Dockerfile
 	$(BIN)/ruff check generator tests bench
 	$(BIN)/ruff format --check generator tests bench
 	$(BIN)/mypy --strict
@@ -97,7 +99,8 @@ check-generated: generate ## Fail if docker/backup/ differs from a fresh render
 	if [ -n "$$untracked" ]; then echo "not committed: $$untracked" >&2; exit 1; fi
 
 .PHONY: bench
-bench: install ## Time backups and verifies on real servers (pgbench data, Redis, files)
+bench: install ## Time the CLI's start, and backups and verifies on real servers
+	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/backup_throughput.py
 
 .PHONY: clean

@@ -15,18 +15,43 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from generator import __version__, config, ops, render
 from generator.errors import EXIT_MEANINGS, ConfigError, ScriptFailedError, UserError
 
+
+class _GymBackup(TyperGroup):
+    """The top command: ``--version`` stands alone, so ``--version true`` is a usage error.
+
+    ``--version`` is eager (it prints and exits before the other options are processed, which
+    keeps it quick), and an eager option cannot see the rest of the line: it is checked here.
+    """
+
+    # typer.Context is the click Context that typer exports; the base names click's own.
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        if args[:1] == ["--version"] and len(args) > 1:
+            raise typer.BadParameter(
+                f"takes nothing after it (got {' '.join(args[1:])!r}); run `gym-backup --version`.",
+                ctx=ctx,
+                param_hint="'--version'",
+            )
+        return super().parse_args(ctx, args)
+
+
+# Plain help (rich_markup_mode=None): flags are shown without a value placeholder (Rich's
+# help shows `--version <bool>`), and `--help` starts without importing Rich. A command's
+# first sentence is its line in the command list, so it is kept short.
 app = typer.Typer(
     name="gym-backup",
     help="Render and run the backup service of the gym system (PostgreSQL, Redis, files).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    rich_markup_mode=None,
+    cls=_GymBackup,
 )
-config_app = typer.Typer(help="Inspect the settings.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the settings.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(config_app, name="config")
 
 EnvOption = Annotated[
@@ -110,7 +135,9 @@ def _version(value: bool) -> None:
 def main(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Render and run the backup service of the gym system (PostgreSQL, Redis, files)."""
@@ -128,7 +155,10 @@ def generate(
     dry_run: DryRunOption = False,
     flavor: FlavorOption = None,
 ) -> None:
-    """Render the service's files from the .env settings (no secret is needed or rendered)."""
+    """Render the service's files from the .env settings.
+
+    No secret is needed or rendered.
+    """
     with reporting_errors():
         settings = _load(env)
         files = render.render(settings, render.choose_flavor(flavor, out))
@@ -146,7 +176,10 @@ def generate(
 
 @config_app.command("check")
 def config_check(env: EnvOption = None) -> None:
-    """Validate the settings for a run; show them (secrets masked) and the next run times."""
+    """Validate the settings for a run and show them.
+
+    Secrets are masked; the next run times of both schedules follow.
+    """
     with reporting_errors():
         settings = _load(env, for_run=True)
         source = settings.source or "the environment and defaults"
@@ -209,7 +242,10 @@ def backup(
     env: EnvOption = None,
     dry_run: DryRunOption = False,
 ) -> None:
-    """Take a backup (full = PostgreSQL, Redis and files, with one timestamp)."""
+    """Take a backup: full, postgresql, redis or files.
+
+    full backs up PostgreSQL, Redis and the files, with one timestamp.
+    """
     with reporting_errors():
         _run(local, env, "backup_script.sh", [what.value, *_flags(dry_run=dry_run)], for_run=True)
 
@@ -225,7 +261,10 @@ def list_backups(local: LocalOption = False, env: EnvOption = None) -> None:
 def cleanup(
     local: LocalOption = False, env: EnvOption = None, dry_run: DryRunOption = False
 ) -> None:
-    """Delete backups older than BACKUP_RETENTION_DAYS (never the newest KEEP_MIN of a type)."""
+    """Delete backups older than BACKUP_RETENTION_DAYS.
+
+    The newest KEEP_MIN backups of each type are always kept.
+    """
     with reporting_errors():
         _run(local, env, "backup_script.sh", ["cleanup", *_flags(dry_run=dry_run)], for_run=False)
 
@@ -253,7 +292,10 @@ def verify(
 
 @app.command()
 def info(file: BackupFile, local: LocalOption = False, env: EnvOption = None) -> None:
-    """Show what a backup is: type, time, sizes, encryption, checksum state, source."""
+    """Show what a backup is: type, time, sizes, encryption, source.
+
+    Also its checksum state and the server version, from the manifest and the file itself.
+    """
     with reporting_errors():
         _run(local, env, "restore_script.sh", ["info", file], for_run=False)
 
@@ -301,7 +343,10 @@ def restore(
         bool, typer.Option("--force", help="files: overwrite files that exist in DEST.")
     ] = False,
 ) -> None:
-    """Restore a backup (it is verified first; a failure leaves the target as it was)."""
+    """Restore a backup; it is verified first.
+
+    A failure leaves the target as it was.
+    """
     with reporting_errors():
         args = [what.value, file]
         if dest is not None:
@@ -370,7 +415,10 @@ def up(
     out: OutOption = Path("docker/backup"),
     compose_file: ComposeOption = Path("docker-compose.yml"),
 ) -> None:
-    """Start the backup service beside the gym system (docker compose, profile production)."""
+    """Start the backup service beside the gym system.
+
+    It runs docker compose with the gym's compose file and the service's (profile production).
+    """
     with reporting_errors():
         _compose(env, out, compose_file, ["up", "-d", "--build", "backup"])
 
@@ -381,7 +429,10 @@ def down(
     out: OutOption = Path("docker/backup"),
     compose_file: ComposeOption = Path("docker-compose.yml"),
 ) -> None:
-    """Stop and remove the backup service (the gym system keeps running)."""
+    """Stop and remove the backup service.
+
+    The gym system keeps running.
+    """
     with reporting_errors():
         _compose(env, out, compose_file, ["rm", "--stop", "--force", "backup"])
 

@@ -288,6 +288,37 @@ def _backup_listing(backup_dir: Path) -> list[str]:
     return [f"    {p.relative_to(backup_dir)}  ({p.stat().st_size} bytes)" for p in files]
 
 
+def _shown(path: Path) -> str:
+    """``path`` as the user types it: relative to this folder when it is inside it."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def next_steps(env_path: Path, backups: Path) -> list[str]:
+    """What to try next with the demo's backups: commands to run from this folder."""
+    beside = Path(sys.executable).parent / "gym-backup"
+    cli = _shown(beside) if beside.is_file() else "gym-backup"
+    opts = f"--local --env {_shown(env_path)}"
+
+    def newest(kind: str) -> str:
+        names = (p.name for p in backups.glob(f"{kind}_backup_*") if p.suffix in (".gz", ".gpg"))
+        return max(names, default=f"{kind}_backup_...")
+
+    return [
+        f"Next steps, from this folder (the demo's settings are in {_shown(env_path)}, with its",
+        "passphrase ENCRYPTION_KEY: without that key the backups cannot be read):",
+        f"  {cli} list {opts}",
+        f"  {cli} verify {opts} {newest('postgresql')}",
+        f"  {cli} info {opts} {newest('postgresql')}",
+        f"  {cli} restore files {opts} {newest('files')} {_shown(backups.parent / 'restored')}",
+        f"  gpg --decrypt {_shown(backups / newest('postgresql'))} | gunzip > dump.sql",
+        "    (gpg asks for the passphrase: ENCRYPTION_KEY in the .env)",
+        "Restoring into PostgreSQL or Redis needs running servers (the demo's are removed now):",
+        "see Restore in README.md.",
+    ]
+
+
 def run_demo(demo_out: Path, work: Path, stack: contextlib.ExitStack) -> int:
     """Everything of :func:`main` but the error handling; servers go on ``stack``."""
     progress(f"preparing {demo_out} (previous content removed)")
@@ -333,7 +364,7 @@ def run_demo(demo_out: Path, work: Path, stack: contextlib.ExitStack) -> int:
     settings = config.load_settings(env_path, environ={}, for_run=True)
     progress(f"rendering the service into {service}")
     for rel, status in render.write(render.render(settings), service):
-        print(f"  {status.value:<11} {rel}")
+        print(f"  {status.value:<11} {rel}", flush=True)
 
     script = service / "backup_script.sh"
     progress(f"running {script} full")
@@ -357,6 +388,11 @@ def run_demo(demo_out: Path, work: Path, stack: contextlib.ExitStack) -> int:
     print(f"  Backups in {backups}, {encrypted}:")
     print("\n".join(listing) if listing else "    (no files)")
     print(f"  Rendered service in {service}; the servers are stopped and removed now.")
+    if code == 0 and list_code == 0:
+        print()
+        print("\n".join(next_steps(env_path, backups)))
+    # Before the next line on stderr: a pipe would hold stdout back until the exit.
+    sys.stdout.flush()
     return code if code != 0 else list_code
 
 

@@ -2,7 +2,9 @@
 
 Secrets travel only in the environment (``_env``), never as arguments: ``sh`` prints the full
 command line in its errors. Commands run in the foreground (``_fg``), so the user sees their
-output as it comes, and their exit code is returned rather than raised.
+output as it comes, and their exit code is returned rather than raised. ``sh`` (and the asyncio it
+brings) is imported by the functions that run a command, so that ``--help`` and ``config check``
+start without it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import sh
+from typing import TYPE_CHECKING
 
 from generator.errors import UserError
+
+if TYPE_CHECKING:
+    import sh
 
 # How many of a failed build's last lines its error repeats.
 BUILD_TAIL_LINES = 20
@@ -26,6 +30,8 @@ _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _command(name: str, install_hint: str) -> sh.Command:
+    import sh
+
     try:
         return sh.Command(name)
     except sh.CommandNotFound:
@@ -34,6 +40,8 @@ def _command(name: str, install_hint: str) -> sh.Command:
 
 def _foreground(command: sh.Command, args: Sequence[str], env: Mapping[str, str]) -> int:
     """Run in the foreground with ``env`` added to ours; return the exit code."""
+    import sh
+
     try:
         command(*args, _fg=True, _env={**os.environ, **env})
     except sh.SignalException as exc:
@@ -65,6 +73,8 @@ def signal_name(code: int) -> str | None:
 
 def docker() -> sh.Command:
     """The docker client, once the engine answers."""
+    import sh
+
     client = _command("docker", "install Docker (apt-get install docker.io) and start it.")
     try:
         client("info", "--format", "{{.ServerVersion}}", _err_to_out=True)
@@ -78,6 +88,8 @@ def docker() -> sh.Command:
 
 def compose_command() -> tuple[sh.Command, list[str]]:
     """``docker compose`` (v2) when available, else ``docker-compose`` (v1)."""
+    import sh
+
     client = docker()
     try:
         client("compose", "version", _err_to_out=True)
@@ -88,6 +100,8 @@ def compose_command() -> tuple[sh.Command, list[str]]:
 
 def container_state(name: str) -> str | None:
     """``running``, ``exited``, ... or None when there is no such container."""
+    import sh
+
     try:
         out = docker()("inspect", "--format", "{{.State.Status}}", name, _err_to_out=True)
     except sh.ErrorReturnCode:
@@ -119,6 +133,8 @@ def docker_build(context: Path, tag: str) -> None:
     Raises:
         UserError: the build failed (exit 1), with the last lines of its output.
     """
+    import sh
+
     tail: deque[str] = deque(maxlen=BUILD_TAIL_LINES)
 
     def show(line: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,6 +126,77 @@ def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.stdout.startswith("gym-backup ")
+
+
+@pytest.mark.parametrize("args", [["--version", "true"], ["--version", "generate"]])
+def test_version_is_a_plain_flag_that_takes_nothing_after_it(args: list[str]) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "gym-backup 0" not in result.stdout
+    assert "Usage: gym-backup" in result.stderr
+
+
+COMMANDS = [
+    [],
+    ["generate"],
+    ["backup"],
+    ["list"],
+    ["cleanup"],
+    ["verify"],
+    ["info"],
+    ["restore"],
+    ["build"],
+    ["up"],
+    ["down"],
+    ["logs"],
+    ["config"],
+    ["config", "check"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "gym-backup")
+def test_help_shows_flags_without_a_value_placeholder(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.stdout
+    flags = [ln.split()[0] for ln in result.stdout.splitlines() if ln.startswith("  --")]
+    assert "--help" in flags
+    # The command list shows each command's whole summary, never one cut short.
+    listed = result.stdout.partition("\nCommands:\n")[2]
+    assert not [ln for ln in listed.splitlines() if ln.endswith("...")]
+
+
+def loaded_modules(args: list[str], cwd: Path) -> set[str]:
+    """Which of the heavy libraries a fresh process has imported after running ``args``."""
+    code = (
+        "import sys\n"
+        "from generator.cli import app\n"
+        "try:\n"
+        "    app(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('jinja2', 'sh', 'asyncio', 'rich')\n"
+        "print(' '.join(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(result.stderr.splitlines()[-1].split())
+
+
+def test_help_version_and_config_check_load_neither_the_renderer_nor_sh(tmp_path: Path) -> None:
+    path = env_file(tmp_path, "POSTGRES_PASSWORD=pw\n")
+    for args in (["--help"], ["--version"], ["config", "check", "--env", str(path)]):
+        assert loaded_modules(args, tmp_path) == set(), args
+    # The commands that render or run something still load what they need.
+    assert "jinja2" in loaded_modules(["generate", "--out", "out"], tmp_path)
+    assert (tmp_path / "out" / "backup_script.sh").is_file()
+    assert "sh" in loaded_modules(["list"], tmp_path)
 
 
 def test_without_a_dotenv_here_the_error_says_where_it_looked(tmp_path: Path) -> None:
