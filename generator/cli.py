@@ -12,12 +12,13 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from typer.core import TyperGroup
 
 from generator import __version__, config, ops, render
+from generator.backup_types import BACKUP_TYPES, BY_NAME
 from generator.errors import EXIT_MEANINGS, ConfigError, ScriptFailedError, UserError
 
 
@@ -81,13 +82,17 @@ FlavorOption = Annotated[
 ]
 
 
-class BackupType(enum.StrEnum):
-    """What one backup run covers."""
-
-    FULL = "full"
-    POSTGRESQL = "postgresql"
-    REDIS = "redis"
-    FILES = "files"
+# The choices come from the types table: a new type is a new choice (typer offers a Literal's
+# values; for the type checker they are strings).
+REDIS_MODES = BY_NAME["redis"].restore_modes
+if TYPE_CHECKING:
+    BackupChoice = str
+    RestoreChoice = str
+    RedisMode = str
+else:
+    BackupChoice = Literal[("full", *(t.name for t in BACKUP_TYPES))]
+    RestoreChoice = Literal[tuple(t.name for t in BACKUP_TYPES)]
+    RedisMode = Literal[REDIS_MODES]
 
 
 def say(message: str) -> None:
@@ -237,7 +242,7 @@ def _flags(**flags: bool) -> list[str]:
 
 @app.command()
 def backup(
-    what: Annotated[BackupType, typer.Argument(help="What to back up.")],
+    what: Annotated[BackupChoice, typer.Argument(help="What to back up.")],
     local: LocalOption = False,
     env: EnvOption = None,
     dry_run: DryRunOption = False,
@@ -247,7 +252,7 @@ def backup(
     full backs up PostgreSQL, Redis and the files, with one timestamp.
     """
     with reporting_errors():
-        _run(local, env, "backup_script.sh", [what.value, *_flags(dry_run=dry_run)], for_run=True)
+        _run(local, env, "backup_script.sh", [what, *_flags(dry_run=dry_run)], for_run=True)
 
 
 @app.command("list")
@@ -300,24 +305,9 @@ def info(file: BackupFile, local: LocalOption = False, env: EnvOption = None) ->
         _run(local, env, "restore_script.sh", ["info", file], for_run=False)
 
 
-class RestoreType(enum.StrEnum):
-    """What a restore writes to."""
-
-    POSTGRESQL = "postgresql"
-    REDIS = "redis"
-    FILES = "files"
-
-
-class RedisMode(enum.StrEnum):
-    """How a Redis backup is restored."""
-
-    ONLINE = "online"
-    FILE = "file"
-
-
 @app.command()
 def restore(
-    what: Annotated[RestoreType, typer.Argument(help="What to restore into.")],
+    what: Annotated[RestoreChoice, typer.Argument(help="What to restore into.")],
     file: BackupFile,
     dest: Annotated[
         str | None, typer.Argument(help="files only: the folder (default FILES_DIR).")
@@ -338,7 +328,7 @@ def restore(
     ] = False,
     mode: Annotated[
         RedisMode, typer.Option("--mode", help="redis: online (replication) or file.")
-    ] = RedisMode.ONLINE,
+    ] = REDIS_MODES[0],
     force: Annotated[
         bool, typer.Option("--force", help="files: overwrite files that exist in DEST.")
     ] = False,
@@ -348,19 +338,19 @@ def restore(
     A failure leaves the target as it was.
     """
     with reporting_errors():
-        args = [what.value, file]
+        args = [what, file]
         if dest is not None:
-            if what is not RestoreType.FILES:
+            if what != "files":
                 raise UserError("DEST is for `restore files` only.", exit_code=2)
             args.append(dest)
         if target_db:
             args += ["--target-db", target_db]
-        if what is RestoreType.REDIS:
-            args += ["--mode", mode.value]
+        if what == "redis":
+            args += ["--mode", mode]
         args += _flags(clean=clean, no_owner=no_owner, no_safety_backup=no_safety_backup)
         args += _flags(force=force)
         _run(local, env, "restore_script.sh", args, for_run=True)
-        if what is RestoreType.REDIS and mode is RedisMode.FILE:
+        if what == "redis" and mode == "file":
             _restart_redis(local, env)
 
 
