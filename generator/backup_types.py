@@ -24,6 +24,9 @@ class BackupType:
     tools: tuple[str, ...] = ()  # the commands its shell runs
     packages: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # per image flavour
     health_probe: str = ""  # the health check's probe of the source (a shell function)
+    restore_options: tuple[str, ...] = ()  # `restore_script.sh NAME FILE` options of its own
+    restore_dest: bool = False  # `restore_script.sh NAME FILE [DEST]`
+    restore_usage: str = ""  # its lines in restore_script.sh's usage text
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,12 @@ BACKUP_TYPES: tuple[BackupType, ...] = (
             "debian": ("postgresql-client-${PG_MAJOR}",),
         },
         health_probe="probe_postgresql",
+        restore_options=("--target-db", "--clean", "--no-owner", "--no-safety-backup"),
+        restore_usage="""\
+  postgresql FILE [--target-db NAME] [--clean] [--no-owner] [--no-safety-backup]
+      restore in one transaction (a failure leaves the target as it was); a database that
+      already holds tables needs --clean (replaces everything in the schemas the backup
+      contains), and gets a safety backup first""",
     ),
     BackupType(
         "redis",
@@ -54,6 +63,14 @@ BACKUP_TYPES: tuple[BackupType, ...] = (
         tools=("redis-cli", "redis-check-rdb", "redis-server"),
         packages={"alpine": ("redis",), "debian": ("redis-server", "redis-tools")},
         health_probe="probe_redis",
+        restore_options=("--mode", "--recover", "--no-safety-backup"),
+        restore_usage="""\
+  redis FILE [--mode online|file] [--no-safety-backup]
+      online (default): the live Redis replicates the backup from a temporary redis-server
+      file: write the RDB (and AOF base) into REDIS_DATA_DIR, stop Redis, check that it
+      started again with the backup (or say to start it)
+  redis --recover
+      repair the live Redis after an interrupted Redis restore (every run does that first)""",
     ),
     BackupType(
         "files",
@@ -61,6 +78,13 @@ BACKUP_TYPES: tuple[BackupType, ...] = (
         "a tar of FILES_DIR",
         tools=("tar",),
         packages={"alpine": (), "debian": ()},  # GNU tar is in every image
+        restore_options=("--force",),
+        restore_dest=True,
+        restore_usage="""\
+  files FILE [DEST] [--force]
+      extract into DEST (default FILES_DIR; created when only its parent exists); existing
+      files are kept unless --force. A restore stopped while moving entries into place says
+      how far it got; run the same command again to complete it""",
     ),
 )
 

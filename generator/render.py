@@ -201,7 +201,9 @@ def render(settings: Settings, flavor: str = DEFAULT_FLAVOR) -> dict[str, str]:
     for output, template_name in OUTPUTS.items():
         try:
             template = environment().get_template(template_name)
-            files[output] = template.render(context, header=HEADER.format(template=template_name))
+            files[output] = template.render(
+                context, header=HEADER.format(template=template_name), script=output
+            )
         except jinja2.TemplateError as exc:
             where = getattr(exc, "name", None) or template_name
             raise UserError(f"template {where}: {exc.message}") from None

@@ -923,17 +923,256 @@ require_tools() {
   fi
 }
 # --- The backups themselves, shared by backup_script.sh and restore_script.sh (safety backups).
-readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 DRY_RUN=0
-# Where the Redis content check also keeps the decoded RDB (the restore script sets it).
-RDB_COPY=""
 # The backup a part's subshell makes (interrupted_state tells a part from the whole run by it).
 PART_TYPE=""
 # Why a backup was made (the manifest says; list marks safety backups taken before restores).
 BACKUP_PURPOSE="backup"
 
 # ---------------------------------------------------------------------------------------------
-# PostgreSQL
+# The Redis restore journal: BACKUP_DIR/.redis-restore.journal (REDIS_JOURNAL_NAME), mode 0600,
+# one KEY=VALUE a line and no secret. A Redis restore writes it before its first change to the
+# live server and rewrites it as it goes; it is removed once the live server has its own settings
+# back. A restore that is killed leaves it behind, and the next run of either script repairs the
+# live server from it right after taking the lock (recover_redis_journal).
+#   mode                 online or file
+#   pid started backup   the restore's run: its PID, when it started, the backup it restored
+#   host port run_id     the live server, and the process of it that was changed (INFO run_id)
+#   masterauth=empty     masterauth was empty and the restore set one (online)
+#   save                 the live server's save setting, which the restore set to "" (file)
+#   temp_host temp_port temp_pid temp_dir   the temporary redis-server it started (online)
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+# joined_lines FILE [MAX]: the lines of FILE as one, separated by "; " (the first MAX of them,
+# then how many more there are).
+joined_lines() {
+  local line text="" count=0 max="${2:-1000}"
+  while IFS= read -r line; do
+    count=$((count + 1))
+    ((count > max)) || text+="${text:+; }${line}"
+  done <"$1"
+  ((count <= max)) || text+="; and $((count - max)) more"
+  printf '%s' "${text}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Stages shared by the three backups: protect (encrypt or write), verify, checksum, manifest.
+
+protect_stage() {
+  if encryption_on; then printf 'encrypt'; else printf 'write'; fi
+}
+
+protect() {
+  if encryption_on; then
+    encrypt
+  else
+    cat
+  fi
+}
+
+# Count the bytes that pass through (dd reports them on stderr).
+count_bytes() {
+  dd bs=65536 2>"${WORK_DIR}/count.err"
+}
+
+# content_check TYPE: the decoded content on stdin, checked as its type does it (a stage).
+content_check() {
+  "content_check_$1"
+}
+
+# decode_and_check FILE TYPE: decode FILE, count the bytes, check the content (a step).
+decode_and_check() {
+  decode "$1" 2>"${WORK_DIR}/decode.err" | count_bytes | content_check "$2" 2>"${WORK_DIR}/check.err"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
+# verify_stored TYPE FILE: decode FILE once (decrypt, decompress) and check its content.
+verify_stored() {
+  local type="$1" file="$2"
+  local -a st
+  run_step decode_and_check "${file}" "${type}"
+  st=("${STEP_ST[@]}")
+  local i
+  local -a names=(decode count check)
+  for i in 0 1 2; do
+    if ((st[i] != 0)); then
+      die "${EXIT_VERIFY}" "${type}: the new backup failed verification (${names[i]} exit ${st[i]})$(stage_message "${names[i]}"); nothing was written under a final name"
+    fi
+  done
+  # A type's own check of what it wrote, when it has one beyond a whole decode.
+  if declare -F "stored_check_${type}" >/dev/null; then
+    "stored_check_${type}"
+  fi
+  RAW_SIZE="$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/count.err" | tail -n 1)"
+  is_uint "${RAW_SIZE}" || die "${EXIT_VERIFY}" "${type}: could not count the decoded bytes"
+}
+
+# sha256_to FILE OUT: the sha256 of FILE, in OUT (a step).
+sha256_to() {
+  local sum
+  sum="$(sha256sum -- "$1")" || return 1
+  printf '%s\n' "${sum:0:64}" >"$2"
+}
+
+# finish_backup TYPE PARTIAL FINAL EPOCH STARTED SOURCE_JSON SERVER_VERSION TOOLS_JSON [FIELDS]
+# FIELDS: more manifest lines of this type ("\"entries\": 12,").
+finish_backup() {
+  local type="$1" partial="$2" final="$3" epoch="$4" started="$5"
+  local source_json="$6" server_version="$7" tools_json="$8" fields="${9:-}"
+  local name hash stored duration_us manifest sums
+  name="${final##*/}"
+  stored="$(file_size "${partial}")"
+  run_step sha256_to "${partial}" "${WORK_DIR}/stored.sha256"
+  ((STEP_RC == 0)) ||
+    die "${EXIT_FAILED}" "${type}: could not read ${partial##*/} back to hash it"
+  hash="$(<"${WORK_DIR}/stored.sha256")"
+  duration_us=$((${EPOCHREALTIME/./} - ${started/./}))
+  sums="${final}.sha256.partial"
+  manifest="${final}.manifest.json.partial"
+  register_partial "${sums}"
+  register_partial "${manifest}"
+  printf '%s  %s\n' "${hash}" "${name}" >"${sums}"
+  write_manifest "${type}" "${name}" "${epoch}" "${stored}" "${hash}" "${duration_us}" \
+    "${source_json}" "${server_version}" "${tools_json}" "${fields}" >"${manifest}"
+  # The three names are given together: a signal meanwhile waits until they are.
+  PUBLISHING=1
+  publish "${sums}" "${final}.sha256"
+  publish "${manifest}" "${final}.manifest.json"
+  publish "${partial}" "${final}"
+  [[ -z "${RUN_DIR_OF_RUN:-}" ]] || printf '%s\n' "${name}" >>"${RUN_DIR_OF_RUN}/published"
+  PART_FILE="${name}" PART_STORED="${stored}" PART_RAW="${RAW_SIZE}"
+  PART_SECONDS="$((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))"
+  publishing_done
+  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))s)"
+}
+
+write_manifest() {
+  local type="$1" name="$2" epoch="$3" stored="$4" hash="$5" duration_us="$6"
+  local source_json="$7" server_version="$8" tools_json="$9" fields="${10}"
+  local encryption='null' server='null'
+  if encryption_on; then
+    encryption='{"format": "openpgp-symmetric", "cipher": "AES256", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
+  fi
+  [[ -z "${server_version}" ]] || server="$(json_str "${server_version}")"
+  cat <<EOF
+{
+  "schema_version": 1,
+  "type": "${type}",
+  "file": $(json_str "${name}"),
+  "created_utc": "$(TZ=UTC date -d "@${epoch}" +%Y-%m-%dT%H:%M:%SZ)",
+  "created_local": "$(date -d "@${epoch}" +%Y-%m-%dT%H:%M:%S%:z)",
+  "timezone": $(json_str "${TZ}"),
+  "size_raw_bytes": ${RAW_SIZE},
+  "size_stored_bytes": ${stored},${fields:+
+  ${fields}}
+  "sha256": "${hash}",
+  "duration_seconds": $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000))),
+  "compression": {"format": "${CODEC}", "tool": $(json_str "$(compressor)"), "level": ${COMPRESSION_LEVEL}},
+  "purpose": $(json_str "${BACKUP_PURPOSE}"),
+  "encrypted": $(encryption_on && printf true || printf false),
+  "encryption": ${encryption},
+  "source": ${source_json},
+  "server_version": ${server},
+  "tool_versions": {"gym_backup": $(json_str "${GYM_BACKUP_VERSION}"), ${tools_json}, "compressor": $(json_str "$(first_line "$(compressor)" --version)"), "bash": $(json_str "${BASH_VERSION}")}
+}
+EOF
+}
+
+# Fail early when the previous backup of TYPE would not fit in what is free now.
+check_free_space() {
+  local type="$1" need avail
+  local -a previous
+  mapfile -t previous < <(list_backups "${type}")
+  ((${#previous[@]} > 0)) || return 0
+  # Every backup streams into its stored file (no raw copy beside it): the stored size is the need.
+  need="$(file_size "${BACKUP_DIR}/${previous[0]}")"
+  need=$((need + need / 10))
+  avail="$(free_bytes "${BACKUP_DIR}")"
+  if ((avail < need)); then
+    die "${EXIT_REFUSED}" "${type}: not enough free space in ${BACKUP_DIR}: $(human_size "${avail}") free, but the previous ${type} backup (${previous[0]}) needs about $(human_size "${need}"); free space, run cleanup or lower BACKUP_RETENTION_DAYS"
+  fi
+}
+
+# manifest_count FILE FIELD: a count field of a manifest (bytes, entries), or nothing when the
+# manifest lacks it or holds something absurd: not a whole number, or over 15 digits (a petabyte).
+manifest_count() {
+  local value
+  value="$(sed -n "s/^  \"$2\": \([^,]*\),\{0,1\}\$/\1/p" -- "$1" 2>/dev/null | head -n 1)"
+  if [[ "${value}" =~ ^[0-9]{1,15}$ ]]; then
+    printf '%s\n' "$((10#${value}))"
+  fi
+}
+
+# part_warning TYPE MESSAGE: a warning of one backup part; the run's summary repeats it (so that
+# alerting can key on it) when the part runs under cmd_backup, which sets PART_WARNINGS.
+PART_WARNINGS=""
+part_warning() {
+  log WARN "$1: $2"
+  if [[ -n "${PART_WARNINGS}" ]]; then
+    printf '%s\n' "$2" >>"${PART_WARNINGS}" 2>/dev/null || true
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Running the parts
+
+# Pick the run's timestamp (in TZ) so that no final name of this run exists yet.
+pick_timestamp() {
+  local tries=0
+  while :; do
+    RUN_EPOCH="${EPOCHSECONDS}"
+    RUN_TS="$(date -d "@${RUN_EPOCH}" +%Y%m%d_%H%M%S)"
+    compgen -G "${BACKUP_DIR}/*_backup_${RUN_TS}.*" >/dev/null || return 0
+    tries=$((tries + 1))
+    ((tries < 5)) || die "${EXIT_FAILED}" "backups named *_${RUN_TS}.* already exist; refusing to overwrite them"
+    sleep 1
+  done
+}
+
+# What a part made (finish_backup sets them); part_finished leaves them in its result.
+PART_FILE=""
+PART_STORED=""
+PART_RAW=""
+PART_SECONDS=""
+
+# part_finished CODE: a part's EXIT trap: its result (status, exit code, file, sizes, duration,
+# error) as RUN_DIR_OF_RUN/result.TYPE, for the run's finishing step; then its own cleanup.
+part_finished() {
+  local code="$1" status=ok
+  ((code == 0)) || status=failed
+  [[ -z "${RUN_INTERRUPTED}" ]] || status=interrupted
+  if [[ -n "${RUN_DIR_OF_RUN:-}" && -d "${RUN_DIR_OF_RUN}" ]]; then
+    {
+      printf 'status=%s\ncode=%s\nfile=%s\n' "${status}" "${code}" "${PART_FILE}"
+      printf 'stored_bytes=%s\nraw_bytes=%s\nseconds=%s\n' "${PART_STORED}" "${PART_RAW}" "${PART_SECONDS}"
+      printf 'error=%s\n' "${LAST_ERROR//$'\n'/ }"
+    } >"${RUN_DIR_OF_RUN}/result.${PART_TYPE}" 2>/dev/null || true
+  fi
+  cleanup
+}
+
+# part_result TYPE FIELD: a field of a part's result (empty when it left none).
+part_result() {
+  sed -n "s/^$2=//p" "${RUN_DIR_OF_RUN}/result.$1" 2>/dev/null | head -n 1
+}
+
+# run_part TYPE TS EPOCH: one backup, as a step of its own (run_step's subshell), so that a
+# failed part ends only itself (full goes on).
+run_part() {
+  set -o errexit
+  PART_TYPE="$1"
+  trap 'part_finished $?' EXIT
+  trap_signals
+  make_work_dir
+  "backup_$1" "$2" "$3"
+}
+# --- The postgresql backup type (PostgreSQL): its backup, content check, deep verify and
+# restore (generator/backup_types.py has its row). Both scripts include the backup part;
+# the restore part is restore_script.sh's only.
+
+readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 
 # The password travels in the environment of the one command that needs it.
 pg_run() {
@@ -1069,8 +1308,22 @@ backup_postgresql() {
     "${server_version}" "\"pg_dump\": $(json_str "$(first_line pg_dump --version)")"
 }
 
-# ---------------------------------------------------------------------------------------------
-# Redis
+# The content: pg_dump's completion trailer ends a whole dump.
+content_check_postgresql() {
+  tail -c 1024 >"${WORK_DIR}/content.tail"
+}
+
+stored_check_postgresql() {
+  grep -qF -- "${SQL_TRAILER}" "${WORK_DIR}/content.tail" ||
+    die "${EXIT_VERIFY}" "postgresql: the dump has no completion trailer ('${SQL_TRAILER}'): it is incomplete"
+}
+
+# --- The redis backup type (Redis): its backup, content check, deep verify and
+# restore (generator/backup_types.py has its row). Both scripts include the backup part;
+# the restore part is restore_script.sh's only.
+
+# Where the Redis content check also keeps the decoded RDB (the restore script sets it).
+RDB_COPY=""
 
 redis_check_reachable() {
   local out
@@ -1178,29 +1431,22 @@ release_fifo() {
   exec {fd}>&-
 }
 
-# ---------------------------------------------------------------------------------------------
-# The Redis restore journal: BACKUP_DIR/.redis-restore.journal (REDIS_JOURNAL_NAME), mode 0600,
-# one KEY=VALUE a line and no secret. A Redis restore writes it before its first change to the
-# live server and rewrites it as it goes; it is removed once the live server has its own settings
-# back. A restore that is killed leaves it behind, and the next run of either script repairs the
-# live server from it right after taking the lock (recover_redis_journal).
-#   mode                 online or file
-#   pid started backup   the restore's run: its PID, when it started, the backup it restored
-#   host port run_id     the live server, and the process of it that was changed (INFO run_id)
-#   masterauth=empty     masterauth was empty and the restore set one (online)
-#   save                 the live server's save setting, which the restore set to "" (file)
-#   temp_host temp_port temp_pid temp_dir   the temporary redis-server it started (online)
-
 # How long a Redis server may take to sync from a temporary one, or to load what it received.
 readonly REDIS_SYNC_TIMEOUT=600
+
 declare -A JOURNAL=()
+
 readonly JOURNAL_KEYS=(version mode pid started backup host port run_id masterauth save
   temp_host temp_port temp_pid temp_dir)
+
 # Whether this run wrote the journal that exists now (a restore in progress).
 JOURNAL_OPEN=0
+
 # What repair_live_redis did, or why it could not; what recover_redis_journal repaired.
 REPAIR_DONE=""
+
 REPAIR_PROBLEM=""
+
 RECOVERED=""
 
 # journal_begin MODE RUN_ID BACKUP: a new journal, in JOURNAL, for a restore of BACKUP into the
@@ -1396,8 +1642,19 @@ recover_redis_journal() {
   fi
 }
 
-# ---------------------------------------------------------------------------------------------
-# Files
+# The content: its hash (and, for a restore, the decoded RDB kept in RDB_COPY for
+# redis-check-rdb and the restore).
+content_check_redis() {
+  if [[ -n "${RDB_COPY}" ]]; then
+    tee -- "${RDB_COPY}" | sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
+  else
+    sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
+  fi
+}
+
+# --- The files backup type (Files): its backup, content check, deep verify and
+# restore (generator/backup_types.py has its row). Both scripts include the backup part;
+# the restore part is restore_script.sh's only.
 
 # archive_files_to FILE [EXCLUDE...]: tar of FILES_DIR, compressed and protected, into FILE.
 archive_files_to() {
@@ -1483,237 +1740,11 @@ backup_dir_in_files_dir() {
   [[ "${backups}" != "${files}"* ]] || printf '%s\n' "${backups#"${files}"}"
 }
 
-# joined_lines FILE [MAX]: the lines of FILE as one, separated by "; " (the first MAX of them,
-# then how many more there are).
-joined_lines() {
-  local line text="" count=0 max="${2:-1000}"
-  while IFS= read -r line; do
-    count=$((count + 1))
-    ((count > max)) || text+="${text:+; }${line}"
-  done <"$1"
-  ((count <= max)) || text+="; and $((count - max)) more"
-  printf '%s' "${text}"
+# The content: the tar's list of entries (read to its end).
+content_check_files() {
+  tar -tPf - >"${WORK_DIR}/content.list" && cat >/dev/null
 }
 
-# ---------------------------------------------------------------------------------------------
-# Stages shared by the three backups: protect (encrypt or write), verify, checksum, manifest.
-
-protect_stage() {
-  if encryption_on; then printf 'encrypt'; else printf 'write'; fi
-}
-
-protect() {
-  if encryption_on; then
-    encrypt
-  else
-    cat
-  fi
-}
-
-# Count the bytes that pass through (dd reports them on stderr).
-count_bytes() {
-  dd bs=65536 2>"${WORK_DIR}/count.err"
-}
-
-content_check() {
-  case "$1" in
-    postgresql) tail -c 1024 >"${WORK_DIR}/content.tail" ;;
-    redis)
-      if [[ -n "${RDB_COPY}" ]]; then
-        tee -- "${RDB_COPY}" | sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
-      else
-        sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
-      fi
-      ;;
-    files) tar -tPf - >"${WORK_DIR}/content.list" && cat >/dev/null ;;
-  esac
-}
-
-# decode_and_check FILE TYPE: decode FILE, count the bytes, check the content (a step).
-decode_and_check() {
-  decode "$1" 2>"${WORK_DIR}/decode.err" | count_bytes | content_check "$2" 2>"${WORK_DIR}/check.err"
-  save_statuses "${PIPESTATUS[@]}"
-}
-
-# verify_stored TYPE FILE: decode FILE once (decrypt, decompress) and check its content.
-verify_stored() {
-  local type="$1" file="$2"
-  local -a st
-  run_step decode_and_check "${file}" "${type}"
-  st=("${STEP_ST[@]}")
-  local i
-  local -a names=(decode count check)
-  for i in 0 1 2; do
-    if ((st[i] != 0)); then
-      die "${EXIT_VERIFY}" "${type}: the new backup failed verification (${names[i]} exit ${st[i]})$(stage_message "${names[i]}"); nothing was written under a final name"
-    fi
-  done
-  if [[ "${type}" == postgresql ]] && ! grep -qF -- "${SQL_TRAILER}" "${WORK_DIR}/content.tail"; then
-    die "${EXIT_VERIFY}" "postgresql: the dump has no completion trailer ('${SQL_TRAILER}'): it is incomplete"
-  fi
-  RAW_SIZE="$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/count.err" | tail -n 1)"
-  is_uint "${RAW_SIZE}" || die "${EXIT_VERIFY}" "${type}: could not count the decoded bytes"
-}
-
-# sha256_to FILE OUT: the sha256 of FILE, in OUT (a step).
-sha256_to() {
-  local sum
-  sum="$(sha256sum -- "$1")" || return 1
-  printf '%s\n' "${sum:0:64}" >"$2"
-}
-
-# finish_backup TYPE PARTIAL FINAL EPOCH STARTED SOURCE_JSON SERVER_VERSION TOOLS_JSON [FIELDS]
-# FIELDS: more manifest lines of this type ("\"entries\": 12,").
-finish_backup() {
-  local type="$1" partial="$2" final="$3" epoch="$4" started="$5"
-  local source_json="$6" server_version="$7" tools_json="$8" fields="${9:-}"
-  local name hash stored duration_us manifest sums
-  name="${final##*/}"
-  stored="$(file_size "${partial}")"
-  run_step sha256_to "${partial}" "${WORK_DIR}/stored.sha256"
-  ((STEP_RC == 0)) ||
-    die "${EXIT_FAILED}" "${type}: could not read ${partial##*/} back to hash it"
-  hash="$(<"${WORK_DIR}/stored.sha256")"
-  duration_us=$((${EPOCHREALTIME/./} - ${started/./}))
-  sums="${final}.sha256.partial"
-  manifest="${final}.manifest.json.partial"
-  register_partial "${sums}"
-  register_partial "${manifest}"
-  printf '%s  %s\n' "${hash}" "${name}" >"${sums}"
-  write_manifest "${type}" "${name}" "${epoch}" "${stored}" "${hash}" "${duration_us}" \
-    "${source_json}" "${server_version}" "${tools_json}" "${fields}" >"${manifest}"
-  # The three names are given together: a signal meanwhile waits until they are.
-  PUBLISHING=1
-  publish "${sums}" "${final}.sha256"
-  publish "${manifest}" "${final}.manifest.json"
-  publish "${partial}" "${final}"
-  [[ -z "${RUN_DIR_OF_RUN:-}" ]] || printf '%s\n' "${name}" >>"${RUN_DIR_OF_RUN}/published"
-  PART_FILE="${name}" PART_STORED="${stored}" PART_RAW="${RAW_SIZE}"
-  PART_SECONDS="$((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))"
-  publishing_done
-  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))s)"
-}
-
-write_manifest() {
-  local type="$1" name="$2" epoch="$3" stored="$4" hash="$5" duration_us="$6"
-  local source_json="$7" server_version="$8" tools_json="$9" fields="${10}"
-  local encryption='null' server='null'
-  if encryption_on; then
-    encryption='{"format": "openpgp-symmetric", "cipher": "AES256", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
-  fi
-  [[ -z "${server_version}" ]] || server="$(json_str "${server_version}")"
-  cat <<EOF
-{
-  "schema_version": 1,
-  "type": "${type}",
-  "file": $(json_str "${name}"),
-  "created_utc": "$(TZ=UTC date -d "@${epoch}" +%Y-%m-%dT%H:%M:%SZ)",
-  "created_local": "$(date -d "@${epoch}" +%Y-%m-%dT%H:%M:%S%:z)",
-  "timezone": $(json_str "${TZ}"),
-  "size_raw_bytes": ${RAW_SIZE},
-  "size_stored_bytes": ${stored},${fields:+
-  ${fields}}
-  "sha256": "${hash}",
-  "duration_seconds": $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000))),
-  "compression": {"format": "${CODEC}", "tool": $(json_str "$(compressor)"), "level": ${COMPRESSION_LEVEL}},
-  "purpose": $(json_str "${BACKUP_PURPOSE}"),
-  "encrypted": $(encryption_on && printf true || printf false),
-  "encryption": ${encryption},
-  "source": ${source_json},
-  "server_version": ${server},
-  "tool_versions": {"gym_backup": $(json_str "${GYM_BACKUP_VERSION}"), ${tools_json}, "compressor": $(json_str "$(first_line "$(compressor)" --version)"), "bash": $(json_str "${BASH_VERSION}")}
-}
-EOF
-}
-
-# Fail early when the previous backup of TYPE would not fit in what is free now.
-check_free_space() {
-  local type="$1" need avail
-  local -a previous
-  mapfile -t previous < <(list_backups "${type}")
-  ((${#previous[@]} > 0)) || return 0
-  # Every backup streams into its stored file (no raw copy beside it): the stored size is the need.
-  need="$(file_size "${BACKUP_DIR}/${previous[0]}")"
-  need=$((need + need / 10))
-  avail="$(free_bytes "${BACKUP_DIR}")"
-  if ((avail < need)); then
-    die "${EXIT_REFUSED}" "${type}: not enough free space in ${BACKUP_DIR}: $(human_size "${avail}") free, but the previous ${type} backup (${previous[0]}) needs about $(human_size "${need}"); free space, run cleanup or lower BACKUP_RETENTION_DAYS"
-  fi
-}
-
-# manifest_count FILE FIELD: a count field of a manifest (bytes, entries), or nothing when the
-# manifest lacks it or holds something absurd: not a whole number, or over 15 digits (a petabyte).
-manifest_count() {
-  local value
-  value="$(sed -n "s/^  \"$2\": \([^,]*\),\{0,1\}\$/\1/p" -- "$1" 2>/dev/null | head -n 1)"
-  if [[ "${value}" =~ ^[0-9]{1,15}$ ]]; then
-    printf '%s\n' "$((10#${value}))"
-  fi
-}
-
-# part_warning TYPE MESSAGE: a warning of one backup part; the run's summary repeats it (so that
-# alerting can key on it) when the part runs under cmd_backup, which sets PART_WARNINGS.
-PART_WARNINGS=""
-part_warning() {
-  log WARN "$1: $2"
-  if [[ -n "${PART_WARNINGS}" ]]; then
-    printf '%s\n' "$2" >>"${PART_WARNINGS}" 2>/dev/null || true
-  fi
-}
-
-# ---------------------------------------------------------------------------------------------
-# Running the parts
-
-# Pick the run's timestamp (in TZ) so that no final name of this run exists yet.
-pick_timestamp() {
-  local tries=0
-  while :; do
-    RUN_EPOCH="${EPOCHSECONDS}"
-    RUN_TS="$(date -d "@${RUN_EPOCH}" +%Y%m%d_%H%M%S)"
-    compgen -G "${BACKUP_DIR}/*_backup_${RUN_TS}.*" >/dev/null || return 0
-    tries=$((tries + 1))
-    ((tries < 5)) || die "${EXIT_FAILED}" "backups named *_${RUN_TS}.* already exist; refusing to overwrite them"
-    sleep 1
-  done
-}
-
-# What a part made (finish_backup sets them); part_finished leaves them in its result.
-PART_FILE=""
-PART_STORED=""
-PART_RAW=""
-PART_SECONDS=""
-
-# part_finished CODE: a part's EXIT trap: its result (status, exit code, file, sizes, duration,
-# error) as RUN_DIR_OF_RUN/result.TYPE, for the run's finishing step; then its own cleanup.
-part_finished() {
-  local code="$1" status=ok
-  ((code == 0)) || status=failed
-  [[ -z "${RUN_INTERRUPTED}" ]] || status=interrupted
-  if [[ -n "${RUN_DIR_OF_RUN:-}" && -d "${RUN_DIR_OF_RUN}" ]]; then
-    {
-      printf 'status=%s\ncode=%s\nfile=%s\n' "${status}" "${code}" "${PART_FILE}"
-      printf 'stored_bytes=%s\nraw_bytes=%s\nseconds=%s\n' "${PART_STORED}" "${PART_RAW}" "${PART_SECONDS}"
-      printf 'error=%s\n' "${LAST_ERROR//$'\n'/ }"
-    } >"${RUN_DIR_OF_RUN}/result.${PART_TYPE}" 2>/dev/null || true
-  fi
-  cleanup
-}
-
-# part_result TYPE FIELD: a field of a part's result (empty when it left none).
-part_result() {
-  sed -n "s/^$2=//p" "${RUN_DIR_OF_RUN}/result.$1" 2>/dev/null | head -n 1
-}
-
-# run_part TYPE TS EPOCH: one backup, as a step of its own (run_step's subshell), so that a
-# failed part ends only itself (full goes on).
-run_part() {
-  set -o errexit
-  PART_TYPE="$1"
-  trap 'part_finished $?' EXIT
-  trap_signals
-  make_work_dir
-  "backup_$1" "$2" "$3"
-}
 readonly LOG_FILE="${BACKUP_DIR}/backup.log"
 readonly SIDECARS=(sha256 manifest.json)
 readonly LOG_KEEP_DAYS=7

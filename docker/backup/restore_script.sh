@@ -923,17 +923,256 @@ require_tools() {
   fi
 }
 # --- The backups themselves, shared by backup_script.sh and restore_script.sh (safety backups).
-readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 DRY_RUN=0
-# Where the Redis content check also keeps the decoded RDB (the restore script sets it).
-RDB_COPY=""
 # The backup a part's subshell makes (interrupted_state tells a part from the whole run by it).
 PART_TYPE=""
 # Why a backup was made (the manifest says; list marks safety backups taken before restores).
 BACKUP_PURPOSE="backup"
 
 # ---------------------------------------------------------------------------------------------
-# PostgreSQL
+# The Redis restore journal: BACKUP_DIR/.redis-restore.journal (REDIS_JOURNAL_NAME), mode 0600,
+# one KEY=VALUE a line and no secret. A Redis restore writes it before its first change to the
+# live server and rewrites it as it goes; it is removed once the live server has its own settings
+# back. A restore that is killed leaves it behind, and the next run of either script repairs the
+# live server from it right after taking the lock (recover_redis_journal).
+#   mode                 online or file
+#   pid started backup   the restore's run: its PID, when it started, the backup it restored
+#   host port run_id     the live server, and the process of it that was changed (INFO run_id)
+#   masterauth=empty     masterauth was empty and the restore set one (online)
+#   save                 the live server's save setting, which the restore set to "" (file)
+#   temp_host temp_port temp_pid temp_dir   the temporary redis-server it started (online)
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+# joined_lines FILE [MAX]: the lines of FILE as one, separated by "; " (the first MAX of them,
+# then how many more there are).
+joined_lines() {
+  local line text="" count=0 max="${2:-1000}"
+  while IFS= read -r line; do
+    count=$((count + 1))
+    ((count > max)) || text+="${text:+; }${line}"
+  done <"$1"
+  ((count <= max)) || text+="; and $((count - max)) more"
+  printf '%s' "${text}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Stages shared by the three backups: protect (encrypt or write), verify, checksum, manifest.
+
+protect_stage() {
+  if encryption_on; then printf 'encrypt'; else printf 'write'; fi
+}
+
+protect() {
+  if encryption_on; then
+    encrypt
+  else
+    cat
+  fi
+}
+
+# Count the bytes that pass through (dd reports them on stderr).
+count_bytes() {
+  dd bs=65536 2>"${WORK_DIR}/count.err"
+}
+
+# content_check TYPE: the decoded content on stdin, checked as its type does it (a stage).
+content_check() {
+  "content_check_$1"
+}
+
+# decode_and_check FILE TYPE: decode FILE, count the bytes, check the content (a step).
+decode_and_check() {
+  decode "$1" 2>"${WORK_DIR}/decode.err" | count_bytes | content_check "$2" 2>"${WORK_DIR}/check.err"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
+# verify_stored TYPE FILE: decode FILE once (decrypt, decompress) and check its content.
+verify_stored() {
+  local type="$1" file="$2"
+  local -a st
+  run_step decode_and_check "${file}" "${type}"
+  st=("${STEP_ST[@]}")
+  local i
+  local -a names=(decode count check)
+  for i in 0 1 2; do
+    if ((st[i] != 0)); then
+      die "${EXIT_VERIFY}" "${type}: the new backup failed verification (${names[i]} exit ${st[i]})$(stage_message "${names[i]}"); nothing was written under a final name"
+    fi
+  done
+  # A type's own check of what it wrote, when it has one beyond a whole decode.
+  if declare -F "stored_check_${type}" >/dev/null; then
+    "stored_check_${type}"
+  fi
+  RAW_SIZE="$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/count.err" | tail -n 1)"
+  is_uint "${RAW_SIZE}" || die "${EXIT_VERIFY}" "${type}: could not count the decoded bytes"
+}
+
+# sha256_to FILE OUT: the sha256 of FILE, in OUT (a step).
+sha256_to() {
+  local sum
+  sum="$(sha256sum -- "$1")" || return 1
+  printf '%s\n' "${sum:0:64}" >"$2"
+}
+
+# finish_backup TYPE PARTIAL FINAL EPOCH STARTED SOURCE_JSON SERVER_VERSION TOOLS_JSON [FIELDS]
+# FIELDS: more manifest lines of this type ("\"entries\": 12,").
+finish_backup() {
+  local type="$1" partial="$2" final="$3" epoch="$4" started="$5"
+  local source_json="$6" server_version="$7" tools_json="$8" fields="${9:-}"
+  local name hash stored duration_us manifest sums
+  name="${final##*/}"
+  stored="$(file_size "${partial}")"
+  run_step sha256_to "${partial}" "${WORK_DIR}/stored.sha256"
+  ((STEP_RC == 0)) ||
+    die "${EXIT_FAILED}" "${type}: could not read ${partial##*/} back to hash it"
+  hash="$(<"${WORK_DIR}/stored.sha256")"
+  duration_us=$((${EPOCHREALTIME/./} - ${started/./}))
+  sums="${final}.sha256.partial"
+  manifest="${final}.manifest.json.partial"
+  register_partial "${sums}"
+  register_partial "${manifest}"
+  printf '%s  %s\n' "${hash}" "${name}" >"${sums}"
+  write_manifest "${type}" "${name}" "${epoch}" "${stored}" "${hash}" "${duration_us}" \
+    "${source_json}" "${server_version}" "${tools_json}" "${fields}" >"${manifest}"
+  # The three names are given together: a signal meanwhile waits until they are.
+  PUBLISHING=1
+  publish "${sums}" "${final}.sha256"
+  publish "${manifest}" "${final}.manifest.json"
+  publish "${partial}" "${final}"
+  [[ -z "${RUN_DIR_OF_RUN:-}" ]] || printf '%s\n' "${name}" >>"${RUN_DIR_OF_RUN}/published"
+  PART_FILE="${name}" PART_STORED="${stored}" PART_RAW="${RAW_SIZE}"
+  PART_SECONDS="$((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))"
+  publishing_done
+  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))s)"
+}
+
+write_manifest() {
+  local type="$1" name="$2" epoch="$3" stored="$4" hash="$5" duration_us="$6"
+  local source_json="$7" server_version="$8" tools_json="$9" fields="${10}"
+  local encryption='null' server='null'
+  if encryption_on; then
+    encryption='{"format": "openpgp-symmetric", "cipher": "AES256", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
+  fi
+  [[ -z "${server_version}" ]] || server="$(json_str "${server_version}")"
+  cat <<EOF
+{
+  "schema_version": 1,
+  "type": "${type}",
+  "file": $(json_str "${name}"),
+  "created_utc": "$(TZ=UTC date -d "@${epoch}" +%Y-%m-%dT%H:%M:%SZ)",
+  "created_local": "$(date -d "@${epoch}" +%Y-%m-%dT%H:%M:%S%:z)",
+  "timezone": $(json_str "${TZ}"),
+  "size_raw_bytes": ${RAW_SIZE},
+  "size_stored_bytes": ${stored},${fields:+
+  ${fields}}
+  "sha256": "${hash}",
+  "duration_seconds": $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000))),
+  "compression": {"format": "${CODEC}", "tool": $(json_str "$(compressor)"), "level": ${COMPRESSION_LEVEL}},
+  "purpose": $(json_str "${BACKUP_PURPOSE}"),
+  "encrypted": $(encryption_on && printf true || printf false),
+  "encryption": ${encryption},
+  "source": ${source_json},
+  "server_version": ${server},
+  "tool_versions": {"gym_backup": $(json_str "${GYM_BACKUP_VERSION}"), ${tools_json}, "compressor": $(json_str "$(first_line "$(compressor)" --version)"), "bash": $(json_str "${BASH_VERSION}")}
+}
+EOF
+}
+
+# Fail early when the previous backup of TYPE would not fit in what is free now.
+check_free_space() {
+  local type="$1" need avail
+  local -a previous
+  mapfile -t previous < <(list_backups "${type}")
+  ((${#previous[@]} > 0)) || return 0
+  # Every backup streams into its stored file (no raw copy beside it): the stored size is the need.
+  need="$(file_size "${BACKUP_DIR}/${previous[0]}")"
+  need=$((need + need / 10))
+  avail="$(free_bytes "${BACKUP_DIR}")"
+  if ((avail < need)); then
+    die "${EXIT_REFUSED}" "${type}: not enough free space in ${BACKUP_DIR}: $(human_size "${avail}") free, but the previous ${type} backup (${previous[0]}) needs about $(human_size "${need}"); free space, run cleanup or lower BACKUP_RETENTION_DAYS"
+  fi
+}
+
+# manifest_count FILE FIELD: a count field of a manifest (bytes, entries), or nothing when the
+# manifest lacks it or holds something absurd: not a whole number, or over 15 digits (a petabyte).
+manifest_count() {
+  local value
+  value="$(sed -n "s/^  \"$2\": \([^,]*\),\{0,1\}\$/\1/p" -- "$1" 2>/dev/null | head -n 1)"
+  if [[ "${value}" =~ ^[0-9]{1,15}$ ]]; then
+    printf '%s\n' "$((10#${value}))"
+  fi
+}
+
+# part_warning TYPE MESSAGE: a warning of one backup part; the run's summary repeats it (so that
+# alerting can key on it) when the part runs under cmd_backup, which sets PART_WARNINGS.
+PART_WARNINGS=""
+part_warning() {
+  log WARN "$1: $2"
+  if [[ -n "${PART_WARNINGS}" ]]; then
+    printf '%s\n' "$2" >>"${PART_WARNINGS}" 2>/dev/null || true
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Running the parts
+
+# Pick the run's timestamp (in TZ) so that no final name of this run exists yet.
+pick_timestamp() {
+  local tries=0
+  while :; do
+    RUN_EPOCH="${EPOCHSECONDS}"
+    RUN_TS="$(date -d "@${RUN_EPOCH}" +%Y%m%d_%H%M%S)"
+    compgen -G "${BACKUP_DIR}/*_backup_${RUN_TS}.*" >/dev/null || return 0
+    tries=$((tries + 1))
+    ((tries < 5)) || die "${EXIT_FAILED}" "backups named *_${RUN_TS}.* already exist; refusing to overwrite them"
+    sleep 1
+  done
+}
+
+# What a part made (finish_backup sets them); part_finished leaves them in its result.
+PART_FILE=""
+PART_STORED=""
+PART_RAW=""
+PART_SECONDS=""
+
+# part_finished CODE: a part's EXIT trap: its result (status, exit code, file, sizes, duration,
+# error) as RUN_DIR_OF_RUN/result.TYPE, for the run's finishing step; then its own cleanup.
+part_finished() {
+  local code="$1" status=ok
+  ((code == 0)) || status=failed
+  [[ -z "${RUN_INTERRUPTED}" ]] || status=interrupted
+  if [[ -n "${RUN_DIR_OF_RUN:-}" && -d "${RUN_DIR_OF_RUN}" ]]; then
+    {
+      printf 'status=%s\ncode=%s\nfile=%s\n' "${status}" "${code}" "${PART_FILE}"
+      printf 'stored_bytes=%s\nraw_bytes=%s\nseconds=%s\n' "${PART_STORED}" "${PART_RAW}" "${PART_SECONDS}"
+      printf 'error=%s\n' "${LAST_ERROR//$'\n'/ }"
+    } >"${RUN_DIR_OF_RUN}/result.${PART_TYPE}" 2>/dev/null || true
+  fi
+  cleanup
+}
+
+# part_result TYPE FIELD: a field of a part's result (empty when it left none).
+part_result() {
+  sed -n "s/^$2=//p" "${RUN_DIR_OF_RUN}/result.$1" 2>/dev/null | head -n 1
+}
+
+# run_part TYPE TS EPOCH: one backup, as a step of its own (run_step's subshell), so that a
+# failed part ends only itself (full goes on).
+run_part() {
+  set -o errexit
+  PART_TYPE="$1"
+  trap 'part_finished $?' EXIT
+  trap_signals
+  make_work_dir
+  "backup_$1" "$2" "$3"
+}
+# --- The postgresql backup type (PostgreSQL): its backup, content check, deep verify and
+# restore (generator/backup_types.py has its row). Both scripts include the backup part;
+# the restore part is restore_script.sh's only.
+
+readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 
 # The password travels in the environment of the one command that needs it.
 pg_run() {
@@ -1069,8 +1308,512 @@ backup_postgresql() {
     "${server_version}" "\"pg_dump\": $(json_str "$(first_line pg_dump --version)")"
 }
 
+# The content: pg_dump's completion trailer ends a whole dump.
+content_check_postgresql() {
+  tail -c 1024 >"${WORK_DIR}/content.tail"
+}
+
+stored_check_postgresql() {
+  grep -qF -- "${SQL_TRAILER}" "${WORK_DIR}/content.tail" ||
+    die "${EXIT_VERIFY}" "postgresql: the dump has no completion trailer ('${SQL_TRAILER}'): it is incomplete"
+}
+
 # ---------------------------------------------------------------------------------------------
-# Redis
+# PostgreSQL: restore
+
+SCRATCH_DB=""
+
+CREATED_DB=""
+
+# The schemas a PostgreSQL restore replaced (the restore's report counts only their tables).
+CLEANED_SCHEMAS=()
+
+# psql's \restrict (no meta-command runs until \unrestrict with the key) came with the security
+# releases of 2025-08-14 (CVE-2025-8714): 13.22, 14.19, 15.14, 16.10 and 17.6; every 18 has it.
+declare -rA PSQL_RESTRICT_SINCE=([13]=22 [14]=19 [15]=14 [16]=10 [17]=6)
+
+require_safe_psql() {
+  require_tools psql
+  check_psql_version "$(psql --version 2>&1 || true)"
+}
+
+# check_psql_version "$(psql --version)": refuse a psql without a reliable \restrict (exit 6).
+check_psql_version() {
+  local version="$1" major minor
+  [[ "${version}" =~ \(PostgreSQL\)\ ([0-9]+)(\.([0-9]+))? ]] ||
+    die "${EXIT_REFUSED}" "postgresql: cannot read the psql version from '${version}'"
+  major="${BASH_REMATCH[1]}"
+  minor="${BASH_REMATCH[3]:-0}"
+  if ((10#${major} >= 18)); then
+    return 0
+  fi
+  if [[ -n "${PSQL_RESTRICT_SINCE[${major}]:-}" ]] && ((10#${minor} >= PSQL_RESTRICT_SINCE[${major}])); then
+    return 0
+  fi
+  die "${EXIT_REFUSED}" "postgresql: psql ${major}.${minor} cannot refuse the psql commands a backup file might hold (\\restrict came in 13.22, 14.19, 15.14, 16.10, 17.6 and 18); install a newer PostgreSQL client (rebuild the image). Nothing was changed."
+}
+
+# prepare_sql STRIP: the dump as psql gets it. A lock the application holds makes the restore
+# fail after LOCK_TIMEOUT (and roll back) rather than wait for ever: the dump's own
+# "SET lock_timeout = 0;" becomes that. The dump's own \restrict and \unrestrict lines go (psql
+# gets this run's key instead), and so do the BEGIN and COMMIT that pg_dump puts around large
+# objects' data: the restore is one transaction. With STRIP=1, the lines that set owners and privileges go (for a
+# server that lacks the original roles). COPY data passes untouched. Exit 3 when the dump does
+# not end with pg_dump's completion trailer: it is incomplete.
+prepare_sql() {
+  awk -v strip="$1" -v lock="${LOCK_TIMEOUT}s" -v trailer="${SQL_TRAILER}" '
+    in_copy { print; if ($0 == "\\.") in_copy = 0; next }
+    /^COPY .* FROM stdin;$/ { in_copy = 1; complete = 0; print; next }
+    /^\\(un)?restrict [A-Za-z0-9]+$/ { next }
+    /^-- Data for Name: .*; Type: BLOBS; / { in_blobs = 1 }
+    in_blobs && $0 == "BEGIN;" { next }
+    in_blobs && $0 == "COMMIT;" { in_blobs = 0; next }
+    $0 == trailer { complete = 1; print; next }
+    complete && $0 != "" && $0 != "--" { complete = 0 }
+    $0 == "SET lock_timeout = 0;" { print "SET lock_timeout = \047" lock "\047;"; next }
+    strip && (/^ALTER .* OWNER TO / || /^GRANT / || /^REVOKE / || /^ALTER DEFAULT PRIVILEGES /) { next }
+    { print }
+    END { exit complete ? 0 : 3 }
+  '
+}
+
+sql_literal() {
+  printf "'%s'" "${1//\'/\'\'}"
+}
+
+sql_ident() {
+  printf '"%s"' "${1//\"/\"\"}"
+}
+
+# sql_array NAME...: ARRAY['a', 'b']::text[]
+sql_array() {
+  local out="" name
+  for name in "$@"; do
+    out+="${out:+, }$(sql_literal "${name}")"
+  done
+  printf 'ARRAY[%s]::text[]' "${out}"
+}
+
+# postgres_query_in DB SQL
+postgres_query_in() {
+  local POSTGRES_DB="$1"
+  postgres_query "$2"
+}
+
+# as_admin CMD...: CMD on POSTGRES_ADMIN_USER's connection when it is set (creating and dropping
+# databases only: a dump is never loaded as the administrator), else on POSTGRES_USER's.
+as_admin() {
+  if [[ -n "${POSTGRES_ADMIN_USER}" ]]; then
+    local POSTGRES_USER="${POSTGRES_ADMIN_USER}" POSTGRES_PASSWORD="${POSTGRES_ADMIN_PASSWORD}"
+    "$@"
+  else
+    "$@"
+  fi
+}
+
+# create_database NAME WHAT ALTERNATIVE: a new database owned by POSTGRES_USER.
+create_database() {
+  local name="$1"
+  [[ -n "${POSTGRES_ADMIN_USER}" ]] || require_createdb "$2" "$3"
+  as_admin postgres_query "CREATE DATABASE $(sql_ident "${name}") OWNER $(sql_ident "${POSTGRES_USER}")" >/dev/null
+}
+
+drop_database() {
+  as_admin drop_database_as_user "$1"
+}
+
+# drop_database_as_user NAME: as POSTGRES_USER (as_admin may have set it); never dies.
+drop_database_as_user() {
+  pg_run psql -X -q -w -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
+    -d "${POSTGRES_DB}" -c "DROP DATABASE IF EXISTS $(sql_ident "$1") WITH (FORCE)" >/dev/null 2>&1
+}
+
+drop_scratch_db() {
+  [[ -n "${SCRATCH_DB}" ]] || return 0
+  drop_database "${SCRATCH_DB}" || log WARN "could not drop the scratch database ${SCRATCH_DB}; drop it by hand"
+  SCRATCH_DB=""
+}
+
+# A database this run created for a restore that failed is dropped again: the target is as it was.
+drop_created_db() {
+  [[ -n "${CREATED_DB}" ]] || return 0
+  drop_database "${CREATED_DB}" || log WARN "could not drop the database ${CREATED_DB} that this failed restore created; drop it by hand"
+  CREATED_DB=""
+}
+
+# table_report DB [SCHEMA...]: "N tables, M rows" (in those schemas only, when named). ONLY: a
+# partition's (or child table's) rows are not counted again in its parent. Tables POSTGRES_USER
+# may not read are named as not counted, instead of failing the report.
+table_report() {
+  local db="$1" only="true"
+  shift
+  (($# == 0)) || only="schemaname = ANY ($(sql_array "$@"))"
+  postgres_query_in "${db}" "SELECT count(*) || ' tables, ' || coalesce(sum(CASE WHEN readable THEN (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint END), 0) || ' rows' || CASE WHEN bool_and(readable) IS FALSE THEN ' (' || count(*) FILTER (WHERE NOT readable) || ' table(s) that ' || current_user || ' may not read not counted)' ELSE '' END FROM (SELECT schemaname, tablename, has_table_privilege(format('%I.%I', schemaname, tablename), 'SELECT') AS readable FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND ${only}) AS t"
+}
+
+# require_createdb WHAT ALTERNATIVE: creating a database needs CREATEDB; say so before anything is done.
+require_createdb() {
+  local can
+  can="$(postgres_query "SELECT rolcreatedb OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")"
+  [[ "${can}" == t ]] ||
+    die "${EXIT_REFUSED}" "postgresql: $1 needs a new database, and ${POSTGRES_USER} may not create databases; as a superuser run: ALTER ROLE $(sql_ident "${POSTGRES_USER}") CREATEDB$2, or set POSTGRES_ADMIN_USER to a role that may. Nothing was changed."
+}
+
+# hash_through: stdin to stdout unchanged; the sha256 of every byte that passed, in
+# WORK_DIR/read.sha256. Fails when the reader downstream stopped before the end.
+hash_through() {
+  local fifo="${WORK_DIR}/hash.fifo" rc=0 pid
+  mkfifo -m 600 -- "${fifo}"
+  sha256sum <"${fifo}" | cut -c1-64 >"${WORK_DIR}/read.sha256" &
+  pid=$!
+  tee -- "${fifo}" || rc=$?
+  wait "${pid}" || rc=1
+  rm -f -- "${fifo}"
+  return "${rc}"
+}
+
+# load_stream STRIP FD: the backup, hashed as read, decoded and prepared, to FD (pg_load's step).
+load_stream() {
+  hash_through <"${BACKUP_FILE}" 2>"${WORK_DIR}/read.err" |
+    decode_stream "${BACKUP_FILE##*/}" 2>"${WORK_DIR}/decode.err" |
+    prepare_sql "$1" 2>"${WORK_DIR}/prepare.err" 1>&"$2"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
+# What pg_load was doing (a signal asks): loading (no COMMIT sent yet), committing, or nothing.
+LOAD_PHASE=""
+
+LOAD_PSQL_PID=""
+
+LOAD_TOKEN=""
+
+LOAD_DB=""
+
+# pg_load_stop: end pg_load after a signal; says what became of the database. Before COMMIT
+# was sent, psql is stopped (its session ends: rolled back); after, psql may finish (30 s).
+pg_load_stop() {
+  local i
+  [[ -n "${LOAD_PHASE}" ]] || return 1
+  [[ "${LOAD_PHASE}" == committing ]] || kill -TERM "${LOAD_PSQL_PID}" 2>/dev/null || true
+  for ((i = 0; i < 300; i++)); do
+    is_running "${LOAD_PSQL_PID}" || break
+    sleep 0.1
+  done
+  if grep -qxF "gym-backup committed ${LOAD_TOKEN}" "${WORK_DIR}/psql.out" 2>/dev/null; then
+    printf 'the restore had committed just before the stop: %s holds the backup' "${LOAD_DB}"
+  elif [[ "${LOAD_PHASE}" == committing ]]; then
+    printf 'the stop came during COMMIT: whether %s holds the backup or is as it was is unknown; check it' "${LOAD_DB}"
+  else
+    printf 'the restore was stopped before its COMMIT and rolled back: %s is as it was' "${LOAD_DB}"
+  fi
+}
+
+# pg_load DB STRIP [PREAMBLE_FILE]: load the backup into DB as POSTGRES_USER in one transaction
+# that this script opens and commits itself, only when every stage of the decode exited 0, the
+# stored bytes read match FILE.sha256 and the dump ends with pg_dump's completion trailer.
+# Anything else (a cut file, a killed decoder, a signal, even SIGKILL of this script) ends psql's
+# input without COMMIT, and PostgreSQL rolls everything back. psql runs restricted with a key of
+# this run: no psql command in the backup (\!, \o |cmd, \copy, \i ...) is ever run.
+# Returns 0 when committed; else sets LOAD_CODE and LOAD_REASON, and returns 1.
+pg_load() {
+  local db="$1" strip="$2" preamble="${3:-}"
+  local fifo="${WORK_DIR}/load.fifo" key token fd psql_pid psql_rc=0 sent_commit=0 sqlstate
+  local -a st
+  key="$(random_hex 24)"
+  token="$(random_hex 12)"
+  LOAD_CODE="${EXIT_FAILED}"
+  LOAD_REASON=""
+  : >"${WORK_DIR}/psql.err"
+  mkfifo -m 600 -- "${fifo}"
+  pg_run psql -X -q -t -A -v ON_ERROR_STOP=1 -v VERBOSITY=verbose -h "${POSTGRES_HOST}" \
+    -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${db}" \
+    <"${fifo}" >"${WORK_DIR}/psql.out" 2>"${WORK_DIR}/psql.err" &
+  psql_pid=$!
+  exec {fd}>"${fifo}"
+  LOAD_PSQL_PID="${psql_pid}" LOAD_TOKEN="${token}" LOAD_PHASE=loading LOAD_DB="${db}"
+  set +o errexit
+  # A subshell: if psql is gone, a write there gets SIGPIPE, not this script.
+  (
+    printf '\\restrict %s\n' "${key}"
+    printf "SET lock_timeout = '%ss';\n" "${LOCK_TIMEOUT}"
+    printf 'SET client_min_messages = warning;\n'
+    printf 'BEGIN;\n'
+    printf "SELECT pg_catalog.set_config('gym_backup.xact', pg_catalog.txid_current()::text, false);\n"
+    [[ -z "${preamble}" ]] || cat -- "${preamble}"
+  ) 1>&"${fd}" 2>/dev/null
+  run_step load_stream "${strip}" "${fd}"
+  st=("${STEP_ST[@]}")
+  # 141 (SIGPIPE): the stage after it stopped reading; psql's exit says why.
+  if ((st[1] != 0 && st[1] != 141)); then
+    decode_failure
+  elif ((st[0] != 0 && st[0] != 141)); then
+    LOAD_CODE="${EXIT_VERIFY}"
+    LOAD_REASON="could not read ${BACKUP_FILE##*/}$(stage_message read)"
+  elif ((st[2] == 3)); then
+    LOAD_CODE="${EXIT_VERIFY}"
+    LOAD_REASON="the dump ends before pg_dump's completion trailer: it is incomplete"
+  elif ((st[0] == 0)) && [[ -n "${EXPECTED_SHA256}" && "$(<"${WORK_DIR}/read.sha256")" != "${EXPECTED_SHA256}" ]]; then
+    LOAD_CODE="${EXIT_VERIFY}"
+    LOAD_REASON="${BACKUP_FILE##*/} changed while it was read: its sha256 is no longer the one in ${BACKUP_FILE##*/}.sha256"
+  elif ((st[0] == 0 && st[1] == 0 && st[2] == 0)); then
+    # Everything was read and decoded: check that the dump did not end the transaction itself,
+    # then commit, then say so (the last line only prints once COMMIT has succeeded).
+    (
+      printf "DO \$gym_backup\$ BEGIN IF pg_catalog.current_setting('gym_backup.xact', true) IS DISTINCT FROM pg_catalog.txid_current()::text THEN RAISE EXCEPTION USING ERRCODE = 'GBK01', MESSAGE = 'the backup ended the transaction of the restore itself (it holds COMMIT or ROLLBACK)'; END IF; END \$gym_backup\$;\n"
+      printf 'COMMIT;\n'
+      printf "SELECT 'gym-backup committed %s';\n" "${token}"
+    ) 1>&"${fd}" 2>/dev/null && sent_commit=1 LOAD_PHASE=committing
+  fi
+  exec {fd}>&-
+  wait "${psql_pid}"
+  psql_rc=$?
+  LOAD_PHASE=""
+  set -o errexit
+  rm -f -- "${fifo}"
+  if ((sent_commit && psql_rc == 0)) && grep -qxF "gym-backup committed ${token}" "${WORK_DIR}/psql.out"; then
+    return 0
+  fi
+  [[ -z "${LOAD_REASON}" ]] || return 1
+  # The server's source file and line are of no use to the user.
+  sed -i '/^LOCATION:  /d' "${WORK_DIR}/psql.err" 2>/dev/null || true
+  sqlstate="$(pg_sqlstate "${WORK_DIR}/psql.err")"
+  if grep -qs 'backslash commands are restricted' "${WORK_DIR}/psql.err"; then
+    LOAD_CODE="${EXIT_VERIFY}"
+    LOAD_REASON="the backup holds a psql command (a line starting with a backslash: \\!, \\o, \\copy, \\i ...); refused, a backup is never run as a program$(stage_message psql)"
+    return 1
+  fi
+  case "${sqlstate}" in
+    GBK01) LOAD_REASON="$(stage_message psql): part of it may have been applied; restore the safety backup if one was taken" ;;
+    42704) LOAD_REASON="$(stage_message psql); the server lacks a role the dump names: pass --no-owner" ;;
+    55P03) LOAD_REASON="$(stage_message psql); another session (the application?) held a lock for LOCK_TIMEOUT=${LOCK_TIMEOUT}s: stop it, or retry" ;;
+    42501) LOAD_REASON="$(stage_message psql); ${POSTGRES_USER} lacks a privilege the dump needs (objects of other owners, or only a superuser may restore them: pass --no-owner, or see the README)" ;;
+    *)
+      LOAD_REASON="$(pg_state_hint "${sqlstate}")"
+      LOAD_REASON="$(stage_message psql)${LOAD_REASON:+; ${LOAD_REASON}}"
+      ;;
+  esac
+  if ((sent_commit && psql_rc == 2)); then
+    LOAD_REASON="the connection broke during COMMIT: check whether the restore was applied${LOAD_REASON}"
+  fi
+  LOAD_REASON="psql failed (exit ${psql_rc})${LOAD_REASON}"
+  return 1
+}
+
+# Why the decode failed (LOAD_CODE, LOAD_REASON), in the words of verify; a wrong key is exit 5.
+decode_failure() {
+  LOAD_CODE="${EXIT_VERIFY}"
+  if grep -qs 'Bad session key' "${WORK_DIR}/decode.err"; then
+    LOAD_CODE="${EXIT_WRONG_KEY}"
+    LOAD_REASON="wrong encryption key: ENCRYPTION_KEY does not decrypt this backup"
+  elif [[ "${BACKUP_FILE}" == *.gpg ]] && grep -qs '^gpg: ' "${WORK_DIR}/decode.err"; then
+    LOAD_REASON="the encrypted data is damaged, truncated or its decryption was stopped$(stage_message decode)"
+  else
+    LOAD_REASON="the compressed data is damaged, truncated or its decompression was stopped$(stage_message decode)"
+  fi
+}
+
+deep_postgresql() {
+  require_safe_psql
+  SCRATCH_DB="gym_backup_verify_$$_${RANDOM}"
+  # If this run is killed, the next one drops it (leftover_hook).
+  printf '%s\n' "${SCRATCH_DB}" >"${WORK_DIR}/scratch-db"
+  create_database "${SCRATCH_DB}" "verify --deep" "; or verify without --deep"
+  if ! pg_load "${SCRATCH_DB}" 1; then
+    # A dump that does not load fails the verification (4), a wrong key stays 5.
+    ((LOAD_CODE != EXIT_FAILED)) || LOAD_CODE="${EXIT_VERIFY}"
+    check_failed "${LOAD_CODE}" deep "the dump does not load into a scratch database: ${LOAD_REASON}"
+  fi
+  check_ok deep "loaded into scratch database ${SCRATCH_DB}: $(table_report "${SCRATCH_DB}"); dropped"
+  drop_scratch_db
+}
+
+# Tables, views and sequences outside the system schemas, one "schema.name" a line.
+list_relations() {
+  postgres_query_in "$1" "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1"
+}
+
+database_exists() {
+  [[ -n "$(postgres_query "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "$1")")" ]]
+}
+
+# dump_schemas: the schemas the dump creates ("created NAME") and those it holds objects in
+# ("holds NAME"), from pg_dump's CREATE SCHEMA lines and object headers (COPY data skipped).
+dump_schemas() {
+  decode "${BACKUP_FILE}" 2>/dev/null | awk '
+    in_copy { if ($0 == "\\.") in_copy = 0; next }
+    /^COPY .* FROM stdin;$/ { in_copy = 1; next }
+    /^CREATE SCHEMA "([^"]|"")+";$/ { s = substr($0, 16, length($0) - 17); gsub(/""/, "\"", s); print "created\t" s; next }
+    /^CREATE SCHEMA [a-z_][a-z0-9_$]*;$/ { s = substr($0, 15, length($0) - 15); print "created\t" s; next }
+    /^-- (Data for )?Name: .*; Type: .*; Schema: .*; Owner: / {
+      s = $0; sub(/^.*; Schema: /, "", s); sub(/; Owner: .*$/, "", s)
+      if (s != "-") print "holds\t" s
+    }
+  ' | sort -u
+}
+
+# The user objects outside the schemas in "cleaned" (a text[] of the DO block below): what
+# --clean must not drop through a dependency (a view, column, default or constraint in another
+# schema that uses what it replaces).
+readonly OUTSIDE_OBJECTS_SQL="SELECT o.classid::oid::text || '/' || o.objid::text || '/' || o.objsubid::text AS id, pg_describe_object(o.classid, o.objid, o.objsubid) AS what FROM (SELECT 'pg_class'::regclass AS classid, c.oid AS objid, 0 AS objsubid, c.relnamespace AS nsp FROM pg_class c UNION ALL SELECT 'pg_class'::regclass, a.attrelid, a.attnum, c.relnamespace FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid WHERE a.attnum > 0 AND NOT a.attisdropped UNION ALL SELECT 'pg_attrdef'::regclass, d.oid, 0, c.relnamespace FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid UNION ALL SELECT 'pg_constraint'::regclass, k.oid, 0, k.connamespace FROM pg_constraint k UNION ALL SELECT 'pg_trigger'::regclass, t.oid, 0, c.relnamespace FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid UNION ALL SELECT 'pg_rewrite'::regclass, r.oid, 0, c.relnamespace FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class UNION ALL SELECT 'pg_policy'::regclass, y.oid, 0, c.relnamespace FROM pg_policy y JOIN pg_class c ON c.oid = y.polrelid UNION ALL SELECT 'pg_proc'::regclass, f.oid, 0, f.pronamespace FROM pg_proc f UNION ALL SELECT 'pg_type'::regclass, ty.oid, 0, ty.typnamespace FROM pg_type ty UNION ALL SELECT 'pg_statistic_ext'::regclass, x.oid, 0, x.stxnamespace FROM pg_statistic_ext x) AS o JOIN pg_namespace n ON n.oid = o.nsp WHERE n.nspname <> ALL (cleaned) AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
+
+# clean_preamble TARGET FILE: the SQL --clean runs first, in the restore's transaction. Every
+# schema the dump creates is dropped with all it holds (the dump creates it again); a schema the
+# dump only holds objects in (public, usually) is dropped and made again as it was (owner,
+# privileges, comment). Schemas the dump does not contain are left alone, and named; if dropping
+# would reach into them (a view there on a replaced table), the restore fails and says why.
+clean_preamble() {
+  local target="$1" file="$2" kind name
+  local -a created=() held=() cleaned=() others=()
+  local -A is_created=()
+  while IFS=$'\t' read -r kind name; do
+    case "${kind}" in
+      created) created+=("${name}") is_created["${name}"]=1 ;;
+      holds) held+=("${name}") ;;
+    esac
+  done < <(dump_schemas)
+  cleaned=("${created[@]}")
+  for name in "${held[@]}"; do
+    [[ -n "${is_created["${name}"]:-}" ]] || cleaned+=("${name}")
+  done
+  mapfile -t others < <(postgres_query_in "${target}" "SELECT nspname FROM pg_namespace WHERE nspname <> ALL ($(sql_array "${cleaned[@]}")) AND nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp%' ORDER BY 1" | grep . || true)
+  log INFO "postgresql: --clean replaces everything in the schemas of the backup: ${cleaned[*]:-(none)}"
+  if ((${#others[@]} > 0)); then
+    log WARN "postgresql: schemas in ${target} that the backup does not contain, left as they are: ${others[*]}"
+  fi
+  CLEANED_SCHEMAS=("${cleaned[@]}")
+  cat >"${file}" <<SQL
+DO \$gym_backup\$
+DECLARE
+  cleaned text[] := $(sql_array "${cleaned[@]}");
+  created text[] := $(sql_array "${created[@]}");
+  s text;
+  owner_oid oid;
+  acl aclitem[];
+  note text;
+  grant_ record;
+  before_ids text[];
+  before_what text[];
+  lost text[];
+  path text := pg_catalog.current_setting('search_path');
+BEGIN
+  PERFORM pg_catalog.set_config('search_path', 'pg_catalog', false);
+  SELECT array_agg(id), array_agg(what) INTO before_ids, before_what FROM (${OUTSIDE_OBJECTS_SQL}) AS outside;
+  FOREACH s IN ARRAY cleaned LOOP
+    SELECT nspowner, nspacl, obj_description(oid, 'pg_namespace') INTO owner_oid, acl, note
+      FROM pg_namespace WHERE nspname = s;
+    CONTINUE WHEN NOT FOUND;
+    EXECUTE format('DROP SCHEMA %I CASCADE', s);
+    CONTINUE WHEN s = ANY (created);
+    EXECUTE format('CREATE SCHEMA %I', s);
+    EXECUTE format('ALTER SCHEMA %I OWNER TO %I', s, pg_get_userbyid(owner_oid));
+    FOR grant_ IN SELECT * FROM aclexplode(acl) AS a WHERE a.grantee <> owner_oid LOOP
+      EXECUTE format('GRANT %s ON SCHEMA %I TO %s%s', grant_.privilege_type, s,
+        CASE WHEN grant_.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(grant_.grantee)) END,
+        CASE WHEN grant_.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+    IF note IS NOT NULL THEN
+      EXECUTE format('COMMENT ON SCHEMA %I IS %L', s, note);
+    END IF;
+  END LOOP;
+  SELECT array_agg(before_what[i] ORDER BY before_what[i]) INTO lost
+    FROM generate_subscripts(before_ids, 1) AS i
+    WHERE before_ids[i] NOT IN (SELECT id FROM (${OUTSIDE_OBJECTS_SQL}) AS outside);
+  IF lost IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = 'GBK02', MESSAGE = format('--clean would also drop %s object(s) outside the schemas of the backup that depend on what it replaces: %s; drop or change them first', cardinality(lost), array_to_string(lost[1:10], '; '));
+  END IF;
+  PERFORM set_config('search_path', path, false);
+END
+\$gym_backup\$;
+SQL
+}
+
+restore_postgresql() {
+  local target="${OPT_TARGET_DB:-${POSTGRES_DB}}" relations=0 preamble="" state
+  require_type postgresql
+  require_tools psql pg_dump
+  require_safe_psql
+  [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
+  postgres_query 'SELECT 1' >/dev/null
+  verify_backup
+  if database_exists "${target}"; then
+    relations="$(list_relations "${target}" | grep -c . || true)"
+  elif [[ -n "${OPT_TARGET_DB}" ]]; then
+    printf '%s\n' "${target}" >"${WORK_DIR}/created-db"
+    create_database "${target}" "--target-db ${target}" "; or create the database ${target} (owned by ${POSTGRES_USER}) first"
+    CREATED_DB="${target}"
+    log INFO "postgresql: created database ${target}"
+  else
+    die "${EXIT_REFUSED}" "database ${target} does not exist; create it, or pass --target-db NAME to create a new one"
+  fi
+  if ((relations > 0)); then
+    ((OPT_CLEAN)) || die "${EXIT_REFUSED}" "database ${target} already holds ${relations} tables, views or sequences; pass --clean to replace everything in the schemas the backup contains (a safety backup is taken first), or --target-db NEW to restore beside it. Nothing was changed."
+    preamble="${WORK_DIR}/clean.sql"
+    clean_preamble "${target}" "${preamble}"
+    if ((OPT_NO_SAFETY)); then
+      log WARN "postgresql: no safety backup of ${target} (--no-safety-backup)"
+    else
+      safety_backup postgresql "${target}"
+    fi
+  fi
+  log INFO "postgresql: restoring ${BACKUP_FILE##*/} into ${target} in one transaction$( ((OPT_NO_OWNER)) && printf ' (without owners and grants)')"
+  if ! pg_load "${target}" "${OPT_NO_OWNER}" "${preamble}"; then
+    state="rolled back: ${target} is as it was"
+    [[ -z "${CREATED_DB}" ]] || state="rolled back, and the database ${target} this run created is dropped again"
+    [[ "$(pg_sqlstate "${WORK_DIR}/psql.err")" != GBK01 ]] || state="stopped, and NOT all rolled back"
+    die "${LOAD_CODE}" "postgresql: the restore failed and was ${state}: ${LOAD_REASON}"
+  fi
+  CREATED_DB=""
+  rm -f -- "${WORK_DIR}/created-db"
+  ((${#CLEANED_SCHEMAS[@]} > 0)) || mapfile -t CLEANED_SCHEMAS < <(dump_schemas | cut -f2 | sort -u)
+  log INFO "postgresql: restored ${BACKUP_FILE##*/} into ${target}: $(table_report "${target}" "${CLEANED_SCHEMAS[@]}")"
+}
+
+# content_verdict_postgresql: verify's content check (what it found; fails on a bad content).
+content_verdict_postgresql() {
+  if ! grep -qF -- "${SQL_TRAILER}" "${WORK_DIR}/content.tail"; then
+    printf 'the SQL dump has no completion trailer: it is incomplete'
+    return 1
+  fi
+  printf "complete SQL dump (pg_dump's completion trailer present)"
+}
+
+# interrupted_postgresql: what a stopped PostgreSQL restore had done (fails when it was not
+# loading).
+interrupted_postgresql() {
+  local what
+  what="$(pg_load_stop)" || return 1
+  printf '%s' "${what}"
+  [[ -z "${CREATED_DB}" ]] || printf '; the database %s this run created is dropped again' "${CREATED_DB}"
+}
+
+restore_finished_postgresql() {
+  drop_scratch_db
+  drop_created_db
+}
+
+# leftover_postgresql DIR: drop the scratch database of a killed verify --deep, and the database
+# a killed --target-db restore had created (only while it holds no tables: it had not committed).
+leftover_postgresql() {
+  local dir="$1" db
+  if [[ -s "${dir}/scratch-db" ]]; then
+    db="$(<"${dir}/scratch-db")"
+    [[ "${db}" != gym_backup_verify_* ]] || ! drop_database "${db}" ||
+      log WARN "dropped the scratch database ${db} of a killed verify --deep"
+  fi
+  if [[ -s "${dir}/created-db" ]]; then
+    db="$(<"${dir}/created-db")"
+    if database_exists "${db}" && [[ -z "$(list_relations "${db}")" ]]; then
+      drop_database "${db}" && log WARN "dropped the empty database ${db} that a killed restore had created"
+    fi
+  fi
+  return 0
+}
+# --- The redis backup type (Redis): its backup, content check, deep verify and
+# restore (generator/backup_types.py has its row). Both scripts include the backup part;
+# the restore part is restore_script.sh's only.
+
+# Where the Redis content check also keeps the decoded RDB (the restore script sets it).
+RDB_COPY=""
 
 redis_check_reachable() {
   local out
@@ -1178,29 +1921,22 @@ release_fifo() {
   exec {fd}>&-
 }
 
-# ---------------------------------------------------------------------------------------------
-# The Redis restore journal: BACKUP_DIR/.redis-restore.journal (REDIS_JOURNAL_NAME), mode 0600,
-# one KEY=VALUE a line and no secret. A Redis restore writes it before its first change to the
-# live server and rewrites it as it goes; it is removed once the live server has its own settings
-# back. A restore that is killed leaves it behind, and the next run of either script repairs the
-# live server from it right after taking the lock (recover_redis_journal).
-#   mode                 online or file
-#   pid started backup   the restore's run: its PID, when it started, the backup it restored
-#   host port run_id     the live server, and the process of it that was changed (INFO run_id)
-#   masterauth=empty     masterauth was empty and the restore set one (online)
-#   save                 the live server's save setting, which the restore set to "" (file)
-#   temp_host temp_port temp_pid temp_dir   the temporary redis-server it started (online)
-
 # How long a Redis server may take to sync from a temporary one, or to load what it received.
 readonly REDIS_SYNC_TIMEOUT=600
+
 declare -A JOURNAL=()
+
 readonly JOURNAL_KEYS=(version mode pid started backup host port run_id masterauth save
   temp_host temp_port temp_pid temp_dir)
+
 # Whether this run wrote the journal that exists now (a restore in progress).
 JOURNAL_OPEN=0
+
 # What repair_live_redis did, or why it could not; what recover_redis_journal repaired.
 REPAIR_DONE=""
+
 REPAIR_PROBLEM=""
+
 RECOVERED=""
 
 # journal_begin MODE RUN_ID BACKUP: a new journal, in JOURNAL, for a restore of BACKUP into the
@@ -1396,510 +2132,48 @@ recover_redis_journal() {
   fi
 }
 
-# ---------------------------------------------------------------------------------------------
-# Files
-
-# archive_files_to FILE [EXCLUDE...]: tar of FILES_DIR, compressed and protected, into FILE.
-archive_files_to() {
-  local out="$1"
-  shift
-  tar -C "${FILES_DIR}" "$@" -cf - . 2>"${WORK_DIR}/tar.err" |
-    compress 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${out}"
-  save_statuses "${PIPESTATUS[@]}"
-}
-
-backup_files() {
-  local ts="$1" epoch="$2"
-  local final partial started pattern inside previous_entries="" entries warning
-  local -a st excludes=() previous
-  final="${BACKUP_DIR}/$(backup_name files "${ts}")"
-  partial="${final}.partial"
-  started="${EPOCHREALTIME}"
-  require_tools tar "$(compressor)"
-  [[ -d "${FILES_DIR}" ]] || die "${EXIT_REFUSED}" "files: FILES_DIR ${FILES_DIR} does not exist or is not a folder; mount the uploads there or fix FILES_DIR"
-  [[ -r "${FILES_DIR}" && -x "${FILES_DIR}" ]] || die "${EXIT_REFUSED}" "files: FILES_DIR ${FILES_DIR} is not readable; fix its permissions"
-  IFS=',' read -r -a patterns <<<"${FILES_EXCLUDE}"
-  for pattern in "${patterns[@]}"; do
-    pattern="${pattern#"${pattern%%[![:space:]]*}"}"
-    pattern="${pattern%"${pattern##*[![:space:]]}"}"
-    [[ -z "${pattern}" ]] || excludes+=("--exclude=${pattern}")
-  done
-  # A files restore that was stopped keeps its staging folder in FILES_DIR until it is run again
-  # (restore_script.sh files): restored data waiting to be moved, not uploads of the gym.
-  excludes+=(--anchored --wildcards "--exclude=./.gym-restore.????????")
-  local staged
-  for staged in "${FILES_DIR}"/.gym-restore.????????; do
-    [[ ! -d "${staged}" ]] || log WARN "files: left out ${staged}, the staging folder of a files restore that did not finish; run that restore again to complete it"
-  done
-  # BACKUP_DIR inside FILES_DIR: each files backup would hold the ones before it, the lock, the
-  # logs and its own half-written file. It is left out, by its exact path (after the user's
-  # patterns: --anchored and --no-wildcards apply to the excludes that follow them).
-  inside="$(backup_dir_in_files_dir)"
-  if [[ -n "${inside}" ]]; then
-    excludes+=(--anchored --no-wildcards "--exclude=./${inside}")
-    log INFO "files: BACKUP_DIR is inside FILES_DIR: excluded (./${inside})"
-  fi
-  if ((DRY_RUN)); then
-    log INFO "dry run: would archive ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})} into ${final}"
-    return 0
-  fi
-  check_free_space files
-  mapfile -t previous < <(list_backups files)
-  ((${#previous[@]} == 0)) || previous_entries="$(manifest_count "${BACKUP_DIR}/${previous[0]}.manifest.json" entries)"
-  log INFO "files: archiving ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})}"
-  register_partial "${partial}"
-  run_step archive_files_to "${partial}" "${excludes[@]}"
-  st=("${STEP_ST[@]}")
-  # GNU tar's exit 1 when creating: a file changed (or went away) while it was read, as in a
-  # busy uploads folder. The archive is whole and holds what tar read: a warning, not a failure.
-  if ((st[0] == 1)); then
-    st[0]=0
-    warning="$(joined_lines "${WORK_DIR}/tar.err" 5)"
-    warning="${warning#tar: }"
-    part_warning files "tar (exit 1): ${warning//; tar: /; }; the archive holds what tar read"
-  fi
-  check_pipeline files tar compress "$(protect_stage)" -- "${st[@]}"
-  verify_stored files "${partial}"
-  entries="$(grep -cvx '\./' "${WORK_DIR}/content.list" || true)"
-  if ((entries == 0 && ${previous_entries:-0} > 0)); then
-    part_warning files "FILES_DIR ${FILES_DIR} is empty, but the previous files backup (${previous[0]}) had ${previous_entries} entries: is the uploads volume mounted?"
-  fi
-  finish_backup files "${partial}" "${final}" "${epoch}" "${started}" \
-    "{\"host\": $(json_str "$(hostname 2>/dev/null || printf unknown)"), \"dir\": $(json_str "${FILES_DIR}"), \"exclude\": $(json_str "${FILES_EXCLUDE}")}" \
-    "" "\"tar\": $(json_str "$(first_line tar --version)")" "\"entries\": ${entries},"
-}
-
-# backup_dir_in_files_dir: BACKUP_DIR's path inside FILES_DIR (links resolved), or nothing. The
-# same folder for both is refused: there would be nothing left to archive but backups.
-backup_dir_in_files_dir() {
-  local files backups
-  files="$(realpath -e -- "${FILES_DIR}")" || return 0
-  backups="$(realpath -e -- "${BACKUP_DIR}")" || return 0
-  if [[ "${backups}" == "${files}" ]]; then
-    die "${EXIT_REFUSED}" "files: BACKUP_DIR and FILES_DIR are the same folder (${files}); each files backup would archive the ones before it: point BACKUP_DIR at another folder"
-  fi
-  files="${files%/}/"
-  [[ "${backups}" != "${files}"* ]] || printf '%s\n' "${backups#"${files}"}"
-}
-
-# joined_lines FILE [MAX]: the lines of FILE as one, separated by "; " (the first MAX of them,
-# then how many more there are).
-joined_lines() {
-  local line text="" count=0 max="${2:-1000}"
-  while IFS= read -r line; do
-    count=$((count + 1))
-    ((count > max)) || text+="${text:+; }${line}"
-  done <"$1"
-  ((count <= max)) || text+="; and $((count - max)) more"
-  printf '%s' "${text}"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Stages shared by the three backups: protect (encrypt or write), verify, checksum, manifest.
-
-protect_stage() {
-  if encryption_on; then printf 'encrypt'; else printf 'write'; fi
-}
-
-protect() {
-  if encryption_on; then
-    encrypt
+# The content: its hash (and, for a restore, the decoded RDB kept in RDB_COPY for
+# redis-check-rdb and the restore).
+content_check_redis() {
+  if [[ -n "${RDB_COPY}" ]]; then
+    tee -- "${RDB_COPY}" | sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
   else
-    cat
-  fi
-}
-
-# Count the bytes that pass through (dd reports them on stderr).
-count_bytes() {
-  dd bs=65536 2>"${WORK_DIR}/count.err"
-}
-
-content_check() {
-  case "$1" in
-    postgresql) tail -c 1024 >"${WORK_DIR}/content.tail" ;;
-    redis)
-      if [[ -n "${RDB_COPY}" ]]; then
-        tee -- "${RDB_COPY}" | sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
-      else
-        sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
-      fi
-      ;;
-    files) tar -tPf - >"${WORK_DIR}/content.list" && cat >/dev/null ;;
-  esac
-}
-
-# decode_and_check FILE TYPE: decode FILE, count the bytes, check the content (a step).
-decode_and_check() {
-  decode "$1" 2>"${WORK_DIR}/decode.err" | count_bytes | content_check "$2" 2>"${WORK_DIR}/check.err"
-  save_statuses "${PIPESTATUS[@]}"
-}
-
-# verify_stored TYPE FILE: decode FILE once (decrypt, decompress) and check its content.
-verify_stored() {
-  local type="$1" file="$2"
-  local -a st
-  run_step decode_and_check "${file}" "${type}"
-  st=("${STEP_ST[@]}")
-  local i
-  local -a names=(decode count check)
-  for i in 0 1 2; do
-    if ((st[i] != 0)); then
-      die "${EXIT_VERIFY}" "${type}: the new backup failed verification (${names[i]} exit ${st[i]})$(stage_message "${names[i]}"); nothing was written under a final name"
-    fi
-  done
-  if [[ "${type}" == postgresql ]] && ! grep -qF -- "${SQL_TRAILER}" "${WORK_DIR}/content.tail"; then
-    die "${EXIT_VERIFY}" "postgresql: the dump has no completion trailer ('${SQL_TRAILER}'): it is incomplete"
-  fi
-  RAW_SIZE="$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/count.err" | tail -n 1)"
-  is_uint "${RAW_SIZE}" || die "${EXIT_VERIFY}" "${type}: could not count the decoded bytes"
-}
-
-# sha256_to FILE OUT: the sha256 of FILE, in OUT (a step).
-sha256_to() {
-  local sum
-  sum="$(sha256sum -- "$1")" || return 1
-  printf '%s\n' "${sum:0:64}" >"$2"
-}
-
-# finish_backup TYPE PARTIAL FINAL EPOCH STARTED SOURCE_JSON SERVER_VERSION TOOLS_JSON [FIELDS]
-# FIELDS: more manifest lines of this type ("\"entries\": 12,").
-finish_backup() {
-  local type="$1" partial="$2" final="$3" epoch="$4" started="$5"
-  local source_json="$6" server_version="$7" tools_json="$8" fields="${9:-}"
-  local name hash stored duration_us manifest sums
-  name="${final##*/}"
-  stored="$(file_size "${partial}")"
-  run_step sha256_to "${partial}" "${WORK_DIR}/stored.sha256"
-  ((STEP_RC == 0)) ||
-    die "${EXIT_FAILED}" "${type}: could not read ${partial##*/} back to hash it"
-  hash="$(<"${WORK_DIR}/stored.sha256")"
-  duration_us=$((${EPOCHREALTIME/./} - ${started/./}))
-  sums="${final}.sha256.partial"
-  manifest="${final}.manifest.json.partial"
-  register_partial "${sums}"
-  register_partial "${manifest}"
-  printf '%s  %s\n' "${hash}" "${name}" >"${sums}"
-  write_manifest "${type}" "${name}" "${epoch}" "${stored}" "${hash}" "${duration_us}" \
-    "${source_json}" "${server_version}" "${tools_json}" "${fields}" >"${manifest}"
-  # The three names are given together: a signal meanwhile waits until they are.
-  PUBLISHING=1
-  publish "${sums}" "${final}.sha256"
-  publish "${manifest}" "${final}.manifest.json"
-  publish "${partial}" "${final}"
-  [[ -z "${RUN_DIR_OF_RUN:-}" ]] || printf '%s\n' "${name}" >>"${RUN_DIR_OF_RUN}/published"
-  PART_FILE="${name}" PART_STORED="${stored}" PART_RAW="${RAW_SIZE}"
-  PART_SECONDS="$((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))"
-  publishing_done
-  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))s)"
-}
-
-write_manifest() {
-  local type="$1" name="$2" epoch="$3" stored="$4" hash="$5" duration_us="$6"
-  local source_json="$7" server_version="$8" tools_json="$9" fields="${10}"
-  local encryption='null' server='null'
-  if encryption_on; then
-    encryption='{"format": "openpgp-symmetric", "cipher": "AES256", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
-  fi
-  [[ -z "${server_version}" ]] || server="$(json_str "${server_version}")"
-  cat <<EOF
-{
-  "schema_version": 1,
-  "type": "${type}",
-  "file": $(json_str "${name}"),
-  "created_utc": "$(TZ=UTC date -d "@${epoch}" +%Y-%m-%dT%H:%M:%SZ)",
-  "created_local": "$(date -d "@${epoch}" +%Y-%m-%dT%H:%M:%S%:z)",
-  "timezone": $(json_str "${TZ}"),
-  "size_raw_bytes": ${RAW_SIZE},
-  "size_stored_bytes": ${stored},${fields:+
-  ${fields}}
-  "sha256": "${hash}",
-  "duration_seconds": $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000))),
-  "compression": {"format": "${CODEC}", "tool": $(json_str "$(compressor)"), "level": ${COMPRESSION_LEVEL}},
-  "purpose": $(json_str "${BACKUP_PURPOSE}"),
-  "encrypted": $(encryption_on && printf true || printf false),
-  "encryption": ${encryption},
-  "source": ${source_json},
-  "server_version": ${server},
-  "tool_versions": {"gym_backup": $(json_str "${GYM_BACKUP_VERSION}"), ${tools_json}, "compressor": $(json_str "$(first_line "$(compressor)" --version)"), "bash": $(json_str "${BASH_VERSION}")}
-}
-EOF
-}
-
-# Fail early when the previous backup of TYPE would not fit in what is free now.
-check_free_space() {
-  local type="$1" need avail
-  local -a previous
-  mapfile -t previous < <(list_backups "${type}")
-  ((${#previous[@]} > 0)) || return 0
-  # Every backup streams into its stored file (no raw copy beside it): the stored size is the need.
-  need="$(file_size "${BACKUP_DIR}/${previous[0]}")"
-  need=$((need + need / 10))
-  avail="$(free_bytes "${BACKUP_DIR}")"
-  if ((avail < need)); then
-    die "${EXIT_REFUSED}" "${type}: not enough free space in ${BACKUP_DIR}: $(human_size "${avail}") free, but the previous ${type} backup (${previous[0]}) needs about $(human_size "${need}"); free space, run cleanup or lower BACKUP_RETENTION_DAYS"
-  fi
-}
-
-# manifest_count FILE FIELD: a count field of a manifest (bytes, entries), or nothing when the
-# manifest lacks it or holds something absurd: not a whole number, or over 15 digits (a petabyte).
-manifest_count() {
-  local value
-  value="$(sed -n "s/^  \"$2\": \([^,]*\),\{0,1\}\$/\1/p" -- "$1" 2>/dev/null | head -n 1)"
-  if [[ "${value}" =~ ^[0-9]{1,15}$ ]]; then
-    printf '%s\n' "$((10#${value}))"
-  fi
-}
-
-# part_warning TYPE MESSAGE: a warning of one backup part; the run's summary repeats it (so that
-# alerting can key on it) when the part runs under cmd_backup, which sets PART_WARNINGS.
-PART_WARNINGS=""
-part_warning() {
-  log WARN "$1: $2"
-  if [[ -n "${PART_WARNINGS}" ]]; then
-    printf '%s\n' "$2" >>"${PART_WARNINGS}" 2>/dev/null || true
+    sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
   fi
 }
 
 # ---------------------------------------------------------------------------------------------
-# Running the parts
+# Redis: restore
 
-# Pick the run's timestamp (in TZ) so that no final name of this run exists yet.
-pick_timestamp() {
-  local tries=0
-  while :; do
-    RUN_EPOCH="${EPOCHSECONDS}"
-    RUN_TS="$(date -d "@${RUN_EPOCH}" +%Y%m%d_%H%M%S)"
-    compgen -G "${BACKUP_DIR}/*_backup_${RUN_TS}.*" >/dev/null || return 0
-    tries=$((tries + 1))
-    ((tries < 5)) || die "${EXIT_FAILED}" "backups named *_${RUN_TS}.* already exist; refusing to overwrite them"
-    sleep 1
-  done
-}
-
-# What a part made (finish_backup sets them); part_finished leaves them in its result.
-PART_FILE=""
-PART_STORED=""
-PART_RAW=""
-PART_SECONDS=""
-
-# part_finished CODE: a part's EXIT trap: its result (status, exit code, file, sizes, duration,
-# error) as RUN_DIR_OF_RUN/result.TYPE, for the run's finishing step; then its own cleanup.
-part_finished() {
-  local code="$1" status=ok
-  ((code == 0)) || status=failed
-  [[ -z "${RUN_INTERRUPTED}" ]] || status=interrupted
-  if [[ -n "${RUN_DIR_OF_RUN:-}" && -d "${RUN_DIR_OF_RUN}" ]]; then
-    {
-      printf 'status=%s\ncode=%s\nfile=%s\n' "${status}" "${code}" "${PART_FILE}"
-      printf 'stored_bytes=%s\nraw_bytes=%s\nseconds=%s\n' "${PART_STORED}" "${PART_RAW}" "${PART_SECONDS}"
-      printf 'error=%s\n' "${LAST_ERROR//$'\n'/ }"
-    } >"${RUN_DIR_OF_RUN}/result.${PART_TYPE}" 2>/dev/null || true
-  fi
-  cleanup
-}
-
-# part_result TYPE FIELD: a field of a part's result (empty when it left none).
-part_result() {
-  sed -n "s/^$2=//p" "${RUN_DIR_OF_RUN}/result.$1" 2>/dev/null | head -n 1
-}
-
-# run_part TYPE TS EPOCH: one backup, as a step of its own (run_step's subshell), so that a
-# failed part ends only itself (full goes on).
-run_part() {
-  set -o errexit
-  PART_TYPE="$1"
-  trap 'part_finished $?' EXIT
-  trap_signals
-  make_work_dir
-  "backup_$1" "$2" "$3"
-}
-readonly LOG_FILE="${BACKUP_DIR}/restore.log"
-
-OPT_DEEP=0
-OPT_NO_CHECKSUM=0
-OPT_CLEAN=0
-OPT_NO_OWNER=0
-OPT_NO_SAFETY=0
-OPT_RECOVER=0
-OPT_FORCE=0
-OPT_TARGET_DB=""
-OPT_MODE=online
-BACKUP_FILE=""
-BACKUP_TYPE=""
-# The sha256 FILE.sha256 gives (empty with --no-checksum): what a restore reads must match it.
-EXPECTED_SHA256=""
-SCRATCH_DB=""
-CREATED_DB=""
 TEMP_REDIS_PID=""
+
 # The live Redis server's INFO run_id, and whether this run changed it (see its journal).
 LIVE_RUN_ID=""
+
 LIVE_REDIS_CHANGED=0
+
 # A file restore: its files are written but not confirmed (put back on failure), its time stamp,
 # the second name of the RDB it replaced, and what the backup holds (see rdb_counts).
 FILE_RESTORE_PENDING=0
+
 RESTORE_STAMP=""
+
 OLD_RDB=""
+
 RDB_PERSISTENT=0
+
 RDB_VOLATILE=0
+
 # How long a Redis stopped by a file restore may take to answer again (Docker restarting it).
 readonly REDIS_RESTART_WAIT=10
-RESTORE_STAGING=""
-CREATED_DEST=""
+
 RESTORE_RDB=""
+
 TEMP_REDIS_HOST=""
+
 TEMP_REDIS_PORT=""
+
 TEMP_REDIS_PASSWORD=""
-# The schemas a PostgreSQL restore replaced (the restore's report counts only their tables).
-CLEANED_SCHEMAS=()
-
-usage() {
-  cat <<'EOF'
-Usage: restore_script.sh COMMAND FILE [DEST] [options]
-
-FILE is a path, or the bare name of a backup in BACKUP_DIR. FILE.sha256 is checked first.
-
-Commands:
-  verify FILE [--deep] [--no-checksum]
-      check the checksum, decryption, decompression and content; --deep also restores into a
-      scratch database or redis-server (then removes it) and reports tables, rows and keys
-  info FILE
-      type, creation time, sizes, encryption, compression, checksum state, source, versions
-  postgresql FILE [--target-db NAME] [--clean] [--no-owner] [--no-safety-backup]
-      restore in one transaction (a failure leaves the target as it was); a database that
-      already holds tables needs --clean (replaces everything in the schemas the backup
-      contains), and gets a safety backup first
-  redis FILE [--mode online|file] [--no-safety-backup]
-      online (default): the live Redis replicates the backup from a temporary redis-server
-      file: write the RDB (and AOF base) into REDIS_DATA_DIR, stop Redis, check that it
-      started again with the backup (or say to start it)
-  redis --recover
-      repair the live Redis after an interrupted Redis restore (every run does that first)
-  files FILE [DEST] [--force]
-      extract into DEST (default FILES_DIR; created when only its parent exists); existing
-      files are kept unless --force. A restore stopped while moving entries into place says
-      how far it got; run the same command again to complete it
-
-Options:
-  --no-checksum  (every command but info) go on without FILE.sha256
-  -h, --help     show this help
-
-Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy, 4 verification failed, 5 wrong encryption key,
-6 refused (a precondition not met).
-On any failure the target is left as it was, but for a files restore stopped while moving
-entries into place (run it again to complete it).
-EOF
-}
-
-# ---------------------------------------------------------------------------------------------
-# Finding the backup and its type.
-
-resolve_backup() {
-  local arg="$1" path
-  if [[ "${arg}" == */* ]]; then path="${arg}"; else path="${BACKUP_DIR}/${arg}"; fi
-  [[ -f "${path}" ]] || die "${EXIT_REFUSED}" "no backup file '${arg}' (looked for ${path}); give a path, or a name that 'backup_script.sh list' shows"
-  BACKUP_FILE="$(realpath -- "${path}")"
-  parse_name "${BACKUP_FILE}" ||
-    die "${EXIT_REFUSED}" "cannot tell the type of ${BACKUP_FILE##*/}: expected a name like TYPE_backup_YYYYMMDD_HHMMSS ending in $(name_endings)"
-  BACKUP_TYPE="${NAME_TYPE}"
-}
-
-require_type() {
-  [[ "${BACKUP_TYPE}" == "$1" ]] || die "${EXIT_REFUSED}" "${BACKUP_FILE##*/} is a ${BACKUP_TYPE} backup, not a $1 one"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Checks: each passed check is logged as "check NAME: ok", a failed one ends the run.
-
-check_ok() {
-  log INFO "check $1: ok ($2)"
-}
-
-check_failed() {
-  local code="$1" name="$2" detail="$3"
-  log ERROR "check ${name}: FAILED (${detail})"
-  die "${code}" "${BACKUP_FILE##*/} failed the ${name} check; nothing was changed"
-}
-
-check_checksum() {
-  local name="${BACKUP_FILE##*/}" dir="${BACKUP_FILE%/*}"
-  local sums="${BACKUP_FILE}.sha256" expected listed
-  if ((OPT_NO_CHECKSUM)); then
-    log WARN "check checksum: skipped (--no-checksum)"
-    return 0
-  fi
-  [[ -f "${sums}" ]] || check_failed "${EXIT_VERIFY}" checksum "${name}.sha256 is missing; restore it next to the backup, or pass --no-checksum"
-  read -r expected listed <"${sums}" || true
-  listed="${listed#\*}"
-  [[ "${listed}" == "${name}" ]] || check_failed "${EXIT_VERIFY}" checksum "${name}.sha256 is for '${listed}', not for ${name}"
-  if ! (cd -- "${dir}" && sha256sum --check --status -- "${name}.sha256") 2>/dev/null; then
-    check_failed "${EXIT_VERIFY}" checksum "the sha256 of ${name} is not the one in ${name}.sha256: the file was changed or damaged"
-  fi
-  EXPECTED_SHA256="${expected}"
-  check_ok checksum "sha256 matches ${name}.sha256"
-}
-
-# Decode the backup (decrypt, decompress) and check its content; a wrong key is exit 5.
-check_decode() {
-  local encrypted=0
-  local -a st
-  if ((NAME_ENCRYPTED)); then
-    encrypted=1
-    encryption_on || die "${EXIT_REFUSED}" "${BACKUP_FILE##*/} is encrypted: set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to its passphrase"
-    require_tools gpg
-  fi
-  # The Redis content check keeps the decoded RDB, for redis-check-rdb and the restore.
-  if [[ "${BACKUP_TYPE}" == redis ]]; then
-    ((encrypted == 0)) || require_private_work_dir
-    RDB_COPY="${RESTORE_RDB}"
-  fi
-  set +o errexit
-  run_step decode_and_check "${BACKUP_FILE}" "${BACKUP_TYPE}"
-  st=("${STEP_ST[@]}")
-  set -o errexit
-  RDB_COPY=""
-  if ((st[0] != 0 || st[1] != 0)); then
-    if grep -qs 'Bad session key' "${WORK_DIR}/decode.err"; then
-      check_failed "${EXIT_WRONG_KEY}" decrypt "wrong encryption key: ENCRYPTION_KEY does not decrypt this backup"
-    fi
-    if ((encrypted)) && grep -qs '^gpg: ' "${WORK_DIR}/decode.err"; then
-      check_failed "${EXIT_VERIFY}" decrypt "the encrypted data is damaged or truncated$(stage_message decode)"
-    fi
-    check_failed "${EXIT_VERIFY}" decompress "the compressed data is damaged or truncated$(stage_message decode)"
-  fi
-  if ((encrypted)); then
-    check_ok decrypt "OpenPGP symmetric encryption, the key decrypts it"
-  else
-    log INFO "check decrypt: skipped (the backup is not encrypted)"
-  fi
-  RAW_SIZE="$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/count.err" | tail -n 1)"
-  is_uint "${RAW_SIZE}" || check_failed "${EXIT_VERIFY}" decompress "could not count the decoded bytes$(stage_message count)"
-  check_ok decompress "${NAME_CODEC}, $(human_size "${RAW_SIZE}") decoded"
-  ((st[2] == 0)) || check_failed "${EXIT_VERIFY}" content "cannot read the content$(stage_message check)"
-  case "${BACKUP_TYPE}" in
-    postgresql)
-      grep -qF -- "${SQL_TRAILER}" "${WORK_DIR}/content.tail" ||
-        check_failed "${EXIT_VERIFY}" content "the SQL dump has no completion trailer: it is incomplete"
-      check_ok content "complete SQL dump (pg_dump's completion trailer present)"
-      ;;
-    redis)
-      require_tools redis-check-rdb
-      if ! redis-check-rdb "${RESTORE_RDB}" >"${WORK_DIR}/redis-check-rdb.err" 2>&1 ||
-        ! grep -q 'RDB looks OK' "${WORK_DIR}/redis-check-rdb.err"; then
-        check_failed "${EXIT_VERIFY}" content "not a valid RDB$(stage_message redis-check-rdb)"
-      fi
-      check_ok content "valid RDB (redis-check-rdb)"
-      ;;
-    files)
-      check_ok content "readable tar, $(wc -l <"${WORK_DIR}/content.list") entries"
-      ;;
-  esac
-}
-
-verify_backup() {
-  check_checksum
-  check_decode
-}
 
 # The decoded RDB of an encrypted backup is plaintext: it is written to WORK_DIR (private, 0700)
 # only when WORK_DIR is on none of the shared volumes (BACKUP_DIR, FILES_DIR, REDIS_DATA_DIR).
@@ -1912,326 +2186,6 @@ require_private_work_dir() {
       die "${EXIT_REFUSED}" "the temporary folder ${WORK_DIR} is inside ${volume}, a shared volume, where the decrypted RDB must not go; set TMPDIR to a folder on this host's own disk (not /dev/shm, which Docker limits to 64 MB)"
     fi
   done
-}
-
-# ---------------------------------------------------------------------------------------------
-# Loading a PostgreSQL dump: all or nothing, and nothing in it ever runs as a psql command.
-
-# psql's \restrict (no meta-command runs until \unrestrict with the key) came with the security
-# releases of 2025-08-14 (CVE-2025-8714): 13.22, 14.19, 15.14, 16.10 and 17.6; every 18 has it.
-declare -rA PSQL_RESTRICT_SINCE=([13]=22 [14]=19 [15]=14 [16]=10 [17]=6)
-
-require_safe_psql() {
-  require_tools psql
-  check_psql_version "$(psql --version 2>&1 || true)"
-}
-
-# check_psql_version "$(psql --version)": refuse a psql without a reliable \restrict (exit 6).
-check_psql_version() {
-  local version="$1" major minor
-  [[ "${version}" =~ \(PostgreSQL\)\ ([0-9]+)(\.([0-9]+))? ]] ||
-    die "${EXIT_REFUSED}" "postgresql: cannot read the psql version from '${version}'"
-  major="${BASH_REMATCH[1]}"
-  minor="${BASH_REMATCH[3]:-0}"
-  if ((10#${major} >= 18)); then
-    return 0
-  fi
-  if [[ -n "${PSQL_RESTRICT_SINCE[${major}]:-}" ]] && ((10#${minor} >= PSQL_RESTRICT_SINCE[${major}])); then
-    return 0
-  fi
-  die "${EXIT_REFUSED}" "postgresql: psql ${major}.${minor} cannot refuse the psql commands a backup file might hold (\\restrict came in 13.22, 14.19, 15.14, 16.10, 17.6 and 18); install a newer PostgreSQL client (rebuild the image). Nothing was changed."
-}
-
-# prepare_sql STRIP: the dump as psql gets it. A lock the application holds makes the restore
-# fail after LOCK_TIMEOUT (and roll back) rather than wait for ever: the dump's own
-# "SET lock_timeout = 0;" becomes that. The dump's own \restrict and \unrestrict lines go (psql
-# gets this run's key instead), and so do the BEGIN and COMMIT that pg_dump puts around large
-# objects' data: the restore is one transaction. With STRIP=1, the lines that set owners and privileges go (for a
-# server that lacks the original roles). COPY data passes untouched. Exit 3 when the dump does
-# not end with pg_dump's completion trailer: it is incomplete.
-prepare_sql() {
-  awk -v strip="$1" -v lock="${LOCK_TIMEOUT}s" -v trailer="${SQL_TRAILER}" '
-    in_copy { print; if ($0 == "\\.") in_copy = 0; next }
-    /^COPY .* FROM stdin;$/ { in_copy = 1; complete = 0; print; next }
-    /^\\(un)?restrict [A-Za-z0-9]+$/ { next }
-    /^-- Data for Name: .*; Type: BLOBS; / { in_blobs = 1 }
-    in_blobs && $0 == "BEGIN;" { next }
-    in_blobs && $0 == "COMMIT;" { in_blobs = 0; next }
-    $0 == trailer { complete = 1; print; next }
-    complete && $0 != "" && $0 != "--" { complete = 0 }
-    $0 == "SET lock_timeout = 0;" { print "SET lock_timeout = \047" lock "\047;"; next }
-    strip && (/^ALTER .* OWNER TO / || /^GRANT / || /^REVOKE / || /^ALTER DEFAULT PRIVILEGES /) { next }
-    { print }
-    END { exit complete ? 0 : 3 }
-  '
-}
-
-sql_literal() {
-  printf "'%s'" "${1//\'/\'\'}"
-}
-
-sql_ident() {
-  printf '"%s"' "${1//\"/\"\"}"
-}
-
-# sql_array NAME...: ARRAY['a', 'b']::text[]
-sql_array() {
-  local out="" name
-  for name in "$@"; do
-    out+="${out:+, }$(sql_literal "${name}")"
-  done
-  printf 'ARRAY[%s]::text[]' "${out}"
-}
-
-random_hex() {
-  od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'
-}
-
-# postgres_query_in DB SQL
-postgres_query_in() {
-  local POSTGRES_DB="$1"
-  postgres_query "$2"
-}
-
-# as_admin CMD...: CMD on POSTGRES_ADMIN_USER's connection when it is set (creating and dropping
-# databases only: a dump is never loaded as the administrator), else on POSTGRES_USER's.
-as_admin() {
-  if [[ -n "${POSTGRES_ADMIN_USER}" ]]; then
-    local POSTGRES_USER="${POSTGRES_ADMIN_USER}" POSTGRES_PASSWORD="${POSTGRES_ADMIN_PASSWORD}"
-    "$@"
-  else
-    "$@"
-  fi
-}
-
-# create_database NAME WHAT ALTERNATIVE: a new database owned by POSTGRES_USER.
-create_database() {
-  local name="$1"
-  [[ -n "${POSTGRES_ADMIN_USER}" ]] || require_createdb "$2" "$3"
-  as_admin postgres_query "CREATE DATABASE $(sql_ident "${name}") OWNER $(sql_ident "${POSTGRES_USER}")" >/dev/null
-}
-
-drop_database() {
-  as_admin drop_database_as_user "$1"
-}
-
-# drop_database_as_user NAME: as POSTGRES_USER (as_admin may have set it); never dies.
-drop_database_as_user() {
-  pg_run psql -X -q -w -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
-    -d "${POSTGRES_DB}" -c "DROP DATABASE IF EXISTS $(sql_ident "$1") WITH (FORCE)" >/dev/null 2>&1
-}
-
-drop_scratch_db() {
-  [[ -n "${SCRATCH_DB}" ]] || return 0
-  drop_database "${SCRATCH_DB}" || log WARN "could not drop the scratch database ${SCRATCH_DB}; drop it by hand"
-  SCRATCH_DB=""
-}
-
-# A database this run created for a restore that failed is dropped again: the target is as it was.
-drop_created_db() {
-  [[ -n "${CREATED_DB}" ]] || return 0
-  drop_database "${CREATED_DB}" || log WARN "could not drop the database ${CREATED_DB} that this failed restore created; drop it by hand"
-  CREATED_DB=""
-}
-
-# table_report DB [SCHEMA...]: "N tables, M rows" (in those schemas only, when named). ONLY: a
-# partition's (or child table's) rows are not counted again in its parent. Tables POSTGRES_USER
-# may not read are named as not counted, instead of failing the report.
-table_report() {
-  local db="$1" only="true"
-  shift
-  (($# == 0)) || only="schemaname = ANY ($(sql_array "$@"))"
-  postgres_query_in "${db}" "SELECT count(*) || ' tables, ' || coalesce(sum(CASE WHEN readable THEN (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', schemaname, tablename), false, true, '')))[1]::text::bigint END), 0) || ' rows' || CASE WHEN bool_and(readable) IS FALSE THEN ' (' || count(*) FILTER (WHERE NOT readable) || ' table(s) that ' || current_user || ' may not read not counted)' ELSE '' END FROM (SELECT schemaname, tablename, has_table_privilege(format('%I.%I', schemaname, tablename), 'SELECT') AS readable FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND ${only}) AS t"
-}
-
-# require_createdb WHAT ALTERNATIVE: creating a database needs CREATEDB; say so before anything is done.
-require_createdb() {
-  local can
-  can="$(postgres_query "SELECT rolcreatedb OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")"
-  [[ "${can}" == t ]] ||
-    die "${EXIT_REFUSED}" "postgresql: $1 needs a new database, and ${POSTGRES_USER} may not create databases; as a superuser run: ALTER ROLE $(sql_ident "${POSTGRES_USER}") CREATEDB$2, or set POSTGRES_ADMIN_USER to a role that may. Nothing was changed."
-}
-
-# hash_through: stdin to stdout unchanged; the sha256 of every byte that passed, in
-# WORK_DIR/read.sha256. Fails when the reader downstream stopped before the end.
-hash_through() {
-  local fifo="${WORK_DIR}/hash.fifo" rc=0 pid
-  mkfifo -m 600 -- "${fifo}"
-  sha256sum <"${fifo}" | cut -c1-64 >"${WORK_DIR}/read.sha256" &
-  pid=$!
-  tee -- "${fifo}" || rc=$?
-  wait "${pid}" || rc=1
-  rm -f -- "${fifo}"
-  return "${rc}"
-}
-
-# load_stream STRIP FD: the backup, hashed as read, decoded and prepared, to FD (pg_load's step).
-load_stream() {
-  hash_through <"${BACKUP_FILE}" 2>"${WORK_DIR}/read.err" |
-    decode_stream "${BACKUP_FILE##*/}" 2>"${WORK_DIR}/decode.err" |
-    prepare_sql "$1" 2>"${WORK_DIR}/prepare.err" 1>&"$2"
-  save_statuses "${PIPESTATUS[@]}"
-}
-
-# What pg_load was doing (a signal asks): loading (no COMMIT sent yet), committing, or nothing.
-LOAD_PHASE=""
-LOAD_PSQL_PID=""
-LOAD_TOKEN=""
-LOAD_DB=""
-
-# pg_load_stop: end pg_load after a signal; says what became of the database. Before COMMIT
-# was sent, psql is stopped (its session ends: rolled back); after, psql may finish (30 s).
-pg_load_stop() {
-  local i
-  [[ -n "${LOAD_PHASE}" ]] || return 1
-  [[ "${LOAD_PHASE}" == committing ]] || kill -TERM "${LOAD_PSQL_PID}" 2>/dev/null || true
-  for ((i = 0; i < 300; i++)); do
-    is_running "${LOAD_PSQL_PID}" || break
-    sleep 0.1
-  done
-  if grep -qxF "gym-backup committed ${LOAD_TOKEN}" "${WORK_DIR}/psql.out" 2>/dev/null; then
-    printf 'the restore had committed just before the stop: %s holds the backup' "${LOAD_DB}"
-  elif [[ "${LOAD_PHASE}" == committing ]]; then
-    printf 'the stop came during COMMIT: whether %s holds the backup or is as it was is unknown; check it' "${LOAD_DB}"
-  else
-    printf 'the restore was stopped before its COMMIT and rolled back: %s is as it was' "${LOAD_DB}"
-  fi
-}
-
-# What the run had done when a signal stopped it (on_signal logs it).
-interrupted_state() {
-  local what
-  if [[ -n "${PART_TYPE}" ]]; then
-    printf 'the safety backup was stopped before anything was restored; nothing was changed'
-  elif what="$(pg_load_stop)"; then
-    printf '%s' "${what}"
-    [[ -z "${CREATED_DB}" ]] || printf '; the database %s this run created is dropped again' "${CREATED_DB}"
-  elif [[ -n "${RESTORE_STAGING}" && -f "${RESTORE_STAGING}/journal" ]]; then
-    printf 'the files restore was moving entries into %s; how far it got, and how to complete it, follows' "${RESTORE_STAGING%/*}"
-  elif ((LIVE_REDIS_CHANGED)); then
-    printf 'the live Redis %s:%s had its settings changed for the restore: they are put back now (see below); it may hold the backup or its old data: check it, or restore again' "${REDIS_HOST}" "${REDIS_PORT}"
-  else
-    printf 'nothing was changed'
-  fi
-}
-
-# pg_load DB STRIP [PREAMBLE_FILE]: load the backup into DB as POSTGRES_USER in one transaction
-# that this script opens and commits itself, only when every stage of the decode exited 0, the
-# stored bytes read match FILE.sha256 and the dump ends with pg_dump's completion trailer.
-# Anything else (a cut file, a killed decoder, a signal, even SIGKILL of this script) ends psql's
-# input without COMMIT, and PostgreSQL rolls everything back. psql runs restricted with a key of
-# this run: no psql command in the backup (\!, \o |cmd, \copy, \i ...) is ever run.
-# Returns 0 when committed; else sets LOAD_CODE and LOAD_REASON, and returns 1.
-pg_load() {
-  local db="$1" strip="$2" preamble="${3:-}"
-  local fifo="${WORK_DIR}/load.fifo" key token fd psql_pid psql_rc=0 sent_commit=0 sqlstate
-  local -a st
-  key="$(random_hex 24)"
-  token="$(random_hex 12)"
-  LOAD_CODE="${EXIT_FAILED}"
-  LOAD_REASON=""
-  : >"${WORK_DIR}/psql.err"
-  mkfifo -m 600 -- "${fifo}"
-  pg_run psql -X -q -t -A -v ON_ERROR_STOP=1 -v VERBOSITY=verbose -h "${POSTGRES_HOST}" \
-    -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${db}" \
-    <"${fifo}" >"${WORK_DIR}/psql.out" 2>"${WORK_DIR}/psql.err" &
-  psql_pid=$!
-  exec {fd}>"${fifo}"
-  LOAD_PSQL_PID="${psql_pid}" LOAD_TOKEN="${token}" LOAD_PHASE=loading LOAD_DB="${db}"
-  set +o errexit
-  # A subshell: if psql is gone, a write there gets SIGPIPE, not this script.
-  (
-    printf '\\restrict %s\n' "${key}"
-    printf "SET lock_timeout = '%ss';\n" "${LOCK_TIMEOUT}"
-    printf 'SET client_min_messages = warning;\n'
-    printf 'BEGIN;\n'
-    printf "SELECT pg_catalog.set_config('gym_backup.xact', pg_catalog.txid_current()::text, false);\n"
-    [[ -z "${preamble}" ]] || cat -- "${preamble}"
-  ) 1>&"${fd}" 2>/dev/null
-  run_step load_stream "${strip}" "${fd}"
-  st=("${STEP_ST[@]}")
-  # 141 (SIGPIPE): the stage after it stopped reading; psql's exit says why.
-  if ((st[1] != 0 && st[1] != 141)); then
-    decode_failure
-  elif ((st[0] != 0 && st[0] != 141)); then
-    LOAD_CODE="${EXIT_VERIFY}"
-    LOAD_REASON="could not read ${BACKUP_FILE##*/}$(stage_message read)"
-  elif ((st[2] == 3)); then
-    LOAD_CODE="${EXIT_VERIFY}"
-    LOAD_REASON="the dump ends before pg_dump's completion trailer: it is incomplete"
-  elif ((st[0] == 0)) && [[ -n "${EXPECTED_SHA256}" && "$(<"${WORK_DIR}/read.sha256")" != "${EXPECTED_SHA256}" ]]; then
-    LOAD_CODE="${EXIT_VERIFY}"
-    LOAD_REASON="${BACKUP_FILE##*/} changed while it was read: its sha256 is no longer the one in ${BACKUP_FILE##*/}.sha256"
-  elif ((st[0] == 0 && st[1] == 0 && st[2] == 0)); then
-    # Everything was read and decoded: check that the dump did not end the transaction itself,
-    # then commit, then say so (the last line only prints once COMMIT has succeeded).
-    (
-      printf "DO \$gym_backup\$ BEGIN IF pg_catalog.current_setting('gym_backup.xact', true) IS DISTINCT FROM pg_catalog.txid_current()::text THEN RAISE EXCEPTION USING ERRCODE = 'GBK01', MESSAGE = 'the backup ended the transaction of the restore itself (it holds COMMIT or ROLLBACK)'; END IF; END \$gym_backup\$;\n"
-      printf 'COMMIT;\n'
-      printf "SELECT 'gym-backup committed %s';\n" "${token}"
-    ) 1>&"${fd}" 2>/dev/null && sent_commit=1 LOAD_PHASE=committing
-  fi
-  exec {fd}>&-
-  wait "${psql_pid}"
-  psql_rc=$?
-  LOAD_PHASE=""
-  set -o errexit
-  rm -f -- "${fifo}"
-  if ((sent_commit && psql_rc == 0)) && grep -qxF "gym-backup committed ${token}" "${WORK_DIR}/psql.out"; then
-    return 0
-  fi
-  [[ -z "${LOAD_REASON}" ]] || return 1
-  # The server's source file and line are of no use to the user.
-  sed -i '/^LOCATION:  /d' "${WORK_DIR}/psql.err" 2>/dev/null || true
-  sqlstate="$(pg_sqlstate "${WORK_DIR}/psql.err")"
-  if grep -qs 'backslash commands are restricted' "${WORK_DIR}/psql.err"; then
-    LOAD_CODE="${EXIT_VERIFY}"
-    LOAD_REASON="the backup holds a psql command (a line starting with a backslash: \\!, \\o, \\copy, \\i ...); refused, a backup is never run as a program$(stage_message psql)"
-    return 1
-  fi
-  case "${sqlstate}" in
-    GBK01) LOAD_REASON="$(stage_message psql): part of it may have been applied; restore the safety backup if one was taken" ;;
-    42704) LOAD_REASON="$(stage_message psql); the server lacks a role the dump names: pass --no-owner" ;;
-    55P03) LOAD_REASON="$(stage_message psql); another session (the application?) held a lock for LOCK_TIMEOUT=${LOCK_TIMEOUT}s: stop it, or retry" ;;
-    42501) LOAD_REASON="$(stage_message psql); ${POSTGRES_USER} lacks a privilege the dump needs (objects of other owners, or only a superuser may restore them: pass --no-owner, or see the README)" ;;
-    *)
-      LOAD_REASON="$(pg_state_hint "${sqlstate}")"
-      LOAD_REASON="$(stage_message psql)${LOAD_REASON:+; ${LOAD_REASON}}"
-      ;;
-  esac
-  if ((sent_commit && psql_rc == 2)); then
-    LOAD_REASON="the connection broke during COMMIT: check whether the restore was applied${LOAD_REASON}"
-  fi
-  LOAD_REASON="psql failed (exit ${psql_rc})${LOAD_REASON}"
-  return 1
-}
-
-# Why the decode failed (LOAD_CODE, LOAD_REASON), in the words of verify; a wrong key is exit 5.
-decode_failure() {
-  LOAD_CODE="${EXIT_VERIFY}"
-  if grep -qs 'Bad session key' "${WORK_DIR}/decode.err"; then
-    LOAD_CODE="${EXIT_WRONG_KEY}"
-    LOAD_REASON="wrong encryption key: ENCRYPTION_KEY does not decrypt this backup"
-  elif [[ "${BACKUP_FILE}" == *.gpg ]] && grep -qs '^gpg: ' "${WORK_DIR}/decode.err"; then
-    LOAD_REASON="the encrypted data is damaged, truncated or its decryption was stopped$(stage_message decode)"
-  else
-    LOAD_REASON="the compressed data is damaged, truncated or its decompression was stopped$(stage_message decode)"
-  fi
-}
-
-deep_postgresql() {
-  require_safe_psql
-  SCRATCH_DB="gym_backup_verify_$$_${RANDOM}"
-  # If this run is killed, the next one drops it (leftover_hook).
-  printf '%s\n' "${SCRATCH_DB}" >"${WORK_DIR}/scratch-db"
-  create_database "${SCRATCH_DB}" "verify --deep" "; or verify without --deep"
-  if ! pg_load "${SCRATCH_DB}" 1; then
-    # A dump that does not load fails the verification (4), a wrong key stays 5.
-    ((LOAD_CODE != EXIT_FAILED)) || LOAD_CODE="${EXIT_VERIFY}"
-    check_failed "${LOAD_CODE}" deep "the dump does not load into a scratch database: ${LOAD_REASON}"
-  fi
-  check_ok deep "loaded into scratch database ${SCRATCH_DB}: $(table_report "${SCRATCH_DB}"); dropped"
-  drop_scratch_db
 }
 
 # start_temp_redis DIR RDB BIND [PASSWORD]: a redis-server loading RDB, on a free port.
@@ -2324,302 +2278,6 @@ deep_redis() {
   stop_temp_redis
 }
 
-deep_files() {
-  check_ok deep "$(grep -c -v '/$' "${WORK_DIR}/content.list" || true) entries besides folders; the tar was read to its end"
-}
-
-cmd_verify() {
-  verify_backup
-  if ((OPT_DEEP)); then
-    "deep_${BACKUP_TYPE}"
-  fi
-  log INFO "verify ${BACKUP_FILE##*/}: every check passed"
-}
-
-# ---------------------------------------------------------------------------------------------
-# info
-
-# A one-line JSON object or value from a manifest, as plain words: host postgres, port 5432.
-json_plain() {
-  sed -e 's/,$//' -e 's/^[{]//' -e 's/[}]$//' -e 's/"\([^"]*\)": /\1 /g' -e 's/"//g'
-}
-
-manifest_line() {
-  sed -n "s/^  \"$2\": \(.*\)\$/\1/p" "$1" | head -n 1 | json_plain
-}
-
-# manifest_problem MANIFEST: why a manifest cannot be believed, or nothing. write_manifest writes
-# one field a line; a file not of that shape (damaged, truncated, not JSON), without a field info
-# shows, or with a size that is not a believable byte count is unreadable: info then tells what
-# the file itself and its name say, rather than blanks.
-manifest_problem() {
-  local manifest="$1" field value
-  if [[ ! -r "${manifest}" ]]; then
-    printf 'it cannot be read'
-  elif [[ "$(head -n 1 -- "${manifest}")" != "{" || "$(tail -n 1 -- "${manifest}")" != "}" ]]; then
-    printf 'it is not a JSON object as backup_script.sh writes it (damaged or truncated)'
-  else
-    for field in schema_version type created_utc created_local compression source size_raw_bytes size_stored_bytes; do
-      value="$(manifest_line "${manifest}" "${field}")"
-      if [[ -z "${value}" ]]; then
-        printf 'the field %s is missing' "${field}"
-        return 0
-      fi
-      if [[ "${field}" == size_* && -z "$(manifest_count "${manifest}" "${field}")" ]]; then
-        printf '%s is not a believable byte count (%s)' "${field}" "${value:0:40}"
-        return 0
-      fi
-    done
-    value="$(manifest_line "${manifest}" type)"
-    [[ "${value}" == "${BACKUP_TYPE}" ]] || printf 'it describes a %s backup, not a %s one' "${value:0:40}" "${BACKUP_TYPE}"
-  fi
-}
-
-cmd_info() {
-  local file="${BACKUP_FILE}" name="${BACKUP_FILE##*/}" manifest="${BACKUP_FILE}.manifest.json"
-  local created checksum encryption source server problem="" unknown="no manifest" use=0
-  if [[ -f "${manifest}" ]]; then
-    problem="$(manifest_problem "${manifest}")"
-    if [[ -z "${problem}" ]]; then
-      use=1
-    else
-      unknown="the manifest is unreadable"
-    fi
-  fi
-  if parse_name "${name}"; then
-    local d="${NAME_STAMP%_*}" t="${NAME_STAMP#*_}"
-    created="${d:0:4}-${d:4:2}-${d:6:2} ${t:0:2}:${t:2:2}:${t:4:2} (from the name, in TZ)"
-  else
-    created="unknown (the name carries no time)"
-  fi
-  ((use == 0)) || created="$(manifest_line "${manifest}" created_local) ($(manifest_line "${manifest}" created_utc))"
-  if [[ ! -f "${file}.sha256" ]]; then
-    checksum="no ${name}.sha256: cannot tell whether the file is intact"
-  elif (cd -- "${file%/*}" && sha256sum --check --status -- "${name}.sha256") 2>/dev/null; then
-    checksum="ok (matches ${name}.sha256)"
-  else
-    checksum="MISMATCH: the file differs from ${name}.sha256"
-  fi
-  if [[ "${name}" == *.gpg ]]; then
-    encryption="yes, OpenPGP symmetric"
-    if command -v gpg >/dev/null 2>&1; then
-      local cipher
-      cipher="$(gpg_run --list-packets --passphrase-fd 3 3</dev/null <"${file}" 2>/dev/null | sed -n 's/.*symkey enc packet: version [0-9]*, cipher \([0-9]*\).*/\1/p' | head -n 1)" || true
-      [[ "${cipher}" != 9 ]] || encryption="yes, OpenPGP symmetric AES256"
-    fi
-  else
-    encryption="no"
-  fi
-  printf 'file:         %s\n' "${file}"
-  printf 'type:         %s\n' "${BACKUP_TYPE}"
-  printf 'created:      %s\n' "${created}"
-  printf 'stored size:  %s (%s bytes)\n' "$(human_size "$(file_size "${file}")")" "$(file_size "${file}")"
-  if ((use)); then
-    local raw
-    raw="$(manifest_count "${manifest}" size_raw_bytes)"
-    printf 'raw size:     %s (%s bytes)\n' "$(human_size "${raw}")" "${raw}"
-    source="$(manifest_line "${manifest}" source)"
-    server="$(manifest_line "${manifest}" server_version)"
-    [[ "${server}" != null ]] || server="none (a files backup has no server)"
-    printf 'compression:  %s\n' "$(manifest_line "${manifest}" compression)"
-    printf 'duration:     %s\n' "$(manifest_or_unknown "${manifest}" duration_seconds s)"
-    printf 'purpose:      %s\n' "$(manifest_or_unknown "${manifest}" purpose)"
-  else
-    printf 'raw size:     unknown (%s; verify decodes it)\n' "${unknown}"
-    printf 'compression:  %s (from the name)\n' "${NAME_CODEC}"
-  fi
-  printf 'encrypted:    %s\n' "${encryption}"
-  printf 'checksum:     %s\n' "${checksum}"
-  printf 'source:       %s\n' "${source:-unknown (${unknown})}"
-  printf 'server:       %s\n' "${server:-unknown (${unknown})}"
-  if [[ ! -f "${manifest}" ]]; then
-    printf 'manifest:     none (%s.manifest.json is missing): the values above come from the file itself\n' "${name}"
-  elif ((use == 0)); then
-    printf 'manifest:     unreadable: %s; the values above come from the file itself and its name\n' "${problem}"
-  fi
-}
-
-# manifest_or_unknown MANIFEST FIELD [UNIT]: a field info shows that older manifests may lack.
-manifest_or_unknown() {
-  local value
-  value="$(manifest_line "$1" "$2")"
-  if [[ -n "${value}" ]]; then
-    printf '%s%s' "${value}" "${3:-}"
-  else
-    printf 'unknown (not in the manifest)'
-  fi
-}
-
-# ---------------------------------------------------------------------------------------------
-# PostgreSQL
-
-# Tables, views and sequences outside the system schemas, one "schema.name" a line.
-list_relations() {
-  postgres_query_in "$1" "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1"
-}
-
-database_exists() {
-  [[ -n "$(postgres_query "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "$1")")" ]]
-}
-
-# dump_schemas: the schemas the dump creates ("created NAME") and those it holds objects in
-# ("holds NAME"), from pg_dump's CREATE SCHEMA lines and object headers (COPY data skipped).
-dump_schemas() {
-  decode "${BACKUP_FILE}" 2>/dev/null | awk '
-    in_copy { if ($0 == "\\.") in_copy = 0; next }
-    /^COPY .* FROM stdin;$/ { in_copy = 1; next }
-    /^CREATE SCHEMA "([^"]|"")+";$/ { s = substr($0, 16, length($0) - 17); gsub(/""/, "\"", s); print "created\t" s; next }
-    /^CREATE SCHEMA [a-z_][a-z0-9_$]*;$/ { s = substr($0, 15, length($0) - 15); print "created\t" s; next }
-    /^-- (Data for )?Name: .*; Type: .*; Schema: .*; Owner: / {
-      s = $0; sub(/^.*; Schema: /, "", s); sub(/; Owner: .*$/, "", s)
-      if (s != "-") print "holds\t" s
-    }
-  ' | sort -u
-}
-
-# The user objects outside the schemas in "cleaned" (a text[] of the DO block below): what
-# --clean must not drop through a dependency (a view, column, default or constraint in another
-# schema that uses what it replaces).
-readonly OUTSIDE_OBJECTS_SQL="SELECT o.classid::oid::text || '/' || o.objid::text || '/' || o.objsubid::text AS id, pg_describe_object(o.classid, o.objid, o.objsubid) AS what FROM (SELECT 'pg_class'::regclass AS classid, c.oid AS objid, 0 AS objsubid, c.relnamespace AS nsp FROM pg_class c UNION ALL SELECT 'pg_class'::regclass, a.attrelid, a.attnum, c.relnamespace FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid WHERE a.attnum > 0 AND NOT a.attisdropped UNION ALL SELECT 'pg_attrdef'::regclass, d.oid, 0, c.relnamespace FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid UNION ALL SELECT 'pg_constraint'::regclass, k.oid, 0, k.connamespace FROM pg_constraint k UNION ALL SELECT 'pg_trigger'::regclass, t.oid, 0, c.relnamespace FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid UNION ALL SELECT 'pg_rewrite'::regclass, r.oid, 0, c.relnamespace FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class UNION ALL SELECT 'pg_policy'::regclass, y.oid, 0, c.relnamespace FROM pg_policy y JOIN pg_class c ON c.oid = y.polrelid UNION ALL SELECT 'pg_proc'::regclass, f.oid, 0, f.pronamespace FROM pg_proc f UNION ALL SELECT 'pg_type'::regclass, ty.oid, 0, ty.typnamespace FROM pg_type ty UNION ALL SELECT 'pg_statistic_ext'::regclass, x.oid, 0, x.stxnamespace FROM pg_statistic_ext x) AS o JOIN pg_namespace n ON n.oid = o.nsp WHERE n.nspname <> ALL (cleaned) AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
-
-# clean_preamble TARGET FILE: the SQL --clean runs first, in the restore's transaction. Every
-# schema the dump creates is dropped with all it holds (the dump creates it again); a schema the
-# dump only holds objects in (public, usually) is dropped and made again as it was (owner,
-# privileges, comment). Schemas the dump does not contain are left alone, and named; if dropping
-# would reach into them (a view there on a replaced table), the restore fails and says why.
-clean_preamble() {
-  local target="$1" file="$2" kind name
-  local -a created=() held=() cleaned=() others=()
-  local -A is_created=()
-  while IFS=$'\t' read -r kind name; do
-    case "${kind}" in
-      created) created+=("${name}") is_created["${name}"]=1 ;;
-      holds) held+=("${name}") ;;
-    esac
-  done < <(dump_schemas)
-  cleaned=("${created[@]}")
-  for name in "${held[@]}"; do
-    [[ -n "${is_created["${name}"]:-}" ]] || cleaned+=("${name}")
-  done
-  mapfile -t others < <(postgres_query_in "${target}" "SELECT nspname FROM pg_namespace WHERE nspname <> ALL ($(sql_array "${cleaned[@]}")) AND nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp%' ORDER BY 1" | grep . || true)
-  log INFO "postgresql: --clean replaces everything in the schemas of the backup: ${cleaned[*]:-(none)}"
-  if ((${#others[@]} > 0)); then
-    log WARN "postgresql: schemas in ${target} that the backup does not contain, left as they are: ${others[*]}"
-  fi
-  CLEANED_SCHEMAS=("${cleaned[@]}")
-  cat >"${file}" <<SQL
-DO \$gym_backup\$
-DECLARE
-  cleaned text[] := $(sql_array "${cleaned[@]}");
-  created text[] := $(sql_array "${created[@]}");
-  s text;
-  owner_oid oid;
-  acl aclitem[];
-  note text;
-  grant_ record;
-  before_ids text[];
-  before_what text[];
-  lost text[];
-  path text := pg_catalog.current_setting('search_path');
-BEGIN
-  PERFORM pg_catalog.set_config('search_path', 'pg_catalog', false);
-  SELECT array_agg(id), array_agg(what) INTO before_ids, before_what FROM (${OUTSIDE_OBJECTS_SQL}) AS outside;
-  FOREACH s IN ARRAY cleaned LOOP
-    SELECT nspowner, nspacl, obj_description(oid, 'pg_namespace') INTO owner_oid, acl, note
-      FROM pg_namespace WHERE nspname = s;
-    CONTINUE WHEN NOT FOUND;
-    EXECUTE format('DROP SCHEMA %I CASCADE', s);
-    CONTINUE WHEN s = ANY (created);
-    EXECUTE format('CREATE SCHEMA %I', s);
-    EXECUTE format('ALTER SCHEMA %I OWNER TO %I', s, pg_get_userbyid(owner_oid));
-    FOR grant_ IN SELECT * FROM aclexplode(acl) AS a WHERE a.grantee <> owner_oid LOOP
-      EXECUTE format('GRANT %s ON SCHEMA %I TO %s%s', grant_.privilege_type, s,
-        CASE WHEN grant_.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(grant_.grantee)) END,
-        CASE WHEN grant_.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
-    IF note IS NOT NULL THEN
-      EXECUTE format('COMMENT ON SCHEMA %I IS %L', s, note);
-    END IF;
-  END LOOP;
-  SELECT array_agg(before_what[i] ORDER BY before_what[i]) INTO lost
-    FROM generate_subscripts(before_ids, 1) AS i
-    WHERE before_ids[i] NOT IN (SELECT id FROM (${OUTSIDE_OBJECTS_SQL}) AS outside);
-  IF lost IS NOT NULL THEN
-    RAISE EXCEPTION USING ERRCODE = 'GBK02', MESSAGE = format('--clean would also drop %s object(s) outside the schemas of the backup that depend on what it replaces: %s; drop or change them first', cardinality(lost), array_to_string(lost[1:10], '; '));
-  END IF;
-  PERFORM set_config('search_path', path, false);
-END
-\$gym_backup\$;
-SQL
-}
-
-cmd_restore_postgresql() {
-  local target="${OPT_TARGET_DB:-${POSTGRES_DB}}" relations=0 preamble="" state
-  require_type postgresql
-  require_tools psql pg_dump
-  require_safe_psql
-  [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
-  postgres_query 'SELECT 1' >/dev/null
-  verify_backup
-  if database_exists "${target}"; then
-    relations="$(list_relations "${target}" | grep -c . || true)"
-  elif [[ -n "${OPT_TARGET_DB}" ]]; then
-    printf '%s\n' "${target}" >"${WORK_DIR}/created-db"
-    create_database "${target}" "--target-db ${target}" "; or create the database ${target} (owned by ${POSTGRES_USER}) first"
-    CREATED_DB="${target}"
-    log INFO "postgresql: created database ${target}"
-  else
-    die "${EXIT_REFUSED}" "database ${target} does not exist; create it, or pass --target-db NAME to create a new one"
-  fi
-  if ((relations > 0)); then
-    ((OPT_CLEAN)) || die "${EXIT_REFUSED}" "database ${target} already holds ${relations} tables, views or sequences; pass --clean to replace everything in the schemas the backup contains (a safety backup is taken first), or --target-db NEW to restore beside it. Nothing was changed."
-    preamble="${WORK_DIR}/clean.sql"
-    clean_preamble "${target}" "${preamble}"
-    if ((OPT_NO_SAFETY)); then
-      log WARN "postgresql: no safety backup of ${target} (--no-safety-backup)"
-    else
-      safety_backup postgresql "${target}"
-    fi
-  fi
-  log INFO "postgresql: restoring ${BACKUP_FILE##*/} into ${target} in one transaction$( ((OPT_NO_OWNER)) && printf ' (without owners and grants)')"
-  if ! pg_load "${target}" "${OPT_NO_OWNER}" "${preamble}"; then
-    state="rolled back: ${target} is as it was"
-    [[ -z "${CREATED_DB}" ]] || state="rolled back, and the database ${target} this run created is dropped again"
-    [[ "$(pg_sqlstate "${WORK_DIR}/psql.err")" != GBK01 ]] || state="stopped, and NOT all rolled back"
-    die "${LOAD_CODE}" "postgresql: the restore failed and was ${state}: ${LOAD_REASON}"
-  fi
-  CREATED_DB=""
-  rm -f -- "${WORK_DIR}/created-db"
-  ((${#CLEANED_SCHEMAS[@]} > 0)) || mapfile -t CLEANED_SCHEMAS < <(dump_schemas | cut -f2 | sort -u)
-  log INFO "postgresql: restored ${BACKUP_FILE##*/} into ${target}: $(table_report "${target}" "${CLEANED_SCHEMAS[@]}")"
-}
-
-# safety_part TYPE DATABASE: the safety backup itself, a part of its own (safety_backup's step).
-safety_part() {
-  set -o errexit
-  PART_TYPE="$1"
-  trap 'part_finished $?' EXIT
-  trap_signals
-  PARTIALS=()
-  BACKUP_PURPOSE="safety backup before restoring ${BACKUP_FILE##*/}"
-  make_work_dir
-  POSTGRES_DB="$2"
-  pick_timestamp
-  "backup_$1" "${RUN_TS}" "${RUN_EPOCH}"
-}
-
-# safety_backup TYPE [DATABASE]: a backup of the target, named like any backup, before changing it.
-safety_backup() {
-  local type="$1" db="${2:-${POSTGRES_DB}}" rc
-  log INFO "${type}: taking a safety backup of the target first"
-  run_step safety_part "${type}" "${db}"
-  rc="${STEP_RC}"
-  ((rc == 0)) || die "${EXIT_FAILED}" "${type}: the safety backup failed, so nothing was restored (pass --no-safety-backup to restore without one)"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Redis
-
 redis_config_get() {
   redis_cli CONFIG GET "$1" 2>/dev/null | sed -n 2p | tr -d '\r'
 }
@@ -2677,21 +2335,6 @@ release_live_redis() {
   fi
   LIVE_REDIS_CHANGED=0
   log INFO "redis: ${JOURNAL[host]}:${JOURNAL[port]} has its own settings back (${REPAIR_DONE})"
-}
-
-# run_finished CODE: the end of every restore run (finish_run): whatever it changed and did not
-# finish is put back, or kept for a rerun and said so (a files restore stopped while moving).
-run_finished() {
-  files_staging_cleanup
-  # A destination this failed restore created goes again, when nothing was moved into it.
-  [[ -z "${CREATED_DEST}" ]] || rmdir -- "${CREATED_DEST}" 2>/dev/null || true
-  ((FILE_RESTORE_PENDING == 0)) || undo_file_restore
-  release_live_redis || true
-  stop_temp_redis
-  # The journal stays only while the live server still lacks its own settings.
-  ((JOURNAL_OPEN == 0 || LIVE_REDIS_CHANGED)) || journal_close
-  drop_scratch_db
-  drop_created_db
 }
 
 restore_redis_online() {
@@ -2771,6 +2414,7 @@ install_like() {
 # What a file restore changed in REDIS_DATA_DIR, to put back when it fails, the last change first:
 # UNDO_FROM[i] goes back to UNDO_TO[i], or is removed when UNDO_TO[i] is empty.
 UNDO_FROM=()
+
 UNDO_TO=()
 
 undo_push() {
@@ -2969,7 +2613,7 @@ restart_live_redis() {
   log INFO "redis: restored ${BACKUP_FILE##*/} into ${REDIS_HOST}:${REDIS_PORT}: it started again (run_id ${run_id}) and holds the backup's ${keys} keys (${volatile} with a TTL)"
 }
 
-cmd_restore_redis() {
+restore_redis() {
   require_type redis
   require_tools redis-cli
   redis_journal_repaired
@@ -2994,7 +2638,138 @@ redis_journal_repaired() {
   die "${EXIT_FAILED}" "redis: an interrupted Redis restore could not be repaired (see above): fix what stops it, then run restore_script.sh redis --recover"
 }
 
+# decode_setup_redis: before verify decodes an RDB: a decrypted one is kept, in a private folder.
+decode_setup_redis() {
+  ((NAME_ENCRYPTED == 0)) || require_private_work_dir
+  RDB_COPY="${RESTORE_RDB}"
+}
+
+content_verdict_redis() {
+  require_tools redis-check-rdb
+  if ! redis-check-rdb "${RESTORE_RDB}" >"${WORK_DIR}/redis-check-rdb.err" 2>&1 ||
+    ! grep -q 'RDB looks OK' "${WORK_DIR}/redis-check-rdb.err"; then
+    printf 'not a valid RDB%s' "$(stage_message redis-check-rdb)"
+    return 1
+  fi
+  printf 'valid RDB (redis-check-rdb)'
+}
+
+interrupted_redis() {
+  ((LIVE_REDIS_CHANGED)) || return 1
+  printf 'the live Redis %s:%s had its settings changed for the restore: they are put back now (see below); it may hold the backup or its old data: check it, or restore again' "${REDIS_HOST}" "${REDIS_PORT}"
+}
+
+restore_finished_redis() {
+  ((FILE_RESTORE_PENDING == 0)) || undo_file_restore
+  release_live_redis || true
+  stop_temp_redis
+  # The journal stays only while the live server still lacks its own settings.
+  ((JOURNAL_OPEN == 0 || LIVE_REDIS_CHANGED)) || journal_close
+}
+# --- The files backup type (Files): its backup, content check, deep verify and
+# restore (generator/backup_types.py has its row). Both scripts include the backup part;
+# the restore part is restore_script.sh's only.
+
+# archive_files_to FILE [EXCLUDE...]: tar of FILES_DIR, compressed and protected, into FILE.
+archive_files_to() {
+  local out="$1"
+  shift
+  tar -C "${FILES_DIR}" "$@" -cf - . 2>"${WORK_DIR}/tar.err" |
+    compress 2>"${WORK_DIR}/compress.err" |
+    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${out}"
+  save_statuses "${PIPESTATUS[@]}"
+}
+
+backup_files() {
+  local ts="$1" epoch="$2"
+  local final partial started pattern inside previous_entries="" entries warning
+  local -a st excludes=() previous
+  final="${BACKUP_DIR}/$(backup_name files "${ts}")"
+  partial="${final}.partial"
+  started="${EPOCHREALTIME}"
+  require_tools tar "$(compressor)"
+  [[ -d "${FILES_DIR}" ]] || die "${EXIT_REFUSED}" "files: FILES_DIR ${FILES_DIR} does not exist or is not a folder; mount the uploads there or fix FILES_DIR"
+  [[ -r "${FILES_DIR}" && -x "${FILES_DIR}" ]] || die "${EXIT_REFUSED}" "files: FILES_DIR ${FILES_DIR} is not readable; fix its permissions"
+  IFS=',' read -r -a patterns <<<"${FILES_EXCLUDE}"
+  for pattern in "${patterns[@]}"; do
+    pattern="${pattern#"${pattern%%[![:space:]]*}"}"
+    pattern="${pattern%"${pattern##*[![:space:]]}"}"
+    [[ -z "${pattern}" ]] || excludes+=("--exclude=${pattern}")
+  done
+  # A files restore that was stopped keeps its staging folder in FILES_DIR until it is run again
+  # (restore_script.sh files): restored data waiting to be moved, not uploads of the gym.
+  excludes+=(--anchored --wildcards "--exclude=./.gym-restore.????????")
+  local staged
+  for staged in "${FILES_DIR}"/.gym-restore.????????; do
+    [[ ! -d "${staged}" ]] || log WARN "files: left out ${staged}, the staging folder of a files restore that did not finish; run that restore again to complete it"
+  done
+  # BACKUP_DIR inside FILES_DIR: each files backup would hold the ones before it, the lock, the
+  # logs and its own half-written file. It is left out, by its exact path (after the user's
+  # patterns: --anchored and --no-wildcards apply to the excludes that follow them).
+  inside="$(backup_dir_in_files_dir)"
+  if [[ -n "${inside}" ]]; then
+    excludes+=(--anchored --no-wildcards "--exclude=./${inside}")
+    log INFO "files: BACKUP_DIR is inside FILES_DIR: excluded (./${inside})"
+  fi
+  if ((DRY_RUN)); then
+    log INFO "dry run: would archive ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})} into ${final}"
+    return 0
+  fi
+  check_free_space files
+  mapfile -t previous < <(list_backups files)
+  ((${#previous[@]} == 0)) || previous_entries="$(manifest_count "${BACKUP_DIR}/${previous[0]}.manifest.json" entries)"
+  log INFO "files: archiving ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})}"
+  register_partial "${partial}"
+  run_step archive_files_to "${partial}" "${excludes[@]}"
+  st=("${STEP_ST[@]}")
+  # GNU tar's exit 1 when creating: a file changed (or went away) while it was read, as in a
+  # busy uploads folder. The archive is whole and holds what tar read: a warning, not a failure.
+  if ((st[0] == 1)); then
+    st[0]=0
+    warning="$(joined_lines "${WORK_DIR}/tar.err" 5)"
+    warning="${warning#tar: }"
+    part_warning files "tar (exit 1): ${warning//; tar: /; }; the archive holds what tar read"
+  fi
+  check_pipeline files tar compress "$(protect_stage)" -- "${st[@]}"
+  verify_stored files "${partial}"
+  entries="$(grep -cvx '\./' "${WORK_DIR}/content.list" || true)"
+  if ((entries == 0 && ${previous_entries:-0} > 0)); then
+    part_warning files "FILES_DIR ${FILES_DIR} is empty, but the previous files backup (${previous[0]}) had ${previous_entries} entries: is the uploads volume mounted?"
+  fi
+  finish_backup files "${partial}" "${final}" "${epoch}" "${started}" \
+    "{\"host\": $(json_str "$(hostname 2>/dev/null || printf unknown)"), \"dir\": $(json_str "${FILES_DIR}"), \"exclude\": $(json_str "${FILES_EXCLUDE}")}" \
+    "" "\"tar\": $(json_str "$(first_line tar --version)")" "\"entries\": ${entries},"
+}
+
+# backup_dir_in_files_dir: BACKUP_DIR's path inside FILES_DIR (links resolved), or nothing. The
+# same folder for both is refused: there would be nothing left to archive but backups.
+backup_dir_in_files_dir() {
+  local files backups
+  files="$(realpath -e -- "${FILES_DIR}")" || return 0
+  backups="$(realpath -e -- "${BACKUP_DIR}")" || return 0
+  if [[ "${backups}" == "${files}" ]]; then
+    die "${EXIT_REFUSED}" "files: BACKUP_DIR and FILES_DIR are the same folder (${files}); each files backup would archive the ones before it: point BACKUP_DIR at another folder"
+  fi
+  files="${files%/}/"
+  [[ "${backups}" != "${files}"* ]] || printf '%s\n' "${backups#"${files}"}"
+}
+
+# The content: the tar's list of entries (read to its end).
+content_check_files() {
+  tar -tPf - >"${WORK_DIR}/content.list" && cat >/dev/null
+}
+
 # ---------------------------------------------------------------------------------------------
+# Files: restore
+
+RESTORE_STAGING=""
+
+CREATED_DEST=""
+
+deep_files() {
+  check_ok deep "$(grep -c -v '/$' "${WORK_DIR}/content.list" || true) entries besides folders; the tar was read to its end"
+}
+
 # Files
 #
 # A files restore extracts the backup into a staging folder inside DEST,
@@ -3204,7 +2979,7 @@ extract_into() {
   save_statuses "${PIPESTATUS[@]}"
 }
 
-cmd_restore_files() {
+restore_files() {
   local dest="${1:-${FILES_DIR}}" staging tree rel record i parent create=0 root="" resumed=0
   local sha moved=0 total=0 placed=0
   local -a st conflicts=() entries=() kinds=() records=() missing=()
@@ -3343,23 +3118,360 @@ cmd_restore_files() {
   fi
 }
 
-# leftover_hook DIR: a killed run's folder, before it is removed: drop the scratch database of
-# a killed verify --deep, and the database a killed --target-db restore had created (only while
-# it holds no tables: the restore had not committed).
-leftover_hook() {
-  local dir="$1" db
-  if [[ -s "${dir}/scratch-db" ]]; then
-    db="$(<"${dir}/scratch-db")"
-    [[ "${db}" != gym_backup_verify_* ]] || ! drop_database "${db}" ||
-      log WARN "dropped the scratch database ${db} of a killed verify --deep"
+content_verdict_files() {
+  printf 'readable tar, %s entries' "$(wc -l <"${WORK_DIR}/content.list")"
+}
+
+interrupted_files() {
+  [[ -n "${RESTORE_STAGING}" && -f "${RESTORE_STAGING}/journal" ]] || return 1
+  printf 'the files restore was moving entries into %s; how far it got, and how to complete it, follows' "${RESTORE_STAGING%/*}"
+}
+
+restore_finished_files() {
+  files_staging_cleanup
+  # A destination this failed restore created goes again, when nothing was moved into it.
+  [[ -z "${CREATED_DEST}" ]] || rmdir -- "${CREATED_DEST}" 2>/dev/null || true
+}
+readonly LOG_FILE="${BACKUP_DIR}/restore.log"
+
+OPT_DEEP=0
+OPT_NO_CHECKSUM=0
+OPT_CLEAN=0
+OPT_NO_OWNER=0
+OPT_NO_SAFETY=0
+OPT_RECOVER=0
+OPT_FORCE=0
+OPT_TARGET_DB=""
+OPT_MODE=online
+BACKUP_FILE=""
+BACKUP_TYPE=""
+# The sha256 FILE.sha256 gives (empty with --no-checksum): what a restore reads must match it.
+EXPECTED_SHA256=""
+
+usage() {
+  cat <<'EOF'
+Usage: restore_script.sh COMMAND FILE [DEST] [options]
+
+FILE is a path, or the bare name of a backup in BACKUP_DIR. FILE.sha256 is checked first.
+
+Commands:
+  verify FILE [--deep] [--no-checksum]
+      check the checksum, decryption, decompression and content; --deep also restores into a
+      scratch database or redis-server (then removes it) and reports tables, rows and keys
+  info FILE
+      type, creation time, sizes, encryption, compression, checksum state, source, versions
+  postgresql FILE [--target-db NAME] [--clean] [--no-owner] [--no-safety-backup]
+      restore in one transaction (a failure leaves the target as it was); a database that
+      already holds tables needs --clean (replaces everything in the schemas the backup
+      contains), and gets a safety backup first
+  redis FILE [--mode online|file] [--no-safety-backup]
+      online (default): the live Redis replicates the backup from a temporary redis-server
+      file: write the RDB (and AOF base) into REDIS_DATA_DIR, stop Redis, check that it
+      started again with the backup (or say to start it)
+  redis --recover
+      repair the live Redis after an interrupted Redis restore (every run does that first)
+  files FILE [DEST] [--force]
+      extract into DEST (default FILES_DIR; created when only its parent exists); existing
+      files are kept unless --force. A restore stopped while moving entries into place says
+      how far it got; run the same command again to complete it
+
+Options:
+  --no-checksum  (every command but info) go on without FILE.sha256
+  -h, --help     show this help
+
+Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy, 4 verification failed, 5 wrong encryption key,
+6 refused (a precondition not met).
+On any failure the target is left as it was, but for a files restore stopped while moving
+entries into place (run it again to complete it).
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# Finding the backup and its type.
+
+resolve_backup() {
+  local arg="$1" path
+  if [[ "${arg}" == */* ]]; then path="${arg}"; else path="${BACKUP_DIR}/${arg}"; fi
+  [[ -f "${path}" ]] || die "${EXIT_REFUSED}" "no backup file '${arg}' (looked for ${path}); give a path, or a name that 'backup_script.sh list' shows"
+  BACKUP_FILE="$(realpath -- "${path}")"
+  parse_name "${BACKUP_FILE}" ||
+    die "${EXIT_REFUSED}" "cannot tell the type of ${BACKUP_FILE##*/}: expected a name like TYPE_backup_YYYYMMDD_HHMMSS ending in $(name_endings)"
+  BACKUP_TYPE="${NAME_TYPE}"
+}
+
+require_type() {
+  [[ "${BACKUP_TYPE}" == "$1" ]] || die "${EXIT_REFUSED}" "${BACKUP_FILE##*/} is a ${BACKUP_TYPE} backup, not a $1 one"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Checks: each passed check is logged as "check NAME: ok", a failed one ends the run.
+
+check_ok() {
+  log INFO "check $1: ok ($2)"
+}
+
+check_failed() {
+  local code="$1" name="$2" detail="$3"
+  log ERROR "check ${name}: FAILED (${detail})"
+  die "${code}" "${BACKUP_FILE##*/} failed the ${name} check; nothing was changed"
+}
+
+check_checksum() {
+  local name="${BACKUP_FILE##*/}" dir="${BACKUP_FILE%/*}"
+  local sums="${BACKUP_FILE}.sha256" expected listed
+  if ((OPT_NO_CHECKSUM)); then
+    log WARN "check checksum: skipped (--no-checksum)"
+    return 0
   fi
-  if [[ -s "${dir}/created-db" ]]; then
-    db="$(<"${dir}/created-db")"
-    if database_exists "${db}" && [[ -z "$(list_relations "${db}")" ]]; then
-      drop_database "${db}" && log WARN "dropped the empty database ${db} that a killed restore had created"
+  [[ -f "${sums}" ]] || check_failed "${EXIT_VERIFY}" checksum "${name}.sha256 is missing; restore it next to the backup, or pass --no-checksum"
+  read -r expected listed <"${sums}" || true
+  listed="${listed#\*}"
+  [[ "${listed}" == "${name}" ]] || check_failed "${EXIT_VERIFY}" checksum "${name}.sha256 is for '${listed}', not for ${name}"
+  if ! (cd -- "${dir}" && sha256sum --check --status -- "${name}.sha256") 2>/dev/null; then
+    check_failed "${EXIT_VERIFY}" checksum "the sha256 of ${name} is not the one in ${name}.sha256: the file was changed or damaged"
+  fi
+  EXPECTED_SHA256="${expected}"
+  check_ok checksum "sha256 matches ${name}.sha256"
+}
+
+# Decode the backup (decrypt, decompress) and check its content; a wrong key is exit 5.
+check_decode() {
+  local encrypted=0
+  local -a st
+  if ((NAME_ENCRYPTED)); then
+    encrypted=1
+    encryption_on || die "${EXIT_REFUSED}" "${BACKUP_FILE##*/} is encrypted: set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to its passphrase"
+    require_tools gpg
+  fi
+  # A type may prepare the decode (Redis keeps the decoded RDB, for redis-check-rdb and the restore).
+  if declare -F "decode_setup_${BACKUP_TYPE}" >/dev/null; then
+    "decode_setup_${BACKUP_TYPE}"
+  fi
+  set +o errexit
+  run_step decode_and_check "${BACKUP_FILE}" "${BACKUP_TYPE}"
+  st=("${STEP_ST[@]}")
+  set -o errexit
+  RDB_COPY=""
+  if ((st[0] != 0 || st[1] != 0)); then
+    if grep -qs 'Bad session key' "${WORK_DIR}/decode.err"; then
+      check_failed "${EXIT_WRONG_KEY}" decrypt "wrong encryption key: ENCRYPTION_KEY does not decrypt this backup"
+    fi
+    if ((encrypted)) && grep -qs '^gpg: ' "${WORK_DIR}/decode.err"; then
+      check_failed "${EXIT_VERIFY}" decrypt "the encrypted data is damaged or truncated$(stage_message decode)"
+    fi
+    check_failed "${EXIT_VERIFY}" decompress "the compressed data is damaged or truncated$(stage_message decode)"
+  fi
+  if ((encrypted)); then
+    check_ok decrypt "OpenPGP symmetric encryption, the key decrypts it"
+  else
+    log INFO "check decrypt: skipped (the backup is not encrypted)"
+  fi
+  RAW_SIZE="$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/count.err" | tail -n 1)"
+  is_uint "${RAW_SIZE}" || check_failed "${EXIT_VERIFY}" decompress "could not count the decoded bytes$(stage_message count)"
+  check_ok decompress "${NAME_CODEC}, $(human_size "${RAW_SIZE}") decoded"
+  ((st[2] == 0)) || check_failed "${EXIT_VERIFY}" content "cannot read the content$(stage_message check)"
+  local verdict
+  verdict="$("content_verdict_${BACKUP_TYPE}")" || check_failed "${EXIT_VERIFY}" content "${verdict}"
+  check_ok content "${verdict}"
+}
+
+verify_backup() {
+  check_checksum
+  check_decode
+}
+
+# ---------------------------------------------------------------------------------------------
+# Hooks each type may define: interrupted_TYPE (what a stopped restore had changed, or fail: it
+# had not begun), restore_finished_TYPE (put back what a restore did not finish), leftover_TYPE
+# DIR (what a killed run left).
+
+random_hex() {
+  od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'
+}
+
+# type_hook NAME ARG...: run NAME_TYPE for each type that defines it; fails when none succeeded.
+type_hooks() {
+  local hook="$1" type ok=1
+  shift
+  for type in "${BACKUP_TYPES[@]}"; do
+    if declare -F "${hook}_${type}" >/dev/null; then
+      "${hook}_${type}" "$@" && ok=0
+    fi
+  done
+  return "${ok}"
+}
+
+# What the run had done when a signal stopped it (on_signal logs it).
+interrupted_state() {
+  # shellcheck disable=SC2031 # set in the safety backup's own subshell, where this runs then
+  if [[ -n "${PART_TYPE}" ]]; then
+    printf 'the safety backup was stopped before anything was restored; nothing was changed'
+  elif ! type_hooks interrupted; then
+    printf 'nothing was changed'
+  fi
+}
+
+cmd_verify() {
+  verify_backup
+  if ((OPT_DEEP)); then
+    "deep_${BACKUP_TYPE}"
+  fi
+  log INFO "verify ${BACKUP_FILE##*/}: every check passed"
+}
+
+# ---------------------------------------------------------------------------------------------
+# info
+
+# A one-line JSON object or value from a manifest, as plain words: host postgres, port 5432.
+json_plain() {
+  sed -e 's/,$//' -e 's/^[{]//' -e 's/[}]$//' -e 's/"\([^"]*\)": /\1 /g' -e 's/"//g'
+}
+
+manifest_line() {
+  sed -n "s/^  \"$2\": \(.*\)\$/\1/p" "$1" | head -n 1 | json_plain
+}
+
+# manifest_problem MANIFEST: why a manifest cannot be believed, or nothing. write_manifest writes
+# one field a line; a file not of that shape (damaged, truncated, not JSON), without a field info
+# shows, or with a size that is not a believable byte count is unreadable: info then tells what
+# the file itself and its name say, rather than blanks.
+manifest_problem() {
+  local manifest="$1" field value
+  if [[ ! -r "${manifest}" ]]; then
+    printf 'it cannot be read'
+  elif [[ "$(head -n 1 -- "${manifest}")" != "{" || "$(tail -n 1 -- "${manifest}")" != "}" ]]; then
+    printf 'it is not a JSON object as backup_script.sh writes it (damaged or truncated)'
+  else
+    for field in schema_version type created_utc created_local compression source size_raw_bytes size_stored_bytes; do
+      value="$(manifest_line "${manifest}" "${field}")"
+      if [[ -z "${value}" ]]; then
+        printf 'the field %s is missing' "${field}"
+        return 0
+      fi
+      if [[ "${field}" == size_* && -z "$(manifest_count "${manifest}" "${field}")" ]]; then
+        printf '%s is not a believable byte count (%s)' "${field}" "${value:0:40}"
+        return 0
+      fi
+    done
+    value="$(manifest_line "${manifest}" type)"
+    [[ "${value}" == "${BACKUP_TYPE}" ]] || printf 'it describes a %s backup, not a %s one' "${value:0:40}" "${BACKUP_TYPE}"
+  fi
+}
+
+cmd_info() {
+  local file="${BACKUP_FILE}" name="${BACKUP_FILE##*/}" manifest="${BACKUP_FILE}.manifest.json"
+  local created checksum encryption source server problem="" unknown="no manifest" use=0
+  if [[ -f "${manifest}" ]]; then
+    problem="$(manifest_problem "${manifest}")"
+    if [[ -z "${problem}" ]]; then
+      use=1
+    else
+      unknown="the manifest is unreadable"
     fi
   fi
-  return 0
+  if parse_name "${name}"; then
+    local d="${NAME_STAMP%_*}" t="${NAME_STAMP#*_}"
+    created="${d:0:4}-${d:4:2}-${d:6:2} ${t:0:2}:${t:2:2}:${t:4:2} (from the name, in TZ)"
+  else
+    created="unknown (the name carries no time)"
+  fi
+  ((use == 0)) || created="$(manifest_line "${manifest}" created_local) ($(manifest_line "${manifest}" created_utc))"
+  if [[ ! -f "${file}.sha256" ]]; then
+    checksum="no ${name}.sha256: cannot tell whether the file is intact"
+  elif (cd -- "${file%/*}" && sha256sum --check --status -- "${name}.sha256") 2>/dev/null; then
+    checksum="ok (matches ${name}.sha256)"
+  else
+    checksum="MISMATCH: the file differs from ${name}.sha256"
+  fi
+  if [[ "${name}" == *.gpg ]]; then
+    encryption="yes, OpenPGP symmetric"
+    if command -v gpg >/dev/null 2>&1; then
+      local cipher
+      cipher="$(gpg_run --list-packets --passphrase-fd 3 3</dev/null <"${file}" 2>/dev/null | sed -n 's/.*symkey enc packet: version [0-9]*, cipher \([0-9]*\).*/\1/p' | head -n 1)" || true
+      [[ "${cipher}" != 9 ]] || encryption="yes, OpenPGP symmetric AES256"
+    fi
+  else
+    encryption="no"
+  fi
+  printf 'file:         %s\n' "${file}"
+  printf 'type:         %s\n' "${BACKUP_TYPE}"
+  printf 'created:      %s\n' "${created}"
+  printf 'stored size:  %s (%s bytes)\n' "$(human_size "$(file_size "${file}")")" "$(file_size "${file}")"
+  if ((use)); then
+    local raw
+    raw="$(manifest_count "${manifest}" size_raw_bytes)"
+    printf 'raw size:     %s (%s bytes)\n' "$(human_size "${raw}")" "${raw}"
+    source="$(manifest_line "${manifest}" source)"
+    server="$(manifest_line "${manifest}" server_version)"
+    [[ "${server}" != null ]] || server="none (a files backup has no server)"
+    printf 'compression:  %s\n' "$(manifest_line "${manifest}" compression)"
+    printf 'duration:     %s\n' "$(manifest_or_unknown "${manifest}" duration_seconds s)"
+    printf 'purpose:      %s\n' "$(manifest_or_unknown "${manifest}" purpose)"
+  else
+    printf 'raw size:     unknown (%s; verify decodes it)\n' "${unknown}"
+    printf 'compression:  %s (from the name)\n' "${NAME_CODEC}"
+  fi
+  printf 'encrypted:    %s\n' "${encryption}"
+  printf 'checksum:     %s\n' "${checksum}"
+  printf 'source:       %s\n' "${source:-unknown (${unknown})}"
+  printf 'server:       %s\n' "${server:-unknown (${unknown})}"
+  if [[ ! -f "${manifest}" ]]; then
+    printf 'manifest:     none (%s.manifest.json is missing): the values above come from the file itself\n' "${name}"
+  elif ((use == 0)); then
+    printf 'manifest:     unreadable: %s; the values above come from the file itself and its name\n' "${problem}"
+  fi
+}
+
+# manifest_or_unknown MANIFEST FIELD [UNIT]: a field info shows that older manifests may lack.
+manifest_or_unknown() {
+  local value
+  value="$(manifest_line "$1" "$2")"
+  if [[ -n "${value}" ]]; then
+    printf '%s%s' "${value}" "${3:-}"
+  else
+    printf 'unknown (not in the manifest)'
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Safety backups
+
+# safety_part TYPE DATABASE: the safety backup itself, a part of its own (safety_backup's step).
+safety_part() {
+  set -o errexit
+  PART_TYPE="$1"
+  trap 'part_finished $?' EXIT
+  trap_signals
+  PARTIALS=()
+  BACKUP_PURPOSE="safety backup before restoring ${BACKUP_FILE##*/}"
+  make_work_dir
+  POSTGRES_DB="$2"
+  pick_timestamp
+  "backup_$1" "${RUN_TS}" "${RUN_EPOCH}"
+}
+
+# safety_backup TYPE [DATABASE]: a backup of the target, named like any backup, before changing it.
+safety_backup() {
+  local type="$1" db="${2:-${POSTGRES_DB}}" rc
+  log INFO "${type}: taking a safety backup of the target first"
+  run_step safety_part "${type}" "${db}"
+  rc="${STEP_RC}"
+  ((rc == 0)) || die "${EXIT_FAILED}" "${type}: the safety backup failed, so nothing was restored (pass --no-safety-backup to restore without one)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The end of a run
+
+# run_finished CODE: the end of every restore run (finish_run): whatever it changed and did not
+# finish is put back by its type, or kept for a rerun and said so (a files restore stopped while
+# moving).
+run_finished() {
+  type_hooks restore_finished || true
+}
+
+# leftover_hook DIR: a killed run's folder, before it is removed: each type removes what it left.
+leftover_hook() {
+  type_hooks leftover "$1" || true
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -3410,21 +3522,23 @@ main() {
   else
     ((${#positional[@]} >= 2)) || usage_error "a command and a backup FILE are required"
   fi
-  case "${command}" in
-    files) ((${#positional[@]} <= 3)) || usage_error "files takes FILE and an optional DEST" ;;
-    verify | info | postgresql) ((${#positional[@]} == 2)) || usage_error "${command} takes one FILE" ;;
-    redis) ((${#positional[@]} == 2 - OPT_RECOVER)) || usage_error "${command} takes one FILE" ;;
-    *) usage_error "unknown command '${command}'" ;;
-  esac
-  # An option another command takes is an error here, not silently ignored.
+  # The commands and the options each takes (a type's own from generator/backup_types.py); an
+  # option another command takes is an error here, not silently ignored.
   local option
   local -A takes=(
     [verify]="--deep --no-checksum"
     [info]=""
     [postgresql]="--target-db --clean --no-owner --no-safety-backup --no-checksum"
-    [redis]="--mode --no-safety-backup --no-checksum --recover"
+    [redis]="--mode --recover --no-safety-backup --no-checksum"
     [files]="--force --no-checksum"
   )
+  local -A takes_dest=([files]=1)
+  [[ -v "takes[${command}]" ]] || usage_error "unknown command '${command}'"
+  if [[ -n "${takes_dest[${command}]:-}" ]]; then
+    ((${#positional[@]} <= 3)) || usage_error "${command} takes FILE and an optional DEST"
+  else
+    ((${#positional[@]} == 2 - OPT_RECOVER)) || usage_error "${command} takes one FILE"
+  fi
   for option in "${given[@]}"; do
     [[ " ${takes[${command}]} " == *" ${option} "* ]] || usage_error "${command} does not take ${option}"
   done
@@ -3451,12 +3565,11 @@ main() {
     return 0
   fi
   log INFO "${command} ${BACKUP_FILE##*/} (${BACKUP_TYPE}) started"
-  case "${command}" in
-    verify) cmd_verify ;;
-    postgresql) cmd_restore_postgresql ;;
-    redis) cmd_restore_redis ;;
-    files) cmd_restore_files "${positional[2]:-}" ;;
-  esac
+  if [[ "${command}" == verify ]]; then
+    cmd_verify
+  else
+    "restore_${command}" "${positional[@]:2}"
+  fi
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

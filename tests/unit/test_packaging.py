@@ -32,7 +32,8 @@ def test_the_wheel_ships_the_templates(tmp_path: Path) -> None:
     )
     wheel = next(tmp_path.glob("gym_backup-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    templates = sorted(p.name for p in (ROOT / "templates").iterdir())
+    root = ROOT / "templates"
+    templates = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     for name in templates:
         assert f"generator/templates/{name}" in names
     assert "generator/cli.py" in names
