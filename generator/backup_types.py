@@ -1,10 +1,10 @@
 """The backup types and the codecs: one table each.
 
 Everything that names a type or a codec is rendered or read from here: the scripts' list of
-types, the backup-name pattern and its parser, each type's extension, the tools and image
-packages a type needs, the CLI's choices. A type's shell (its backup, content check, deep verify
-and restore) lives in ``templates/types/<name>.sh.j2``; adding a type is a row here, that file,
-its settings and its tests (README: "Adding a backup type").
+types, the backup-name pattern and its parser, each type's extension, the image packages a type
+needs, its restore options and usage lines, the CLI's choices. A type's shell (its backup,
+content check, deep verify and restore) lives in ``templates/types/<name>.sh.j2``; adding a type
+is a row here, that file, its settings and its tests (README: "Adding a backup type").
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ class BackupType:
 
     name: str
     extension: str  # of the content in the file name: postgresql_backup_TS.<extension>.<codec>
-    content: str  # what the backup holds (README)
     restore_modes: tuple[str, ...] = ()  # `restore <name> --mode`, the first the default
-    tools: tuple[str, ...] = ()  # the commands its shell runs
     packages: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # per image flavour
-    health_probe: str = ""  # the health check's probe of the source (a shell function)
     restore_options: tuple[str, ...] = ()  # `restore_script.sh NAME FILE` options of its own
     restore_dest: bool = False  # `restore_script.sh NAME FILE [DEST]`
     restore_usage: str = ""  # its lines in restore_script.sh's usage text
@@ -41,13 +38,10 @@ BACKUP_TYPES: tuple[BackupType, ...] = (
     BackupType(
         "postgresql",
         "sql",
-        "pg_dump of POSTGRES_DB, plain SQL",
-        tools=("pg_dump", "psql"),
         packages={
             "alpine": ("postgresql${PG_MAJOR}-client",),
             "debian": ("postgresql-client-${PG_MAJOR}",),
         },
-        health_probe="probe_postgresql",
         restore_options=("--target-db", "--clean", "--no-owner", "--no-safety-backup"),
         restore_usage="""\
   postgresql FILE [--target-db NAME] [--clean] [--no-owner] [--no-safety-backup]
@@ -58,11 +52,8 @@ BACKUP_TYPES: tuple[BackupType, ...] = (
     BackupType(
         "redis",
         "rdb",
-        "an RDB snapshot of the Redis dataset",
         restore_modes=("online", "file"),
-        tools=("redis-cli", "redis-check-rdb", "redis-server"),
         packages={"alpine": ("redis",), "debian": ("redis-server", "redis-tools")},
-        health_probe="probe_redis",
         restore_options=("--mode", "--recover", "--no-safety-backup"),
         restore_usage="""\
   redis FILE [--mode online|file] [--no-safety-backup]
@@ -75,8 +66,6 @@ BACKUP_TYPES: tuple[BackupType, ...] = (
     BackupType(
         "files",
         "tar",
-        "a tar of FILES_DIR",
-        tools=("tar",),
         packages={"alpine": (), "debian": ()},  # GNU tar is in every image
         restore_options=("--force",),
         restore_dest=True,
