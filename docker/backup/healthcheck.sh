@@ -925,6 +925,43 @@ require_tools() {
     die "${EXIT_REFUSED}" "missing tools: ${missing[*]}; install them (see the README's requirements)"
   fi
 }
+# --- The postgresql backup type (PostgreSQL): its backup, content check, deep verify and
+# restore (generator/backup_types.py has its row). Both scripts include the backup part;
+# the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
+
+# health_postgresql: the health check's probe of the source (problems+= when it fails).
+health_postgresql() {
+  if ! pg_isready -q -t 5 -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -d "${POSTGRES_DB}" -U "${POSTGRES_USER}"; then
+    problems+=("PostgreSQL at ${POSTGRES_HOST}:${POSTGRES_PORT} does not accept connections")
+  fi
+}
+# --- The redis backup type (Redis): its backup, content check, deep verify and
+# restore (generator/backup_types.py has its row). Both scripts include the backup part;
+# the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
+
+# A Redis restore that was killed leaves its journal: report it; never repair it here (the repair
+# takes the lock, which a health check must not wait for). A restore in progress writes it too.
+check_redis_journal() {
+  local journal="${BACKUP_DIR}/${REDIS_JOURNAL_NAME}" pid
+  [[ -e "${journal}" ]] || return 0
+  pid="$(sed -n 's/^pid=\([0-9][0-9]*\)$/\1/p' -- "${journal}" 2>/dev/null | head -n 1)"
+  if [[ -n "${pid}" ]] && tr '\0' ' ' 2>/dev/null <"/proc/${pid}/cmdline" | grep -q restore_script; then
+    return 0
+  fi
+  problems+=("a Redis restore was interrupted: run restore_script.sh redis --recover")
+}
+
+# health_redis: the health check's probe of the source, and a killed restore's journal.
+health_redis() {
+  local pong
+  pong="$(redis_cli PING 2>&1)" || true
+  [[ "${pong}" == PONG ]] || problems+=("Redis at ${REDIS_HOST}:${REDIS_PORT} does not answer PING (${pong//$'\n'/ })")
+  check_redis_journal
+}
+# --- The files backup type (Files): its backup, content check, deep verify and
+# restore (generator/backup_types.py has its row). Both scripts include the backup part;
+# the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
+
 readonly LOG_FILE=""
 readonly RUN_DIR=/dev/shm/gym-backup
 
@@ -980,18 +1017,6 @@ check_backup_age() {
   fi
 }
 
-# A Redis restore that was killed leaves its journal: report it; never repair it here (the repair
-# takes the lock, which a health check must not wait for). A restore in progress writes it too.
-check_redis_journal() {
-  local journal="${BACKUP_DIR}/${REDIS_JOURNAL_NAME}" pid
-  [[ -e "${journal}" ]] || return 0
-  pid="$(sed -n 's/^pid=\([0-9][0-9]*\)$/\1/p' -- "${journal}" 2>/dev/null | head -n 1)"
-  if [[ -n "${pid}" ]] && tr '\0' ' ' 2>/dev/null <"/proc/${pid}/cmdline" | grep -q restore_script; then
-    return 0
-  fi
-  problems+=("a Redis restore was interrupted: run restore_script.sh redis --recover")
-}
-
 main() {
   if [[ -r "${RUN_DIR}/refused" ]]; then
     printf 'unhealthy: the settings were refused at start, so no backup runs; fix them and recreate the container:\n'
@@ -1003,17 +1028,14 @@ main() {
   [[ ! -r "${RUN_DIR}/env.sh" ]] || source "${RUN_DIR}/env.sh"
   load_secrets
   problems=()
-  if ! pg_isready -q -t 5 -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -d "${POSTGRES_DB}" -U "${POSTGRES_USER}"; then
-    problems+=("PostgreSQL at ${POSTGRES_HOST}:${POSTGRES_PORT} does not accept connections")
-  fi
-  local pong
-  pong="$(redis_cli PING 2>&1)" || true
-  [[ "${pong}" == PONG ]] || problems+=("Redis at ${REDIS_HOST}:${REDIS_PORT} does not answer PING (${pong//$'\n'/ })")
+  local type
+  for type in "${BACKUP_TYPES[@]}"; do
+    ! declare -F "health_${type}" >/dev/null || "health_${type}"
+  done
   if ! { : >"${BACKUP_DIR}/.healthcheck"; } 2>/dev/null; then
     problems+=("BACKUP_DIR ${BACKUP_DIR} is not writable")
   fi
   rm -f -- "${BACKUP_DIR}/.healthcheck"
-  check_redis_journal
   pgrep -x crond >/dev/null || problems+=("the scheduler (crond) is not running")
   check_backup_age
   if ((${#problems[@]} > 0)); then

@@ -1170,7 +1170,7 @@ run_part() {
 }
 # --- The postgresql backup type (PostgreSQL): its backup, content check, deep verify and
 # restore (generator/backup_types.py has its row). Both scripts include the backup part;
-# the restore part is restore_script.sh's only.
+# the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
 
 readonly SQL_TRAILER='-- PostgreSQL database dump complete'
 
@@ -1810,7 +1810,7 @@ leftover_postgresql() {
 }
 # --- The redis backup type (Redis): its backup, content check, deep verify and
 # restore (generator/backup_types.py has its row). Both scripts include the backup part;
-# the restore part is restore_script.sh's only.
+# the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
 
 # Where the Redis content check also keeps the decoded RDB (the restore script sets it).
 RDB_COPY=""
@@ -2668,7 +2668,7 @@ restore_finished_redis() {
 }
 # --- The files backup type (Files): its backup, content check, deep verify and
 # restore (generator/backup_types.py has its row). Both scripts include the backup part;
-# the restore part is restore_script.sh's only.
+# the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
 
 # archive_files_to FILE [EXCLUDE...]: tar of FILES_DIR, compressed and protected, into FILE.
 archive_files_to() {
