@@ -958,13 +958,15 @@ joined_lines() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Stages shared by the three backups: protect (encrypt or write), verify, checksum, manifest.
+# Stages shared by the backups: encrypt_if_keyed, verify, checksum, manifest.
 
-protect_stage() {
+# The last stage of a backup's pipeline, by its name in messages: "encrypt", or "write".
+encrypt_stage_name() {
   if encryption_on; then printf 'encrypt'; else printf 'write'; fi
 }
 
-protect() {
+# encrypt_if_keyed: stdin to stdout, encrypted when ENCRYPTION_KEY is set, else as it is.
+encrypt_if_keyed() {
   if encryption_on; then
     encrypt
   else
@@ -1271,13 +1273,13 @@ check_pg_versions() {
   fi
 }
 
-# dump_postgresql_to FILE: pg_dump, compressed and protected, into FILE (a step).
+# dump_postgresql_to FILE: pg_dump, compressed and encrypted when a key is set, into FILE (a step).
 dump_postgresql_to() {
   pg_run pg_dump --no-password --clean --if-exists --quote-all-identifiers \
     -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
     2>"${WORK_DIR}/pg_dump.err" |
     compress 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"$1"
+    encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" >"$1"
   save_statuses "${PIPESTATUS[@]}"
 }
 
@@ -1301,7 +1303,7 @@ backup_postgresql() {
   log INFO "postgresql: dumping ${POSTGRES_DB} from ${POSTGRES_HOST}:${POSTGRES_PORT} (PostgreSQL ${server_version})"
   register_partial "${partial}"
   run_step dump_postgresql_to "${partial}"
-  check_pipeline postgresql pg_dump compress "$(protect_stage)" -- "${STEP_ST[@]}"
+  check_pipeline postgresql pg_dump compress "$(encrypt_stage_name)" -- "${STEP_ST[@]}"
   verify_stored postgresql "${partial}"
   finish_backup postgresql "${partial}" "${final}" "${epoch}" "${started}" \
     "{\"host\": $(json_str "${POSTGRES_HOST}"), \"port\": ${POSTGRES_PORT}, \"database\": $(json_str "${POSTGRES_DB}"), \"user\": $(json_str "${POSTGRES_USER}")}" \
@@ -1828,13 +1830,13 @@ redis_check_reachable() {
 }
 
 # snapshot_redis_to FILE: the RDB streamed from redis-cli, through the check and hash FIFOs,
-# compressed and protected into FILE (backup_redis's step).
+# compressed and encrypted when a key is set, into FILE (backup_redis's step).
 snapshot_redis_to() {
   redis_cli --rdb - 2>"${WORK_DIR}/redis-cli.err" |
     rdb_payload 2>"${WORK_DIR}/payload.err" |
     tee -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo" 2>"${WORK_DIR}/tee.err" |
     compress 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"$1"
+    encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" >"$1"
   save_statuses "${PIPESTATUS[@]}"
 }
 
@@ -1880,13 +1882,13 @@ backup_redis() {
     fi
     die "${EXIT_FAILED}" "redis: the server refused or broke off the snapshot$(stage_message redis-cli); redis-cli --rdb needs the SYNC command, which some managed services disable or rename"
   fi
-  # tee stops when redis-check-rdb gives up on a damaged snapshot; compress or protect failing
+  # tee stops when redis-check-rdb gives up on a damaged snapshot; compress or encrypt_if_keyed failing
   # (a full disk) cut the snapshot short for redis-check-rdb too: they are the cause then.
-  ((st[3] == 0 && st[4] == 0)) || check_pipeline redis redis-cli payload tee compress "$(protect_stage)" -- "${st[@]}"
+  ((st[3] == 0 && st[4] == 0)) || check_pipeline redis redis-cli payload tee compress "$(encrypt_stage_name)" -- "${st[@]}"
   if ((check_rc != 0)) || ! grep -q 'RDB looks OK' "${WORK_DIR}/redis-check-rdb.err"; then
     die "${EXIT_VERIFY}" "redis: the snapshot is not a valid RDB$(stage_message redis-check-rdb)"
   fi
-  check_pipeline redis redis-cli payload tee compress "$(protect_stage)" -- "${st[@]}"
+  check_pipeline redis redis-cli payload tee compress "$(encrypt_stage_name)" -- "${st[@]}"
   ((hash_rc == 0)) || die "${EXIT_FAILED}" "redis: could not hash the snapshot$(stage_message hash)"
   verify_stored redis "${partial}"
   [[ "$(<"${WORK_DIR}/content.sha256")" == "$(cut -c1-64 "${WORK_DIR}/raw.sha256")" ]] ||
@@ -2670,13 +2672,13 @@ restore_finished_redis() {
 # restore (generator/backup_types.py has its row). Both scripts include the backup part;
 # the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
 
-# archive_files_to FILE [EXCLUDE...]: tar of FILES_DIR, compressed and protected, into FILE.
+# archive_files_to FILE [EXCLUDE...]: tar of FILES_DIR, compressed and encrypted when a key is set, into FILE.
 archive_files_to() {
   local out="$1"
   shift
   tar -C "${FILES_DIR}" "$@" -cf - . 2>"${WORK_DIR}/tar.err" |
     compress 2>"${WORK_DIR}/compress.err" |
-    protect 2>"${WORK_DIR}/$(protect_stage).err" >"${out}"
+    encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" >"${out}"
   save_statuses "${PIPESTATUS[@]}"
 }
 
@@ -2730,7 +2732,7 @@ backup_files() {
     warning="${warning#tar: }"
     part_warning files "tar (exit 1): ${warning//; tar: /; }; the archive holds what tar read"
   fi
-  check_pipeline files tar compress "$(protect_stage)" -- "${st[@]}"
+  check_pipeline files tar compress "$(encrypt_stage_name)" -- "${st[@]}"
   verify_stored files "${partial}"
   entries="$(grep -cvx '\./' "${WORK_DIR}/content.list" || true)"
   if ((entries == 0 && ${previous_entries:-0} > 0)); then
