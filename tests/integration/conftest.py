@@ -1,7 +1,7 @@
 """Fixtures of the integration tests: real PostgreSQL, Redis and the rendered scripts.
 
 Every test under ``tests/integration`` is marked ``integration`` (deselect them with
-``-m "not integration"``). The servers are throwaway ones from :mod:`generator.sandbox` on free
+``-m "not integration"``). The servers are throwaway ones from :mod:`devtools.sandbox` on free
 ports of 127.0.0.1; nothing here uses a PostgreSQL or Redis already running on the machine.
 """
 
@@ -17,15 +17,15 @@ from typing import Protocol
 
 import pytest
 
-from generator import render
-from generator.config import load_settings
-from generator.sandbox import (
+from devtools.sandbox import (
     PostgresServer,
     RedisServer,
     sql_ident,
     start_postgres,
     start_redis,
 )
+from generator import render
+from generator.config import load_settings
 from tests.integration.restore_support import PAYMENTS_SQL, createdb_privilege, script_env
 
 HERE = Path(__file__).resolve().parent

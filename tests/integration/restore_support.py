@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import pytest
 
-from generator.sandbox import (
+from devtools.sandbox import (
     PG_SUPERUSER,
     PostgresServer,
     RedisServer,
@@ -739,7 +739,7 @@ def redis_on(
 ) -> Iterator[RedisServer]:
     """A redis-server on ``data_dir`` as it is (it loads what is there), stopped at the end.
 
-    Unlike :func:`generator.sandbox.start_redis`, the folder is neither made nor removed, and the
+    Unlike :func:`devtools.sandbox.start_redis`, the folder is neither made nor removed, and the
     configuration can turn on ``appendonly`` or add lines (``rename-command CONFIG ""``).
     """
     data_dir.mkdir(parents=True, exist_ok=True)

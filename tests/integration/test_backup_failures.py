@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PostgresServer, SandboxError, free_port
+from devtools.sandbox import PostgresServer, SandboxError, free_port
 from tests.integration.restore_support import folder_state, redis_on, wait_for, write_sidecar
 
 if TYPE_CHECKING:

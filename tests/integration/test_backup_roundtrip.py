@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PostgresServer, RedisServer, load_rdb, sql_literal
+from devtools.sandbox import PostgresServer, RedisServer, load_rdb, sql_literal
 from tests.integration.restore_support import (
     folder_state,
     stamp,

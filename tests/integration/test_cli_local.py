@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devtools.demo import dotenv_quote
+from devtools.sandbox import PostgresServer, RedisServer
 from generator.config import KNOWN_KEYS
-from generator.demo import dotenv_quote
-from generator.sandbox import PostgresServer, RedisServer
 
 GYM_BACKUP = Path(sys.executable).parent / "gym-backup"
 
@@ -124,7 +124,7 @@ def test_a_failing_script_gives_its_exit_code_and_a_clear_message(
 
 def test_make_run_demo_backs_up_sample_gym_data(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "generator.demo"],
+        [sys.executable, "-m", "devtools.demo"],
         cwd=tmp_path,
         env=clean_environ(tmp_path),
         capture_output=True,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PostgresServer, RedisServer, free_port, start_postgres
+from devtools.sandbox import PostgresServer, RedisServer, free_port, start_postgres
 from tests.integration.conftest import PG_DB, PG_PASSWORD, PG_USER
 from tests.integration.restore_support import (
     BACKUP,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PostgresServer, sql_literal
+from devtools.sandbox import PostgresServer, sql_literal
 from tests.integration.restore_support import (
     BACKUP,
     CHANGE,

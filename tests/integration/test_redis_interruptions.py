@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import RedisServer, SandboxError
+from devtools.sandbox import RedisServer, SandboxError
 from tests.integration.restore_support import (
     BACKUP,
     KEY,

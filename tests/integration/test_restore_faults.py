@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import (
+from devtools.sandbox import (
     PG_SUPERUSER,
     PostgresServer,
     RedisServer,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PostgresServer, sql_ident
+from devtools.sandbox import PostgresServer, sql_ident
 from tests.integration.restore_support import (
     BACKUP,
     ENCRYPTION,

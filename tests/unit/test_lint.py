@@ -16,8 +16,8 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "check", "generator", "tests", "bench"],
-        ["ruff", "format", "--check", "generator", "tests", "bench"],
+        ["ruff", "check", "generator", "devtools", "tests", "bench"],
+        ["ruff", "format", "--check", "generator", "devtools", "tests", "bench"],
         ["mypy", "--strict"],
     ],
     ids=["ruff-check", "ruff-format", "mypy-strict"],

@@ -1,4 +1,5 @@
-"""An installed wheel carries the templates, so it renders without the checkout."""
+"""An installed wheel carries the templates, so it renders without the checkout, and only the
+product: the development tools (throwaway servers, the demo) stay in the checkout."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_wheel_ships_the_templates(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The paths inside the wheel built from this checkout."""
     pytest.importorskip("hatchling")
+    tmp_path = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [
             sys.executable,
@@ -31,8 +35,22 @@ def test_the_wheel_ships_the_templates(tmp_path: Path) -> None:
         capture_output=True,
     )
     wheel = next(tmp_path.glob("gym_backup-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
+    return zipfile.ZipFile(wheel).namelist()
+
+
+def test_the_wheel_ships_the_templates(wheel_names: list[str]) -> None:
+    names = wheel_names
     templates = sorted(p.name for p in (ROOT / "templates").iterdir())
     for name in templates:
         assert f"generator/templates/{name}" in names
     assert "generator/cli.py" in names
+
+
+def test_the_wheel_ships_the_product_and_no_development_code(wheel_names: list[str]) -> None:
+    code = sorted(name for name in wheel_names if name.endswith(".py"))
+    assert code == sorted(f"generator/{p.name}" for p in (ROOT / "generator").glob("*.py"))
+    assert "generator/cli.py" in code
+    for name in wheel_names:
+        assert not name.startswith(("devtools/", "tests/", "bench/")), name
+        assert "sandbox" not in name, name
+        assert "demo" not in name, name

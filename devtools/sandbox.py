@@ -1,6 +1,6 @@
 """Throwaway real PostgreSQL and Redis servers, started from the system binaries.
 
-Used by the integration tests and by ``make run`` (:mod:`generator.demo`). Every server listens on
+Used by the integration tests and by ``make run`` (:mod:`devtools.demo`). Every server listens on
 a free port of 127.0.0.1 only, keeps its data in a private temporary folder, and is stopped and
 removed when its context manager exits, even on errors.
 

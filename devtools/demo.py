@@ -1,6 +1,6 @@
 """``make run``: a full backup of sample gym data on throwaway servers, end to end.
 
-Starts a throwaway PostgreSQL and Redis (:mod:`generator.sandbox`), loads sample data, creates
+Starts a throwaway PostgreSQL and Redis (:mod:`devtools.sandbox`), loads sample data, creates
 some uploaded files, writes ``demo-output/.env``, renders the service into
 ``demo-output/service`` and runs its ``backup_script.sh full`` and ``list``. Everything it makes
 is under ``demo-output/`` in the current folder (emptied first); the servers are removed at exit.
@@ -19,9 +19,9 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from devtools.sandbox import PostgresServer, RedisServer, SandboxError, start_postgres, start_redis
 from generator import config, ops, render
 from generator.errors import UserError
-from generator.sandbox import PostgresServer, RedisServer, SandboxError, start_postgres, start_redis
 
 DEMO_DIR = "demo-output"
 PG_DB = "gym_secure_db"
@@ -270,7 +270,7 @@ def dotenv_quote(value: str) -> str:
 def write_env_file(path: Path, values: Mapping[str, str]) -> None:
     """Write ``values`` as a mode-600 .env file (it holds passwords)."""
     lines = [
-        "# Written by `make run` (generator/demo.py) for its throwaway servers; safe to delete.",
+        "# Written by `make run` (devtools/demo.py) for its throwaway servers; safe to delete.",
         *(f"{key}={dotenv_quote(value)}" for key, value in values.items()),
     ]
     path.unlink(missing_ok=True)
