@@ -1,8 +1,9 @@
 """Throwaway real PostgreSQL and Redis servers, started from the system binaries.
 
-Used by the integration tests and by ``make run`` (:mod:`devtools.demo`). Every server listens on
-a free port of 127.0.0.1 only, keeps its data in a private temporary folder, and is stopped and
-removed when its context manager exits, even on errors.
+Used by the tests, by ``make run`` (:mod:`devtools.demo`) and by ``make bench``. Every server
+listens on a free port of 127.0.0.1 only, keeps its data in a private temporary folder, and is
+stopped and removed when its context manager exits, even on errors (:func:`redis_on` runs on a
+folder it is given, and leaves the folder). Commands run through :mod:`subprocess` (``_run``).
 
 Passwords never appear on a command line: the PostgreSQL superuser password goes through a
 mode-600 ``--pwfile``, role passwords through SQL on psql's stdin, the Redis ``requirepass`` through

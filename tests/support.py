@@ -264,39 +264,28 @@ def copy_backup(backup: Path, folder: Path, *, sidecars: bool = True) -> Path:
     return copy
 
 
-def gpg_base(home: Path) -> list[str]:
-    """gpg in batch mode with the GnuPG home ``home``, the passphrase read from stdin."""
-    return [
-        "gpg",
-        "--homedir",
-        str(home),
-        "--batch",
-        "--no-tty",
-        "--quiet",
-        "--pinentry-mode",
-        "loopback",
-        "--no-symkey-cache",
-        "--passphrase-fd",
-        "0",
-    ]
+def run_gpg(home: Path, key: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Real gpg in batch mode with the GnuPG home ``home`` and the passphrase ``key`` on stdin,
+    never on the command line."""
+    return subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--no-tty", "--quiet", "--pinentry-mode",
+         "loopback", "--no-symkey-cache", "--passphrase-fd", "0", *args],
+        input=key.encode() + b"\n",
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
 
 
 def decode(path: Path, key: str | None = None, home: Path | None = None) -> bytes:
     """A stored backup's raw content, decoded the way an operator would: decrypted with real gpg
-    when ``key`` is given (the passphrase on stdin, never on the command line; ``home`` the
-    GnuPG home), then gunzipped."""
+    when ``key`` is given (``home`` the GnuPG home), then gunzipped."""
     data = path.read_bytes()
     if key is not None:
         assert home is not None, "decrypting needs a GnuPG home"
-        proc = subprocess.run(
-            [*gpg_base(home), "--decrypt", str(path)],
-            input=key.encode() + b"\n",
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-        data = proc.stdout
+        decrypted = run_gpg(home, key, "--decrypt", str(path))
+        assert decrypted.returncode == 0, decrypted.stderr.decode(errors="replace")
+        data = decrypted.stdout
     assert data[:2] == b"\x1f\x8b", f"{path.name} does not decode to gzip data"
     return gzip.decompress(data)
 

@@ -35,10 +35,10 @@ from tests.support import (
     backups_of,
     decode,
     folder_state,
-    gpg_base,
     make_uploads,
     name_parts,
     only_backup,
+    run_gpg,
     run_ok,
     stamp,
     tar_members,
@@ -393,13 +393,7 @@ def test_encrypted_backups_are_aes256_and_hold_no_plaintext(
     for kind in TYPES:
         stored = only_backup(backups, kind, encrypted=True)
         assert not backups_of(backups, kind, encrypted=False)
-        packets = subprocess.run(
-            [*gpg_base(gpg_home), "--list-packets", str(stored)],
-            input=KEY.encode() + b"\n",
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        packets = run_gpg(gpg_home, KEY, "--list-packets", str(stored))
         assert packets.returncode == 0, packets.stderr.decode(errors="replace")
         symkey = [ln for ln in packets.stdout.decode().splitlines() if ":symkey enc packet:" in ln]
         assert len(symkey) == 1
