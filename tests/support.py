@@ -516,7 +516,7 @@ CHANGE = (
 )
 
 
-def lock_mode_name(mode: str) -> str:
+def _lock_mode_name(mode: str) -> str:
     """How pg_locks names a table lock mode: ``ACCESS SHARE`` is ``AccessShareLock``."""
     return "".join(word.capitalize() for word in mode.split()) + "Lock"
 
@@ -549,7 +549,7 @@ def table_lock(
         granted = (
             "SELECT count(*) FROM pg_locks WHERE granted "  # noqa: S608 - quoted literals
             f"AND relation = {sql_literal(table)}::regclass "
-            f"AND mode = {sql_literal(lock_mode_name(mode))}"
+            f"AND mode = {sql_literal(_lock_mode_name(mode))}"
         )
         wait_for(lambda: pg.psql(granted, db) != "0", f"the {mode} lock on {table}")
         yield release
