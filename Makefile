@@ -19,6 +19,8 @@ SYSTEM_TOOLS := pg_dump:postgresql-client psql:postgresql-client pg_ctlcluster:p
 # the language: generated from the locales package's data.
 TEST_LOCALE := de_DE.UTF-8
 TEST_LOCALE_SOURCE := de_DE
+# The Python code ruff and mypy check: the product, the development tools, the tests, the benches.
+PY_DIRS := generator devtools tests bench
 
 .PHONY: help
 help: ## Show the targets
@@ -64,7 +66,7 @@ install: system-deps $(STAMP) ## Set up everything: system packages and the venv
 
 .PHONY: run
 run: install ## The main job: real servers, sample gym data, a full encrypted backup, list
-	$(BIN)/python -m generator.demo
+	$(BIN)/python -m devtools.demo
 
 .PHONY: test
 test: install lint check-generated ## Lint, check the committed render, unit and integration tests
@@ -76,8 +78,8 @@ test-container: install ## The container tests (Debian flavour); starts a Docker
 
 .PHONY: lint
 lint: install ## ruff and mypy --strict; shellcheck, shfmt and hadolint on the scripts and Dockerfile
-	$(BIN)/ruff check generator tests bench
-	$(BIN)/ruff format --check generator tests bench
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/mypy --strict
 	$(BIN)/shellcheck -s bash docker/backup/*.sh tests/container/*.sh tests/container/standins/*/*.sh
 	$(BIN)/shfmt -i 2 -ci -d docker/backup/*.sh
@@ -85,8 +87,8 @@ lint: install ## ruff and mypy --strict; shellcheck, shfmt and hadolint on the s
 
 .PHONY: fmt
 fmt: install ## Format the Python code and fix what ruff can
-	$(BIN)/ruff format generator tests bench
-	$(BIN)/ruff check --fix generator tests bench
+	$(BIN)/ruff format $(PY_DIRS)
+	$(BIN)/ruff check --fix $(PY_DIRS)
 
 .PHONY: generate
 generate: install ## Render docker/backup/ from .env.example

@@ -17,8 +17,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from devtools.sandbox import PostgresServer, RedisServer, start_postgres, start_redis
 from generator import config, render
-from generator.sandbox import PostgresServer, RedisServer, start_postgres, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 

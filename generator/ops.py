@@ -1,4 +1,10 @@
-"""Every external command the generator runs, through the ``sh`` library.
+"""The commands the CLI runs: docker, docker compose (or docker-compose) and bash.
+
+Every command ``gym-backup`` runs goes through here: the rendered scripts (``backup_script.sh``,
+``restore_script.sh``) under bash on this host (``--local``), and ``docker build``, ``docker
+compose``, ``docker exec``, ``docker inspect`` and ``docker restart`` for the service's container.
+All of them run through the ``sh`` library, the one way the product runs a command (the
+development tools in ``devtools/`` use ``subprocess``).
 
 Secrets travel only in the environment (``_env``), never as arguments: ``sh`` prints the full
 command line in its errors. Commands run in the foreground (``_fg``), so the user sees their

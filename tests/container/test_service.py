@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,9 +25,9 @@ from tests.container.conftest import (
     Stack,
     docker,
 )
+from tests.support import GYM_BACKUP
 
 BACKUP_RE = re.compile(r"^(postgresql|redis|files)_backup_(\d{8}_\d{6})\.(sql|rdb|tar)\.gz\.gpg$")
-GYM_BACKUP = Path(sys.executable).parent / "gym-backup"
 
 
 def backups(folder: Path) -> dict[str, list[str]]:
@@ -41,7 +40,7 @@ def backups(folder: Path) -> dict[str, list[str]]:
     return found
 
 
-def stamp(name: str) -> datetime:
+def created_at(name: str) -> datetime:
     match = BACKUP_RE.match(name)
     assert match, name
     return datetime.strptime(match.group(2), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
@@ -89,7 +88,7 @@ def test_the_schedule_really_fires_with_a_hostile_postgres_password(stack: Stack
         cron_log = stack.backups / "cron.log"
         found = backups(stack.backups)
         fresh = [
-            n for names in found.values() for n in names if stamp(n) >= start.replace(second=0)
+            n for names in found.values() for n in names if created_at(n) >= start.replace(second=0)
         ]
         if cron_log.exists() and "backup full finished" in cron_log.read_text() and len(fresh) >= 3:
             break

@@ -1,45 +1,56 @@
 """Fixtures of the integration tests: real PostgreSQL, Redis and the rendered scripts.
 
 Every test under ``tests/integration`` is marked ``integration`` (deselect them with
-``-m "not integration"``). The servers are throwaway ones from :mod:`generator.sandbox` on free
-ports of 127.0.0.1; nothing here uses a PostgreSQL or Redis already running on the machine.
+``-m "not integration"``). The servers are throwaway ones from :mod:`devtools.sandbox` on free
+ports of 127.0.0.1; nothing here uses a PostgreSQL or Redis already running on the machine. The
+helpers the tests share are in :mod:`tests.support`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 
-from generator import render
-from generator.config import load_settings
-from generator.sandbox import (
+from devtools.sandbox import (
     PostgresServer,
     RedisServer,
     sql_ident,
     start_postgres,
     start_redis,
 )
-from tests.integration.restore_support import PAYMENTS_SQL, createdb_privilege, script_env
+from generator import render
+from generator.config import load_settings
+from tests.support import (
+    PAYMENTS_SQL,
+    PG_DB,
+    PG_PASSWORD,
+    PG_USER,
+    REDIS_PASSWORD,
+    MakeEnv,
+    NewDb,
+    RunScript,
+    Sources,
+    backed_up_sources,
+    createdb_privilege,
+    processes_in,
+    run_direct,
+    script_env,
+    write_files,
+)
 
 HERE = Path(__file__).resolve().parent
 
-NewDb = Callable[..., str]
-
-PG_DB = "gym_secure_db"
-PG_USER = "gym_secure_user"
-# hostile on purpose: spaces, both quotes, $, backslash, backticks, !, ; and &
-PG_PASSWORD = "pg pass 'q\" $x \\ `b` ! ; &"
-REDIS_PASSWORD = "re dis 'q\" $y \\ `c` ! ; &"
-
 # FILES_DIR tree made for a run that does not bring its own
-SAMPLE_FILES: dict[str, bytes] = {
+SAMPLE_FILES: dict[str, bytes | tuple[bytes, int]] = {
     "members/photos/member_0001.jpg": b"\xff\xd8\xff\xe0 not really a jpeg",
     "members/photos/member 0002.jpg": b"\xff\xd8\xff\xe0 name with a space",
     "receipts/2024/recibo-ñandú.pdf": b"%PDF-1.4 unicode name",
@@ -52,28 +63,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.resolve().is_relative_to(HERE):
             item.add_marker(pytest.mark.integration)
-
-
-class MakeEnv(Protocol):
-    """The ``backup_env`` factory."""
-
-    def __call__(
-        self,
-        tmp_path: Path,
-        *,
-        encryption_key: str | None = None,
-        redis: RedisServer | None = None,
-        files_dir: Path | None = None,
-        **extra: str,
-    ) -> dict[str, str]: ...
-
-
-class RunScript(Protocol):
-    """The ``run_script`` runner."""
-
-    def __call__(
-        self, script_name: str, *args: str, env: dict[str, str], timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]: ...
 
 
 @pytest.fixture(scope="session")
@@ -107,15 +96,6 @@ def rendered_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _make_files_tree(root: Path) -> Path:
-    for rel, data in SAMPLE_FILES.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    (root / "empty-folder").mkdir(exist_ok=True)
-    return root
-
-
 @pytest.fixture
 def backup_env(pg: PostgresServer, redis_auth: RedisServer) -> MakeEnv:
     """A factory of the environment of one script run (the run sees exactly this, nothing else).
@@ -135,7 +115,8 @@ def backup_env(pg: PostgresServer, redis_auth: RedisServer) -> MakeEnv:
         **extra: str,
     ) -> dict[str, str]:
         if files_dir is None:
-            files_dir = _make_files_tree(tmp_path / "files")
+            files_dir = write_files(tmp_path / "files", SAMPLE_FILES)
+            (files_dir / "empty-folder").mkdir(exist_ok=True)
         return script_env(
             tmp_path,
             pg,
@@ -155,21 +136,28 @@ def run_script(rendered_scripts: Path) -> RunScript:
     Runs ``bash <rendered_scripts>/<script_name> args...`` with exactly ``env`` (nothing is
     inherited from the test process) and captures stdout and stderr.
     """
-    bash = shutil.which("bash") or "/bin/bash"
 
     def run(
         script_name: str, *args: str, env: dict[str, str], timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [bash, str(rendered_scripts / script_name), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_direct(rendered_scripts, script_name, *args, env=env, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A private TMPDIR for the scripts, outside the test's folder and with a short path (the
+    socket paths of gpg-agent are limited): what they leave there shows. A process a failed test
+    leaves running there (a temporary redis-server) is killed at the end."""
+    folder = Path(tempfile.mkdtemp(prefix="gbt-", dir="/tmp"))
+    try:
+        yield folder
+    finally:
+        for process in processes_in(folder):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(process.split(":", 1)[0]), signal.SIGKILL)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -237,3 +225,13 @@ def payments_db(pg: PostgresServer, new_db: NewDb) -> str:
     db = new_db()
     pg.psql(PAYMENTS_SQL, db, superuser=False)
     return db
+
+
+@pytest.fixture(scope="module")
+def sources(
+    pg: PostgresServer, rendered_scripts: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sources]:
+    """A database, a Redis and a folder with a little data, and good backups of them (one set
+    for each module that uses them)."""
+    with backed_up_sources(pg, rendered_scripts, tmp_path_factory.mktemp("sources")) as made:
+        yield made

@@ -6,34 +6,36 @@ left behind, and the backups made before byte-for-byte unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import shutil
 import signal
 import subprocess
-import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PostgresServer, SandboxError, free_port
-from tests.integration.restore_support import folder_state, redis_on, wait_for, write_sidecar
+from devtools.sandbox import PostgresServer, free_port, redis_on
+from tests.support import (
+    BACKUP,
+    BACKUP_NAME,
+    ENCRYPTION,
+    KEY,
+    MakeEnv,
+    NewDb,
+    RunScript,
+    descendants,
+    folder_state,
+    holding_the_lock,
+    run_ok,
+    start_script,
+    table_lock,
+    wait_for,
+    wait_for_blocked_session,
+    write_sidecar,
+)
 
-if TYPE_CHECKING:
-    from tests.integration.conftest import MakeEnv, RunScript
-
-SCRIPT = "backup_script.sh"
-KEY = "fail key 'q\" $k \\ `e` ! ; & end"
 EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_REFUSED = 1, 2, 3, 6
 Result = subprocess.CompletedProcess[str]
-BACKUP_NAME = re.compile(r"(postgresql|redis|files)_backup_\d{8}_\d{6}\.(sql|rdb|tar)\.gz(\.gpg)?")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -44,12 +46,7 @@ def backup_names(folder: Path) -> set[str]:
 
 
 def kinds(folder: Path) -> list[str]:
-    return sorted(m.group(1) for p in folder.iterdir() if (m := BACKUP_NAME.fullmatch(p.name)))
-
-
-def run_ok(run_script: RunScript, *args: str, env: dict[str, str]) -> None:
-    result = run_script(SCRIPT, *args, env=env)
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return sorted(m["type"] for p in folder.iterdir() if (m := BACKUP_NAME.fullmatch(p.name)))
 
 
 def assert_untouched(folder: Path, before: dict[str, bytes]) -> None:
@@ -60,34 +57,6 @@ def assert_untouched(folder: Path, before: dict[str, bytes]) -> None:
     assert after == before, "an earlier backup was modified"
 
 
-def ancestors(pid: int) -> Iterator[int]:
-    """The parent, grandparent, ... of ``pid`` (from /proc)."""
-    while pid > 1:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            return
-        match = re.search(r"^PPid:\s+(\d+)$", status, re.MULTILINE)
-        if match is None:
-            return
-        pid = int(match.group(1))
-        yield pid
-
-
-def descendant_with_arg(root: int, arg: bytes) -> int | None:
-    """A live descendant of ``root`` whose command line has the argument ``arg``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if arg in argv and root in ancestors(int(entry.name)):
-            return int(entry.name)
-    return None
-
-
 # ----------------------------------------------------------------------------- server failures
 
 
@@ -96,10 +65,10 @@ def test_wrong_postgres_password_fails_and_points_at_postgres_password(
 ) -> None:
     env = backup_env(tmp_path)
     backups = tmp_path / "backups"
-    run_ok(run_script, "postgresql", env=env)
+    run_ok(run_script, BACKUP, "postgresql", env=env)
     before = folder_state(backups)
 
-    result = run_script(SCRIPT, "postgresql", env={**env, "POSTGRES_PASSWORD": "not it"})
+    result = run_script(BACKUP, "postgresql", env={**env, "POSTGRES_PASSWORD": "not it"})
 
     assert result.returncode == EXIT_FAILED
     assert "password authentication failed" in result.stderr
@@ -112,7 +81,7 @@ def test_wrong_postgres_password_is_not_followed_by_a_misleading_version_error(
 ) -> None:
     env = backup_env(tmp_path, POSTGRES_PASSWORD="not it")
 
-    result = run_script(SCRIPT, "postgresql", env=env)
+    result = run_script(BACKUP, "postgresql", env=env)
     assert "unexpected failure" not in result.stderr, "a reported failure is reported once"
 
     assert result.returncode == EXIT_FAILED
@@ -134,7 +103,7 @@ def test_unreachable_redis_fails_with_a_hint_naming_the_setting(
     env = backup_env(tmp_path)  # redis_auth, which has a password
     assert env["REDIS_PASSWORD"]
     backups = tmp_path / "backups"
-    run_ok(run_script, "redis", env=env)
+    run_ok(run_script, BACKUP, "redis", env=env)
     before = folder_state(backups)
     broken = dict(env)
     if problem == "down":
@@ -144,7 +113,7 @@ def test_unreachable_redis_fails_with_a_hint_naming_the_setting(
     else:
         broken["REDIS_PASSWORD"] = "not it"
 
-    result = run_script(SCRIPT, "redis", env=broken)
+    result = run_script(BACKUP, "redis", env=broken)
 
     assert result.returncode == EXIT_FAILED
     assert f"redis: cannot reach 127.0.0.1:{broken['REDIS_PORT']}" in result.stderr
@@ -158,7 +127,7 @@ def test_full_backup_with_redis_down_still_writes_postgresql_and_files_but_fails
     env = backup_env(tmp_path, REDIS_PORT=str(free_port()))
     backups = tmp_path / "backups"
 
-    result = run_script(SCRIPT, "full", env=env)
+    result = run_script(BACKUP, "full", env=env)
 
     assert result.returncode == EXIT_FAILED
     assert "backup full FAILED: postgresql ok redis FAILED (exit 1) files ok" in result.stderr
@@ -173,7 +142,7 @@ def test_full_backup_with_redis_down_still_writes_postgresql_and_files_but_fails
 # ----------------------------------------------------------------------------- local failures
 
 
-@pytest.mark.parametrize("key", [pytest.param(None, id="plain"), pytest.param(KEY, id="encrypted")])
+@pytest.mark.parametrize("key", ENCRYPTION)
 def test_full_disk_fails_saying_the_folder_is_full_and_leaves_no_partial(
     key: str | None,
     tiny_volume: Path,
@@ -187,7 +156,7 @@ def test_full_disk_fails_saying_the_folder_is_full_and_leaves_no_partial(
         (uploads / f"scan-{i}.bin").write_bytes(os.urandom(1024 * 1024))
     env = backup_env(tmp_path, encryption_key=key, files_dir=uploads, BACKUP_DIR=str(tiny_volume))
 
-    result = run_script(SCRIPT, "files", env=env)
+    result = run_script(BACKUP, "files", env=env)
 
     assert result.returncode == EXIT_FAILED
     assert f"files failed: {tiny_volume} is full" in result.stderr
@@ -195,39 +164,16 @@ def test_full_disk_fails_saying_the_folder_is_full_and_leaves_no_partial(
     assert_untouched(tiny_volume, {})
 
 
-@pytest.fixture
-def lock_holder(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """``flock BACKUP_DIR/.gym-backup.lock sleep 30`` in the background, its lock file saying
-    who holds it the way a run writes it; killed afterwards."""
-    backups = tmp_path / "backups"
-    backups.mkdir(exist_ok=True)
-    lock = backups / ".gym-backup.lock"
-    holder = subprocess.Popen(["flock", str(lock), "sleep", "30"])
-    try:
-        wait_for(
-            lambda: subprocess.run(["flock", "-n", str(lock), "true"], check=False).returncode != 0,
-            "flock to take the lock",
-        )
-        who = f"cleanup (pid {holder.pid}, started 2024-05-01T03:00:00-03:00)"
-        lock.write_text(who + "\n")
-        yield lock, who
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
-
-
 def test_second_run_gives_up_after_lock_timeout_and_names_the_holder(
-    lock_holder: tuple[Path, str],
-    backup_env: MakeEnv,
-    run_script: RunScript,
-    tmp_path: Path,
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:
-    _, who = lock_holder
+    who = f"cleanup (pid {os.getpid()}, started 2024-05-01T03:00:00-03:00)"
     env = backup_env(tmp_path, LOCK_TIMEOUT="1")
     backups = tmp_path / "backups"
     started = time.monotonic()
 
-    result = run_script(SCRIPT, "full", env=env)
+    with holding_the_lock(backups, who):
+        result = run_script(BACKUP, "full", env=env)
 
     assert result.returncode == EXIT_LOCKED
     assert f"another run holds the lock ({who}); gave up after 1s (LOCK_TIMEOUT)" in result.stderr
@@ -235,148 +181,71 @@ def test_second_run_gives_up_after_lock_timeout_and_names_the_holder(
     assert_untouched(backups, {})
 
 
-@dataclass
-class LockedDatabase:
-    """A database whose table a transaction holds ACCESS EXCLUSIVE: a pg_dump of it waits."""
-
-    pg: PostgresServer
-    name: str
-
-    def dump_waiting(self) -> bool:
-        """Whether a session (the pg_dump) is waiting for the table lock."""
-        waiting = self.pg.psql(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            self.name,
-        )
-        return waiting == "1"
-
-    def release(self) -> None:
-        """End the locking transaction (its session is terminated)."""
-        self.pg.psql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND query LIKE '%pg_sleep%'",
-            self.name,
-        )
-
-
-@pytest.fixture
-def locked_db(pg: PostgresServer) -> Iterator[LockedDatabase]:
-    """A new database with a table locked by an open transaction; released and dropped after."""
-    locked = LockedDatabase(pg, f"locked_{uuid.uuid4().hex[:12]}")
-    pg.createdb(locked.name)
-    pg.psql(
-        "CREATE TABLE visits (id int); INSERT INTO visits VALUES (1);",
-        locked.name,
-        superuser=False,
-    )
-
-    def hold() -> None:
-        with contextlib.suppress(SandboxError):  # ends when release() terminates the session
-            pg.psql(
-                "BEGIN; LOCK TABLE visits IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);",
-                locked.name,
-            )
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    granted = (
-        "SELECT count(*) FROM pg_locks WHERE relation = 'visits'::regclass "
-        "AND mode = 'AccessExclusiveLock' AND granted"
-    )
-    try:
-        wait_for(lambda: pg.psql(granted, locked.name) == "1", "the table lock")
-        yield locked
-    finally:
-        locked.release()
-        holder.join(timeout=30)
-        pg.dropdb(locked.name)
-
-
 def test_a_run_waiting_for_a_running_backup_names_it_and_exits_3(
-    locked_db: LockedDatabase,
+    pg: PostgresServer,
+    new_db: NewDb,
     rendered_scripts: Path,
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
 ) -> None:
-    env = backup_env(tmp_path, POSTGRES_DB=locked_db.name)
+    db = new_db()
+    pg.psql("CREATE TABLE visits (id int); INSERT INTO visits VALUES (1);", db, superuser=False)
+    env = backup_env(tmp_path, POSTGRES_DB=db)
     backups = tmp_path / "backups"
     lock = backups / ".gym-backup.lock"
-    first = subprocess.Popen(  # its pg_dump waits for the table lock, holding the run's lock
-        ["bash", str(rendered_scripts / SCRIPT), "postgresql"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(
-            lambda: lock.exists() and f"(pid {first.pid}," in lock.read_text(),
-            "the first run to take the lock",
-        )
-        wait_for(locked_db.dump_waiting, "the first run's pg_dump to wait for the table")
-        during_first = set(folder_state(backups))  # the first run's .partial, nothing else
+    # a transaction holds the table: the first run's pg_dump waits for it, holding the run's lock
+    with table_lock(pg, db, "visits", "ACCESS EXCLUSIVE") as release_table:
+        first = start_script(rendered_scripts, BACKUP, "postgresql", env=env)
+        try:
+            wait_for(
+                lambda: lock.exists() and f"(pid {first.pid}," in lock.read_text(),
+                "the first run to take the lock",
+            )
+            wait_for_blocked_session(pg, db)
+            during_first = set(folder_state(backups))  # the first run's .partial, nothing else
 
-        second = run_script(SCRIPT, "postgresql", env={**env, "LOCK_TIMEOUT": "1"})
+            second = run_script(BACKUP, "postgresql", env={**env, "LOCK_TIMEOUT": "1"})
 
-        assert second.returncode == EXIT_LOCKED, second.stderr
-        assert f"another run holds the lock (backup postgresql (pid {first.pid}, started " in (
-            second.stderr
-        )
-        assert set(folder_state(backups)) == during_first
-        assert not backup_names(backups)
-        locked_db.release()
-        out, err = first.communicate(timeout=60)
-        assert first.returncode == 0, out + err
-        assert kinds(backups) == ["postgresql"]
-    finally:
-        locked_db.release()
-        if first.poll() is None:
-            first.kill()
-            first.communicate(timeout=30)
-
-
-@pytest.fixture
-def short_tmpdir() -> Iterator[Path]:
-    """A TMPDIR with a short path (see test_encryption_works_when_tmpdir_is_a_long_path)."""
-    path = Path(tempfile.mkdtemp(prefix="gbt-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+            assert second.returncode == EXIT_LOCKED, second.stderr
+            assert f"another run holds the lock (backup postgresql (pid {first.pid}, started " in (
+                second.stderr
+            )
+            assert set(folder_state(backups)) == during_first
+            assert not backup_names(backups)
+            release_table()
+            out, err = first.communicate(timeout=60)
+            assert first.returncode == 0, out + err
+            assert kinds(backups) == ["postgresql"]
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.communicate(timeout=30)
 
 
 def test_gpg_killed_mid_way_leaves_no_final_file_no_partial_and_no_plaintext(
-    short_tmpdir: Path,
+    short_tmp: Path,
     rendered_scripts: Path,
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
 ) -> None:
     backups = tmp_path / "backups"
-    work = short_tmpdir
+    work = short_tmp
     env = backup_env(tmp_path, encryption_key=KEY, TMPDIR=str(work))
-    run_ok(run_script, "files", env=env)  # a small good backup made first
+    run_ok(run_script, BACKUP, "files", env=env)  # a small good backup made first
     before = folder_state(backups)
     uploads = tmp_path / "big"
     uploads.mkdir()
     for i in range(4):  # ~100 MB of random bytes: encryption takes a while
         (uploads / f"video-{i}.bin").write_bytes(os.urandom(25 * 1024 * 1024))
 
-    run = subprocess.Popen(
-        ["bash", str(rendered_scripts / SCRIPT), "files"],
-        env={**env, "FILES_DIR": str(uploads)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    run = start_script(rendered_scripts, BACKUP, "files", env={**env, "FILES_DIR": str(uploads)})
     try:
         gpg_pid: list[int] = []
 
         def encrypting() -> bool:
-            pid = descendant_with_arg(run.pid, b"--symmetric")
+            pid = next((p for p, argv in descendants(run.pid) if "--symmetric" in argv), None)
             partial = list(backups.glob("files_backup_*.tar.gz.gpg.partial"))
             if pid is None or not partial or partial[0].stat().st_size == 0:
                 return False
@@ -408,7 +277,7 @@ def test_unreadable_encryption_key_file_refuses_and_never_writes_plaintext(
     key_file = tmp_path / "no-such.key" if where == "missing" else tmp_path
     env = backup_env(tmp_path, ENCRYPTION_KEY_FILE=str(key_file))
 
-    result = run_script(SCRIPT, "full", env=env)
+    result = run_script(BACKUP, "full", env=env)
 
     assert result.returncode == EXIT_REFUSED
     assert f"ENCRYPTION_KEY_FILE: cannot read '{key_file}'" in result.stderr
@@ -423,7 +292,7 @@ def test_an_empty_key_file_refuses_rather_than_writing_plaintext(
     key_file.write_text(content)
     env = backup_env(tmp_path, ENCRYPTION_KEY_FILE=str(key_file))
 
-    result = run_script(SCRIPT, "full", env=env)
+    result = run_script(BACKUP, "full", env=env)
 
     assert result.returncode == EXIT_REFUSED
     assert f"ENCRYPTION_KEY_FILE: '{key_file}' is empty" in result.stderr
@@ -438,18 +307,8 @@ def test_a_terminated_run_says_so_and_leaves_nothing_half_written(
     (big / "random.bin").write_bytes(os.urandom(64 << 20))
     env = backup_env(tmp_path, files_dir=big)
     backups = tmp_path / "backups"
-    run = subprocess.Popen(
-        ["bash", str(rendered_scripts / SCRIPT), "files"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 30
-    while not list(backups.glob("*.partial")):
-        assert time.monotonic() < deadline, "the backup never started writing"
-        time.sleep(0.05)
+    run = start_script(rendered_scripts, BACKUP, "files", env=env, new_session=True)
+    wait_for(lambda: list(backups.glob("*.partial")), "the backup to start writing", timeout=30)
     # as a terminal's Ctrl-C or a stopping service manager does: the whole process group
     os.killpg(run.pid, signal.SIGTERM)
     _, stderr = run.communicate(timeout=60)
@@ -470,7 +329,7 @@ def test_a_secret_given_both_directly_and_as_a_file_is_refused(
     env[secret] = env.get(secret, "given directly")
     env[f"{secret}_FILE"] = str(secret_file)
 
-    result = run_script(SCRIPT, "full", env=env)
+    result = run_script(BACKUP, "full", env=env)
 
     assert result.returncode == EXIT_REFUSED
     assert f"both {secret} and {secret}_FILE are set; keep only one of them" in result.stderr
@@ -489,7 +348,7 @@ def test_a_secret_given_both_directly_and_as_a_file_is_refused(
 def test_usage_errors_exit_2_with_usage_on_stderr(
     args: list[str], message: str, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:
-    result = run_script(SCRIPT, *args, env=backup_env(tmp_path))
+    result = run_script(BACKUP, *args, env=backup_env(tmp_path))
 
     assert result.returncode == EXIT_USAGE
     assert result.stderr.startswith(f"backup_script.sh: {message}\n")
@@ -502,7 +361,7 @@ def test_usage_errors_exit_2_with_usage_on_stderr(
 def test_help_prints_usage_on_stdout_and_exits_0(
     flag: str, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:
-    result = run_script(SCRIPT, flag, env=backup_env(tmp_path))
+    result = run_script(BACKUP, flag, env=backup_env(tmp_path))
 
     assert result.returncode == 0
     assert result.stdout.startswith("Usage: backup_script.sh COMMAND [--dry-run]")
@@ -533,7 +392,7 @@ def test_invalid_runtime_setting_is_refused_naming_the_setting(
     env = backup_env(tmp_path)
     env[name] = value
 
-    result = run_script(SCRIPT, "full", env=env)
+    result = run_script(BACKUP, "full", env=env)
 
     assert result.returncode == EXIT_REFUSED
     assert f"[ERROR] {name}: '{value}' " in result.stderr
@@ -567,7 +426,7 @@ def test_pg_dump_older_than_the_server_is_refused_naming_the_client_to_install(
 ) -> None:
     server_major = int(server_num) // 10000
 
-    result = check_pg_versions(rendered_scripts / SCRIPT, backup_env(tmp_path), client, server_num)
+    result = check_pg_versions(rendered_scripts / BACKUP, backup_env(tmp_path), client, server_num)
 
     assert result.returncode == EXIT_REFUSED
     assert f"install the PostgreSQL {server_major} client" in result.stderr
@@ -586,7 +445,7 @@ def test_pg_dump_older_than_the_server_is_refused_naming_the_client_to_install(
 def test_pg_dump_as_new_as_the_server_or_newer_is_accepted(
     client: str, server_num: str, rendered_scripts: Path, backup_env: MakeEnv, tmp_path: Path
 ) -> None:
-    result = check_pg_versions(rendered_scripts / SCRIPT, backup_env(tmp_path), client, server_num)
+    result = check_pg_versions(rendered_scripts / BACKUP, backup_env(tmp_path), client, server_num)
 
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
@@ -598,7 +457,7 @@ def test_a_dry_run_writes_nothing_and_is_not_a_successful_backup(
     env = backup_env(tmp_path, ENCRYPTION_KEY="k")
     backups = tmp_path / "backups"
 
-    result = run_script(SCRIPT, "full", "--dry-run", env=env)
+    result = run_script(BACKUP, "full", "--dry-run", env=env)
 
     assert result.returncode == 0, result.stderr
     assert "backup full dry run (nothing is written) finished" in result.stdout
@@ -617,7 +476,7 @@ def test_too_little_space_for_the_previous_backups_size_refuses_before_starting(
     before = folder_state(tiny_volume)
     env = backup_env(tmp_path, BACKUP_DIR=str(tiny_volume))
 
-    result = run_script(SCRIPT, "files", env=env)
+    result = run_script(BACKUP, "files", env=env)
 
     assert result.returncode == EXIT_REFUSED
     assert f"files: not enough free space in {tiny_volume}" in result.stderr
@@ -635,7 +494,7 @@ def test_a_redis_that_refuses_sync_gives_a_clear_error(
     with redis_on(data, extra=['rename-command SYNC ""', 'rename-command PSYNC ""']) as redis:
         redis.cli("SET", "k", "v")
         env = backup_env(tmp_path, redis=redis)
-        result = run_script(SCRIPT, "redis", env=env)
+        result = run_script(BACKUP, "redis", env=env)
 
     assert result.returncode == EXIT_FAILED
     assert "redis: the server refused or broke off the snapshot" in result.stderr

@@ -7,7 +7,6 @@ source. Listing and cleanup are checked on real backup files copied to older tim
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
@@ -20,31 +19,34 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PostgresServer, RedisServer, load_rdb, sql_literal
-from tests.integration.restore_support import (
+from devtools.sandbox import PostgresServer, RedisServer, load_rdb, sql_literal
+from tests.support import (
+    BACKUP,
+    ENCRYPTION,
+    KEY,
+    LIST_ROW,
+    TYPES,
+    MakeEnv,
+    NewDb,
+    RunScript,
+    backups_of,
+    decode,
     folder_state,
+    make_uploads,
+    name_parts,
+    only_backup,
+    run_gpg,
+    run_ok,
     stamp,
     tar_members,
+    tree_state,
     with_sidecars,
     write_sidecar,
 )
 
-if TYPE_CHECKING:
-    from tests.integration.conftest import MakeEnv, RunScript
-
-SCRIPT = "backup_script.sh"
-# hostile on purpose, like the fixtures' passwords: the key must survive the shell untouched
-KEY = "gym key 'q\" $k \\ `e` ! ; & end"
-ENCRYPTION = [
-    pytest.param(None, id="plain"),
-    pytest.param(KEY, id="encrypted"),
-]
-TYPES = ("postgresql", "redis", "files")
-EXTENSIONS = {"postgresql": "sql", "redis": "rdb", "files": "tar"}
 MANIFEST_FIELDS = {
     "schema_version",
     "type",
@@ -59,81 +61,9 @@ MANIFEST_FIELDS = {
     "server_version",
     "tool_versions",
 }
-LIST_LINE = re.compile(
-    r"^(?P<type>\S+)\s+(?P<created>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\s+(?P<size>\d+(?:\.\d)? \S+)"
-    r"\s+(?P<encrypted>yes|no)\s+(?P<name>\S+)$"
-)
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def name_re(kind: str, *, encrypted: bool) -> re.Pattern[str]:
-    """The documented name of a backup of ``kind``: TYPE_backup_YYYYMMDD_HHMMSS.EXT.gz[.gpg]."""
-    suffix = r"\.gpg" if encrypted else ""
-    return re.compile(rf"{kind}_backup_(\d{{8}}_\d{{6}})\.{EXTENSIONS[kind]}\.gz{suffix}")
-
-
-def name_parts(name: str) -> tuple[str, str, str]:
-    """(type, YYYYMMDD, HHMMSS) of a backup name."""
-    match = re.match(r"([a-z]+)_backup_(\d{8})_(\d{6})\.", name)
-    assert match is not None, name
-    return match.group(1), match.group(2), match.group(3)
-
-
-def backups_of(backup_dir: Path, kind: str, *, encrypted: bool) -> list[Path]:
-    pattern = name_re(kind, encrypted=encrypted)
-    return sorted(p for p in backup_dir.iterdir() if pattern.fullmatch(p.name))
-
-
-def only_backup(backup_dir: Path, kind: str, *, encrypted: bool) -> Path:
-    found = backups_of(backup_dir, kind, encrypted=encrypted)
-    assert len(found) == 1, (
-        f"expected one {kind} backup in {sorted(p.name for p in backup_dir.iterdir())}"
-    )
-    return found[0]
-
-
-def gpg_base(home: Path) -> list[str]:
-    return [
-        "gpg",
-        "--homedir",
-        str(home),
-        "--batch",
-        "--no-tty",
-        "--quiet",
-        "--pinentry-mode",
-        "loopback",
-        "--no-symkey-cache",
-        "--passphrase-fd",
-        "0",
-    ]
-
-
-def gpg_decrypt(path: Path, key: str, home: Path) -> bytes:
-    """Decrypt ``path`` with real gpg; the passphrase goes on stdin, never on the command line."""
-    proc = subprocess.run(
-        [*gpg_base(home), "--decrypt", str(path)],
-        input=key.encode() + b"\n",
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    return proc.stdout
-
-
-def decode(path: Path, key: str | None, home: Path) -> bytes:
-    """A stored backup's raw content: decrypt (when .gpg) and gunzip."""
-    data = gpg_decrypt(path, key, home) if key is not None else path.read_bytes()
-    assert data[:2] == b"\x1f\x8b", f"{path.name} does not decode to gzip data"
-    return gzip.decompress(data)
-
-
-def run_ok(run_script: RunScript, *args: str, env: dict[str, str]) -> str:
-    result = run_script(SCRIPT, *args, env=env)
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 def strace_escaped(text: str) -> str:
@@ -152,7 +82,7 @@ def human_size(size: int) -> str:
     return f"{size} B" if unit == 0 else f"{scaled}.{tenths} {units[unit]}"
 
 
-def copy_backup(real: Path, new_stamp: str) -> Path:
+def restamped_copy(real: Path, new_stamp: str) -> Path:
     """Copy a real backup and its manifest to the same name with another timestamp, with a
     ``.sha256`` that names the copy (cleanup counts only backups whose sidecar names them)."""
     _, day, clock = name_parts(real.name)
@@ -162,26 +92,6 @@ def copy_backup(real: Path, new_stamp: str) -> Path:
     shutil.copyfile(real.with_name(f"{real.name}.manifest.json"), f"{target}.manifest.json")
     write_sidecar(target)
     return target
-
-
-Entry = tuple[str, int, bytes]
-
-
-def tree_entries(root: Path) -> dict[str, Entry]:
-    """Every entry below ``root``: (type, permission bits, content or link target)."""
-    entries: dict[str, Entry] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
-            path = Path(dirpath, name)
-            rel = path.relative_to(root).as_posix()
-            info = path.lstat()
-            if stat.S_ISLNK(info.st_mode):
-                entries[rel] = ("symlink", 0, str(path.readlink()).encode())
-            elif stat.S_ISDIR(info.st_mode):
-                entries[rel] = ("dir", stat.S_IMODE(info.st_mode), b"")
-            else:
-                entries[rel] = ("file", stat.S_IMODE(info.st_mode), path.read_bytes())
-    return entries
 
 
 def extract_tar(tar_bytes: bytes, tmp_path: Path, name: str) -> Path:
@@ -212,28 +122,6 @@ def gpg_home() -> Iterator[Path]:
             timeout=30,
         )
         shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture
-def fresh_db(pg: PostgresServer) -> Iterator[str]:
-    """A new empty database owned by the application role, dropped afterwards."""
-    name = f"rt_{uuid.uuid4().hex[:12]}"
-    pg.createdb(name)
-    try:
-        yield name
-    finally:
-        pg.dropdb(name)
-
-
-@pytest.fixture
-def restore_db(pg: PostgresServer) -> Iterator[str]:
-    """A second new empty database to load a dump into."""
-    name = f"restored_{uuid.uuid4().hex[:12]}"
-    pg.createdb(name)
-    try:
-        yield name
-    finally:
-        pg.dropdb(name)
 
 
 GYM_SCHEMA = r"""
@@ -311,36 +199,6 @@ def redis_dataset(server: RedisServer, marker: str = "") -> None:
     )
 
 
-def make_files_tree(root: Path, marker: str = "") -> Path:
-    """Uploads with unicode and spaced names, nested and empty folders, a symlink, varied modes."""
-    files: dict[str, tuple[bytes, int]] = {
-        "Fotos del gimnasio/año 2024/mañana ñandú.jpg": (
-            b"\xff\xd8\xff\xe0" + bytes(range(256)),
-            0o644,
-        ),
-        "Fotos del gimnasio/año 2024/member 0002.jpg": (b"\x00" * 100, 0o644),
-        "contratos/contrato #1 (firmado).pdf": (b"%PDF-1.4 private", 0o600),
-        "scripts/run me.sh": (b"#!/bin/sh\necho hi\n", 0o755),
-        "solo lectura.txt": (f"read only {marker}\n".encode(), 0o444),
-        "vacío.txt": (b"", 0o640),
-        "a/b/c/d/deep.txt": (b"deep\n", 0o644),
-    }
-    for rel, (data, mode) in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        path.chmod(mode)
-    (root / "carpeta vacía").mkdir()
-    (root / "deep/empty nested").mkdir(parents=True)
-    (root / "privado").mkdir(mode=0o700)
-    (root / "privado/llave.txt").write_bytes(b"secret-ish")
-    (root / "privado/llave.txt").chmod(0o600)
-    (root / "scripts").chmod(0o755)
-    (root / "última foto.jpg").symlink_to("Fotos del gimnasio/año 2024/mañana ñandú.jpg")
-    (root / "enlace absoluto").symlink_to("/nonexistent/target with space")
-    return root
-
-
 # ------------------------------------------------------------------------------ round trips
 
 
@@ -348,17 +206,17 @@ def make_files_tree(root: Path, marker: str = "") -> Path:
 def test_postgresql_backup_restores_to_an_identical_database(
     key: str | None,
     pg: PostgresServer,
-    fresh_db: str,
-    restore_db: str,
+    new_db: NewDb,
     backup_env: MakeEnv,
     run_script: RunScript,
     gpg_home: Path,
     tmp_path: Path,
 ) -> None:
+    fresh_db, restore_db = new_db(), new_db()
     pg.psql(GYM_SCHEMA, db=fresh_db, superuser=False)
     env = backup_env(tmp_path, encryption_key=key, POSTGRES_DB=fresh_db)
 
-    run_ok(run_script, "postgresql", env=env)
+    run_ok(run_script, BACKUP, "postgresql", env=env)
 
     stored = only_backup(tmp_path / "backups", "postgresql", encrypted=key is not None)
     sql = decode(stored, key, gpg_home).decode()
@@ -390,7 +248,7 @@ def test_redis_backup_loads_into_a_server_with_the_same_digest(
     redis_dataset(server)
     env = backup_env(tmp_path, encryption_key=key, redis=server)
 
-    run_ok(run_script, "redis", env=env)
+    run_ok(run_script, BACKUP, "redis", env=env)
 
     stored = only_backup(tmp_path / "backups", "redis", encrypted=key is not None)
     rdb = tmp_path / "restored.rdb"
@@ -411,19 +269,20 @@ def test_files_backup_extracts_to_the_same_tree(
     gpg_home: Path,
     tmp_path: Path,
 ) -> None:
-    source = make_files_tree(tmp_path / "uploads")
+    source = make_uploads(tmp_path / "uploads")
+    (source / "enlace absoluto").symlink_to("/nonexistent/target with space")
     env = backup_env(tmp_path, encryption_key=key, files_dir=source)
 
-    run_ok(run_script, "files", env=env)
+    run_ok(run_script, BACKUP, "files", env=env)
 
     stored = only_backup(tmp_path / "backups", "files", encrypted=key is not None)
     extracted = extract_tar(decode(stored, key, gpg_home), tmp_path, "extracted")
-    expected = tree_entries(source)
-    assert tree_entries(extracted) == expected
+    expected = tree_state(source)
+    assert tree_state(extracted) == expected
     assert expected["scripts/run me.sh"][:2] == ("file", 0o755)
     assert expected["privado/llave.txt"][:2] == ("file", 0o600)
     assert expected["carpeta vacía"][0] == "dir"
-    assert expected["última foto.jpg"][0] == "symlink"
+    assert expected["última foto.jpg"][0] == "link"
 
 
 @pytest.mark.parametrize("exclude", ["*.tmp,cache", " *.tmp , cache ,"])
@@ -441,7 +300,7 @@ def test_files_exclude_leaves_matching_names_out(
         (source / rel).write_text(rel)
     env = backup_env(tmp_path, files_dir=source, FILES_EXCLUDE=exclude)
 
-    run_ok(run_script, "files", env=env)
+    run_ok(run_script, BACKUP, "files", env=env)
 
     stored = only_backup(tmp_path / "backups", "files", encrypted=False)
     members = tar_members(decode(stored, None, gpg_home))
@@ -460,7 +319,7 @@ def test_full_backup_writes_all_three_with_one_timestamp_checksums_and_manifests
     backups = tmp_path / "backups"
     encrypted = key is not None
 
-    run_ok(run_script, "full", env=env)
+    run_ok(run_script, BACKUP, "full", env=env)
 
     stored = {kind: only_backup(backups, kind, encrypted=encrypted) for kind in TYPES}
     stamps = {name_parts(path.name)[1:] for path in stored.values()}
@@ -507,7 +366,7 @@ def test_full_backup_writes_all_three_with_one_timestamp_checksums_and_manifests
 
 def test_encrypted_backups_are_aes256_and_hold_no_plaintext(
     pg: PostgresServer,
-    fresh_db: str,
+    new_db: NewDb,
     redis_open: RedisServer,
     backup_env: MakeEnv,
     run_script: RunScript,
@@ -515,30 +374,26 @@ def test_encrypted_backups_are_aes256_and_hold_no_plaintext(
     tmp_path: Path,
 ) -> None:
     marker = f"PLAINTEXT-MARKER-{uuid.uuid4().hex}"
+    fresh_db = new_db()
     pg.psql(
         f"CREATE TABLE notes (body text); INSERT INTO notes VALUES ({sql_literal(marker)});",  # noqa: S608 - quoted by sql_literal
         db=fresh_db,
         superuser=False,
     )
     redis_dataset(redis_open, marker)
-    files = make_files_tree(tmp_path / "uploads", marker)
+    files = make_uploads(tmp_path / "uploads")
+    (files / "marker.txt").write_text(f"stored marker {marker}\n")
     env = backup_env(
         tmp_path, encryption_key=KEY, redis=redis_open, files_dir=files, POSTGRES_DB=fresh_db
     )
 
-    run_ok(run_script, "full", env=env)
+    run_ok(run_script, BACKUP, "full", env=env)
 
     backups = tmp_path / "backups"
     for kind in TYPES:
         stored = only_backup(backups, kind, encrypted=True)
         assert not backups_of(backups, kind, encrypted=False)
-        packets = subprocess.run(
-            [*gpg_base(gpg_home), "--list-packets", str(stored)],
-            input=KEY.encode() + b"\n",
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        packets = run_gpg(gpg_home, KEY, "--list-packets", str(stored))
         assert packets.returncode == 0, packets.stderr.decode(errors="replace")
         symkey = [ln for ln in packets.stdout.decode().splitlines() if ":symkey enc packet:" in ln]
         assert len(symkey) == 1
@@ -567,13 +422,13 @@ def test_a_key_file_given_at_run_time_turns_encryption_on_without_rerendering(
 ) -> None:
     backups = tmp_path / "backups"
     env = backup_env(tmp_path)
-    run_ok(run_script, "files", env=env)
+    run_ok(run_script, BACKUP, "files", env=env)
     plain = only_backup(backups, "files", encrypted=False)
     key_file = tmp_path / "encryption.key"
     key_file.write_text(KEY + "\n")
     key_file.chmod(0o600)
 
-    run_ok(run_script, "files", env={**env, "ENCRYPTION_KEY_FILE": str(key_file)})
+    run_ok(run_script, BACKUP, "files", env={**env, "ENCRYPTION_KEY_FILE": str(key_file)})
 
     encrypted = only_backup(backups, "files", encrypted=True)
     assert decode(encrypted, KEY, gpg_home) == decode(plain, None, gpg_home)
@@ -591,7 +446,7 @@ def test_encryption_works_when_tmpdir_is_a_long_path(
     assert len(str(work)) > 70
     env = backup_env(tmp_path, encryption_key=KEY, TMPDIR=str(work))
 
-    run_ok(run_script, "files", env=env)
+    run_ok(run_script, BACKUP, "files", env=env)
 
     stored = only_backup(tmp_path / "backups", "files", encrypted=True)
     assert "notes.txt" in tar_members(decode(stored, KEY, gpg_home))
@@ -618,7 +473,7 @@ def test_secrets_never_appear_in_argv_logs_or_output(
 
     result = subprocess.run(
         [strace, "-f", "-qq", "-e", "trace=execve", "-s", "65536", "-o", str(trace),
-         shutil.which("bash") or "/bin/bash", str(rendered_scripts / SCRIPT), "full"],
+         shutil.which("bash") or "/bin/bash", str(rendered_scripts / BACKUP), "full"],
         env=env,
         capture_output=True,
         text=True,
@@ -654,14 +509,14 @@ def test_list_shows_backups_newest_first_with_size_encryption_and_totals(
 ) -> None:
     backups = tmp_path / "backups"
     env = backup_env(tmp_path)
-    run_ok(run_script, "full", env=env)
-    run_ok(run_script, "files", env={**env, "ENCRYPTION_KEY": KEY})  # a later second
+    run_ok(run_script, BACKUP, "full", env=env)
+    run_ok(run_script, BACKUP, "files", env={**env, "ENCRYPTION_KEY": KEY})  # a later second
 
-    out = run_ok(run_script, "list", env=env)
+    out = run_ok(run_script, BACKUP, "list", env=env).stdout
 
     lines = out.splitlines()
     assert lines[0].split() == ["TYPE", "CREATED", "SIZE", "ENCRYPTED", "FILE"]
-    rows = [LIST_LINE.fullmatch(line) for line in lines[1:-1]]
+    rows = [LIST_ROW.fullmatch(line) for line in lines[1:-1]]
     assert all(rows), lines
     newest = only_backup(backups, "files", encrypted=True)
     older = [
@@ -688,7 +543,7 @@ def test_list_of_an_empty_folder_says_there_are_no_backups(
     backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:
     env = backup_env(tmp_path)
-    out = run_ok(run_script, "list", env=env)
+    out = run_ok(run_script, BACKUP, "list", env=env).stdout
     lines = out.splitlines()
     assert lines[0] == f"No backups in {tmp_path / 'backups'}."
     assert lines[-1].startswith("0 backup(s) (postgresql 0, redis 0, files 0), 0 B in all; ")
@@ -710,7 +565,7 @@ def cleanup_scene(backup_env: MakeEnv, run_script: RunScript, tmp_path: Path) ->
     foreign files, stale partials, orphan sidecars and rotated logs."""
     env = backup_env(tmp_path, BACKUP_RETENTION_DAYS="90", KEEP_MIN="2")
     backups = tmp_path / "backups"
-    run_ok(run_script, "full", env=env)
+    run_ok(run_script, BACKUP, "full", env=env)
     real = {kind: only_backup(backups, kind, encrypted=False) for kind in TYPES}
     doomed: dict[str, str] = {}
     kept: set[str] = set()
@@ -718,7 +573,7 @@ def cleanup_scene(backup_env: MakeEnv, run_script: RunScript, tmp_path: Path) ->
         kept |= with_sidecars(real[kind].name)
 
     def add(kind: str, days: int, *, deleted: bool) -> None:
-        name = copy_backup(real[kind], stamp(days)).name
+        name = restamped_copy(real[kind], stamp(days)).name
         if deleted:
             doomed[name] = (
                 f"{days} days old, older than BACKUP_RETENTION_DAYS=90 and not among the "
@@ -787,7 +642,7 @@ def test_cleanup_deletes_only_expired_backups_partials_orphans_and_old_logs(
 ) -> None:
     before = folder_state(cleanup_scene.backups)
 
-    out = run_ok(run_script, "cleanup", env=cleanup_scene.env)
+    out = run_ok(run_script, BACKUP, "cleanup", env=cleanup_scene.env).stdout
 
     after = folder_state(cleanup_scene.backups)
     assert set(after) == cleanup_scene.kept
@@ -802,7 +657,7 @@ def test_cleanup_dry_run_deletes_nothing_and_says_what_it_would_delete_and_why(
 ) -> None:
     before = folder_state(cleanup_scene.backups)
 
-    out = run_ok(run_script, "cleanup", "--dry-run", env=cleanup_scene.env)
+    out = run_ok(run_script, BACKUP, "cleanup", "--dry-run", env=cleanup_scene.env).stdout
 
     assert folder_state(cleanup_scene.backups) == before
     said = set(re.findall(r"would delete (\S+): ", out))
@@ -830,12 +685,12 @@ def test_cleanup_never_deletes_the_last_backup_of_a_type_even_when_all_are_old(
 ) -> None:
     env = backup_env(tmp_path, BACKUP_RETENTION_DAYS="30", KEEP_MIN="1")
     backups = tmp_path / "backups"
-    run_ok(run_script, "files", env=env)
+    run_ok(run_script, BACKUP, "files", env=env)
     real = only_backup(backups, "files", encrypted=False)
-    copies = {days: copy_backup(real, stamp(days)).name for days in ages}
+    copies = {days: restamped_copy(real, stamp(days)).name for days in ages}
     for path in (real, *(real.with_name(real.name + s) for s in (".sha256", ".manifest.json"))):
         path.unlink()
 
-    run_ok(run_script, "cleanup", env=env)
+    run_ok(run_script, BACKUP, "cleanup", env=env)
 
     assert set(folder_state(backups)) == with_sidecars(copies[survivor])

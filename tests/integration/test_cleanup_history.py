@@ -18,32 +18,28 @@ import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.integration.restore_support import (
+from tests.support import (
     BACKUP,
     EXTENSIONS,
+    LIST_ROW,
+    MakeEnv,
+    RunScript,
     holding_the_lock,
     run_ok,
+    runs_own,
     stamp,
     with_sidecars,
     write_sidecar,
 )
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import MakeEnv, RunScript
 
 UNVERIFIABLE = "unverifiable (no .sha256 sidecar that names it): not counted, not deleted"
 FUTURE = "named in the future (clock skew or a TZ change?): not counted, not deleted"
 LAST_YEAR = datetime.now(UTC).year - 1
 # month 13, February 30 and hour 25 are not dates (the checks must not be fooled by them)
 IMPOSSIBLE = [f"{LAST_YEAR}1301_020000", f"{LAST_YEAR}0230_020000", f"{LAST_YEAR}0115_250000"]
-ROW = re.compile(
-    r"^(?P<type>\S+)\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+\d+(?:\.\d)? \S+\s+(?:yes|no)\s+"
-    r"(?P<name>\S+)(?:  \((?P<note>.*)\))?$"
-)
 
 
 def not_a_backup(why: str) -> str:
@@ -73,9 +69,7 @@ def make_backup(backups: Path, kind: str, when: str, *, sidecar: bool = True) ->
 
 def names_in(folder: Path) -> set[str]:
     """Every name in ``folder`` (files, folders, links) but the run's log and hidden files."""
-    return {
-        p.name for p in folder.iterdir() if p.name != "backup.log" and not p.name.startswith(".")
-    }
+    return {p.name for p in folder.iterdir() if not runs_own(p.name)}
 
 
 def output(result: subprocess.CompletedProcess[str]) -> str:
@@ -241,8 +235,8 @@ def test_list_shows_what_cleanup_sees(history: History, run_script: RunScript) -
 
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["TYPE", "CREATED", "SIZE", "ENCRYPTED", "FILE"]
-    rows = [m for line in lines[1:-1] if (m := ROW.fullmatch(line))]
-    others = [line for line in lines[1:-1] if not ROW.fullmatch(line)]
+    rows = [m for line in lines[1:-1] if (m := LIST_ROW.fullmatch(line))]
+    others = [line for line in lines[1:-1] if not LIST_ROW.fullmatch(line)]
     noted = {m["name"]: m["note"] for m in rows if m["note"]}
     assert noted == {n: v for n, v in history.reported.items() if v in (FUTURE, UNVERIFIABLE)}
     assert {m["name"] for m in rows if not m["note"]} == history.counted

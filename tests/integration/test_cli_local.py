@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devtools.demo import write_env_file
+from devtools.sandbox import PostgresServer, RedisServer
 from generator.config import KNOWN_KEYS
-from generator.demo import dotenv_quote
-from generator.sandbox import PostgresServer, RedisServer
-
-GYM_BACKUP = Path(sys.executable).parent / "gym-backup"
+from tests.support import GYM_BACKUP
 
 
 def clean_environ(tmp_path: Path) -> dict[str, str]:
@@ -35,11 +34,6 @@ def cli(
     )
 
 
-def write_dotenv(path: Path, values: dict[str, str]) -> Path:
-    path.write_text("".join(f"{k}={dotenv_quote(v)}\n" for k, v in values.items()))
-    return path
-
-
 def test_backup_full_local_runs_with_the_env_file_settings(
     tmp_path: Path, pg: PostgresServer, redis_auth: RedisServer
 ) -> None:
@@ -47,7 +41,7 @@ def test_backup_full_local_runs_with_the_env_file_settings(
     (tmp_path / "uploads" / "a b" / "ñ.txt").write_text("hola")
     key_file = tmp_path / "key"
     key_file.write_text("a passphrase with $ and 'quotes'\n")
-    env_file = write_dotenv(
+    env_file = write_env_file(
         tmp_path / ".env",
         {
             **pg.env(),
@@ -98,7 +92,7 @@ def test_backup_full_local_runs_with_the_env_file_settings(
 def test_a_failing_script_gives_its_exit_code_and_a_clear_message(
     tmp_path: Path, pg: PostgresServer
 ) -> None:
-    env_file = write_dotenv(
+    env_file = write_env_file(
         tmp_path / ".env",
         {
             **pg.env(),
@@ -124,7 +118,7 @@ def test_a_failing_script_gives_its_exit_code_and_a_clear_message(
 
 def test_make_run_demo_backs_up_sample_gym_data(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "generator.demo"],
+        [sys.executable, "-m", "devtools.demo"],
         cwd=tmp_path,
         env=clean_environ(tmp_path),
         capture_output=True,

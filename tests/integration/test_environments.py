@@ -17,26 +17,26 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PostgresServer, RedisServer, free_port, start_postgres
-from tests.integration.conftest import PG_DB, PG_PASSWORD, PG_USER
-from tests.integration.restore_support import (
+from devtools.sandbox import PostgresServer, RedisServer, free_port, start_postgres
+from tests.support import (
     BACKUP,
     EXTENSIONS,
     KEY,
+    PG_DB,
+    PG_PASSWORD,
+    PG_USER,
     RESTORE,
+    MakeEnv,
+    RunScript,
     backups_of,
     only_backup,
     run_ok,
     script_env,
     tar_members,
 )
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import MakeEnv, RunScript
 
 GERMAN = "de_DE.UTF-8"
 # How users end up with German tools: a LANGUAGE preference over a C.UTF-8 LANG (script_env's),

@@ -9,51 +9,27 @@ snapshot. A signal to the script's own PID must not wait for that step to end.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import pytest
-
-from generator.sandbox import PostgresServer, sql_literal
-from tests.integration.restore_support import (
+from devtools.sandbox import PostgresServer, sql_literal, start_redis
+from tests.support import (
     BACKUP,
     CHANGE,
     KEY,
     RESTORE,
+    MakeEnv,
     Resp,
+    RunScript,
     descendants,
-    hold_lock,
     only_backup,
-    private_redis,
     run_ok,
-    wait_for_blocked_restore,
+    start_script,
+    table_lock,
+    wait_for,
+    wait_for_blocked_session,
 )
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import MakeEnv, RunScript
-
-
-def start(scripts: Path, script: str, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["bash", str(scripts / script), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def sessions_of(pg: PostgresServer, db: str) -> str:
@@ -73,18 +49,13 @@ def test_sigterm_to_the_script_alone_stops_a_waiting_dump_at_once(
 ) -> None:
     env = backup_env(tmp_path, POSTGRES_DB=payments_db, TMPDIR=str(tmp_path))
     backups = tmp_path / "backups"
-    blocker = hold_lock(pg, payments_db, "billing.summary", "ACCESS EXCLUSIVE")
-    try:
-        run = start(rendered_scripts, BACKUP, "postgresql", env=env)
-        wait_until(lambda: list(backups.glob("*.partial")), "the dump to start")
+    with table_lock(pg, payments_db, "billing.summary", "ACCESS EXCLUSIVE"):
+        run = start_script(rendered_scripts, BACKUP, "postgresql", env=env)
+        wait_for(lambda: list(backups.glob("*.partial")), "the dump to start", timeout=60)
         steps = descendants(run.pid)
         os.kill(run.pid, signal.SIGTERM)
         # pg_dump would wait for the lock for ever: the run must end while it is still held
         _, err = run.communicate(timeout=30)
-    finally:
-        assert blocker.stdin is not None
-        blocker.stdin.close()
-        blocker.wait(timeout=30)
 
     assert run.returncode == 143, err
     assert (
@@ -103,16 +74,18 @@ def test_sigterm_during_a_full_backup_names_what_was_published(
     backup_env: MakeEnv, rendered_scripts: Path, run_script: RunScript, tmp_path: Path
 ) -> None:
     backups = tmp_path / "backups"
-    with private_redis(tmp_path / "redis") as redis:
+    with start_redis(tmp_path / "redis") as redis:
         # Redis waits this long before it sends a snapshot: the redis part is in progress
         with Resp(redis) as r:
             r.call("SET", "k", "v")
             r.call("CONFIG", "SET", "repl-diskless-sync-delay", "60")
         env = backup_env(tmp_path, redis=redis, encryption_key=KEY)
-        run = start(rendered_scripts, BACKUP, "full", env=env)
+        run = start_script(rendered_scripts, BACKUP, "full", env=env)
         log = backups / "backup.log"
-        wait_until(
-            lambda: log.exists() and "redis: taking" in log.read_text(), "the redis part to start"
+        wait_for(
+            lambda: log.exists() and "redis: taking" in log.read_text(),
+            "the redis part to start",
+            timeout=60,
         )
         os.kill(run.pid, signal.SIGTERM)
         _, err = run.communicate(timeout=30)
@@ -144,24 +117,21 @@ def test_sigterm_to_a_postgresql_restore_before_its_commit_rolls_it_back(
     backup = only_backup(tmp_path / "backups", "postgresql", encrypted=False)
     pg.psql(CHANGE, payments_db, superuser=False)
     before = pg.dump(payments_db)
-    blocker = hold_lock(pg, payments_db, "billing.summary")
-    try:
-        run = start(rendered_scripts, RESTORE, "postgresql", backup.name, "--clean", env=env)
-        wait_for_blocked_restore(pg, payments_db)
+    with table_lock(pg, payments_db, "billing.summary"):
+        run = start_script(rendered_scripts, RESTORE, "postgresql", backup.name, "--clean", env=env)
+        wait_for_blocked_session(pg, payments_db)
         os.kill(run.pid, signal.SIGTERM)
         # the restore's statement waits for the lock: the run must end while it is still held
         _, err = run.communicate(timeout=30)
-    finally:
-        assert blocker.stdin is not None
-        blocker.stdin.close()
-        blocker.wait(timeout=30)
 
     assert run.returncode == 143, err
     assert (
         "interrupted by SIGTERM: the restore was stopped before its COMMIT and rolled back: "
         f"{payments_db} is as it was"
     ) in err
-    wait_until(lambda: sessions_of(pg, payments_db) == "0", "the restore's session to end")
+    wait_for(
+        lambda: sessions_of(pg, payments_db) == "0", "the restore's session to end", timeout=60
+    )
     assert pg.dump(payments_db) == before
 
 
@@ -172,31 +142,16 @@ def killed_mid_dump(
     process of the run at once, as when its container is killed), release the lock; the
     script's PID, its run folder and its GnuPG home."""
     backups = Path(env["BACKUP_DIR"])
-    blocker = hold_lock(pg, db, "billing.summary", "ACCESS EXCLUSIVE")
-    try:
-        run = start(scripts, BACKUP, "postgresql", env=env)
-        wait_until(lambda: list(backups.glob("*.partial")), "the dump to start")
+    with table_lock(pg, db, "billing.summary", "ACCESS EXCLUSIVE"):
+        run = start_script(scripts, BACKUP, "postgresql", env=env)
+        wait_for(lambda: list(backups.glob("*.partial")), "the dump to start", timeout=60)
         (run_folder,) = Path(env["TMPDIR"]).glob("gym-backup-*/run.*")
         gnupg_home = Path((run_folder / "gnupg-home").read_text().strip())
         victims = [run.pid] + [pid for pid, _ in descendants(run.pid)] if everything else [run.pid]
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         run.communicate(timeout=30)
-    finally:
-        assert blocker.stdin is not None
-        blocker.stdin.close()
-        blocker.wait(timeout=30)
     return run.pid, run_folder, gnupg_home
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Iterator[Path]:
-    """A short TMPDIR of the test's own (gpg-agent's socket paths are short)."""
-    folder = Path(tempfile.mkdtemp(prefix="gbk-", dir="/tmp"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_script_killed_alone_stops_its_steps_and_frees_the_lock(
@@ -205,23 +160,23 @@ def test_a_script_killed_alone_stops_its_steps_and_frees_the_lock(
     backup_env: MakeEnv,
     rendered_scripts: Path,
     run_script: RunScript,
-    work: Path,
+    short_tmp: Path,
     tmp_path: Path,
 ) -> None:
-    env = backup_env(tmp_path, encryption_key=KEY, POSTGRES_DB=payments_db, TMPDIR=str(work))
+    env = backup_env(tmp_path, encryption_key=KEY, POSTGRES_DB=payments_db, TMPDIR=str(short_tmp))
     backups = tmp_path / "backups"
     pid, run_folder, _ = killed_mid_dump(pg, payments_db, rendered_scripts, env, everything=False)
 
     # the run's steps notice, stop themselves and remove the partial file
-    wait_until(lambda: not list(backups.glob("*.partial")), "the orphaned part to clean up")
-    wait_until(lambda: sessions_of(pg, payments_db) == "0", "the orphaned pg_dump to stop")
+    wait_for(lambda: not list(backups.glob("*.partial")), "the orphaned part to clean up", 60)
+    wait_for(lambda: sessions_of(pg, payments_db) == "0", "the orphaned pg_dump to stop", 60)
     assert "interrupted by SIGTERM" in (backups / "backup.log").read_text()
     assert not [p for p in backups.iterdir() if p.name.startswith("postgresql_backup_")]
     # the lock is free at once, and the next run removes the killed script's own folder
     result = run_ok(run_script, BACKUP, "postgresql", env={**env, "LOCK_TIMEOUT": "0"})
     assert f"cleaned up after a run that did not finish (pid {pid}: " in result.stderr
     assert not run_folder.exists()
-    assert list(work.iterdir()) == []
+    assert list(short_tmp.iterdir()) == []
 
 
 def test_what_a_run_killed_with_all_its_processes_leaves_the_next_run_removes(
@@ -230,10 +185,10 @@ def test_what_a_run_killed_with_all_its_processes_leaves_the_next_run_removes(
     backup_env: MakeEnv,
     rendered_scripts: Path,
     run_script: RunScript,
-    work: Path,
+    short_tmp: Path,
     tmp_path: Path,
 ) -> None:
-    env = backup_env(tmp_path, encryption_key=KEY, POSTGRES_DB=payments_db, TMPDIR=str(work))
+    env = backup_env(tmp_path, encryption_key=KEY, POSTGRES_DB=payments_db, TMPDIR=str(short_tmp))
     backups = tmp_path / "backups"
     pid, run_folder, gnupg_home = killed_mid_dump(
         pg, payments_db, rendered_scripts, env, everything=True
@@ -259,7 +214,7 @@ def test_what_a_run_killed_with_all_its_processes_leaves_the_next_run_removes(
         proc for proc in Path("/proc").iterdir() if str(gnupg_home).encode() in _cmdline(proc)
     ]
     assert leftovers == []
-    assert list(work.iterdir()) == []
+    assert list(short_tmp.iterdir()) == []
 
 
 def _cmdline(proc: Path) -> bytes:

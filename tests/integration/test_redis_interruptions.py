@@ -6,75 +6,49 @@ Real redis-server processes (the fixtures'), real gpg; the scripts are killed wi
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
-import shutil
 import signal
 import stat
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import RedisServer, SandboxError
-from tests.integration.restore_support import (
+from devtools.sandbox import RedisServer, SandboxError, redis_on, start_redis
+from tests.support import (
     BACKUP,
     KEY,
     RDB_MAGIC,
     RESTORE,
+    MakeEnv,
     RdbWatch,
+    RunScript,
     load_random_values,
     only_backup,
-    private_redis,
     processes_in,
     rdb_files,
-    redis_on,
+    redis_files,
     redis_state,
     restarted_when_stopped,
     run_ok,
+    start_script,
     wait_for,
 )
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import MakeEnv, RunScript
-
-
-@pytest.fixture
-def private_tmp() -> Iterator[Path]:
-    """A TMPDIR of the scripts' own, outside the test's folder: what they leave there shows. A
-    temporary redis-server that a failed test leaves running there is stopped at the end."""
-    folder = Path(tempfile.mkdtemp(prefix="ri-", dir="/tmp"))
-    try:
-        yield folder
-    finally:
-        for process in processes_in(folder):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(process.split(":", 1)[0]), signal.SIGKILL)
-        shutil.rmtree(folder, ignore_errors=True)
-
 
 # --------------------------------------------------------------- no plaintext of a backup
 
 
 def test_an_encrypted_redis_backup_never_puts_the_snapshot_in_clear_on_disk_even_when_killed(
-    backup_env: MakeEnv, rendered_scripts: Path, private_tmp: Path, tmp_path: Path
+    backup_env: MakeEnv, rendered_scripts: Path, short_tmp: Path, tmp_path: Path
 ) -> None:
     backups = tmp_path / "backups"
-    with private_redis(tmp_path / "redis") as live:
+    with start_redis(tmp_path / "redis") as live:
         load_random_values(live, 24)
-        env = backup_env(tmp_path, encryption_key=KEY, redis=live, TMPDIR=str(private_tmp))
-        with RdbWatch(backups, private_tmp) as watch:
-            run = subprocess.Popen(
-                ["bash", str(rendered_scripts / BACKUP), "redis"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
+        env = backup_env(tmp_path, encryption_key=KEY, redis=live, TMPDIR=str(short_tmp))
+        with RdbWatch(backups, short_tmp) as watch:
+            run = start_script(
+                rendered_scripts, BACKUP, "redis", env=env, quiet=True, new_session=True
             )
             try:
                 # killed once it is writing the encrypted backup, as a crash or `docker kill` would
@@ -89,34 +63,34 @@ def test_an_encrypted_redis_backup_never_puts_the_snapshot_in_clear_on_disk_even
 
     assert watch.seen == {}, "a snapshot in clear was on disk during the backup"
     assert rdb_files(backups) == [], "a snapshot in clear was left in BACKUP_DIR"
-    assert rdb_files(private_tmp) == [], "a snapshot in clear was left in TMPDIR"
+    assert rdb_files(short_tmp) == [], "a snapshot in clear was left in TMPDIR"
 
 
 def test_an_encrypted_redis_restore_keeps_the_decrypted_rdb_in_its_private_folder_only(
-    backup_env: MakeEnv, run_script: RunScript, private_tmp: Path, tmp_path: Path
+    backup_env: MakeEnv, run_script: RunScript, short_tmp: Path, tmp_path: Path
 ) -> None:
     backups = tmp_path / "backups"
-    with private_redis(tmp_path / "redis") as live:
+    with start_redis(tmp_path / "redis") as live:
         load_random_values(live, 4)
-        env = backup_env(tmp_path, encryption_key=KEY, redis=live, TMPDIR=str(private_tmp))
+        env = backup_env(tmp_path, encryption_key=KEY, redis=live, TMPDIR=str(short_tmp))
         run_ok(run_script, BACKUP, "redis", env=env)
         backup = only_backup(backups, "redis", encrypted=True)
 
-        with RdbWatch(backups, private_tmp) as watch:
+        with RdbWatch(backups, short_tmp) as watch:
             run_ok(run_script, RESTORE, "redis", backup.name, env=env)  # with a safety backup
 
     in_backup_dir = [p for p in watch.seen if p.is_relative_to(backups)]
     assert in_backup_dir == [], "the restore put a snapshot in clear in BACKUP_DIR"
     assert watch.seen, "the restore never decrypted the RDB (nothing to check)"
     assert set(watch.seen.values()) == {0o700}, watch.seen
-    assert list(private_tmp.iterdir()) == []
+    assert list(short_tmp.iterdir()) == []
 
 
 def test_a_redis_restore_refuses_to_decrypt_into_a_temporary_folder_on_a_shared_volume(
     backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:
     backups = tmp_path / "backups"
-    with private_redis(tmp_path / "redis") as live:
+    with start_redis(tmp_path / "redis") as live:
         live.cli("SET", "k", "v")
         env = backup_env(tmp_path, encryption_key=KEY, redis=live)
         run_ok(run_script, BACKUP, "redis", env=env)
@@ -136,7 +110,7 @@ def test_a_redis_restore_refuses_to_decrypt_into_a_temporary_folder_on_a_shared_
 def test_a_redis_backup_holds_the_rdb_alone_however_the_server_sends_it(
     diskless: str, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:
-    with private_redis(tmp_path / "redis") as live:
+    with start_redis(tmp_path / "redis") as live:
         live.pipe([["SET", f"k:{i}", str(i)] for i in range(500)])
         # a diskless transfer ends with a 40-byte EOF mark after the RDB, a disk-based one does not
         live.cli("CONFIG", "SET", "repl-diskless-sync", diskless)
@@ -177,13 +151,13 @@ def test_a_killed_online_redis_restore_is_repaired_by_the_next_run(
     backup_env: MakeEnv,
     rendered_scripts: Path,
     run_script: RunScript,
-    private_tmp: Path,
+    short_tmp: Path,
     tmp_path: Path,
 ) -> None:
     backups = tmp_path / "backups"
     with redis_on(tmp_path / "live", password=LIVE_PASSWORD, extra=["save 900 1"]) as live:
         load_random_values(live, 16)  # big enough that the sync takes a moment
-        env = backup_env(tmp_path, redis=live, TMPDIR=str(private_tmp), LOCK_TIMEOUT="5")
+        env = backup_env(tmp_path, redis=live, TMPDIR=str(short_tmp), LOCK_TIMEOUT="5")
         run_ok(run_script, BACKUP, "redis", env=env)
         backup = only_backup(backups, "redis", encrypted=False)
         live.cli("FLUSHALL")
@@ -192,11 +166,14 @@ def test_a_killed_online_redis_restore_is_repaired_by_the_next_run(
         live.cli("CONFIG", "SET", "masteruser", masteruser)
         settings = {name: config_get(live, name) for name in ("masterauth", "masteruser", "save")}
 
-        restore = subprocess.Popen(
-            ["bash", str(rendered_scripts / RESTORE), "redis", backup.name, "--no-safety-backup"],
+        restore = start_script(
+            rendered_scripts,
+            RESTORE,
+            "redis",
+            backup.name,
+            "--no-safety-backup",
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            quiet=True,
         )
         try:
             wait_for(lambda: role(live) == "slave", "the live server to replicate", timeout=60)
@@ -216,7 +193,7 @@ def test_a_killed_online_redis_restore_is_repaired_by_the_next_run(
         )
         with pytest.raises(SandboxError, match="READONLY"):
             live.cli("SET", "k", "v")
-        assert processes_in(private_tmp), "the temporary redis-server is gone already"
+        assert processes_in(short_tmp), "the temporary redis-server is gone already"
         journal = backups / JOURNAL
         assert stat.S_IMODE(journal.stat().st_mode) == 0o600
         text = journal.read_text()
@@ -233,7 +210,7 @@ def test_a_killed_online_redis_restore_is_repaired_by_the_next_run(
         assert role(live) == "master"
         assert live.cli("SET", "k", "v") == "OK"
         assert {name: config_get(live, name) for name in settings} == settings
-        assert processes_in(private_tmp) == [], "the temporary redis-server was left running"
+        assert processes_in(short_tmp) == [], "the temporary redis-server was left running"
         assert not journal.exists()
         assert INTERRUPTED not in health(run_script, env)
 
@@ -251,23 +228,19 @@ def test_a_terminated_online_redis_restore_gives_the_live_server_its_settings_ba
     backup_env: MakeEnv,
     rendered_scripts: Path,
     run_script: RunScript,
-    private_tmp: Path,
+    short_tmp: Path,
     tmp_path: Path,
 ) -> None:
     backups = tmp_path / "backups"
     with redis_on(tmp_path / "live", password=LIVE_PASSWORD) as live:
         load_random_values(live, 16)
-        env = backup_env(tmp_path, redis=live, TMPDIR=str(private_tmp))
+        env = backup_env(tmp_path, redis=live, TMPDIR=str(short_tmp))
         run_ok(run_script, BACKUP, "redis", env=env)
         backup = only_backup(backups, "redis", encrypted=False)
         settings = {name: config_get(live, name) for name in ("masterauth", "masteruser")}
 
-        restore = subprocess.Popen(
-            ["bash", str(rendered_scripts / RESTORE), "redis", backup.name, "--no-safety-backup"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        restore = start_script(
+            rendered_scripts, RESTORE, "redis", backup.name, "--no-safety-backup", env=env
         )
         try:
             wait_for(lambda: role(live) == "slave", "the live server to replicate", timeout=60)
@@ -281,26 +254,17 @@ def test_a_terminated_online_redis_restore_gives_the_live_server_its_settings_ba
         assert "interrupted by SIGTERM" in err
         assert role(live) == "master"
         assert {name: config_get(live, name) for name in settings} == settings
-        assert processes_in(private_tmp) == []
+        assert processes_in(short_tmp) == []
         assert not (backups / JOURNAL).exists()
 
 
 # ------------------------------------------------------------------------ file mode
 
 
-def files_of(folder: Path) -> dict[str, bytes]:
-    """Every file in ``folder`` (not below) and its bytes, but the server's log and config."""
-    return {
-        p.name: p.read_bytes()
-        for p in folder.iterdir()
-        if p.is_file() and p.name not in {"server.log", "test-redis.conf"}
-    }
-
-
 def test_a_file_restore_that_runs_out_of_space_leaves_redis_and_its_files_as_they_were(
     tiny_volume: Path, backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:
-    with private_redis(tmp_path / "source") as source:
+    with start_redis(tmp_path / "source") as source:
         load_random_values(source, 2)  # 2 MB of RDB for a 1 MiB volume
         env = backup_env(tmp_path, redis=source)
         run_ok(run_script, BACKUP, "redis", env=env)
@@ -308,13 +272,13 @@ def test_a_file_restore_that_runs_out_of_space_leaves_redis_and_its_files_as_the
     with redis_on(tiny_volume / "redis", extra=["save 900 1 300 10"]) as live:
         live.pipe([["SET", f"k:{i}", str(i)] for i in range(100)])
         live.cli("SAVE")
-        before = (live.digest(), files_of(live.dir), config_get(live, "save"))
+        before = (live.digest(), redis_files(live), config_get(live, "save"))
         env = {**env, **live.env(), "REDIS_DATA_DIR": str(live.dir)}
 
         result = run_script(RESTORE, "redis", backup.name, "--mode", "file", env=env)
 
         assert result.returncode == 1, result.stdout + result.stderr
-        assert (live.digest(), files_of(live.dir), config_get(live, "save")) == before
+        assert (live.digest(), redis_files(live), config_get(live, "save")) == before
         assert role(live) == "master"
         assert not (tmp_path / "backups" / JOURNAL).exists()
         assert f"cannot write {live.dir}/dump.rdb" in result.stderr
@@ -333,7 +297,7 @@ def test_a_file_restore_that_cannot_stop_redis_fails_and_puts_the_files_back(
         live.cli("FLUSHALL")
         live.cli("SET", "after:backup", "1")
         live.cli("SAVE")
-        before = (live.digest(), files_of(live.dir))
+        before = (live.digest(), redis_files(live))
         assert "other.rdb" in before[1]
 
         result = run_script(
@@ -351,7 +315,7 @@ def test_a_file_restore_that_cannot_stop_redis_fails_and_puts_the_files_back(
         assert "still runs with its old data: nothing was restored" in result.stderr
         assert "stop it first" in result.stderr
         assert "redis: restored" not in result.stdout
-        assert (live.digest(), files_of(live.dir)) == before
+        assert (live.digest(), redis_files(live)) == before
 
 
 @pytest.mark.parametrize(
@@ -381,7 +345,7 @@ def test_a_file_restore_without_config_checks_that_the_restarted_redis_holds_the
         live.cli("FLUSHALL")
         live.cli("SET", "after:backup", "1")
         live.cli("SAVE")
-        saved = files_of(live.dir)
+        saved = redis_files(live)
 
         with restarted_when_stopped(live) as back:
             result = run_script(RESTORE, "redis", backup.name, "--mode", "file", env=env)
@@ -400,7 +364,7 @@ def test_a_file_restore_without_config_checks_that_the_restarted_redis_holds_the
             assert "set REDIS_DBFILENAME and REDIS_APPENDDIRNAME" in result.stderr
             assert "redis: restored" not in result.stdout
             assert live.cli("GET", "after:backup") == "1"
-            assert files_of(live.dir) == saved, "the restore's files were not put back"
+            assert redis_files(live) == saved, "the restore's files were not put back"
 
 
 @pytest.mark.parametrize("restarted", [False, True], ids=["same-server", "restarted-since"])
@@ -419,20 +383,17 @@ def test_a_killed_file_restore_is_repaired_by_the_next_backup(
         backup = only_backup(backups, "redis", encrypted=False)
         # a FIFO where the restore writes the RDB: its copy blocks there, after `save ""`
         os.mkfifo(live.dir / ".dump.rdb.restore.partial")
-        restore = subprocess.Popen(
-            [
-                "bash",
-                str(rendered_scripts / RESTORE),
-                "redis",
-                backup.name,
-                "--mode",
-                "file",
-                "--no-safety-backup",
-            ],
+        restore = start_script(
+            rendered_scripts,
+            RESTORE,
+            "redis",
+            backup.name,
+            "--mode",
+            "file",
+            "--no-safety-backup",
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            quiet=True,
+            new_session=True,
         )
         try:
             wait_for(lambda: config_get(live, "save") == "", "the restore to set save", timeout=60)

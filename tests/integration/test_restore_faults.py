@@ -14,61 +14,47 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import (
-    PG_SUPERUSER,
+from devtools.sandbox import (
     PostgresServer,
     RedisServer,
     SandboxError,
+    redis_on,
     start_postgres,
+    start_redis,
 )
-from tests.integration.restore_support import (
+from tests.support import (
     BACKUP,
     KEY,
     RESTORE,
+    TYPES,
+    MakeEnv,
+    RunScript,
     Sources,
-    backed_up_sources,
     copy_backup,
     createdb_privilege,
     evil_files_backup,
     flip_middle_byte,
     holding_the_lock,
     only_backup,
-    private_redis,
-    redis_on,
     run_direct,
     run_ok,
     script_env,
+    start_script,
+    table_lock,
     tar_dir,
     tar_file,
     tar_symlink,
     tree_state,
     truncate_half,
+    wait_for,
     write_sidecar,
 )
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import MakeEnv, RunScript
-
-TYPES = ("postgresql", "redis", "files")
-
-
-# ----------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def sources(
-    pg: PostgresServer, rendered_scripts: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Sources]:
-    """A database, a Redis and a folder with a little data, and good backups of them."""
-    with backed_up_sources(pg, rendered_scripts, tmp_path_factory.mktemp("sources")) as made:
-        yield made
 
 
 @dataclass
@@ -211,29 +197,11 @@ def test_postgresql_restore_behind_an_applications_lock_gives_up_and_rolls_back(
     backup = copy_backup(sources.backups[("postgresql", False)], tmp_path / "backups")
     pg.psql("UPDATE members SET name = 'changed' WHERE id = 1", sources.db, superuser=False)
     before = pg.dump(sources.db)
-    # an application session idle in a transaction that read the table: it holds a lock
-    connect = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", PG_SUPERUSER]
-    app = subprocess.Popen(
-        [str(pg.bindir / "psql"), "-X", "-q", *connect, "-d", sources.db],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert app.stdin is not None
-    app.stdin.write("BEGIN; SELECT count(*) FROM members;\n")
-    app.stdin.flush()
-    try:
-        deadline = time.monotonic() + 10
-        while "idle in transaction" not in pg.psql("SELECT state FROM pg_stat_activity"):
-            assert time.monotonic() < deadline, "the application session did not start"
-            time.sleep(0.05)
+    # an application session in an open transaction holds the lock a read of the table takes
+    with table_lock(pg, sources.db, "members"):
         result = run_script(
             RESTORE, "postgresql", backup.name, "--clean", "--no-safety-backup", env=env
         )
-    finally:
-        app.stdin.close()
-        app.wait(timeout=10)
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "the restore failed and was rolled back" in result.stderr
@@ -280,17 +248,20 @@ def test_postgresql_target_db_that_cannot_be_created_is_not_reported_as_unreacha
     backup = copy_backup(sources.backups[("postgresql", False)], tmp_path / "backups")
     target = f"rf_new_{uuid.uuid4().hex[:8]}"
     # CREATE DATABASE copies template1, which must have no other session
-    connect = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", PG_SUPERUSER]
     busy = subprocess.Popen(
-        [str(pg.bindir / "psql"), "-X", *connect, "-d", "template1", "-c", "SELECT pg_sleep(60)"],
+        pg.client_argv("psql", "-X", "-c", "SELECT pg_sleep(60)", db="template1"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=pg.client_env(),
     )
     try:
-        deadline = time.monotonic() + 10
-        while pg.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'template1'") == "0":
-            assert time.monotonic() < deadline, "the template1 session did not start"
-            time.sleep(0.05)
+        wait_for(
+            lambda: (
+                pg.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'template1'") != "0"
+            ),
+            "the template1 session to start",
+            timeout=10,
+        )
         with createdb_privilege(pg, allowed=True):
             result = run_script(RESTORE, "postgresql", backup.name, "--target-db", target, env=env)
     finally:
@@ -369,15 +340,16 @@ def test_redis_online_restore_into_a_replica_is_refused(
     tmp_path: Path,
 ) -> None:
     with (
-        private_redis(tmp_path / "master") as master,
-        private_redis(tmp_path / "replica") as replica,
+        start_redis(tmp_path / "master") as master,
+        start_redis(tmp_path / "replica") as replica,
     ):
         master.pipe([["SET", f"m:{i}", str(i)] for i in range(100)])
         replica.cli("REPLICAOF", master.host, str(master.port))
-        deadline = time.monotonic() + 30
-        while "master_link_status:up" not in replica.cli("INFO", "replication"):
-            assert time.monotonic() < deadline, "the replica did not sync"
-            time.sleep(0.05)
+        wait_for(
+            lambda: "master_link_status:up" in replica.cli("INFO", "replication"),
+            "the replica to sync",
+            timeout=30,
+        )
         before = replica.digest()
         env = backup_env(tmp_path, redis=replica)
         backup = copy_backup(sources.backups[("redis", False)], tmp_path / "backups")
@@ -611,16 +583,6 @@ def many_files(
     return uploads, only_backup(base / "backups", "files", encrypted=False)
 
 
-def start_restore(scripts: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["bash", str(scripts / RESTORE), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def staging_folders(dest: Path) -> list[Path]:
     return sorted(dest.glob(".gym-restore.*"))
 
@@ -661,7 +623,7 @@ def test_a_files_restore_terminated_while_moving_tells_how_far_it_got_and_a_reru
     env = backup_env(tmp_path, files_dir=dest)
     backup = copy_backup(made, tmp_path / "backups")
 
-    restore = start_restore(rendered_scripts, env, "files", backup.name, str(dest))
+    restore = start_script(rendered_scripts, RESTORE, "files", backup.name, str(dest), env=env)
     wait_for_moves(dest, restore)
     os.kill(restore.pid, signal.SIGTERM)
     _, err = restore.communicate(timeout=120)
@@ -717,7 +679,7 @@ def test_a_files_restore_killed_while_moving_into_a_new_folder_is_completed_by_t
     env = backup_env(tmp_path, files_dir=new)
     backup = copy_backup(made, tmp_path / "backups")
 
-    restore = start_restore(rendered_scripts, env, "files", backup.name, str(new))
+    restore = start_script(rendered_scripts, RESTORE, "files", backup.name, str(new), env=env)
     wait_for_moves(new, restore)
     os.kill(restore.pid, signal.SIGKILL)  # nothing of the script runs any more
     restore.communicate(timeout=60)

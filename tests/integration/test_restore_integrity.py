@@ -13,38 +13,34 @@ import gzip
 import os
 import shutil
 import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PostgresServer, sql_ident, sql_literal
-from tests.integration.restore_support import (
+from devtools.sandbox import PostgresServer, sql_ident, sql_literal
+from tests.support import (
     BACKUP,
     CHANGE,
     ENCRYPTION,
     KEY,
     RESTORE,
+    MakeEnv,
+    NewDb,
+    RunScript,
     database_names,
+    decode,
     descendants,
-    hold_lock,
     only_backup,
     run_ok,
-    wait_for_blocked_restore,
+    start_script,
+    table_lock,
+    wait_for_blocked_session,
     write_sidecar,
 )
 
-if TYPE_CHECKING:
-    from tests.integration.conftest import MakeEnv, NewDb, RunScript
-
 PAYMENTS = 100_000
-
-
-def decoded(backup: Path) -> bytes:
-    return gzip.decompress(backup.read_bytes())
 
 
 # ------------------------------------------------------------- a decompressor that stops early
@@ -121,7 +117,7 @@ def test_a_restore_whose_stream_ends_early_changes_nothing(
     pg.psql(CHANGE, payments_db, superuser=False)
     before = pg.dump(payments_db)
     count.unlink()
-    env |= {"CUT_AT": str(loads), "CUT_BYTES": str(cut_at(decoded(backup), where))}
+    env |= {"CUT_AT": str(loads), "CUT_BYTES": str(cut_at(decode(backup), where))}
     result = run_script(RESTORE, "postgresql", backup.name, "--clean", env=env)
 
     assert int(count.read_text()) == loads, "the cut must hit the load itself"
@@ -153,23 +149,14 @@ def test_killing_the_decoder_mid_restore_changes_nothing(
 
     # the test's session holds a lock the restore's first statement needs: meanwhile every
     # stage of its decode is alive, blocked on a full pipe
-    blocker = hold_lock(pg, payments_db, "billing.summary")
-    restore = subprocess.Popen(
-        ["bash", str(rendered_scripts / RESTORE), "postgresql", backup.name, "--clean"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for_blocked_restore(pg, payments_db)
+    with table_lock(pg, payments_db, "billing.summary"):
+        restore = start_script(
+            rendered_scripts, RESTORE, "postgresql", backup.name, "--clean", env=env
+        )
+        wait_for_blocked_session(pg, payments_db)
         victims = [pid for pid, argv in descendants(restore.pid) if argv[0].endswith(decoder)]
         assert len(victims) == 1, descendants(restore.pid)
         os.kill(victims[0], signal.SIGKILL)
-    finally:
-        assert blocker.stdin is not None
-        blocker.stdin.close()
-        blocker.wait(timeout=30)
     out, err = restore.communicate(timeout=120)
 
     assert restore.returncode == 4, out + err

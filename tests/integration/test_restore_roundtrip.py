@@ -17,43 +17,38 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PostgresServer, RedisServer, sql_ident
-from tests.integration.restore_support import (
+from devtools.sandbox import PostgresServer, RedisServer, redis_on, sql_ident, start_redis
+from tests.support import (
     BACKUP,
     ENCRYPTION,
     FIDELITY_ROWS,
     FIDELITY_TABLES,
     KEY,
     RESTORE,
+    MakeEnv,
+    NewDb,
     Resp,
     RespError,
+    RunScript,
     assert_same_redis,
     backups_of,
     database_names,
-    dump_without_owners,
     load_fidelity,
     load_redis_dataset,
     make_uploads,
     only_backup,
-    private_redis,
     processes_in,
-    redis_on,
     redis_state,
     restarted_when_stopped,
     run_ok,
     tree_state,
     wait_aof_rewrite,
 )
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import MakeEnv, NewDb, RunScript
 
 # What happens to the live database after the backup: every kind of object changed or dropped.
 MUTATIONS = """
@@ -73,17 +68,8 @@ CREATE TABLE public.added_after_backup (x int);
 """
 
 
-# ----------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A private TMPDIR for the scripts: a redis-server they leave behind would run in it."""
-    folder = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+# The objects, not who owns them or may use them: what a restore with --no-owner compares.
+NO_OWNERS = ("--no-owner", "--no-privileges")
 
 
 def lo_bytes(pg: PostgresServer, db: str) -> list[str]:
@@ -262,7 +248,7 @@ def test_postgresql_restore_of_a_dump_naming_a_dropped_role_needs_no_owner(
     )
 
     assert "without owners and grants" in restored.stdout
-    assert dump_without_owners(pg, fresh) == dump_without_owners(pg, source)
+    assert pg.dump(fresh, *NO_OWNERS) == pg.dump(source, *NO_OWNERS)
     owners = pg.psql(
         "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'", fresh
     ).splitlines()
@@ -383,7 +369,7 @@ def test_redis_file_restore_is_what_the_server_loads_at_its_next_start(
     tmp_path: Path,
 ) -> None:
     password = "file mode 'pw' $x"
-    with private_redis(tmp_path / "redis", password=password, appendonly=appendonly) as live:
+    with start_redis(tmp_path / "redis", password=password, appendonly=appendonly) as live:
         if appendonly:
             wait_aof_rewrite(live)
         load_redis_dataset(live)
@@ -431,7 +417,7 @@ def test_redis_file_restore_keeps_the_owner_and_mode_of_the_files_it_replaces(
     run_script: RunScript,
     tmp_path: Path,
 ) -> None:
-    with private_redis(tmp_path / "redis", appendonly=True) as live:
+    with start_redis(tmp_path / "redis", appendonly=True) as live:
         wait_aof_rewrite(live)
         live.cli("SET", "k", "v")
         live.cli("SAVE")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from generator.sandbox import PostgresServer, RedisServer, load_rdb
+from devtools.sandbox import PostgresServer, RedisServer, load_rdb
 
 
 def test_postgres_user_over_tcp_with_hostile_password(pg: PostgresServer) -> None:

@@ -5,62 +5,36 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from generator.sandbox import PostgresServer, sql_ident
-from tests.integration.restore_support import (
+from devtools.sandbox import PostgresServer, sql_ident, start_redis
+from tests.support import (
     BACKUP,
     ENCRYPTION,
-    EXTENSIONS,
     FIDELITY_ROWS,
     FIDELITY_TABLES,
     KEY,
     RESTORE,
+    TYPES,
+    MakeEnv,
+    RunScript,
     Sources,
-    backed_up_sources,
     copy_backup,
     createdb_privilege,
     database_names,
     load_fidelity,
     load_redis_dataset,
     only_backup,
-    private_redis,
     processes_in,
     redis_state,
     run_ok,
     write_sidecar,
 )
 
-if TYPE_CHECKING:
-    from tests.integration.conftest import MakeEnv, RunScript
-
-TYPES = tuple(EXTENSIONS)
 SCRATCH_DBS = "SELECT datname FROM pg_database WHERE datname LIKE 'gym\\_backup\\_verify%'"
-
-
-@pytest.fixture(scope="module")
-def sources(
-    pg: PostgresServer, rendered_scripts: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Sources]:
-    """A database, a Redis and a folder with a little data, and good backups of them."""
-    with backed_up_sources(pg, rendered_scripts, tmp_path_factory.mktemp("sources")) as made:
-        yield made
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A private TMPDIR for the scripts: a redis-server they leave behind would run in it."""
-    folder = Path(tempfile.mkdtemp(prefix="vi-", dir="/tmp"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def offline_env(backup_env: MakeEnv, tmp_path: Path, key: str | None) -> dict[str, str]:
@@ -193,7 +167,7 @@ def test_verify_deep_redis_reports_the_keys_of_each_database_and_stops_its_serve
     short_tmp: Path,
     tmp_path: Path,
 ) -> None:
-    with private_redis(tmp_path / "redis") as live:
+    with start_redis(tmp_path / "redis") as live:
         load_redis_dataset(live)
         keys = redis_state(live).keys
         env = backup_env(tmp_path, redis=live, TMPDIR=str(short_tmp))

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.config import KNOWN_KEYS
+from tests.support import ROOT, write_env
 
-ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
@@ -24,12 +24,6 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def env_file(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "test.env"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def test_generate_renders_and_reports_each_file(tmp_path: Path) -> None:
@@ -70,7 +64,7 @@ def test_generate_dry_run_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_invalid_settings_list_every_problem_and_exit_1(tmp_path: Path) -> None:
-    path = env_file(tmp_path, "POSTGRES_PORT=x\nTZ=Nowhere\nBACKUP_RETENTON_DAYS=5\n")
+    path = write_env(tmp_path, "POSTGRES_PORT=x\nTZ=Nowhere\nBACKUP_RETENTON_DAYS=5\n")
     result = runner.invoke(app, ["generate", "--env", str(path), "--out", "out"])
     assert result.exit_code == 1
     assert "invalid settings (3 problem(s))" in result.stderr
@@ -81,7 +75,7 @@ def test_invalid_settings_list_every_problem_and_exit_1(tmp_path: Path) -> None:
 
 
 def test_config_check_masks_secrets_and_shows_next_runs(tmp_path: Path) -> None:
-    path = env_file(tmp_path, "POSTGRES_PASSWORD=hunter2-secret\nENCRYPTION_KEY=passphrase-xyz\n")
+    path = write_env(tmp_path, "POSTGRES_PASSWORD=hunter2-secret\nENCRYPTION_KEY=passphrase-xyz\n")
     result = runner.invoke(app, ["config", "check", "--env", str(path)])
     assert result.exit_code == 0, result.output
     assert "hunter2-secret" not in result.output
@@ -95,7 +89,7 @@ def test_config_check_masks_secrets_and_shows_next_runs(tmp_path: Path) -> None:
 
 
 def test_config_check_requires_the_postgres_password(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["config", "check", "--env", str(env_file(tmp_path, ""))])
+    result = runner.invoke(app, ["config", "check", "--env", str(write_env(tmp_path, ""))])
     assert result.exit_code == 1
     assert "POSTGRES_PASSWORD: required for a backup run" in result.stderr
 
@@ -190,7 +184,7 @@ def loaded_modules(args: list[str], cwd: Path) -> set[str]:
 
 
 def test_help_version_and_config_check_load_neither_the_renderer_nor_sh(tmp_path: Path) -> None:
-    path = env_file(tmp_path, "POSTGRES_PASSWORD=pw\n")
+    path = write_env(tmp_path, "POSTGRES_PASSWORD=pw\n")
     for args in (["--help"], ["--version"], ["config", "check", "--env", str(path)]):
         assert loaded_modules(args, tmp_path) == set(), args
     # The commands that render or run something still load what they need.

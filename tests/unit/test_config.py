@@ -10,12 +10,7 @@ import pytest
 from generator import config
 from generator.config import MASK, SETTINGS, load_settings, next_runs
 from generator.errors import ConfigError, UserError
-
-
-def write_env(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / ".env"
-    path.write_text(text, encoding="utf-8")
-    return path
+from tests.support import write_env
 
 
 def problems_of(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from generator.demo import next_steps
+from devtools.demo import next_steps
 
 STAMP = "20261127_020000"
 BACKUPS = [

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from dotenv import dotenv_values
 
 from generator.config import SETTINGS
 from generator.errors import EXIT_CODES
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
 
 
 def readme_rows() -> list[tuple[str, str, str]]:

@@ -6,9 +6,8 @@ import os
 import pty
 import re
 import subprocess
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
 
 
 def make_help(*, terminal: bool) -> str:

@@ -1,19 +1,22 @@
-"""An installed wheel carries the templates, so it renders without the checkout."""
+"""An installed wheel carries the templates, so it renders without the checkout, and only the
+product: the development tools (throwaway servers, the demo) stay in the checkout."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
 
 
-def test_the_wheel_ships_the_templates(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The paths inside the wheel built from this checkout."""
     pytest.importorskip("hatchling")
+    tmp_path = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [
             sys.executable,
@@ -31,9 +34,23 @@ def test_the_wheel_ships_the_templates(tmp_path: Path) -> None:
         capture_output=True,
     )
     wheel = next(tmp_path.glob("gym_backup-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
+    return zipfile.ZipFile(wheel).namelist()
+
+
+def test_the_wheel_ships_the_templates(wheel_names: list[str]) -> None:
+    names = wheel_names
     root = ROOT / "templates"
     templates = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     for name in templates:
         assert f"generator/templates/{name}" in names
     assert "generator/cli.py" in names
+
+
+def test_the_wheel_ships_the_product_and_no_development_code(wheel_names: list[str]) -> None:
+    code = sorted(name for name in wheel_names if name.endswith(".py"))
+    assert code == sorted(f"generator/{p.name}" for p in (ROOT / "generator").glob("*.py"))
+    assert "generator/cli.py" in code
+    for name in wheel_names:
+        assert not name.startswith(("devtools/", "tests/", "bench/")), name
+        assert "sandbox" not in name, name
+        assert "demo" not in name, name

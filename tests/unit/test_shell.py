@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,15 +12,7 @@ from typer.testing import CliRunner
 from generator.cli import app
 from generator.config import KNOWN_KEYS, load_settings
 from generator.render import render, write
-
-BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name, path=str(BIN)) or shutil.which(name)
-    if not found:
-        pytest.skip(f"{name} is not installed (make install puts it in .venv)")
-    return found
+from tests.support import tool
 
 
 @pytest.fixture(scope="module", params=["alpine", "debian"])

@@ -1,8 +1,9 @@
 """Throwaway real PostgreSQL and Redis servers, started from the system binaries.
 
-Used by the integration tests and by ``make run`` (:mod:`generator.demo`). Every server listens on
-a free port of 127.0.0.1 only, keeps its data in a private temporary folder, and is stopped and
-removed when its context manager exits, even on errors.
+Used by the tests, by ``make run`` (:mod:`devtools.demo`) and by ``make bench``. Every server
+listens on a free port of 127.0.0.1 only, keeps its data in a private temporary folder, and is
+stopped and removed when its context manager exits, even on errors (:func:`redis_on` runs on a
+folder it is given, and leaves the folder). Commands run through :mod:`subprocess` (``_run``).
 
 Passwords never appear on a command line: the PostgreSQL superuser password goes through a
 mode-600 ``--pwfile``, role passwords through SQL on psql's stdin, the Redis ``requirepass`` through
@@ -201,16 +202,25 @@ class PostgresServer:
 
     # ---- clients
 
-    def _client_env(self, *, superuser: bool) -> dict[str, str]:
+    def client_env(self, *, superuser: bool = True) -> dict[str, str]:
+        """The environment of a client: ours without PG* settings, and for :attr:`user` (not the
+        superuser) its password in ``PGPASSWORD``."""
         extra = {"PGCONNECT_TIMEOUT": "10", "PGAPPNAME": "gym-backup-sandbox"}
         if not superuser:
             extra["PGPASSWORD"] = self.password
         return _clean_env(**extra)
 
-    def _conn_args(self, *, superuser: bool) -> list[str]:
+    def client_argv(
+        self, tool: str, *options: str, db: str | None = None, superuser: bool = True
+    ) -> list[str]:
+        """``tool`` (``psql``, ``pg_dump``...) of this cluster with ``options``, connected to
+        ``db``: as the ``postgres`` superuser over the unix socket, or as :attr:`user` over TCP
+        (run it with :meth:`client_env`, which holds the password)."""
         if superuser:
-            return ["-h", str(self.socket_dir), "-p", str(self.port), "-U", PG_SUPERUSER]
-        return ["-h", self.host, "-p", str(self.port), "-U", self.user]
+            conn = ["-h", str(self.socket_dir), "-p", str(self.port), "-U", PG_SUPERUSER]
+        else:
+            conn = ["-h", self.host, "-p", str(self.port), "-U", self.user]
+        return [str(self.bindir / tool), *options, *conn, "-d", db or self.db]
 
     def psql(self, sql: str, db: str | None = None, *, superuser: bool = True) -> str:
         """Run ``sql`` (fed on stdin) and return the unaligned, tuples-only output.
@@ -220,22 +230,14 @@ class PostgresServer:
         (``-q``), so the output is only the rows of the queries, ``|``-separated. Raises
         :class:`SandboxError` with psql's stderr on any error (``ON_ERROR_STOP``).
         """
-        argv = [
-            str(self.bindir / "psql"),
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-tA",
-            *self._conn_args(superuser=superuser),
-            "-d",
-            db or self.db,
-        ]
+        argv = self.client_argv(
+            "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-tA", db=db, superuser=superuser
+        )
         who = PG_SUPERUSER if superuser else self.user
         out = _run(
             argv,
             what=f"psql as {who} on {db or self.db}",
-            env=self._client_env(superuser=superuser),
+            env=self.client_env(superuser=superuser),
             stdin=sql,
         )
         return _strip_newline(out)
@@ -248,22 +250,17 @@ class PostgresServer:
         """Drop database ``name`` if it exists, disconnecting its sessions."""
         self.psql(f"DROP DATABASE IF EXISTS {sql_ident(name)} WITH (FORCE);", "postgres")
 
-    def dump(self, db: str | None = None) -> str:
-        """``pg_dump`` of ``db`` as plain SQL, as superuser, for comparing two databases.
+    def dump(self, db: str | None = None, *options: str) -> str:
+        """``pg_dump`` of ``db`` as plain SQL, as superuser, for comparing two databases
+        (``options`` such as ``--no-owner`` are added).
 
         The random ``\\restrict`` key lines of recent pg_dump versions are removed, so two dumps
         of equal databases compare equal.
         """
         out = _run(
-            [
-                str(self.bindir / "pg_dump"),
-                "--format=plain",
-                *self._conn_args(superuser=True),
-                "-d",
-                db or self.db,
-            ],
+            self.client_argv("pg_dump", "--format=plain", *options, db=db),
             what=f"pg_dump {db or self.db}",
-            env=self._client_env(superuser=True),
+            env=self.client_env(),
         )
         return _RESTRICT_LINE.sub("", out)
 
@@ -431,24 +428,27 @@ def _redis_quote(value: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _resp(command: Sequence[str]) -> bytes:
-    parts = [f"*{len(command)}\r\n".encode()]
-    for arg in command:
-        data = arg.encode()
-        parts += [f"${len(data)}\r\n".encode(), data, b"\r\n"]
+def resp_command(args: Sequence[bytes | str]) -> bytes:
+    """One command in the Redis protocol (RESP): any bytes are safe in it."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        parts += [b"$%d\r\n" % len(data), data, b"\r\n"]
     return b"".join(parts)
 
 
 @dataclass
 class RedisServer:
-    """A running throwaway redis-server (see :func:`start_redis` and :func:`load_rdb`)."""
+    """A running throwaway redis-server (see :func:`start_redis`, :func:`redis_on` and
+    :func:`load_rdb`)."""
 
     host: str
     port: int
     password: str | None = field(repr=False)
     dir: Path
+    conf_file: Path
+    log_file: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    log_file: Path | None = None
 
     def _client_env(self) -> dict[str, str]:
         extra = {"REDISCLI_AUTH": self.password} if self.password is not None else {}
@@ -473,7 +473,7 @@ class RedisServer:
 
     def pipe(self, commands: Iterable[Sequence[str]], db: int = 0) -> str:
         """Send many commands at once (``redis-cli --pipe``, any bytes safe); return its summary."""
-        payload = b"".join(_resp(c) for c in commands)
+        payload = b"".join(resp_command(c) for c in commands)
         try:
             proc = subprocess.run(
                 [*self._base_argv(db), "--pipe"],
@@ -503,15 +503,14 @@ class RedisServer:
 
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the server log (for error messages)."""
-        if self.log_file is None:
-            return ""
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no server log)"
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, SIGKILL after 10 s); its data is not saved."""
+        """Stop the server (SIGTERM, SIGKILL after 10 s); it saves its data only when its
+        configuration has save points (``extra``)."""
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return
@@ -522,33 +521,61 @@ class RedisServer:
             proc.kill()
             proc.wait(timeout=10)
 
+    def relaunch(self) -> None:
+        """Start redis-server again with the same configuration (folder, port, password), as a
+        restart policy does: it loads what the folder holds. It does not wait for an answer."""
+        self.process = _spawn_redis(self.conf_file, self.dir, self.log_file)
+
 
 def _redis_config(
-    port: int, data_dir: Path, password: str | None, dbfilename: str = "dump.rdb"
+    port: int,
+    data_dir: Path,
+    password: str | None,
+    *,
+    appendonly: bool = False,
+    extra: Sequence[str] = (),
 ) -> str:
     lines = [
         f"bind {LOOPBACK}",
         f"port {port}",
         "daemonize no",
         'save ""',
-        "appendonly no",
+        f"appendonly {'yes' if appendonly else 'no'}",
         f"dir {_redis_quote(str(data_dir))}",
-        f"dbfilename {_redis_quote(dbfilename)}",
+        f"dbfilename {_redis_quote('dump.rdb')}",
         "enable-debug-command local",
         "repl-diskless-sync-delay 0",
         'logfile ""',
         "loglevel warning",
+        *extra,
     ]
     if password is not None:
         lines.append(f"requirepass {_redis_quote(password)}")
     return "\n".join(lines) + "\n"
 
 
-def _launch_redis(data_dir: Path, password: str | None) -> RedisServer:
-    """Start redis-server with its config in ``data_dir``; retry on a new port if it is taken."""
+def _spawn_redis(conf_file: Path, data_dir: Path, log_file: Path) -> subprocess.Popen[bytes]:
+    """redis-server with ``conf_file``, in ``data_dir``, its output appended to ``log_file``."""
     server_bin = shutil.which("redis-server")
     if server_bin is None or shutil.which("redis-cli") is None:
         raise SandboxError("redis-server / redis-cli not found; install the redis-server package.")
+    with log_file.open("ab") as log:
+        return subprocess.Popen(
+            [server_bin, str(conf_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=data_dir,
+            env=_clean_env(),
+        )
+
+
+def _launch_redis(
+    data_dir: Path, password: str | None, *, appendonly: bool = False, extra: Sequence[str] = ()
+) -> RedisServer:
+    """Start redis-server with its config in ``data_dir``; retry on a new port if it is taken."""
+    if password is not None and ("\0" in password or "\n" in password):
+        raise ValueError("the password cannot contain a line break or NUL byte")
     conf_file = data_dir / "redis.conf"
     log_file = data_dir / "redis.log"
     for attempt in range(1, _START_ATTEMPTS + 1):
@@ -556,23 +583,18 @@ def _launch_redis(data_dir: Path, password: str | None) -> RedisServer:
         conf_file.unlink(missing_ok=True)
         fd = os.open(conf_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(_redis_config(port, data_dir, password))
-        with log_file.open("ab") as log:
-            proc = subprocess.Popen(
-                [server_bin, str(conf_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=data_dir,
-                env=_clean_env(),
+            handle.write(
+                _redis_config(port, data_dir, password, appendonly=appendonly, extra=extra)
             )
+        proc = _spawn_redis(conf_file, data_dir, log_file)
         server = RedisServer(
             host=LOOPBACK,
             port=port,
             password=password,
             dir=data_dir,
-            process=proc,
+            conf_file=conf_file,
             log_file=log_file,
+            process=proc,
         )
         try:
             _wait_for_ping(server, proc)
@@ -608,22 +630,37 @@ def _wait_for_ping(server: RedisServer, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def start_redis(workdir: Path, *, password: str | None = None) -> Iterator[RedisServer]:
-    """Run a throwaway, empty redis-server (``requirepass password`` when given)."""
-    if password is not None and ("\0" in password or "\n" in password):
-        raise ValueError("the password cannot contain a line break or NUL byte")
-    workdir.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=workdir))
-    server: RedisServer | None = None
+def redis_on(
+    data_dir: Path,
+    *,
+    password: str | None = None,
+    appendonly: bool = False,
+    extra: Sequence[str] = (),
+) -> Iterator[RedisServer]:
+    """A redis-server on ``data_dir`` as it is: it loads what the folder holds, and the folder
+    stays when the server is stopped at the end. ``appendonly`` turns the AOF on, ``extra`` adds
+    configuration lines (``save 900 1``, ``rename-command CONFIG ""``)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = _launch_redis(data_dir, password, appendonly=appendonly, extra=extra)
     try:
-        server = _launch_redis(data_dir, password)
         yield server
     finally:
-        try:
-            if server is not None:
-                server.stop()
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
+        server.stop()
+
+
+@contextlib.contextmanager
+def start_redis(
+    workdir: Path, *, password: str | None = None, appendonly: bool = False
+) -> Iterator[RedisServer]:
+    """Run a throwaway, empty redis-server of its own in a new folder below ``workdir``
+    (``requirepass password`` when given); the folder is removed at the end."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=workdir))
+    try:
+        with redis_on(data_dir, password=password, appendonly=appendonly) as server:
+            yield server
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -636,14 +673,9 @@ def load_rdb(rdb: Path, workdir: Path) -> Iterator[RedisServer]:
         raise SandboxError(f"{rdb}: no such RDB file")
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(tempfile.mkdtemp(prefix="redis-rdb-", dir=workdir))
-    server: RedisServer | None = None
     try:
         shutil.copyfile(rdb, data_dir / "dump.rdb")
-        server = _launch_redis(data_dir, None)
-        yield server
+        with redis_on(data_dir) as server:
+            yield server
     finally:
-        try:
-            if server is not None:
-                server.stop()
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,6 +1,6 @@
 """``make run``: a full backup of sample gym data on throwaway servers, end to end.
 
-Starts a throwaway PostgreSQL and Redis (:mod:`generator.sandbox`), loads sample data, creates
+Starts a throwaway PostgreSQL and Redis (:mod:`devtools.sandbox`), loads sample data, creates
 some uploaded files, writes ``demo-output/.env``, renders the service into
 ``demo-output/service`` and runs its ``backup_script.sh full`` and ``list``. Everything it makes
 is under ``demo-output/`` in the current folder (emptied first); the servers are removed at exit.
@@ -19,9 +19,9 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from devtools.sandbox import PostgresServer, RedisServer, SandboxError, start_postgres, start_redis
 from generator import config, ops, render
 from generator.errors import UserError
-from generator.sandbox import PostgresServer, RedisServer, SandboxError, start_postgres, start_redis
 
 DEMO_DIR = "demo-output"
 PG_DB = "gym_secure_db"
@@ -247,7 +247,7 @@ def load_redis_sample(redis: RedisServer) -> str:
     )
 
 
-def make_uploads(folder: Path) -> str:
+def load_files_sample(folder: Path) -> str:
     """Create the sample uploaded files under ``folder``; return a one-line summary."""
     for rel, data in UPLOADS.items():
         path = folder / rel
@@ -267,16 +267,17 @@ def dotenv_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def write_env_file(path: Path, values: Mapping[str, str]) -> None:
-    """Write ``values`` as a mode-600 .env file (it holds passwords)."""
+def write_env_file(path: Path, values: Mapping[str, str]) -> Path:
+    """Write ``values`` as a mode-600 .env file (it holds passwords); ``path`` itself."""
     lines = [
-        "# Written by `make run` (generator/demo.py) for its throwaway servers; safe to delete.",
+        "# Written by devtools/demo.py for throwaway servers; safe to delete.",
         *(f"{key}={dotenv_quote(value)}" for key, value in values.items()),
     ]
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
+    return path
 
 
 def _backup_listing(backup_dir: Path) -> list[str]:
@@ -344,7 +345,7 @@ def run_demo(demo_out: Path, work: Path, stack: contextlib.ExitStack) -> int:
     redis_summary = load_redis_sample(redis)
     detail(redis_summary)
     progress("creating sample uploaded files")
-    files_summary = make_uploads(uploads)
+    files_summary = load_files_sample(uploads)
     detail(files_summary)
 
     env_path = demo_out / ".env"

@@ -1,7 +1,9 @@
-"""Shared by the restore_script.sh tests: datasets that stress fidelity, and ways to compare.
+"""What the tests share: names, datasets, servers' states, and ways to run and compare.
 
-Nothing here is mocked: the datasets go into the real throwaway servers of the fixtures, and the
-comparisons read them back from those servers (``pg_dump``, ``DEBUG DIGEST``, the file tree).
+One module for every helper of the tests (fixtures are in the ``conftest.py`` files), each
+defined once. Nothing here is mocked: the datasets go into the real throwaway servers of the
+fixtures (:mod:`devtools.sandbox`), and the comparisons read them back from those servers
+(``pg_dump``, ``DEBUG DIGEST``, the file tree).
 """
 
 from __future__ import annotations
@@ -12,45 +14,117 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tarfile
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import Protocol, TypeAlias
 
 import pytest
 
-from generator.sandbox import (
-    PG_SUPERUSER,
+from devtools.sandbox import (
     PostgresServer,
     RedisServer,
     SandboxError,
-    free_port,
+    resp_command,
     sql_ident,
     sql_literal,
+    start_redis,
 )
 
-if TYPE_CHECKING:
-    from tests.integration.conftest import RunScript
-
+ROOT = Path(__file__).resolve().parents[1]
+# The installed command, beside this Python (make install puts both in .venv/bin).
+GYM_BACKUP = Path(sys.executable).parent / "gym-backup"
 RESTORE = "restore_script.sh"
 BACKUP = "backup_script.sh"
 # hostile on purpose, like the fixtures' passwords: the key must survive the shell untouched
 KEY = "gym key 'q\" $k \\ `e` ! ; & end"
 ENCRYPTION = [pytest.param(None, id="plain"), pytest.param(KEY, id="encrypted")]
 EXTENSIONS = {"postgresql": "sql", "redis": "rdb", "files": "tar"}
+TYPES = tuple(EXTENSIONS)
+# The documented name of a backup: TYPE_backup_YYYYMMDD_HHMMSS.EXTENSION.gz[.gpg].
+BACKUP_NAME = re.compile(
+    r"(?P<type>postgresql|redis|files)_backup_(?P<day>\d{8})_(?P<clock>\d{6})"
+    r"\.(?P<extension>sql|rdb|tar)\.gz(?P<gpg>\.gpg)?"
+)
+# A row of `backup_script.sh list`: type, creation time, size, encrypted, name, (note).
+LIST_ROW = re.compile(
+    r"^(?P<type>\S+)\s+(?P<created>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\s+(?P<size>\d+(?:\.\d)? \S+)"
+    r"\s+(?P<encrypted>yes|no)\s+(?P<name>\S+)(?:  \((?P<note>.*)\))?$"
+)
+
+# The fixtures' servers: gym_secure_db owned by gym_secure_user; the passwords are hostile on
+# purpose (spaces, both quotes, $, backslash, backticks, !, ; and &).
+PG_DB = "gym_secure_db"
+PG_USER = "gym_secure_user"
+PG_PASSWORD = "pg pass 'q\" $x \\ `b` ! ; &"
+REDIS_PASSWORD = "re dis 'q\" $y \\ `c` ! ; &"
+
+
+# ------------------------------------------------------------------------------ fixture types
+
+
+class MakeEnv(Protocol):
+    """conftest's ``backup_env`` factory."""
+
+    def __call__(
+        self,
+        tmp_path: Path,
+        *,
+        encryption_key: str | None = None,
+        redis: RedisServer | None = None,
+        files_dir: Path | None = None,
+        **extra: str,
+    ) -> dict[str, str]: ...
+
+
+class RunScript(Protocol):
+    """conftest's ``run_script`` runner."""
+
+    def __call__(
+        self, script_name: str, *args: str, env: dict[str, str], timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+NewDb = Callable[..., str]  # conftest's ``new_db`` factory
 
 
 # ------------------------------------------------------------------------------ running
+
+
+def tool(name: str) -> str:
+    """The path of a development tool (ruff, shellcheck...): make install puts them beside this
+    Python; the test is skipped when it is missing."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} is not installed (make install puts it in .venv)")
+    return found
+
+
+def run_direct(
+    scripts: Path, script: str, *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``bash <scripts>/<script> args...`` with exactly ``env`` (nothing is inherited from
+    the test process) and capture its output: conftest's ``run_script`` runs the session's
+    render with it, fixtures wider than one test call it themselves."""
+    return subprocess.run(
+        [shutil.which("bash") or "/bin/bash", str(scripts / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def run_ok(
@@ -64,7 +138,29 @@ def run_ok(
     return result
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+def start_script(
+    scripts: Path,
+    script: str,
+    *args: str,
+    env: dict[str, str],
+    quiet: bool = False,
+    new_session: bool = False,
+) -> subprocess.Popen[str]:
+    """Start ``bash <scripts>/<script> args...`` in the background with exactly ``env``: its
+    output in pipes (read them with ``communicate``), or thrown away when ``quiet``; in a
+    process group of its own when ``new_session`` (to signal the whole run at once)."""
+    output = subprocess.DEVNULL if quiet else subprocess.PIPE
+    return subprocess.Popen(
+        ["bash", str(scripts / script), *args],
+        env=env,
+        stdout=output,
+        stderr=output,
+        text=True,
+        start_new_session=new_session,
+    )
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
     """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -74,21 +170,44 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> N
     pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def write_env(folder: Path, text: str) -> Path:
+    """A .env file with ``text``, named ``test.env`` so that nothing takes it for the working
+    folder's own ``.env``."""
+    path = folder / "test.env"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------ backups
+
+
+def backups_of(backup_dir: Path, kind: str, *, encrypted: bool | None = None) -> list[Path]:
+    """The backups of ``kind`` in ``backup_dir`` by their documented name, sorted: the encrypted
+    ones, the plain ones, or by default both (safety backups included)."""
+    found = []
+    for path in backup_dir.iterdir():
+        match = BACKUP_NAME.fullmatch(path.name)
+        if match is None or match["type"] != kind or match["extension"] != EXTENSIONS[kind]:
+            continue
+        if encrypted is None or encrypted == bool(match["gpg"]):
+            found.append(path)
+    return sorted(found)
+
+
 def only_backup(backup_dir: Path, kind: str, *, encrypted: bool) -> Path:
     """The one backup of ``kind`` in ``backup_dir`` (by its documented name)."""
-    suffix = ".gpg" if encrypted else ""
-    found = sorted(backup_dir.glob(f"{kind}_backup_*_*.{EXTENSIONS[kind]}.gz{suffix}"))
-    assert len(found) == 1, f"expected one {kind} backup, found {[p.name for p in found]}"
+    found = backups_of(backup_dir, kind, encrypted=encrypted)
+    assert len(found) == 1, (
+        f"expected one {kind} backup in {sorted(p.name for p in backup_dir.iterdir())}"
+    )
     return found[0]
 
 
-def backups_of(backup_dir: Path, kind: str) -> list[Path]:
-    """Every backup of ``kind`` in ``backup_dir``, encrypted or not (safety backups included)."""
-    return sorted(
-        p
-        for p in backup_dir.glob(f"{kind}_backup_*_*.{EXTENSIONS[kind]}.gz*")
-        if p.name.endswith((".gz", ".gz.gpg"))
-    )
+def name_parts(name: str) -> tuple[str, str, str]:
+    """(type, YYYYMMDD, HHMMSS) of a backup's name."""
+    match = BACKUP_NAME.match(name)
+    assert match is not None, name
+    return match["type"], match["day"], match["clock"]
 
 
 def stamp(days_ago: float) -> str:
@@ -101,13 +220,17 @@ def with_sidecars(name: str) -> set[str]:
     return {name, f"{name}.sha256", f"{name}.manifest.json"}
 
 
-def folder_state(folder: Path) -> dict[str, bytes]:
-    """Every file of ``folder`` and its bytes, except what the runs keep for themselves: the log
-    and the hidden bookkeeping files (the lock, the last-success marker)."""
+def runs_own(name: str) -> bool:
+    """Whether a name in BACKUP_DIR is what the runs keep for themselves: the log and the
+    hidden bookkeeping files (the lock, the last-success marker)."""
+    return name == "backup.log" or name.startswith(".")
+
+
+def folder_state(folder: Path, leave_out: Callable[[str], bool] = runs_own) -> dict[str, bytes]:
+    """Every file of ``folder`` (not below) and its bytes, but the names ``leave_out`` picks
+    (by default what the runs keep for themselves)."""
     return {
-        p.name: p.read_bytes()
-        for p in folder.iterdir()
-        if p.is_file() and p.name != "backup.log" and not p.name.startswith(".")
+        p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not leave_out(p.name)
     }
 
 
@@ -141,16 +264,46 @@ def copy_backup(backup: Path, folder: Path, *, sidecars: bool = True) -> Path:
     return copy
 
 
+def run_gpg(home: Path, key: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Real gpg in batch mode with the GnuPG home ``home`` and the passphrase ``key`` on stdin,
+    never on the command line."""
+    return subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--no-tty", "--quiet", "--pinentry-mode",
+         "loopback", "--no-symkey-cache", "--passphrase-fd", "0", *args],
+        input=key.encode() + b"\n",
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+
+
+def decode(path: Path, key: str | None = None, home: Path | None = None) -> bytes:
+    """A stored backup's raw content, decoded the way an operator would: decrypted with real gpg
+    when ``key`` is given (``home`` the GnuPG home), then gunzipped."""
+    data = path.read_bytes()
+    if key is not None:
+        assert home is not None, "decrypting needs a GnuPG home"
+        decrypted = run_gpg(home, key, "--decrypt", str(path))
+        assert decrypted.returncode == 0, decrypted.stderr.decode(errors="replace")
+        data = decrypted.stdout
+    assert data[:2] == b"\x1f\x8b", f"{path.name} does not decode to gzip data"
+    return gzip.decompress(data)
+
+
 @contextlib.contextmanager
 def holding_the_lock(backup_dir: Path, who: str) -> Iterator[None]:
     """For the block, hold ``backup_dir``'s lock as a running run does: ``flock`` on
     ``.gym-backup.lock``, which says ``who`` holds it."""
+    backup_dir.mkdir(parents=True, exist_ok=True)
     with (backup_dir / ".gym-backup.lock").open("a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         lock.truncate(0)
         lock.write(who + "\n")
         lock.flush()
         yield
+
+
+# ------------------------------------------------------------------------------ processes
 
 
 def processes_in(folder: Path) -> list[str]:
@@ -346,31 +499,6 @@ def load_fidelity(pg: PostgresServer, db: str, reader: str) -> None:
     pg.psql(FIDELITY_SQL + fidelity_grants(reader), db=db, superuser=False)
 
 
-def dump_without_owners(pg: PostgresServer, db: str) -> str:
-    """``pg_dump --no-owner --no-privileges`` of ``db`` as superuser (restrict keys removed)."""
-    out = subprocess.run(
-        [
-            str(pg.bindir / "pg_dump"),
-            "--no-owner",
-            "--no-privileges",
-            "-h",
-            str(pg.socket_dir),
-            "-p",
-            str(pg.port),
-            "-U",
-            PG_SUPERUSER,
-            "-d",
-            db,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
-    ).stdout
-    return "".join(ln for ln in out.splitlines(keepends=True) if not ln.startswith("\\"))
-
-
 # Billing data with a table big enough that the decoders are still running while the restore
 # waits on a lock (the pipes between them hold far less than the dump).
 PAYMENTS_SQL = """
@@ -388,50 +516,59 @@ CHANGE = (
 )
 
 
-def hold_lock(
+def _lock_mode_name(mode: str) -> str:
+    """How pg_locks names a table lock mode: ``ACCESS SHARE`` is ``AccessShareLock``."""
+    return "".join(word.capitalize() for word in mode.split()) + "Lock"
+
+
+@contextlib.contextmanager
+def table_lock(
     pg: PostgresServer, db: str, table: str, mode: str = "ACCESS SHARE"
-) -> subprocess.Popen[str]:
-    """A superuser session that holds a lock on ``table`` until its stdin is closed (ACCESS
-    SHARE blocks what would drop the table; ACCESS EXCLUSIVE blocks pg_dump too)."""
+) -> Iterator[Callable[[], None]]:
+    """For the block, a superuser session holds ``mode`` on ``table`` in an open transaction
+    (ACCESS SHARE blocks what would drop the table; ACCESS EXCLUSIVE blocks pg_dump too). The
+    block starts once the lock is granted; it gets a function that ends the session early."""
     session = subprocess.Popen(
-        [
-            str(pg.bindir / "psql"),
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            str(pg.socket_dir),
-            "-p",
-            str(pg.port),
-            "-U",
-            PG_SUPERUSER,
-            "-d",
-            db,
-        ],
+        pg.client_argv("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", db=db),
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
+        env=pg.client_env(),
         text=True,
     )
     assert session.stdin is not None
-    session.stdin.write(f"BEGIN; LOCK TABLE {table} IN {mode} MODE;\n")
-    session.stdin.flush()
-    return session
+    stdin = session.stdin
 
+    def release() -> None:
+        if not stdin.closed:
+            stdin.close()
+        session.wait(timeout=30)
 
-def wait_for_blocked_restore(pg: PostgresServer, db: str, timeout: float = 60) -> None:
-    """Until a session of the application role in ``db`` waits for a lock."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        waiting = pg.psql(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "  # noqa: S608
-            f"AND datname = {sql_literal(db)} AND usename = {sql_literal(pg.user)}",
-            "postgres",
+    try:
+        stdin.write(f"BEGIN; LOCK TABLE {table} IN {mode} MODE;\n")
+        stdin.flush()
+        granted = (
+            "SELECT count(*) FROM pg_locks WHERE granted "  # noqa: S608 - quoted literals
+            f"AND relation = {sql_literal(table)}::regclass "
+            f"AND mode = {sql_literal(_lock_mode_name(mode))}"
         )
-        if waiting != "0":
-            return
-        time.sleep(0.05)
-    raise AssertionError("the restore never reached the lock")
+        wait_for(lambda: pg.psql(granted, db) != "0", f"the {mode} lock on {table}")
+        yield release
+    finally:
+        release()
+
+
+def wait_for_blocked_session(pg: PostgresServer, db: str, timeout: float = 60) -> None:
+    """Until a session of the application role in ``db`` (a run's pg_dump, a restore) waits
+    for a lock."""
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "  # noqa: S608
+        f"AND datname = {sql_literal(db)} AND usename = {sql_literal(pg.user)}"
+    )
+    wait_for(
+        lambda: pg.psql(waiting, "postgres") != "0",
+        f"a session of {pg.user} in {db} to wait for a lock",
+        timeout,
+    )
 
 
 def database_names(pg: PostgresServer) -> set[str]:
@@ -464,14 +601,6 @@ class RespError(Exception):
     @property
     def kind(self) -> str:
         return str(self).split(" ", 1)[0]
-
-
-def _encode(args: Sequence[bytes | str]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        parts += [b"$%d\r\n" % len(data), data, b"\r\n"]
-    return b"".join(parts)
 
 
 class Resp:
@@ -517,7 +646,7 @@ class Resp:
 
     def call(self, *args: bytes | str) -> Reply:
         """Send one command; an error reply raises :class:`RespError`."""
-        self.sock.sendall(_encode(args))
+        self.sock.sendall(resp_command(args))
         reply = self._read()
         if isinstance(reply, RespError):
             raise reply
@@ -525,7 +654,7 @@ class Resp:
 
     def pipeline(self, commands: Sequence[Sequence[bytes | str]]) -> list[Reply]:
         """Send many commands at once; any error reply raises :class:`RespError`."""
-        self.sock.sendall(b"".join(_encode(c) for c in commands))
+        self.sock.sendall(b"".join(resp_command(c) for c in commands))
         replies = [self._read() for _ in commands]
         for reply in replies:
             if isinstance(reply, RespError):
@@ -701,92 +830,11 @@ def assert_same_redis(after: RedisState, before: RedisState, *, elapsed_ms: int)
             assert old - elapsed_ms - 2000 <= new <= old, (key, old, new)
 
 
-def redis_conf(
-    port: int,
-    data_dir: Path,
-    *,
-    password: str | None = None,
-    appendonly: bool = False,
-    extra: Sequence[str] = (),
-) -> str:
-    lines = [
-        "bind 127.0.0.1",
-        f"port {port}",
-        "daemonize no",
-        'save ""',
-        f"appendonly {'yes' if appendonly else 'no'}",
-        f'dir "{data_dir}"',
-        "dbfilename dump.rdb",
-        "enable-debug-command local",
-        "repl-diskless-sync-delay 0",
-        f'logfile "{data_dir}/server.log"',
-        "loglevel notice",
-        *extra,
-    ]
-    if password is not None:
-        hexed = "".join(f"\\x{b:02x}" for b in password.encode())
-        lines.append(f'requirepass "{hexed}"')
-    return "\n".join(lines) + "\n"
-
-
-@contextlib.contextmanager
-def redis_on(
-    data_dir: Path,
-    *,
-    password: str | None = None,
-    appendonly: bool = False,
-    extra: Sequence[str] = (),
-) -> Iterator[RedisServer]:
-    """A redis-server on ``data_dir`` as it is (it loads what is there), stopped at the end.
-
-    Unlike :func:`generator.sandbox.start_redis`, the folder is neither made nor removed, and the
-    configuration can turn on ``appendonly`` or add lines (``rename-command CONFIG ""``).
-    """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    conf = data_dir / "test-redis.conf"
-    port = free_port()
-    conf.write_text(
-        redis_conf(port, data_dir, password=password, appendonly=appendonly, extra=extra)
-    )
-    conf.chmod(0o600)
-    proc = subprocess.Popen(
-        ["redis-server", str(conf)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=data_dir,
-    )
-    server = RedisServer(
-        host="127.0.0.1",
-        port=port,
-        password=password,
-        dir=data_dir,
-        process=proc,
-        log_file=data_dir / "server.log",
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise SandboxError(f"redis-server exited {proc.returncode}:\n{server.log_tail()}")
-            try:
-                if server.cli("PING") == "PONG":
-                    break
-            except SandboxError:
-                pass
-            if time.monotonic() > deadline:
-                raise SandboxError(f"redis-server did not start:\n{server.log_tail()}")
-            time.sleep(0.05)
-        yield server
-    finally:
-        server.stop()
-
-
 @contextlib.contextmanager
 def restarted_when_stopped(server: RedisServer) -> Iterator[threading.Event]:
-    """As Docker's restart policy does: when the process of ``server`` (a :func:`redis_on` one)
-    exits, start redis-server again, once, with the same configuration (folder, port, password):
-    it loads what the folder holds. The event is set once the new process answers PING."""
+    """As Docker's restart policy does: when the process of ``server`` exits, start redis-server
+    again, once, with the same configuration (folder, port, password): it loads what the folder
+    holds. The event is set once the new process answers PING."""
     halt = threading.Event()
     restarted = threading.Event()
 
@@ -796,13 +844,7 @@ def restarted_when_stopped(server: RedisServer) -> Iterator[threading.Event]:
         while old.poll() is None:
             if halt.wait(0.02):
                 return
-        server.process = subprocess.Popen(
-            ["redis-server", str(server.dir / "test-redis.conf")],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=server.dir,
-        )
+        server.relaunch()
         while not halt.is_set():
             with contextlib.suppress(SandboxError):
                 if server.cli("PING") == "PONG":
@@ -819,30 +861,39 @@ def restarted_when_stopped(server: RedisServer) -> Iterator[threading.Event]:
         watcher.join(timeout=30)
 
 
-@contextlib.contextmanager
-def private_redis(
-    parent: Path, *, password: str | None = None, appendonly: bool = False
-) -> Iterator[RedisServer]:
-    """A new empty redis-server of its own (restores that stop or reconfigure a server use one)."""
-    parent.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=parent))
-    try:
-        with redis_on(data_dir, password=password, appendonly=appendonly) as server:
-            yield server
-    finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+def redis_files(server: RedisServer) -> dict[str, bytes]:
+    """Every file in the server's folder (not below) and its bytes, but its configuration and
+    log."""
+    own = {server.conf_file.name, server.log_file.name}
+    return folder_state(server.dir, leave_out=own.__contains__)
 
 
 def wait_aof_rewrite(server: RedisServer) -> None:
-    deadline = time.monotonic() + 30
-    while "aof_rewrite_in_progress:0" not in server.cli("INFO", "persistence"):
-        assert time.monotonic() < deadline, "the AOF rewrite did not finish"
-        time.sleep(0.05)
+    """Until the AOF rewrite a server with appendonly does when it starts is done."""
+    wait_for(
+        lambda: "aof_rewrite_in_progress:0" in server.cli("INFO", "persistence"),
+        "the AOF rewrite to finish",
+        timeout=30,
+    )
 
 
 # ------------------------------------------------------------------------------ files
 
 Entry: TypeAlias = tuple[str, int, bytes | str, int, int, int, int]
+
+
+def write_files(root: Path, files: Mapping[str, bytes | tuple[bytes, int]]) -> Path:
+    """Write each file of ``files`` (relative path: content, or content and mode) below
+    ``root``, making the folders on the way; ``root`` itself."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, spec in files.items():
+        data, mode = spec if isinstance(spec, tuple) else (spec, None)
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if mode is not None:
+            path.chmod(mode)
+    return root
 
 
 def tree_state(root: Path) -> dict[str, Entry]:
@@ -886,7 +937,7 @@ def make_uploads(root: Path) -> Path:
     """Uploads that stress a files restore: unicode and spaced names, nested and empty folders,
     links inside the tree (to a file, to a folder, dangling), a hard link, varied modes, owners
     and times."""
-    files: dict[str, tuple[bytes, int]] = {
+    files: dict[str, bytes | tuple[bytes, int]] = {
         "Fotos del gimnasio/año 2024/mañana ñandú.jpg": (
             b"\xff\xd8\xff\xe0" + bytes(range(256)),
             0o644,
@@ -900,11 +951,7 @@ def make_uploads(root: Path) -> Path:
         "日本語/ファイル.txt": ("こんにちは\n".encode(), 0o644),
         "nombre con\ttab y 'comillas'.txt": (b"odd name\n", 0o644),
     }
-    for rel, (data, mode) in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        path.chmod(mode)
+    write_files(root, files)
     (root / "carpeta vacía").mkdir()
     (root / "deep/empty nested").mkdir(parents=True)
     (root / "privado").mkdir(mode=0o700)
@@ -995,20 +1042,6 @@ def script_env(
     return env
 
 
-def run_direct(
-    scripts: Path, script: str, *args: str, env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run a rendered script like conftest's ``run_script`` (for fixtures wider than one test)."""
-    return subprocess.run(
-        [shutil.which("bash") or "/bin/bash", str(scripts / script), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @dataclass
 class Sources:
     """A database, a Redis and a folder with a little data, and good backups of each (by
@@ -1030,13 +1063,13 @@ def backed_up_sources(pg: PostgresServer, scripts: Path, base: Path) -> Iterator
         db,
         superuser=False,
     )
-    files = base / "uploads"
-    for rel in ("a/uno.txt", "a/b/dos.txt", "tres con espacio.txt"):
-        (files / rel).parent.mkdir(parents=True, exist_ok=True)
-        (files / rel).write_bytes(os.urandom(30000))
+    files = write_files(
+        base / "uploads",
+        {rel: os.urandom(30000) for rel in ("a/uno.txt", "a/b/dos.txt", "tres con espacio.txt")},
+    )
     (files / "vacía").mkdir()
     try:
-        with private_redis(base / "redis") as redis:
+        with start_redis(base / "redis") as redis:
             redis.pipe([["SET", f"key:{i}", f"value {i} " * 20] for i in range(3000)])
             redis.pipe([["HSET", "h", "a", "1"], ["EXPIRE", "h", "3600"]], db=2)
             backups: dict[tuple[str, bool], Path] = {}
