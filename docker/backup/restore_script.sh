@@ -878,6 +878,43 @@ decode_stream() {
   fi
 }
 
+# sha256_hex: the sha256 of stdin, as 64 lowercase hex digits. gpg computes it (libgcrypt uses
+# the CPU's SHA instructions: about four times the speed of sha256sum); sha256sum does before the
+# run has its private GnuPG home.
+sha256_hex() {
+  local out
+  if [[ -n "${GNUPG_DIR}" && -d "${GNUPG_DIR}" ]]; then
+    out="$(gpg --homedir "${GNUPG_DIR}" --batch --no-tty --no-keyring --print-md SHA256)" || return 1
+    out="${out//[[:space:]]/}"
+    printf '%s\n' "${out,,}"
+  else
+    out="$(sha256sum)" || return 1
+    printf '%s\n' "${out:0:64}"
+  fi
+}
+
+# sidecar_check FILE: how FILE compares with its FILE.sha256 ("HASH  NAME", or "HASH *NAME"), in
+# SIDECAR_STATE: ok, missing, other (it names another file: SIDECAR_NAME), or mismatch; the hash
+# it gives in SIDECAR_SHA256.
+# shellcheck disable=SC2034 # a shared check: restore_script.sh reads what it sets
+SIDECAR_STATE="" SIDECAR_SHA256="" SIDECAR_NAME=""
+# shellcheck disable=SC2034
+sidecar_check() {
+  local file="$1" actual
+  SIDECAR_STATE=missing SIDECAR_SHA256="" SIDECAR_NAME=""
+  [[ -f "${file}.sha256" ]] || return 0
+  read -r SIDECAR_SHA256 SIDECAR_NAME <"${file}.sha256" || true
+  SIDECAR_NAME="${SIDECAR_NAME#\*}"
+  SIDECAR_SHA256="${SIDECAR_SHA256,,}"
+  SIDECAR_STATE=other
+  [[ "${SIDECAR_NAME}" == "${file##*/}" ]] || return 0
+  actual="$(sha256_hex <"${file}" 2>/dev/null)" || actual=""
+  SIDECAR_STATE=mismatch
+  if [[ "${SIDECAR_SHA256}" =~ ^[0-9a-f]{64}$ && "${actual}" == "${SIDECAR_SHA256}" ]]; then
+    SIDECAR_STATE=ok
+  fi
+}
+
 # check_pipeline WHAT NAMES... -- STATUSES...: die with each failed stage's own message.
 check_pipeline() {
   local what="$1"
@@ -1058,7 +1095,7 @@ decode_and_check() {
 # store_to TYPE PARTIAL SOURCE [ARG...]: (a step) one pass over the data. SOURCE writes the raw
 # content to stdout (its stderr and, for a pipeline, its stages' statuses are its own to keep);
 # it is compressed, encrypted when a key is set, and written to PARTIAL, while tee gives the same
-# stored bytes to sha256sum (WORK_DIR/stored.sum) and to decode_check, which decodes them as they
+# stored bytes to sha256_hex (WORK_DIR/stored.sum) and to decode_check, which decodes them as they
 # come and checks the content: what gets a final name was decoded whole, without reading the
 # file back. Statuses: source compress encrypt|write tee decode count check hash (check_store).
 store_to() {
@@ -1068,7 +1105,7 @@ store_to() {
   local hasher checker hash_rc=0 decode_st="1 1 1"
   local -a st
   mkfifo -m 600 -- "${hash_fifo}" "${check_fifo}"
-  sha256sum <"${hash_fifo}" >"${WORK_DIR}/stored.sum" 2>"${WORK_DIR}/hash.err" &
+  sha256_hex <"${hash_fifo}" >"${WORK_DIR}/stored.sum" 2>"${WORK_DIR}/hash.err" &
   hasher=$!
   decode_check "${partial##*/}" "${type}" <"${check_fifo}" &
   checker=$!
@@ -1414,8 +1451,15 @@ backup_postgresql() {
 }
 
 # The content: pg_dump's completion trailer ends a whole dump.
+# A --clean restore's verify also lists the schemas of the dump, in this file (prepare_sql).
+SCHEMAS_OUT=""
+
 content_check_postgresql() {
-  tail -c 1024 >"${WORK_DIR}/content.tail"
+  if [[ -n "${SCHEMAS_OUT}" ]]; then
+    { prepare_sql 0 "${SCHEMAS_OUT}" || true; } | tail -c 1024 >"${WORK_DIR}/content.tail"
+  else
+    tail -c 1024 >"${WORK_DIR}/content.tail"
+  fi
 }
 
 stored_check_postgresql() {
@@ -1458,17 +1502,25 @@ check_psql_version() {
   die "${EXIT_REFUSED}" "postgresql: psql ${major}.${minor} cannot refuse the psql commands a backup file might hold (\\restrict came in 13.22, 14.19, 15.14, 16.10, 17.6 and 18); install a newer PostgreSQL client (rebuild the image). Nothing was changed."
 }
 
-# prepare_sql STRIP: the dump as psql gets it. A lock the application holds makes the restore
+# prepare_sql STRIP [SCHEMAS]: the dump as psql gets it. A lock the application holds makes the restore
 # fail after LOCK_TIMEOUT (and roll back) rather than wait for ever: the dump's own
 # "SET lock_timeout = 0;" becomes that. The dump's own \restrict and \unrestrict lines go (psql
 # gets this run's key instead), and so do the BEGIN and COMMIT that pg_dump puts around large
 # objects' data: the restore is one transaction. With STRIP=1, the lines that set owners and privileges go (for a
 # server that lacks the original roles). COPY data passes untouched. Exit 3 when the dump does
-# not end with pg_dump's completion trailer: it is incomplete.
+# not end with pg_dump's completion trailer: it is incomplete. SCHEMAS: a file to list in the
+# schemas the dump creates ("created<TAB>NAME") and those it holds objects in ("holds<TAB>NAME"),
+# from pg_dump's CREATE SCHEMA lines and object headers (with repeats: sort -u them).
 prepare_sql() {
-  awk -v strip="$1" -v lock="${LOCK_TIMEOUT}s" -v trailer="${SQL_TRAILER}" '
+  awk -v strip="$1" -v schemas="${2:-}" -v lock="${LOCK_TIMEOUT}s" -v trailer="${SQL_TRAILER}" '
     in_copy { print; if ($0 == "\\.") in_copy = 0; next }
     /^COPY .* FROM stdin;$/ { in_copy = 1; complete = 0; print; next }
+    schemas != "" && /^CREATE SCHEMA "([^"]|"")+";$/ { s = substr($0, 16, length($0) - 17); gsub(/""/, "\"", s); print "created\t" s > schemas }
+    schemas != "" && /^CREATE SCHEMA [a-z_][a-z0-9_$]*;$/ { s = substr($0, 15, length($0) - 15); print "created\t" s > schemas }
+    schemas != "" && /^-- (Data for )?Name: .*; Type: .*; Schema: .*; Owner: / {
+      s = $0; sub(/^.*; Schema: /, "", s); sub(/; Owner: .*$/, "", s)
+      if (s != "-") print "holds\t" s > schemas
+    }
     /^\\(un)?restrict [A-Za-z0-9]+$/ { next }
     /^-- Data for Name: .*; Type: BLOBS; / { in_blobs = 1 }
     in_blobs && $0 == "BEGIN;" { next }
@@ -1569,7 +1621,7 @@ require_createdb() {
 hash_through() {
   local fifo="${WORK_DIR}/hash.fifo" rc=0 pid
   mkfifo -m 600 -- "${fifo}"
-  sha256sum <"${fifo}" | cut -c1-64 >"${WORK_DIR}/read.sha256" &
+  sha256_hex <"${fifo}" >"${WORK_DIR}/read.sha256" &
   pid=$!
   tee -- "${fifo}" || rc=$?
   wait "${pid}" || rc=1
@@ -1581,7 +1633,7 @@ hash_through() {
 load_stream() {
   hash_through <"${BACKUP_FILE}" 2>"${WORK_DIR}/read.err" |
     decode_stream "${BACKUP_FILE##*/}" 2>"${WORK_DIR}/decode.err" |
-    prepare_sql "$1" 2>"${WORK_DIR}/prepare.err" 1>&"$2"
+    prepare_sql "$1" "${WORK_DIR}/load.schemas" 2>"${WORK_DIR}/prepare.err" 1>&"$2"
   save_statuses "${PIPESTATUS[@]}"
 }
 
@@ -1741,19 +1793,10 @@ database_exists() {
   [[ -n "$(postgres_query "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "$1")")" ]]
 }
 
-# dump_schemas: the schemas the dump creates ("created NAME") and those it holds objects in
-# ("holds NAME"), from pg_dump's CREATE SCHEMA lines and object headers (COPY data skipped).
+# dump_schemas: the schemas of the dump, as prepare_sql listed them in SCHEMAS_OUT (by a --clean
+# restore's verify) or while the load read it (WORK_DIR/load.schemas).
 dump_schemas() {
-  decode "${BACKUP_FILE}" 2>/dev/null | awk '
-    in_copy { if ($0 == "\\.") in_copy = 0; next }
-    /^COPY .* FROM stdin;$/ { in_copy = 1; next }
-    /^CREATE SCHEMA "([^"]|"")+";$/ { s = substr($0, 16, length($0) - 17); gsub(/""/, "\"", s); print "created\t" s; next }
-    /^CREATE SCHEMA [a-z_][a-z0-9_$]*;$/ { s = substr($0, 15, length($0) - 15); print "created\t" s; next }
-    /^-- (Data for )?Name: .*; Type: .*; Schema: .*; Owner: / {
-      s = $0; sub(/^.*; Schema: /, "", s); sub(/; Owner: .*$/, "", s)
-      if (s != "-") print "holds\t" s
-    }
-  ' | sort -u
+  sort -u -- "${SCHEMAS_OUT:-${WORK_DIR}/load.schemas}" 2>/dev/null || true
 }
 
 # The user objects outside the schemas in "cleaned" (a text[] of the DO block below): what
@@ -1833,25 +1876,41 @@ SQL
 }
 
 restore_postgresql() {
-  local target="${OPT_TARGET_DB:-${POSTGRES_DB}}" relations=0 preamble="" state
+  local target="${OPT_TARGET_DB:-${POSTGRES_DB}}" relations=0 exists=0 preamble="" state
   require_type postgresql
   require_tools psql pg_dump
   require_safe_psql
   [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
   postgres_query 'SELECT 1' >/dev/null
-  verify_backup
   if database_exists "${target}"; then
+    exists=1
     relations="$(list_relations "${target}" | grep -c . || true)"
-  elif [[ -n "${OPT_TARGET_DB}" ]]; then
+  elif [[ -z "${OPT_TARGET_DB}" ]]; then
+    die "${EXIT_REFUSED}" "database ${target} does not exist; create it, or pass --target-db NAME to create a new one"
+  fi
+  if ((relations > 0 && OPT_CLEAN == 0)); then
+    die "${EXIT_REFUSED}" "database ${target} already holds ${relations} tables, views or sequences; pass --clean to replace everything in the schemas the backup contains (a safety backup is taken first), or --target-db NEW to restore beside it. Nothing was changed."
+  fi
+  if ((relations > 0)); then
+    # --clean drops the schemas of the dump first: it needs them all, from a whole decode
+    # before the target is touched (which checks the backup whole, too).
+    SCHEMAS_OUT="${WORK_DIR}/dump.schemas"
+    : >"${SCHEMAS_OUT}"
+    verify_backup
+  else
+    # The load decodes the whole backup and commits only when all of it decoded: the beginning
+    # is checked first, not a whole decode of its own.
+    check_head
+    grep -q '^-- PostgreSQL database dump$' "${WORK_DIR}/head" ||
+      check_failed "${EXIT_VERIFY}" content "it does not begin like a pg_dump SQL dump"
+  fi
+  if ((exists == 0)); then
     printf '%s\n' "${target}" >"${WORK_DIR}/created-db"
     create_database "${target}" "--target-db ${target}" "; or create the database ${target} (owned by ${POSTGRES_USER}) first"
     CREATED_DB="${target}"
     log INFO "postgresql: created database ${target}"
-  else
-    die "${EXIT_REFUSED}" "database ${target} does not exist; create it, or pass --target-db NAME to create a new one"
   fi
   if ((relations > 0)); then
-    ((OPT_CLEAN)) || die "${EXIT_REFUSED}" "database ${target} already holds ${relations} tables, views or sequences; pass --clean to replace everything in the schemas the backup contains (a safety backup is taken first), or --target-db NEW to restore beside it. Nothing was changed."
     preamble="${WORK_DIR}/clean.sql"
     clean_preamble "${target}" "${preamble}"
     if ((OPT_NO_SAFETY)); then
@@ -2930,7 +2989,7 @@ backup_sha256() {
   if [[ -n "${EXPECTED_SHA256}" ]]; then
     printf '%s\n' "${EXPECTED_SHA256,,}"
   else
-    sha256sum <"${BACKUP_FILE}" | cut -c1-64
+    sha256_hex <"${BACKUP_FILE}"
   fi
 }
 
@@ -3290,33 +3349,26 @@ check_failed() {
 }
 
 check_checksum() {
-  local name="${BACKUP_FILE##*/}" dir="${BACKUP_FILE%/*}"
-  local sums="${BACKUP_FILE}.sha256" expected listed
+  local name="${BACKUP_FILE##*/}"
   if ((OPT_NO_CHECKSUM)); then
     log WARN "check checksum: skipped (--no-checksum)"
     return 0
   fi
-  [[ -f "${sums}" ]] || check_failed "${EXIT_VERIFY}" checksum "${name}.sha256 is missing; restore it next to the backup, or pass --no-checksum"
-  read -r expected listed <"${sums}" || true
-  listed="${listed#\*}"
-  [[ "${listed}" == "${name}" ]] || check_failed "${EXIT_VERIFY}" checksum "${name}.sha256 is for '${listed}', not for ${name}"
-  if ! (cd -- "${dir}" && sha256sum --check --status -- "${name}.sha256") 2>/dev/null; then
-    check_failed "${EXIT_VERIFY}" checksum "the sha256 of ${name} is not the one in ${name}.sha256: the file was changed or damaged"
-  fi
-  EXPECTED_SHA256="${expected}"
+  sidecar_check "${BACKUP_FILE}"
+  case "${SIDECAR_STATE}" in
+    missing) check_failed "${EXIT_VERIFY}" checksum "${name}.sha256 is missing; restore it next to the backup, or pass --no-checksum" ;;
+    other) check_failed "${EXIT_VERIFY}" checksum "${name}.sha256 is for '${SIDECAR_NAME}', not for ${name}" ;;
+    mismatch) check_failed "${EXIT_VERIFY}" checksum "the sha256 of ${name} is not the one in ${name}.sha256: the file was changed or damaged" ;;
+  esac
+  EXPECTED_SHA256="${SIDECAR_SHA256}"
   check_ok checksum "sha256 matches ${name}.sha256"
 }
 
 # Decode the backup (decrypt, decompress) and check its content; a wrong key is exit 5.
 check_decode() {
-  local encrypted=0
+  local encrypted="${NAME_ENCRYPTED}"
   local -a st
-  if ((NAME_ENCRYPTED)); then
-    encrypted=1
-    encryption_on || die "${EXIT_REFUSED}" "${BACKUP_FILE##*/} is encrypted: set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to its passphrase"
-    require_tools gpg
-  fi
-  require_tools "$(codec_tool "${NAME_CODEC}")"
+  require_decode
   # A type may prepare the decode (Redis keeps the decoded RDB, for redis-check-rdb and the restore).
   if declare -F "decode_setup_${BACKUP_TYPE}" >/dev/null; then
     "decode_setup_${BACKUP_TYPE}"
@@ -3352,6 +3404,37 @@ check_decode() {
 verify_backup() {
   check_checksum
   check_decode
+}
+
+# require_decode: what decoding the backup needs: its key when it is encrypted, and the tools.
+require_decode() {
+  if ((NAME_ENCRYPTED)); then
+    encryption_on || die "${EXIT_REFUSED}" "${BACKUP_FILE##*/} is encrypted: set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to its passphrase"
+    require_tools gpg
+  fi
+  require_tools "$(codec_tool "${NAME_CODEC}")"
+}
+
+# decode_head: the first 64 KiB of the decoded backup in WORK_DIR/head (a step).
+decode_head() {
+  decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" | head -c 65536 >"${WORK_DIR}/head"
+}
+
+# check_head: for a restore that decodes the whole backup while it loads it and commits only
+# when all of it decoded (PostgreSQL): only the checksum and the beginning are checked before the
+# target is touched (a wrong key, a file that does not decode at all), not a decode of its own.
+check_head() {
+  check_checksum
+  require_decode
+  run_step decode_head
+  if grep -qs 'Bad session key' "${WORK_DIR}/decode.err"; then
+    check_failed "${EXIT_WRONG_KEY}" decrypt "wrong encryption key: ENCRYPTION_KEY does not decrypt this backup"
+  fi
+  if [[ ! -s "${WORK_DIR}/head" ]]; then
+    check_failed "${EXIT_VERIFY}" decompress "nothing decodes from it$(stage_message decode)"
+  fi
+  ((NAME_ENCRYPTED == 0)) || check_ok decrypt "OpenPGP symmetric encryption, the key decrypts its beginning"
+  log INFO "check decompress: the whole backup is decoded as it is loaded; the restore commits only when all of it decoded and matched its sha256"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -3450,13 +3533,13 @@ cmd_info() {
     created="unknown (the name carries no time)"
   fi
   ((use == 0)) || created="$(manifest_line "${manifest}" created_local) ($(manifest_line "${manifest}" created_utc))"
-  if [[ ! -f "${file}.sha256" ]]; then
-    checksum="no ${name}.sha256: cannot tell whether the file is intact"
-  elif (cd -- "${file%/*}" && sha256sum --check --status -- "${name}.sha256") 2>/dev/null; then
-    checksum="ok (matches ${name}.sha256)"
-  else
-    checksum="MISMATCH: the file differs from ${name}.sha256"
-  fi
+  sidecar_check "${file}"
+  case "${SIDECAR_STATE}" in
+    missing) checksum="no ${name}.sha256: cannot tell whether the file is intact" ;;
+    ok) checksum="ok (matches ${name}.sha256)" ;;
+    other) checksum="MISMATCH: ${name}.sha256 is for '${SIDECAR_NAME}'" ;;
+    *) checksum="MISMATCH: the file differs from ${name}.sha256" ;;
+  esac
   if [[ "${name}" == *.gpg ]]; then
     encryption="yes, OpenPGP symmetric"
     if command -v gpg >/dev/null 2>&1; then

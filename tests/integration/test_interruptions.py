@@ -8,6 +8,7 @@ snapshot. A signal to the script's own PID must not wait for that step to end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -149,7 +150,8 @@ def killed_mid_dump(
         gnupg_home = Path((run_folder / "gnupg-home").read_text().strip())
         victims = [run.pid] + [pid for pid, _ in descendants(run.pid)] if everything else [run.pid]
         for pid in victims:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # a short-lived one may be gone
+                os.kill(pid, signal.SIGKILL)
         run.communicate(timeout=30)
     return run.pid, run_folder, gnupg_home
 

@@ -154,7 +154,11 @@ def test_killing_the_decoder_mid_restore_changes_nothing(
             rendered_scripts, RESTORE, "postgresql", backup.name, "--clean", env=env
         )
         wait_for_blocked_session(pg, payments_db)
-        victims = [pid for pid, argv in descendants(restore.pid) if argv[0].endswith(decoder)]
+        victims = [
+            pid
+            for pid, argv in descendants(restore.pid)
+            if argv[0].endswith(decoder) and ("--decrypt" in argv or "-d" in argv)
+        ]
         assert len(victims) == 1, descendants(restore.pid)
         os.kill(victims[0], signal.SIGKILL)
     out, err = restore.communicate(timeout=120)
@@ -317,9 +321,10 @@ def test_clean_restore_refuses_to_drop_what_a_schema_outside_the_backup_uses(
 
 def hostile_dump(backup_dir: Path, payload: str) -> Path:
     """A plain backup holding ``payload`` between two good statements, with a matching sidecar
-    and pg_dump's completion trailer: everything a real backup has."""
+    and pg_dump's header and completion trailer: everything a real backup has."""
     backup = backup_dir / "postgresql_backup_20240101_000000.sql.gz"
     sql = (
+        "--\n-- PostgreSQL database dump\n--\n\n"
         "CREATE TABLE public.before_payload (x int);\n"
         f"{payload}\n"
         "CREATE TABLE public.after_payload (x int);\n"
