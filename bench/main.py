@@ -206,6 +206,9 @@ def document(
         f"(servers excluded), by {probe.method}; in parentheses the cgroup's maximum with the "
         f"page cache of the files read and written. The bench took {seconds / 60:.1f} min.",
         "",
+        "## Summary",
+        "",
+        *report.summary(first, second, datasets),
         "## Backups",
         "",
         *report.backup_tables(first, datasets[0]),

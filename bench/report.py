@@ -80,9 +80,10 @@ def verdict(value: float | None, limit: float, *, strict: bool = False) -> str:
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return lines
+    def line(cells: Iterable[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows)]
 
 
 def _label(result: Result) -> str:
@@ -156,6 +157,63 @@ def _row(
         num(result.peak_mb, 0),
         target,
     ]
+
+
+def summary(first: Results, second: Results, sizes: Sequence[Dataset]) -> list[str]:
+    """The short tables for the README: backups, restores, peak memory."""
+
+    def cell(key: str, against: str | None = None, what: str = "usual") -> str:
+        result = first.get(key)
+        if result is None or result.seconds is None:
+            return "n/a"
+        text = f"{result.seconds:.2f} s"
+        base = first.get(against) if against else None
+        value = ratio(result.seconds, base.seconds if base else None)
+        return text if value is None else f"{text} ({value:.2f} x {what})"
+
+    data = sizes[0]
+    header = [
+        f"encrypted, {data.scale.name} data",
+        "limit",
+        "usual: gzip -6 | gpg",
+        "zstd -3 -T2 | gpg",
+        "gym-backup gzip",
+        "gym-backup zstd",
+    ]
+    raw = {"postgresql": data.dump_bytes, "redis": data.rdb_bytes, "files": data.tar_bytes}
+    rows = [
+        [
+            f"{TYPE_TITLES[kind]} ({raw[kind] / MB:.0f} MB)",
+            cell(f"{kind}.limit"),
+            cell(f"{kind}.usual"),
+            cell(f"{kind}.zstd"),
+            cell(f"{kind}.gym.gzip", f"{kind}.usual"),
+            cell(f"{kind}.gym.zstd", f"{kind}.zstd", "zstd pipe"),
+        ]
+        for kind in TYPES
+    ]
+    lines = [*table(header, rows), ""]
+    rows = [
+        [
+            f"{TYPE_TITLES[kind]} ({codec.extension})",
+            cell(f"{kind}.raw.{codec.name}"),
+            cell(f"{kind}.restore.{codec.name}", f"{kind}.raw.{codec.name}", "raw"),
+        ]
+        for kind in ("postgresql", "redis")
+        for codec in CODECS
+    ]
+    lines += [*table(["restore", "raw load", "gym-backup"], rows), ""]
+    peaks = []
+    for results, size in zip((first, second), sizes, strict=True):
+        values = [
+            r.peak_mb
+            for key, r in results.items()
+            if (".gym." in key or ".restore." in key) and r.peak_mb is not None
+        ]
+        shown = f"{max(values):.0f} MB" if values else "n/a"
+        peaks.append(f"{shown} with {size.dump_bytes / MB:.0f} MB of dump")
+    lines += [f"Peak memory of a backup or restore process tree: {'; '.join(peaks)}.", ""]
+    return lines
 
 
 # --------------------------------------------------------------------------------- restores
