@@ -28,10 +28,15 @@ class BackupType:
 
 @dataclass(frozen=True)
 class Codec:
-    """A compression format: its name in manifests and settings, its file-name extension."""
+    """A compression format: its name (COMPRESSION, manifests), its file-name extension, the range
+    of COMPRESSION_LEVEL with it and the level when that is unset, and the image packages of its
+    tools per flavour (the scripts pick the tool: codec_tool in _common.sh.j2)."""
 
     name: str
     extension: str
+    levels: tuple[int, int]
+    default_level: int
+    packages: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 BACKUP_TYPES: tuple[BackupType, ...] = (
@@ -77,8 +82,13 @@ BACKUP_TYPES: tuple[BackupType, ...] = (
     ),
 )
 
-CODECS: tuple[Codec, ...] = (Codec("gzip", "gz"),)
+CODECS: tuple[Codec, ...] = (
+    # pigz: parallel gzip (the plain gzip stream any gunzip reads); gzip where pigz is missing.
+    Codec("gzip", "gz", (1, 9), 6, {"alpine": ("gzip", "pigz"), "debian": ("gzip", "pigz")}),
+    Codec("zstd", "zst", (1, 19), 3, {"alpine": ("zstd",), "debian": ("zstd",)}),
+)
 DEFAULT_CODEC = "gzip"
+CODEC_BY_NAME: Mapping[str, Codec] = {c.name: c for c in CODECS}
 ENCRYPTED_SUFFIX = "gpg"
 
 BY_NAME: Mapping[str, BackupType] = {t.name: t for t in BACKUP_TYPES}

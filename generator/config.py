@@ -20,6 +20,7 @@ from pathlib import Path
 from croniter import croniter
 from dotenv import dotenv_values
 
+from generator.backup_types import CODEC_BY_NAME, CODECS, DEFAULT_CODEC
 from generator.errors import ConfigError, UserError
 
 
@@ -36,6 +37,7 @@ class Kind(enum.Enum):
     ABS_PATH = "abs_path"
     PATTERNS = "patterns"
     BOOL = "bool"
+    CHOICE = "choice"
     IMAGE = "image"
     SECRET = "secret"  # noqa: S105 - the kind of a setting, not a password
 
@@ -51,6 +53,7 @@ class Setting:
     minimum: int | None = None
     maximum: int | None = None
     required_for_run: bool = False
+    choices: tuple[str, ...] = ()  # a CHOICE setting's values
 
     @property
     def secret(self) -> bool:
@@ -128,12 +131,33 @@ SETTINGS: tuple[Setting, ...] = (
         "Comma-separated tar patterns left out of the files backup (e.g. '*.tmp,cache').",
     ),
     Setting(
+        "COMPRESSION",
+        DEFAULT_CODEC,
+        Kind.CHOICE,
+        "How new backups are compressed: "
+        + " or ".join(c.name for c in CODECS)
+        + " (older backups of either kind keep restoring).",
+        choices=tuple(c.name for c in CODECS),
+    ),
+    Setting(
         "COMPRESSION_LEVEL",
-        "6",
+        "",
         Kind.INT,
-        "gzip level, 1 (fast) to 9 (small).",
+        "Level of COMPRESSION, on its own scale: "
+        + "; ".join(f"{c.name} {c.levels[0]} (fast) to {c.levels[1]} (small)" for c in CODECS)
+        + " (empty: "
+        + ", ".join(f"{c.default_level} for {c.name}" for c in CODECS)
+        + ").",
+        minimum=min(c.levels[0] for c in CODECS),
+        maximum=max(c.levels[1] for c in CODECS),
+    ),
+    Setting(
+        "COMPRESSION_THREADS",
+        "",
+        Kind.INT,
+        "Threads the compressor may use (empty: every core).",
         minimum=1,
-        maximum=9,
+        maximum=256,
     ),
     Setting(
         "KEEP_MIN",
@@ -339,9 +363,26 @@ def load_settings(
         elif setting.kind in (Kind.PORT, Kind.INT) and value:
             value = str(int(value))  # decimal, as the scripts read it: 010 is 10, 08 is 8
         values[setting.name] = value
+    if not any(p.startswith("COMPRESSION_LEVEL:") for p in problems):
+        problems += _level_problems(values)
     if problems:
         raise ConfigError(problems)
     return Settings(values=values, secrets=secrets, source=env_file)
+
+
+def _level_problems(values: Mapping[str, str]) -> list[str]:
+    """COMPRESSION_LEVEL on the scale of COMPRESSION (each codec has its own)."""
+    codec = CODEC_BY_NAME.get(values.get("COMPRESSION", ""))
+    level = values.get("COMPRESSION_LEVEL", "")
+    if codec is None or not level.isdigit():
+        return []
+    low, high = codec.levels
+    if low <= int(level) <= high:
+        return []
+    return [
+        f"COMPRESSION_LEVEL: {level} is out of range for {codec.name}; use {low} to {high}, "
+        f"or leave it empty for {codec.default_level}."
+    ]
 
 
 def _near_misses(from_file: Mapping[str, str]) -> list[str]:
@@ -412,6 +453,9 @@ _RULES: Mapping[Kind, Callable[[Setting, str], str | None]] = {
         re.compile(r"[^\n]*"), "contains a line break; separate patterns with ','."
     ),
     Kind.BOOL: _matches(re.compile(r"true|false"), "is not true or false."),
+    Kind.CHOICE: lambda s, v: (
+        None if v in s.choices else f"{v!r} is not one of: {', '.join(s.choices)}."
+    ),
     Kind.IMAGE: _matches(_IMAGE_RE, "is not an image name like 'name:tag'."),
     Kind.TEXT: _matches(
         re.compile(r"[^\s:'\"]+"), "must be a path or a name without spaces, quotes or ':'."

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from generator import __version__, backup_types
-from generator.config import FLAVOR_PG_MAJOR, SETTINGS, Settings, bounds
+from generator.config import FLAVOR_PG_MAJOR, SETTINGS, Kind, Settings, bounds
 from generator.errors import EXIT_CODES, UserError
 
 if TYPE_CHECKING:
@@ -179,14 +179,16 @@ def render(settings: Settings, flavor: str = DEFAULT_FLAVOR) -> dict[str, str]:
         "backup_name_re": backup_types.name_pattern(),
         "type_packages": [
             f'"{p}"' if "$" in p else p
-            for t in backup_types.BACKUP_TYPES
-            for p in t.packages[flavor]
+            for packages in [c.packages for c in backup_types.CODECS]
+            + [t.packages for t in backup_types.BACKUP_TYPES]
+            for p in packages[flavor]
         ],
         "exit_codes": EXIT_CODES,
         "exit_codes_usage": textwrap.fill(
             "Exit codes: " + ", ".join(f"{e.code} {e.short}" for e in EXIT_CODES) + ".",
             width=96,
         ),
+        "choice_settings": [(s.name, s.choices) for s in SETTINGS if s.kind is Kind.CHOICE],
         "numeric_settings": [
             (s.name, *b, s.default == "") for s in SETTINGS if (b := bounds(s)) is not None
         ],

@@ -52,11 +52,13 @@ KEY = "gym key 'q\" $k \\ `e` ! ; & end"
 ENCRYPTION = [pytest.param(None, id="plain"), pytest.param(KEY, id="encrypted")]
 EXTENSIONS = {"postgresql": "sql", "redis": "rdb", "files": "tar"}
 TYPES = tuple(EXTENSIONS)
-# The documented name of a backup: TYPE_backup_YYYYMMDD_HHMMSS.EXTENSION.gz[.gpg].
+# The documented name of a backup: TYPE_backup_YYYYMMDD_HHMMSS.EXTENSION.(gz|zst)[.gpg].
 BACKUP_NAME = re.compile(
     r"(?P<type>postgresql|redis|files)_backup_(?P<day>\d{8})_(?P<clock>\d{6})"
-    r"\.(?P<extension>sql|rdb|tar)\.gz(?P<gpg>\.gpg)?"
+    r"\.(?P<extension>sql|rdb|tar)\.(?P<codec>gz|zst)(?P<gpg>\.gpg)?"
 )
+# The codecs (COMPRESSION) and their names' extensions.
+CODECS = {"gzip": "gz", "zstd": "zst"}
 # A row of `backup_script.sh list`: type, creation time, size, encrypted, name, (note).
 LIST_ROW = re.compile(
     r"^(?P<type>\S+)\s+(?P<created>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\s+(?P<size>\d+(?:\.\d)? \S+)"
@@ -279,15 +281,26 @@ def run_gpg(home: Path, key: str, *args: str) -> subprocess.CompletedProcess[byt
 
 def decode(path: Path, key: str | None = None, home: Path | None = None) -> bytes:
     """A stored backup's raw content, decoded the way an operator would: decrypted with real gpg
-    when ``key`` is given (``home`` the GnuPG home), then gunzipped."""
+    when ``key`` is given (``home`` the GnuPG home), then gunzipped, or for a ``.zst`` backup
+    decompressed by the real ``zstd``."""
     data = path.read_bytes()
     if key is not None:
         assert home is not None, "decrypting needs a GnuPG home"
         decrypted = run_gpg(home, key, "--decrypt", str(path))
         assert decrypted.returncode == 0, decrypted.stderr.decode(errors="replace")
         data = decrypted.stdout
+    if ".zst" in path.suffixes:
+        assert data[:4] == ZSTD_MAGIC, f"{path.name} does not decode to zstd data"
+        unzstd = subprocess.run(
+            ["zstd", "-d", "-c", "-q"], input=data, capture_output=True, check=False
+        )
+        assert unzstd.returncode == 0, unzstd.stderr.decode(errors="replace")
+        return unzstd.stdout
     assert data[:2] == b"\x1f\x8b", f"{path.name} does not decode to gzip data"
     return gzip.decompress(data)
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 @contextlib.contextmanager

@@ -39,7 +39,9 @@ unset LANGUAGE
 : "${BACKUP_DIR:=/backups}"
 : "${FILES_DIR:=/data}"
 : "${FILES_EXCLUDE:=}"
-: "${COMPRESSION_LEVEL:=6}"
+: "${COMPRESSION:=gzip}"
+: "${COMPRESSION_LEVEL:=}"
+: "${COMPRESSION_THREADS:=}"
 : "${KEEP_MIN:=3}"
 : "${REDIS_DATA_DIR:=/redis-data}"
 : "${REDIS_DBFILENAME:=dump.rdb}"
@@ -61,12 +63,14 @@ export TZ
 # reads one; backup_class says whether a file so named is a backup).
 readonly BACKUP_TYPES=(postgresql redis files)
 declare -rA TYPE_EXTENSION=([postgresql]=sql [redis]=rdb [files]=tar)
-declare -rA CODEC_EXTENSION=([gzip]=gz)
-declare -rA EXTENSION_CODEC=([gz]=gzip)
-readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(rdb|sql|tar)\.(gz)(\.gpg)?$'
-# The codec new backups are written with.
-readonly CODEC=gzip
-# What a run writes before it renames it (the backup, its raw Redis copy, its sidecars).
+declare -rA CODEC_EXTENSION=([gzip]=gz [zstd]=zst)
+declare -rA EXTENSION_CODEC=([gz]=gzip [zst]=zstd)
+readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(rdb|sql|tar)\.(gz|zst)(\.gpg)?$'
+# Each codec's COMPRESSION_LEVEL range and its level when that is empty: "LOW HIGH DEFAULT".
+declare -rA CODEC_LEVELS=([gzip]="1 9 6" [zstd]="1 19 3")
+# The codec new backups are written with (COMPRESSION, which check_settings checks).
+CODEC="${COMPRESSION}"
+# What a run writes before it renames it (the backup, its sidecars).
 readonly PARTIAL_NAME_RE='^(postgresql|redis|files)_backup_[0-9]{8}_[0-9]{6}\..*\.partial$'
 # A name more than this many seconds ahead of now is "in the future" (clock skew, a TZ change).
 readonly FUTURE_SLACK=86400
@@ -402,11 +406,20 @@ check_settings() {
   check_range problems POSTGRES_PORT 1 65535
   check_range problems REDIS_PORT 1 65535
   check_range problems BACKUP_RETENTION_DAYS 1 36500
-  check_range problems COMPRESSION_LEVEL 1 9
+  [[ -z "${COMPRESSION_LEVEL}" ]] || check_range problems COMPRESSION_LEVEL 1 19
+  [[ -z "${COMPRESSION_THREADS}" ]] || check_range problems COMPRESSION_THREADS 1 256
   check_range problems KEEP_MIN 1 10000
   [[ -z "${PG_MAJOR}" ]] || check_range problems PG_MAJOR 12 18
   check_range problems HEALTH_MAX_AGE 0 2678400
   check_range problems LOCK_TIMEOUT 0 86400
+  check_choice problems COMPRESSION gzip zstd
+  # COMPRESSION_LEVEL is on the scale of COMPRESSION's codec.
+  if is_uint "${COMPRESSION_LEVEL}" && [[ "${problems[*]}" != *"COMPRESSION_LEVEL: "* ]] &&
+    [[ -n "${COMPRESSION}" && -n "${CODEC_LEVELS[${COMPRESSION}]+set}" ]]; then
+    local low high
+    read -r low high _ <<<"${CODEC_LEVELS[${COMPRESSION}]}"
+    check_range problems COMPRESSION_LEVEL "${low}" "${high}" " for ${COMPRESSION}"
+  fi
   if [[ "${TZ}" != "UTC" ]] && ! tz_file "${TZ}" >/dev/null; then
     problems+=("TZ: '${TZ}' is not a known time zone (is tzdata installed?); use e.g. America/Argentina/Buenos_Aires")
   fi
@@ -421,9 +434,13 @@ check_settings() {
   fi
   # Whole numbers are decimal, as for gym-backup config check: 010 is ten, 08 is eight (bash
   # arithmetic would read a leading 0 as octal).
-  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL KEEP_MIN PG_MAJOR HEALTH_MAX_AGE LOCK_TIMEOUT; do
+  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN PG_MAJOR HEALTH_MAX_AGE LOCK_TIMEOUT; do
     [[ -z "${!name}" ]] || printf -v "${name}" '%d' "$((10#${!name}))"
   done
+  CODEC="${COMPRESSION}"
+  local level
+  read -r _ _ level <<<"${CODEC_LEVELS[${CODEC}]}"
+  COMPRESSION_LEVEL="${COMPRESSION_LEVEL:-${level}}"
 }
 
 # tz_file ZONE: the zoneinfo file of a time zone name, or fail. A name is not a path (absolute, or
@@ -440,12 +457,25 @@ tz_file() {
   printf '%s\n' "${dir}/${zone}"
 }
 
+# check_range PROBLEMS NAME LOW HIGH [WHAT]: NAME is a whole number from LOW to HIGH (WHAT: " for
+# gzip", what the range is of).
 check_range() {
   local -n _problems="$1"
-  local name="$2" low="$3" high="$4"
+  local name="$2" low="$3" high="$4" what="${5:-}"
   if ! is_uint "${!name}" || ((10#${!name} < low || 10#${!name} > high)); then
-    _problems+=("${name}: '${!name}' must be a whole number from ${low} to ${high}")
+    _problems+=("${name}: '${!name}' must be a whole number from ${low} to ${high}${what}")
   fi
+}
+
+# check_choice PROBLEMS NAME CHOICE...: NAME is one of the CHOICEs.
+check_choice() {
+  local -n _choice_problems="$1"
+  local name="$2" choice
+  shift 2
+  for choice in "$@"; do
+    [[ "${!name}" != "${choice}" ]] || return 0
+  done
+  _choice_problems+=("${name}: '${!name}' must be one of: $*")
 }
 
 # secret_problem VAR: what is wrong with how VAR or VAR_FILE is given; nothing when it is fine.
@@ -744,23 +774,36 @@ parse_name() {
   [[ -z "${BASH_REMATCH[6]}" ]] || NAME_ENCRYPTED=1
 }
 
-# The names a backup of TYPE may have, for messages: .sql.gz, then .gpg when encrypted.
+# The names a backup may have, for messages: .sql.gz or .sql.zst..., then .gpg when encrypted.
 name_endings() {
-  local type out=""
+  local type codec out=""
   for type in "${BACKUP_TYPES[@]}"; do
-    out+="${out:+, }.${TYPE_EXTENSION[${type}]}.${CODEC_EXTENSION[${CODEC}]}"
+    for codec in "${!CODEC_EXTENSION[@]}"; do
+      out+="${out:+, }.${TYPE_EXTENSION[${type}]}.${CODEC_EXTENSION[${codec}]}"
+    done
   done
   printf '%s (then .gpg when encrypted)' "${out}"
 }
 
-# Compression (the codec of the name; gzip: pigz when installed) and encryption (GPG AES256).
+# Compression (the codec of the name, COMPRESSION for new backups) and encryption (GPG AES256).
 
-compressor() {
-  if command -v pigz >/dev/null 2>&1; then
-    printf 'pigz\n'
+# codec_tool CODEC: the program that compresses and decompresses CODEC (gzip: pigz, parallel,
+# when installed; its output is the same plain gzip stream).
+codec_tool() {
+  if [[ "$1" == gzip ]]; then
+    if command -v pigz >/dev/null 2>&1; then
+      printf 'pigz\n'
+    else
+      printf 'gzip\n'
+    fi
   else
-    printf 'gzip\n'
+    printf '%s\n' "$1"
   fi
+}
+
+# The compressor of new backups.
+compressor() {
+  codec_tool "${CODEC}"
 }
 
 # compress: stdin to stdout in this run's codec; decompress CODEC: back from CODEC.
@@ -772,12 +815,26 @@ decompress() {
   "decompress_$1"
 }
 
+# gzip: COMPRESSION_THREADS limits pigz (every core by default); gzip has one thread.
 compress_gzip() {
-  "$(compressor)" -c -n "-${COMPRESSION_LEVEL}"
+  local tool
+  local -a threads=()
+  tool="$(codec_tool gzip)"
+  [[ "${tool}" != pigz || -z "${COMPRESSION_THREADS}" ]] || threads=(-p "${COMPRESSION_THREADS}")
+  "${tool}" -c -n "-${COMPRESSION_LEVEL}" "${threads[@]}"
 }
 
 decompress_gzip() {
-  "$(compressor)" -d -c
+  "$(codec_tool gzip)" -d -c
+}
+
+# zstd: -T0 is every core; its frames carry a checksum of the content, checked when decoded.
+compress_zstd() {
+  zstd -q -c "-${COMPRESSION_LEVEL}" "-T${COMPRESSION_THREADS:-0}"
+}
+
+decompress_zstd() {
+  zstd -q -d -c
 }
 
 gpg_run() {
@@ -958,7 +1015,7 @@ joined_lines() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Stages shared by the backups: encrypt_if_keyed, verify, checksum, manifest.
+# Storing a backup: one pass over the data (store_to), then checksum and manifest (finish_backup).
 
 # The last stage of a backup's pipeline, by its name in messages: "encrypt", or "write".
 encrypt_stage_name() {
@@ -984,38 +1041,90 @@ content_check() {
   "content_check_$1"
 }
 
-# decode_and_check FILE TYPE: decode FILE, count the bytes, check the content (a step).
-decode_and_check() {
-  decode "$1" 2>"${WORK_DIR}/decode.err" | count_bytes | content_check "$2" 2>"${WORK_DIR}/check.err"
-  save_statuses "${PIPESTATUS[@]}"
+# decode_check NAME TYPE: the stored bytes of backup NAME on stdin, decoded (decrypt, decompress),
+# counted and checked as TYPE does it; the three statuses in WORK_DIR/decode.st.
+decode_check() {
+  decode_stream "$1" 2>"${WORK_DIR}/decode.err" | count_bytes |
+    content_check "$2" 2>"${WORK_DIR}/check.err"
+  printf '%s\n' "${PIPESTATUS[*]}" >"${WORK_DIR}/decode.st"
 }
 
-# verify_stored TYPE FILE: decode FILE once (decrypt, decompress) and check its content.
-verify_stored() {
-  local type="$1" file="$2"
+# decode_and_check FILE TYPE: decode FILE, count the bytes, check the content (a step).
+decode_and_check() {
+  decode_check "${1##*/}" "$2" <"$1"
+  save_statuses "$(<"${WORK_DIR}/decode.st")"
+}
+
+# store_to TYPE PARTIAL SOURCE [ARG...]: (a step) one pass over the data. SOURCE writes the raw
+# content to stdout (its stderr and, for a pipeline, its stages' statuses are its own to keep);
+# it is compressed, encrypted when a key is set, and written to PARTIAL, while tee gives the same
+# stored bytes to sha256sum (WORK_DIR/stored.sum) and to decode_check, which decodes them as they
+# come and checks the content: what gets a final name was decoded whole, without reading the
+# file back. Statuses: source compress encrypt|write tee decode count check hash (check_store).
+store_to() {
+  local type="$1" partial="$2"
+  shift 2
+  local hash_fifo="${WORK_DIR}/stored-hash.fifo" check_fifo="${WORK_DIR}/stored-check.fifo"
+  local hasher checker hash_rc=0 decode_st="1 1 1"
   local -a st
-  run_step decode_and_check "${file}" "${type}"
-  st=("${STEP_ST[@]}")
-  local i
-  local -a names=(decode count check)
-  for i in 0 1 2; do
+  mkfifo -m 600 -- "${hash_fifo}" "${check_fifo}"
+  sha256sum <"${hash_fifo}" >"${WORK_DIR}/stored.sum" 2>"${WORK_DIR}/hash.err" &
+  hasher=$!
+  decode_check "${partial##*/}" "${type}" <"${check_fifo}" &
+  checker=$!
+  "$@" | compress 2>"${WORK_DIR}/compress.err" |
+    encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" |
+    tee -- "${hash_fifo}" "${check_fifo}" >"${partial}" 2>"${WORK_DIR}/tee.err"
+  st=("${PIPESTATUS[@]}")
+  # A reader that never opened its FIFO (it failed first) must not leave tee waiting: tee has
+  # ended here, so this only matters when it could not start.
+  release_fifo "${hash_fifo}"
+  release_fifo "${check_fifo}"
+  wait "${hasher}" || hash_rc=$?
+  wait "${checker}" || true
+  [[ ! -s "${WORK_DIR}/decode.st" ]] || decode_st="$(<"${WORK_DIR}/decode.st")"
+  save_statuses "${st[@]}" "${decode_st}" "${hash_rc}"
+}
+
+# release_fifo FIFO: make sure a reader that waits for FIFO's writer is not left waiting (when the
+# writer never started): open it for reading and writing, which never blocks, and close it.
+release_fifo() {
+  local fd
+  exec {fd}<>"$1"
+  exec {fd}>&-
+}
+
+# check_store TYPE SOURCE STATUSES...: after store_to, die with the cause of a failure, else set
+# RAW_SIZE (the decoded bytes) and run the type's own check of what it stored (stored_check_TYPE).
+# SOURCE names the first stage in messages. Exit 141 (SIGPIPE) or a "Broken pipe" error: a later
+# stage or a branch of tee stopped reading, and is the cause (a failed decode is a verify failure).
+check_store() {
+  local type="$1" source="$2"
+  shift 2
+  local -a st=("$@") names
+  local i write_failed=0 i_name
+  names=("${source}" compress "$(encrypt_stage_name)" tee decode count check hash)
+  for i in 0 1 2 3; do
+    ((st[i] == 0 || st[i] == 141)) || grep -qs 'Broken pipe' "${WORK_DIR}/${names[i]}.err" ||
+      write_failed=1
+  done
+  if ((write_failed)); then
+    check_pipeline "${type}" "${names[@]:0:4}" -- "${st[@]:0:4}"
+  fi
+  for i in 4 5 6; do
     if ((st[i] != 0)); then
-      die "${EXIT_VERIFY}" "${type}: the new backup failed verification (${names[i]} exit ${st[i]})$(stage_message "${names[i]}"); nothing was written under a final name"
+      i_name="${names[i]}"
+      die "${EXIT_VERIFY}" "${type}: the new backup failed verification (${i_name} exit ${st[i]})$(stage_message "${i_name}"); nothing was written under a final name"
     fi
   done
+  check_pipeline "${type}" "${names[@]:0:4}" -- "${st[@]:0:4}"
+  ((st[7] == 0)) || die "${EXIT_FAILED}" "${type}: could not hash the stored bytes$(stage_message hash)"
   # A type's own check of what it wrote, when it has one beyond a whole decode.
   if declare -F "stored_check_${type}" >/dev/null; then
     "stored_check_${type}"
   fi
   RAW_SIZE="$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/count.err" | tail -n 1)"
   is_uint "${RAW_SIZE}" || die "${EXIT_VERIFY}" "${type}: could not count the decoded bytes"
-}
-
-# sha256_to FILE OUT: the sha256 of FILE, in OUT (a step).
-sha256_to() {
-  local sum
-  sum="$(sha256sum -- "$1")" || return 1
-  printf '%s\n' "${sum:0:64}" >"$2"
 }
 
 # finish_backup TYPE PARTIAL FINAL EPOCH STARTED SOURCE_JSON SERVER_VERSION TOOLS_JSON [FIELDS]
@@ -1026,10 +1135,8 @@ finish_backup() {
   local name hash stored duration_us manifest sums
   name="${final##*/}"
   stored="$(file_size "${partial}")"
-  run_step sha256_to "${partial}" "${WORK_DIR}/stored.sha256"
-  ((STEP_RC == 0)) ||
-    die "${EXIT_FAILED}" "${type}: could not read ${partial##*/} back to hash it"
-  hash="$(<"${WORK_DIR}/stored.sha256")"
+  hash="$(cut -c1-64 "${WORK_DIR}/stored.sum")"
+  [[ "${hash}" =~ ^[0-9a-f]{64}$ ]] || die "${EXIT_FAILED}" "${type}: no sha256 of the stored bytes"
   duration_us=$((${EPOCHREALTIME/./} - ${started/./}))
   sums="${final}.sha256.partial"
   manifest="${final}.manifest.json.partial"
@@ -1273,14 +1380,11 @@ check_pg_versions() {
   fi
 }
 
-# dump_postgresql_to FILE: pg_dump, compressed and encrypted when a key is set, into FILE (a step).
-dump_postgresql_to() {
+# dump_postgresql: the plain SQL dump of POSTGRES_DB on stdout (store_to's source).
+dump_postgresql() {
   pg_run pg_dump --no-password --clean --if-exists --quote-all-identifiers \
     -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
-    2>"${WORK_DIR}/pg_dump.err" |
-    compress 2>"${WORK_DIR}/compress.err" |
-    encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" >"$1"
-  save_statuses "${PIPESTATUS[@]}"
+    2>"${WORK_DIR}/pg_dump.err"
 }
 
 backup_postgresql() {
@@ -1302,9 +1406,8 @@ backup_postgresql() {
   check_free_space postgresql
   log INFO "postgresql: dumping ${POSTGRES_DB} from ${POSTGRES_HOST}:${POSTGRES_PORT} (PostgreSQL ${server_version})"
   register_partial "${partial}"
-  run_step dump_postgresql_to "${partial}"
-  check_pipeline postgresql pg_dump compress "$(encrypt_stage_name)" -- "${STEP_ST[@]}"
-  verify_stored postgresql "${partial}"
+  run_step store_to postgresql "${partial}" dump_postgresql
+  check_store postgresql pg_dump "${STEP_ST[@]}"
   finish_backup postgresql "${partial}" "${final}" "${epoch}" "${started}" \
     "{\"host\": $(json_str "${POSTGRES_HOST}"), \"port\": ${POSTGRES_PORT}, \"database\": $(json_str "${POSTGRES_DB}"), \"user\": $(json_str "${POSTGRES_USER}")}" \
     "${server_version}" "\"pg_dump\": $(json_str "$(first_line pg_dump --version)")"
@@ -1339,25 +1442,22 @@ redis_check_reachable() {
   die "${EXIT_FAILED}" "redis: cannot reach ${REDIS_HOST}:${REDIS_PORT}: ${out//$'\n'/ }; ${hint}"
 }
 
-# snapshot_redis_to FILE: the RDB streamed from redis-cli, through the check and hash FIFOs,
-# compressed and encrypted when a key is set, into FILE (backup_redis's step).
-snapshot_redis_to() {
-  redis_cli --rdb - 2>"${WORK_DIR}/redis-cli.err" |
-    rdb_payload 2>"${WORK_DIR}/payload.err" |
-    tee -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo" 2>"${WORK_DIR}/tee.err" |
-    compress 2>"${WORK_DIR}/compress.err" |
-    encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" >"$1"
-  save_statuses "${PIPESTATUS[@]}"
+# snapshot_redis: the RDB on stdout, streamed from redis-cli --rdb (store_to's source); the
+# statuses of redis-cli and rdb_payload in WORK_DIR/source.st.
+snapshot_redis() {
+  redis_cli --rdb - 2>"${WORK_DIR}/redis-cli.err" | rdb_payload 2>"${WORK_DIR}/payload.err"
+  local -a st=("${PIPESTATUS[@]}")
+  printf '%s\n' "${st[*]}" >"${WORK_DIR}/source.st"
+  return "${st[1]}"
 }
 
 backup_redis() {
   local ts="$1" epoch="$2"
-  local final partial server_version started hasher checker hash_rc check_rc sent
-  local -a st
+  local final partial server_version started sent cli_rc=0
   final="${BACKUP_DIR}/$(backup_name redis "${ts}")"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
-  require_tools redis-cli redis-check-rdb mkfifo "$(compressor)"
+  require_tools redis-cli redis-check-rdb "$(compressor)"
   redis_check_reachable
   server_version="$(redis_cli INFO server | sed -n 's/^redis_version:\([^[:space:]]*\).*/\1/p')"
   if ((DRY_RUN)); then
@@ -1368,41 +1468,17 @@ backup_redis() {
   log INFO "redis: taking an RDB snapshot of ${REDIS_HOST}:${REDIS_PORT} (Redis ${server_version})"
   register_partial "${partial}"
   # The snapshot streams from redis-cli into the stored file: no raw RDB is ever written (with
-  # ENCRYPTION_KEY set, no plaintext touches a disk). Two FIFOs in WORK_DIR feed the same bytes to
-  # redis-check-rdb and to sha256sum, which run beside the pipeline as children of this shell.
-  mkfifo -m 600 -- "${WORK_DIR}/check.fifo" "${WORK_DIR}/hash.fifo"
-  redis-check-rdb "${WORK_DIR}/check.fifo" >"${WORK_DIR}/redis-check-rdb.err" 2>&1 &
-  checker=$!
-  sha256sum <"${WORK_DIR}/hash.fifo" >"${WORK_DIR}/raw.sha256" 2>"${WORK_DIR}/hash.err" &
-  hasher=$!
-  run_step snapshot_redis_to "${partial}"
-  st=("${STEP_ST[@]}")
-  set +o errexit
-  release_fifo "${WORK_DIR}/check.fifo"
-  release_fifo "${WORK_DIR}/hash.fifo"
-  wait "${checker}"
-  check_rc=$?
-  wait "${hasher}"
-  hash_rc=$?
-  set -o errexit
+  # ENCRYPTION_KEY set, no plaintext touches a disk); redis-check-rdb reads it as it is decoded.
+  run_step store_to redis "${partial}" snapshot_redis
+  [[ ! -s "${WORK_DIR}/source.st" ]] || read -r cli_rc _ <"${WORK_DIR}/source.st"
   # (redis-cli's exit 141 is SIGPIPE: a later stage stopped reading, and is the cause.)
-  if ((st[0] != 0 && st[0] != 141)); then
+  if ((cli_rc != 0 && cli_rc != 141)); then
     if disk_full; then
       die "${EXIT_FAILED}" "redis: ${BACKUP_DIR} is full ($(human_size "$(free_bytes "${BACKUP_DIR}")") free); free space there or point BACKUP_DIR at a larger volume"
     fi
     die "${EXIT_FAILED}" "redis: the server refused or broke off the snapshot$(stage_message redis-cli); redis-cli --rdb needs the SYNC command, which some managed services disable or rename"
   fi
-  # tee stops when redis-check-rdb gives up on a damaged snapshot; compress or encrypt_if_keyed failing
-  # (a full disk) cut the snapshot short for redis-check-rdb too: they are the cause then.
-  ((st[3] == 0 && st[4] == 0)) || check_pipeline redis redis-cli payload tee compress "$(encrypt_stage_name)" -- "${st[@]}"
-  if ((check_rc != 0)) || ! grep -q 'RDB looks OK' "${WORK_DIR}/redis-check-rdb.err"; then
-    die "${EXIT_VERIFY}" "redis: the snapshot is not a valid RDB$(stage_message redis-check-rdb)"
-  fi
-  check_pipeline redis redis-cli payload tee compress "$(encrypt_stage_name)" -- "${st[@]}"
-  ((hash_rc == 0)) || die "${EXIT_FAILED}" "redis: could not hash the snapshot$(stage_message hash)"
-  verify_stored redis "${partial}"
-  [[ "$(<"${WORK_DIR}/content.sha256")" == "$(cut -c1-64 "${WORK_DIR}/raw.sha256")" ]] ||
-    die "${EXIT_VERIFY}" "redis: the stored backup does not decode to the snapshot that was taken"
+  check_store redis payload "${STEP_ST[@]}"
   sent="$(sed -n 's/.* writing \([0-9][0-9]*\) bytes .*/\1/p; s/.* success after \([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/redis-cli.err" | tail -n 1)"
   [[ -z "${sent}" || "${sent}" == "${RAW_SIZE}" ]] ||
     die "${EXIT_VERIFY}" "redis: the backup holds ${RAW_SIZE} bytes of RDB, but the server sent ${sent}"
@@ -1423,14 +1499,6 @@ rdb_payload() {
   else
     cat
   fi
-}
-
-# release_fifo FIFO: make sure a reader that waits for FIFO's writer is not left waiting (when the
-# writer never started): open it for reading and writing, which never blocks, and close it.
-release_fifo() {
-  local fd
-  exec {fd}<>"$1"
-  exec {fd}>&-
 }
 
 # How long a Redis server may take to sync from a temporary one, or to load what it received.
@@ -1644,28 +1712,32 @@ recover_redis_journal() {
   fi
 }
 
-# The content: its hash (and, for a restore, the decoded RDB kept in RDB_COPY for
-# redis-check-rdb and the restore).
+# The content: a backup's RDB is checked by redis-check-rdb as it is decoded; a restore keeps the
+# decoded RDB in RDB_COPY for redis-check-rdb (content_verdict_redis) and the restore.
 content_check_redis() {
   if [[ -n "${RDB_COPY}" ]]; then
-    tee -- "${RDB_COPY}" | sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
-  else
-    sha256sum | cut -c1-64 >"${WORK_DIR}/content.sha256"
+    cat >"${RDB_COPY}"
+    return
   fi
+  if ! redis-check-rdb /dev/stdin >"${WORK_DIR}/redis-check-rdb.err" 2>&1; then
+    tail -n 3 -- "${WORK_DIR}/redis-check-rdb.err" >&2
+    return 1
+  fi
+  cat >/dev/null
+}
+
+stored_check_redis() {
+  grep -q 'RDB looks OK' "${WORK_DIR}/redis-check-rdb.err" ||
+    die "${EXIT_VERIFY}" "redis: the snapshot is not a valid RDB$(stage_message redis-check-rdb)"
 }
 
 # --- The files backup type (Files): its backup, content check, deep verify and
 # restore (generator/backup_types.py has its row). Both scripts include the backup part;
 # the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
 
-# archive_files_to FILE [EXCLUDE...]: tar of FILES_DIR, compressed and encrypted when a key is set, into FILE.
-archive_files_to() {
-  local out="$1"
-  shift
-  tar -C "${FILES_DIR}" "$@" -cf - . 2>"${WORK_DIR}/tar.err" |
-    compress 2>"${WORK_DIR}/compress.err" |
-    encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" >"${out}"
-  save_statuses "${PIPESTATUS[@]}"
+# archive_files [EXCLUDE...]: the tar of FILES_DIR on stdout (store_to's source).
+archive_files() {
+  tar -C "${FILES_DIR}" "$@" -cf - . 2>"${WORK_DIR}/tar.err"
 }
 
 backup_files() {
@@ -1708,7 +1780,7 @@ backup_files() {
   ((${#previous[@]} == 0)) || previous_entries="$(manifest_count "${BACKUP_DIR}/${previous[0]}.manifest.json" entries)"
   log INFO "files: archiving ${FILES_DIR}${FILES_EXCLUDE:+ (excluding ${FILES_EXCLUDE})}"
   register_partial "${partial}"
-  run_step archive_files_to "${partial}" "${excludes[@]}"
+  run_step store_to files "${partial}" archive_files "${excludes[@]}"
   st=("${STEP_ST[@]}")
   # GNU tar's exit 1 when creating: a file changed (or went away) while it was read, as in a
   # busy uploads folder. The archive is whole and holds what tar read: a warning, not a failure.
@@ -1718,8 +1790,7 @@ backup_files() {
     warning="${warning#tar: }"
     part_warning files "tar (exit 1): ${warning//; tar: /; }; the archive holds what tar read"
   fi
-  check_pipeline files tar compress "$(encrypt_stage_name)" -- "${st[@]}"
-  verify_stored files "${partial}"
+  check_store files tar "${st[@]}"
   entries="$(grep -cvx '\./' "${WORK_DIR}/content.list" || true)"
   if ((entries == 0 && ${previous_entries:-0} > 0)); then
     part_warning files "FILES_DIR ${FILES_DIR} is empty, but the previous files backup (${previous[0]}) had ${previous_entries} entries: is the uploads volume mounted?"

@@ -42,7 +42,9 @@ unset LANGUAGE
 : "${BACKUP_DIR:=/backups}"
 : "${FILES_DIR:=/data}"
 : "${FILES_EXCLUDE:=}"
-: "${COMPRESSION_LEVEL:=6}"
+: "${COMPRESSION:=gzip}"
+: "${COMPRESSION_LEVEL:=}"
+: "${COMPRESSION_THREADS:=}"
 : "${KEEP_MIN:=3}"
 : "${REDIS_DATA_DIR:=/redis-data}"
 : "${REDIS_DBFILENAME:=dump.rdb}"
@@ -64,12 +66,14 @@ export TZ
 # reads one; backup_class says whether a file so named is a backup).
 readonly BACKUP_TYPES=(postgresql redis files)
 declare -rA TYPE_EXTENSION=([postgresql]=sql [redis]=rdb [files]=tar)
-declare -rA CODEC_EXTENSION=([gzip]=gz)
-declare -rA EXTENSION_CODEC=([gz]=gzip)
-readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(rdb|sql|tar)\.(gz)(\.gpg)?$'
-# The codec new backups are written with.
-readonly CODEC=gzip
-# What a run writes before it renames it (the backup, its raw Redis copy, its sidecars).
+declare -rA CODEC_EXTENSION=([gzip]=gz [zstd]=zst)
+declare -rA EXTENSION_CODEC=([gz]=gzip [zst]=zstd)
+readonly BACKUP_NAME_RE='^(postgresql|redis|files)_backup_([0-9]{8})_([0-9]{6})\.(rdb|sql|tar)\.(gz|zst)(\.gpg)?$'
+# Each codec's COMPRESSION_LEVEL range and its level when that is empty: "LOW HIGH DEFAULT".
+declare -rA CODEC_LEVELS=([gzip]="1 9 6" [zstd]="1 19 3")
+# The codec new backups are written with (COMPRESSION, which check_settings checks).
+CODEC="${COMPRESSION}"
+# What a run writes before it renames it (the backup, its sidecars).
 readonly PARTIAL_NAME_RE='^(postgresql|redis|files)_backup_[0-9]{8}_[0-9]{6}\..*\.partial$'
 # A name more than this many seconds ahead of now is "in the future" (clock skew, a TZ change).
 readonly FUTURE_SLACK=86400
@@ -405,11 +409,20 @@ check_settings() {
   check_range problems POSTGRES_PORT 1 65535
   check_range problems REDIS_PORT 1 65535
   check_range problems BACKUP_RETENTION_DAYS 1 36500
-  check_range problems COMPRESSION_LEVEL 1 9
+  [[ -z "${COMPRESSION_LEVEL}" ]] || check_range problems COMPRESSION_LEVEL 1 19
+  [[ -z "${COMPRESSION_THREADS}" ]] || check_range problems COMPRESSION_THREADS 1 256
   check_range problems KEEP_MIN 1 10000
   [[ -z "${PG_MAJOR}" ]] || check_range problems PG_MAJOR 12 18
   check_range problems HEALTH_MAX_AGE 0 2678400
   check_range problems LOCK_TIMEOUT 0 86400
+  check_choice problems COMPRESSION gzip zstd
+  # COMPRESSION_LEVEL is on the scale of COMPRESSION's codec.
+  if is_uint "${COMPRESSION_LEVEL}" && [[ "${problems[*]}" != *"COMPRESSION_LEVEL: "* ]] &&
+    [[ -n "${COMPRESSION}" && -n "${CODEC_LEVELS[${COMPRESSION}]+set}" ]]; then
+    local low high
+    read -r low high _ <<<"${CODEC_LEVELS[${COMPRESSION}]}"
+    check_range problems COMPRESSION_LEVEL "${low}" "${high}" " for ${COMPRESSION}"
+  fi
   if [[ "${TZ}" != "UTC" ]] && ! tz_file "${TZ}" >/dev/null; then
     problems+=("TZ: '${TZ}' is not a known time zone (is tzdata installed?); use e.g. America/Argentina/Buenos_Aires")
   fi
@@ -424,9 +437,13 @@ check_settings() {
   fi
   # Whole numbers are decimal, as for gym-backup config check: 010 is ten, 08 is eight (bash
   # arithmetic would read a leading 0 as octal).
-  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL KEEP_MIN PG_MAJOR HEALTH_MAX_AGE LOCK_TIMEOUT; do
+  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN PG_MAJOR HEALTH_MAX_AGE LOCK_TIMEOUT; do
     [[ -z "${!name}" ]] || printf -v "${name}" '%d' "$((10#${!name}))"
   done
+  CODEC="${COMPRESSION}"
+  local level
+  read -r _ _ level <<<"${CODEC_LEVELS[${CODEC}]}"
+  COMPRESSION_LEVEL="${COMPRESSION_LEVEL:-${level}}"
 }
 
 # tz_file ZONE: the zoneinfo file of a time zone name, or fail. A name is not a path (absolute, or
@@ -443,12 +460,25 @@ tz_file() {
   printf '%s\n' "${dir}/${zone}"
 }
 
+# check_range PROBLEMS NAME LOW HIGH [WHAT]: NAME is a whole number from LOW to HIGH (WHAT: " for
+# gzip", what the range is of).
 check_range() {
   local -n _problems="$1"
-  local name="$2" low="$3" high="$4"
+  local name="$2" low="$3" high="$4" what="${5:-}"
   if ! is_uint "${!name}" || ((10#${!name} < low || 10#${!name} > high)); then
-    _problems+=("${name}: '${!name}' must be a whole number from ${low} to ${high}")
+    _problems+=("${name}: '${!name}' must be a whole number from ${low} to ${high}${what}")
   fi
+}
+
+# check_choice PROBLEMS NAME CHOICE...: NAME is one of the CHOICEs.
+check_choice() {
+  local -n _choice_problems="$1"
+  local name="$2" choice
+  shift 2
+  for choice in "$@"; do
+    [[ "${!name}" != "${choice}" ]] || return 0
+  done
+  _choice_problems+=("${name}: '${!name}' must be one of: $*")
 }
 
 # secret_problem VAR: what is wrong with how VAR or VAR_FILE is given; nothing when it is fine.
@@ -747,23 +777,36 @@ parse_name() {
   [[ -z "${BASH_REMATCH[6]}" ]] || NAME_ENCRYPTED=1
 }
 
-# The names a backup of TYPE may have, for messages: .sql.gz, then .gpg when encrypted.
+# The names a backup may have, for messages: .sql.gz or .sql.zst..., then .gpg when encrypted.
 name_endings() {
-  local type out=""
+  local type codec out=""
   for type in "${BACKUP_TYPES[@]}"; do
-    out+="${out:+, }.${TYPE_EXTENSION[${type}]}.${CODEC_EXTENSION[${CODEC}]}"
+    for codec in "${!CODEC_EXTENSION[@]}"; do
+      out+="${out:+, }.${TYPE_EXTENSION[${type}]}.${CODEC_EXTENSION[${codec}]}"
+    done
   done
   printf '%s (then .gpg when encrypted)' "${out}"
 }
 
-# Compression (the codec of the name; gzip: pigz when installed) and encryption (GPG AES256).
+# Compression (the codec of the name, COMPRESSION for new backups) and encryption (GPG AES256).
 
-compressor() {
-  if command -v pigz >/dev/null 2>&1; then
-    printf 'pigz\n'
+# codec_tool CODEC: the program that compresses and decompresses CODEC (gzip: pigz, parallel,
+# when installed; its output is the same plain gzip stream).
+codec_tool() {
+  if [[ "$1" == gzip ]]; then
+    if command -v pigz >/dev/null 2>&1; then
+      printf 'pigz\n'
+    else
+      printf 'gzip\n'
+    fi
   else
-    printf 'gzip\n'
+    printf '%s\n' "$1"
   fi
+}
+
+# The compressor of new backups.
+compressor() {
+  codec_tool "${CODEC}"
 }
 
 # compress: stdin to stdout in this run's codec; decompress CODEC: back from CODEC.
@@ -775,12 +818,26 @@ decompress() {
   "decompress_$1"
 }
 
+# gzip: COMPRESSION_THREADS limits pigz (every core by default); gzip has one thread.
 compress_gzip() {
-  "$(compressor)" -c -n "-${COMPRESSION_LEVEL}"
+  local tool
+  local -a threads=()
+  tool="$(codec_tool gzip)"
+  [[ "${tool}" != pigz || -z "${COMPRESSION_THREADS}" ]] || threads=(-p "${COMPRESSION_THREADS}")
+  "${tool}" -c -n "-${COMPRESSION_LEVEL}" "${threads[@]}"
 }
 
 decompress_gzip() {
-  "$(compressor)" -d -c
+  "$(codec_tool gzip)" -d -c
+}
+
+# zstd: -T0 is every core; its frames carry a checksum of the content, checked when decoded.
+compress_zstd() {
+  zstd -q -c "-${COMPRESSION_LEVEL}" "-T${COMPRESSION_THREADS:-0}"
+}
+
+decompress_zstd() {
+  zstd -q -d -c
 }
 
 gpg_run() {
@@ -935,7 +992,7 @@ readonly CRONTAB_FILE=/etc/gym-backup/crontab
 readonly STOP_WAIT=20
 SCHEDULER_PID=""
 # Every setting a job may need; a secret is passed as its value or its _FILE, never both.
-readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION_LEVEL KEEP_MIN REDIS_DATA_DIR REDIS_DBFILENAME REDIS_APPENDDIRNAME REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
+readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN REDIS_DATA_DIR REDIS_DBFILENAME REDIS_APPENDDIRNAME REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
 readonly SECRET_SETTINGS=(POSTGRES_PASSWORD POSTGRES_ADMIN_PASSWORD REDIS_PASSWORD ENCRYPTION_KEY)
 readonly REQUIRED_SECRETS=(POSTGRES_PASSWORD)
 

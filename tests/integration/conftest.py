@@ -235,3 +235,20 @@ def sources(
     for each module that uses them)."""
     with backed_up_sources(pg, rendered_scripts, tmp_path_factory.mktemp("sources")) as made:
         yield made
+
+
+@pytest.fixture(scope="module")
+def gpg_home() -> Iterator[Path]:
+    """One short private GnuPG home for all decryptions of this module (its agent starts once)."""
+    home = Path(tempfile.mkdtemp(prefix="gpgt-"))
+    home.chmod(0o700)
+    try:
+        yield home
+    finally:
+        subprocess.run(
+            ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+        shutil.rmtree(home, ignore_errors=True)

@@ -13,9 +13,7 @@ import re
 import shutil
 import stat
 import subprocess
-import tempfile
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +23,7 @@ import pytest
 from devtools.sandbox import PostgresServer, RedisServer, load_rdb, sql_literal
 from tests.support import (
     BACKUP,
+    CODECS,
     ENCRYPTION,
     KEY,
     LIST_ROW,
@@ -107,23 +106,6 @@ def extract_tar(tar_bytes: bytes, tmp_path: Path, name: str) -> Path:
 # ----------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def gpg_home() -> Iterator[Path]:
-    """One short private GnuPG home for all decryptions of this module (its agent starts once)."""
-    home = Path(tempfile.mkdtemp(prefix="gpgt-"))
-    home.chmod(0o700)
-    try:
-        yield home
-    finally:
-        subprocess.run(
-            ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
-            capture_output=True,
-            check=False,
-            timeout=30,
-        )
-        shutil.rmtree(home, ignore_errors=True)
-
-
 GYM_SCHEMA = r"""
 CREATE TYPE membership_level AS ENUM ('basic', 'premium', 'élite');
 CREATE SEQUENCE receipt_no START 1000;
@@ -202,9 +184,11 @@ def redis_dataset(server: RedisServer, marker: str = "") -> None:
 # ------------------------------------------------------------------------------ round trips
 
 
+@pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("key", ENCRYPTION)
 def test_postgresql_backup_restores_to_an_identical_database(
     key: str | None,
+    codec: str,
     pg: PostgresServer,
     new_db: NewDb,
     backup_env: MakeEnv,
@@ -214,11 +198,12 @@ def test_postgresql_backup_restores_to_an_identical_database(
 ) -> None:
     fresh_db, restore_db = new_db(), new_db()
     pg.psql(GYM_SCHEMA, db=fresh_db, superuser=False)
-    env = backup_env(tmp_path, encryption_key=key, POSTGRES_DB=fresh_db)
+    env = backup_env(tmp_path, encryption_key=key, POSTGRES_DB=fresh_db, COMPRESSION=codec)
 
     run_ok(run_script, BACKUP, "postgresql", env=env)
 
     stored = only_backup(tmp_path / "backups", "postgresql", encrypted=key is not None)
+    assert stored.name.split(".")[2] == CODECS[codec]
     sql = decode(stored, key, gpg_home).decode()
     assert re.search(r'^DROP TABLE IF EXISTS "public"\."members";$', sql, re.MULTILINE)
     assert re.search(r'^DROP TYPE IF EXISTS "public"\."membership_level";$', sql, re.MULTILINE)
@@ -234,9 +219,13 @@ def test_postgresql_backup_restores_to_an_identical_database(
 
 
 @pytest.mark.parametrize("key", ENCRYPTION)
-@pytest.mark.parametrize("redis_name", ["redis_auth", "redis_open"])
+@pytest.mark.parametrize(
+    ("redis_name", "codec"),
+    [("redis_auth", "gzip"), ("redis_open", "gzip"), ("redis_auth", "zstd")],
+)
 def test_redis_backup_loads_into_a_server_with_the_same_digest(
     redis_name: str,
+    codec: str,
     key: str | None,
     request: pytest.FixtureRequest,
     backup_env: MakeEnv,
@@ -246,11 +235,12 @@ def test_redis_backup_loads_into_a_server_with_the_same_digest(
 ) -> None:
     server: RedisServer = request.getfixturevalue(redis_name)
     redis_dataset(server)
-    env = backup_env(tmp_path, encryption_key=key, redis=server)
+    env = backup_env(tmp_path, encryption_key=key, redis=server, COMPRESSION=codec)
 
     run_ok(run_script, BACKUP, "redis", env=env)
 
     stored = only_backup(tmp_path / "backups", "redis", encrypted=key is not None)
+    assert stored.name.split(".")[2] == CODECS[codec]
     rdb = tmp_path / "restored.rdb"
     rdb.write_bytes(decode(stored, key, gpg_home))
     with load_rdb(rdb, tmp_path / "restore") as restored:
@@ -261,9 +251,11 @@ def test_redis_backup_loads_into_a_server_with_the_same_digest(
         assert restored.cli("XLEN", "stream:checkins") == "2"
 
 
+@pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("key", ENCRYPTION)
 def test_files_backup_extracts_to_the_same_tree(
     key: str | None,
+    codec: str,
     backup_env: MakeEnv,
     run_script: RunScript,
     gpg_home: Path,
@@ -271,11 +263,12 @@ def test_files_backup_extracts_to_the_same_tree(
 ) -> None:
     source = make_uploads(tmp_path / "uploads")
     (source / "enlace absoluto").symlink_to("/nonexistent/target with space")
-    env = backup_env(tmp_path, encryption_key=key, files_dir=source)
+    env = backup_env(tmp_path, encryption_key=key, files_dir=source, COMPRESSION=codec)
 
     run_ok(run_script, BACKUP, "files", env=env)
 
     stored = only_backup(tmp_path / "backups", "files", encrypted=key is not None)
+    assert stored.name.split(".")[2] == CODECS[codec]
     extracted = extract_tar(decode(stored, key, gpg_home), tmp_path, "extracted")
     expected = tree_state(source)
     assert tree_state(extracted) == expected

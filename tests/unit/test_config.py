@@ -51,7 +51,10 @@ def test_unknown_keys_are_ignored_but_near_misses_are_named(tmp_path: Path) -> N
     [
         ("POSTGRES_PORT", "abc", "POSTGRES_PORT: 'abc' is not a port; write digits only."),
         ("REDIS_PORT", "70000", "REDIS_PORT: 70000 is out of range; use 1 to 65535."),
-        ("COMPRESSION_LEVEL", "0", "COMPRESSION_LEVEL: 0 is out of range; use 1 to 9."),
+        ("COMPRESSION_LEVEL", "0", "COMPRESSION_LEVEL: 0 is out of range; use 1 to 19."),
+        ("COMPRESSION_LEVEL", "12", "COMPRESSION_LEVEL: 12 is out of range for gzip; use 1 to 9"),
+        ("COMPRESSION", "lz4", "COMPRESSION: 'lz4' is not one of: gzip, zstd."),
+        ("COMPRESSION_THREADS", "0", "COMPRESSION_THREADS: 0 is out of range; use 1 to 256."),
         ("KEEP_MIN", "0", "KEEP_MIN: 0 is out of range; use 1 to 10000."),
         ("BACKUP_RETENTION_DAYS", "-5", "BACKUP_RETENTION_DAYS: '-5' is not a whole number"),
         ("LOCK_TIMEOUT", "1.5", "LOCK_TIMEOUT: '1.5' is not a whole number"),
