@@ -13,7 +13,7 @@ CLEAN_ENV := env -i PATH="$$PATH" HOME="$$HOME" LANG=C.UTF-8
 # command:Debian package, for what the scripts and the tests run on this host.
 SYSTEM_TOOLS := pg_dump:postgresql-client psql:postgresql-client pg_ctlcluster:postgresql \
 	redis-server:redis-server redis-cli:redis-tools redis-check-rdb:redis-tools \
-	gpg:gnupg gpgconf:gnupg pigz:pigz strace:strace flock:util-linux tar:tar gzip:gzip \
+	gpg:gnupg gpgconf:gnupg pigz:pigz zstd:zstd strace:strace flock:util-linux tar:tar gzip:gzip \
 	sha256sum:coreutils runuser:util-linux git:git
 # The locale the tests run the scripts (and a PostgreSQL server) in, to prove nothing depends on
 # the language: generated from the locales package's data.
@@ -100,10 +100,14 @@ check-generated: generate ## Fail if docker/backup/ differs from a fresh render
 	@untracked=$$(git ls-files --others --exclude-standard -- docker/backup); \
 	if [ -n "$$untracked" ]; then echo "not committed: $$untracked" >&2; exit 1; fi
 
+# make bench BENCH_SCALE=large: about 1 GB of dump, 1 M Redis keys and 500 MB of files (small is a
+# tenth of it; a number is a fraction of large). BENCH_RUNS: runs per case (the median counts).
+BENCH_SCALE ?= small
+BENCH_RUNS ?= 3
 .PHONY: bench
-bench: install ## Time the CLI's start, and backups and verifies on real servers
+bench: install ## Time the CLI's start; backups and restores beside the limit and the usual pipeline
 	$(BIN)/python bench/cli_startup.py
-	$(BIN)/python bench/backup_throughput.py
+	BENCH_SCALE='$(BENCH_SCALE)' BENCH_RUNS='$(BENCH_RUNS)' $(BIN)/python -m bench.main
 
 .PHONY: clean
 clean: ## Remove the venv, caches and the demo's output
