@@ -16,6 +16,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -334,6 +335,33 @@ def processes_in(folder: Path) -> list[str]:
         if cwd == prefix or cwd.startswith(prefix + "/"):
             found.append(f"{proc.name}: {cmdline.strip()} (in {cwd})")
     return found
+
+
+def kill_stage_when_writing(
+    run: subprocess.Popen[str], flag: str, partial_glob: Path, min_bytes: int, what: str
+) -> str:
+    """SIGKILL the process of ``run`` (a backup started with :func:`start_script`) whose argv
+    holds ``flag`` once a file matching ``partial_glob`` holds ``min_bytes`` or more; the run's
+    stderr once it has ended (it is killed if it does not end by itself)."""
+    victim: list[int] = []
+
+    def ready() -> bool:
+        pid = next((p for p, argv in descendants(run.pid) if flag in argv), None)
+        partial = list(partial_glob.parent.glob(partial_glob.name))
+        if pid is None or not partial or partial[0].stat().st_size < min_bytes:
+            return False
+        victim.append(pid)
+        return True
+
+    try:
+        wait_for(ready, what, timeout=60)
+        os.kill(victim[0], signal.SIGKILL)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    return err
 
 
 def descendants(pid: int) -> list[tuple[int, list[str]]]:

@@ -23,9 +23,9 @@ from tests.support import (
     MakeEnv,
     NewDb,
     RunScript,
-    descendants,
     folder_state,
     holding_the_lock,
+    kill_stage_when_writing,
     run_ok,
     start_script,
     table_lock,
@@ -241,24 +241,10 @@ def test_gpg_killed_mid_way_leaves_no_final_file_no_partial_and_no_plaintext(
         (uploads / f"video-{i}.bin").write_bytes(os.urandom(25 * 1024 * 1024))
 
     run = start_script(rendered_scripts, BACKUP, "files", env={**env, "FILES_DIR": str(uploads)})
-    try:
-        gpg_pid: list[int] = []
-
-        def encrypting() -> bool:
-            pid = next((p for p, argv in descendants(run.pid) if "--symmetric" in argv), None)
-            partial = list(backups.glob("files_backup_*.tar.gz.gpg.partial"))
-            if pid is None or not partial or partial[0].stat().st_size == 0:
-                return False
-            gpg_pid.append(pid)
-            return True
-
-        wait_for(encrypting, "gpg to be encrypting into the .partial file", timeout=60)
-        os.kill(gpg_pid[0], signal.SIGKILL)
-        _, err = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
+    err = kill_stage_when_writing(
+        run, "--symmetric", backups / "files_backup_*.tar.gz.gpg.partial", 1,
+        "gpg to be encrypting into the .partial file",
+    )  # fmt: skip
 
     assert run.returncode == EXIT_FAILED
     assert "files: encrypt failed (exit 137)" in err

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -27,15 +26,14 @@ from tests.support import (
     RunScript,
     backups_of,
     decode,
-    descendants,
     folder_state,
+    kill_stage_when_writing,
     make_uploads,
     run_direct,
     run_ok,
     script_env,
     start_script,
     tree_state,
-    wait_for,
 )
 
 EXIT_VERIFY = 4
@@ -215,24 +213,10 @@ def test_a_backup_whose_decoding_branch_is_killed_fails_and_publishes_nothing(
                      COMPRESSION=codec, COMPRESSION_THREADS="1")  # fmt: skip
 
     run = start_script(rendered_scripts, BACKUP, "files", env=env)
-    try:
-        decryptor: list[int] = []
-
-        def decrypting() -> bool:
-            pid = next((p for p, argv in descendants(run.pid) if "--decrypt" in argv), None)
-            partial = list(backups.glob("files_backup_*.partial"))
-            if pid is None or not partial or partial[0].stat().st_size < 1 << 20:
-                return False
-            decryptor.append(pid)
-            return True
-
-        wait_for(decrypting, "the stored bytes to be decrypted as they are written", timeout=60)
-        os.kill(decryptor[0], signal.SIGKILL)
-        _, err = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
+    err = kill_stage_when_writing(
+        run, "--decrypt", backups / "files_backup_*.partial", 1 << 20,
+        "the stored bytes to be decrypted as they are written",
+    )  # fmt: skip
 
     assert run.returncode == EXIT_VERIFY, err
     assert "files: the new backup failed verification (decode exit " in err
