@@ -147,8 +147,13 @@ class Stack:
         last = docker("inspect", "--format", "{{json .State.Health}}", CONTAINER).stdout
         raise AssertionError(f"{CONTAINER} not {wanted} after {timeout}s: {last[-1500:]}")
 
-    def exec(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return docker("exec", CONTAINER, *args, check=False, timeout=timeout)
+    def exec(
+        self, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``docker exec`` in the backup container; ``env``: settings for this run (no secret:
+        they are on docker's command line)."""
+        options = [f"--env={name}={value}" for name, value in (env or {}).items()]
+        return docker("exec", *options, CONTAINER, *args, check=False, timeout=timeout)
 
     def port(self, service: str, port: int) -> int:
         out = self.compose("port", service, str(port)).stdout.strip()

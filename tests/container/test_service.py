@@ -7,11 +7,13 @@ container), the health and stop scenarios last.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from generator import render
 from generator.config import load_settings
@@ -25,25 +27,24 @@ from tests.container.conftest import (
     Stack,
     docker,
 )
-from tests.support import GYM_BACKUP
-
-BACKUP_RE = re.compile(r"^(postgresql|redis|files)_backup_(\d{8}_\d{6})\.(sql|rdb|tar)\.gz\.gpg$")
+from tests.support import BACKUP_NAME, CODECS, GYM_BACKUP
 
 
 def backups(folder: Path) -> dict[str, list[str]]:
     """The backups in ``folder`` by type, oldest first."""
     found: dict[str, list[str]] = {"postgresql": [], "redis": [], "files": []}
     for path in sorted(folder.iterdir()):
-        match = BACKUP_RE.match(path.name)
+        match = BACKUP_NAME.fullmatch(path.name)
         if match:
-            found[match.group(1)].append(path.name)
+            found[match["type"]].append(path.name)
     return found
 
 
 def created_at(name: str) -> datetime:
-    match = BACKUP_RE.match(name)
+    match = BACKUP_NAME.fullmatch(name)
     assert match, name
-    return datetime.strptime(match.group(2), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+    stamp = f"{match['day']}_{match['clock']}"
+    return datetime.strptime(stamp, "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
 
 
 def started_at() -> datetime:
@@ -124,15 +125,17 @@ def test_docker_exec_backup_full_writes_all_three_backups(stack: Stack) -> None:
     assert check.returncode == 0, check.stdout
 
 
-def test_a_restore_round_trip_through_docker_exec(stack: Stack) -> None:
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_restore_round_trip_through_docker_exec(codec: str, stack: Stack) -> None:
     psql(
         stack,
         "CREATE TABLE IF NOT EXISTS members (id int PRIMARY KEY, name text);"
         "TRUNCATE members; INSERT INTO members VALUES (1, 'Sofía'), (2, 'Björn');",
     )
-    result = stack.exec("/usr/local/bin/backup_script.sh", "postgresql")
+    result = stack.exec("/usr/local/bin/backup_script.sh", "postgresql", env={"COMPRESSION": codec})
     assert result.returncode == 0, result.stderr
     name = backups(stack.backups)["postgresql"][-1]
+    assert name.endswith(f".sql.{CODECS[codec]}.gpg")
     psql(stack, "DELETE FROM members WHERE id = 2; INSERT INTO members VALUES (3, 'intruso');")
 
     restored = stack.exec("/usr/local/bin/restore_script.sh", "postgresql", name, "--clean")
@@ -423,16 +426,28 @@ def hold_table_lock(stack: Stack, table: str) -> subprocess.Popen[str]:
     assert session.stdin is not None
     session.stdin.write(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;\n")
     session.stdin.flush()
+    granted = (
+        "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted"  # noqa: S608
+        f" AND relation = '{table}'::regclass"
+    )
+    deadline = time.monotonic() + 30
+    while psql(stack, granted) != "1":
+        assert time.monotonic() < deadline, f"the lock on {table} was not granted"
+        time.sleep(0.1)
     return session
 
 
-def stop_during_a_blocked_backup(stack: Stack, log_name: str, timeout: float) -> float:
-    """With pg_dump held by a lock, wait for a PostgreSQL backup's partial file, then
-    `docker stop` the service; the seconds it took. The service is started again after."""
+def stop_during_a_blocked_backup(
+    stack: Stack, log_name: str, timeout: float, begin: Callable[[], object] = lambda: None
+) -> float:
+    """With pg_dump held by a lock (taken before ``begin`` starts a backup), wait for a
+    PostgreSQL backup's partial file, then `docker stop` the service; the seconds it took. The
+    service is started again after."""
     psql(stack, "CREATE TABLE IF NOT EXISTS stop_probe (x int)")
     finals = set(backups(stack.backups)["postgresql"])
     blocker = hold_table_lock(stack, "stop_probe")
     try:
+        begin()
         deadline = time.monotonic() + timeout
         while not list(stack.backups.glob("postgresql_backup_*.partial")):
             assert time.monotonic() < deadline, "no backup started writing"
@@ -457,14 +472,20 @@ def stop_during_a_blocked_backup(stack: Stack, log_name: str, timeout: float) ->
 
 
 def test_docker_stop_interrupts_a_docker_exec_backup_cleanly(stack: Stack) -> None:
-    run = subprocess.Popen(
-        ["docker", "exec", CONTAINER, "/usr/local/bin/backup_script.sh", "postgresql"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    elapsed = stop_during_a_blocked_backup(stack, "backup.log", timeout=60)
-    _, err = run.communicate(timeout=60)
+    runs: list[subprocess.Popen[str]] = []
+
+    def start() -> None:
+        runs.append(
+            subprocess.Popen(
+                ["docker", "exec", CONTAINER, "/usr/local/bin/backup_script.sh", "postgresql"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+
+    elapsed = stop_during_a_blocked_backup(stack, "backup.log", timeout=60, begin=start)
+    _, err = runs[0].communicate(timeout=60)
     assert "interrupted by SIGTERM" in err
     assert elapsed < 20, f"docker stop took {elapsed:.1f}s"
 
