@@ -171,14 +171,16 @@ SETTINGS: tuple[Setting, ...] = (
         "REDIS_DATA_DIR",
         "/redis-data",
         Kind.ABS_PATH,
-        "Redis data folder (a shared volume), written by 'restore redis --mode file'.",
+        "Redis data folder (a shared volume): backups read the RDB file a BGSAVE writes there "
+        "(else they take it through redis-cli --rdb); 'restore redis --mode file' writes there.",
     ),
     Setting(
         "REDIS_DBFILENAME",
         "dump.rdb",
         Kind.NAME,
-        "The RDB file Redis loads (its dbfilename), written by 'restore redis --mode file' when "
-        "the server does not allow CONFIG GET (otherwise the server's own is used).",
+        "The RDB file Redis loads (its dbfilename), read by backups and written by 'restore redis "
+        "--mode file' when the server does not allow CONFIG GET (otherwise the server's own is "
+        "used).",
     ),
     Setting(
         "REDIS_APPENDDIRNAME",

@@ -37,6 +37,7 @@ from devtools.sandbox import (
     PostgresServer,
     RedisServer,
     SandboxError,
+    load_rdb,
     resp_command,
     sql_ident,
     sql_literal,
@@ -916,6 +917,103 @@ def wait_aof_rewrite(server: RedisServer) -> None:
         "the AOF rewrite to finish",
         timeout=30,
     )
+
+
+# The settings of the live server that a backup's snapshot must leave as they are.
+SNAPSHOT_SETTINGS = (
+    "save",
+    "dir",
+    "dbfilename",
+    "appendonly",
+    "repl-diskless-sync",
+    "repl-diskless-sync-delay",
+)
+
+
+def redis_settings(server: RedisServer) -> dict[str, bytes]:
+    """The server's :data:`SNAPSHOT_SETTINGS` (CONFIG GET), by name."""
+    settings: dict[str, bytes] = {}
+    with Resp(server) as r:
+        for name in SNAPSHOT_SETTINGS:
+            reply = r.call("CONFIG", "GET", name)
+            assert isinstance(reply, list), (name, reply)
+            assert len(reply) == 2, (name, reply)
+            value = reply[1]
+            assert isinstance(value, bytes)
+            settings[name] = value
+    return settings
+
+
+def persistence(server: RedisServer) -> dict[str, str]:
+    """The server's INFO persistence, field by field (``rdb_saves``: the saves it started)."""
+    lines = server.cli("INFO", "persistence").replace("\r", "").splitlines()
+    return dict(line.split(":", 1) for line in lines if ":" in line)
+
+
+@contextlib.contextmanager
+def paused_fork(server: RedisServer, command: str) -> Iterator[None]:
+    """``command`` (BGSAVE or BGREWRITEAOF) has the server write its dataset in a child process,
+    which is stopped (SIGSTOP) for the block: a save or rewrite in progress for as long as the test
+    needs; at the end it goes on (SIGCONT) and finishes. The child writes its keys 50 ms apart, so
+    that it is still at work when it is stopped; the server's later saves go at full speed."""
+    assert server.process is not None
+    pid = server.process.pid
+    server.cli("CONFIG", "SET", "rdb-key-save-delay", "50000")
+    try:
+        reply = server.cli(command)
+    finally:
+        server.cli("CONFIG", "SET", "rdb-key-save-delay", "0")
+    assert "started" in reply, reply
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, f"after {command} the server has the children {children}"
+    child = int(children[0])
+    os.kill(child, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGCONT)
+
+
+def backup_digest(
+    backup: Path, workdir: Path, key: str | None = None, home: Path | None = None
+) -> str:
+    """The DEBUG DIGEST of a fresh redis-server that loaded the RDB of the Redis backup ``backup``
+    (decoded as :func:`decode` does, in ``workdir``): equal to the source's for the same data."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    rdb = workdir / "restored.rdb"
+    rdb.write_bytes(decode(backup, key, home))
+    with load_rdb(rdb, workdir / "loaded") as restored:
+        return restored.digest()
+
+
+@contextlib.contextmanager
+def read_only_view(folder: Path, mount_point: Path) -> Iterator[Path]:
+    """``folder`` bind-mounted read-only at ``mount_point`` (made) for the block, as a container
+    mounts a volume ``:ro``; the test is skipped where it cannot mount (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    mount_point.mkdir(parents=True)
+    bound = subprocess.run(
+        ["mount", "--bind", str(folder), str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if bound.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {bound.stderr.strip()}")
+    try:
+        ro = subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(mount_point)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if ro.returncode != 0:
+            pytest.skip(f"cannot make a bind mount read-only here: {ro.stderr.strip()}")
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], capture_output=True, check=False)
 
 
 # ------------------------------------------------------------------------------ files

@@ -1993,6 +1993,183 @@ redis_check_reachable() {
   die "${EXIT_FAILED}" "redis: cannot reach ${REDIS_HOST}:${REDIS_PORT}: ${out//$'\n'/ }; ${hint}"
 }
 
+# ---------------------------------------------------------------------------------------------
+# The snapshot. Where REDIS_DATA_DIR (the server's data volume) holds the server's RDB file, the
+# server writes it anew (BGSAVE, as its save points do) and the backup streams the new file from
+# there as soon as it is written. Else the snapshot comes through redis-cli --rdb, a replication
+# transfer, which the server starts only after its repl-diskless-sync-delay (5 s by default)
+# whatever the size. Either way the live server's settings are left as they are, and no raw RDB
+# is copied anywhere: it streams into store_to.
+
+# How long a BGSAVE may take before the snapshot goes through redis-cli --rdb instead.
+readonly REDIS_BGSAVE_TIMEOUT=600
+
+# The server's RDB file in REDIS_DATA_DIR (redis_rdb_file), and the descriptor that holds it open
+# once the BGSAVE wrote it (redis_bgsave); why the snapshot goes through redis-cli --rdb instead.
+RDB_PATH=""
+RDB_FD=""
+RDB_FALLBACK=""
+
+# redis_config_get NAME: the value of a setting of the server (empty when CONFIG is refused).
+redis_config_get() {
+  redis_cli CONFIG GET "$1" 2>/dev/null | sed -n 2p | tr -d '\r'
+}
+
+# redis_config_allowed: the server answers CONFIG GET (managed services rename or disable CONFIG).
+redis_config_allowed() {
+  [[ "$(redis_cli CONFIG GET dbfilename 2>/dev/null | head -n 1 | tr -d '\r')" == dbfilename ]]
+}
+
+# redis_dbfilename: the name of the server's RDB file: its dbfilename when it allows CONFIG GET,
+# else REDIS_DBFILENAME.
+redis_dbfilename() {
+  local name="${REDIS_DBFILENAME}"
+  if redis_config_allowed; then
+    name="$(redis_config_get dbfilename)"
+  fi
+  printf '%s\n' "${name:-dump.rdb}"
+}
+
+# plain_name NAME: NAME is a plain file name (no folder in it), as Redis's file settings must be.
+plain_name() {
+  [[ "$1" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]]
+}
+
+# redis_rdb_file: REDIS_DATA_DIR is a readable folder that holds the server's RDB file, with room
+# for a new one beside it: its path in RDB_PATH; else the reason in RDB_FALLBACK. A server that has
+# no RDB file there is not given one (with no AOF and no save points, it would load it at its next
+# start instead of starting empty); a failed BGSAVE would make a server with save points refuse
+# writes (stop-writes-on-bgsave-error) until a save succeeds; the safety backup of a restore leaves
+# the files that the restore promises to put back as they are.
+redis_rdb_file() {
+  local dir="${REDIS_DATA_DIR%/}" name size free
+  RDB_PATH=""
+  RDB_FALLBACK=""
+  if [[ "${BACKUP_PURPOSE}" != backup ]]; then
+    RDB_FALLBACK="a safety backup leaves the server's files as they are"
+    return 1
+  fi
+  if [[ ! -d "${dir}/" || ! -r "${dir}/" || ! -x "${dir}/" ]]; then
+    RDB_FALLBACK="REDIS_DATA_DIR ${REDIS_DATA_DIR} is not a readable folder"
+    return 1
+  fi
+  name="$(redis_dbfilename)"
+  if ! plain_name "${name}"; then
+    RDB_FALLBACK="the server's dbfilename '${name}' is not a plain file name"
+    return 1
+  fi
+  if [[ ! -f "${dir}/${name}" ]]; then
+    RDB_FALLBACK="REDIS_DATA_DIR ${REDIS_DATA_DIR} holds no ${name} (the server's dbfilename; REDIS_DBFILENAME where CONFIG is not allowed)"
+    return 1
+  fi
+  if [[ ! -r "${dir}/${name}" ]]; then
+    RDB_FALLBACK="${dir}/${name} is not readable"
+    return 1
+  fi
+  size="$(file_size "${dir}/${name}")"
+  free="$(free_bytes "${dir}")"
+  if ((free < size + size / 10)); then
+    RDB_FALLBACK="REDIS_DATA_DIR ${REDIS_DATA_DIR} has $(human_size "${free}") free, too little for a new ${name} beside the old one ($(human_size "${size}"))"
+    return 1
+  fi
+  RDB_PATH="${dir}/${name}"
+}
+
+# redis_persistence: INFO persistence of the server, without the carriage returns.
+redis_persistence() {
+  redis_cli INFO persistence 2>&1 | tr -d '\r'
+}
+
+# redis_bgsave: have the server write RDB_PATH anew (BGSAVE SCHEDULE, which also waits for an AOF
+# rewrite in progress, and waits for a save in progress first), wait until it is written, and open
+# it at once: RDB_FD holds the new file, whatever a later save renames over it. Fails, with the
+# reason in RDB_FALLBACK, when the server refuses or the file is not the one it wrote. INFO's
+# rdb_saves (Redis 7.0 and later) counts the saves started (the diskless transfers of
+# replication not among them): once it has grown since just before the request and no save is in
+# progress, a save that started after the request is done, and the file is at least that new.
+redis_bgsave() {
+  local info saves="" reply="" deadline ref="${WORK_DIR}/bgsave.started"
+  deadline=$((EPOCHSECONDS + REDIS_BGSAVE_TIMEOUT))
+  while :; do
+    # The file written by this save is not older than this mark (same clock as the file's).
+    : >"${ref}"
+    info="$(redis_persistence)"
+    saves="$(info_field "${info}" rdb_saves)"
+    if ! is_uint "${saves}"; then
+      RDB_FALLBACK="INFO persistence has no rdb_saves (Redis older than 7.0, or INFO not allowed: ${info%%$'\n'*})"
+      return 1
+    fi
+    reply="$(redis_cli BGSAVE SCHEDULE 2>&1 | tr -d '\r')" || true
+    [[ "${reply}" == *"already in progress"* ]] || break
+    # Another save is being written (or sent to a replica): the request is for after it.
+    log INFO "redis: a save is in progress on ${REDIS_HOST}:${REDIS_PORT}: the BGSAVE waits for its end"
+    redis_wait_saves "" "${deadline}" || return 1
+  done
+  case "${reply}" in
+    "Background saving started") ;;
+    "Background saving scheduled") log INFO "redis: the BGSAVE is scheduled on ${REDIS_HOST}:${REDIS_PORT}, after the AOF rewrite in progress" ;;
+    *)
+      RDB_FALLBACK="BGSAVE was refused: ${reply//$'\n'/ }"
+      return 1
+      ;;
+  esac
+  redis_wait_saves "${saves}" "${deadline}" || return 1
+  info="$(redis_persistence)"
+  if [[ "$(info_field "${info}" rdb_last_bgsave_status)" != ok ]]; then
+    RDB_FALLBACK="the BGSAVE failed (rdb_last_bgsave_status $(info_field "${info}" rdb_last_bgsave_status); see the server's log)"
+    return 1
+  fi
+  if ! exec {RDB_FD}<"${RDB_PATH}" 2>/dev/null; then
+    RDB_FD=""
+    RDB_FALLBACK="cannot open ${RDB_PATH} after the BGSAVE"
+    return 1
+  fi
+  if [[ "${ref}" -nt "/proc/self/fd/${RDB_FD}" ]]; then
+    exec {RDB_FD}<&-
+    RDB_FD=""
+    RDB_FALLBACK="${RDB_PATH} is older than the BGSAVE: the server writes its RDB file elsewhere (is REDIS_DATA_DIR its data folder, mounted from REDIS_DATA_SOURCE?)"
+    return 1
+  fi
+}
+
+# redis_wait_saves SAVES DEADLINE: wait until no save is in progress and, when SAVES is given,
+# rdb_saves has grown past it; polled often at first, less as it lasts. Fails (RDB_FALLBACK) after
+# DEADLINE (in EPOCHSECONDS) or when INFO fails.
+redis_wait_saves() {
+  local saves="$1" deadline="$2" info now pause=0.005
+  while :; do
+    info="$(redis_persistence)"
+    now="$(info_field "${info}" rdb_saves)"
+    if ! is_uint "${now}"; then
+      RDB_FALLBACK="INFO persistence failed while waiting for the BGSAVE: ${info%%$'\n'*}"
+      return 1
+    fi
+    if [[ "$(info_field "${info}" rdb_bgsave_in_progress)" == 0 ]] && { [[ -z "${saves}" ]] || ((now > saves)); }; then
+      return 0
+    fi
+    if ((EPOCHSECONDS >= deadline)); then
+      RDB_FALLBACK="the BGSAVE did not finish within ${REDIS_BGSAVE_TIMEOUT}s"
+      return 1
+    fi
+    sleep "${pause}"
+    case "${pause}" in
+      0.005) pause=0.01 ;;
+      0.01) pause=0.02 ;;
+      0.02) pause=0.05 ;;
+      *) pause=0.1 ;;
+    esac
+  done
+}
+
+# snapshot_redis_file: the RDB file that RDB_FD holds open, on stdout (store_to's source); the
+# status of its reading in WORK_DIR/source.st.
+snapshot_redis_file() {
+  cat <&"${RDB_FD}" 2>"${WORK_DIR}/read.err"
+  local rc=$?
+  printf '%s\n' "${rc}" >"${WORK_DIR}/source.st"
+  return "${rc}"
+}
+
 # snapshot_redis: the RDB on stdout, streamed from redis-cli --rdb (store_to's source); the
 # statuses of redis-cli and rdb_payload in WORK_DIR/source.st.
 snapshot_redis() {
@@ -2002,24 +2179,27 @@ snapshot_redis() {
   return "${st[1]}"
 }
 
-backup_redis() {
-  local ts="$1" epoch="$2"
-  local final partial server_version started sent cli_rc=0
-  final="${BACKUP_DIR}/$(backup_name redis "${ts}")"
-  partial="${final}.partial"
-  started="${EPOCHREALTIME}"
-  require_tools redis-cli redis-check-rdb "$(compressor)"
-  redis_check_reachable
-  server_version="$(redis_cli INFO server | sed -n 's/^redis_version:\([^[:space:]]*\).*/\1/p')"
-  if ((DRY_RUN)); then
-    log INFO "dry run: would snapshot Redis ${server_version} at ${REDIS_HOST}:${REDIS_PORT} into ${final}"
-    return 0
-  fi
-  check_free_space redis
-  log INFO "redis: taking an RDB snapshot of ${REDIS_HOST}:${REDIS_PORT} (Redis ${server_version})"
-  register_partial "${partial}"
-  # The snapshot streams from redis-cli into the stored file: no raw RDB is ever written (with
-  # ENCRYPTION_KEY set, no plaintext touches a disk); redis-check-rdb reads it as it is decoded.
+# store_redis_file PARTIAL: store the RDB file the BGSAVE wrote (RDB_FD) into PARTIAL; what was
+# stored decodes to as many bytes as the file holds.
+store_redis_file() {
+  local partial="$1" rc=0 size
+  run_step store_to redis "${partial}" snapshot_redis_file
+  [[ ! -s "${WORK_DIR}/source.st" ]] || read -r rc <"${WORK_DIR}/source.st"
+  # (cat's exit 141 is SIGPIPE: a later stage stopped reading, and is the cause.)
+  ((rc == 0 || rc == 141)) || die "${EXIT_FAILED}" "redis: cannot read ${RDB_PATH}$(stage_message read)"
+  check_store redis read "${STEP_ST[@]}"
+  # The descriptor still holds the file that was read, whatever was renamed over it since.
+  size="$(stat -L -c %s -- "/proc/self/fd/${RDB_FD}")"
+  exec {RDB_FD}<&-
+  RDB_FD=""
+  [[ "${size}" == "${RAW_SIZE}" ]] ||
+    die "${EXIT_VERIFY}" "redis: the backup holds ${RAW_SIZE} bytes of RDB, but ${RDB_PATH} has ${size}"
+}
+
+# store_redis_replica PARTIAL: store the snapshot redis-cli --rdb receives into PARTIAL; what
+# was stored decodes to as many bytes as the server sent.
+store_redis_replica() {
+  local partial="$1" cli_rc=0 sent
   run_step store_to redis "${partial}" snapshot_redis
   [[ ! -s "${WORK_DIR}/source.st" ]] || read -r cli_rc _ <"${WORK_DIR}/source.st"
   # (redis-cli's exit 141 is SIGPIPE: a later stage stopped reading, and is the cause.)
@@ -2033,6 +2213,39 @@ backup_redis() {
   sent="$(sed -n 's/.* writing \([0-9][0-9]*\) bytes .*/\1/p; s/.* success after \([0-9][0-9]*\) bytes.*/\1/p' "${WORK_DIR}/redis-cli.err" | tail -n 1)"
   [[ -z "${sent}" || "${sent}" == "${RAW_SIZE}" ]] ||
     die "${EXIT_VERIFY}" "redis: the backup holds ${RAW_SIZE} bytes of RDB, but the server sent ${sent}"
+}
+
+backup_redis() {
+  local ts="$1" epoch="$2"
+  local final partial server_version started asked
+  final="${BACKUP_DIR}/$(backup_name redis "${ts}")"
+  partial="${final}.partial"
+  started="${EPOCHREALTIME}"
+  require_tools redis-cli redis-check-rdb "$(compressor)"
+  redis_check_reachable
+  server_version="$(redis_cli INFO server | sed -n 's/^redis_version:\([^[:space:]]*\).*/\1/p')"
+  if ((DRY_RUN)); then
+    if redis_rdb_file; then
+      log INFO "dry run: would snapshot Redis ${server_version} at ${REDIS_HOST}:${REDIS_PORT} from ${RDB_PATH} after BGSAVE into ${final}"
+    else
+      log INFO "dry run: would snapshot Redis ${server_version} at ${REDIS_HOST}:${REDIS_PORT} through redis-cli --rdb (${RDB_FALLBACK}) into ${final}"
+    fi
+    return 0
+  fi
+  check_free_space redis
+  log INFO "redis: taking an RDB snapshot of ${REDIS_HOST}:${REDIS_PORT} (Redis ${server_version})"
+  register_partial "${partial}"
+  # The snapshot streams from the RDB file or from redis-cli into the stored file: no raw RDB is
+  # ever written (with ENCRYPTION_KEY set, no plaintext touches a disk); redis-check-rdb reads it
+  # as it is decoded.
+  asked="${EPOCHREALTIME}"
+  if redis_rdb_file && redis_bgsave; then
+    log INFO "redis: snapshot of ${REDIS_HOST}:${REDIS_PORT} from ${RDB_PATH} after BGSAVE (saved in $(((${EPOCHREALTIME/./} - ${asked/./}) / 1000)) ms)"
+    store_redis_file "${partial}"
+  else
+    log INFO "redis: snapshot of ${REDIS_HOST}:${REDIS_PORT} through redis-cli --rdb (replication): ${RDB_FALLBACK}"
+    store_redis_replica "${partial}"
+  fi
   finish_backup redis "${partial}" "${final}" "${epoch}" "${started}" \
     "{\"host\": $(json_str "${REDIS_HOST}"), \"port\": ${REDIS_PORT}}" \
     "${server_version}" "\"redis_cli\": $(json_str "$(first_line redis-cli --version)")"
@@ -2418,10 +2631,6 @@ deep_redis() {
   stop_temp_redis
 }
 
-redis_config_get() {
-  redis_cli CONFIG GET "$1" 2>/dev/null | sed -n 2p | tr -d '\r'
-}
-
 # The address of this host on the network the live Redis is on.
 restore_host() {
   if [[ -n "${REDIS_RESTORE_HOST}" ]]; then
@@ -2586,7 +2795,7 @@ set_aside() {
 
 # A name Redis is configured with (dbfilename, appenddirname, appendfilename) is a plain file name.
 require_plain_name() {
-  [[ "$2" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] ||
+  plain_name "$2" ||
     die "${EXIT_REFUSED}" "redis: the ${1} '${2}' is not a plain file name; set ${3} to the name Redis uses. Nothing was changed."
 }
 
@@ -2614,13 +2823,13 @@ restore_redis_file() {
     info="$(redis_cli INFO 2>/dev/null | tr -d '\r')"
     LIVE_RUN_ID="$(info_field "${info}" run_id)"
     [[ -n "${LIVE_RUN_ID}" ]] || die "${EXIT_REFUSED}" "redis: INFO is not allowed on ${REDIS_HOST}:${REDIS_PORT}, so whether it restarts with the backup could not be checked; stop Redis, then run this restore while it is stopped. Nothing was changed."
-    if [[ "$(redis_cli CONFIG GET dbfilename 2>/dev/null | head -n 1 | tr -d '\r')" == dbfilename ]]; then
-      dbfilename="$(redis_config_get dbfilename)"
+    dbfilename="$(redis_dbfilename)"
+    if redis_config_allowed; then
       aof_dir="$(redis_config_get appenddirname)"
       aof_name="$(redis_config_get appendfilename)"
       appendonly="$(redis_config_get appendonly)"
       save="$(redis_config_get save)"
-      : "${dbfilename:=dump.rdb}" "${aof_dir:=appendonlydir}" "${aof_name:=appendonly.aof}"
+      : "${aof_dir:=appendonlydir}" "${aof_name:=appendonly.aof}"
     else
       log INFO "redis: CONFIG is not allowed on ${REDIS_HOST}:${REDIS_PORT}: the restore writes ${dbfilename} (REDIS_DBFILENAME) and ${aof_dir} (REDIS_APPENDDIRNAME)"
       [[ "$(info_field "${info}" aof_enabled)" != 1 ]] || appendonly=yes

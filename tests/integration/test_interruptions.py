@@ -24,7 +24,10 @@ from tests.support import (
     Resp,
     RunScript,
     descendants,
+    load_redis_dataset,
     only_backup,
+    paused_fork,
+    redis_settings,
     run_ok,
     start_script,
     table_lock,
@@ -103,6 +106,41 @@ def test_sigterm_during_a_full_backup_names_what_was_published(
         ["sha256sum", "-c", f"{published.name}.sha256"], cwd=backups, check=False
     )
     assert checked.returncode == 0
+
+
+def test_sigterm_while_a_redis_backup_waits_for_its_bgsave_stops_it_and_leaves_nothing(
+    backup_env: MakeEnv, rendered_scripts: Path, tmp_path: Path
+) -> None:
+    backups = tmp_path / "backups"
+    with start_redis(tmp_path / "redis") as redis:
+        load_redis_dataset(redis)
+        redis.cli("SAVE")
+        settings = redis_settings(redis)
+        env = backup_env(tmp_path, redis=redis, REDIS_DATA_DIR=str(redis.dir), TMPDIR=str(tmp_path))
+        # a save in progress that does not end until the test lets it: the backup waits for it
+        with paused_fork(redis, "BGSAVE"):
+            run = start_script(rendered_scripts, BACKUP, "redis", env=env)
+            log = backups / "backup.log"
+            wait_for(
+                lambda: log.exists() and "the BGSAVE waits for its end" in log.read_text(),
+                "the backup to wait for the save in progress",
+                timeout=60,
+            )
+            steps = descendants(run.pid)
+            os.kill(run.pid, signal.SIGTERM)
+            _, err = run.communicate(timeout=30)
+        after = redis_settings(redis)
+
+    assert run.returncode == 143, err
+    assert (
+        "interrupted by SIGTERM: nothing was published under a final name; "
+        "stopped: redis (nothing of it was published); not started: none"
+    ) in err
+    assert not list(backups.glob("redis_backup_*"))
+    for pid, argv in steps:
+        assert not Path(f"/proc/{pid}").exists(), f"left running: {argv}"
+    assert [p.name for p in tmp_path.glob("gym-backup-*")] == []
+    assert after == settings
 
 
 def test_sigterm_to_a_postgresql_restore_before_its_commit_rolls_it_back(

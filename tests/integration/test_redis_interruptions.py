@@ -39,13 +39,18 @@ from tests.support import (
 # --------------------------------------------------------------- no plaintext of a backup
 
 
+@pytest.mark.parametrize("source", ["replication", "data-dir"])
 def test_an_encrypted_redis_backup_never_puts_the_snapshot_in_clear_on_disk_even_when_killed(
-    backup_env: MakeEnv, rendered_scripts: Path, short_tmp: Path, tmp_path: Path
+    source: str, backup_env: MakeEnv, rendered_scripts: Path, short_tmp: Path, tmp_path: Path
 ) -> None:
     backups = tmp_path / "backups"
     with start_redis(tmp_path / "redis") as live:
         load_random_values(live, 24)
         env = backup_env(tmp_path, encryption_key=KEY, redis=live, TMPDIR=str(short_tmp))
+        if source == "data-dir":
+            # the snapshot streams from the RDB file a BGSAVE writes there, never copied
+            live.cli("SAVE")
+            env["REDIS_DATA_DIR"] = str(live.dir)
         with RdbWatch(backups, short_tmp) as watch:
             run = start_script(
                 rendered_scripts, BACKUP, "redis", env=env, quiet=True, new_session=True
@@ -62,6 +67,8 @@ def test_an_encrypted_redis_backup_never_puts_the_snapshot_in_clear_on_disk_even
                 run.wait(timeout=60)
 
     assert watch.seen == {}, "a snapshot in clear was on disk during the backup"
+    way = "after BGSAVE" if source == "data-dir" else "through redis-cli --rdb"
+    assert way in (backups / "backup.log").read_text()
     assert rdb_files(backups) == [], "a snapshot in clear was left in BACKUP_DIR"
     assert rdb_files(short_tmp) == [], "a snapshot in clear was left in TMPDIR"
 
@@ -310,6 +317,8 @@ def test_a_file_restore_that_cannot_stop_redis_fails_and_puts_the_files_back(
         )
 
         assert result.returncode == 1, result.stdout + result.stderr
+        # no BGSAVE rewrote the server's file before the restore
+        assert "a safety backup leaves the server's files as they are" in result.stdout
         assert f"wrote {live.dir}/other.rdb" in result.stdout  # the file this server loads
         assert "did not stop" in result.stderr
         assert "still runs with its old data: nothing was restored" in result.stderr
