@@ -166,8 +166,7 @@ cleanup() {
 STEP_PID=""
 # The signal that stopped the run, if one did.
 RUN_INTERRUPTED=""
-# Set while a final name is being given: a signal then waits until the names are all given.
-PUBLISHING=0
+# A signal that came while final names were being given (publishing_begin).
 PENDING_SIGNAL=""
 
 # run_step CMD...: run CMD (a command or function) as such a step; STEP_RC is its exit status.
@@ -251,13 +250,10 @@ stop_step() {
 }
 
 # SIGINT or SIGTERM: stop the running step, say exactly what the run had done (each script's
-# interrupted_state tells), and exit; the EXIT trap then removes what was half-written.
+# interrupted_state tells), and exit; the EXIT trap then removes what was half-written. It never
+# returns (see trap_signals).
 on_signal() {
   local name="$1" code="$2"
-  if ((PUBLISHING)); then
-    PENDING_SIGNAL="${name} ${code}"
-    return 0
-  fi
   trap - INT TERM
   stop_step
   # shellcheck disable=SC2034 # read by the scripts' run_finished (not every script has one)
@@ -267,14 +263,32 @@ on_signal() {
   exit "${code}"
 }
 
+# The INT and TERM traps. Bash 5.2 may run a trap that is due while it parses a command
+# substitution ($(...), <(...)) of the command it expands, with its parser still inside that
+# "$(" (5.3 no longer does: parse_command in eval.c). The trap's text is then read as the rest
+# of the substitution: without the ")" line below, bash fails with "trap: unexpected EOF while
+# looking for matching `)'" and exits 2, or goes on with the signal lost, never running
+# on_signal. With it, both readings give on_signal: read as a trap, on_signal exits before the
+# ")" line is read; read as the substitution's rest, the ")" closes it. Hence on_signal never
+# returns from these traps, and publishing_begin defers a signal with traps of its own. (The ")"
+# comes from a variable: shellcheck would parse it as code of the script.)
+# shellcheck disable=SC2064 # expanded when the trap is set, on purpose
 trap_signals() {
-  trap 'on_signal SIGINT 130' INT
-  trap 'on_signal SIGTERM 143' TERM
+  local close=$'\n)'
+  trap "on_signal SIGINT 130${close}" INT
+  trap "on_signal SIGTERM 143${close}" TERM
+}
+
+# publishing_begin: final names are given from now on until publishing_done: a signal meanwhile
+# waits until they all are. (Nothing in between may use $(...) or <(...): see trap_signals.)
+publishing_begin() {
+  trap 'PENDING_SIGNAL="SIGINT 130"' INT
+  trap 'PENDING_SIGNAL="SIGTERM 143"' TERM
 }
 
 # publishing_done: names given; a signal that came meanwhile is handled now.
 publishing_done() {
-  PUBLISHING=0
+  trap_signals
   if [[ -n "${PENDING_SIGNAL}" ]]; then
     # shellcheck disable=SC2086 # "NAME CODE"
     on_signal ${PENDING_SIGNAL}
@@ -1185,13 +1199,13 @@ finish_backup() {
   write_manifest "${type}" "${name}" "${epoch}" "${stored}" "${hash}" "${duration_us}" \
     "${source_json}" "${server_version}" "${tools_json}" "${fields}" >"${manifest}"
   # The three names are given together: a signal meanwhile waits until they are.
-  PUBLISHING=1
+  publishing_begin
   publish "${sums}" "${final}.sha256"
   publish "${manifest}" "${final}.manifest.json"
   publish "${partial}" "${final}"
   [[ -z "${RUN_DIR_OF_RUN:-}" ]] || printf '%s\n' "${name}" >>"${RUN_DIR_OF_RUN}/published"
   PART_FILE="${name}" PART_STORED="${stored}" PART_RAW="${RAW_SIZE}"
-  PART_SECONDS="$((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))"
+  printf -v PART_SECONDS '%d.%03d' $((duration_us / 1000000)) $((duration_us % 1000000 / 1000))
   publishing_done
   log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))s)"
 }
