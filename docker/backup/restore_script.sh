@@ -1914,11 +1914,9 @@ restore_postgresql() {
     : >"${SCHEMAS_OUT}"
     verify_backup
   else
-    # The load decodes the whole backup and commits only when all of it decoded: the beginning
-    # is checked first, not a whole decode of its own.
-    check_head
-    grep -q '^-- PostgreSQL database dump$' "${WORK_DIR}/head" ||
-      check_failed "${EXIT_VERIFY}" content "it does not begin like a pg_dump SQL dump"
+    # The load decodes the whole backup and commits only when all of it decoded: no decode of
+    # its own first.
+    check_before_load
   fi
   if ((exists == 0)); then
     printf '%s\n' "${target}" >"${WORK_DIR}/created-db"
@@ -3640,26 +3638,14 @@ require_decode() {
   require_tools "$(codec_tool "${NAME_CODEC}")"
 }
 
-# decode_head: the first 64 KiB of the decoded backup in WORK_DIR/head (a step).
-decode_head() {
-  decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" | head -c 65536 >"${WORK_DIR}/head"
-}
-
-# check_head: for a restore that decodes the whole backup while it loads it and commits only
-# when all of it decoded (PostgreSQL): only the checksum and the beginning are checked before the
-# target is touched (a wrong key, a file that does not decode at all), not a decode of its own.
-check_head() {
+# check_before_load: for a restore that decodes the whole backup while it loads it, and commits
+# only when all of it decoded (PostgreSQL): the checksum is checked before the target is touched,
+# and the decode, with the key, happens once, during the load (a wrong key or a damaged file
+# then rolls the load back).
+check_before_load() {
   check_checksum
   require_decode
-  run_step decode_head
-  if grep -qs 'Bad session key' "${WORK_DIR}/decode.err"; then
-    check_failed "${EXIT_WRONG_KEY}" decrypt "wrong encryption key: ENCRYPTION_KEY does not decrypt this backup"
-  fi
-  if [[ ! -s "${WORK_DIR}/head" ]]; then
-    check_failed "${EXIT_VERIFY}" decompress "nothing decodes from it$(stage_message decode)"
-  fi
-  ((NAME_ENCRYPTED == 0)) || check_ok decrypt "OpenPGP symmetric encryption, the key decrypts its beginning"
-  log INFO "check decompress: the whole backup is decoded as it is loaded; the restore commits only when all of it decoded and matched its sha256"
+  log INFO "check decode: during the load; the restore commits only when the whole backup decoded and matched its sha256"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,9 @@ from tests.support import (
     restarted_when_stopped,
     run_ok,
     tree_state,
+    truncate_half,
     wait_aof_rewrite,
+    write_sidecar,
 )
 
 # What happens to the live database after the backup: every kind of object changed or dropped.
@@ -193,6 +195,46 @@ def test_postgresql_restore_with_target_db_makes_an_identical_new_database(
     assert grants == "SELECT"
     # no safety backup: nothing was there to lose
     assert backups_of(tmp_path / "backups", "postgresql") == [backup]
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "said"),
+    [
+        ("wrong-key", 5, "wrong encryption key"),
+        ("truncated", 4, "the encrypted data is damaged, truncated"),
+    ],
+)
+@pytest.mark.usefixtures("createdb")
+def test_a_postgresql_restore_into_a_new_database_that_cannot_decode_leaves_no_database(
+    fault: str,
+    code: int,
+    said: str,
+    pg: PostgresServer,
+    new_db: NewDb,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    """The backup is decoded once, while it loads: a wrong key or a damaged file (with a
+    sidecar that matches it) rolls the load back and drops the database the restore made."""
+    source = new_db()
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 50000) AS n;", source, superuser=False)
+    env = backup_env(tmp_path, encryption_key=KEY, POSTGRES_DB=source)
+    run_ok(run_script, BACKUP, "postgresql", env=env)
+    backup = only_backup(tmp_path / "backups", "postgresql", encrypted=True)
+    if fault == "wrong-key":
+        env["ENCRYPTION_KEY"] = "not the key it was made with"
+    else:
+        truncate_half(backup)
+        write_sidecar(backup)
+    target = new_db(create=False)
+
+    result = run_script(RESTORE, "postgresql", backup.name, "--target-db", target, env=env)
+
+    assert result.returncode == code, result.stdout + result.stderr
+    assert said in result.stderr
+    assert "dropped again" in result.stderr
+    assert target not in database_names(pg)
 
 
 @pytest.mark.usefixtures("createdb")
