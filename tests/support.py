@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import uuid
@@ -336,6 +337,41 @@ def processes_in(folder: Path) -> list[str]:
         if cwd == prefix or cwd.startswith(prefix + "/"):
             found.append(f"{proc.name}: {cmdline.strip()} (in {cwd})")
     return found
+
+
+Result: TypeAlias = subprocess.CompletedProcess[str]
+NOBODY = 65534
+# The tests that run a script as another user than root (to meet a folder it may not read).
+needs_root_and_setpriv = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="running a script as another user than root needs root and setpriv",
+)
+
+
+@contextlib.contextmanager
+def nobody_run(rendered_scripts: Path) -> Iterator[tuple[Path, Callable[..., Result]]]:
+    """A folder in /tmp (mode 0755) whose ``backups`` folder belongs to nobody, and a runner
+    ``run(args, env)`` of backup_script.sh as nobody from a copy in that folder; the folder is
+    removed after."""
+    base = Path(tempfile.mkdtemp(prefix="as-nobody-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        (base / "backups").mkdir()
+        os.chown(base / "backups", NOBODY, NOBODY)
+        script = base / BACKUP
+        shutil.copyfile(rendered_scripts / BACKUP, script)
+
+        def run(*args: str, env: dict[str, str]) -> Result:
+            return subprocess.run(
+                ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                 "bash", str(script), *args],
+                env={**env, "BACKUP_DIR": str(base / "backups"), "HOME": str(base)},
+                cwd=base, capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+
+        yield base, run
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def kill_stage_when_writing(

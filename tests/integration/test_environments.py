@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +31,8 @@ from tests.support import (
     MakeEnv,
     RunScript,
     backups_of,
+    needs_root_and_setpriv,
+    nobody_run,
     only_backup,
     run_ok,
     script_env,
@@ -297,42 +298,25 @@ def test_a_file_changing_while_tar_reads_it_is_a_warning_naming_it(
     assert tar_members(gzip.decompress(backup.read_bytes())) == {"quieto.txt", "subiendo.bin"}
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="a file tar may not read needs another user than root: needs root and setpriv",
-)
+@needs_root_and_setpriv
 def test_a_file_tar_cannot_read_still_fails_the_files_backup(
     rendered_scripts: Path, backup_env: MakeEnv, tmp_path: Path
 ) -> None:
-    nobody = 65534
-    base = Path(tempfile.mkdtemp(prefix="unreadable-", dir="/tmp"))
-    try:
-        base.chmod(0o755)
+    with nobody_run(rendered_scripts) as (base, run_as_nobody):
         uploads = base / "uploads"
         uploads.mkdir()
         (uploads / "legible.txt").write_text("ok\n")
         (uploads / "privado.txt").write_text("root only\n")
         (uploads / "privado.txt").chmod(0o600)
-        backups = base / "backups"
-        backups.mkdir()
-        os.chown(backups, nobody, nobody)
-        script = base / BACKUP
-        shutil.copyfile(rendered_scripts / BACKUP, script)
-        env = backup_env(tmp_path, files_dir=uploads, BACKUP_DIR=str(backups), HOME=str(base))
+        env = backup_env(tmp_path, files_dir=uploads)
 
-        result = subprocess.run(
-            ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
-             "bash", str(script), "files"],
-            env=env, cwd=base, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+        result = run_as_nobody("files", env=env)
 
         assert result.returncode == 1, result.stdout + result.stderr
         assert "files: tar failed (exit 2)" in result.stderr
         assert "privado.txt: Cannot open: Permission denied" in result.stderr
-        assert backups_of(backups, "files") == []
-        assert not list(backups.glob("*.partial"))
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+        assert backups_of(base / "backups", "files") == []
+        assert not list((base / "backups").glob("*.partial"))
 
 
 def test_an_empty_files_dir_after_a_backup_with_entries_is_a_warning_in_the_summary(

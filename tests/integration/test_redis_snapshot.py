@@ -9,9 +9,6 @@ progress" is a real child process of the server, stopped with SIGSTOP for as lon
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,8 @@ from tests.support import (
     RunScript,
     backup_digest,
     load_redis_dataset,
+    needs_root_and_setpriv,
+    nobody_run,
     only_backup,
     paused_fork,
     persistence,
@@ -220,44 +219,20 @@ def test_a_redis_data_dir_without_room_for_a_new_rdb_file_means_redis_cli_rdb(
         assert backup_digest(stored, tmp_path / "check") == live.digest()
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="a folder the backup may not read needs another user than root: needs root and setpriv",
-)
+@needs_root_and_setpriv
 def test_a_redis_data_dir_the_backup_may_not_read_means_redis_cli_rdb(
     rendered_scripts: Path, backup_env: MakeEnv, tmp_path: Path
 ) -> None:
-    nobody = 65534
-    base = Path(tempfile.mkdtemp(prefix="unreadable-", dir="/tmp"))
-    try:
-        base.chmod(0o755)
-        backups = base / "backups"
-        backups.mkdir()
-        os.chown(backups, nobody, nobody)
-        script = base / BACKUP
-        shutil.copyfile(rendered_scripts / BACKUP, script)
+    with nobody_run(rendered_scripts) as (base, run_as_nobody), start_redis(base / "redis") as live:
         # the server's folder is its own (mode 0700, root's)
-        with start_redis(base / "redis") as live:
-            saved_dataset(live)
-            assert live.dir.stat().st_mode & 0o777 == 0o700
-            env = backup_env(
-                tmp_path,
-                redis=live,
-                BACKUP_DIR=str(backups),
-                HOME=str(base),
-                REDIS_DATA_DIR=str(live.dir),
-            )
+        saved_dataset(live)
+        assert live.dir.stat().st_mode & 0o777 == 0o700
+        env = backup_env(tmp_path, redis=live, REDIS_DATA_DIR=str(live.dir))
 
-            result = subprocess.run(
-                ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
-                 "bash", str(script), "redis"],
-                env=env, cwd=base, capture_output=True, text=True, timeout=120, check=False,
-            )  # fmt: skip
+        result = run_as_nobody("redis", env=env)
 
-            assert result.returncode == 0, result.stdout + result.stderr
-            reason = f"REDIS_DATA_DIR {live.dir} is not a readable folder"
-            assert REPLICATION_PATH.format(server=live) + reason in result.stdout
-            stored = only_backup(backups, "redis", encrypted=False)
-            assert backup_digest(stored, tmp_path / "check") == live.digest()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        reason = f"REDIS_DATA_DIR {live.dir} is not a readable folder"
+        assert REPLICATION_PATH.format(server=live) + reason in result.stdout
+        stored = only_backup(base / "backups", "redis", encrypted=False)
+        assert backup_digest(stored, tmp_path / "check") == live.digest()
