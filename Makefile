@@ -94,6 +94,10 @@ fmt: install ## Format the Python code and fix what ruff can
 generate: install ## Render docker/backup/ from .env.example
 	$(CLEAN_ENV) $(BIN)/gym-backup generate --env .env.example --out docker/backup
 
+.PHONY: docs
+docs: install ## Write the README's settings table and .env.example from generator/config.py
+	$(BIN)/python -m devtools.settings_docs
+
 .PHONY: check-generated
 check-generated: generate ## Fail if docker/backup/ differs from a fresh render
 	git diff --exit-code -- docker/backup

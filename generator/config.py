@@ -203,7 +203,7 @@ SETTINGS: tuple[Setting, ...] = (
         "PostgreSQL client major version in the image; not older than the server (empty: the "
         "flavour's own, "
         + ", ".join(f"{major} on {name.capitalize()}" for name, major in FLAVOR_PG_MAJOR.items())
-        + ").",
+        + "). A pg_dump older than the server is refused at run time (exit 6).",
         minimum=12,
         maximum=18,
     ),

@@ -6,6 +6,7 @@ import re
 
 from dotenv import dotenv_values
 
+from devtools.settings_docs import env_example, readme_with_table
 from generator.config import SETTINGS
 from generator.errors import EXIT_CODES
 from tests.support import ROOT
@@ -59,3 +60,9 @@ def test_readme_exit_code_table_is_the_one_the_scripts_and_the_cli_use() -> None
     script = (ROOT / "docker" / "backup" / "backup_script.sh").read_text()
     rendered = re.findall(r"^(?:readonly \w+=\S+ \\\n)?  EXIT_([A-Z_]+)=([0-9])\b", script, re.M)
     assert [(name, int(code)) for name, code in rendered] == [(e.name, e.code) for e in EXIT_CODES]
+
+
+def test_readme_settings_table_and_env_example_are_the_ones_make_docs_writes() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert readme_with_table(readme) == readme, "run make docs"
+    assert (ROOT / ".env.example").read_text() == env_example(), "run make docs"
