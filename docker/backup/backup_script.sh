@@ -1726,7 +1726,7 @@ store_redis_replica() {
 
 backup_redis() {
   local ts="$1" epoch="$2"
-  local final partial server_version started asked
+  local final partial server_version started asked method=replication
   final="${BACKUP_DIR}/$(backup_name redis "${ts}")"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
@@ -1751,12 +1751,13 @@ backup_redis() {
   if redis_rdb_file && redis_bgsave; then
     log INFO "redis: snapshot of ${REDIS_HOST}:${REDIS_PORT} from ${RDB_PATH} after BGSAVE (saved in $(((${EPOCHREALTIME/./} - ${asked/./}) / 1000)) ms)"
     store_redis_file "${partial}"
+    method=bgsave
   else
     log INFO "redis: snapshot of ${REDIS_HOST}:${REDIS_PORT} through redis-cli --rdb (replication): ${RDB_FALLBACK}"
     store_redis_replica "${partial}"
   fi
   finish_backup redis "${partial}" "${final}" "${epoch}" "${started}" \
-    "{\"host\": $(json_str "${REDIS_HOST}"), \"port\": ${REDIS_PORT}}" \
+    "{\"host\": $(json_str "${REDIS_HOST}"), \"port\": ${REDIS_PORT}, \"snapshot\": \"${method}\"}" \
     "${server_version}" "\"redis_cli\": $(json_str "$(first_line redis-cli --version)")"
 }
 

@@ -8,6 +8,7 @@ progress" is a real child process of the server, stopped with SIGSTOP for as lon
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def test_a_redis_backup_streams_the_rdb_file_a_bgsave_wrote_in_redis_data_dir(
         assert redis_settings(live) == settings
         stored = only_backup(tmp_path / "backups", "redis", encrypted=key is not None)
         assert backup_digest(stored, tmp_path / "check", key, gpg_home) == live.digest()
+        manifest = json.loads(Path(f"{stored}.manifest.json").read_text())
+        assert manifest["source"]["snapshot"] == "bgsave"
 
 
 @pytest.mark.parametrize("config", ["allowed", "renamed"])
@@ -236,3 +239,5 @@ def test_a_redis_data_dir_the_backup_may_not_read_means_redis_cli_rdb(
         assert REPLICATION_PATH.format(server=live) + reason in result.stdout
         stored = only_backup(base / "backups", "redis", encrypted=False)
         assert backup_digest(stored, tmp_path / "check") == live.digest()
+        manifest = json.loads(Path(f"{stored}.manifest.json").read_text())
+        assert manifest["source"]["snapshot"] == "replication"
