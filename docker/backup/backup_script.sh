@@ -451,7 +451,6 @@ check_settings() {
   for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN PG_MAJOR HEALTH_MAX_AGE LOCK_TIMEOUT; do
     [[ -z "${!name}" ]] || printf -v "${name}" '%d' "$((10#${!name}))"
   done
-  CODEC="${COMPRESSION}"
   local level
   read -r _ _ level <<<"${CODEC_LEVELS[${CODEC}]}"
   COMPRESSION_LEVEL="${COMPRESSION_LEVEL:-${level}}"
@@ -1129,8 +1128,7 @@ store_to() {
     encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" |
     tee -- "${hash_fifo}" "${check_fifo}" >"${partial}" 2>"${WORK_DIR}/tee.err"
   st=("${PIPESTATUS[@]}")
-  # A reader that never opened its FIFO (it failed first) must not leave tee waiting: tee has
-  # ended here, so this only matters when it could not start.
+  # A reader still waiting for its writer (tee could not start) must not be left waiting.
   release_fifo "${hash_fifo}"
   release_fifo "${check_fifo}"
   wait "${hasher}" || hash_rc=$?
@@ -1155,7 +1153,7 @@ check_store() {
   local type="$1" source="$2"
   shift 2
   local -a st=("$@") names
-  local i write_failed=0 i_name
+  local i write_failed=0
   names=("${source}" compress "$(encrypt_stage_name)" tee decode count check hash)
   for i in 0 1 2 3; do
     ((st[i] == 0 || st[i] == 141)) || grep -qs 'Broken pipe' "${WORK_DIR}/${names[i]}.err" ||
@@ -1166,8 +1164,7 @@ check_store() {
   fi
   for i in 4 5 6; do
     if ((st[i] != 0)); then
-      i_name="${names[i]}"
-      die "${EXIT_VERIFY}" "${type}: the new backup failed verification (${i_name} exit ${st[i]})$(stage_message "${i_name}"); nothing was written under a final name"
+      die "${EXIT_VERIFY}" "${type}: the new backup failed verification (${names[i]} exit ${st[i]})$(stage_message "${names[i]}"); nothing was written under a final name"
     fi
   done
   check_pipeline "${type}" "${names[@]:0:4}" -- "${st[@]:0:4}"
@@ -1207,7 +1204,7 @@ finish_backup() {
   PART_FILE="${name}" PART_STORED="${stored}" PART_RAW="${RAW_SIZE}"
   printf -v PART_SECONDS '%d.%03d' $((duration_us / 1000000)) $((duration_us % 1000000 / 1000))
   publishing_done
-  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))s)"
+  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), ${PART_SECONDS}s)"
 }
 
 write_manifest() {
@@ -1466,10 +1463,10 @@ backup_postgresql() {
     "${server_version}" "\"pg_dump\": $(json_str "$(first_line pg_dump --version)")"
 }
 
-# The content: pg_dump's completion trailer ends a whole dump.
 # A --clean restore's verify also lists the schemas of the dump, in this file (prepare_sql).
 SCHEMAS_OUT=""
 
+# The content: pg_dump's completion trailer ends a whole dump.
 content_check_postgresql() {
   if [[ -n "${SCHEMAS_OUT}" ]]; then
     { prepare_sql 0 "${SCHEMAS_OUT}" || true; } | tail -c 1024 >"${WORK_DIR}/content.tail"

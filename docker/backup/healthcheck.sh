@@ -454,7 +454,6 @@ check_settings() {
   for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN PG_MAJOR HEALTH_MAX_AGE LOCK_TIMEOUT; do
     [[ -z "${!name}" ]] || printf -v "${name}" '%d' "$((10#${!name}))"
   done
-  CODEC="${COMPRESSION}"
   local level
   read -r _ _ level <<<"${CODEC_LEVELS[${CODEC}]}"
   COMPRESSION_LEVEL="${COMPRESSION_LEVEL:-${level}}"

@@ -451,7 +451,6 @@ check_settings() {
   for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN PG_MAJOR HEALTH_MAX_AGE LOCK_TIMEOUT; do
     [[ -z "${!name}" ]] || printf -v "${name}" '%d' "$((10#${!name}))"
   done
-  CODEC="${COMPRESSION}"
   local level
   read -r _ _ level <<<"${CODEC_LEVELS[${CODEC}]}"
   COMPRESSION_LEVEL="${COMPRESSION_LEVEL:-${level}}"
@@ -1129,8 +1128,7 @@ store_to() {
     encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" |
     tee -- "${hash_fifo}" "${check_fifo}" >"${partial}" 2>"${WORK_DIR}/tee.err"
   st=("${PIPESTATUS[@]}")
-  # A reader that never opened its FIFO (it failed first) must not leave tee waiting: tee has
-  # ended here, so this only matters when it could not start.
+  # A reader still waiting for its writer (tee could not start) must not be left waiting.
   release_fifo "${hash_fifo}"
   release_fifo "${check_fifo}"
   wait "${hasher}" || hash_rc=$?
@@ -1155,7 +1153,7 @@ check_store() {
   local type="$1" source="$2"
   shift 2
   local -a st=("$@") names
-  local i write_failed=0 i_name
+  local i write_failed=0
   names=("${source}" compress "$(encrypt_stage_name)" tee decode count check hash)
   for i in 0 1 2 3; do
     ((st[i] == 0 || st[i] == 141)) || grep -qs 'Broken pipe' "${WORK_DIR}/${names[i]}.err" ||
@@ -1166,8 +1164,7 @@ check_store() {
   fi
   for i in 4 5 6; do
     if ((st[i] != 0)); then
-      i_name="${names[i]}"
-      die "${EXIT_VERIFY}" "${type}: the new backup failed verification (${i_name} exit ${st[i]})$(stage_message "${i_name}"); nothing was written under a final name"
+      die "${EXIT_VERIFY}" "${type}: the new backup failed verification (${names[i]} exit ${st[i]})$(stage_message "${names[i]}"); nothing was written under a final name"
     fi
   done
   check_pipeline "${type}" "${names[@]:0:4}" -- "${st[@]:0:4}"
@@ -1207,7 +1204,7 @@ finish_backup() {
   PART_FILE="${name}" PART_STORED="${stored}" PART_RAW="${RAW_SIZE}"
   printf -v PART_SECONDS '%d.%03d' $((duration_us / 1000000)) $((duration_us % 1000000 / 1000))
   publishing_done
-  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), $((duration_us / 1000000)).$(printf '%03d' $((duration_us % 1000000 / 1000)))s)"
+  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), ${PART_SECONDS}s)"
 }
 
 write_manifest() {
@@ -1466,10 +1463,10 @@ backup_postgresql() {
     "${server_version}" "\"pg_dump\": $(json_str "$(first_line pg_dump --version)")"
 }
 
-# The content: pg_dump's completion trailer ends a whole dump.
 # A --clean restore's verify also lists the schemas of the dump, in this file (prepare_sql).
 SCHEMAS_OUT=""
 
+# The content: pg_dump's completion trailer ends a whole dump.
 content_check_postgresql() {
   if [[ -n "${SCHEMAS_OUT}" ]]; then
     { prepare_sql 0 "${SCHEMAS_OUT}" || true; } | tail -c 1024 >"${WORK_DIR}/content.tail"
@@ -1524,8 +1521,8 @@ check_psql_version() {
 # gets this run's key instead), and so do the BEGIN and COMMIT that pg_dump puts around large
 # objects' data: the restore is one transaction. With STRIP=1, the lines that set owners and privileges go (for a
 # server that lacks the original roles). COPY data passes untouched. Exit 3 when the dump does
-# not end with pg_dump's completion trailer: it is incomplete. SCHEMAS: a file to list in the
-# schemas the dump creates ("created<TAB>NAME") and those it holds objects in ("holds<TAB>NAME"),
+# not end with pg_dump's completion trailer: it is incomplete. SCHEMAS: a file to list the
+# schemas in that the dump creates ("created<TAB>NAME") and those it holds objects in ("holds<TAB>NAME"),
 # from pg_dump's CREATE SCHEMA lines and object headers (with repeats: sort -u them).
 prepare_sql() {
   awk -v strip="$1" -v schemas="${2:-}" -v lock="${LOCK_TIMEOUT}s" -v trailer="${SQL_TRAILER}" '
@@ -3590,7 +3587,6 @@ check_checksum() {
 
 # Decode the backup (decrypt, decompress) and check its content; a wrong key is exit 5.
 check_decode() {
-  local encrypted="${NAME_ENCRYPTED}"
   local -a st
   require_decode
   # A type may prepare the decode (Redis keeps the decoded RDB, for redis-check-rdb and the restore).
@@ -3606,12 +3602,12 @@ check_decode() {
     if grep -qs 'Bad session key' "${WORK_DIR}/decode.err"; then
       check_failed "${EXIT_WRONG_KEY}" decrypt "wrong encryption key: ENCRYPTION_KEY does not decrypt this backup"
     fi
-    if ((encrypted)) && grep -qs '^gpg: ' "${WORK_DIR}/decode.err"; then
+    if ((NAME_ENCRYPTED)) && grep -qs '^gpg: ' "${WORK_DIR}/decode.err"; then
       check_failed "${EXIT_VERIFY}" decrypt "the encrypted data is damaged or truncated$(stage_message decode)"
     fi
     check_failed "${EXIT_VERIFY}" decompress "the compressed data is damaged or truncated$(stage_message decode)"
   fi
-  if ((encrypted)); then
+  if ((NAME_ENCRYPTED)); then
     check_ok decrypt "OpenPGP symmetric encryption, the key decrypts it"
   else
     log INFO "check decrypt: skipped (the backup is not encrypted)"
