@@ -1295,6 +1295,8 @@ PART_FILE=""
 PART_STORED=""
 PART_RAW=""
 PART_SECONDS=""
+# What a part found, in a few words, for status and metrics (a drill: "12 tables, 3456 rows").
+PART_DETAIL=""
 
 # part_finished CODE: a part's EXIT trap: its result (status, exit code, file, sizes, duration,
 # error) as RUN_DIR_OF_RUN/result.TYPE, for the run's finishing step; then its own cleanup.
@@ -1306,6 +1308,7 @@ part_finished() {
     {
       printf 'status=%s\ncode=%s\nfile=%s\n' "${status}" "${code}" "${PART_FILE}"
       printf 'stored_bytes=%s\nraw_bytes=%s\nseconds=%s\n' "${PART_STORED}" "${PART_RAW}" "${PART_SECONDS}"
+      printf 'detail=%s\n' "${PART_DETAIL//$'\n'/ }"
       printf 'error=%s\n' "${LAST_ERROR//$'\n'/ }"
     } >"${RUN_DIR_OF_RUN}/result.${PART_TYPE}" 2>/dev/null || true
   fi
