@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import signal
 import sys
 import tempfile
@@ -19,7 +20,13 @@ from typer.core import TyperGroup
 
 from generator import __version__, config, ops, render
 from generator.backup_types import BACKUP_TYPES, BY_NAME
-from generator.errors import EXIT_MEANINGS, ConfigError, ScriptFailedError, UserError
+from generator.errors import (
+    EXIT_ATTENTION,
+    EXIT_MEANINGS,
+    ConfigError,
+    ScriptFailedError,
+    UserError,
+)
 
 
 class _GymBackup(TyperGroup):
@@ -212,27 +219,38 @@ def _fail_on(code: int, what: str) -> None:
 
 
 def _run(local: bool, env: Path | None, script: str, args: list[str], *, for_run: bool) -> None:
-    """Run a script in the service's container, or (--local) on this host.
+    """Run a script in the service's container, or (--local) on this host; its output is ours."""
+    code, _ = _execute(local, _load(env, for_run=for_run and local), script, args)
+    _fail_on(code, f"{script} {' '.join(args)}")
+
+
+def _execute(
+    local: bool, settings: config.Settings, script: str, args: list[str], *, capture: bool = False
+) -> tuple[int, str]:
+    """Run a script in the service's container, or (--local) on this host: its exit code, and
+    its output when ``capture`` (else the output goes straight to ours).
 
     On this host the scripts are rendered afresh into a private folder, so they always match the
     templates and the .env in use; in the container they read the container's environment.
     """
-    settings = _load(env, for_run=for_run and local)
     if local:
         # SIGTERM ends us through SystemExit, so that the private folder is still removed.
         signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
         with tempfile.TemporaryDirectory(prefix="gym-backup-") as tmp:
             folder = Path(tmp)
             render.write(render.render(settings), folder)
-            code = ops.run_script(folder / script, args, settings.environment())
-    else:
-        container = settings.values["BACKUP_CONTAINER"]
-        try:
-            ops.require_running(container)
-        except UserError as exc:
-            raise UserError(f"{exc.message} Or add --local to run on this host.") from None
-        code = ops.docker_exec(container, [f"/usr/local/bin/{script}", *args])
-    _fail_on(code, f"{script} {' '.join(args)}")
+            if capture:
+                return ops.capture_script(folder / script, args, settings.environment())
+            return ops.run_script(folder / script, args, settings.environment()), ""
+    container = settings.values["BACKUP_CONTAINER"]
+    try:
+        ops.require_running(container)
+    except UserError as exc:
+        raise UserError(f"{exc.message} Or add --local to run on this host.") from None
+    argv = [f"/usr/local/bin/{script}", *args]
+    if capture:
+        return ops.docker_exec_capture(container, argv)
+    return ops.docker_exec(container, argv), ""
 
 
 def _flags(**flags: bool) -> list[str]:
@@ -260,6 +278,35 @@ def list_backups(local: LocalOption = False, env: EnvOption = None) -> None:
     """List the backups, newest first, with totals and free space."""
     with reporting_errors():
         _run(local, env, "backup_script.sh", ["list"], for_run=False)
+
+
+@app.command()
+def status(
+    local: LocalOption = False,
+    env: EnvOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the facts as JSON (status.json's schema).")
+    ] = False,
+) -> None:
+    """Show the last backups, their age and what needs attention.
+
+    Per type the last success and its age, size, duration, success rate and how often backups
+    ran; storage; the last drill; what needs attention (then the exit code is 7).
+    """
+    from generator import status_view  # rich, only for this command
+
+    with reporting_errors():
+        code, out = _execute(
+            local, _load(env), "backup_script.sh", ["status", "--json"], capture=True
+        )
+        if code not in (0, EXIT_ATTENTION):
+            _fail_on(code, "backup_script.sh status")
+        if as_json:
+            typer.echo(out, nl=False)
+        else:
+            status_view.show(json.loads(out))
+        if code:
+            raise typer.Exit(code)
 
 
 @app.command()

@@ -222,6 +222,32 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0,
         maximum=31 * 86400,
     ),
+    Setting(
+        "ALERT_MAX_AGE",
+        "86400",
+        Kind.INT,
+        "Seconds without a successful backup of a type after which it needs attention "
+        "(an alert, and 'status' exits 7); 0: never.",
+        minimum=0,
+        maximum=366 * 86400,
+    ),
+    Setting(
+        "ALERT_DISK_PERCENT",
+        "80",
+        Kind.INT,
+        "How full (percent) the file system of BACKUP_DIR may be before it needs attention; "
+        "0: never.",
+        minimum=0,
+        maximum=100,
+    ),
+    Setting(
+        "ALERT_MAX_DURATION",
+        "3600",
+        Kind.INT,
+        "Seconds a backup run may take before it needs attention; 0: never.",
+        minimum=0,
+        maximum=7 * 86400,
+    ),
     Setting("BACKUP_CONTAINER", "gym_backup", Kind.NAME, "Name of the backup container."),
     Setting("BACKUP_IMAGE", "gym-backup:latest", Kind.IMAGE, "Tag of the backup image."),
     Setting(

@@ -33,8 +33,15 @@ EXIT_CODES: tuple[ExitCode, ...] = (
         "refused: a precondition was not met (settings, missing tool, not enough space)",
         "refused (a precondition not met)",
     ),
+    ExitCode(
+        "ATTENTION",
+        7,
+        "status: something needs attention (a backup failed or is too old, the disk is full...)",
+        "status needs attention",
+    ),
 )
 EXIT_MEANINGS: dict[int, str] = {e.code: e.meaning for e in EXIT_CODES}
+EXIT_ATTENTION = next(e.code for e in EXIT_CODES if e.name == "ATTENTION")
 
 
 class UserError(Exception):

@@ -57,6 +57,30 @@ def _foreground(command: sh.Command, args: Sequence[str], env: Mapping[str, str]
     return 0
 
 
+def _captured(command: sh.Command, args: Sequence[str], env: Mapping[str, str]) -> tuple[int, str]:
+    """Run with ``env`` added to ours; return the exit code and stdout (stderr passes through)."""
+    result = command(
+        *args,
+        _env={**os.environ, **env},
+        _ok_code=list(range(256)),
+        _err=sys.stderr,
+        _return_cmd=True,
+    )
+    return int(result.exit_code), str(result)
+
+
+def capture_script(script: Path, args: Sequence[str], env: Mapping[str, str]) -> tuple[int, str]:
+    """Run a rendered script on this host; its exit code and output."""
+    bash = _command("bash", "install it (apt-get install bash).")
+    return _captured(bash, [str(script), *args], env)
+
+
+def docker_exec_capture(name: str, args: Sequence[str]) -> tuple[int, str]:
+    """Run a command in a running container; its exit code and output."""
+    require_running(name)
+    return _captured(docker(), ["exec", name, *args], {})
+
+
 def run_script(script: Path, args: Sequence[str], env: Mapping[str, str]) -> int:
     """Run a rendered script on this host; its output goes straight to ours."""
     bash = _command("bash", "install it (apt-get install bash).")

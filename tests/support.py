@@ -226,9 +226,10 @@ def with_sidecars(name: str) -> set[str]:
 
 
 def runs_own(name: str) -> bool:
-    """Whether a name in BACKUP_DIR is what the runs keep for themselves: the log and the
-    hidden bookkeeping files (the lock, the last-success marker)."""
-    return name == "backup.log" or name.startswith(".")
+    """Whether a name in BACKUP_DIR is what the runs keep for themselves: the log, status.json,
+    the metrics folder and the hidden bookkeeping files (the lock, the last-success marker, the run
+    history)."""
+    return name in {"backup.log", "status.json", "metrics"} or name.startswith(".")
 
 
 def folder_state(folder: Path, leave_out: Callable[[str], bool] = runs_own) -> dict[str, bytes]:

@@ -19,7 +19,8 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
   EXIT_LOCKED=3 \
   EXIT_VERIFY=4 \
   EXIT_WRONG_KEY=5 \
-  EXIT_REFUSED=6
+  EXIT_REFUSED=6 \
+  EXIT_ATTENTION=7
 # The tools speak the C locale, whatever language the user or the container is set to: their
 # output is read here (dd's "N bytes copied", gpg's "Bad session key", libpq's own errors, df).
 # LANGUAGE goes too: GNU gettext prefers it to LC_ALL for any locale but C.
@@ -53,6 +54,9 @@ unset LANGUAGE
 : "${PG_MAJOR:=}"
 : "${BACKUP_ON_START:=false}"
 : "${HEALTH_MAX_AGE:=0}"
+: "${ALERT_MAX_AGE:=86400}"
+: "${ALERT_DISK_PERCENT:=80}"
+: "${ALERT_MAX_DURATION:=3600}"
 : "${BACKUP_CONTAINER:=gym_backup}"
 : "${BACKUP_IMAGE:=gym-backup:latest}"
 : "${UPLOADS_SOURCE:=./uploads}"
@@ -109,15 +113,35 @@ log() {
 
 # The error that ends this run or part (its result says it).
 LAST_ERROR=""
+# A condition this run or part found itself, for the alerts: encryption (an encryption or
+# decryption error), files_empty (FILES_DIR empty where the last backup had files).
+# shellcheck disable=SC2034 # read by the scripts that record runs (not the entrypoint)
+FOUND_ALERT=""
 
 die() {
   local code="$1"
   shift
   LAST_ERROR="$*"
+  [[ "${code}" != "${EXIT_WRONG_KEY}" ]] || FOUND_ALERT=encryption
   log ERROR "$*"
-  # Tell the ERR trap of an enclosing shell that this failure has been reported already.
-  [[ -z "${WORK_DIR}" || ! -d "${WORK_DIR}" ]] || : >"${WORK_DIR}/.reported" 2>/dev/null || true
+  # Tell the ERR trap of an enclosing shell that this failure has been reported already, and the
+  # run's finishing step what it was (die may run in a subshell: its variables stay there).
+  if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
+    printf '%s\n%s\n' "${FOUND_ALERT}" "${LAST_ERROR//$'\n'/ }" >"${WORK_DIR}/.reported" 2>/dev/null || true
+  fi
   exit "${code}"
+}
+
+# reported_error FIELD: what the last die of this run or part said: its error (error) or the
+# condition it found (alert), from a subshell's die too.
+reported_error() {
+  local alert="${FOUND_ALERT}" error="${LAST_ERROR}"
+  if [[ -n "${WORK_DIR}" && -s "${WORK_DIR}/.reported" ]]; then
+    { read -r alert && read -r error; } <"${WORK_DIR}/.reported" || true
+    alert="${FOUND_ALERT:-${alert}}"
+    error="${LAST_ERROR:-${error}}"
+  fi
+  if [[ "$1" == alert ]]; then printf '%s' "${alert}"; else printf '%s' "${error}"; fi
 }
 
 # The ERR trap: report a failure nobody handled (with errexit off, the caller checks statuses).
@@ -396,6 +420,7 @@ clean_leftovers() {
       fi
     done < <(find "${dir}" -name '*.pid' -type f -print0 2>/dev/null)
     leftover_hook "${dir}"
+    ! declare -F status_killed >/dev/null || status_killed "${dir}" "${what}"
     rm -rf -- "${dir}"
     log WARN "cleaned up after a run that did not finish (pid ${pid}: ${what% }): it was killed; its private files are removed"
   done
@@ -428,6 +453,9 @@ check_settings() {
   check_range problems KEEP_MIN 1 10000
   [[ -z "${PG_MAJOR}" ]] || check_range problems PG_MAJOR 12 18
   check_range problems HEALTH_MAX_AGE 0 2678400
+  check_range problems ALERT_MAX_AGE 0 31622400
+  check_range problems ALERT_DISK_PERCENT 0 100
+  check_range problems ALERT_MAX_DURATION 0 604800
   check_range problems LOCK_TIMEOUT 0 86400
   check_choice problems COMPRESSION gzip zstd
   # COMPRESSION_LEVEL is on the scale of COMPRESSION's codec.
@@ -451,7 +479,7 @@ check_settings() {
   fi
   # Whole numbers are decimal, as for gym-backup config check: 010 is ten, 08 is eight (bash
   # arithmetic would read a leading 0 as octal).
-  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN PG_MAJOR HEALTH_MAX_AGE LOCK_TIMEOUT; do
+  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN PG_MAJOR HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION LOCK_TIMEOUT; do
     [[ -z "${!name}" ]] || printf -v "${name}" '%d' "$((10#${!name}))"
   done
   local level
@@ -585,6 +613,16 @@ lock_holder() {
   local text=""
   [[ -s "$1" ]] && text="$(<"$1")"
   printf '%s' "${text:-unknown run}"
+}
+
+# lock_busy_holder: who holds the lock when another run does (nothing when none does). The lock
+# is only tested, through a descriptor of its own, and let go at once.
+lock_busy_holder() {
+  local lock_file="${BACKUP_DIR}/.gym-backup.lock"
+  [[ -f "${lock_file}" ]] || return 0
+  if (exec 8<"${lock_file}" && ! flock -n 8) 2>/dev/null; then
+    lock_holder "${lock_file}"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -948,6 +986,8 @@ check_pipeline() {
   for i in "${!codes[@]}"; do
     if ((codes[i] != 0)); then
       failed=1
+      # shellcheck disable=SC2034
+      [[ "${names[i]}" != encrypt && "${names[i]}" != decrypt ]] || FOUND_ALERT=encryption
       log ERROR "${what}: ${names[i]} failed (exit ${codes[i]})$(stage_message "${names[i]}")"
     fi
   done
@@ -1044,7 +1084,7 @@ readonly CRONTAB_FILE=/etc/gym-backup/crontab
 readonly STOP_WAIT=20
 SCHEDULER_PID=""
 # Every setting a job may need; a secret is passed as its value or its _FILE, never both.
-readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN REDIS_DATA_DIR REDIS_DBFILENAME REDIS_APPENDDIRNAME REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
+readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN REDIS_DATA_DIR REDIS_DBFILENAME REDIS_APPENDDIRNAME REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
 readonly SECRET_SETTINGS=(POSTGRES_PASSWORD POSTGRES_ADMIN_PASSWORD REDIS_PASSWORD ENCRYPTION_KEY)
 readonly REQUIRED_SECRETS=(POSTGRES_PASSWORD)
 

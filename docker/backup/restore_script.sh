@@ -16,7 +16,8 @@ readonly GYM_BACKUP_VERSION=0.1.0 \
   EXIT_LOCKED=3 \
   EXIT_VERIFY=4 \
   EXIT_WRONG_KEY=5 \
-  EXIT_REFUSED=6
+  EXIT_REFUSED=6 \
+  EXIT_ATTENTION=7
 # The tools speak the C locale, whatever language the user or the container is set to: their
 # output is read here (dd's "N bytes copied", gpg's "Bad session key", libpq's own errors, df).
 # LANGUAGE goes too: GNU gettext prefers it to LC_ALL for any locale but C.
@@ -50,6 +51,9 @@ unset LANGUAGE
 : "${PG_MAJOR:=}"
 : "${BACKUP_ON_START:=false}"
 : "${HEALTH_MAX_AGE:=0}"
+: "${ALERT_MAX_AGE:=86400}"
+: "${ALERT_DISK_PERCENT:=80}"
+: "${ALERT_MAX_DURATION:=3600}"
 : "${BACKUP_CONTAINER:=gym_backup}"
 : "${BACKUP_IMAGE:=gym-backup:latest}"
 : "${UPLOADS_SOURCE:=./uploads}"
@@ -106,15 +110,35 @@ log() {
 
 # The error that ends this run or part (its result says it).
 LAST_ERROR=""
+# A condition this run or part found itself, for the alerts: encryption (an encryption or
+# decryption error), files_empty (FILES_DIR empty where the last backup had files).
+# shellcheck disable=SC2034 # read by the scripts that record runs (not the entrypoint)
+FOUND_ALERT=""
 
 die() {
   local code="$1"
   shift
   LAST_ERROR="$*"
+  [[ "${code}" != "${EXIT_WRONG_KEY}" ]] || FOUND_ALERT=encryption
   log ERROR "$*"
-  # Tell the ERR trap of an enclosing shell that this failure has been reported already.
-  [[ -z "${WORK_DIR}" || ! -d "${WORK_DIR}" ]] || : >"${WORK_DIR}/.reported" 2>/dev/null || true
+  # Tell the ERR trap of an enclosing shell that this failure has been reported already, and the
+  # run's finishing step what it was (die may run in a subshell: its variables stay there).
+  if [[ -n "${WORK_DIR}" && -d "${WORK_DIR}" ]]; then
+    printf '%s\n%s\n' "${FOUND_ALERT}" "${LAST_ERROR//$'\n'/ }" >"${WORK_DIR}/.reported" 2>/dev/null || true
+  fi
   exit "${code}"
+}
+
+# reported_error FIELD: what the last die of this run or part said: its error (error) or the
+# condition it found (alert), from a subshell's die too.
+reported_error() {
+  local alert="${FOUND_ALERT}" error="${LAST_ERROR}"
+  if [[ -n "${WORK_DIR}" && -s "${WORK_DIR}/.reported" ]]; then
+    { read -r alert && read -r error; } <"${WORK_DIR}/.reported" || true
+    alert="${FOUND_ALERT:-${alert}}"
+    error="${LAST_ERROR:-${error}}"
+  fi
+  if [[ "$1" == alert ]]; then printf '%s' "${alert}"; else printf '%s' "${error}"; fi
 }
 
 # The ERR trap: report a failure nobody handled (with errexit off, the caller checks statuses).
@@ -393,6 +417,7 @@ clean_leftovers() {
       fi
     done < <(find "${dir}" -name '*.pid' -type f -print0 2>/dev/null)
     leftover_hook "${dir}"
+    ! declare -F status_killed >/dev/null || status_killed "${dir}" "${what}"
     rm -rf -- "${dir}"
     log WARN "cleaned up after a run that did not finish (pid ${pid}: ${what% }): it was killed; its private files are removed"
   done
@@ -425,6 +450,9 @@ check_settings() {
   check_range problems KEEP_MIN 1 10000
   [[ -z "${PG_MAJOR}" ]] || check_range problems PG_MAJOR 12 18
   check_range problems HEALTH_MAX_AGE 0 2678400
+  check_range problems ALERT_MAX_AGE 0 31622400
+  check_range problems ALERT_DISK_PERCENT 0 100
+  check_range problems ALERT_MAX_DURATION 0 604800
   check_range problems LOCK_TIMEOUT 0 86400
   check_choice problems COMPRESSION gzip zstd
   # COMPRESSION_LEVEL is on the scale of COMPRESSION's codec.
@@ -448,7 +476,7 @@ check_settings() {
   fi
   # Whole numbers are decimal, as for gym-backup config check: 010 is ten, 08 is eight (bash
   # arithmetic would read a leading 0 as octal).
-  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN PG_MAJOR HEALTH_MAX_AGE LOCK_TIMEOUT; do
+  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN PG_MAJOR HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION LOCK_TIMEOUT; do
     [[ -z "${!name}" ]] || printf -v "${name}" '%d' "$((10#${!name}))"
   done
   local level
@@ -582,6 +610,16 @@ lock_holder() {
   local text=""
   [[ -s "$1" ]] && text="$(<"$1")"
   printf '%s' "${text:-unknown run}"
+}
+
+# lock_busy_holder: who holds the lock when another run does (nothing when none does). The lock
+# is only tested, through a descriptor of its own, and let go at once.
+lock_busy_holder() {
+  local lock_file="${BACKUP_DIR}/.gym-backup.lock"
+  [[ -f "${lock_file}" ]] || return 0
+  if (exec 8<"${lock_file}" && ! flock -n 8) 2>/dev/null; then
+    lock_holder "${lock_file}"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -945,6 +983,8 @@ check_pipeline() {
   for i in "${!codes[@]}"; do
     if ((codes[i] != 0)); then
       failed=1
+      # shellcheck disable=SC2034
+      [[ "${names[i]}" != encrypt && "${names[i]}" != decrypt ]] || FOUND_ALERT=encryption
       log ERROR "${what}: ${names[i]} failed (exit ${codes[i]})$(stage_message "${names[i]}")"
     fi
   done
@@ -1117,8 +1157,12 @@ store_to() {
   local type="$1" partial="$2"
   shift 2
   local hash_fifo="${WORK_DIR}/stored-hash.fifo" check_fifo="${WORK_DIR}/stored-check.fifo"
-  local hasher checker hash_rc=0 decode_st="1 1 1"
+  local hasher checker hash_rc=0 decode_st="1 1 1" progress=""
   local -a st
+  if [[ -t 2 ]]; then
+    show_progress "${type}" "${partial}" &
+    progress=$!
+  fi
   mkfifo -m 600 -- "${hash_fifo}" "${check_fifo}"
   sha256_hex <"${hash_fifo}" >"${WORK_DIR}/stored.sum" 2>"${WORK_DIR}/hash.err" &
   hasher=$!
@@ -1128,6 +1172,11 @@ store_to() {
     encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" |
     tee -- "${hash_fifo}" "${check_fifo}" >"${partial}" 2>"${WORK_DIR}/tee.err"
   st=("${PIPESTATUS[@]}")
+  if [[ -n "${progress}" ]]; then
+    kill "${progress}" 2>/dev/null || true
+    wait "${progress}" 2>/dev/null || true
+    printf '\r\033[K' >&2
+  fi
   # A reader still waiting for its writer (tee could not start) must not be left waiting.
   release_fifo "${hash_fifo}"
   release_fifo "${check_fifo}"
@@ -1135,6 +1184,18 @@ store_to() {
   wait "${checker}" || true
   [[ ! -s "${WORK_DIR}/decode.st" ]] || decode_st="$(<"${WORK_DIR}/decode.st")"
   save_statuses "${st[@]}" "${decode_st}" "${hash_rc}"
+}
+
+# show_progress TYPE PARTIAL: for a run started by hand on a terminal, what PARTIAL holds so far
+# and the rate, on one line of stderr every 2 s (cron runs have no terminal: they stay quiet).
+show_progress() {
+  local start="${EPOCHSECONDS}" size elapsed
+  while sleep 2; do
+    size="$(file_size "$2" 2>/dev/null)" || return 0
+    elapsed=$((EPOCHSECONDS - start))
+    printf '\r\033[K%s: %s stored, %s/s' "$1" "$(human_size "${size}")" \
+      "$(human_size $((size / (elapsed > 0 ? elapsed : 1))))" >&2
+  done
 }
 
 # release_fifo FIFO: make sure a reader that waits for FIFO's writer is not left waiting (when the
@@ -1308,8 +1369,8 @@ part_finished() {
     {
       printf 'status=%s\ncode=%s\nfile=%s\n' "${status}" "${code}" "${PART_FILE}"
       printf 'stored_bytes=%s\nraw_bytes=%s\nseconds=%s\n' "${PART_STORED}" "${PART_RAW}" "${PART_SECONDS}"
-      printf 'detail=%s\n' "${PART_DETAIL//$'\n'/ }"
-      printf 'error=%s\n' "${LAST_ERROR//$'\n'/ }"
+      printf 'detail=%s\nalert=%s\n' "${PART_DETAIL//$'\n'/ }" "$(reported_error alert)"
+      printf 'error=%s\n' "$(reported_error error)"
     } >"${RUN_DIR_OF_RUN}/result.${PART_TYPE}" 2>/dev/null || true
   fi
   cleanup
@@ -1329,6 +1390,403 @@ run_part() {
   trap_signals
   make_work_dir
   "backup_$1" "$2" "$3"
+}
+# --- Status: what every run did, and what follows from it. Each run (backup, cleanup, restore,
+# verify, drill) ends by recording its results in BACKUP_DIR/.runs (a bounded history, one line
+# a part) and its counts in .run_counts; then status_publish writes, atomically, status.json and
+# metrics/gym_backup.prom (Prometheus text format, for node_exporter's textfile collector) and
+# hands the conditions that need attention to the alerts. One awk program (STATUS_AWK) derives
+# every fact from the history; the status command prints the same facts as text.
+
+readonly STATUS_SCHEMA_VERSION=1
+# Records kept per kind and type (a backup of postgresql, a drill of redis...).
+readonly STATUS_HISTORY=100
+readonly STATUS_RUNS_NAME=.runs STATUS_COUNTS_NAME=.run_counts
+readonly STATUS_JSON_NAME=status.json STATUS_METRICS_NAME=metrics/gym_backup.prom
+# When this run started (its duration goes into every record).
+STATUS_RUN_STARTED="${EPOCHREALTIME}"
+# This run's records (status_add), written at its end (status_commit).
+STATUS_RECORDS=()
+
+# status_field TEXT: TEXT as one field of a record (no tabs or line breaks).
+status_field() {
+  local text="$1"
+  printf '%s' "${text//[$'\t\n\r']/ }"
+}
+
+# result_of CODE: a run's result from its exit status.
+result_of() {
+  if [[ -n "${RUN_INTERRUPTED}" ]]; then
+    printf 'interrupted'
+  elif (($1 == 0)); then
+    printf 'ok'
+  else
+    printf 'failed'
+  fi
+}
+
+# status_elapsed: the seconds since this run started (millisecond precision).
+status_elapsed() {
+  local us=$((${EPOCHREALTIME/./} - ${STATUS_RUN_STARTED/./}))
+  printf '%d.%03d' $((us / 1000000)) $((us % 1000000 / 1000))
+}
+
+# status_add KIND TYPE RESULT CODE SECONDS RAW STORED FILE DETAIL ALERT ERROR: one record of this
+# run (RESULT: ok, failed, interrupted or skipped; ALERT: a condition the part itself found, such
+# as encryption or files_empty).
+status_add() {
+  local now="${EPOCHSECONDS}" run_seconds field record
+  run_seconds=$((now - ${STATUS_RUN_STARTED%.*}))
+  record="${now}"
+  for field in "$@"; do
+    record+=$'\t'"$(status_field "${field}")"
+  done
+  record+=$'\t'"${RUN_TS:-}"$'\t'"${run_seconds}"$'\t'"${STATUS_RUN_STARTED%.*}"
+  STATUS_RECORDS+=("${record}")
+}
+
+# status_add_parts KIND DIR STOPPED TYPE...: a record for each part of a run from the results its
+# parts left in DIR (part_finished). A part that left none did not finish: with STOPPED (how the
+# run was stopped) it is recorded as interrupted, else it did not run and has no record.
+status_add_parts() {
+  local kind="$1" dir="$2" stopped="$3" type status key value
+  shift 3
+  local -A r
+  for type in "$@"; do
+    r=()
+    if [[ -r "${dir}/result.${type}" ]]; then
+      while IFS='=' read -r key value; do
+        r[${key}]="${value}"
+      done <"${dir}/result.${type}"
+    fi
+    status="${r[status]:-}"
+    if [[ -z "${status}" ]]; then
+      [[ -n "${stopped}" ]] || continue
+      status=interrupted
+      r[error]="stopped before it finished (${stopped})"
+    fi
+    status_add "${kind}" "${type}" "${status}" "${r[code]:-}" "${r[seconds]:-}" \
+      "${r[raw_bytes]:-}" "${r[stored_bytes]:-}" "${r[file]:-}" "${r[detail]:-}" \
+      "${r[alert]:-}" "${r[error]:-}"
+  done
+}
+
+# status_killed DIR COMMAND: the records of a run that was killed, whose folder DIR the next run
+# found (clean_leftovers): what its parts finished, and the rest as interrupted.
+status_killed() {
+  local dir="$1" script command file why="killed: SIGKILL, or its container stopped; found by the next run"
+  read -r script command file _ <<<"$2"
+  case "${script}:${command}" in
+    backup_script.sh:full | backup_script.sh:drill)
+      status_add_parts "$([[ "${command}" == drill ]] && printf drill || printf backup)" \
+        "${dir}" "${why}" "${BACKUP_TYPES[@]}"
+      ;;
+    backup_script.sh:cleanup)
+      status_add cleanup all interrupted "" "" "" "" "" "" "" "${why}"
+      ;;
+    backup_script.sh:*)
+      [[ " ${BACKUP_TYPES[*]} " != *" ${command} "* ]] ||
+        status_add_parts backup "${dir}" "${why}" "${command}"
+      ;;
+    restore_script.sh:*)
+      parse_name "${file##*/}" || return 0
+      status_add "$([[ "${command}" == verify ]] && printf verify || printf restore)" \
+        "${NAME_TYPE}" interrupted "" "" "" "" "${file##*/}" "" "" "${why}"
+      ;;
+  esac
+}
+
+# status_lock: hold BACKUP_DIR/.status.lock (its own: the health check writes status too, without
+# the run lock) on descriptor STATUS_FD until the shell closes it.
+status_lock() {
+  exec {STATUS_FD}>>"${BACKUP_DIR}/.status.lock" || return 1
+  flock -w 20 "${STATUS_FD}"
+}
+
+status_unlock() {
+  [[ -z "${STATUS_FD:-}" ]] || exec {STATUS_FD}>&-
+  STATUS_FD=""
+}
+
+# status_commit: append this run's records to the history (keeping the newest STATUS_HISTORY of
+# each kind and type) and add them to the counts.
+status_commit() {
+  ((${#STATUS_RECORDS[@]} > 0)) || return 0
+  local runs="${BACKUP_DIR}/${STATUS_RUNS_NAME}" counts="${BACKUP_DIR}/${STATUS_COUNTS_NAME}"
+  [[ -f "${runs}" ]] || : >"${runs}"
+  [[ -f "${counts}" ]] || : >"${counts}"
+  {
+    cat -- "${runs}"
+    printf '%s\n' "${STATUS_RECORDS[@]}"
+  } | awk -F '\t' -v keep="${STATUS_HISTORY}" '
+    { line[NR] = $0; key[NR] = $2 SUBSEP $3; n[$2 SUBSEP $3]++ }
+    END { for (i = 1; i <= NR; i++) if (seen[key[i]]++ >= n[key[i]] - keep) print line[i] }
+  ' >"${runs}.partial" || return 1
+  printf '%s\n' "${STATUS_RECORDS[@]}" | awk -F '\t' -v OFS='\t' -v counts="${counts}" '
+    BEGIN { while ((getline line < counts) > 0) { split(line, f, "\t"); c[f[1] "\t" f[2] "\t" f[3]] = f[4] } }
+    { c[$2 "\t" $3 "\t" $4]++ }
+    END { for (k in c) print k, c[k] }
+  ' | sort >"${counts}.partial" || return 1
+  mv -f -- "${runs}.partial" "${runs}" && mv -f -- "${counts}.partial" "${counts}" || return 1
+  STATUS_RECORDS=()
+}
+
+# status_inventory: the backups that count (list_backups) by type: "TYPE COUNT BYTES" lines.
+status_inventory() {
+  local type name count bytes
+  for type in "${BACKUP_TYPES[@]}"; do
+    count=0 bytes=0
+    while IFS= read -r name; do
+      [[ -n "${name}" ]] || continue
+      count=$((count + 1))
+      bytes=$((bytes + $(file_size "${BACKUP_DIR}/${name}" 2>/dev/null || printf 0)))
+    done < <(list_backups "${type}" 2>/dev/null)
+    printf '%s %s %s\n' "${type}" "${count}" "${bytes}"
+  done
+}
+
+# status_model OUT_DIR [SINCE] [SCHEDULER_DOWN]: every fact, derived once, as files in OUT_DIR:
+# status.json, gym_backup.prom, conditions (KEY<TAB>MESSAGE, what needs attention now) and
+# status.txt (the status command's text). SINCE: when the service started (for "no backup yet").
+status_model() {
+  local out="$1" since="${2:-0}" scheduler_down="${3:-0}"
+  local runs="${BACKUP_DIR}/${STATUS_RUNS_NAME}" counts="${BACKUP_DIR}/${STATUS_COUNTS_NAME}"
+  local alerts="${BACKUP_DIR}/.alerts" df_line size=0 used=0 free=0 running=""
+  [[ -r "${runs}" ]] || runs=/dev/null
+  [[ -r "${counts}" ]] || counts=/dev/null
+  [[ -r "${alerts}" ]] || alerts=/dev/null
+  status_inventory >"${out}/inventory"
+  df_line="$(df -Pk -- "${BACKUP_DIR}" 2>/dev/null | awk 'NR == 2 { print $2, $3, $4 }')" || df_line=""
+  read -r size used free <<<"${df_line:-0 0 0}"
+  running="$(lock_busy_holder 2>/dev/null)" || running=""
+  awk -F '\t' -v now="${EPOCHSECONDS}" -v types="${BACKUP_TYPES[*]}" \
+    -v max_age="${ALERT_MAX_AGE}" -v max_duration="${ALERT_MAX_DURATION}" \
+    -v disk_percent="${ALERT_DISK_PERCENT}" -v since="${since}" \
+    -v scheduler_down="${scheduler_down}" -v size=$((size * 1024)) -v used=$((used * 1024)) \
+    -v free=$((free * 1024)) -v version="${GYM_BACKUP_VERSION}" \
+    -v schema="${STATUS_SCHEMA_VERSION}" -v backup_dir="${BACKUP_DIR}" -v running="${running}" \
+    -v f_runs="${runs}" -v f_counts="${counts}" -v f_alerts="${alerts}" \
+    -v f_inventory="${out}/inventory" -v json_out="${out}/status.json" \
+    -v prom_out="${out}/gym_backup.prom" -v cond_out="${out}/conditions" \
+    -v text_out="${out}/status.txt" "${STATUS_AWK}" \
+    "${counts}" "${out}/inventory" "${alerts}" "${runs}"
+}
+
+# The facts, from the files status_model names (FILENAME tells which one a line comes from).
+read -r -d '' STATUS_AWK <<'AWK' || true
+function jstr(s) {
+  gsub(/\\/, "\\\\", s); gsub(/"/, "\\\"", s); gsub(/\t/, "\\t", s); gsub(/\r/, "\\r", s)
+  gsub(/\n/, "\\n", s)
+  return "\"" s "\""
+}
+function jnum(v) { return (v == "" ? "null" : v + 0) }
+function plabel(s) { gsub(/\\/, "\\\\", s); gsub(/"/, "\\\"", s); gsub(/\n/, "\\n", s); return s }
+function iso(t) { return (t == "" || t == 0 ? "" : strftime("%Y-%m-%dT%H:%M:%S%z", t)) }
+function when(t) { return (t == "" || t == 0 ? "never" : strftime("%Y-%m-%d %H:%M", t)) }
+function age(s,   d, h, m) {
+  if (s < 0) s = 0
+  d = int(s / 86400); h = int((s % 86400) / 3600); m = int((s % 3600) / 60)
+  if (d > 0) return d "d " h "h"
+  if (h > 0) return h "h " m "m"
+  return m "m"
+}
+function human(b,   u, i) {
+  if (b == "") return "-"
+  split("B KiB MiB GiB TiB", u, " ")
+  for (i = 1; b >= 1024 && i < 5; i++) b /= 1024
+  return (i == 1 ? sprintf("%.0f B", b) : sprintf("%.1f %s", b, u[i]))
+}
+function cond(key, msg) { ncond++; ckey[ncond] = key; cmsg[ncond] = msg }
+function metric(name, type, help) {
+  printf("# HELP %s %s\n# TYPE %s %s\n", name, help, name, type) > prom_out
+}
+BEGIN { ntypes = split(types, T, " ") }
+FILENAME == f_counts { split($0, f, "\t"); nc++; ck[nc] = f[1]; ct[nc] = f[2]; cr[nc] = f[3]; cv[nc] = f[4]; next }
+FILENAME == f_inventory { split($0, f, " "); inv_n[f[1]] = f[2]; inv_b[f[1]] = f[3]; next }
+FILENAME == f_alerts { na++; ak[na] = $1; as[na] = $2; al[na] = $3; ad[na] = $4; next }
+FILENAME == f_runs {
+  # end kind type result code seconds raw stored file detail alert error run run_seconds started
+  nr++; R[nr] = $0
+  k = $2 SUBSEP $3
+  last[k] = nr; runs[k]++
+  if ($4 == "ok") { ok[k]++; lastok[k] = nr; if (!(k in firstok)) firstok[k] = nr; okn[k]++ }
+  if ($4 == "ok" || $4 == "skipped") streak[k] = 0
+  else { if (streak[k] == 0) streak_since[k] = $1; streak[k]++ }
+  if (!(k in first)) first[k] = $1
+  if ($2 == "backup") { lastbackup = nr }
+  next
+}
+# An element that may be absent (an absent one handed to a function trips gawk 5.2).
+function at(a, k) { return ((k in a) ? a[k] : "") }
+# A field of record I (references to absent keys make empty elements: skipped where it matters).
+function fld(i, n,   f) { if (i == "") return ""; split(R[i], f, "\t"); return f[n] }
+END {
+  # What needs attention now.
+  for (t = 1; t <= ntypes; t++) {
+    ty = T[t]; k = "backup" SUBSEP ty
+    if ((k in last) && fld(at(last, k), 4) != "ok") {
+      msg = "the " ty " backup has failed since " when(streak_since[k]) " (" streak[k] " run(s) in a row)"
+      if (fld(at(last, k), 12) != "") msg = msg "; last error: " fld(at(last, k), 12)
+      cond("failed:" ty, msg)
+    }
+    okt = ((k in lastok) ? fld(at(lastok, k), 1) : 0)
+    from = (okt > 0 ? okt : ((k in first) ? first[k] : since))
+    if (max_age > 0 && from > 0 && now - from > max_age)
+      cond("stale:" ty, "no successful " ty " backup " (okt > 0 ? "since " when(okt) " (" age(now - okt) " ago)" : "yet, " age(now - from) " after the first attempt or the start") "; ALERT_MAX_AGE is " age(max_age))
+    if ((k in last) && fld(at(last, k), 11) == "files_empty")
+      cond("files_empty", "the last files backup (" when(fld(at(last, k), 1)) ") found FILES_DIR empty, but the one before it had files: is the uploads volume mounted?")
+    kd = "drill" SUBSEP ty
+    if ((kd in last) && fld(at(last, kd), 4) != "ok" && fld(at(last, kd), 4) != "skipped") {
+      msg = "the restore drill of " ty " failed on " when(fld(at(last, kd), 1)) " (" fld(at(last, kd), 9) ")"
+      if (fld(at(last, kd), 12) != "") msg = msg "; last error: " fld(at(last, kd), 12)
+      cond("drill:" ty, msg)
+    }
+  }
+  for (k in last) {
+    if ((k in last) && fld(at(last, k), 11) == "encryption" && fld(at(last, k), 4) != "ok") {
+      split(k, kt, SUBSEP)
+      cond("encryption", "an encryption or decryption error in the last " kt[1] " of " kt[2] " (" when(fld(at(last, k), 1)) "): " fld(at(last, k), 12))
+    }
+  }
+  if (lastbackup != "" && max_duration > 0 && fld(lastbackup, 14) > max_duration)
+    cond("duration", "the last backup run (" fld(lastbackup, 13) ") took " age(fld(lastbackup, 14)) ", longer than ALERT_MAX_DURATION (" age(max_duration) ")")
+  pct = (used + free > 0 ? int(used * 100 / (used + free) + 0.5) : 0)
+  if (disk_percent > 0 && pct > disk_percent)
+    cond("disk", backup_dir " is " pct "% full (" human(free) " free of " human(size) "); ALERT_DISK_PERCENT is " disk_percent "%")
+  if (scheduler_down)
+    cond("scheduler", "the scheduler is not running in the backup container: no scheduled backup will run")
+  for (i = 1; i <= ncond; i++) printf("%s\t%s\n", ckey[i], cmsg[i]) > cond_out
+  printf("") > cond_out
+
+  # status.json
+  printf("{\n  \"schema_version\": %.0f,\n  \"generated\": %s,\n  \"generated_timestamp\": %.0f,\n", schema, jstr(iso(now)), now) > json_out
+  printf("  \"version\": %s,\n  \"backup_dir\": %s,\n  \"running\": %s,\n", jstr(version), jstr(backup_dir), (running == "" ? "null" : jstr(running))) > json_out
+  printf("  \"storage\": {\"size_bytes\": %.0f, \"used_bytes\": %.0f, \"free_bytes\": %.0f, \"used_percent\": %.0f},\n", size, used, free, pct) > json_out
+  printf("  \"attention\": [") > json_out
+  for (i = 1; i <= ncond; i++) printf("%s\n    {\"alert\": %s, \"message\": %s}", (i > 1 ? "," : ""), jstr(ckey[i]), jstr(cmsg[i])) > json_out
+  printf("%s],\n  \"alerts\": [", (ncond ? "\n  " : "")) > json_out
+  for (i = 1; i <= na; i++) printf("%s\n    {\"alert\": %s, \"since\": %s, \"last_sent\": %s, \"delivered\": %s}", (i > 1 ? "," : ""), jstr(ak[i]), jnum(as[i]), jnum(al[i]), jstr(ad[i])) > json_out
+  printf("%s],\n  \"types\": {", (na ? "\n  " : "")) > json_out
+  for (t = 1; t <= ntypes; t++) {
+    ty = T[t]; k = "backup" SUBSEP ty; kd = "drill" SUBSEP ty
+    rate = (runs[k] ? ok[k] / runs[k] : "")
+    interval = (okn[k] > 1 ? (fld(at(lastok, k), 1) - fld(at(firstok, k), 1)) / (okn[k] - 1) : "")
+    printf("%s\n    %s: {\n", (t > 1 ? "," : ""), jstr(ty)) > json_out
+    printf("      \"last_run\": %s,\n", record(at(last, k))) > json_out
+    printf("      \"last_success\": %s,\n", record(at(lastok, k))) > json_out
+    printf("      \"recent_runs\": %.0f, \"recent_successes\": %.0f, \"success_rate\": %s,\n", runs[k], ok[k], jnum(rate)) > json_out
+    printf("      \"interval_seconds\": %s, \"backups\": %.0f, \"backups_bytes\": %.0f,\n", jnum(interval == "" ? "" : int(interval)), inv_n[ty], inv_b[ty]) > json_out
+    printf("      \"last_drill\": %s\n    }", record(at(last, kd))) > json_out
+  }
+  printf("\n  },\n  \"last_cleanup\": %s,\n", record(at(last, "cleanup" SUBSEP "all"))) > json_out
+  printf("  \"runs_total\": [") > json_out
+  for (i = 1; i <= nc; i++) printf("%s\n    {\"kind\": %s, \"type\": %s, \"result\": %s, \"count\": %.0f}", (i > 1 ? "," : ""), jstr(ck[i]), jstr(ct[i]), jstr(cr[i]), cv[i]) > json_out
+  printf("%s],\n  \"history\": [", (nc ? "\n  " : "")) > json_out
+  for (i = nr; i >= 1; i--) printf("%s\n    %s", (i < nr ? "," : ""), record(i)) > json_out
+  printf("%s]\n}\n", (nr ? "\n  " : "")) > json_out
+
+  # gym_backup.prom: timestamps, not ages (an age freezes when the file is written).
+  metric("gym_backup_info", "gauge", "The gym-backup version that wrote these metrics.")
+  printf("gym_backup_info{version=\"%s\"} 1\n", plabel(version)) > prom_out
+  metric("gym_backup_last_success_timestamp_seconds", "gauge", "When the last successful backup of the type finished (0: none yet).")
+  for (t = 1; t <= ntypes; t++) { k = "backup" SUBSEP T[t]; printf("gym_backup_last_success_timestamp_seconds{type=\"%s\"} %.0f\n", T[t], ((k in lastok) ? fld(at(lastok, k), 1) : 0)) > prom_out }
+  metric("gym_backup_last_run_timestamp_seconds", "gauge", "When the last run of the kind and type finished.")
+  for (j in last) { split(j, kt, SUBSEP); printf("gym_backup_last_run_timestamp_seconds{kind=\"%s\",type=\"%s\"} %.0f\n", kt[1], kt[2], fld(at(last, j), 1)) > prom_out }
+  metric("gym_backup_last_run_success", "gauge", "1 when the last run of the kind and type succeeded (or was skipped), else 0.")
+  for (j in last) { split(j, kt, SUBSEP); res = fld(at(last, j), 4); printf("gym_backup_last_run_success{kind=\"%s\",type=\"%s\"} %.0f\n", kt[1], kt[2], (res == "ok" || res == "skipped")) > prom_out }
+  metric("gym_backup_last_run_duration_seconds", "gauge", "How long the last run of the kind and type took.")
+  for (j in last) { split(j, kt, SUBSEP); printf("gym_backup_last_run_duration_seconds{kind=\"%s\",type=\"%s\"} %s\n", kt[1], kt[2], fld(at(last, j), 6) + 0) > prom_out }
+  metric("gym_backup_last_success_raw_bytes", "gauge", "Size of the data in the last successful backup, before compression.")
+  for (t = 1; t <= ntypes; t++) { k = "backup" SUBSEP T[t]; if ((k in lastok)) printf("gym_backup_last_success_raw_bytes{type=\"%s\"} %.0f\n", T[t], fld(at(lastok, k), 7)) > prom_out }
+  metric("gym_backup_last_success_stored_bytes", "gauge", "Size of the last successful backup as stored (compressed, encrypted).")
+  for (t = 1; t <= ntypes; t++) { k = "backup" SUBSEP T[t]; if ((k in lastok)) printf("gym_backup_last_success_stored_bytes{type=\"%s\"} %.0f\n", T[t], fld(at(lastok, k), 8)) > prom_out }
+  metric("gym_backup_runs_total", "counter", "Runs by kind, type and result.")
+  for (i = 1; i <= nc; i++) printf("gym_backup_runs_total{kind=\"%s\",type=\"%s\",result=\"%s\"} %.0f\n", ck[i], ct[i], cr[i], cv[i]) > prom_out
+  metric("gym_backup_backups", "gauge", "Backups of the type in BACKUP_DIR that count (verifiable, not in the future).")
+  for (t = 1; t <= ntypes; t++) printf("gym_backup_backups{type=\"%s\"} %.0f\n", T[t], inv_n[T[t]]) > prom_out
+  metric("gym_backup_backups_bytes", "gauge", "Bytes of the backups of the type in BACKUP_DIR.")
+  for (t = 1; t <= ntypes; t++) printf("gym_backup_backups_bytes{type=\"%s\"} %.0f\n", T[t], inv_b[T[t]]) > prom_out
+  metric("gym_backup_storage_size_bytes", "gauge", "Size of the file system BACKUP_DIR is on.")
+  printf("gym_backup_storage_size_bytes %.0f\n", size) > prom_out
+  metric("gym_backup_storage_used_bytes", "gauge", "Bytes used on the file system BACKUP_DIR is on.")
+  printf("gym_backup_storage_used_bytes %.0f\n", used) > prom_out
+  metric("gym_backup_storage_free_bytes", "gauge", "Bytes free on the file system BACKUP_DIR is on.")
+  printf("gym_backup_storage_free_bytes %.0f\n", free) > prom_out
+  metric("gym_backup_attention", "gauge", "1 for each condition that needs attention now (an alert).")
+  for (i = 1; i <= ncond; i++) printf("gym_backup_attention{alert=\"%s\"} 1\n", plabel(ckey[i])) > prom_out
+  metric("gym_backup_status_timestamp_seconds", "gauge", "When this file was written.")
+  printf("gym_backup_status_timestamp_seconds %.0f\n", now) > prom_out
+
+  # The status command's text.
+  printf("%-10s  %-16s  %-8s  %-10s  %-8s  %-7s  %-10s  %s\n", "TYPE", "LAST SUCCESS", "AGE", "SIZE", "DURATION", "SUCCESS", "EVERY", "LAST RUN") > text_out
+  for (t = 1; t <= ntypes; t++) {
+    ty = T[t]; k = "backup" SUBSEP ty
+    okt = ((k in lastok) ? fld(at(lastok, k), 1) : 0)
+    printf("%-10s  %-16s  %-8s  %-10s  %-8s  %-7s  %-10s  %s\n", ty, when(okt), (okt ? age(now - okt) : "-"), (okt ? human(fld(at(lastok, k), 8)) : "-"), (okt ? sprintf("%.1fs", fld(at(lastok, k), 6)) : "-"), (runs[k] ? sprintf("%.0f/%.0f", ok[k], runs[k]) : "-"), (okn[k] > 1 ? age((fld(at(lastok, k), 1) - fld(at(firstok, k), 1)) / (okn[k] - 1)) : "-"), ((k in last) ? fld(at(last, k), 4) " " when(fld(at(last, k), 1)) : "never")) > text_out
+  }
+  printf("\nbackups: ") > text_out
+  for (t = 1; t <= ntypes; t++) printf("%s%s %.0f (%s)", (t > 1 ? ", " : ""), T[t], inv_n[T[t]], human(at(inv_b, T[t]))) > text_out
+  printf("\nstorage: %s used of %s (%.0f%%), %s free in %s\n", human(used), human(size), pct, human(free), backup_dir) > text_out
+  for (t = 1; t <= ntypes; t++) {
+    kd = "drill" SUBSEP T[t]
+    if ((kd in last)) { drills = drills (drills == "" ? "" : "; ") T[t] " " fld(at(last, kd), 4) " " when(fld(at(last, kd), 1)) (fld(at(last, kd), 10) != "" ? " (" fld(at(last, kd), 10) ")" : "") }
+  }
+  printf("last drill: %s\n", (drills == "" ? "never" : drills)) > text_out
+  kc = "cleanup" SUBSEP "all"
+  printf("last cleanup: %s\n", ((kc in last) ? fld(at(last, kc), 4) " " when(fld(at(last, kc), 1)) : "never")) > text_out
+  if (running != "") printf("running now: %s\n", running) > text_out
+  if (ncond == 0) printf("\nall good: nothing needs attention\n") > text_out
+  else {
+    printf("\nNEEDS ATTENTION:\n") > text_out
+    for (i = 1; i <= ncond; i++) printf("  - %s\n", cmsg[i]) > text_out
+  }
+}
+function record(i,   f) {
+  if (i == "") return "null"
+  split(R[i], f, "\t")
+  return sprintf("{\"time\": %s, \"timestamp\": %.0f, \"kind\": %s, \"type\": %s, \"result\": %s, \"exit_code\": %s, \"seconds\": %s, \"raw_bytes\": %s, \"stored_bytes\": %s, \"file\": %s, \"detail\": %s, \"error\": %s, \"run\": %s, \"run_seconds\": %s}", jstr(iso(f[1])), f[1], jstr(f[2]), jstr(f[3]), jstr(f[4]), jnum(f[5]), jnum(f[6]), jnum(f[7]), jnum(f[8]), jstr(f[9]), jstr(f[10]), jstr(f[12]), jstr(f[13]), jnum(f[14]))
+}
+AWK
+readonly STATUS_AWK
+
+# status_publish [SINCE] [SCHEDULER_DOWN]: write status.json and the metrics atomically in
+# BACKUP_DIR from the history, then update the alerts with the conditions that hold now.
+status_publish() {
+  local since="${1:-0}" scheduler_down="${2:-0}" out
+  out="$(mktemp -d "${TMPDIR:-/tmp}/gym-status.XXXXXXXX")" || return 1
+  if ! status_model "${out}" "${since}" "${scheduler_down}"; then
+    rm -rf -- "${out}"
+    return 1
+  fi
+  local rc=0 metrics_dir="${BACKUP_DIR}/${STATUS_METRICS_NAME%/*}"
+  # The metrics are read by node_exporter, another user: the folder and the file are readable.
+  { [[ -d "${metrics_dir}" ]] || mkdir -m 755 -- "${metrics_dir}"; } &&
+    cp -- "${out}/gym_backup.prom" "${BACKUP_DIR}/${STATUS_METRICS_NAME}.partial" &&
+    chmod 644 -- "${BACKUP_DIR}/${STATUS_METRICS_NAME}.partial" &&
+    mv -f -- "${BACKUP_DIR}/${STATUS_METRICS_NAME}.partial" "${BACKUP_DIR}/${STATUS_METRICS_NAME}" &&
+    cp -- "${out}/status.json" "${BACKUP_DIR}/${STATUS_JSON_NAME}.partial" &&
+    chmod 644 -- "${BACKUP_DIR}/${STATUS_JSON_NAME}.partial" &&
+    mv -f -- "${BACKUP_DIR}/${STATUS_JSON_NAME}.partial" "${BACKUP_DIR}/${STATUS_JSON_NAME}" || rc=1
+  if declare -F alerts_update >/dev/null; then
+    alerts_update "${out}/conditions" || true
+  fi
+  rm -rf -- "${out}"
+  return "${rc}"
+}
+
+# status_finish: the status part of a run's finishing step: record, then publish.
+status_finish() {
+  ((${#STATUS_RECORDS[@]} > 0)) || return 0
+  [[ -d "${BACKUP_DIR}" && -w "${BACKUP_DIR}" ]] || return 0
+  local rc=0
+  status_lock || {
+    log WARN "status: could not take ${BACKUP_DIR}/.status.lock; status.json and the metrics are not updated"
+    return 0
+  }
+  status_commit && status_publish || rc=1
+  status_unlock
+  ((rc == 0)) || log WARN "status: could not write ${STATUS_JSON_NAME} or ${STATUS_METRICS_NAME} in ${BACKUP_DIR} (is it full?)"
+  return 0
 }
 # --- The postgresql backup type (PostgreSQL): its backup, content check, deep verify and
 # restore (generator/backup_types.py has its row). Both scripts include the backup part;
@@ -3090,6 +3548,7 @@ backup_files() {
   check_store files tar "${st[@]}"
   entries="$(grep -cvx '\./' "${WORK_DIR}/content.list" || true)"
   if ((entries == 0 && ${previous_entries:-0} > 0)); then
+    FOUND_ALERT=files_empty
     part_warning files "FILES_DIR ${FILES_DIR} is empty, but the previous files backup (${previous[0]}) had ${previous_entries} entries: is the uploads volume mounted?"
   fi
   finish_backup files "${partial}" "${final}" "${epoch}" "${started}" \
@@ -3501,6 +3960,7 @@ OPT_TARGET_DB=""
 OPT_MODE=online
 BACKUP_FILE=""
 BACKUP_TYPE=""
+RUN_KIND=""
 # The sha256 FILE.sha256 gives (empty with --no-checksum): what a restore reads must match it.
 EXPECTED_SHA256=""
 
@@ -3536,7 +3996,7 @@ Options:
   -h, --help     show this help
 
 Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy, 4 verification failed, 5 wrong encryption key,
-6 refused (a precondition not met).
+6 refused (a precondition not met), 7 status needs attention.
 On any failure the target is left as it was, but for a files restore stopped while moving
 entries into place (run it again to complete it).
 EOF
@@ -3834,7 +4294,12 @@ safety_backup() {
 # finish is put back by its type, or kept for a rerun and said so (a files restore stopped while
 # moving).
 run_finished() {
+  local code="$1"
   type_hooks restore_finished || true
+  [[ -n "${RUN_KIND}" ]] || return 0
+  status_add "${RUN_KIND}" "${BACKUP_TYPE:-redis}" "$(result_of "${code}")" "${code}" \
+    "$(status_elapsed)" "" "" "${BACKUP_FILE##*/}" "" "$(reported_error alert)" "$(reported_error error)"
+  status_finish
 }
 
 # leftover_hook DIR: a killed run's folder, before it is removed: each type removes what it left.
@@ -3924,6 +4389,9 @@ main() {
   fi
   load_secrets
   prepare_backup_dir
+  # What the run is, for its record in status and the metrics (info writes none).
+  RUN_KIND=restore
+  [[ "${command}" != verify ]] || RUN_KIND=verify
   acquire_lock "restore ${command} ${BACKUP_FILE##*/}"
   clean_leftovers --partials
   rotate_logs

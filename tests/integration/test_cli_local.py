@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,6 +64,17 @@ def test_backup_full_local_runs_with_the_env_file_settings(
     assert listing.returncode == 0, listing.stderr
     assert "3 backup(s) (postgresql 1, redis 1, files 1)" in listing.stdout
 
+    shown = cli("status", "--local", "--env", str(env_file), cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "all good: nothing needs attention" in shown.stdout
+    assert "\x1b[" not in shown.stdout  # no colour when not on a terminal
+    for kind in ("postgresql", "redis", "files"):
+        assert f"│ {kind}" in shown.stdout
+    facts = json.loads(
+        cli("status", "--json", "--local", "--env", str(env_file), cwd=tmp_path, env=env).stdout
+    )
+    assert facts["types"]["files"]["last_success"]["file"] == made[0]
+
     files_backup = made[0]
     verified = cli(
         "verify", files_backup, "--deep", "--local", "--env", str(env_file), cwd=tmp_path, env=env
@@ -114,6 +126,13 @@ def test_a_failing_script_gives_its_exit_code_and_a_clear_message(
     assert "redis: cannot reach 127.0.0.1:1" in result.stderr
     assert "error: backup_script.sh redis: failed" in result.stderr
     assert pg.password not in result.stderr + result.stdout
+
+    shown = cli(
+        "status", "--local", "--env", str(env_file), cwd=tmp_path, env=clean_environ(tmp_path)
+    )
+    assert shown.returncode == 7, shown.stderr
+    assert "NEEDS ATTENTION" in shown.stdout
+    assert "the redis backup has failed since" in shown.stdout
 
 
 def test_make_run_demo_backs_up_sample_gym_data(tmp_path: Path) -> None:
