@@ -313,9 +313,10 @@ def status(
 def cleanup(
     local: LocalOption = False, env: EnvOption = None, dry_run: DryRunOption = False
 ) -> None:
-    """Delete backups older than BACKUP_RETENTION_DAYS.
+    """Delete the backups no retention rule keeps.
 
-    The newest KEEP_MIN backups of each type are always kept.
+    Each type keeps its backups younger than BACKUP_RETENTION_DAYS, its newest KEEP_MIN, and its
+    newest of each of the KEEP_DAILY days, KEEP_WEEKLY weeks and KEEP_MONTHLY months that have one.
     """
     with reporting_errors():
         _run(local, env, "backup_script.sh", ["cleanup", *_flags(dry_run=dry_run)], for_run=False)

@@ -65,6 +65,10 @@ class Setting:
 # (Alpine 3.20 and Debian bookworm), so that each flavour builds without another repository.
 FLAVOR_PG_MAJOR: Mapping[str, str] = {"alpine": "16", "debian": "15"}
 
+# The range of each retention tier (KEEP_DAILY, KEEP_WEEKLY, KEEP_MONTHLY): how many days, weeks
+# or months it keeps a backup of; 0 turns it off.
+TIER_RANGE = (0, 10000)
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "POSTGRES_HOST", "postgres", Kind.HOST, "PostgreSQL server to dump (compose service name)."
@@ -166,6 +170,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Newest backups of each type that cleanup never deletes.",
         minimum=1,
         maximum=10000,
+    ),
+    Setting(
+        "KEEP_DAILY",
+        "0",
+        Kind.INT,
+        "Cleanup keeps each type's newest backup of each of the N most recent days that have "
+        "one, in TZ (0: off; as restic's --keep-daily).",
+        *TIER_RANGE,
+    ),
+    Setting(
+        "KEEP_WEEKLY",
+        "0",
+        Kind.INT,
+        "Cleanup keeps each type's newest backup of each of the N most recent ISO weeks that "
+        "have one, in TZ (0: off; as restic's --keep-weekly).",
+        *TIER_RANGE,
+    ),
+    Setting(
+        "KEEP_MONTHLY",
+        "0",
+        Kind.INT,
+        "Cleanup keeps each type's newest backup of each of the N most recent months that "
+        "have one, in TZ (0: off; as restic's --keep-monthly).",
+        *TIER_RANGE,
     ),
     Setting(
         "REDIS_DATA_DIR",

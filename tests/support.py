@@ -13,6 +13,7 @@ import fcntl
 import gzip
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -232,6 +233,11 @@ def runs_own(name: str) -> bool:
     return name in {"backup.log", "status.json", "metrics"} or name.startswith(".")
 
 
+def names_in(folder: Path) -> set[str]:
+    """Every name in ``folder`` (files, folders, links) but the run's log and hidden files."""
+    return {p.name for p in folder.iterdir() if not runs_own(p.name)}
+
+
 def folder_state(folder: Path, leave_out: Callable[[str], bool] = runs_own) -> dict[str, bytes]:
     """Every file of ``folder`` (not below) and its bytes, but the names ``leave_out`` picks
     (by default what the runs keep for themselves)."""
@@ -244,6 +250,24 @@ def write_sidecar(backup: Path) -> None:
     """Write ``backup.sha256`` for the bytes the file holds now (as backup_script.sh does)."""
     digest = hashlib.sha256(backup.read_bytes()).hexdigest()
     Path(f"{backup}.sha256").write_text(f"{digest}  {backup.name}\n")
+
+
+def name_of(kind: str, when: str) -> str:
+    """The name of a gzip backup of ``kind`` with the timestamp ``when`` (YYYYMMDD_HHMMSS)."""
+    return f"{kind}_backup_{when}.{EXTENSIONS[kind]}.gz"
+
+
+def make_backup(backups: Path, kind: str, when: str, *, sidecar: bool = True) -> str:
+    """A backup-looking file (gzip data) of ``kind`` named with the timestamp ``when``, with a
+    manifest and, when ``sidecar``, a ``.sha256`` that names it (as backup_script.sh writes)."""
+    name = name_of(kind, when)
+    path = backups / name
+    path.write_bytes(gzip.compress(f"{kind} {when}\n".encode() * 50, mtime=0))
+    manifest = {"schema_version": 1, "type": kind, "file": name}
+    Path(f"{path}.manifest.json").write_text(json.dumps(manifest) + "\n")
+    if sidecar:
+        write_sidecar(path)
+    return name
 
 
 def flip_middle_byte(path: Path) -> None:

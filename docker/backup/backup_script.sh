@@ -44,6 +44,9 @@ unset LANGUAGE
 : "${COMPRESSION_LEVEL:=}"
 : "${COMPRESSION_THREADS:=}"
 : "${KEEP_MIN:=3}"
+: "${KEEP_DAILY:=0}"
+: "${KEEP_WEEKLY:=0}"
+: "${KEEP_MONTHLY:=0}"
 : "${REDIS_DATA_DIR:=/redis-data}"
 : "${REDIS_DBFILENAME:=dump.rdb}"
 : "${REDIS_APPENDDIRNAME:=appendonlydir}"
@@ -448,6 +451,9 @@ check_settings() {
   [[ -z "${COMPRESSION_LEVEL}" ]] || check_range problems COMPRESSION_LEVEL 1 19
   [[ -z "${COMPRESSION_THREADS}" ]] || check_range problems COMPRESSION_THREADS 1 256
   check_range problems KEEP_MIN 1 10000
+  check_range problems KEEP_DAILY 0 10000
+  check_range problems KEEP_WEEKLY 0 10000
+  check_range problems KEEP_MONTHLY 0 10000
   [[ -z "${PG_MAJOR}" ]] || check_range problems PG_MAJOR 12 18
   check_range problems HEALTH_MAX_AGE 0 2678400
   check_range problems ALERT_MAX_AGE 0 31622400
@@ -476,7 +482,7 @@ check_settings() {
   fi
   # Whole numbers are decimal, as for gym-backup config check: 010 is ten, 08 is eight (bash
   # arithmetic would read a leading 0 as octal).
-  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN PG_MAJOR HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION LOCK_TIMEOUT; do
+  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN KEEP_DAILY KEEP_WEEKLY KEEP_MONTHLY PG_MAJOR HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION LOCK_TIMEOUT; do
     [[ -z "${!name}" ]] || printf -v "${name}" '%d' "$((10#${!name}))"
   done
   local level
@@ -1788,6 +1794,115 @@ status_finish() {
   ((rc == 0)) || log WARN "status: could not write ${STATUS_JSON_NAME} or ${STATUS_METRICS_NAME} in ${BACKUP_DIR} (is it full?)"
   return 0
 }
+# --- Retention: which of a type's backups cleanup keeps, and why (prune_type deletes the rest).
+# A backup is kept when any rule keeps it:
+#   age       the time in its name is within BACKUP_RETENTION_DAYS of now;
+#   KEEP_MIN  it is among the newest KEEP_MIN backups of its type;
+#   a tier    KEEP_DAILY, KEEP_WEEKLY, KEEP_MONTHLY (0: off), as restic's forget --keep-*:
+#             walking the type's backups newest first, a tier keeps a backup when it is the
+#             newest of its period (the calendar day, ISO week or calendar month of the date in
+#             its name, which is in TZ) and the tier has kept fewer than N periods so far. A
+#             period without a backup takes no place.
+# Only backups (backup_class) are decided on: a name in the future or without a sidecar counts
+# for no rule and is never deleted.
+
+# The tiers: the setting, its word in messages, and its period as a date format.
+readonly RETENTION_TIERS=(KEEP_DAILY KEEP_WEEKLY KEEP_MONTHLY)
+declare -rA TIER_WORD=([KEEP_DAILY]=daily [KEEP_WEEKLY]=weekly [KEEP_MONTHLY]=monthly)
+declare -rA TIER_PERIOD=([KEEP_DAILY]=%Y-%m-%d [KEEP_WEEKLY]=%G-W%V [KEEP_MONTHLY]=%Y-%m)
+
+# What retention_decide found: for each backup it keeps, the rules that keep it ("rule, rule");
+# for each one it does not, why it may go.
+declare -A RETAIN_KEEP=() RETAIN_DROP=()
+
+# retention_decide NOW NAME...: decide on NAMEs, the backups of one type, newest first.
+retention_decide() {
+  local now="$1"
+  shift
+  RETAIN_KEEP=()
+  RETAIN_DROP=()
+  local cutoff=$((now - BACKUP_RETENTION_DAYS * 86400)) i=0 name epoch age tier key period text
+  # The end of the reason a backup goes for: the rules but age that did not keep it either.
+  local none=" and not among the newest KEEP_MIN=${KEEP_MIN}"
+  local -a why stamps=() tiers=()
+  local -A periods=() last=() kept=()
+  for tier in "${RETENTION_TIERS[@]}"; do
+    ((${!tier} == 0)) || tiers+=("${tier}")
+  done
+  for name in "$@"; do
+    parse_name "${name}" || die "${EXIT_FAILED}" "retention: ${name} is not a backup's name"
+    [[ -v "STAMP_EPOCHS[${NAME_STAMP}]" ]] || stamps+=("${NAME_STAMP}")
+  done
+  ((${#stamps[@]} == 0)) || stamp_epochs "${stamps[@]}"
+  if ((${#tiers[@]} > 0 && $# > 0)); then
+    tier_periods periods "$@"
+    none=", not among the newest KEEP_MIN=${KEEP_MIN} and kept by none of $(tier_settings "${tiers[@]}")"
+  fi
+  for name in "$@"; do
+    parse_name "${name}"
+    epoch="${STAMP_EPOCHS[${NAME_STAMP}]}"
+    age=$(((now - epoch) / 86400))
+    why=()
+    ((epoch < cutoff)) || why+=("within BACKUP_RETENTION_DAYS=${BACKUP_RETENTION_DAYS} (${age} days old)")
+    ((i >= KEEP_MIN)) || why+=("newest $((i + 1))/${KEEP_MIN} (KEEP_MIN)")
+    for tier in "${tiers[@]}"; do
+      key="${tier}:${NAME_STAMP%_*}"
+      period="${periods[${key}]}"
+      [[ "${period}" != "${last[${tier}]:-}" ]] || continue
+      ((${kept[${tier}]:-0} < ${!tier})) || continue
+      last[${tier}]="${period}"
+      kept[${tier}]=$((${kept[${tier}]:-0} + 1))
+      why+=("${TIER_WORD[${tier}]} ${kept[${tier}]}/${!tier} (${period})")
+    done
+    i=$((i + 1))
+    if ((${#why[@]} > 0)); then
+      printf -v text '%s, ' "${why[@]}"
+      RETAIN_KEEP[${name}]="${text%, }"
+      continue
+    fi
+    RETAIN_DROP[${name}]="${age} days old, older than BACKUP_RETENTION_DAYS=${BACKUP_RETENTION_DAYS}${none}"
+  done
+}
+
+# tier_periods ARRAY NAME...: the period of each tier for the date in each NAME, in ARRAY as
+# ARRAY[TIER:YYYYMMDD] (one date run for them all). The date in a name is already in TZ: it is
+# read as a plain calendar date, in UTC (where no midnight is ever skipped).
+tier_periods() {
+  local -n _periods="$1"
+  shift
+  local name day tier key format="+%Y%m%d" col
+  local -a dates=() fields
+  for name in "$@"; do
+    parse_name "${name}"
+    day="${NAME_STAMP%_*}"
+    dates+=("${day:0:4}-${day:4:2}-${day:6:2}")
+  done
+  for tier in "${RETENTION_TIERS[@]}"; do
+    format+=" ${TIER_PERIOD[${tier}]}"
+  done
+  while read -r -a fields; do
+    col=1
+    for tier in "${RETENTION_TIERS[@]}"; do
+      _periods["${tier}:${fields[0]}"]="${fields[col]}"
+      col=$((col + 1))
+    done
+  done < <(printf '%s\n' "${dates[@]}" | sort -u | TZ=UTC date -f - "${format}")
+  for name in "$@"; do
+    parse_name "${name}"
+    key="${RETENTION_TIERS[0]}:${NAME_STAMP%_*}"
+    [[ -v "_periods[${key}]" ]] ||
+      die "${EXIT_FAILED}" "retention: cannot tell the day, week and month of ${name}"
+  done
+}
+
+# tier_settings TIER...: "KEEP_DAILY=7, KEEP_MONTHLY=12" for messages.
+tier_settings() {
+  local tier text=""
+  for tier in "$@"; do
+    text+="${text:+, }${tier}=${!tier}"
+  done
+  printf '%s' "${text}"
+}
 # --- The postgresql backup type (PostgreSQL): its backup, content check, deep verify and
 # restore (generator/backup_types.py has its row). Both scripts include the backup part;
 # the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
@@ -2577,9 +2692,11 @@ Commands:
   status      per type the last success and its age, size, duration, success rate and how
               often backups ran; storage; what needs attention (then exits 7); --json prints
               the same facts as JSON
-  cleanup     delete backups older than BACKUP_RETENTION_DAYS (keeping the newest KEEP_MIN
-              of each type), stale .partial files, orphan sidecars and logs older than 7
-              days; names that are not verifiable backups are reported and left alone
+  cleanup     delete the backups no rule keeps (per type: younger than BACKUP_RETENTION_DAYS,
+              the newest KEEP_MIN, the newest of each of the KEEP_DAILY days, KEEP_WEEKLY
+              ISO weeks and KEEP_MONTHLY months that have one), stale .partial files, orphan
+              sidecars and logs older than 7 days; names that are not verifiable backups are
+              reported and left alone; with --dry-run, says of each backup what keeps it
 
 Options:
   --dry-run   say what would be done (and check the servers are reachable); write nothing
@@ -2832,28 +2949,28 @@ delete_or_say() {
   fi
 }
 
-# Only backups count (backup_class): the newest KEEP_MIN of the type stay, older ones go when
-# they are older than BACKUP_RETENTION_DAYS, and never all of them.
+# prune_type TYPE NOW: delete the backups of TYPE that retention_decide keeps by no rule, with
+# their sidecars, and never all of them; a dry run says of each backup what keeps it or that it
+# would go. Only backups count (backup_class).
 prune_type() {
   local type="$1" now="$2"
-  local cutoff=$((now - BACKUP_RETENTION_DAYS * 86400))
   local -a names doomed=()
-  local i epoch
+  local name suffix
   mapfile -t names < <(list_backups "${type}")
-  for i in "${!names[@]}"; do
-    ((i >= KEEP_MIN)) || continue
-    epoch="$(name_epoch "${names[i]}")"
-    ((epoch >= cutoff)) || doomed+=("${names[i]}")
+  retention_decide "${now}" "${names[@]}"
+  for name in "${names[@]}"; do
+    [[ -v "RETAIN_KEEP[${name}]" ]] || doomed+=("${name}")
   done
   if ((${#doomed[@]} > 0 && ${#doomed[@]} >= ${#names[@]})); then
     log WARN "${type}: refusing to delete all ${#names[@]} backups of this type"
     return 0
   fi
-  local name suffix reason
-  for name in "${doomed[@]}"; do
-    epoch="$(name_epoch "${name}")"
-    reason="$(((now - epoch) / 86400)) days old, older than BACKUP_RETENTION_DAYS=${BACKUP_RETENTION_DAYS} and not among the newest KEEP_MIN=${KEEP_MIN}"
-    delete_or_say "${BACKUP_DIR}/${name}" "${reason}"
+  for name in "${names[@]}"; do
+    if [[ -v "RETAIN_KEEP[${name}]" ]]; then
+      ((DRY_RUN == 0)) || log INFO "keep ${name}: ${RETAIN_KEEP[${name}]}"
+      continue
+    fi
+    delete_or_say "${BACKUP_DIR}/${name}" "${RETAIN_DROP[${name}]}"
     for suffix in "${SIDECARS[@]}"; do
       ! is_own_file "${BACKUP_DIR}/${name}.${suffix}" || delete_or_say "${BACKUP_DIR}/${name}.${suffix}" "sidecar of ${name}"
     done

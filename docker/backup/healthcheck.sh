@@ -47,6 +47,9 @@ unset LANGUAGE
 : "${COMPRESSION_LEVEL:=}"
 : "${COMPRESSION_THREADS:=}"
 : "${KEEP_MIN:=3}"
+: "${KEEP_DAILY:=0}"
+: "${KEEP_WEEKLY:=0}"
+: "${KEEP_MONTHLY:=0}"
 : "${REDIS_DATA_DIR:=/redis-data}"
 : "${REDIS_DBFILENAME:=dump.rdb}"
 : "${REDIS_APPENDDIRNAME:=appendonlydir}"
@@ -451,6 +454,9 @@ check_settings() {
   [[ -z "${COMPRESSION_LEVEL}" ]] || check_range problems COMPRESSION_LEVEL 1 19
   [[ -z "${COMPRESSION_THREADS}" ]] || check_range problems COMPRESSION_THREADS 1 256
   check_range problems KEEP_MIN 1 10000
+  check_range problems KEEP_DAILY 0 10000
+  check_range problems KEEP_WEEKLY 0 10000
+  check_range problems KEEP_MONTHLY 0 10000
   [[ -z "${PG_MAJOR}" ]] || check_range problems PG_MAJOR 12 18
   check_range problems HEALTH_MAX_AGE 0 2678400
   check_range problems ALERT_MAX_AGE 0 31622400
@@ -479,7 +485,7 @@ check_settings() {
   fi
   # Whole numbers are decimal, as for gym-backup config check: 010 is ten, 08 is eight (bash
   # arithmetic would read a leading 0 as octal).
-  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN PG_MAJOR HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION LOCK_TIMEOUT; do
+  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN KEEP_DAILY KEEP_WEEKLY KEEP_MONTHLY PG_MAJOR HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION LOCK_TIMEOUT; do
     [[ -z "${!name}" ]] || printf -v "${name}" '%d' "$((10#${!name}))"
   done
   local level

@@ -10,8 +10,6 @@ tests assert exactly which names survive and what the script says about each of 
 from __future__ import annotations
 
 import contextlib
-import gzip
-import json
 import re
 import shutil
 import subprocess
@@ -28,11 +26,12 @@ from tests.support import (
     MakeEnv,
     RunScript,
     holding_the_lock,
+    make_backup,
+    name_of,
+    names_in,
     run_ok,
-    runs_own,
     stamp,
     with_sidecars,
-    write_sidecar,
 )
 
 UNVERIFIABLE = "unverifiable (no .sha256 sidecar that names it): not counted, not deleted"
@@ -48,28 +47,6 @@ def not_a_backup(why: str) -> str:
 
 def bad_date() -> str:
     return not_a_backup("the date in the name is not a valid date and time in UTC")
-
-
-def name_of(kind: str, when: str) -> str:
-    return f"{kind}_backup_{when}.{EXTENSIONS[kind]}.gz"
-
-
-def make_backup(backups: Path, kind: str, when: str, *, sidecar: bool = True) -> str:
-    """A backup-looking file (gzip data) of ``kind`` named with the timestamp ``when``, with a
-    manifest and, when ``sidecar``, a ``.sha256`` that names it (as backup_script.sh writes)."""
-    name = name_of(kind, when)
-    path = backups / name
-    path.write_bytes(gzip.compress(f"{kind} {when}\n".encode() * 50, mtime=0))
-    manifest = {"schema_version": 1, "type": kind, "file": name}
-    Path(f"{path}.manifest.json").write_text(json.dumps(manifest) + "\n")
-    if sidecar:
-        write_sidecar(path)
-    return name
-
-
-def names_in(folder: Path) -> set[str]:
-    """Every name in ``folder`` (files, folders, links) but the run's log and hidden files."""
-    return {p.name for p in folder.iterdir() if not runs_own(p.name)}
 
 
 def output(result: subprocess.CompletedProcess[str]) -> str:
