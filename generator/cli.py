@@ -190,7 +190,7 @@ def generate(
 def config_check(env: EnvOption = None) -> None:
     """Validate the settings for a run and show them.
 
-    Secrets are masked; the next run times of both schedules follow.
+    Secrets are masked; the next run times of the schedules follow.
     """
     with reporting_errors():
         settings = _load(env, for_run=True)
@@ -200,12 +200,15 @@ def config_check(env: EnvOption = None) -> None:
             typer.echo(f"  {name:<24} {value}")
         tz = settings.values["TZ"]
         typer.echo(f"Next runs ({tz}):")
-        for name in ("BACKUP_SCHEDULE", "CLEANUP_SCHEDULE"):
+        for name in ("BACKUP_SCHEDULE", "CLEANUP_SCHEDULE", "RESTORE_DRILL_SCHEDULE"):
             schedule = settings.values[name]
+            if not schedule:
+                typer.echo(f"  {name:<22} off")
+                continue
             runs = ", ".join(
                 t.strftime("%Y-%m-%d %H:%M %Z") for t in config.next_runs(schedule, tz)
             )
-            typer.echo(f"  {name:<17} {schedule:<14} {runs}")
+            typer.echo(f"  {name:<22} {schedule:<14} {runs}")
         if settings.encrypted:
             typer.echo("Encryption: on (GPG symmetric AES256).")
         else:

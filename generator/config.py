@@ -54,6 +54,8 @@ class Setting:
     maximum: int | None = None
     required_for_run: bool = False
     choices: tuple[str, ...] = ()  # a CHOICE setting's values
+    # Set to empty, it is empty (a schedule turned off), not its default; unset, it has its default.
+    empty_is_off: bool = False
 
     @property
     def secret(self) -> bool:
@@ -103,6 +105,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BACKUP_SCHEDULE", "0 2 * * *", Kind.CRON, "When the full backup runs (cron, in TZ)."),
     Setting(
         "CLEANUP_SCHEDULE", "0 3 * * 0", Kind.CRON, "When old backups are pruned (cron, in TZ)."
+    ),
+    Setting(
+        "RESTORE_DRILL_SCHEDULE",
+        "30 4 * * 0",
+        Kind.CRON,
+        "When the restore drill runs: 'backup_script.sh drill', a verify --deep of the newest "
+        "backup of each type (cron, in TZ; set it empty for no drill).",
+        empty_is_off=True,
     ),
     Setting(
         "BACKUP_RETENTION_DAYS",
@@ -401,9 +411,9 @@ def load_settings(
     from_file = read_env_file(env_file) if env_file is not None else {}
     problems = _near_misses(from_file)
 
-    def given(key: str) -> str | None:
+    def given(key: str, *, empty_is_off: bool = False) -> str | None:
         value = environ.get(key, from_file.get(key))
-        return value if value else None
+        return value if value or (empty_is_off and value is not None) else None
 
     values: dict[str, str] = {}
     secrets: dict[str, str] = {}
@@ -411,7 +421,7 @@ def load_settings(
         if setting.secret:
             problems += _collect_secret(setting, given, secrets, check_files=for_run)
             continue
-        value = given(setting.name)
+        value = given(setting.name, empty_is_off=setting.empty_is_off)
         value = (setting.default or "") if value is None else value.strip()
         problem = _check(setting, value)
         if problem:
@@ -520,7 +530,7 @@ _RULES: Mapping[Kind, Callable[[Setting, str], str | None]] = {
 
 
 def _check(setting: Setting, value: str) -> str | None:
-    if value == "" and setting.default == "":
+    if value == "" and (setting.default == "" or setting.empty_is_off):
         return None
     return _RULES[setting.kind](setting, value)
 

@@ -60,6 +60,9 @@ HEALTH_CHECK: Mapping[str, str] = {
 # reason, the start time. The runs' folders are elsewhere (TMPDIR: see _common.sh.j2's run_root).
 CONTAINER_STATE_DIR = "/dev/shm/gym-backup"  # noqa: S108 - a path inside the container
 JOB_ENV = f"{CONTAINER_STATE_DIR}/env.sh"
+# The crontab's drill line when RESTORE_DRILL_SCHEDULE is empty stands after this, a comment (the
+# entrypoint writes the same when it is empty at run time).
+DRILL_OFF = "# no restore drill (RESTORE_DRILL_SCHEDULE is empty):"
 
 
 class Status(enum.Enum):
@@ -120,7 +123,9 @@ def defaults_block(settings: Settings) -> str:
         if setting.secret:
             continue
         value = _double_quoted(settings.values[setting.name])
-        lines.append(f': "${{{setting.name}:={value}}}"')
+        # ${NAME=...}: an empty value given at run time stays empty (a schedule turned off).
+        operator = "=" if setting.empty_is_off else ":="
+        lines.append(f': "${{{setting.name}{operator}{value}}}"')
     return "\n".join(lines)
 
 
@@ -171,6 +176,7 @@ def render(settings: Settings, flavor: str = DEFAULT_FLAVOR) -> dict[str, str]:
         "scheduler": scheduler,
         "scheduler_process": scheduler_process,
         "job_env": JOB_ENV,
+        "drill_off": DRILL_OFF,
         "container_state_dir": CONTAINER_STATE_DIR,
         "backup_types": backup_types.BACKUP_TYPES,
         "codecs": backup_types.CODECS,

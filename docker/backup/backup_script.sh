@@ -35,6 +35,7 @@ unset LANGUAGE
 : "${REDIS_PORT:=6379}"
 : "${BACKUP_SCHEDULE:=0 2 * * *}"
 : "${CLEANUP_SCHEDULE:=0 3 * * 0}"
+: "${RESTORE_DRILL_SCHEDULE=30 4 * * 0}"
 : "${BACKUP_RETENTION_DAYS:=90}"
 : "${TZ:=America/Argentina/Buenos_Aires}"
 : "${BACKUP_DIR:=/backups}"
@@ -1364,16 +1365,34 @@ PART_RAW=""
 PART_SECONDS=""
 # What a part found, in a few words, for status and metrics (a drill: "12 tables, 3456 rows").
 PART_DETAIL=""
+# A part that had nothing to check (a drill: no backup yet) sets it, and says why in PART_DETAIL;
+# it ends with exit 0 and is no failure.
+PART_SKIPPED=0
+
+# part_status CODE: PART_STATUS, the status of a part that ended with CODE; the one place for
+# the words: ok, skipped, failed, interrupted.
+PART_STATUS=""
+part_status() {
+  if [[ -n "${RUN_INTERRUPTED}" ]]; then
+    PART_STATUS=interrupted
+  elif (($1 != 0)); then
+    PART_STATUS=failed
+  elif ((PART_SKIPPED)); then
+    PART_STATUS=skipped
+  else
+    PART_STATUS=ok
+  fi
+}
 
 # part_finished CODE: a part's EXIT trap: its result (status, exit code, file, sizes, duration,
-# error) as RUN_DIR_OF_RUN/result.TYPE, for the run's finishing step; then its own cleanup.
+# what it found, error) as RUN_DIR_OF_RUN/result.TYPE, for the run's finishing step; then its own
+# cleanup.
 part_finished() {
-  local code="$1" status=ok
-  ((code == 0)) || status=failed
-  [[ -z "${RUN_INTERRUPTED}" ]] || status=interrupted
+  local code="$1"
+  part_status "${code}"
   if [[ -n "${RUN_DIR_OF_RUN:-}" && -d "${RUN_DIR_OF_RUN}" ]]; then
     {
-      printf 'status=%s\ncode=%s\nfile=%s\n' "${status}" "${code}" "${PART_FILE}"
+      printf 'status=%s\ncode=%s\nfile=%s\n' "${PART_STATUS}" "${code}" "${PART_FILE}"
       printf 'stored_bytes=%s\nraw_bytes=%s\nseconds=%s\n' "${PART_STORED}" "${PART_RAW}" "${PART_SECONDS}"
       printf 'detail=%s\nalert=%s\n' "${PART_DETAIL//$'\n'/ }" "$(reported_error alert)"
       printf 'error=%s\n' "$(reported_error error)"
@@ -1903,11 +1922,116 @@ tier_settings() {
   done
   printf '%s' "${text}"
 }
+# --- Restore drills (backup_script.sh drill): the newest backup of each type goes through
+# restore_script.sh verify --deep, into a scratch database or redis-server. Each type is a part of
+# the run, as a backup's types are: its result (the backup checked, how long, what the deep verify
+# found) lands in RUN_DIR_OF_RUN/result.TYPE for run_finished.
+#
+# The deep verify is restore_script.sh itself, run for each type as a process of its own, and the
+# drill holds no lock: the verify takes the lock for as long as it runs, cleans up after a killed
+# run, and on a signal removes its scratch database or server itself. A backup or cleanup due
+# meanwhile waits for one verify at most, not for the whole drill; and a drill checks exactly what
+# `verify --deep` checks by hand (restore_script.sh's checks exist in it alone).
+
+# The restore script beside this one (cmd_drill finds it).
+DRILL_RESTORE_SCRIPT=""
+
+cmd_drill() {
+  ((DRY_RUN == 0)) || usage_error "drill does not take --dry-run"
+  local self="${BASH_SOURCE[0]}" type first_failure=0
+  [[ "${self}" == */* ]] || self="./${self}"
+  DRILL_RESTORE_SCRIPT="${self%/*}/restore_script.sh"
+  [[ -f "${DRILL_RESTORE_SCRIPT}" ]] ||
+    die "${EXIT_REFUSED}" "drill: restore_script.sh is not beside backup_script.sh (looked for ${DRILL_RESTORE_SCRIPT}); install both scripts in the same folder"
+  prepare_backup_dir
+  RUN_KIND=drill
+  RUN_NAME=drill
+  RUN_TYPES=("${BACKUP_TYPES[@]}")
+  log INFO "drill started: verify --deep of the newest backup of each type (${RUN_TYPES[*]})"
+  for type in "${RUN_TYPES[@]}"; do
+    RUN_CURRENT="${type}"
+    run_step drill_part "${type}"
+    RUN_CURRENT=""
+    ((STEP_RC == 0 || first_failure != 0)) || first_failure="${STEP_RC}"
+  done
+  exit "${first_failure}"
+}
+
+# drill_part TYPE: the drill of one type, a part of the run (run_step's subshell): the newest
+# backup of TYPE (a type without one is skipped), verified deep by restore_script.sh. Its output
+# follows the drill's (but for a refusal the drill skips: its warning says why); restore.log has
+# it all.
+drill_part() {
+  set -o errexit
+  PART_TYPE="$1"
+  trap 'part_finished $?' EXIT
+  trap_signals
+  make_work_dir
+  local type="$1" started elapsed_us rc=0 errors
+  local -a names
+  mapfile -t names < <(list_backups "${type}")
+  if ((${#names[@]} == 0)); then
+    PART_SKIPPED=1 PART_DETAIL="no backup yet"
+    log INFO "drill ${type}: skipped: no backup yet in ${BACKUP_DIR}"
+    return 0
+  fi
+  PART_FILE="${names[0]}"
+  log INFO "drill ${type}: restore_script.sh verify ${PART_FILE} --deep"
+  started="${EPOCHREALTIME}"
+  "${BASH}" "${DRILL_RESTORE_SCRIPT}" verify "${PART_FILE}" --deep \
+    >"${WORK_DIR}/verify.out" 2>"${WORK_DIR}/verify.err" || rc=$?
+  elapsed_us=$((${EPOCHREALTIME/./} - ${started/./}))
+  printf -v PART_SECONDS '%d.%03d' $((elapsed_us / 1000000)) $((elapsed_us % 1000000 / 1000))
+  cat -- "${WORK_DIR}/verify.out"
+  if [[ "${type}" == postgresql ]] && ((rc == EXIT_REFUSED)) &&
+    grep -qF -- " ${PG_NO_CREATEDB};" "${WORK_DIR}/verify.err"; then
+    PART_SKIPPED=1 PART_DETAIL="needs CREATEDB"
+    log WARN "drill ${type}: skipped: needs CREATEDB: the scratch database of verify --deep needs a role that may create databases; set POSTGRES_ADMIN_USER (and POSTGRES_ADMIN_PASSWORD) to one, or give the role ${POSTGRES_USER} CREATEDB (restore.log has the ALTER ROLE to run)"
+    return 0
+  fi
+  cat -- "${WORK_DIR}/verify.err" >&2
+  if ((rc == 0)); then
+    # verify's last line: "verify NAME: every check passed; found 12 tables, 3456 rows"
+    PART_DETAIL="$(sed -n 's/.*: every check passed; found //p' "${WORK_DIR}/verify.out" | tail -n 1)"
+    [[ -n "${PART_DETAIL}" ]] ||
+      die "${EXIT_FAILED}" "drill ${type}: verify --deep of ${PART_FILE} passed, but did not say what it found"
+    log INFO "drill ${type}: ${PART_FILE}: ok, ${PART_DETAIL} (${PART_SECONDS}s)"
+    return 0
+  fi
+  sed -n 's/^[^ ]* \[ERROR\] //p' "${WORK_DIR}/verify.err" >"${WORK_DIR}/verify.errors"
+  errors="$(joined_lines "${WORK_DIR}/verify.errors" 5)"
+  die "${rc}" "drill ${type}: ${PART_FILE} FAILED verify --deep (exit ${rc})${errors:+: ${errors}}; restore.log has the details"
+}
+
+# What a drill had done when a signal stopped it (interrupted_state, for a drill).
+drill_interrupted_state() {
+  local type started=0
+  local -a finished=() not_started=()
+  if [[ -n "${PART_TYPE}" ]]; then
+    printf 'the drill of %s was stopped%s' "${PART_TYPE}" \
+      "${PART_FILE:+ (verify --deep of ${PART_FILE}: restore_script.sh removes its scratch database or server)}"
+    return 0
+  fi
+  for type in "${RUN_TYPES[@]}"; do
+    if [[ "${type}" == "${RUN_CURRENT}" ]]; then
+      started=1
+    elif ((started)); then
+      not_started+=("${type}")
+    else
+      finished+=("${type} $(part_result "${type}" status)")
+    fi
+  done
+  printf 'drill: done: %s; ' "${finished[*]:-none}"
+  [[ -z "${RUN_CURRENT}" ]] || printf 'stopped: %s; ' "${RUN_CURRENT}"
+  printf 'not started: %s' "${not_started[*]:-none}"
+}
 # --- The postgresql backup type (PostgreSQL): its backup, content check, deep verify and
 # restore (generator/backup_types.py has its row). Both scripts include the backup part;
 # the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
 
 readonly SQL_TRAILER='-- PostgreSQL database dump complete'
+# What a refusal for want of CREATEDB says (require_createdb); a drill tells it from a failure by it.
+readonly PG_NO_CREATEDB='may not create databases'
 
 # The password travels in the environment of the one command that needs it.
 pg_run() {
@@ -2697,6 +2821,9 @@ Commands:
               ISO weeks and KEEP_MONTHLY months that have one), stale .partial files, orphan
               sidecars and logs older than 7 days; names that are not verifiable backups are
               reported and left alone; with --dry-run, says of each backup what keeps it
+  drill       restore drill: restore_script.sh verify --deep of the newest backup of each
+              type (a scratch database or redis-server); fails when any type fails, and
+              skips a type without a backup, or PostgreSQL without CREATEDB (no --dry-run)
 
 Options:
   --dry-run   say what would be done (and check the servers are reachable); write nothing
@@ -2799,6 +2926,10 @@ parts_summary() {
 interrupted_state() {
   local type published="" started=0
   local -a not_started=()
+  if [[ "${RUN_KIND}" == drill ]]; then
+    drill_interrupted_state
+    return 0
+  fi
   if [[ -n "${PART_TYPE}" ]]; then
     printf 'the %s backup was stopped; nothing of it was published, its partial files are removed' "${PART_TYPE}"
     return 0
@@ -3052,6 +3183,7 @@ main() {
     list) cmd_list ;;
     status) cmd_status ;;
     cleanup) cmd_cleanup ;;
+    drill) cmd_drill ;;
     *) usage_error "unknown command '${command}'" ;;
   esac
 }

@@ -38,6 +38,7 @@ unset LANGUAGE
 : "${REDIS_PORT:=6379}"
 : "${BACKUP_SCHEDULE:=0 2 * * *}"
 : "${CLEANUP_SCHEDULE:=0 3 * * 0}"
+: "${RESTORE_DRILL_SCHEDULE=30 4 * * 0}"
 : "${BACKUP_RETENTION_DAYS:=90}"
 : "${TZ:=America/Argentina/Buenos_Aires}"
 : "${BACKUP_DIR:=/backups}"
@@ -1090,7 +1091,7 @@ readonly CRONTAB_FILE=/etc/gym-backup/crontab
 readonly STOP_WAIT=20
 SCHEDULER_PID=""
 # Every setting a job may need; a secret is passed as its value or its _FILE, never both.
-readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN KEEP_DAILY KEEP_WEEKLY KEEP_MONTHLY REDIS_DATA_DIR REDIS_DBFILENAME REDIS_APPENDDIRNAME REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
+readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE RESTORE_DRILL_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN KEEP_DAILY KEEP_WEEKLY KEEP_MONTHLY REDIS_DATA_DIR REDIS_DBFILENAME REDIS_APPENDDIRNAME REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
 readonly SECRET_SETTINGS=(POSTGRES_PASSWORD POSTGRES_ADMIN_PASSWORD REDIS_PASSWORD ENCRYPTION_KEY)
 readonly REQUIRED_SECRETS=(POSTGRES_PASSWORD)
 
@@ -1112,9 +1113,11 @@ check_secret() {
   fi
 }
 
+# check_schedule NAME [--may-be-empty]: NAME is a cron schedule (or, when it may be, empty: off).
 check_schedule() {
   local name="$1"
   local -a fields
+  [[ "${2:-}" != --may-be-empty || -n "${!name}" ]] || return 0
   read -r -a fields <<<"${!name}"
   if ((${#fields[@]} != 5)); then
     problem "${name}='${!name}' is not a cron schedule of 5 fields (minute hour day month weekday), e.g. '0 2 * * *'."
@@ -1128,6 +1131,7 @@ check_environment() {
   done
   check_schedule BACKUP_SCHEDULE
   check_schedule CLEANUP_SCHEDULE
+  check_schedule RESTORE_DRILL_SCHEDULE --may-be-empty
   case "${BACKUP_ON_START}" in
     true | false) ;;
     *) problem "BACKUP_ON_START='${BACKUP_ON_START}' must be true or false." ;;
@@ -1194,20 +1198,32 @@ write_job_env() {
   printf '%s\n' "${EPOCHSECONDS}" >"${RUN_DIR}/started"
 }
 
-# The rendered crontab, with the schedules of this run's environment.
-install_crontab() {
-  local installed="${RUN_DIR}/crontab"
-  awk -v backup="${BACKUP_SCHEDULE}" -v cleanup="${CLEANUP_SCHEDULE}" '
+# crontab_with_schedules CRONTAB: the rendered CRONTAB with the schedules of this run's
+# environment. The drill's line is a job or, with an empty RESTORE_DRILL_SCHEDULE, a comment (as
+# rendered, either way).
+crontab_with_schedules() {
+  awk -v backup="${BACKUP_SCHEDULE}" -v cleanup="${CLEANUP_SCHEDULE}" \
+    -v drill="${RESTORE_DRILL_SCHEDULE}" -v drill_off='# no restore drill (RESTORE_DRILL_SCHEDULE is empty):' '
     function command_part(line) {
       sub(/^[ \t]*[^ \t]+[ \t]+[^ \t]+[ \t]+[^ \t]+[ \t]+[^ \t]+[ \t]+[^ \t]+[ \t]+/, "", line)
       return line
     }
     /^[^#]*\/backup_script\.sh full / { print backup " " command_part($0); next }
     /^[^#]*\/backup_script\.sh cleanup / { print cleanup " " command_part($0); next }
+    /BASH_ENV=[^ ]* [^ ]*\/backup_script\.sh drill / {
+      print (drill == "" ? drill_off : drill) " " substr($0, index($0, "BASH_ENV="))
+      next
+    }
     { print }
-  ' "${CRONTAB_FILE}" >"${installed}"
+  ' "$1"
+}
+
+install_crontab() {
+  local installed="${RUN_DIR}/crontab" drill="restore drill '${RESTORE_DRILL_SCHEDULE}'"
+  crontab_with_schedules "${CRONTAB_FILE}" >"${installed}"
   crontab "${installed}"
-  log INFO "schedule: full backup '${BACKUP_SCHEDULE}', cleanup '${CLEANUP_SCHEDULE}' (${TZ}); job output goes to ${BACKUP_DIR}/cron.log"
+  [[ -n "${RESTORE_DRILL_SCHEDULE}" ]] || drill="no restore drill (RESTORE_DRILL_SCHEDULE is empty)"
+  log INFO "schedule: full backup '${BACKUP_SCHEDULE}', cleanup '${CLEANUP_SCHEDULE}', ${drill} (${TZ}); job output goes to ${BACKUP_DIR}/cron.log"
 }
 
 main() {
@@ -1248,7 +1264,9 @@ main() {
 
 # docker stop (SIGTERM through tini): every backup or restore run going on (started by cron, on
 # start, or by docker exec: each is in the run folder) is interrupted first, and has up to
-# STOP_WAIT seconds to say so and remove its partial files; then the scheduler stops.
+# STOP_WAIT seconds to say so and remove its partial files; then the scheduler stops. A run that
+# another run started (a drill's verify --deep) is stopped by that run: a second signal would
+# cut its own cleanup short.
 stop_service() {
   local name="$1" pid i
   local -a runs
@@ -1256,6 +1274,7 @@ stop_service() {
   mapfile -t runs < <(running_runs)
   if ((${#runs[@]} > 0)); then
     log INFO "${name}: interrupting the running backup or restore runs (pid ${runs[*]}) before stopping"
+    mapfile -t runs < <(outermost_runs "${runs[@]}")
     kill -TERM "${runs[@]}" 2>/dev/null || true
     for ((i = 0; i < STOP_WAIT * 10; i++)); do
       mapfile -t runs < <(running_runs)
@@ -1268,6 +1287,31 @@ stop_service() {
   wait "${SCHEDULER_PID}" 2>/dev/null || true
   log INFO "${name}: stopped"
   exit 0
+}
+
+# outermost_runs PID...: those of the runs PID... that none of the others started (its parent,
+# or an ancestor of it, is not one of them).
+outermost_runs() {
+  local pid ancestor
+  local -A given=()
+  for pid in "$@"; do
+    given[${pid}]=1
+  done
+  for pid in "$@"; do
+    ancestor="$(parent_of "${pid}")"
+    while [[ -n "${ancestor}" ]] && ((ancestor > 1)) && [[ -z "${given[${ancestor}]:-}" ]]; do
+      ancestor="$(parent_of "${ancestor}")"
+    done
+    [[ -n "${given[${ancestor:-0}]:-}" ]] || printf '%s\n' "${pid}"
+  done
+}
+
+# parent_of PID: its parent's PID (nothing when it is gone).
+parent_of() {
+  local stat fields
+  { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 0
+  read -r -a fields <<<"${stat##*) }"
+  printf '%s' "${fields[1]}"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

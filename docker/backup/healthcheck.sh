@@ -38,6 +38,7 @@ unset LANGUAGE
 : "${REDIS_PORT:=6379}"
 : "${BACKUP_SCHEDULE:=0 2 * * *}"
 : "${CLEANUP_SCHEDULE:=0 3 * * 0}"
+: "${RESTORE_DRILL_SCHEDULE=30 4 * * 0}"
 : "${BACKUP_RETENTION_DAYS:=90}"
 : "${TZ:=America/Argentina/Buenos_Aires}"
 : "${BACKUP_DIR:=/backups}"

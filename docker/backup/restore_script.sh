@@ -35,6 +35,7 @@ unset LANGUAGE
 : "${REDIS_PORT:=6379}"
 : "${BACKUP_SCHEDULE:=0 2 * * *}"
 : "${CLEANUP_SCHEDULE:=0 3 * * 0}"
+: "${RESTORE_DRILL_SCHEDULE=30 4 * * 0}"
 : "${BACKUP_RETENTION_DAYS:=90}"
 : "${TZ:=America/Argentina/Buenos_Aires}"
 : "${BACKUP_DIR:=/backups}"
@@ -1364,16 +1365,34 @@ PART_RAW=""
 PART_SECONDS=""
 # What a part found, in a few words, for status and metrics (a drill: "12 tables, 3456 rows").
 PART_DETAIL=""
+# A part that had nothing to check (a drill: no backup yet) sets it, and says why in PART_DETAIL;
+# it ends with exit 0 and is no failure.
+PART_SKIPPED=0
+
+# part_status CODE: PART_STATUS, the status of a part that ended with CODE; the one place for
+# the words: ok, skipped, failed, interrupted.
+PART_STATUS=""
+part_status() {
+  if [[ -n "${RUN_INTERRUPTED}" ]]; then
+    PART_STATUS=interrupted
+  elif (($1 != 0)); then
+    PART_STATUS=failed
+  elif ((PART_SKIPPED)); then
+    PART_STATUS=skipped
+  else
+    PART_STATUS=ok
+  fi
+}
 
 # part_finished CODE: a part's EXIT trap: its result (status, exit code, file, sizes, duration,
-# error) as RUN_DIR_OF_RUN/result.TYPE, for the run's finishing step; then its own cleanup.
+# what it found, error) as RUN_DIR_OF_RUN/result.TYPE, for the run's finishing step; then its own
+# cleanup.
 part_finished() {
-  local code="$1" status=ok
-  ((code == 0)) || status=failed
-  [[ -z "${RUN_INTERRUPTED}" ]] || status=interrupted
+  local code="$1"
+  part_status "${code}"
   if [[ -n "${RUN_DIR_OF_RUN:-}" && -d "${RUN_DIR_OF_RUN}" ]]; then
     {
-      printf 'status=%s\ncode=%s\nfile=%s\n' "${status}" "${code}" "${PART_FILE}"
+      printf 'status=%s\ncode=%s\nfile=%s\n' "${PART_STATUS}" "${code}" "${PART_FILE}"
       printf 'stored_bytes=%s\nraw_bytes=%s\nseconds=%s\n' "${PART_STORED}" "${PART_RAW}" "${PART_SECONDS}"
       printf 'detail=%s\nalert=%s\n' "${PART_DETAIL//$'\n'/ }" "$(reported_error alert)"
       printf 'error=%s\n' "$(reported_error error)"
@@ -1799,6 +1818,8 @@ status_finish() {
 # the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
 
 readonly SQL_TRAILER='-- PostgreSQL database dump complete'
+# What a refusal for want of CREATEDB says (require_createdb); a drill tells it from a failure by it.
+readonly PG_NO_CREATEDB='may not create databases'
 
 # The password travels in the environment of the one command that needs it.
 pg_run() {
@@ -2093,7 +2114,7 @@ require_createdb() {
   local can
   can="$(postgres_query "SELECT rolcreatedb OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")"
   [[ "${can}" == t ]] ||
-    die "${EXIT_REFUSED}" "postgresql: $1 needs a new database, and ${POSTGRES_USER} may not create databases; as a superuser run: ALTER ROLE $(sql_ident "${POSTGRES_USER}") CREATEDB$2, or set POSTGRES_ADMIN_USER to a role that may. Nothing was changed."
+    die "${EXIT_REFUSED}" "postgresql: $1 needs a new database, and ${POSTGRES_USER} ${PG_NO_CREATEDB}; as a superuser run: ALTER ROLE $(sql_ident "${POSTGRES_USER}") CREATEDB$2, or set POSTGRES_ADMIN_USER to a role that may. Nothing was changed."
 }
 
 # hash_through: stdin to stdout unchanged; the sha256 of every byte that passed, in
@@ -2260,7 +2281,8 @@ deep_postgresql() {
     ((LOAD_CODE != EXIT_FAILED)) || LOAD_CODE="${EXIT_VERIFY}"
     check_failed "${LOAD_CODE}" deep "the dump does not load into a scratch database: ${LOAD_REASON}"
   fi
-  check_ok deep "loaded into scratch database ${SCRATCH_DB}: $(table_report "${SCRATCH_DB}"); dropped"
+  DEEP_FOUND="$(table_report "${SCRATCH_DB}")"
+  check_ok deep "loaded into scratch database ${SCRATCH_DB}: ${DEEP_FOUND}; dropped"
   drop_scratch_db
 }
 
@@ -3104,7 +3126,10 @@ keys_report() {
 
 deep_redis() {
   start_temp_redis "${WORK_DIR}/deep-redis" "${RESTORE_RDB}" 127.0.0.1
-  check_ok deep "loaded into a scratch redis-server: $(keys_report temp_redis_cli); stopped"
+  local report
+  report="$(keys_report temp_redis_cli)"
+  DEEP_FOUND="${report%% (*}"
+  check_ok deep "loaded into a scratch redis-server: ${report}; stopped"
   stop_temp_redis
 }
 
@@ -3588,7 +3613,10 @@ RESTORE_STAGING=""
 CREATED_DEST=""
 
 deep_files() {
-  check_ok deep "$(grep -c -v '/$' "${WORK_DIR}/content.list" || true) entries besides folders; the tar was read to its end"
+  local count
+  count="$(grep -c -v '/$' "${WORK_DIR}/content.list" || true)"
+  DEEP_FOUND="${count} files"
+  check_ok deep "${count} entries besides folders; the tar was read to its end"
 }
 
 # Files
@@ -3969,6 +3997,9 @@ BACKUP_TYPE=""
 RUN_KIND=""
 # The sha256 FILE.sha256 gives (empty with --no-checksum): what a restore reads must match it.
 EXPECTED_SHA256=""
+# What verify --deep found, in a few words ("12 tables, 3456 rows", "5 keys", "7 files"): each
+# deep_TYPE sets it, and verify's last line ends with it ("; found ...": a drill reads it there).
+DEEP_FOUND=""
 
 usage() {
   cat <<'EOF'
@@ -4150,7 +4181,7 @@ cmd_verify() {
   if ((OPT_DEEP)); then
     "deep_${BACKUP_TYPE}"
   fi
-  log INFO "verify ${BACKUP_FILE##*/}: every check passed"
+  log INFO "verify ${BACKUP_FILE##*/}: every check passed${DEEP_FOUND:+; found ${DEEP_FOUND}}"
 }
 
 # ---------------------------------------------------------------------------------------------

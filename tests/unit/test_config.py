@@ -31,6 +31,23 @@ def test_defaults_apply_when_nothing_is_set() -> None:
     assert settings.values["BACKUP_SCHEDULE"] == "0 2 * * *"
 
 
+def test_an_empty_restore_drill_schedule_turns_the_drill_off_and_an_unset_one_is_weekly(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(None, {}).values["RESTORE_DRILL_SCHEDULE"] == "30 4 * * 0"
+    env_file = write_env(tmp_path, "RESTORE_DRILL_SCHEDULE=\nBACKUP_SCHEDULE=\n")
+    settings = load_settings(env_file, {})
+    assert settings.values["RESTORE_DRILL_SCHEDULE"] == ""
+    assert settings.values["BACKUP_SCHEDULE"] == "0 2 * * *", "empty is the default elsewhere"
+    assert (
+        load_settings(None, {"RESTORE_DRILL_SCHEDULE": ""}).values["RESTORE_DRILL_SCHEDULE"] == ""
+    )
+    assert problems_of(None, {"RESTORE_DRILL_SCHEDULE": "30 25 * * 0"}) == [
+        "RESTORE_DRILL_SCHEDULE: '30 25 * * 0' is not a valid cron expression, e.g. '0 2 * * *' "
+        "for 02:00 every day."
+    ]
+
+
 def test_environment_wins_over_the_env_file(tmp_path: Path) -> None:
     env_file = write_env(tmp_path, "POSTGRES_HOST=from-file\nREDIS_PORT=7000\n")
     settings = load_settings(env_file, {"POSTGRES_HOST": "from-env"})

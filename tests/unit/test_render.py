@@ -75,7 +75,24 @@ def test_crontab_runs_full_and_cleanup_on_the_schedules() -> None:
     assert lines == [
         f"30 1 * * * {job} full >>'/b 50\\%/cron.log' 2>&1",
         f"0 4 * * 1 {job} cleanup >>'/b 50\\%/cron.log' 2>&1",
+        f"30 4 * * 0 {job} drill >>'/b 50\\%/cron.log' 2>&1",
     ]
+
+
+def crontab_jobs(crontab: str) -> list[str]:
+    """The job lines of a crontab (neither comments nor settings)."""
+    return [ln for ln in crontab.splitlines() if re.match(r"[0-9*@]", ln)]
+
+
+def test_the_crontab_runs_a_weekly_restore_drill_by_default_and_none_when_it_is_empty() -> None:
+    default = render(load_settings(None, {}))["crontab"]
+    off = render(load_settings(None, {"RESTORE_DRILL_SCHEDULE": ""}))["crontab"]
+
+    drills = [ln for ln in crontab_jobs(default) if "backup_script.sh drill " in ln]
+    assert len(drills) == 1
+    assert drills[0].startswith("30 4 * * 0 BASH_ENV=")
+    assert not [ln for ln in crontab_jobs(off) if "drill" in ln]
+    assert crontab_jobs(off) == [ln for ln in crontab_jobs(default) if ln not in drills]
 
 
 def test_write_reports_created_identical_overwritten_and_sets_exec_bits(tmp_path: Path) -> None:

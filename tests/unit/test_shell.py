@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import subprocess
@@ -345,3 +346,70 @@ def test_a_signal_while_final_names_are_given_waits_until_they_all_are(
     assert result.returncode == 143, result.stderr
     assert result.stdout == "still publishing\n"
     assert "[ERROR] interrupted by SIGTERM: all three published" in result.stderr
+
+
+DRILL_JOB = (
+    "BASH_ENV=/dev/shm/gym-backup/env.sh /usr/local/bin/backup_script.sh drill "
+    ">>/backups/cron.log 2>&1"
+)
+DRILL_OFF = "# no restore drill (RESTORE_DRILL_SCHEDULE is empty):"
+
+
+@pytest.mark.parametrize(
+    ("rendered_drill", "at_start", "schedule"),
+    [
+        (None, {}, "30 4 * * 0"),
+        (None, {"RESTORE_DRILL_SCHEDULE": "15 5 * * 1"}, "15 5 * * 1"),
+        (None, {"RESTORE_DRILL_SCHEDULE": ""}, DRILL_OFF),
+        ("", {}, DRILL_OFF),
+        ("", {"RESTORE_DRILL_SCHEDULE": "0 6 * * *"}, "0 6 * * *"),
+    ],
+)
+def test_the_entrypoint_installs_the_restore_drill_with_its_schedule_at_start_or_none_when_empty(
+    tmp_path: Path, rendered_drill: str | None, at_start: dict[str, str], schedule: str
+) -> None:
+    given = {} if rendered_drill is None else {"RESTORE_DRILL_SCHEDULE": rendered_drill}
+    write(render(load_settings(None, given)), tmp_path)
+    crontab = tmp_path / "crontab"
+
+    result = call(
+        tmp_path / "entrypoint.sh",
+        f"crontab_with_schedules {shlex.quote(str(crontab))}",
+        BACKUP_SCHEDULE="5 1 * * *",
+        **at_start,
+    )
+
+    assert result.returncode == 0, result.stderr
+    installed = result.stdout.splitlines()
+    assert len(installed) == len(crontab.read_text().splitlines())
+    assert [ln for ln in installed if "backup_script.sh drill " in ln] == [
+        f"{schedule} {DRILL_JOB}"
+    ]
+    assert any(ln.startswith("5 1 * * * BASH_ENV=") and " full " in ln for ln in installed)
+
+
+def test_on_docker_stop_the_entrypoint_signals_only_the_runs_no_other_run_started(
+    rendered: Path,
+) -> None:
+    # a run (a drill), a run it started below a subshell of its own (a verify), and another run
+    drill = subprocess.Popen(
+        ["bash", "-c", "(sleep 60 & echo $!; wait) & wait"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        assert drill.stdout is not None
+        verify = int(drill.stdout.readline())
+        runs = f"{verify} {drill.pid} {other.pid}"
+
+        result = call(rendered / "entrypoint.sh", f"outermost_runs {runs}")
+
+        assert result.returncode == 0, result.stderr
+        assert sorted(map(int, result.stdout.split())) == sorted([drill.pid, other.pid])
+    finally:
+        os.killpg(drill.pid, signal.SIGKILL)
+        other.kill()
+        for process in (drill, other):
+            process.wait()
