@@ -15,7 +15,7 @@ SYSTEM_TOOLS := pg_dump:postgresql-client psql:postgresql-client pg_ctlcluster:p
 	redis-server:redis-server redis-cli:redis-tools redis-check-rdb:redis-tools \
 	gpg:gnupg gpgconf:gnupg pigz:pigz zstd:zstd strace:strace flock:util-linux tar:tar gzip:gzip \
 	sha256sum:coreutils runuser:util-linux git:git promtool:prometheus \
-	prometheus-node-exporter:prometheus-node-exporter
+	prometheus-node-exporter:prometheus-node-exporter apprise:apprise curl:curl timeout:coreutils
 # The locale the tests run the scripts (and a PostgreSQL server) in, to prove nothing depends on
 # the language: generated from the locales package's data.
 TEST_LOCALE := de_DE.UTF-8

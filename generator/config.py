@@ -286,6 +286,37 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0,
         maximum=7 * 86400,
     ),
+    Setting(
+        "ALERT_URLS",
+        None,
+        Kind.SECRET,
+        "Apprise URLs the alerts and their recovery notices go to, separated by spaces or commas "
+        "(e-mail, Slack, Telegram, ntfy, a JSON webhook...); unset: alerts are only logged.",
+    ),
+    Setting(
+        "ALERT_REPEAT",
+        "86400",
+        Kind.INT,
+        "Seconds after which an alert that keeps firing is sent again (0: never again).",
+        minimum=0,
+        maximum=31 * 86400,
+    ),
+    Setting(
+        "ALERT_TIMEOUT",
+        "30",
+        Kind.INT,
+        "Seconds one round of alert deliveries, or one dead man's switch ping, may take, "
+        "retries included; what is not delivered by then is tried again at the next check.",
+        minimum=1,
+        maximum=600,
+    ),
+    Setting(
+        "HEALTHCHECK_PING_URL",
+        None,
+        Kind.SECRET,
+        "Dead man's switch (healthchecks.io or compatible): each full backup pings "
+        "URL/start, then URL on success or URL/fail, with its last log lines.",
+    ),
     Setting("BACKUP_CONTAINER", "gym_backup", Kind.NAME, "Name of the backup container."),
     Setting("BACKUP_IMAGE", "gym-backup:latest", Kind.IMAGE, "Tag of the backup image."),
     Setting(

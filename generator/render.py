@@ -56,6 +56,9 @@ HEALTH_CHECK: Mapping[str, str] = {
     "start_period": "30s",
     "retries": "3",
 }
+# The apprise release the Alpine image installs from PyPI (Alpine 3.20 has no apprise package;
+# the Debian image installs bookworm's). Its dependencies are the distribution's packages.
+APPRISE_VERSION = "1.9.3"
 # The container's own folder (tmpfs in every container): the cron jobs' settings, a refusal's
 # reason, the start time. The runs' folders are elsewhere (TMPDIR: see _common.sh.j2's run_root).
 CONTAINER_STATE_DIR = "/dev/shm/gym-backup"  # noqa: S108 - a path inside the container
@@ -200,6 +203,7 @@ def render(settings: Settings, flavor: str = DEFAULT_FLAVOR) -> dict[str, str]:
         ],
         "required_secrets": [s.name for s in SETTINGS if s.secret and s.required_for_run],
         "health": HEALTH_CHECK,
+        "apprise_version": APPRISE_VERSION,
         "setting_names": [s.name for s in SETTINGS if not s.secret],
         "secret_names": [s.name for s in SETTINGS if s.secret],
         "named_volumes": _named_volumes(settings),

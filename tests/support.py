@@ -9,9 +9,12 @@ fixtures (:mod:`devtools.sandbox`), and the comparisons read them back from thos
 from __future__ import annotations
 
 import contextlib
+import email
+import email.message
 import fcntl
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
@@ -36,9 +39,11 @@ from typing import Protocol, TypeAlias
 import pytest
 
 from devtools.sandbox import (
+    LOOPBACK,
     PostgresServer,
     RedisServer,
     SandboxError,
+    free_port,
     load_rdb,
     resp_command,
     sql_ident,
@@ -1285,3 +1290,193 @@ def backed_up_sources(pg: PostgresServer, scripts: Path, base: Path) -> Iterator
             yield Sources(db=db, redis=redis, files=files, backups=backups)
     finally:
         pg.dropdb(db)
+
+
+# ------------------------------------------------------------------------------ alerts
+
+
+@dataclass(frozen=True)
+class Received:
+    """One HTTP request an :class:`HttpReceiver` answered."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, object]:
+        """The body, read as a JSON object (what Apprise's ``json://`` POSTs)."""
+        value = json.loads(self.body)
+        assert isinstance(value, dict), f"not a JSON object: {self.body!r}"
+        return value
+
+
+class HttpReceiver:
+    """A real HTTP server on 127.0.0.1 that records every request (an Apprise ``json://``
+    webhook, a healthchecks.io-style ping endpoint). ``status`` is the code it answers with;
+    ``delay`` the seconds it waits before answering."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.status = 200
+        self.delay = 0.0
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                receiver.requests.append(
+                    Received(self.command, self.path, dict(self.headers.items()), body)
+                )
+                time.sleep(receiver.delay)
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_POST(self) -> None:
+                self.do_GET()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.server.daemon_threads = True
+        self.port: int = self.server.server_address[1]
+
+    def url(self, path: str, scheme: str = "http") -> str:
+        """``scheme://127.0.0.1:PORT/path``."""
+        return f"{scheme}://{LOOPBACK}:{self.port}/{path.lstrip('/')}"
+
+    def posted(self, path: str) -> list[dict[str, object]]:
+        """The JSON bodies POSTed to ``/path``, oldest first."""
+        return [r.json() for r in self.requests if r.method == "POST" and r.path == path]
+
+
+@contextlib.contextmanager
+def http_receiver() -> Iterator[HttpReceiver]:
+    """An :class:`HttpReceiver` serving for the block."""
+    receiver = HttpReceiver()
+    thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+
+
+# A mailbox login the SMTP receiver accepts (the password is a secret of ALERT_URLS).
+SMTP_USER = "backup"
+SMTP_PASSWORD = "Sm7p-pass-4e1f"
+
+
+@dataclass
+class SmtpReceiver:
+    """A real SMTP server on 127.0.0.1 (aiosmtpd) that asks for a login (AUTH without TLS, as a
+    local relay may) and records every mail it accepts."""
+
+    port: int
+    mails: list[email.message.Message]
+    logins: list[tuple[bytes, bytes]]
+
+    def url(self, to: str = "ops@gym.test") -> str:
+        """The Apprise ``mailto://`` URL of this server: plain SMTP (no TLS), with the login."""
+        return (
+            f"mailto://{SMTP_USER}:{SMTP_PASSWORD}@{LOOPBACK}:{self.port}"
+            f"?from=backup@gym.test&to={to}"
+        )
+
+    def bodies(self) -> list[str]:
+        """The text part of each mail, oldest first."""
+        texts = []
+        for mail in self.mails:
+            part = next(p for p in mail.walk() if p.get_content_type() == "text/plain")
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            texts.append(payload.decode())
+        return texts
+
+
+@contextlib.contextmanager
+def smtp_receiver() -> Iterator[SmtpReceiver]:
+    """An :class:`SmtpReceiver` serving for the block."""
+    from aiosmtpd.controller import Controller  # noqa: PLC0415 - only the alert tests need it
+    from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session  # noqa: PLC0415
+
+    received = SmtpReceiver(port=free_port(), mails=[], logins=[])
+
+    class Handler:
+        async def handle_DATA(  # noqa: N802 - the name aiosmtpd calls
+            self, server: SMTP, session: Session, envelope: Envelope
+        ) -> str:
+            content = envelope.original_content or b""
+            received.mails.append(email.message_from_bytes(content))
+            return "250 OK"
+
+    def authenticate(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: object
+    ) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        received.logins.append((data.login, data.password))
+        ok = (data.login, data.password) == (SMTP_USER.encode(), SMTP_PASSWORD.encode())
+        return AuthResult(success=ok)
+
+    controller = Controller(
+        Handler(),
+        hostname=LOOPBACK,
+        port=received.port,
+        authenticator=authenticate,
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        yield received
+    finally:
+        controller.stop()
+
+
+@contextlib.contextmanager
+def silent_port() -> Iterator[int]:
+    """A port of 127.0.0.1 that accepts connections (the kernel completes them) but never
+    answers: a receiver that hangs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        sock.listen(64)
+        yield sock.getsockname()[1]
+
+
+def write_conditions(path: Path, conditions: Mapping[str, str]) -> Path:
+    """The file ``alerts_update`` reads: one ``KEY<TAB>MESSAGE`` line per condition firing."""
+    path.write_text("".join(f"{key}\t{text}\n" for key, text in conditions.items()))
+    return path
+
+
+def sourcing(scripts: Path, script: str, commands: str, *args: str) -> list[str]:
+    """The argv that runs bash ``commands`` after sourcing the rendered ``script`` (its functions,
+    not its main), with its secrets read and its settings checked; ``args`` are ``$1``, ``$2``..."""
+    program = f'source "$1"; shift; load_secrets; check_settings; {commands}'
+    return ["bash", "-c", program, "bash", str(scripts / script), *args]
+
+
+def source_and_run(
+    scripts: Path, script: str, commands: str, *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run :func:`sourcing`'s command with exactly ``env`` and capture its output."""
+    return subprocess.run(
+        sourcing(scripts, script, commands, *args),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def alert_state(backup_dir: Path) -> dict[str, list[str]]:
+    """BACKUP_DIR/.alerts: KEY -> [SINCE, LAST_SENT, DELIVERED, MESSAGE]."""
+    path = backup_dir / ".alerts"
+    if not path.exists():
+        return {}
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line]
+    return {row[0]: row[1:] for row in rows}

@@ -58,6 +58,8 @@ unset LANGUAGE
 : "${ALERT_MAX_AGE:=86400}"
 : "${ALERT_DISK_PERCENT:=80}"
 : "${ALERT_MAX_DURATION:=3600}"
+: "${ALERT_REPEAT:=86400}"
+: "${ALERT_TIMEOUT:=30}"
 : "${BACKUP_CONTAINER:=gym_backup}"
 : "${BACKUP_IMAGE:=gym-backup:latest}"
 : "${UPLOADS_SOURCE:=./uploads}"
@@ -460,6 +462,8 @@ check_settings() {
   check_range problems ALERT_MAX_AGE 0 31622400
   check_range problems ALERT_DISK_PERCENT 0 100
   check_range problems ALERT_MAX_DURATION 0 604800
+  check_range problems ALERT_REPEAT 0 2678400
+  check_range problems ALERT_TIMEOUT 1 600
   check_range problems LOCK_TIMEOUT 0 86400
   check_choice problems COMPRESSION gzip zstd
   # COMPRESSION_LEVEL is on the scale of COMPRESSION's codec.
@@ -483,7 +487,7 @@ check_settings() {
   fi
   # Whole numbers are decimal, as for gym-backup config check: 010 is ten, 08 is eight (bash
   # arithmetic would read a leading 0 as octal).
-  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN KEEP_DAILY KEEP_WEEKLY KEEP_MONTHLY PG_MAJOR HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION LOCK_TIMEOUT; do
+  for name in POSTGRES_PORT REDIS_PORT BACKUP_RETENTION_DAYS COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN KEEP_DAILY KEEP_WEEKLY KEEP_MONTHLY PG_MAJOR HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION ALERT_REPEAT ALERT_TIMEOUT LOCK_TIMEOUT; do
     [[ -z "${!name}" ]] || printf -v "${name}" '%d' "$((10#${!name}))"
   done
   local level
@@ -567,6 +571,8 @@ load_secrets() {
   file_env POSTGRES_ADMIN_PASSWORD
   file_env REDIS_PASSWORD
   file_env ENCRYPTION_KEY
+  file_env ALERT_URLS
+  file_env HEALTHCHECK_PING_URL
 }
 
 encryption_on() {
@@ -1078,6 +1084,368 @@ require_tools() {
     die "${EXIT_REFUSED}" "missing tools: ${missing[*]}; install them (see the README's requirements)"
   fi
 }
+# --- Alerts and the dead man's switch, for every rendered script that reports.
+# What fires is decided elsewhere (the status layer); alerts_update turns the conditions firing
+# now into notices: a new alert, a reminder every ALERT_REPEAT while it lasts, a recovery notice
+# when it clears. Notices go out through the apprise CLI to the ALERT_URLS, which reach apprise in
+# its environment, never on a command line. Every alert is logged whether or not it could be sent.
+#
+# The state, BACKUP_DIR/.alerts: one line per alert firing, five tab-separated fields
+#   KEY  SINCE  LAST_SENT  DELIVERED  MESSAGE
+# SINCE: when it was first seen firing; LAST_SENT: when its last notice was issued (the alert or a
+# reminder; once a notice is delivered late, when it was delivered), in seconds since the epoch;
+# DELIVERED: yes (that notice arrived), no (its delivery failed: tried again at the next update)
+# or none (ALERT_URLS was not set: sent at the first update that has it); MESSAGE: what the
+# status layer said last. Written whole (.partial, then renamed) under BACKUP_DIR/.alerts.lock.
+
+readonly ALERT_STATE_NAME=.alerts
+# Tries of one delivery (within ALERT_TIMEOUT in all); the wait after try N is N seconds.
+readonly ALERT_TRIES=3
+# Seconds one dead man's switch ping may take per try (and ALERT_TIMEOUT in all).
+readonly PING_TRY_SECONDS=10
+# Lines of LOG_FILE a success or fail ping carries when it is given no body; the most bytes sent.
+readonly PING_LOG_LINES=50 PING_MAX_BYTES=100000
+# The end of the delivery budget of the alerts_update going on (seconds since the epoch; 0: none).
+ALERT_DEADLINE=0
+# Where apprise's own messages go: nowhere but for alert-test (they may quote a URL).
+ALERT_OUTPUT=""
+# Why the last alert_deliver did not deliver; what came of the last alert_send.
+ALERT_ERROR=""
+DELIVERED=""
+
+# alert_settings: ALERT_TIMEOUT and ALERT_REPEAT as decimal numbers (030 is thirty: the health
+# check reads the settings unchecked), the rendered values when they are no whole numbers.
+alert_settings() {
+  is_uint "${ALERT_TIMEOUT:-}" && ((10#${ALERT_TIMEOUT} > 0)) || ALERT_TIMEOUT=30
+  is_uint "${ALERT_REPEAT:-}" || ALERT_REPEAT=86400
+  ALERT_TIMEOUT=$((10#${ALERT_TIMEOUT})) ALERT_REPEAT=$((10#${ALERT_REPEAT}))
+}
+
+# human_duration SECONDS: "45 s", "12 min", "3 h", "3 h 5 min", "2 d", "2 d 4 h".
+human_duration() {
+  local s="$1" big small
+  if ((s < 60)); then
+    printf '%d s\n' "${s}"
+    return 0
+  elif ((s < 3600)); then
+    printf '%d min\n' $((s / 60))
+    return 0
+  elif ((s < 86400)); then
+    big="$((s / 3600)) h" small=$((s % 3600 / 60))
+    ((small == 0)) || big+=" ${small} min"
+  else
+    big="$((s / 86400)) d" small=$((s % 86400 / 3600))
+    ((small == 0)) || big+=" ${small} h"
+  fi
+  printf '%s\n' "${big}"
+}
+
+# alert_time EPOCH: a time as notices and the log show it, in TZ.
+alert_time() {
+  printf '%(%Y-%m-%d %H:%M:%S %Z)T\n' "$1"
+}
+
+# alert_deliver TITLE BODY TYPE: send one notice (TYPE: info, success, warning or failure) to the
+# ALERT_URLS with the apprise CLI, which reads them from APPRISE_URLS in its environment (never
+# from its command line, which every user of the host can read). Up to ALERT_TRIES tries, all
+# within ALERT_TIMEOUT seconds (or what is left of the budget of the update going on: see
+# alerts_update). Its status, never a failure of the run: 0 delivered; 1 not delivered
+# (ALERT_ERROR says why); 2 nothing to deliver to (ALERT_URLS is not set).
+alert_deliver() {
+  local title="$1" body="$2" type="$3" try left rc=0 deadline
+  ALERT_ERROR=""
+  if [[ -z "${ALERT_URLS:-}" ]]; then
+    ALERT_ERROR="ALERT_URLS is not set"
+    return 2
+  fi
+  if ! command -v apprise >/dev/null 2>&1; then
+    ALERT_ERROR="apprise is not installed"
+    return 1
+  fi
+  alert_settings
+  deadline=$((EPOCHSECONDS + ALERT_TIMEOUT))
+  ((ALERT_DEADLINE == 0 || ALERT_DEADLINE > deadline)) || deadline="${ALERT_DEADLINE}"
+  for ((try = 1; try <= ALERT_TRIES; try++)); do
+    left=$((deadline - EPOCHSECONDS))
+    if ((left < 1)); then
+      ALERT_ERROR="no time left of ALERT_TIMEOUT=${ALERT_TIMEOUT}s${ALERT_ERROR:+ (the last try: ${ALERT_ERROR})}"
+      return 1
+    fi
+    rc=0
+    APPRISE_URLS="${ALERT_URLS}" timeout -k 2 "${left}" apprise -n "${type}" -t "${title}" \
+      <<<"${body}" >>"${ALERT_OUTPUT:-/dev/null}" 2>&1 || rc=$?
+    ((rc != 0)) || return 0
+    if ((rc == 124 || rc == 137)); then
+      ALERT_ERROR="no answer within ${left}s (ALERT_TIMEOUT=${ALERT_TIMEOUT})"
+      return 1
+    fi
+    ALERT_ERROR="apprise failed (exit ${rc}) ${try} time(s)"
+    left=$((deadline - EPOCHSECONDS))
+    ((try == ALERT_TRIES || left <= try)) || sleep "${try}"
+  done
+  return 1
+}
+
+# alert_notice new|reminder|resolved KEY SINCE MESSAGE: the notice to send, in NOTICE_TITLE,
+# NOTICE_BODY and NOTICE_TYPE (apprise's notification type).
+alert_notice() {
+  local kind="$1" key="$2" since="$3" message="$4" now="${EPOCHSECONDS}" where repeat
+  where="host ${HOSTNAME:-unknown}, BACKUP_DIR ${BACKUP_DIR}"
+  if ((ALERT_REPEAT > 0)); then
+    repeat="Repeated every $(human_duration "${ALERT_REPEAT}") while it lasts (ALERT_REPEAT); a notice says when it clears."
+  else
+    repeat="Not repeated (ALERT_REPEAT=0); a notice says when it clears."
+  fi
+  case "${kind}" in
+    new)
+      NOTICE_TITLE="gym-backup ALERT: ${key}"
+      NOTICE_BODY="${message}"$'\n\n'"Firing since $(alert_time "${since}") (${where}). ${repeat}"
+      NOTICE_TYPE=failure
+      ;;
+    reminder)
+      NOTICE_TITLE="gym-backup ALERT, still firing: ${key}"
+      NOTICE_BODY="${message}"$'\n\n'"Still firing, since $(alert_time "${since}"), for $(human_duration $((now - since))) (${where}). ${repeat}"
+      NOTICE_TYPE=failure
+      ;;
+    resolved)
+      NOTICE_TITLE="gym-backup resolved: ${key}"
+      NOTICE_BODY="resolved: ${key} (it was: ${message})"$'\n\n'"It fired from $(alert_time "${since}") until $(alert_time "${now}"), for $(human_duration $((now - since))) (${where})."
+      NOTICE_TYPE=success
+      ;;
+  esac
+}
+
+# alert_send KIND KEY SINCE MESSAGE: send that notice and log what came of it; DELIVERED is
+# yes, no or none (see the state's format).
+alert_send() {
+  local kind="$1" key="$2" rc=0
+  alert_notice "$@"
+  alert_deliver "${NOTICE_TITLE}" "${NOTICE_BODY}" "${NOTICE_TYPE}" || rc=$?
+  case "${rc}" in
+    0)
+      DELIVERED=yes
+      log INFO "alert ${key}: the ${kind} notice was delivered"
+      ;;
+    2) DELIVERED=none ;;
+    *)
+      DELIVERED=no
+      if [[ "${kind}" == resolved ]]; then
+        log WARN "alert ${key}: the recovery notice was NOT delivered (${ALERT_ERROR}); it is not tried again"
+      else
+        log WARN "alert ${key}: the ${kind} notice was NOT delivered (${ALERT_ERROR}); tried again at the next check"
+      fi
+      ;;
+  esac
+}
+
+# alerts_update FILE: FILE holds the conditions firing now, one a line: KEY<TAB>MESSAGE (KEY:
+# letters, digits and _ . : / @ -; MESSAGE: one line). Compared with the state: a new condition is
+# logged and sent; one still firing is sent again once ALERT_REPEAT has passed since its last
+# notice, or at once when that notice could not be delivered; one that cleared gets a recovery
+# notice and leaves the state. All deliveries of one update share ALERT_TIMEOUT seconds: what is
+# left undelivered is tried at the next update. Concurrent updaters (a run, the health check)
+# take turns on BACKUP_DIR/.alerts.lock. Its status, never a failure of the run: 0 when the state
+# was updated, 1 when it could not be (said in the log).
+alerts_update() {
+  local firing_file="$1" state="${BACKUP_DIR}/${ALERT_STATE_NAME}" lock_fd rc=0
+  if [[ ! -r "${firing_file}" ]]; then
+    log WARN "alerts: cannot read the conditions in ${firing_file}; alerts not updated"
+    return 1
+  fi
+  if ! { exec {lock_fd}>>"${state}.lock"; } 2>/dev/null; then
+    log WARN "alerts: cannot open ${state}.lock (is BACKUP_DIR writable?); alerts not updated"
+    return 1
+  fi
+  alert_settings
+  if ! flock -w $((ALERT_TIMEOUT + 10)) "${lock_fd}"; then
+    log WARN "alerts: another check held ${state}.lock for over $((ALERT_TIMEOUT + 10))s; alerts not updated this time"
+    exec {lock_fd}>&-
+    return 1
+  fi
+  alert_settings
+  ALERT_DEADLINE=$((EPOCHSECONDS + ALERT_TIMEOUT))
+  alerts_apply "${firing_file}" "${state}" || rc=$?
+  ALERT_DEADLINE=0
+  exec {lock_fd}>&-
+  return "${rc}"
+}
+
+# alerts_apply FIRING_FILE STATE: alerts_update's work, under its lock.
+alerts_apply() {
+  local firing_file="$1" state="$2" now="${EPOCHSECONDS}" line key since sent delivered message
+  local -a firing=() known=() new=()
+  local -A text=() a_since=() a_sent=() a_delivered=() a_text=()
+  while IFS= read -r line || [[ -n "${line}" ]]; do
+    line="${line%$'\r'}"
+    [[ -n "${line//[[:space:]]/}" ]] || continue
+    key="${line%%$'\t'*}"
+    message="${line#*$'\t'}"
+    [[ "${line}" == *$'\t'* && -n "${message}" ]] || message="${key}"
+    if [[ ! "${key}" =~ ^[A-Za-z0-9_.:/@-]+$ ]]; then
+      log WARN "alerts: ignored a condition with an invalid key: ${line:0:80}"
+      continue
+    fi
+    [[ -v "text[${key}]" ]] || firing+=("${key}")
+    text[${key}]="${message//$'\t'/ }"
+  done <"${firing_file}"
+  if [[ -f "${state}" ]]; then
+    while IFS=$'\t' read -r key since sent delivered message || [[ -n "${key}" ]]; do
+      [[ "${key}" =~ ^[A-Za-z0-9_.:/@-]+$ ]] && is_uint "${since}" && is_uint "${sent}" &&
+        [[ "${delivered}" =~ ^(yes|no|none)$ && ! -v "a_since[${key}]" ]] || continue
+      known+=("${key}")
+      a_since[${key}]="${since}" a_sent[${key}]="${sent}" a_delivered[${key}]="${delivered}"
+      a_text[${key}]="${message:-${key}}"
+    done <"${state}"
+  fi
+  # New conditions are logged, and recorded as not yet delivered before anything is sent: an
+  # update stopped meanwhile (a health check past its time) leaves them to the next one.
+  for key in "${firing[@]}"; do
+    [[ ! -v "a_since[${key}]" ]] || continue
+    new+=("${key}")
+    known+=("${key}")
+    a_since[${key}]="${now}" a_sent[${key}]="${now}" a_delivered[${key}]=no
+    log WARN "alert: ${key}: ${text[${key}]}$([[ -n "${ALERT_URLS:-}" ]] || printf ' (not sent: ALERT_URLS is not set)')"
+  done
+  for key in "${known[@]}"; do
+    [[ ! -v "text[${key}]" ]] || a_text[${key}]="${text[${key}]}"
+  done
+  # (Not written, on a full disk say, the alerts are still sent.)
+  alerts_write "${state}" known a_since a_sent a_delivered a_text || true
+  # Then the notices: new alerts first, recoveries, retries of notices that were not delivered,
+  # reminders.
+  local -a keep=()
+  for key in "${new[@]}"; do
+    alert_send new "${key}" "${a_since[${key}]}" "${a_text[${key}]}"
+    a_delivered[${key}]="${DELIVERED}"
+  done
+  for key in "${known[@]}"; do
+    [[ ! -v "text[${key}]" ]] || continue
+    since="${a_since[${key}]}"
+    log INFO "alert resolved: ${key} (firing since $(alert_time "${since}"), for $(human_duration $((now - since))))"
+    [[ -z "${ALERT_URLS:-}" ]] || alert_send resolved "${key}" "${since}" "${a_text[${key}]}"
+  done
+  for key in "${known[@]}"; do
+    [[ -v "text[${key}]" ]] || continue
+    keep+=("${key}")
+    [[ " ${new[*]} " != *" ${key} "* ]] || continue
+    since="${a_since[${key}]}" sent="${a_sent[${key}]}" delivered="${a_delivered[${key}]}"
+    if [[ "${delivered}" == no || ("${delivered}" == none && -n "${ALERT_URLS:-}") ]]; then
+      # The notice that was not delivered: the alert itself, or a reminder.
+      if ((sent == since)); then
+        alert_send new "${key}" "${since}" "${a_text[${key}]}"
+      else
+        alert_send reminder "${key}" "${since}" "${a_text[${key}]}"
+      fi
+      a_delivered[${key}]="${DELIVERED}"
+      [[ "${DELIVERED}" != yes ]] || a_sent[${key}]="${EPOCHSECONDS}"
+    elif ((ALERT_REPEAT > 0 && now - sent >= ALERT_REPEAT)); then
+      log WARN "alert still firing (since $(alert_time "${since}")): ${key}: ${a_text[${key}]}"
+      a_sent[${key}]="${now}"
+      alert_send reminder "${key}" "${since}" "${a_text[${key}]}"
+      a_delivered[${key}]="${DELIVERED}"
+    fi
+  done
+  alerts_write "${state}" keep a_since a_sent a_delivered a_text
+}
+
+# alerts_write STATE KEYS SINCE SENT DELIVERED TEXT: the state file (see its format above) with
+# the alerts named in the array KEYS, from the arrays named after it; whole or not at all.
+alerts_write() {
+  local state="$1" key
+  local -n _keys="$2" _since="$3" _sent="$4" _delivered="$5" _text="$6"
+  if ! {
+    for key in "${_keys[@]}"; do
+      printf '%s\t%s\t%s\t%s\t%s\n' "${key}" "${_since[${key}]}" "${_sent[${key}]}" \
+        "${_delivered[${key}]}" "${_text[${key}]}"
+    done >"${state}.partial"
+  } 2>/dev/null || ! mv -f -- "${state}.partial" "${state}" 2>/dev/null; then
+    rm -f -- "${state}.partial" 2>/dev/null
+    log WARN "alerts: could not write ${state}; alerts not updated"
+    return 1
+  fi
+}
+
+# ping_deadman start|success|fail [BODY_FILE]: tell the dead man's switch (HEALTHCHECK_PING_URL,
+# healthchecks.io's protocol) that a full backup starts (URL/start), succeeded (URL) or failed
+# (URL/fail). success and fail POST BODY_FILE (by default the last lines of LOG_FILE), which the
+# service shows beside the ping. curl reads the URL from a file descriptor, never from its command
+# line; a try takes up to PING_TRY_SECONDS, 3 retries, ALERT_TIMEOUT seconds in all. Its status,
+# never a failure of the run: 0 when the ping arrived or no URL is set.
+ping_deadman() {
+  local what="$1" body="${2:-}" url="${HEALTHCHECK_PING_URL:-}" suffix="" query="" try rc=0 err
+  [[ -n "${url}" ]] || return 0
+  case "${what}" in
+    start) suffix=/start ;;
+    success) ;;
+    fail) suffix=/fail ;;
+    *)
+      log WARN "ping_deadman: unknown ping '${what}'"
+      return 1
+      ;;
+  esac
+  if ! command -v curl >/dev/null 2>&1; then
+    log WARN "dead man's switch: curl is not installed; the ${what} ping was not sent"
+    return 1
+  fi
+  if [[ "${url}" == *\?* ]]; then
+    query="?${url#*\?}"
+    url="${url%%\?*}"
+  fi
+  url="${url%/}${suffix}${query}"
+  url="${url//\\/\\\\}"
+  alert_settings
+  try=$((ALERT_TIMEOUT < PING_TRY_SECONDS ? ALERT_TIMEOUT : PING_TRY_SECONDS))
+  local -a data=()
+  [[ "${what}" == start ]] || data=(--data-binary @-)
+  err="$(ping_body "${what}" "${body}" |
+    timeout -k 2 "${ALERT_TIMEOUT}" curl -K <(printf 'url = "%s"\n' "${url//\"/\\\"}") \
+      --silent --show-error --fail --output /dev/null --max-time "${try}" --retry 3 \
+      --retry-delay 1 --retry-max-time "${ALERT_TIMEOUT}" --retry-all-errors "${data[@]}" 2>&1)" || rc=$?
+  if ((rc == 0)); then
+    log INFO "dead man's switch: the ${what} ping was sent"
+    return 0
+  fi
+  err="${err//"${HEALTHCHECK_PING_URL}"/HEALTHCHECK_PING_URL}"
+  ((rc != 124 && rc != 137)) || err="no answer within ALERT_TIMEOUT=${ALERT_TIMEOUT}s"
+  log WARN "dead man's switch: the ${what} ping was NOT sent (curl exit ${rc}: ${err:-no message}); the run goes on"
+  return 1
+}
+
+# ping_body start|success|fail [BODY_FILE]: what a ping POSTs, on stdout: BODY_FILE, or the last
+# PING_LOG_LINES lines of LOG_FILE; at most PING_MAX_BYTES (its end). Nothing for start.
+ping_body() {
+  if [[ "$1" == start ]]; then
+    return 0
+  elif [[ -n "$2" && -r "$2" ]]; then
+    tail -c "${PING_MAX_BYTES}" -- "$2"
+  elif [[ -n "${LOG_FILE:-}" && -r "${LOG_FILE}" ]]; then
+    tail -n "${PING_LOG_LINES}" -- "${LOG_FILE}" | tail -c "${PING_MAX_BYTES}"
+  fi
+  return 0
+}
+
+# cmd_alert_test: backup_script.sh alert-test: send a test notice to the ALERT_URLS, say whether
+# it arrived, and show apprise's own messages (on this terminal, the URLs left out) when not.
+cmd_alert_test() {
+  load_secrets
+  [[ -n "${ALERT_URLS}" ]] ||
+    die "${EXIT_REFUSED}" "ALERT_URLS is not set: set it (or ALERT_URLS_FILE) to one or more Apprise URLs (see the README's \"Alerts\")"
+  ALERT_OUTPUT="${WORK_DIR}/apprise.out"
+  log INFO "alert-test: sending a test notice to the ALERT_URLS"
+  if alert_deliver "gym-backup test notice" "A test notice from gym-backup (host ${HOSTNAME:-unknown}, BACKUP_DIR ${BACKUP_DIR}): the alerts of this service reach you here." info; then
+    log INFO "alert-test: the test notice was delivered"
+    return 0
+  fi
+  local said="" url
+  local -a urls
+  [[ ! -s "${ALERT_OUTPUT}" ]] || said="$(tail -n 20 -- "${ALERT_OUTPUT}")"
+  IFS=', ' read -r -a urls <<<"${ALERT_URLS}"
+  for url in "${urls[@]}"; do
+    said="${said//"${url}"/(an ALERT_URLS URL)}"
+  done
+  [[ -z "${said}" ]] || printf 'apprise said:\n%s\n' "${said}" >&2
+  die "${EXIT_FAILED}" "alert-test: the test notice was NOT delivered (${ALERT_ERROR})"
+}
 # --- The backups themselves, shared by backup_script.sh and restore_script.sh (safety backups).
 DRY_RUN=0
 # The backup a part's subshell makes (interrupted_state tells a part from the whole run by it).
@@ -1574,7 +1942,7 @@ status_inventory() {
 # status.json, gym_backup.prom, conditions (KEY<TAB>MESSAGE, what needs attention now) and
 # status.txt (the status command's text). SINCE: when the service started (for "no backup yet").
 status_model() {
-  local out="$1" since="${2:-0}" scheduler_down="${3:-0}"
+  local out="$1" since="${2:-0}" scheduler_down="${3:-}"
   local runs="${BACKUP_DIR}/${STATUS_RUNS_NAME}" counts="${BACKUP_DIR}/${STATUS_COUNTS_NAME}"
   local alerts="${BACKUP_DIR}/.alerts" df_line size=0 used=0 free=0 running=""
   [[ -r "${runs}" ]] || runs=/dev/null
@@ -1628,7 +1996,7 @@ function metric(name, type, help) {
 BEGIN { ntypes = split(types, T, " ") }
 FILENAME == f_counts { split($0, f, "\t"); nc++; ck[nc] = f[1]; ct[nc] = f[2]; cr[nc] = f[3]; cv[nc] = f[4]; next }
 FILENAME == f_inventory { split($0, f, " "); inv_n[f[1]] = f[2]; inv_b[f[1]] = f[3]; next }
-FILENAME == f_alerts { na++; ak[na] = $1; as[na] = $2; al[na] = $3; ad[na] = $4; next }
+FILENAME == f_alerts { known[$1] = 1; na++; ak[na] = $1; as[na] = $2; al[na] = $3; ad[na] = $4; next }
 FILENAME == f_runs {
   # end kind type result code seconds raw stored file detail alert error run run_seconds started
   nr++; R[nr] = $0
@@ -1678,7 +2046,8 @@ END {
   pct = (used + free > 0 ? int(used * 100 / (used + free) + 0.5) : 0)
   if (disk_percent > 0 && pct > disk_percent)
     cond("disk", backup_dir " is " pct "% full (" human(free) " free of " human(size) "); ALERT_DISK_PERCENT is " disk_percent "%")
-  if (scheduler_down)
+  # Only the health check sees the scheduler: a run (which passes no answer) keeps its last one.
+  if (scheduler_down == 1 || (scheduler_down == "" && ("scheduler" in known)))
     cond("scheduler", "the scheduler is not running in the backup container: no scheduled backup will run")
   for (i = 1; i <= ncond; i++) printf("%s\t%s\n", ckey[i], cmsg[i]) > cond_out
   printf("") > cond_out
@@ -1777,7 +2146,7 @@ readonly STATUS_AWK
 # status_publish [SINCE] [SCHEDULER_DOWN]: write status.json and the metrics atomically in
 # BACKUP_DIR from the history, then update the alerts with the conditions that hold now.
 status_publish() {
-  local since="${1:-0}" scheduler_down="${2:-0}" out
+  local since="${1:-0}" scheduler_down="${2:-}" out
   out="$(mktemp -d "${TMPDIR:-/tmp}/gym-status.XXXXXXXX")" || return 1
   if ! status_model "${out}" "${since}" "${scheduler_down}"; then
     rm -rf -- "${out}"

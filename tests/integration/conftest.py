@@ -35,15 +35,19 @@ from tests.support import (
     PG_PASSWORD,
     PG_USER,
     REDIS_PASSWORD,
+    HttpReceiver,
     MakeEnv,
     NewDb,
     RunScript,
+    SmtpReceiver,
     Sources,
     backed_up_sources,
     createdb_privilege,
+    http_receiver,
     processes_in,
     run_direct,
     script_env,
+    smtp_receiver,
     write_files,
 )
 
@@ -252,3 +256,18 @@ def gpg_home() -> Iterator[Path]:
             timeout=30,
         )
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def webhook() -> Iterator[HttpReceiver]:
+    """A real HTTP server on 127.0.0.1 recording what it receives: Apprise ``json://`` notices,
+    dead man's switch pings."""
+    with http_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def mailbox() -> Iterator[SmtpReceiver]:
+    """A real SMTP server on 127.0.0.1 (login required, no TLS) recording the mails it accepts."""
+    with smtp_receiver() as receiver:
+        yield receiver

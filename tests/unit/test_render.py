@@ -20,6 +20,8 @@ SECRETS = {
     "POSTGRES_PASSWORD": "pg-secret-7f3a9c",
     "REDIS_PASSWORD": "redis-secret-b81e2d",
     "ENCRYPTION_KEY": "gpg-passphrase-4c5d6e",
+    "ALERT_URLS": "json://gym:hook-secret-0a9b@hooks.example/alert-token-77c1",
+    "HEALTHCHECK_PING_URL": "https://hc-ping.example/ping-uuid-3e5f",
 }
 
 
