@@ -1807,17 +1807,6 @@ status_field() {
   printf '%s' "${text//[$'\t\n\r']/ }"
 }
 
-# result_of CODE: a run's result from its exit status.
-result_of() {
-  if [[ -n "${RUN_INTERRUPTED}" ]]; then
-    printf 'interrupted'
-  elif (($1 == 0)); then
-    printf 'ok'
-  else
-    printf 'failed'
-  fi
-}
-
 # status_elapsed: the seconds since this run started (millisecond precision).
 status_elapsed() {
   local us=$((${EPOCHREALTIME/./} - ${STATUS_RUN_STARTED/./}))
@@ -1836,6 +1825,14 @@ status_add() {
   done
   record+=$'\t'"${RUN_TS:-}"$'\t'"${run_seconds}"$'\t'"${STATUS_RUN_STARTED%.*}"
   STATUS_RECORDS+=("${record}")
+}
+
+# status_add_run KIND TYPE CODE FILE: the one record of a run that has no parts (cleanup,
+# restore, verify), ended with CODE (its status from part_status), what its die said.
+status_add_run() {
+  part_status "$3"
+  status_add "$1" "$2" "${PART_STATUS}" "$3" "$(status_elapsed)" "" "" "$4" "" \
+    "$(reported_error alert)" "$(reported_error error)"
 }
 
 # status_add_parts KIND DIR STOPPED TYPE...: a record for each part of a run from the results its
@@ -2002,7 +1999,7 @@ FILENAME == f_runs {
   nr++; R[nr] = $0
   k = $2 SUBSEP $3
   last[k] = nr; runs[k]++
-  if ($4 == "ok") { ok[k]++; lastok[k] = nr; if (!(k in firstok)) firstok[k] = nr; okn[k]++ }
+  if ($4 == "ok") { ok[k]++; lastok[k] = nr; if (!(k in firstok)) firstok[k] = nr }
   if ($4 == "ok" || $4 == "skipped") streak[k] = 0
   else { if (streak[k] == 0) streak_since[k] = $1; streak[k]++ }
   if (!(k in first)) first[k] = $1
@@ -2014,6 +2011,11 @@ function at(a, k) { return ((k in a) ? a[k] : "") }
 # A field of record I (references to absent keys make empty elements: skipped where it matters).
 function fld(i, n,   f) { if (i == "") return ""; split(R[i], f, "\t"); return f[n] }
 END {
+  # How often backups of each type succeeded, on average, over the history.
+  for (t = 1; t <= ntypes; t++) {
+    k = "backup" SUBSEP T[t]
+    interval[T[t]] = (ok[k] > 1 ? (fld(at(lastok, k), 1) - fld(at(firstok, k), 1)) / (ok[k] - 1) : "")
+  }
   # What needs attention now.
   for (t = 1; t <= ntypes; t++) {
     ty = T[t]; k = "backup" SUBSEP ty
@@ -2064,12 +2066,11 @@ END {
   for (t = 1; t <= ntypes; t++) {
     ty = T[t]; k = "backup" SUBSEP ty; kd = "drill" SUBSEP ty
     rate = (runs[k] ? ok[k] / runs[k] : "")
-    interval = (okn[k] > 1 ? (fld(at(lastok, k), 1) - fld(at(firstok, k), 1)) / (okn[k] - 1) : "")
     printf("%s\n    %s: {\n", (t > 1 ? "," : ""), jstr(ty)) > json_out
     printf("      \"last_run\": %s,\n", record(at(last, k))) > json_out
     printf("      \"last_success\": %s,\n", record(at(lastok, k))) > json_out
     printf("      \"recent_runs\": %.0f, \"recent_successes\": %.0f, \"success_rate\": %s,\n", runs[k], ok[k], jnum(rate)) > json_out
-    printf("      \"interval_seconds\": %s, \"backups\": %.0f, \"backups_bytes\": %.0f,\n", jnum(interval == "" ? "" : int(interval)), inv_n[ty], inv_b[ty]) > json_out
+    printf("      \"interval_seconds\": %s, \"backups\": %.0f, \"backups_bytes\": %.0f,\n", jnum(interval[ty] == "" ? "" : int(interval[ty])), inv_n[ty], inv_b[ty]) > json_out
     printf("      \"last_drill\": %s\n    }", record(at(last, kd))) > json_out
   }
   printf("\n  },\n  \"last_cleanup\": %s,\n", record(at(last, "cleanup" SUBSEP "all"))) > json_out
@@ -2116,7 +2117,7 @@ END {
   for (t = 1; t <= ntypes; t++) {
     ty = T[t]; k = "backup" SUBSEP ty
     okt = ((k in lastok) ? fld(at(lastok, k), 1) : 0)
-    printf("%-10s  %-16s  %-8s  %-10s  %-8s  %-7s  %-10s  %s\n", ty, when(okt), (okt ? age(now - okt) : "-"), (okt ? human(fld(at(lastok, k), 8)) : "-"), (okt ? sprintf("%.1fs", fld(at(lastok, k), 6)) : "-"), (runs[k] ? sprintf("%.0f/%.0f", ok[k], runs[k]) : "-"), (okn[k] > 1 ? age((fld(at(lastok, k), 1) - fld(at(firstok, k), 1)) / (okn[k] - 1)) : "-"), ((k in last) ? fld(at(last, k), 4) " " when(fld(at(last, k), 1)) : "never")) > text_out
+    printf("%-10s  %-16s  %-8s  %-10s  %-8s  %-7s  %-10s  %s\n", ty, when(okt), (okt ? age(now - okt) : "-"), (okt ? human(fld(at(lastok, k), 8)) : "-"), (okt ? sprintf("%.1fs", fld(at(lastok, k), 6)) : "-"), (runs[k] ? sprintf("%.0f/%.0f", ok[k], runs[k]) : "-"), (interval[ty] != "" ? age(interval[ty]) : "-"), ((k in last) ? fld(at(last, k), 4) " " when(fld(at(last, k), 1)) : "never")) > text_out
   }
   printf("\nbackups: ") > text_out
   for (t = 1; t <= ntypes; t++) printf("%s%s %.0f (%s)", (t > 1 ? ", " : ""), T[t], inv_n[T[t]], human(at(inv_b, T[t]))) > text_out
@@ -4703,8 +4704,7 @@ run_finished() {
   local code="$1"
   type_hooks restore_finished || true
   [[ -n "${RUN_KIND}" ]] || return 0
-  status_add "${RUN_KIND}" "${BACKUP_TYPE:-redis}" "$(result_of "${code}")" "${code}" \
-    "$(status_elapsed)" "" "" "${BACKUP_FILE##*/}" "" "$(reported_error alert)" "$(reported_error error)"
+  status_add_run "${RUN_KIND}" "${BACKUP_TYPE:-redis}" "${code}" "${BACKUP_FILE##*/}"
   status_finish
 }
 
