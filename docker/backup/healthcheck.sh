@@ -1574,8 +1574,9 @@ status_commit() {
     cat -- "${runs}"
     printf '%s\n' "${STATUS_RECORDS[@]}"
   } | awk -F '\t' -v keep="${STATUS_HISTORY}" '
-    { line[NR] = $0; key[NR] = $2 SUBSEP $3; n[$2 SUBSEP $3]++ }
-    END { for (i = 1; i <= NR; i++) if (seen[key[i]]++ >= n[key[i]] - keep) print line[i] }
+    NF != 15 || $1 !~ /^[0-9]+$/ { next }
+    { m++; line[m] = $0; key[m] = $2 SUBSEP $3; n[$2 SUBSEP $3]++ }
+    END { for (i = 1; i <= m; i++) if (seen[key[i]]++ >= n[key[i]] - keep) print line[i] }
   ' >"${runs}.partial" || return 1
   printf '%s\n' "${STATUS_RECORDS[@]}" | awk -F '\t' -v OFS='\t' -v counts="${counts}" '
     BEGIN { while ((getline line < counts) > 0) { split(line, f, "\t"); c[f[1] "\t" f[2] "\t" f[3]] = f[4] } }
@@ -1661,6 +1662,8 @@ FILENAME == f_inventory { split($0, f, " "); inv_n[f[1]] = f[2]; inv_b[f[1]] = f
 FILENAME == f_alerts { known[$1] = 1; na++; ak[na] = $1; as[na] = $2; al[na] = $3; ad[na] = $4; next }
 FILENAME == f_runs {
   # end kind type result code seconds raw stored file detail alert error run run_seconds started
+  # (a line that is not such a record, damaged or not ours, is no run)
+  if (NF != 15 || $1 !~ /^[0-9]+$/ || $2 !~ /^[a-z]+$/) next
   nr++; R[nr] = $0
   k = $2 SUBSEP $3
   last[k] = nr; runs[k]++

@@ -232,6 +232,23 @@ def test_the_history_is_bounded_and_the_counters_keep_counting(
     assert sample(text, "gym_backup_runs_total", kind="backup", type="redis", result="ok") == 151
 
 
+def test_a_damaged_history_is_read_past_and_cleaned_by_the_next_run(
+    tmp_path: Path, backup_env: MakeEnv, run_script: RunScript
+) -> None:
+    env = backup_env(tmp_path)
+    backups = Path(env["BACKUP_DIR"])
+    junk = (
+        'garbage\n\t\t\n1796400000\tbackup\tredis\tok\n"x\tbackup\tfiles\tfailed\t1\terr "q" \\\n'
+    )
+    (backups / ".runs").write_text(junk)
+    shown = status(run_script, env, "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert json.loads(shown.stdout)["history"] == []
+    run_ok(run_script, "backup_script.sh", "files", env=env)
+    assert [h["type"] for h in status_json(backups)["history"]] == ["files"]
+    assert len((backups / ".runs").read_text().splitlines()) == 1
+
+
 def test_cleanup_restore_and_verify_runs_are_recorded(
     tmp_path: Path, backup_env: MakeEnv, run_script: RunScript
 ) -> None:
