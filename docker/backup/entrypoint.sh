@@ -1020,6 +1020,15 @@ stage_message() {
   printf ': %s' "${text% }"
 }
 
+# wrong_key_reason: why a decode failed when gpg's message (in WORK_DIR/decode.err) says the key
+# is wrong, with gpg's own words, for the log, the exit message and the alerts.
+wrong_key_reason() {
+  local said
+  said="$(grep -m 1 'Bad session key' -- "${WORK_DIR}/decode.err" 2>/dev/null | head -c 200)" || said=""
+  printf 'wrong encryption key: ENCRYPTION_KEY does not decrypt this backup (%s)' \
+    "${said:-gpg: Bad session key}"
+}
+
 disk_full() {
   grep -qs 'No space left on device' "${WORK_DIR}"/*.err && return 0
   (($(free_bytes "${BACKUP_DIR}") < 1048576))
@@ -1049,10 +1058,12 @@ first_line() {
 # ---------------------------------------------------------------------------------------------
 # Logs: rotated daily to NAME.YYYYMMDD; cleanup deletes them after LOG_KEEP_DAYS days.
 
+# rotate_logs [NAME...]: those logs (by default all three).
 rotate_logs() {
   local log_name path day today
+  (($# > 0)) || set -- backup.log cron.log restore.log
   today="$(date +%Y%m%d)"
-  for log_name in backup.log cron.log restore.log; do
+  for log_name in "$@"; do
     path="${BACKUP_DIR}/${log_name}"
     [[ -s "${path}" ]] || continue
     day="$(date -r "${path}" +%Y%m%d)"
