@@ -67,9 +67,15 @@ services:
       interval: 1s
       timeout: 5s
       retries: 60
+  # Where the alerts and pings of the monitoring test go (the test reads GET /received).
+  receiver:
+    build: {context: "@RECEIVER_CONTEXT@"}
+    image: gym-test-receiver:latest
+    environment: {RECEIVER_DELAY: "1"}
+    ports: ["127.0.0.1::8080"]
 volumes:
   redis_data:
-"""
+""".replace("@RECEIVER_CONTEXT@", str(HERE / "standins" / "receiver"))
 
 TEST_OVERRIDE = """\
 version: "3.9"
