@@ -1508,11 +1508,15 @@ def alert_state(backup_dir: Path) -> dict[str, list[str]]:
 # and WRITES what it found into the config file (shell_type, md5sum_command, sha1sum_command): the
 # sections below pin exactly what the probe finds, so the file stays as written.
 
-# rclone failing fast on a target that is down: one try, short connect and idle timeouts.
-RCLONE_QUICK = (
-    *("--retries", "1", "--low-level-retries", "1"),
-    *("--contimeout", "2s", "--timeout", "5s"),
-)
+# rclone failing fast on a target that is down: one try, short connect and idle timeouts (the
+# flags --retries 1 --low-level-retries 1 --contimeout 2s --timeout 5s, as rclone reads them from
+# its environment). With rclone's defaults a refused connection takes some 45 s to give up.
+RCLONE_QUICK = {
+    "RCLONE_RETRIES": "1",
+    "RCLONE_LOW_LEVEL_RETRIES": "1",
+    "RCLONE_CONTIMEOUT": "2s",
+    "RCLONE_TIMEOUT": "5s",
+}
 RCLONE_HASHES = {True: ("unix", "md5sum", "sha1sum"), False: ("unix", "none", "none")}
 S3_REGION = "us-east-1"
 # moto's IAM keys are random: the same seed before the same calls gives the same keys again.
@@ -1552,21 +1556,23 @@ S3_POLICIES: dict[str, dict[str, object]] = {
 
 
 def rclone_env() -> dict[str, str]:
-    """The environment rclone runs in for the tests: PATH, HOME and the language only. An
-    inherited AWS_* or RCLONE_* variable changes what rclone does (AWS_CA_BUNDLE alone makes every
-    S3 remote fail: "LoadCustomCABundleError")."""
+    """The environment rclone runs in for the tests: PATH, HOME, the language and
+    :data:`RCLONE_QUICK` only. An inherited AWS_* or RCLONE_* variable changes what rclone does
+    (AWS_CA_BUNDLE, set on this host, alone makes every S3 remote fail:
+    "LoadCustomCABundleError")."""
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/root"),
         "LANG": "C.UTF-8",
+        **RCLONE_QUICK,
     }
 
 
 def rclone(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Real rclone with the config file ``config``, failing fast (:data:`RCLONE_QUICK`), in
-    :func:`rclone_env`; its output captured."""
+    """Real rclone with the config file ``config``, failing fast, in :func:`rclone_env`; its
+    output captured."""
     return subprocess.run(
-        [tool("rclone"), "--config", str(config), *RCLONE_QUICK, *args],
+        [tool("rclone"), "--config", str(config), *args],
         env=rclone_env(),
         capture_output=True,
         text=True,
@@ -1664,6 +1670,10 @@ class LoopbackServer:
 
     def stop(self) -> None:
         """Stop the server and its live connections; the port refuses connections after."""
+        self.end()
+
+    def end(self) -> None:
+        """Stop the server for good (nothing is kept for a next start)."""
         process, self.process = self.process, None
         end_process(process)
 
@@ -1874,7 +1884,7 @@ class S3Server(LoopbackServer):
     def stop(self) -> None:
         if self.running:
             self.saved = {bucket: self.objects(bucket) for bucket in self.buckets()}
-        super().stop()
+        self.end()
 
     def buckets(self) -> list[str]:
         return [b["Name"] for b in self.client().list_buckets().get("Buckets", []) if "Name" in b]
@@ -1929,7 +1939,7 @@ def serving(server: ServerT) -> Iterator[ServerT]:
     try:
         yield server
     finally:
-        server.stop()
+        server.end()
 
 
 @dataclass(frozen=True)
@@ -1991,6 +2001,16 @@ class Remotes:
     def rclone(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """:func:`rclone` with this config file."""
         return rclone(self.config, *args, timeout=timeout)
+
+    def env(self, *remotes: str) -> dict[str, str]:
+        """The settings of a run that copies to the targets of ``remotes`` (each under its
+        remote's name): REPLICA_TARGETS, REPLICA_RCLONE_CONFIG_FILE, and rclone failing fast."""
+        targets = ",".join(f"{remote}={self.targets[remote].spec}" for remote in remotes)
+        return {
+            "REPLICA_TARGETS": targets,
+            "REPLICA_RCLONE_CONFIG_FILE": str(self.config),
+            **RCLONE_QUICK,
+        }
 
 
 def make_remotes(

@@ -2,7 +2,7 @@
 shell, and internal-sftp only) and a real S3 API (moto_server) on 127.0.0.1 and reads back the same
 bytes; what each can compare by hash, the keys that cannot delete, a server down and back.
 
-The facts rclone 1.60 shows here are summed up in tests/support.py, above ``RCLONE_QUICK``.
+The facts rclone 1.60 shows here are summed up in tests/support.py, in the "remotes" section.
 """
 
 from __future__ import annotations
