@@ -1517,6 +1517,8 @@ RCLONE_QUICK = {
     "RCLONE_CONTIMEOUT": "2s",
     "RCLONE_TIMEOUT": "5s",
 }
+# (shell_type, md5sum_command, sha1sum_command) as rclone's probe writes them, by login shell or
+# not: over internal-sftp only, the probe still says "unix" but every hash command fails.
 RCLONE_HASHES = {True: ("unix", "md5sum", "sha1sum"), False: ("unix", "none", "none")}
 S3_REGION = "us-east-1"
 # moto's IAM keys are random: the same seed before the same calls gives the same keys again.
