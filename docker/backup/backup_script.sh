@@ -987,6 +987,12 @@ recipient_check() {
     die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: the key ${RECIPIENT_FPR} in '${file}' cannot encrypt (no usable encryption subkey: expired, revoked or sign-only?)$(stage_message recipient); extend or replace it, then ${fix}"
 }
 
+# require_recipient: before a backup is made (in its part, so that a refusal is that part's
+# failure, in its status and alerts): the public key it is encrypted to is usable.
+require_recipient() {
+  ! public_key_on || [[ -n "${RECIPIENT_KEYID}" ]] || recipient_check
+}
+
 # encryption_kind FILE: how a .gpg backup is encrypted, from the tag of its first OpenPGP packet:
 # public-key (1: a session key encrypted to a public key), symmetric (3: to a passphrase), or
 # unknown.
@@ -1825,7 +1831,6 @@ store_to() {
   hasher=$!
   name="${partial##*/}"
   if public_key_on; then
-    [[ -n "${RECIPIENT_KEYID}" ]] || recipient_check
     PLAIN_FIFO="${WORK_DIR}/stored-plain.fifo"
     mkfifo -m 600 -- "${PLAIN_FIFO}"
     # the compressed stream, decoded as a backup of that name without .gpg would be
@@ -2098,6 +2103,7 @@ run_part() {
   trap 'part_finished $?' EXIT
   trap_signals
   make_work_dir
+  require_recipient
   "backup_$1" "$2" "$3"
 }
 # --- Status: what every run did, and what follows from it. Each run (backup, cleanup, restore,
@@ -3543,8 +3549,6 @@ cmd_backup() {
   local -a types=("${what}")
   [[ "${what}" != full ]] || types=("${BACKUP_TYPES[@]}")
   load_secrets
-  # A public key that cannot be used fails the run here, before anything is written.
-  ! public_key_on || recipient_check
   prepare_backup_dir
   ((DRY_RUN)) || acquire_lock "backup ${what}"
   ((DRY_RUN)) || clean_leftovers --partials
@@ -3574,7 +3578,7 @@ cmd_backup() {
 # How this run encrypts, for its first line.
 run_encryption_words() {
   if public_key_on; then
-    printf 'encrypted, AES256, to public key ID %s (%s): this host cannot decrypt them' "${RECIPIENT_KEYID}" "${ENCRYPTION_RECIPIENT}"
+    printf 'encrypted, AES256, to the public key in %s: this host cannot decrypt them' "${ENCRYPTION_RECIPIENT}"
   elif encryption_on; then
     printf 'encrypted, AES256'
   else

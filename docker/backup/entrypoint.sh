@@ -990,6 +990,12 @@ recipient_check() {
     die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: the key ${RECIPIENT_FPR} in '${file}' cannot encrypt (no usable encryption subkey: expired, revoked or sign-only?)$(stage_message recipient); extend or replace it, then ${fix}"
 }
 
+# require_recipient: before a backup is made (in its part, so that a refusal is that part's
+# failure, in its status and alerts): the public key it is encrypted to is usable.
+require_recipient() {
+  ! public_key_on || [[ -n "${RECIPIENT_KEYID}" ]] || recipient_check
+}
+
 # encryption_kind FILE: how a .gpg backup is encrypted, from the tag of its first OpenPGP packet:
 # public-key (1: a session key encrypted to a public key), symmetric (3: to a passphrase), or
 # unknown.

@@ -987,6 +987,12 @@ recipient_check() {
     die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: the key ${RECIPIENT_FPR} in '${file}' cannot encrypt (no usable encryption subkey: expired, revoked or sign-only?)$(stage_message recipient); extend or replace it, then ${fix}"
 }
 
+# require_recipient: before a backup is made (in its part, so that a refusal is that part's
+# failure, in its status and alerts): the public key it is encrypted to is usable.
+require_recipient() {
+  ! public_key_on || [[ -n "${RECIPIENT_KEYID}" ]] || recipient_check
+}
+
 # encryption_kind FILE: how a .gpg backup is encrypted, from the tag of its first OpenPGP packet:
 # public-key (1: a session key encrypted to a public key), symmetric (3: to a passphrase), or
 # unknown.
@@ -1825,7 +1831,6 @@ store_to() {
   hasher=$!
   name="${partial##*/}"
   if public_key_on; then
-    [[ -n "${RECIPIENT_KEYID}" ]] || recipient_check
     PLAIN_FIFO="${WORK_DIR}/stored-plain.fifo"
     mkfifo -m 600 -- "${PLAIN_FIFO}"
     # the compressed stream, decoded as a backup of that name without .gpg would be
@@ -2098,6 +2103,7 @@ run_part() {
   trap 'part_finished $?' EXIT
   trap_signals
   make_work_dir
+  require_recipient
   "backup_$1" "$2" "$3"
 }
 # --- Status: what every run did, and what follows from it. Each run (backup, cleanup, restore,
@@ -5032,6 +5038,7 @@ safety_part() {
   PARTIALS=()
   BACKUP_PURPOSE="safety backup before restoring ${BACKUP_FILE##*/}"
   make_work_dir
+  require_recipient
   POSTGRES_DB="$2"
   pick_timestamp
   "backup_$1" "${RUN_TS}" "${RUN_EPOCH}"

@@ -396,6 +396,10 @@ def test_an_unusable_recipient_file_refuses_the_backup_and_writes_nothing(
     assert result.returncode == 6, result.stdout + result.stderr
     assert message in result.stderr
     assert "gpg --export --armor" in result.stderr
+    # each part fails on it (in the status and the alerts, as any failed backup)
+    assert "backup full FAILED: postgresql FAILED (exit 6) redis FAILED (exit 6) files FAILED" in (
+        result.stderr
+    )
     assert not list((tmp_path / "backups").glob("*_backup_*"))
 
 
