@@ -9,6 +9,7 @@ one in DECRYPTION_KEY_FILE. The key pairs are throwaway ones made by ``gpg --qui
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from tests.support import (
     database_names,
     drop_gpg_home,
     flip_middle_byte,
+    kill_stage_when_writing,
     make_key_pair,
     make_uploads,
     new_gpg_home,
@@ -36,6 +38,7 @@ from tests.support import (
     redis_state,
     run_gpg,
     run_ok,
+    start_script,
     tree_state,
     truncate_half,
     write_sidecar,
@@ -241,6 +244,33 @@ def test_a_damaged_public_key_backup_with_a_matching_sidecar_is_rejected_at_veri
     assert result.returncode == 4, result.stdout + result.stderr
     assert f"check {check}: FAILED" in result.stderr
     assert "damaged or truncated" in result.stderr
+
+
+def test_gpg_killed_while_encrypting_to_the_public_key_fails_the_backup_and_leaves_nothing(
+    key_pair: KeyPair,
+    rendered_scripts: Path,
+    backup_env: MakeEnv,
+    short_tmp: Path,
+    tmp_path: Path,
+) -> None:
+    uploads = tmp_path / "big"
+    uploads.mkdir()
+    for i in range(3):  # random bytes: compression cannot shrink them, encryption takes a while
+        (uploads / f"video-{i}.bin").write_bytes(os.urandom(25 * 1024 * 1024))
+    env = public_env(backup_env(tmp_path, files_dir=uploads, TMPDIR=str(short_tmp)), key_pair)
+    backups = tmp_path / "backups"
+
+    run = start_script(rendered_scripts, BACKUP, "files", env=env)
+    err = kill_stage_when_writing(
+        run, "--recipient-file", backups / "files_backup_*.tar.gz.gpg.partial", 1,
+        "gpg to be encrypting into the .partial file",
+    )  # fmt: skip
+
+    assert run.returncode == 1, err
+    assert "files: encrypt failed (exit 137)" in err
+    assert "nothing was written under a final name" in err
+    assert not [p for p in backups.iterdir() if "_backup_" in p.name]
+    assert list(short_tmp.iterdir()) == [], "the run left its work folder behind"
 
 
 def test_a_private_key_that_does_not_match_is_a_wrong_key_naming_the_key_ids(
