@@ -209,10 +209,16 @@ def config_check(env: EnvOption = None) -> None:
                 t.strftime("%Y-%m-%d %H:%M %Z") for t in config.next_runs(schedule, tz)
             )
             typer.echo(f"  {name:<22} {schedule:<14} {runs}")
-        if settings.encrypted:
+        if settings.encryption == "public-key":
+            recipient = settings.values["ENCRYPTION_RECIPIENT"]
+            typer.echo(f"Encryption: on (GPG AES256 to the public key in {recipient}).")
+        elif settings.encrypted:
             typer.echo("Encryption: on (GPG symmetric AES256).")
         else:
-            typer.echo("Encryption: OFF; set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to encrypt.")
+            typer.echo(
+                "Encryption: OFF; set ENCRYPTION_KEY (or ENCRYPTION_KEY_FILE), or "
+                "ENCRYPTION_RECIPIENT, to encrypt."
+            )
 
 
 def _fail_on(code: int, what: str) -> None:

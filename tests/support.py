@@ -345,6 +345,69 @@ def decode(path: Path, key: str | None = None, home: Path | None = None) -> byte
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
+@dataclass(frozen=True)
+class KeyPair:
+    """A throwaway OpenPGP key pair made by real gpg: the armored public key (what
+    ENCRYPTION_RECIPIENT names) and private key (what DECRYPTION_KEY_FILE names), its passphrase
+    ("" for none), and the ID of the encryption subkey gpg encrypts to."""
+
+    public: Path
+    private: Path
+    passphrase: str
+    subkey_id: str
+    fingerprint: str
+
+
+def new_gpg_home() -> Path:
+    """A new private GnuPG home with a short path (gpg-agent's socket paths are limited)."""
+    home = Path(tempfile.mkdtemp(prefix="gpgt-"))
+    home.chmod(0o700)
+    return home
+
+
+def drop_gpg_home(home: Path) -> None:
+    """Stop the gpg-agent of ``home`` and remove it."""
+    subprocess.run(
+        ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def make_key_pair(folder: Path, name: str, passphrase: str = "", usage: str = "default") -> KeyPair:
+    """Generate a key pair with ``gpg --quick-gen-key`` in a throwaway home, export it to
+    ``folder/NAME.pub.asc`` and ``folder/NAME.key.asc``; ``usage`` "sign" makes a key that
+    cannot encrypt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    home = new_gpg_home()
+    try:
+        # ed25519 and cv25519 keys: made in milliseconds, where RSA takes seconds
+        algo, subkey = ("future-default", "default") if usage == "default" else ("ed25519", "sign")
+        made = run_gpg(home, passphrase, "--quick-gen-key", f"{name} <{name}@gym.test>", algo,
+                       subkey, "never")  # fmt: skip
+        assert made.returncode == 0, made.stderr.decode(errors="replace")
+        listed = subprocess.run(
+            ["gpg", "--homedir", str(home), "--batch", "--with-colons", "--list-keys"],
+            capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        records = [line.split(":") for line in listed.stdout.splitlines()]
+        fingerprint = next(r[9] for r in records if r[0] == "fpr")
+        subkey_id = next((r[4] for r in records if r[0] in ("pub", "sub") and "e" in r[11]), "")
+        public = folder / f"{name}.pub.asc"
+        exported = run_gpg(home, passphrase, "--export", "--armor", fingerprint)
+        public.write_bytes(exported.stdout)
+        private = folder / f"{name}.key.asc"
+        exported = run_gpg(home, passphrase, "--export-secret-keys", "--armor", fingerprint)
+        assert exported.returncode == 0, exported.stderr.decode(errors="replace")
+        private.write_bytes(exported.stdout)
+        private.chmod(0o600)
+        return KeyPair(public, private, passphrase, subkey_id, fingerprint)
+    finally:
+        drop_gpg_home(home)
+
+
 @contextlib.contextmanager
 def holding_the_lock(backup_dir: Path, who: str) -> Iterator[None]:
     """For the block, hold ``backup_dir``'s lock as a running run does: ``flock`` on

@@ -37,6 +37,7 @@ unset LANGUAGE
 : "${CLEANUP_SCHEDULE:=0 3 * * 0}"
 : "${RESTORE_DRILL_SCHEDULE=30 4 * * 0}"
 : "${BACKUP_RETENTION_DAYS:=90}"
+: "${ENCRYPTION_RECIPIENT:=}"
 : "${TZ:=America/Argentina/Buenos_Aires}"
 : "${BACKUP_DIR:=/backups}"
 : "${FILES_DIR:=/data}"
@@ -530,12 +531,18 @@ check_choice() {
   _choice_problems+=("${name}: '${!name}' must be one of: $*")
 }
 
+# The secrets whose value may span lines (private keys, lists of passphrases); every other
+# secret is one line.
+readonly MULTILINE_SECRETS=(ENCRYPTION_KEY_PREVIOUS DECRYPTION_KEY)
+
 # secret_problem VAR: what is wrong with how VAR or VAR_FILE is given; nothing when it is fine.
 # The one rule for secrets: file_env applies it, the entrypoint collects every problem with it.
 secret_problem() {
   local var="$1"
   local file_var="${var}_FILE"
-  local value="${!var:-}" file="${!file_var:-}"
+  local value="${!var:-}" file="${!file_var:-}" lines=$'\n'
+  # A multi-line secret may hold line breaks: test for a character no value holds instead.
+  [[ " ${MULTILINE_SECRETS[*]} " != *" ${var} "* ]] || lines=$'\1'
   if [[ -n "${value}" && -n "${file}" ]]; then
     printf 'both %s and %s are set; keep only one of them' "${var}" "${file_var}"
   elif [[ -n "${file}" ]] && [[ ! -r "${file}" || ! -f "${file}" ]]; then
@@ -545,10 +552,10 @@ secret_problem() {
     # An empty key file must not quietly turn encryption (or a password) off.
     if [[ -z "${value}" ]]; then
       printf "%s: '%s' is empty; put the %s in it, or unset %s" "${file_var}" "${file}" "${var}" "${file_var}"
-    elif [[ "${value}" == *$'\n'* ]]; then
+    elif [[ "${value}" == *"${lines}"* ]]; then
       printf '%s (in %s) contains a line break; use a single-line value' "${var}" "${file}"
     fi
-  elif [[ "${value}" == *$'\n'* ]]; then
+  elif [[ "${value}" == *"${lines}"* ]]; then
     printf '%s contains a line break; use a single-line value' "${var}"
   fi
 }
@@ -566,17 +573,29 @@ file_env() {
   printf -v "${var}" '%s' "${value}"
 }
 
+# load_secrets: every secret from its variable or its _FILE; then the encryption settings agree.
 load_secrets() {
   file_env POSTGRES_PASSWORD
   file_env POSTGRES_ADMIN_PASSWORD
   file_env REDIS_PASSWORD
   file_env ENCRYPTION_KEY
+  file_env ENCRYPTION_KEY_PREVIOUS
+  file_env DECRYPTION_KEY
+  file_env DECRYPTION_KEY_PASSPHRASE
   file_env ALERT_URLS
   file_env HEALTHCHECK_PING_URL
+  [[ -z "${ENCRYPTION_KEY}" || -z "${ENCRYPTION_RECIPIENT}" ]] ||
+    die "${EXIT_REFUSED}" 'ENCRYPTION_RECIPIENT: ENCRYPTION_KEY is set too; keep only one of them (a public key: this host cannot read its backups; a passphrase: it can). To restore backups made with the passphrase after switching, give it as ENCRYPTION_KEY_PREVIOUS when restoring.'
 }
 
+# New backups are encrypted: to a passphrase (ENCRYPTION_KEY) or a public key (public_key_on).
 encryption_on() {
-  [[ -n "${ENCRYPTION_KEY:-}" ]]
+  [[ -n "${ENCRYPTION_KEY:-}" || -n "${ENCRYPTION_RECIPIENT:-}" ]]
+}
+
+# New backups are encrypted to the public key in ENCRYPTION_RECIPIENT: this host cannot read them.
+public_key_on() {
+  [[ -n "${ENCRYPTION_RECIPIENT:-}" ]]
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -906,16 +925,263 @@ gpg_run() {
     --no-symkey-cache --no-permission-warning "$@"
 }
 
-# The passphrase goes through file descriptor 3, never on a command line. The key is derived
-# from it with the most S2K iterations OpenPGP can say (65011712 bytes hashed, what gpg picks
-# itself on most machines): given here, gpg-agent need not calibrate it first (over a second).
+# encrypt: stdin to stdout, encrypted. To a passphrase: it goes through file descriptor 3, never
+# on a command line; the key is derived from it with the most S2K iterations OpenPGP can say
+# (65011712 bytes hashed, what gpg picks itself on most machines): given here, gpg-agent need not
+# calibrate it first (over a second). To a public key (ENCRYPTION_RECIPIENT): gpg reads the key
+# from the file, without importing it or asking whether it is trusted (recipient_check has
+# checked it); the session key is random, AES256.
 encrypt() {
-  gpg_run --symmetric --cipher-algo AES256 --s2k-digest-algo SHA512 --s2k-count 65011712 \
-    --compress-algo none --passphrase-fd 3 --output - 3<<<"${ENCRYPTION_KEY}"
+  if public_key_on; then
+    gpg_run --encrypt --recipient-file "${ENCRYPTION_RECIPIENT}" --cipher-algo AES256 \
+      --compress-algo none --output -
+  else
+    gpg_run --symmetric --cipher-algo AES256 --s2k-digest-algo SHA512 --s2k-count 65011712 \
+      --compress-algo none --passphrase-fd 3 --output - 3<<<"${ENCRYPTION_KEY}"
+  fi
 }
 
+# decrypt: stdin to stdout, decrypted. The passphrase given on fd 3 is DECRYPT_PASSPHRASE when
+# prepare_decrypt set it (an older passphrase, or that of the private key), else ENCRYPTION_KEY.
+# A public-key backup is decrypted by the private key prepare_decrypt imported into GNUPG_DIR.
 decrypt() {
-  gpg_run --decrypt --passphrase-fd 3 --output - 3<<<"${ENCRYPTION_KEY}"
+  gpg_run --decrypt --passphrase-fd 3 --output - 3<<<"${DECRYPT_PASSPHRASE-${ENCRYPTION_KEY:-}}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Public-key encryption (ENCRYPTION_RECIPIENT) and decryption keys (DECRYPTION_KEY,
+# ENCRYPTION_KEY_PREVIOUS).
+
+# What drill and verify --deep say when a public-key backup cannot be read on this host: the
+# drill skips the type on it (and does not alert), as on "needs CREATEDB".
+readonly NEEDS_DECRYPTION_KEY="needs DECRYPTION_KEY_FILE"
+
+# The key ID (of the encryption subkey) and the fingerprint of ENCRYPTION_RECIPIENT's key.
+RECIPIENT_KEYID=""
+RECIPIENT_FPR=""
+
+# recipient_check: ENCRYPTION_RECIPIENT is a readable file holding exactly one OpenPGP public key
+# (no private key) that can encrypt; sets RECIPIENT_KEYID (the subkey gpg encrypts to: its own
+# choice, read from a message encrypted to it) and RECIPIENT_FPR. Fails the run (exit 6) with
+# what to do otherwise.
+recipient_check() {
+  local file="${ENCRYPTION_RECIPIENT}" fix count=0 secret=0
+  local -a field
+  fix="export the public key alone with: gpg --export --armor KEY-ID > FILE"
+  [[ -f "${file}" && -r "${file}" ]] ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: cannot read '${file}'; mount the public key file there (read-only) or fix the path (${fix})"
+  while IFS=: read -r -a field; do
+    case "${field[0]}" in
+      pub) count=$((count + 1)) ;;
+      sec) secret=1 count=$((count + 1)) ;;
+      fpr) [[ -n "${RECIPIENT_FPR}" ]] || RECIPIENT_FPR="${field[9]}" ;;
+    esac
+  done < <(gpg_run --with-colons --import-options show-only --import <"${file}" 2>/dev/null || true)
+  ((secret == 0)) ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: '${file}' holds a PRIVATE key, which must never be on this host; ${fix}, and keep the private key off this host (see the README)"
+  ((count == 1)) ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: '${file}' holds ${count} OpenPGP keys; it must hold exactly one public key: ${fix}"
+  RECIPIENT_KEYID="$(: | encrypt 2>"${WORK_DIR}/recipient.err" | gpg_run --no-keyring --list-packets 2>/dev/null |
+    sed -n 's/^:pubkey enc packet: .*keyid \([0-9A-F]*\).*/\1/p' | head -n 1)" || true
+  [[ -n "${RECIPIENT_KEYID}" ]] ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: the key ${RECIPIENT_FPR} in '${file}' cannot encrypt (no usable encryption subkey: expired, revoked or sign-only?)$(stage_message recipient); extend or replace it, then ${fix}"
+}
+
+# require_recipient: before a backup is made (in its part, so that a refusal is that part's
+# failure, in its status and alerts): the public key it is encrypted to is usable.
+require_recipient() {
+  ! public_key_on || [[ -n "${RECIPIENT_KEYID}" ]] || recipient_check
+}
+
+# encryption_kind FILE: how a .gpg backup is encrypted, from the tag of its first OpenPGP packet:
+# public-key (1: a session key encrypted to a public key), symmetric (3: to a passphrase), or
+# unknown.
+encryption_kind() {
+  local byte tag=0
+  byte="$(od -An -tu1 -N1 -- "$1" 2>/dev/null)" || true
+  byte="${byte//[[:space:]]/}"
+  if is_uint "${byte}" && ((byte & 128)); then
+    if ((byte & 64)); then tag=$((byte & 63)); else tag=$(((byte >> 2) & 15)); fi
+  fi
+  case "${tag}" in
+    1) printf 'public-key\n' ;;
+    3) printf 'symmetric\n' ;;
+    *) printf 'unknown\n' ;;
+  esac
+}
+
+# backup_key_ids FILE: the key IDs a public-key backup is encrypted to, one a line, from its first
+# packets (read before any private key is imported: gpg then only lists them).
+backup_key_ids() {
+  head -c 65536 -- "$1" | gpg_run --no-keyring --list-packets 2>/dev/null |
+    sed -n 's/^:pubkey enc packet: .*keyid \([0-9A-F]*\).*/\1/p' || true
+}
+
+# The names of the keys tried on a backup (never their values), for the wrong-key message; the
+# key IDs of the private keys DECRYPTION_KEY holds and those the backup is encrypted to.
+KEYS_TRIED=()
+DECRYPTION_KEY_IDS=()
+BACKUP_KEY_IDS=()
+DECRYPT_KIND=""
+
+# prepare_decrypt FILE: what decrypting the .gpg backup FILE needs, ready: for a public-key one,
+# the private keys of DECRYPTION_KEY imported into this run's GNUPG_DIR (never a user's keyring;
+# removed with it on every way out) and DECRYPTION_KEY_PASSPHRASE to unlock them; for a
+# passphrase, the one that decrypts it (select_passphrase). Refuses (exit 6) when no key is
+# given, and says which one is needed.
+prepare_decrypt() {
+  local file="$1" name="${1##*/}" id
+  DECRYPT_KIND="$(encryption_kind "${file}")"
+  if [[ "${DECRYPT_KIND}" == public-key ]]; then
+    mapfile -t BACKUP_KEY_IDS < <(backup_key_ids "${file}")
+    [[ -n "${DECRYPTION_KEY}" ]] ||
+      die "${EXIT_REFUSED}" "${name} is encrypted to a public key (key ID ${BACKUP_KEY_IDS[*]:-unknown}), and this host cannot read it: it ${NEEDS_DECRYPTION_KEY}. Give the private key for this command only: DECRYPTION_KEY_FILE=/path/to/private-key.asc (and DECRYPTION_KEY_PASSPHRASE_FILE when it has a passphrase)"
+    if ((${#DECRYPTION_KEY_IDS[@]} == 0)); then
+      gpg_run --import 2>"${WORK_DIR}/import.err" <<<"${DECRYPTION_KEY}" ||
+        die "${EXIT_REFUSED}" "DECRYPTION_KEY: cannot import the private key(s) it holds$(stage_message import); give the armored private key (gpg --export-secret-keys --armor KEY-ID)"
+      mapfile -t DECRYPTION_KEY_IDS < <(gpg_run --with-colons --list-secret-keys 2>/dev/null |
+        awk -F: '($1 == "sec" || $1 == "ssb") && $12 ~ /e/ { print $5 }')
+      ((${#DECRYPTION_KEY_IDS[@]} > 0)) ||
+        die "${EXIT_REFUSED}" "DECRYPTION_KEY holds no private key that can decrypt (a public key only?); give the private key: gpg --export-secret-keys --armor KEY-ID"
+    fi
+    KEYS_TRIED=()
+    for id in "${DECRYPTION_KEY_IDS[@]}"; do
+      KEYS_TRIED+=("private key ${id}")
+    done
+    DECRYPT_PASSPHRASE="${DECRYPTION_KEY_PASSPHRASE}"
+    return 0
+  fi
+  [[ -n "${ENCRYPTION_KEY}" || -n "${ENCRYPTION_KEY_PREVIOUS}" ]] ||
+    die "${EXIT_REFUSED}" "${name} is encrypted: set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to its passphrase (or ENCRYPTION_KEY_PREVIOUS_FILE, for a passphrase used before)"
+  select_passphrase "${file}"
+}
+
+# select_passphrase FILE: the passphrase that decrypts FILE, in DECRYPT_PASSPHRASE: ENCRYPTION_KEY,
+# else each line of ENCRYPTION_KEY_PREVIOUS in turn (their names in KEYS_TRIED). With more than
+# one, each is tried on the first 64 KiB: gpg rejects a wrong passphrase at once ("Bad session
+# key", from the check bytes of the session key), and the whole decode judges the one that is
+# not rejected. When all are rejected, DECRYPT_PASSPHRASE is the first (the decode then reports
+# the wrong key).
+select_passphrase() {
+  local file="$1" line i=0
+  local -a values=()
+  KEYS_TRIED=()
+  if [[ -n "${ENCRYPTION_KEY}" ]]; then
+    KEYS_TRIED+=(ENCRYPTION_KEY)
+    values+=("${ENCRYPTION_KEY}")
+  fi
+  while IFS= read -r line; do
+    i=$((i + 1))
+    [[ -n "${line}" ]] || continue
+    KEYS_TRIED+=("ENCRYPTION_KEY_PREVIOUS line ${i}")
+    values+=("${line}")
+  done <<<"${ENCRYPTION_KEY_PREVIOUS}"
+  DECRYPT_PASSPHRASE="${values[0]}"
+  ((${#values[@]} > 1)) || return 0
+  for i in "${!values[@]}"; do
+    head -c 65536 -- "${file}" | gpg_run --decrypt --passphrase-fd 3 --output - \
+      3<<<"${values[i]}" >/dev/null 2>"${WORK_DIR}/trial.err" || true
+    if ! grep -qs 'Bad session key' "${WORK_DIR}/trial.err"; then
+      DECRYPT_PASSPHRASE="${values[i]}"
+      ((i == 0)) || log INFO "decrypt: ${KEYS_TRIED[i]} decrypts ${file##*/} (an older passphrase)"
+      return 0
+    fi
+  done
+}
+
+# wrong_key ERR_FILE: gpg's errors (of a decode) say that no key given decrypts the backup.
+wrong_key() {
+  grep -qs -e 'Bad session key' -e 'decryption failed: No secret key' "$1"
+}
+
+# wrong_key_reason: why no key given decrypts the backup, naming the keys tried (never values).
+wrong_key_reason() {
+  local tried="${KEYS_TRIED[*]}" id
+  if [[ "${DECRYPT_KIND}" == public-key ]]; then
+    for id in "${BACKUP_KEY_IDS[@]}"; do
+      if [[ " ${DECRYPTION_KEY_IDS[*]} " == *" ${id} "* ]]; then
+        printf 'wrong encryption key: the private key %s in DECRYPTION_KEY_FILE is the right one, but DECRYPTION_KEY_PASSPHRASE %s' \
+          "${id}" "$([[ -n "${DECRYPTION_KEY_PASSPHRASE}" ]] && printf 'does not unlock it' || printf 'is not set, and it has a passphrase')"
+        return 0
+      fi
+    done
+    tried="${DECRYPTION_KEY_IDS[*]}"
+    printf 'wrong encryption key: the backup is encrypted to key ID %s, and DECRYPTION_KEY_FILE holds none of it (tried the private keys %s)' \
+      "${BACKUP_KEY_IDS[*]:-unknown}" "${tried// /, }"
+  elif [[ "${tried}" == ENCRYPTION_KEY ]]; then
+    printf 'wrong encryption key: ENCRYPTION_KEY does not decrypt this backup'
+  else
+    tried="$(printf '%s, ' "${KEYS_TRIED[@]}")"
+    printf 'wrong encryption key: none of the passphrases tried decrypts this backup (tried %s)' "${tried%, }"
+  fi
+}
+
+# packet_check: (a stage) the stored bytes of a public-key backup on stdin, listed by gpg without
+# a private key (none is on the host), into WORK_DIR/packets.out and packets.err; then read to the
+# end, so that the writer never stops on it. packets_verdict judges the listing.
+packet_check() {
+  # (--no-keyring: no keyring is needed, and gpg would read the keybox encrypt may be creating in
+  # the same GNUPG_DIR at that moment, as if it were part of the message)
+  gpg_run --no-keyring --list-packets >"${WORK_DIR}/packets.out" 2>"${WORK_DIR}/packets.err" || true
+  cat >/dev/null
+}
+
+# packets_of FILE: packet_check of a stored backup (a step).
+packets_of() {
+  packet_check <"$1"
+}
+
+# packets_verdict SIZE [KEYID]: whether packet_check's listing is that of a complete OpenPGP
+# message encrypted to a public key, as encrypt writes one: one or more session keys encrypted to
+# public keys (to KEYID, when given), then one integrity-protected encrypted data packet, reaching
+# exactly the end of the SIZE bytes: gpg reads it through its (partial) lengths, and says so when
+# the data stop early or bytes follow it. Prints what it found, or the problem (and fails).
+# BACKUP_KEY_IDS: the key IDs it is encrypted to.
+packets_verdict() {
+  local size="$1" expected="${2:-}" line data=0 protected=0 other="" end="" problem=""
+  BACKUP_KEY_IDS=()
+  while IFS= read -r line; do
+    case "${line}" in
+      "# off="*)
+        if [[ "${line}" =~ ^#\ off=([0-9]+)\ ctb=[0-9a-f]+\ tag=(18|20)\ hlen=([0-9]+)\ plen=([0-9]+)(\ new-ctb)?$ ]]; then
+          end=$((BASH_REMATCH[1] + BASH_REMATCH[3] + BASH_REMATCH[4]))
+        fi
+        ;;
+      ":pubkey enc packet:"*keyid*)
+        ((data == 0)) || other="a session key after the data"
+        BACKUP_KEY_IDS+=("${line##*keyid }")
+        ;;
+      ":encrypted data packet:"* | ":aead encrypted packet:"*)
+        data=$((data + 1))
+        [[ "${line}" != ":aead"* ]] || protected=1
+        ;;
+      *"mdc_method: 2"*) protected=1 ;;
+      :*) other="${line}" ;;
+    esac
+  done <"${WORK_DIR}/packets.out"
+  # gpg says whom it is encrypted to, and that it has no private key: anything else is a problem.
+  problem="$(grep -v -e '^gpg: encrypted with ' -e '^gpg: decryption failed: No secret key' \
+    -e '^ *"' -- "${WORK_DIR}/packets.err" 2>/dev/null | head -n 3 | tr '\n' ' ')" || true
+  if ((${#BACKUP_KEY_IDS[@]} == 0)); then
+    problem="no session key encrypted to a public key; ${problem}"
+  elif [[ -n "${expected}" && " ${BACKUP_KEY_IDS[*]} " != *" ${expected} "* ]]; then
+    problem="encrypted to key ID ${BACKUP_KEY_IDS[*]}, not ${expected} (ENCRYPTION_RECIPIENT); ${problem}"
+  elif ((data != 1)); then
+    problem="${data} encrypted data packets, not one; ${problem}"
+  elif ((protected == 0)); then
+    problem="the encrypted data is not integrity-protected; ${problem}"
+  elif [[ -n "${other}" ]]; then
+    problem="an unexpected packet (${other}); ${problem}"
+  elif [[ -n "${end}" ]] && ((end != size)); then
+    problem="the encrypted data should end at byte ${end}, but the file holds ${size}; ${problem}"
+  fi
+  if [[ -n "${problem// /}" ]]; then
+    problem="${problem% }"
+    printf '%s' "${problem%;}"
+    return 1
+  fi
+  printf 'an OpenPGP message to public key ID %s: its session key, then integrity-protected encrypted data complete to the last byte' \
+    "${BACKUP_KEY_IDS[*]}"
 }
 
 # encode: stdin to stdout, compressed and, when a key is set, encrypted.
@@ -1489,9 +1755,17 @@ encrypt_stage_name() {
   if encryption_on; then printf 'encrypt'; else printf 'write'; fi
 }
 
-# encrypt_if_keyed: stdin to stdout, encrypted when ENCRYPTION_KEY is set, else as it is.
+# encrypt_if_keyed: stdin to stdout, encrypted when a key is set, else as it is. To a public key,
+# the compressed stream is also given, before gpg, to the check of store_to (PLAIN_FIFO): the
+# stored bytes cannot be decrypted on this host. Fails when tee or gpg does.
+PLAIN_FIFO=""
 encrypt_if_keyed() {
-  if encryption_on; then
+  if public_key_on; then
+    tee -- "${PLAIN_FIFO}" | encrypt
+    local -a st=("${PIPESTATUS[@]}")
+    ((st[1] != 0)) || return "${st[0]}"
+    return "${st[1]}"
+  elif encryption_on; then
     encrypt
   else
     cat
@@ -1527,12 +1801,26 @@ decode_and_check() {
 # it is compressed, encrypted when a key is set, and written to PARTIAL, while tee gives the same
 # stored bytes to sha256_hex (WORK_DIR/stored.sum) and to decode_check, which decodes them as they
 # come and checks the content: what gets a final name was decoded whole, without reading the
-# file back. Statuses: source compress encrypt|write tee decode count check hash (check_store).
+# file back. Statuses: source compress encrypt|write tee decode count check hash packets
+# (check_store).
+#
+# Encrypted to a public key, the stored bytes cannot be decrypted here (the point: a host that is
+# broken into cannot read its own backups). What gets a final name is then checked in two parts:
+# decode_check decodes the compressed stream as it enters gpg (PLAIN_FIFO) and checks its
+# content, and packet_check reads the stored bytes with gpg, without a private key. Proven: the
+# content gpg was given is complete and valid; gpg exited 0; and the stored bytes, hashed as they
+# were written, are a complete OpenPGP message: a session key encrypted to ENCRYPTION_RECIPIENT's
+# key ID, then one integrity-protected (MDC) encrypted data packet whose lengths run exactly to
+# the last byte: not cut short, nothing after it. Not proven: that the encrypted data decrypt to
+# that content; only the private key can show it (its MDC is checked then): `verify` with
+# DECRYPTION_KEY_FILE, or a drill given it.
 store_to() {
   local type="$1" partial="$2"
   shift 2
   local hash_fifo="${WORK_DIR}/stored-hash.fifo" check_fifo="${WORK_DIR}/stored-check.fifo"
-  local hasher checker hash_rc=0 decode_st="1 1 1" progress=""
+  local hasher checker packer="" hash_rc=0 decode_st="1 1 1" packets_rc=0 progress="" name
+  # The concurrent decode of a new backup takes the passphrase it is written with.
+  local DECRYPT_PASSPHRASE="${ENCRYPTION_KEY}"
   local -a st
   if [[ -t 2 ]]; then
     show_progress "${type}" "${partial}" &
@@ -1541,8 +1829,19 @@ store_to() {
   mkfifo -m 600 -- "${hash_fifo}" "${check_fifo}"
   sha256_hex <"${hash_fifo}" >"${WORK_DIR}/stored.sum" 2>"${WORK_DIR}/hash.err" &
   hasher=$!
-  decode_check "${partial##*/}" "${type}" <"${check_fifo}" &
-  checker=$!
+  name="${partial##*/}"
+  if public_key_on; then
+    PLAIN_FIFO="${WORK_DIR}/stored-plain.fifo"
+    mkfifo -m 600 -- "${PLAIN_FIFO}"
+    # the compressed stream, decoded as a backup of that name without .gpg would be
+    decode_check "${name%.gpg.partial}.partial" "${type}" <"${PLAIN_FIFO}" &
+    checker=$!
+    packet_check <"${check_fifo}" &
+    packer=$!
+  else
+    decode_check "${name}" "${type}" <"${check_fifo}" &
+    checker=$!
+  fi
   "$@" | compress 2>"${WORK_DIR}/compress.err" |
     encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" |
     tee -- "${hash_fifo}" "${check_fifo}" >"${partial}" 2>"${WORK_DIR}/tee.err"
@@ -1555,10 +1854,16 @@ store_to() {
   # A reader still waiting for its writer (tee could not start) must not be left waiting.
   release_fifo "${hash_fifo}"
   release_fifo "${check_fifo}"
+  [[ -z "${packer}" ]] || release_fifo "${PLAIN_FIFO}"
   wait "${hasher}" || hash_rc=$?
   wait "${checker}" || true
   [[ ! -s "${WORK_DIR}/decode.st" ]] || decode_st="$(<"${WORK_DIR}/decode.st")"
-  save_statuses "${st[@]}" "${decode_st}" "${hash_rc}"
+  if [[ -n "${packer}" ]]; then
+    wait "${packer}" || true
+    packets_verdict "$(file_size "${partial}" 2>/dev/null || printf 0)" "${RECIPIENT_KEYID}" \
+      >"${WORK_DIR}/packets.verdict" || packets_rc=1
+  fi
+  save_statuses "${st[@]}" "${decode_st}" "${hash_rc}" "${packets_rc}"
 }
 
 # show_progress TYPE PARTIAL: for a run started by hand on a terminal, what PARTIAL holds so far
@@ -1590,7 +1895,7 @@ check_store() {
   shift 2
   local -a st=("$@") names
   local i write_failed=0
-  names=("${source}" compress "$(encrypt_stage_name)" tee decode count check hash)
+  names=("${source}" compress "$(encrypt_stage_name)" tee decode count check hash packets)
   for i in 0 1 2 3; do
     ((st[i] == 0 || st[i] == 141)) || grep -qs 'Broken pipe' "${WORK_DIR}/${names[i]}.err" ||
       write_failed=1
@@ -1605,6 +1910,9 @@ check_store() {
   done
   check_pipeline "${type}" "${names[@]:0:4}" -- "${st[@]:0:4}"
   ((st[7] == 0)) || die "${EXIT_FAILED}" "${type}: could not hash the stored bytes$(stage_message hash)"
+  if ((${st[8]:-0} != 0)); then
+    die "${EXIT_VERIFY}" "${type}: the new backup failed verification (the stored bytes are not a complete OpenPGP message to ENCRYPTION_RECIPIENT: $(<"${WORK_DIR}/packets.verdict")); nothing was written under a final name"
+  fi
   # A type's own check of what it wrote, when it has one beyond a whole decode.
   if declare -F "stored_check_${type}" >/dev/null; then
     "stored_check_${type}"
@@ -1640,14 +1948,27 @@ finish_backup() {
   PART_FILE="${name}" PART_STORED="${stored}" PART_RAW="${RAW_SIZE}"
   printf -v PART_SECONDS '%d.%03d' $((duration_us / 1000000)) $((duration_us % 1000000 / 1000))
   publishing_done
-  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), ${PART_SECONDS}s)"
+  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_words), ${PART_SECONDS}s)"
+}
+
+# encryption_words: how new backups are encrypted, for the log.
+encryption_words() {
+  if public_key_on; then
+    printf 'encrypted to public key ID %s' "${RECIPIENT_KEYID:-(not checked yet)}"
+  elif encryption_on; then
+    printf 'encrypted'
+  else
+    printf 'not encrypted'
+  fi
 }
 
 write_manifest() {
   local type="$1" name="$2" epoch="$3" stored="$4" hash="$5" duration_us="$6"
   local source_json="$7" server_version="$8" tools_json="$9" fields="${10}"
   local encryption='null' server='null'
-  if encryption_on; then
+  if public_key_on; then
+    encryption='{"format": "openpgp-public-key", "cipher": "AES256", "recipient_key_id": "'"${RECIPIENT_KEYID}"'", "recipient_fingerprint": "'"${RECIPIENT_FPR}"'", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
+  elif encryption_on; then
     encryption='{"format": "openpgp-symmetric", "cipher": "AES256", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
   fi
   [[ -z "${server_version}" ]] || server="$(json_str "${server_version}")"
@@ -1782,6 +2103,7 @@ run_part() {
   trap 'part_finished $?' EXIT
   trap_signals
   make_work_dir
+  require_recipient
   "backup_$1" "$2" "$3"
 }
 # --- Status: what every run did, and what follows from it. Each run (backup, cleanup, restore,
@@ -2633,9 +2955,9 @@ pg_load() {
 # Why the decode failed (LOAD_CODE, LOAD_REASON), in the words of verify; a wrong key is exit 5.
 decode_failure() {
   LOAD_CODE="${EXIT_VERIFY}"
-  if grep -qs 'Bad session key' "${WORK_DIR}/decode.err"; then
+  if [[ "${BACKUP_FILE}" == *.gpg ]] && wrong_key "${WORK_DIR}/decode.err"; then
     LOAD_CODE="${EXIT_WRONG_KEY}"
-    LOAD_REASON="wrong encryption key: ENCRYPTION_KEY does not decrypt this backup"
+    LOAD_REASON="$(wrong_key_reason)"
   elif [[ "${BACKUP_FILE}" == *.gpg ]] && grep -qs '^gpg: ' "${WORK_DIR}/decode.err"; then
     LOAD_REASON="the encrypted data is damaged, truncated or its decryption was stopped$(stage_message decode)"
   else
@@ -4383,7 +4705,9 @@ FILE is a path, or the bare name of a backup in BACKUP_DIR. FILE.sha256 is check
 Commands:
   verify FILE [--deep] [--no-checksum]
       check the checksum, decryption, decompression and content; --deep also restores into a
-      scratch database or redis-server (then removes it) and reports tables, rows and keys
+      scratch database or redis-server (then removes it) and reports tables, rows and keys.
+      A backup encrypted to a public key: without DECRYPTION_KEY_FILE, only the checksum and
+      its OpenPGP structure (--deep and restores need the private key)
   info FILE
       type, creation time, sizes, encryption, compression, checksum state, source, versions
   postgresql FILE [--target-db NAME] [--clean] [--no-owner] [--no-safety-backup]
@@ -4472,15 +4796,17 @@ check_decode() {
   set -o errexit
   RDB_COPY=""
   if ((st[0] != 0 || st[1] != 0)); then
-    if grep -qs 'Bad session key' "${WORK_DIR}/decode.err"; then
-      check_failed "${EXIT_WRONG_KEY}" decrypt "wrong encryption key: ENCRYPTION_KEY does not decrypt this backup"
+    if ((NAME_ENCRYPTED)) && wrong_key "${WORK_DIR}/decode.err"; then
+      check_failed "${EXIT_WRONG_KEY}" decrypt "$(wrong_key_reason)"
     fi
     if ((NAME_ENCRYPTED)) && grep -qs '^gpg: ' "${WORK_DIR}/decode.err"; then
       check_failed "${EXIT_VERIFY}" decrypt "the encrypted data is damaged or truncated$(stage_message decode)"
     fi
     check_failed "${EXIT_VERIFY}" decompress "the compressed data is damaged or truncated$(stage_message decode)"
   fi
-  if ((NAME_ENCRYPTED)); then
+  if [[ "${DECRYPT_KIND}" == public-key ]]; then
+    check_ok decrypt "OpenPGP public-key encryption to key ID ${BACKUP_KEY_IDS[*]}, the private key decrypts it"
+  elif ((NAME_ENCRYPTED)); then
     check_ok decrypt "OpenPGP symmetric encryption, the key decrypts it"
   else
     log INFO "check decrypt: skipped (the backup is not encrypted)"
@@ -4499,13 +4825,27 @@ verify_backup() {
   check_decode
 }
 
-# require_decode: what decoding the backup needs: its key when it is encrypted, and the tools.
+# require_decode: what decoding the backup needs: its key when it is encrypted (prepare_decrypt),
+# and the tools.
 require_decode() {
   if ((NAME_ENCRYPTED)); then
-    encryption_on || die "${EXIT_REFUSED}" "${BACKUP_FILE##*/} is encrypted: set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to its passphrase"
     require_tools gpg
+    prepare_decrypt "${BACKUP_FILE}"
   fi
   require_tools "$(codec_tool "${NAME_CODEC}")"
+}
+
+# check_packets: a public-key backup checked without its private key: gpg lists its OpenPGP
+# packets (packets_verdict: the key ID it is encrypted to; a session key, then integrity-protected
+# data complete to the last byte). Its content cannot be checked on this host.
+check_packets() {
+  require_tools gpg
+  run_step packets_of "${BACKUP_FILE}"
+  local verdict
+  verdict="$(packets_verdict "$(file_size "${BACKUP_FILE}")")" ||
+    check_failed "${EXIT_VERIFY}" packets "the encrypted data is damaged or truncated: ${verdict}"
+  check_ok packets "${verdict}"
+  log INFO "check decrypt: skipped: the content of a public-key backup ${NEEDS_DECRYPTION_KEY} (the private key, kept off this host)"
 }
 
 # check_before_load: for a restore that decodes the whole backup while it loads it, and commits
@@ -4550,6 +4890,14 @@ interrupted_state() {
 }
 
 cmd_verify() {
+  # Without the private key, plain verify checks what it can: the checksum and the packets.
+  if ((NAME_ENCRYPTED && OPT_DEEP == 0)) && [[ -z "${DECRYPTION_KEY}" ]] &&
+    [[ "$(encryption_kind "${BACKUP_FILE}")" == public-key ]]; then
+    check_checksum
+    check_packets
+    log INFO "verify ${BACKUP_FILE##*/}: the checksum and the OpenPGP structure passed; its content was not checked: it ${NEEDS_DECRYPTION_KEY}"
+    return 0
+  fi
   verify_backup
   if ((OPT_DEEP)); then
     "deep_${BACKUP_TYPE}"
@@ -4621,7 +4969,14 @@ cmd_info() {
     other) checksum="MISMATCH: ${name}.sha256 is for '${SIDECAR_NAME}'" ;;
     *) checksum="MISMATCH: the file differs from ${name}.sha256" ;;
   esac
-  if [[ "${name}" == *.gpg ]]; then
+  if [[ "${name}" == *.gpg && "$(encryption_kind "${file}")" == public-key ]]; then
+    encryption="yes, OpenPGP public key"
+    if command -v gpg >/dev/null 2>&1; then
+      local ids
+      ids="$(backup_key_ids "${file}" | tr '\n' ' ')"
+      [[ -z "${ids}" ]] || encryption+=" (to key ID ${ids% }; restores need its private key: DECRYPTION_KEY_FILE)"
+    fi
+  elif [[ "${name}" == *.gpg ]]; then
     encryption="yes, OpenPGP symmetric"
     if command -v gpg >/dev/null 2>&1; then
       local cipher
@@ -4683,6 +5038,7 @@ safety_part() {
   PARTIALS=()
   BACKUP_PURPOSE="safety backup before restoring ${BACKUP_FILE##*/}"
   make_work_dir
+  require_recipient
   POSTGRES_DB="$2"
   pick_timestamp
   "backup_$1" "${RUN_TS}" "${RUN_EPOCH}"

@@ -37,6 +37,7 @@ from tests.support import (
     PG_USER,
     REDIS_PASSWORD,
     HttpReceiver,
+    KeyPair,
     MakeEnv,
     NewDb,
     Remotes,
@@ -47,8 +48,11 @@ from tests.support import (
     Sources,
     backed_up_sources,
     createdb_privilege,
+    drop_gpg_home,
     http_receiver,
+    make_key_pair,
     make_remotes,
+    new_gpg_home,
     processes_in,
     run_direct,
     script_env,
@@ -250,18 +254,23 @@ def sources(
 @pytest.fixture(scope="module")
 def gpg_home() -> Iterator[Path]:
     """One short private GnuPG home for all decryptions of this module (its agent starts once)."""
-    home = Path(tempfile.mkdtemp(prefix="gpgt-"))
-    home.chmod(0o700)
+    home = new_gpg_home()
     try:
         yield home
     finally:
-        subprocess.run(
-            ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
-            capture_output=True,
-            check=False,
-            timeout=30,
-        )
-        shutil.rmtree(home, ignore_errors=True)
+        drop_gpg_home(home)
+
+
+@pytest.fixture(scope="session")
+def key_pair(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
+    """A throwaway OpenPGP key pair (no passphrase) for public-key backups."""
+    return make_key_pair(tmp_path_factory.mktemp("keys"), "gym-backup")
+
+
+@pytest.fixture(scope="session")
+def old_key_pair(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
+    """A second key pair, its private key protected by a passphrase: the key used before."""
+    return make_key_pair(tmp_path_factory.mktemp("keys"), "gym-backup-old", "old 'pass' $x ;")
 
 
 @pytest.fixture
