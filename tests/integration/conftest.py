@@ -24,6 +24,7 @@ from devtools.sandbox import (
     PostgresServer,
     RedisServer,
     sql_ident,
+    sql_literal,
     start_postgres,
     start_redis,
 )
@@ -271,3 +272,19 @@ def mailbox() -> Iterator[SmtpReceiver]:
     """A real SMTP server on 127.0.0.1 (login required, no TLS) recording the mails it accepts."""
     with smtp_receiver() as receiver:
         yield receiver
+
+
+@pytest.fixture
+def admin(pg: PostgresServer) -> Iterator[tuple[str, str]]:
+    """A superuser with a password, for POSTGRES_ADMIN_USER (the application role stays
+    without CREATEDB)."""
+    name = f"gym_admin_{uuid.uuid4().hex[:8]}"
+    password = "admin 'pw' $x ñ"
+    pg.psql(
+        f"CREATE ROLE {sql_ident(name)} LOGIN SUPERUSER PASSWORD {sql_literal(password)}",
+        "postgres",
+    )
+    try:
+        yield name, password
+    finally:
+        pg.psql(f"DROP ROLE {sql_ident(name)}", "postgres")
