@@ -2826,7 +2826,6 @@ pg_create_roles() {
     die "${EXIT_REFUSED}" "postgresql: could not create the roles ${names[*]} that the backup names and the server lacks$(stage_message psql); set POSTGRES_ADMIN_USER (and POSTGRES_ADMIN_PASSWORD) to a role that may create them (a superuser), or pass --no-owner. Nothing was changed."
   fi
   CREATED_ROLES=("${names[@]}")
-  printf '%s\n' "${names[@]}" >"${WORK_DIR}/created-roles"
   if [[ -n "${created_login}" ]]; then
     log WARN "postgresql: created the login roles ${created_login} WITHOUT a password (backups never hold one): set each with ALTER ROLE name PASSWORD '...' before the application logs in"
   fi
@@ -3015,7 +3014,7 @@ restore_postgresql() {
   fi
   CREATED_DB=""
   CREATED_ROLES=()
-  rm -f -- "${WORK_DIR}/created-db" "${WORK_DIR}/created-roles"
+  rm -f -- "${WORK_DIR}/created-db"
   ((${#CLEANED_SCHEMAS[@]} > 0)) || mapfile -t CLEANED_SCHEMAS < <(dump_schemas | cut -f2 | sort -u)
   log INFO "postgresql: restored ${BACKUP_FILE##*/} into ${target}: $(table_report "${target}" "${CLEANED_SCHEMAS[@]}")"
 }
@@ -4660,14 +4659,15 @@ Commands:
       how far it got; run the same command again to complete it
   all [TIMESTAMP] [DEST] [--target-db NAME] [--clean] [--no-owner] [--mode online|file]
       [--force] [--no-safety-backup]
-      restore the backups of one run (postgresql, redis, files) together: the
-      run TIMESTAMP (YYYYMMDD_HHMMSS), or the newest with a backup of every type. All are
-      verified, and every target checked, before anything is touched; then the safety backups
-      are taken, then each is restored in that order, with the options of its own command
-      (DEST: the files'). A missing POSTGRES_DB is created, and the roles the backup names
-      that the server lacks (a new server). A failure midway stops there: the types before it
-      are restored, the failed one is left as it was, the rest untouched; the log names them
-      and the safety backups hold the targets from before
+      restore the backups of one run together (postgresql, redis, files,
+      in that order): the run TIMESTAMP (YYYYMMDD_HHMMSS), or the newest with a complete
+      backup of every type. Every backup is verified, and every target checked, before
+      anything is touched; then the safety backups are taken; then each type is restored as
+      its own command does, with the options that apply to it (DEST and --force: files). A
+      missing POSTGRES_DB is created, and the roles the backup names that the server lacks.
+      A failure midway stops there and says how far it got: the types before it are
+      restored, the failed one is left as its own restore leaves a failure, the rest are
+      untouched; the safety backups hold the targets from before
 
 Options:
   --no-checksum  (every command but info) go on without FILE.sha256

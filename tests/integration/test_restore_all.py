@@ -3,18 +3,23 @@ restored; and a restore onto brand-new servers (the roles come from the backup).
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from devtools.demo import write_env_file
 from devtools.sandbox import PostgresServer, RedisServer, sql_ident, start_postgres, start_redis
 from generator.backup_types import BACKUP_TYPES
+from generator.config import KNOWN_KEYS
 from tests.support import (
     BACKUP,
+    GYM_BACKUP,
     PG_USER,
     RESTORE,
     MakeEnv,
@@ -296,3 +301,28 @@ def test_a_restore_onto_the_same_server_creates_no_role(
     assert "creating the roles" not in result.stderr
     assert pg.psql("SELECT rolname FROM pg_roles ORDER BY 1", "postgres") == roles
     assert pg.dump(target) == pg.dump(db)
+
+
+def test_the_cli_restores_all_without_a_timestamp_and_passes_the_scripts_refusal_on(
+    tmp_path: Path,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+) -> None:
+    env = backup_env(tmp_path)
+    result = run_script(BACKUP, "files", env=env)
+    assert result.returncode == 0, result.stderr
+    env_file = write_env_file(tmp_path / ".env", {k: v for k, v in env.items() if k in KNOWN_KEYS})
+    cli_env = {k: v for k, v in os.environ.items() if k not in KNOWN_KEYS}
+
+    result = subprocess.run(
+        [str(GYM_BACKUP), "restore", "all", "--local", "--env", str(env_file)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert "has a complete backup of every type (postgresql redis files" in result.stderr
+    assert "(files)" in result.stderr
