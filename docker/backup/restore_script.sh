@@ -2760,7 +2760,7 @@ sql_unquote() {
 # superusers of the old server are not created. Only statements of a known shape are read from
 # the backup, and the SQL is written here: nothing in the backup runs as the administrator.
 pg_create_roles() {
-  local roles="${WORK_DIR}/roles.sql" line name group member attrs sql="" created_login=""
+  local roles="${WORK_DIR}/roles.sql" line name group member attrs param stmt sql="" created_login=""
   local q='"([^"]|"")+"' lit="'([^']|'')*'"
   local attr_re="^( (NO)?(SUPERUSER|INHERIT|CREATEROLE|CREATEDB|LOGIN|REPLICATION|BYPASSRLS)| CONNECTION LIMIT -?[0-9]+| VALID UNTIL ${lit})*\$"
   local -a names=() grants=() settings=() skipped=()
@@ -2783,7 +2783,7 @@ pg_create_roles() {
       attrs="${BASH_REMATCH[3]}"
       [[ ! "${attrs}" =~ ${attr_re} ]] || attrs_of["${name}"]="${attrs}"
     elif [[ "${line}" =~ ^ALTER\ ROLE\ (${q})\ SET\ (${q})\ TO\ (${lit}(,\ ${lit})*|[A-Za-z0-9_.-]+)\;$ ]]; then
-      settings+=("$(sql_unquote "${BASH_REMATCH[1]}")"$'\t'"${line}")
+      settings+=("$(sql_unquote "${BASH_REMATCH[1]}")"$'\t'"$(sql_unquote "${BASH_REMATCH[3]}")"$'\t'"${line}")
     elif [[ "${line}" =~ ^GRANT\ (${q})\ TO\ (${q})((\ WITH\ [A-Z]+\ [A-Z]+)(,\ [A-Z]+\ [A-Z]+)*)?(\ GRANTED\ BY\ ${q})?\;$ ]]; then
       grants+=("$(sql_unquote "${BASH_REMATCH[1]}")"$'\t'"$(sql_unquote "${BASH_REMATCH[3]}")"$'\t'"${BASH_REMATCH[5]}")
     fi
@@ -2811,8 +2811,16 @@ pg_create_roles() {
   done
   ((${#skipped[@]} == 0)) || log WARN "postgresql: not created, superusers of the old server: ${skipped[*]}"
   ((${#create[@]} > 0)) || return 0
+  # A role's settings: only those any user may set for itself (context user), not one that
+  # only a superuser may set (session_preload_libraries...).
+  local -A user_param=()
+  while IFS= read -r name; do
+    user_param["${name}"]=1
+  done < <(as_admin postgres_query_in "${PG_SERVER_DB}" "SELECT name FROM pg_catalog.pg_settings WHERE context = 'user'")
   for line in "${settings[@]}"; do
-    [[ -z "${create["${line%%$'\t'*}"]:-}" ]] || sql+="${line#*$'\t'}"$'\n'
+    IFS=$'\t' read -r name param stmt <<<"${line}"
+    [[ -n "${create["${name}"]:-}" && -n "${user_param["${param}"]:-}" ]] || continue
+    sql+="${stmt}"$'\n'
   done
   for line in "${grants[@]}"; do
     IFS=$'\t' read -r group member attrs <<<"${line}"

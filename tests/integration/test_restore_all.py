@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from devtools.demo import write_env_file
-from devtools.sandbox import PostgresServer, RedisServer, sql_ident, start_postgres, start_redis
+from devtools.sandbox import (
+    PostgresServer,
+    RedisServer,
+    sql_ident,
+    start_postgres,
+    start_redis,
+)
 from generator.backup_types import BACKUP_TYPES
 from generator.config import KNOWN_KEYS
 from tests.support import (
@@ -221,6 +227,12 @@ def test_all_onto_new_servers_creates_the_roles_and_restores_owners_and_grants(
     db = new_db()
     load_fidelity(pg, db, reader_role)
     pg.psql(f"GRANT SELECT ON gym.members TO {sql_ident(app_login_role)}", db, superuser=False)
+    app = sql_ident(app_login_role)
+    pg.psql(
+        f"ALTER ROLE {app} SET search_path = gym, public; ALTER ROLE {app} SET work_mem = '8MB';"
+        f"GRANT {sql_ident(reader_role)} TO {app}",
+        "postgres",
+    )
     env = backup_env(tmp_path / "old", redis=own_redis, POSTGRES_DB=db)
     result = run_script(BACKUP, "full", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -262,6 +274,18 @@ def test_all_onto_new_servers_creates_the_roles_and_restores_owners_and_grants(
             roles,
             result.stdout + result.stderr,
         )
+        settings_and_groups = (
+            "SELECT r.rolname, s.setconfig, ARRAY(SELECT b.rolname FROM pg_auth_members m "
+            "JOIN pg_roles b ON b.oid = m.roleid WHERE m.member = r.oid) FROM pg_roles r "
+            "LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid AND s.setdatabase = 0"
+        )
+
+        def of_app(server: PostgresServer) -> list[str]:
+            rows = server.psql(settings_and_groups, "postgres").splitlines()
+            return [row for row in rows if row.split("|")[0] == app_login_role]
+
+        assert of_app(new_pg) == of_app(pg)
+        assert "work_mem=8MB" in of_app(new_pg)[0]
         assert f"created the login roles {app_login_role} WITHOUT a password" in result.stderr
         assert "ALTER ROLE name PASSWORD" in result.stderr
         # the backup role logs in with POSTGRES_PASSWORD, and the new server is backed up again
