@@ -25,6 +25,7 @@ from generator.backup_types import BACKUP_TYPES
 from generator.config import KNOWN_KEYS
 from tests.support import (
     BACKUP,
+    ENCRYPTION,
     GYM_BACKUP,
     PG_USER,
     RESTORE,
@@ -56,6 +57,7 @@ def backed_up_run(
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
+    key: str | None = None,
 ) -> tuple[dict[str, str], str]:
     """Data in all three sources and one full backup of them: the environment and the run's
     TIMESTAMP."""
@@ -66,7 +68,7 @@ def backed_up_run(
         superuser=False,
     )
     redis.pipe([["SET", f"plan:{i}", f"mensual {i}"] for i in range(200)])
-    env = backup_env(tmp_path, redis=redis, POSTGRES_DB=db)
+    env = backup_env(tmp_path, redis=redis, encryption_key=key, POSTGRES_DB=db)
     result = run_script(BACKUP, "full", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     backups = Path(env["BACKUP_DIR"])
@@ -90,16 +92,20 @@ def states(pg: PostgresServer, redis: RedisServer, db: str, files: Path) -> tupl
     return pg.dump(db), redis.digest(), tree_state(files)
 
 
+@pytest.mark.parametrize("key", ENCRYPTION)
 def test_all_restores_the_three_backups_of_the_newest_complete_run(
+    key: str | None,
     pg: PostgresServer,
     own_redis: RedisServer,
     new_db: NewDb,
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
+    short_tmp: Path,
 ) -> None:
     db = new_db()
-    env, stamp = backed_up_run(pg, own_redis, db, backup_env, run_script, tmp_path)
+    env, stamp = backed_up_run(pg, own_redis, db, backup_env, run_script, tmp_path, key)
+    env["TMPDIR"] = str(short_tmp)
     files = Path(env["FILES_DIR"])
     before = states(pg, own_redis, db, files)
     change_everything(pg, own_redis, db, files)
@@ -350,3 +356,35 @@ def test_the_cli_restores_all_without_a_timestamp_and_passes_the_scripts_refusal
     assert result.returncode == 6, result.stdout + result.stderr
     assert "has a complete backup of every type (postgresql redis files" in result.stderr
     assert "(files)" in result.stderr
+
+
+def test_all_stopped_midway_says_what_it_restored_and_what_not(
+    pg: PostgresServer,
+    own_redis: RedisServer,
+    new_db: NewDb,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    db = new_db()
+    env, stamp = backed_up_run(pg, own_redis, db, backup_env, run_script, tmp_path)
+    files = Path(env["FILES_DIR"])
+    before = states(pg, own_redis, db, files)
+    change_everything(pg, own_redis, db, files)
+    changed = states(pg, own_redis, db, files)
+    # the temporary redis-server cannot listen there: the Redis restore fails after its checks
+    env["REDIS_RESTORE_HOST"] = "192.0.2.1"
+
+    result = run_script(RESTORE, "all", stamp, "--clean", "--force", env=env)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        f"all: the restore of the run {stamp} stopped: restored: postgresql; failed (see above): "
+        "redis; not restored: files." in result.stderr
+    )
+    after = states(pg, own_redis, db, files)
+    assert after[0] == before[0]  # PostgreSQL restored
+    assert after[1:] == changed[1:]  # Redis put back, files untouched
+    backups = Path(env["BACKUP_DIR"])
+    assert len(backups_of(backups, "postgresql")) == 2  # the safety backups were taken first
+    assert len(backups_of(backups, "redis")) == 2
