@@ -2699,7 +2699,17 @@ list_relations() {
 }
 
 database_exists() {
-  [[ -n "$(as_admin postgres_query_in "${PG_SERVER_DB:-${POSTGRES_DB}}" "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "$1")")" ]]
+  [[ -n "$(pg_server_query "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "$1")")" ]]
+}
+
+# pg_server_query SQL: a query about the server, in PG_SERVER_DB: as POSTGRES_USER, but on a new
+# server (PG_SERVER_DB postgres), where POSTGRES_USER may not exist yet, as the administrator.
+pg_server_query() {
+  if [[ "${PG_SERVER_DB:-${POSTGRES_DB}}" == "${POSTGRES_DB}" ]]; then
+    postgres_query "$1"
+  else
+    as_admin postgres_query_in "${PG_SERVER_DB}" "$1"
+  fi
 }
 
 # pg_can_connect DB: whether POSTGRES_USER (as_admin may have set it) gets into DB; says nothing.
@@ -2708,23 +2718,17 @@ pg_can_connect() {
     -d "$1" -c 'SELECT 1' >/dev/null 2>&1
 }
 
-# pg_find_server_db: PG_SERVER_DB, on the administrator's connection (as_admin). A server that
-# lacks POSTGRES_DB but has the maintenance database postgres is a new server; else a connection
-# that fails ends the run with the reason.
+# pg_find_server_db: PG_SERVER_DB. A server where POSTGRES_USER cannot get into POSTGRES_DB, and
+# where the administrator's connection (as_admin) finds no POSTGRES_DB in the maintenance database
+# postgres, is a new server; else a connection that fails ends the run with the reason.
 pg_find_server_db() {
   PG_SERVER_DB="${POSTGRES_DB}"
-  ! as_admin pg_can_connect "${POSTGRES_DB}" || return 0
-  if as_admin pg_can_connect postgres && ! database_exists_in postgres "${POSTGRES_DB}"; then
+  ! pg_can_connect "${POSTGRES_DB}" || return 0
+  if as_admin pg_can_connect postgres && [[ -z "$(as_admin postgres_query_in postgres "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "${POSTGRES_DB}")")" ]]; then
     PG_SERVER_DB=postgres
     return 0
   fi
-  as_admin postgres_query 'SELECT 1' >/dev/null
-}
-
-# database_exists_in DB NAME: on the administrator's connection to DB.
-database_exists_in() {
-  local PG_SERVER_DB="$1"
-  database_exists "$2"
+  postgres_query 'SELECT 1' >/dev/null
 }
 
 # pg_backup_roles FILE: the role statements of the backup's roles block (dump_roles), without
@@ -2774,7 +2778,7 @@ pg_create_roles() {
   fi
   while IFS= read -r name; do
     exists["${name}"]=1
-  done < <(as_admin postgres_query_in "${PG_SERVER_DB}" 'SELECT rolname FROM pg_catalog.pg_roles')
+  done < <(pg_server_query 'SELECT rolname FROM pg_catalog.pg_roles')
   while IFS= read -r line; do
     if [[ "${line}" =~ ^CREATE\ ROLE\ (${q})\;$ ]]; then
       names+=("$(sql_unquote "${BASH_REMATCH[1]}")")
@@ -2816,7 +2820,7 @@ pg_create_roles() {
   local -A user_param=()
   while IFS= read -r name; do
     user_param["${name}"]=1
-  done < <(as_admin postgres_query_in "${PG_SERVER_DB}" "SELECT name FROM pg_catalog.pg_settings WHERE context = 'user'")
+  done < <(pg_server_query "SELECT name FROM pg_catalog.pg_settings WHERE context = 'user'")
   for line in "${settings[@]}"; do
     IFS=$'\t' read -r name param stmt <<<"${line}"
     [[ -n "${create["${name}"]:-}" && -n "${user_param["${param}"]:-}" ]] || continue
