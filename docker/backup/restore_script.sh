@@ -5179,6 +5179,8 @@ main() {
     ((${#positional[@]} == 1)) || usage_error "redis --recover takes no FILE"
   elif [[ "${command}" == all ]]; then
     ((${#positional[@]} <= 3)) || usage_error "all takes an optional TIMESTAMP and DEST"
+    ((${#positional[@]} < 3)) || [[ "${positional[1]}" =~ ^[0-9]{8}_[0-9]{6}$ ]] ||
+      usage_error "all: '${positional[1]}' is not a TIMESTAMP (YYYYMMDD_HHMMSS, as in the backups' names)"
   else
     ((${#positional[@]} >= 2)) || usage_error "a command and a backup FILE are required"
   fi
