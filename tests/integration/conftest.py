@@ -226,6 +226,22 @@ def reader_role(pg: PostgresServer) -> Iterator[str]:
 
 
 @pytest.fixture
+def admin(pg: PostgresServer) -> Iterator[tuple[str, str]]:
+    """A superuser with a password, for POSTGRES_ADMIN_USER (the application role stays
+    without CREATEDB)."""
+    name = f"gym_admin_{uuid.uuid4().hex[:8]}"
+    password = "admin 'pw' $x ñ"
+    pg.psql(
+        f"CREATE ROLE {sql_ident(name)} LOGIN SUPERUSER PASSWORD {sql_literal(password)}",
+        "postgres",
+    )
+    try:
+        yield name, password
+    finally:
+        pg.psql(f"DROP ROLE {sql_ident(name)}", "postgres")
+
+
+@pytest.fixture
 def payments_db(pg: PostgresServer, new_db: NewDb) -> str:
     db = new_db()
     pg.psql(PAYMENTS_SQL, db, superuser=False)
@@ -272,19 +288,3 @@ def mailbox() -> Iterator[SmtpReceiver]:
     """A real SMTP server on 127.0.0.1 (login required, no TLS) recording the mails it accepts."""
     with smtp_receiver() as receiver:
         yield receiver
-
-
-@pytest.fixture
-def admin(pg: PostgresServer) -> Iterator[tuple[str, str]]:
-    """A superuser with a password, for POSTGRES_ADMIN_USER (the application role stays
-    without CREATEDB)."""
-    name = f"gym_admin_{uuid.uuid4().hex[:8]}"
-    password = "admin 'pw' $x ñ"
-    pg.psql(
-        f"CREATE ROLE {sql_ident(name)} LOGIN SUPERUSER PASSWORD {sql_literal(password)}",
-        "postgres",
-    )
-    try:
-        yield name, password
-    finally:
-        pg.psql(f"DROP ROLE {sql_ident(name)}", "postgres")
