@@ -91,9 +91,9 @@ SETTINGS: tuple[Setting, ...] = (
         "POSTGRES_ADMIN_USER",
         "",
         Kind.NAME,
-        "Role that creates and drops databases for 'restore --target-db' and 'verify --deep' "
-        "(empty: POSTGRES_USER, which then needs CREATEDB); never used for backups or to load "
-        "a dump.",
+        "Role that creates and drops databases for 'restore --target-db' and 'verify --deep', "
+        "and the roles a restore onto a new server lacks (empty: POSTGRES_USER, which then "
+        "needs CREATEDB, CREATEROLE); never used for backups or to load a dump.",
     ),
     Setting(
         "POSTGRES_ADMIN_PASSWORD",

@@ -529,6 +529,11 @@ def descendants(pid: int) -> list[tuple[int, list[str]]]:
     return found
 
 
+def runs_pg_dump(processes: list[tuple[int, list[str]]]) -> bool:
+    """Whether a pg_dump (not the pg_dumpall before it) is among ``processes`` (descendants)."""
+    return any(argv and Path(argv[0]).name == "pg_dump" for _, argv in processes)
+
+
 # ------------------------------------------------------------------------------ PostgreSQL
 
 # What a database owner (not a superuser) can restore. Left out on purpose, because restoring

@@ -2731,6 +2731,10 @@ drill_interrupted_state() {
 # the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
 
 readonly SQL_TRAILER='-- PostgreSQL database dump complete'
+# The roles block at the head of a backup (dump_roles): SQL comments to psql.
+readonly ROLES_BEGIN='-- gym-backup roles (pg_dumpall --globals-only --no-role-passwords): restore_script.sh creates those a new server lacks'
+readonly ROLES_PREFIX='--| '
+readonly ROLES_END='-- gym-backup roles end'
 # What a refusal for want of CREATEDB says (require_createdb); a drill tells it from a failure by it.
 readonly PG_NO_CREATEDB='may not create databases'
 
@@ -2831,11 +2835,30 @@ check_pg_versions() {
   fi
 }
 
-# dump_postgresql: the plain SQL dump of POSTGRES_DB on stdout (store_to's source).
+# dump_postgresql: the roles of the server (dump_roles), then the plain SQL dump of POSTGRES_DB,
+# on stdout (store_to's source).
 dump_postgresql() {
+  : >"${WORK_DIR}/pg_dump.err"
+  dump_roles 2>>"${WORK_DIR}/pg_dump.err" || return 1
   pg_run pg_dump --no-password --clean --if-exists --quote-all-identifiers \
     -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
-    2>"${WORK_DIR}/pg_dump.err"
+    2>>"${WORK_DIR}/pg_dump.err"
+}
+
+# dump_roles: the roles of the server, for a restore onto a new server that lacks them: the
+# CREATE ROLE, ALTER ROLE and role GRANT lines of pg_dumpall --globals-only --no-role-passwords
+# (which reads pg_roles: no superuser needed, and no password hash in the backup), each behind
+# ROLES_PREFIX, between ROLES_BEGIN and ROLES_END, at the head of the file. To psql they are
+# comments: a plain load of the file ignores them; restore_script.sh reads them (pg_create_roles).
+dump_roles() {
+  local -a st
+  printf '%s\n' "${ROLES_BEGIN}"
+  pg_run pg_dumpall --no-password --globals-only --no-role-passwords --quote-all-identifiers \
+    -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -l "${POSTGRES_DB}" |
+    sed -n "/^\(CREATE ROLE\|ALTER ROLE\|GRANT\) /s/^/${ROLES_PREFIX}/p"
+  st=("${PIPESTATUS[@]}")
+  ((st[0] == 0 && st[1] == 0)) || return 1
+  printf '%s\n' "${ROLES_END}"
 }
 
 backup_postgresql() {
@@ -2845,7 +2868,7 @@ backup_postgresql() {
   final="${BACKUP_DIR}/$(backup_name postgresql "${ts}")"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
-  require_tools pg_dump psql "$(compressor)"
+  require_tools pg_dump pg_dumpall psql "$(compressor)"
   [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "postgresql: POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
   server_num="$(postgres_query 'SHOW server_version_num')"
   check_pg_versions "$(pg_dump --version)" "${server_num}"

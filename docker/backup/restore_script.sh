@@ -2513,6 +2513,10 @@ status_finish() {
 # the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
 
 readonly SQL_TRAILER='-- PostgreSQL database dump complete'
+# The roles block at the head of a backup (dump_roles): SQL comments to psql.
+readonly ROLES_BEGIN='-- gym-backup roles (pg_dumpall --globals-only --no-role-passwords): restore_script.sh creates those a new server lacks'
+readonly ROLES_PREFIX='--| '
+readonly ROLES_END='-- gym-backup roles end'
 # What a refusal for want of CREATEDB says (require_createdb); a drill tells it from a failure by it.
 readonly PG_NO_CREATEDB='may not create databases'
 
@@ -2613,11 +2617,30 @@ check_pg_versions() {
   fi
 }
 
-# dump_postgresql: the plain SQL dump of POSTGRES_DB on stdout (store_to's source).
+# dump_postgresql: the roles of the server (dump_roles), then the plain SQL dump of POSTGRES_DB,
+# on stdout (store_to's source).
 dump_postgresql() {
+  : >"${WORK_DIR}/pg_dump.err"
+  dump_roles 2>>"${WORK_DIR}/pg_dump.err" || return 1
   pg_run pg_dump --no-password --clean --if-exists --quote-all-identifiers \
     -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
-    2>"${WORK_DIR}/pg_dump.err"
+    2>>"${WORK_DIR}/pg_dump.err"
+}
+
+# dump_roles: the roles of the server, for a restore onto a new server that lacks them: the
+# CREATE ROLE, ALTER ROLE and role GRANT lines of pg_dumpall --globals-only --no-role-passwords
+# (which reads pg_roles: no superuser needed, and no password hash in the backup), each behind
+# ROLES_PREFIX, between ROLES_BEGIN and ROLES_END, at the head of the file. To psql they are
+# comments: a plain load of the file ignores them; restore_script.sh reads them (pg_create_roles).
+dump_roles() {
+  local -a st
+  printf '%s\n' "${ROLES_BEGIN}"
+  pg_run pg_dumpall --no-password --globals-only --no-role-passwords --quote-all-identifiers \
+    -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -l "${POSTGRES_DB}" |
+    sed -n "/^\(CREATE ROLE\|ALTER ROLE\|GRANT\) /s/^/${ROLES_PREFIX}/p"
+  st=("${PIPESTATUS[@]}")
+  ((st[0] == 0 && st[1] == 0)) || return 1
+  printf '%s\n' "${ROLES_END}"
 }
 
 backup_postgresql() {
@@ -2627,7 +2650,7 @@ backup_postgresql() {
   final="${BACKUP_DIR}/$(backup_name postgresql "${ts}")"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
-  require_tools pg_dump psql "$(compressor)"
+  require_tools pg_dump pg_dumpall psql "$(compressor)"
   [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "postgresql: POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
   server_num="$(postgres_query 'SHOW server_version_num')"
   check_pg_versions "$(pg_dump --version)" "${server_num}"
@@ -2669,6 +2692,17 @@ stored_check_postgresql() {
 SCRATCH_DB=""
 
 CREATED_DB=""
+
+# The roles a restore created (pg_create_roles): dropped again when it fails.
+CREATED_ROLES=()
+
+# The database that statements about the server run in (roles, CREATE and DROP DATABASE):
+# POSTGRES_DB, or the maintenance database postgres on a new server that lacks POSTGRES_DB
+# (pg_find_server_db).
+PG_SERVER_DB=""
+
+# A restore that may create POSTGRES_DB when it is missing (restore_script.sh all: a new server).
+PG_CREATE_MISSING=0
 
 # The schemas a PostgreSQL restore replaced (the restore's report counts only their tables).
 CLEANED_SCHEMAS=()
@@ -2768,7 +2802,7 @@ as_admin() {
 create_database() {
   local name="$1"
   [[ -n "${POSTGRES_ADMIN_USER}" ]] || require_createdb "$2" "$3"
-  as_admin postgres_query "CREATE DATABASE $(sql_ident "${name}") OWNER $(sql_ident "${POSTGRES_USER}")" >/dev/null
+  as_admin postgres_query_in "${PG_SERVER_DB:-${POSTGRES_DB}}" "CREATE DATABASE $(sql_ident "${name}") OWNER $(sql_ident "${POSTGRES_USER}")" >/dev/null
 }
 
 drop_database() {
@@ -2778,7 +2812,7 @@ drop_database() {
 # drop_database_as_user NAME: as POSTGRES_USER (as_admin may have set it); never dies.
 drop_database_as_user() {
   pg_run psql -X -q -w -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
-    -d "${POSTGRES_DB}" -c "DROP DATABASE IF EXISTS $(sql_ident "$1") WITH (FORCE)" >/dev/null 2>&1
+    -d "${PG_SERVER_DB:-${POSTGRES_DB}}" -c "DROP DATABASE IF EXISTS $(sql_ident "$1") WITH (FORCE)" >/dev/null 2>&1
 }
 
 drop_scratch_db() {
@@ -2987,7 +3021,171 @@ list_relations() {
 }
 
 database_exists() {
-  [[ -n "$(postgres_query "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "$1")")" ]]
+  [[ -n "$(pg_server_query "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "$1")")" ]]
+}
+
+# pg_server_query SQL: a query about the server, in PG_SERVER_DB: as POSTGRES_USER, but on a new
+# server (PG_SERVER_DB postgres), where POSTGRES_USER may not exist yet, as the administrator.
+pg_server_query() {
+  if [[ "${PG_SERVER_DB:-${POSTGRES_DB}}" == "${POSTGRES_DB}" ]]; then
+    postgres_query "$1"
+  else
+    as_admin postgres_query_in "${PG_SERVER_DB}" "$1"
+  fi
+}
+
+# pg_can_connect DB: whether POSTGRES_USER (as_admin may have set it) gets into DB; says nothing.
+pg_can_connect() {
+  pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
+    -d "$1" -c 'SELECT 1' >/dev/null 2>&1
+}
+
+# pg_find_server_db: PG_SERVER_DB. A server where POSTGRES_USER cannot get into POSTGRES_DB, and
+# where the administrator's connection (as_admin) finds no POSTGRES_DB in the maintenance database
+# postgres, is a new server; else a connection that fails ends the run with the reason.
+pg_find_server_db() {
+  PG_SERVER_DB="${POSTGRES_DB}"
+  ! pg_can_connect "${POSTGRES_DB}" || return 0
+  if as_admin pg_can_connect postgres && [[ -z "$(as_admin postgres_query_in postgres "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "${POSTGRES_DB}")")" ]]; then
+    PG_SERVER_DB=postgres
+    return 0
+  fi
+  postgres_query 'SELECT 1' >/dev/null
+}
+
+# pg_backup_roles FILE: the role statements of the backup's roles block (dump_roles), without
+# their prefix, into FILE; fails (1) when the backup has none (made before backups carried them),
+# or (2) when it does not decode. Only the head of the backup is decoded.
+pg_backup_roles() {
+  local -a st
+  set +o errexit
+  decode "${BACKUP_FILE}" 2>/dev/null | awk -v begin="${ROLES_BEGIN}" -v end="${ROLES_END}" -v prefix="${ROLES_PREFIX}" '
+    NR == 1 && $0 != begin { exit }
+    $0 == end { found = 1; exit }
+    substr($0, 1, length(prefix)) == prefix { print substr($0, length(prefix) + 1) }
+    END { exit found ? 0 : 1 }
+  ' >"$1"
+  st=("${PIPESTATUS[@]}")
+  set -o errexit
+  ((st[1] == 0)) && return 0
+  ((st[0] == 0 || st[0] == 141)) || return 2
+  return 1
+}
+
+# sql_unquote "NAME": the name of a quoted identifier.
+sql_unquote() {
+  local name="${1:1:-1}"
+  printf '%s' "${name//\"\"/\"}"
+}
+
+# pg_create_roles: the roles the backup names (its roles block) that the server lacks are created
+# before the load, in one transaction on the administrator's connection (POSTGRES_ADMIN_USER, else
+# POSTGRES_USER, which then needs CREATEROLE), with their attributes, settings and memberships but
+# no password: POSTGRES_USER itself, when created, gets POSTGRES_PASSWORD (the load logs in as
+# it). Roles that exist are left as they are (a restore onto the same server changes no role);
+# superusers of the old server are not created. Only statements of a known shape are read from
+# the backup, and the SQL is written here: nothing in the backup runs as the administrator.
+pg_create_roles() {
+  local roles="${WORK_DIR}/roles.sql" line name group member attrs param stmt sql="" created_login=""
+  local q='"([^"]|"")+"' lit="'([^']|'')*'"
+  local attr_re="^( (NO)?(SUPERUSER|INHERIT|CREATEROLE|CREATEDB|LOGIN|REPLICATION|BYPASSRLS)| CONNECTION LIMIT -?[0-9]+| VALID UNTIL ${lit})*\$"
+  local -a names=() grants=() settings=() skipped=()
+  local -A exists=() attrs_of=() create=()
+  local found=0
+  pg_backup_roles "${roles}" || found=$?
+  if ((found != 0)); then
+    # A backup that does not decode fails the load, which says why.
+    ((found == 2)) || log INFO "postgresql: ${BACKUP_FILE##*/} carries no roles (made by an older version): roles the server lacks are not created"
+    : >"${roles}"
+  fi
+  while IFS= read -r name; do
+    exists["${name}"]=1
+  done < <(pg_server_query 'SELECT rolname FROM pg_catalog.pg_roles')
+  while IFS= read -r line; do
+    if [[ "${line}" =~ ^CREATE\ ROLE\ (${q})\;$ ]]; then
+      names+=("$(sql_unquote "${BASH_REMATCH[1]}")")
+    elif [[ "${line}" =~ ^ALTER\ ROLE\ (${q})\ WITH(.*)\;$ ]]; then
+      name="$(sql_unquote "${BASH_REMATCH[1]}")"
+      attrs="${BASH_REMATCH[3]}"
+      [[ ! "${attrs}" =~ ${attr_re} ]] || attrs_of["${name}"]="${attrs}"
+    elif [[ "${line}" =~ ^ALTER\ ROLE\ (${q})\ SET\ (${q})\ TO\ (${lit}(,\ ${lit})*|[A-Za-z0-9_.-]+)\;$ ]]; then
+      settings+=("$(sql_unquote "${BASH_REMATCH[1]}")"$'\t'"$(sql_unquote "${BASH_REMATCH[3]}")"$'\t'"${line}")
+    elif [[ "${line}" =~ ^GRANT\ (${q})\ TO\ (${q})((\ WITH\ [A-Z]+\ [A-Z]+)(,\ [A-Z]+\ [A-Z]+)*)?(\ GRANTED\ BY\ ${q})?\;$ ]]; then
+      grants+=("$(sql_unquote "${BASH_REMATCH[1]}")"$'\t'"$(sql_unquote "${BASH_REMATCH[3]}")"$'\t'"${BASH_REMATCH[5]}")
+    fi
+  done <"${roles}"
+  # POSTGRES_USER is needed whether the backup names it or not.
+  if [[ -z "${attrs_of["${POSTGRES_USER}"]+set}" ]]; then
+    names+=("${POSTGRES_USER}")
+    attrs_of["${POSTGRES_USER}"]=" LOGIN"
+  fi
+  for name in "${names[@]}"; do
+    [[ -z "${exists["${name}"]:-}" && -z "${create["${name}"]:-}" ]] || continue
+    attrs="${attrs_of["${name}"]:-}"
+    if [[ " ${attrs} " == *" SUPERUSER "* ]]; then
+      skipped+=("${name}")
+      continue
+    fi
+    create["${name}"]=1
+    if [[ "${name}" == "${POSTGRES_USER}" ]]; then
+      attrs="${attrs// NOLOGIN/}"
+      attrs="${attrs// LOGIN/} LOGIN PASSWORD $(sql_literal "${POSTGRES_PASSWORD}")"
+    elif [[ " ${attrs} " == *" LOGIN "* ]]; then
+      created_login+="${created_login:+, }${name}"
+    fi
+    sql+="CREATE ROLE $(sql_ident "${name}")${attrs:+ WITH${attrs}};"$'\n'
+  done
+  ((${#skipped[@]} == 0)) || log WARN "postgresql: not created, superusers of the old server: ${skipped[*]}"
+  ((${#create[@]} > 0)) || return 0
+  # A role's settings: only those any user may set for itself (context user), not one that
+  # only a superuser may set (session_preload_libraries...).
+  local -A user_param=()
+  while IFS= read -r name; do
+    user_param["${name}"]=1
+  done < <(pg_server_query "SELECT name FROM pg_catalog.pg_settings WHERE context = 'user'")
+  for line in "${settings[@]}"; do
+    IFS=$'\t' read -r name param stmt <<<"${line}"
+    [[ -n "${create["${name}"]:-}" && -n "${user_param["${param}"]:-}" ]] || continue
+    sql+="${stmt}"$'\n'
+  done
+  for line in "${grants[@]}"; do
+    IFS=$'\t' read -r group member attrs <<<"${line}"
+    [[ -n "${create["${group}"]:-}" || -n "${create["${member}"]:-}" ]] || continue
+    [[ -n "${create["${group}"]:-}${exists["${group}"]:-}" && -n "${create["${member}"]:-}${exists["${member}"]:-}" ]] || continue
+    sql+="GRANT $(sql_ident "${group}") TO $(sql_ident "${member}")${attrs};"$'\n'
+  done
+  names=("${!create[@]}")
+  log INFO "postgresql: creating the roles of the backup that the server lacks: ${names[*]}"
+  if ! printf 'BEGIN;\n%sCOMMIT;\n' "${sql}" | as_admin pg_script "${PG_SERVER_DB}"; then
+    die "${EXIT_REFUSED}" "postgresql: could not create the roles ${names[*]} that the backup names and the server lacks$(stage_message psql); set POSTGRES_ADMIN_USER (and POSTGRES_ADMIN_PASSWORD) to a role that may create them (a superuser), or pass --no-owner. Nothing was changed."
+  fi
+  CREATED_ROLES=("${names[@]}")
+  if [[ -n "${created_login}" ]]; then
+    log WARN "postgresql: created the login roles ${created_login} WITHOUT a password (backups never hold one): set each with ALTER ROLE name PASSWORD '...' before the application logs in"
+  fi
+  [[ -z "${create["${POSTGRES_USER}"]:-}" ]] || log INFO "postgresql: created ${POSTGRES_USER} (POSTGRES_USER) with POSTGRES_PASSWORD as its password"
+}
+
+# pg_script DB: the SQL on stdin, in DB as POSTGRES_USER (as_admin may have set it), stopping at
+# the first error (psql.err).
+pg_script() {
+  pg_run psql -X -w -q -v ON_ERROR_STOP=1 -v VERBOSITY=verbose -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" \
+    -U "${POSTGRES_USER}" -d "$1" -f - >/dev/null 2>"${WORK_DIR}/psql.err"
+}
+
+# The roles this failed restore created go again (nothing of the backup was committed).
+drop_created_roles() {
+  ((${#CREATED_ROLES[@]} > 0)) || return 0
+  local name sql=""
+  for name in "${CREATED_ROLES[@]}"; do
+    sql+="DROP ROLE IF EXISTS $(sql_ident "${name}");"$'\n'
+  done
+  if printf '%s' "${sql}" | as_admin pg_script "${PG_SERVER_DB}"; then
+    log WARN "postgresql: dropped the roles this failed restore had created: ${CREATED_ROLES[*]}"
+  else
+    log WARN "postgresql: could not drop the roles this failed restore created (${CREATED_ROLES[*]}); drop them by hand"
+  fi
+  CREATED_ROLES=()
 }
 
 # dump_schemas: the schemas of the dump, as prepare_sql listed them in SCHEMAS_OUT (by a --clean
@@ -3072,22 +3270,45 @@ END
 SQL
 }
 
-restore_postgresql() {
-  local target="${OPT_TARGET_DB:-${POSTGRES_DB}}" relations=0 exists=0 preamble="" state
-  require_type postgresql
+# What preflight_postgresql found: whether the target database exists, and how many tables,
+# views and sequences it holds.
+PG_TARGET_EXISTS=0
+
+PG_TARGET_RELATIONS=0
+
+# preflight_postgresql: what a restore needs before it changes anything: the tools, a connection,
+# and a target it may restore into (refused: one that holds tables, without --clean).
+preflight_postgresql() {
+  local target="${OPT_TARGET_DB:-${POSTGRES_DB}}"
+  PG_TARGET_EXISTS=0
+  PG_TARGET_RELATIONS=0
   require_tools psql pg_dump
   require_safe_psql
   [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
-  postgres_query 'SELECT 1' >/dev/null
+  pg_find_server_db
   if database_exists "${target}"; then
-    exists=1
-    relations="$(list_relations "${target}" | grep -c . || true)"
-  elif [[ -z "${OPT_TARGET_DB}" ]]; then
+    PG_TARGET_EXISTS=1
+    PG_TARGET_RELATIONS="$(list_relations "${target}" | grep -c . || true)"
+  elif [[ -z "${OPT_TARGET_DB}" && "${PG_CREATE_MISSING}" == 0 ]]; then
     die "${EXIT_REFUSED}" "database ${target} does not exist; create it, or pass --target-db NAME to create a new one"
   fi
-  if ((relations > 0 && OPT_CLEAN == 0)); then
-    die "${EXIT_REFUSED}" "database ${target} already holds ${relations} tables, views or sequences; pass --clean to replace everything in the schemas the backup contains (a safety backup is taken first), or --target-db NEW to restore beside it. Nothing was changed."
+  if ((PG_TARGET_RELATIONS > 0 && OPT_CLEAN == 0)); then
+    die "${EXIT_REFUSED}" "database ${target} already holds ${PG_TARGET_RELATIONS} tables, views or sequences; pass --clean to replace everything in the schemas the backup contains (a safety backup is taken first), or --target-db NEW to restore beside it. Nothing was changed."
   fi
+}
+
+# safety_first_postgresql: the safety backup a restore would take (restore_script.sh all takes
+# them all before it restores anything).
+safety_first_postgresql() {
+  ((PG_TARGET_RELATIONS == 0)) || safety_backup postgresql "${OPT_TARGET_DB:-${POSTGRES_DB}}"
+}
+
+restore_postgresql() {
+  local target="${OPT_TARGET_DB:-${POSTGRES_DB}}" relations=0 exists=0 preamble="" state
+  require_type postgresql
+  preflight_postgresql
+  exists="${PG_TARGET_EXISTS}"
+  relations="${PG_TARGET_RELATIONS}"
   if ((relations > 0)); then
     # --clean drops the schemas of the dump first: it needs them all, from a whole decode
     # before the target is touched (which checks the backup whole, too).
@@ -3099,6 +3320,10 @@ restore_postgresql() {
     # its own first.
     check_before_load
   fi
+  # The roles first (a new server lacks them; the new database's owner among them), then a
+  # login as POSTGRES_USER.
+  ((OPT_NO_OWNER)) || pg_create_roles
+  postgres_query_in "${PG_SERVER_DB}" 'SELECT 1' >/dev/null
   if ((exists == 0)); then
     printf '%s\n' "${target}" >"${WORK_DIR}/created-db"
     create_database "${target}" "--target-db ${target}" "; or create the database ${target} (owned by ${POSTGRES_USER}) first"
@@ -3122,6 +3347,7 @@ restore_postgresql() {
     die "${LOAD_CODE}" "postgresql: the restore failed and was ${state}: ${LOAD_REASON}"
   fi
   CREATED_DB=""
+  CREATED_ROLES=()
   rm -f -- "${WORK_DIR}/created-db"
   ((${#CLEANED_SCHEMAS[@]} > 0)) || mapfile -t CLEANED_SCHEMAS < <(dump_schemas | cut -f2 | sort -u)
   log INFO "postgresql: restored ${BACKUP_FILE##*/} into ${target}: $(table_report "${target}" "${CLEANED_SCHEMAS[@]}")"
@@ -3148,6 +3374,7 @@ interrupted_postgresql() {
 restore_finished_postgresql() {
   drop_scratch_db
   drop_created_db
+  drop_created_roles
 }
 
 # leftover_postgresql DIR: drop the scratch database of a killed verify --deep, and the database
@@ -4161,11 +4388,28 @@ restart_live_redis() {
 
 restore_redis() {
   require_type redis
-  require_tools redis-cli
-  redis_journal_repaired
-  [[ "${OPT_MODE}" != online ]] || redis_check_reachable
+  preflight_redis
   verify_backup
   "restore_redis_${OPT_MODE}"
+}
+
+# preflight_redis: what a restore needs before it changes anything (restore_redis_MODE checks
+# the rest, but for restore_script.sh all, which checks every type before it restores any).
+preflight_redis() {
+  require_tools redis-cli
+  redis_journal_repaired
+  if [[ "${OPT_MODE}" == online ]]; then
+    redis_check_reachable
+    [[ "${RUN_COMMAND}" != all ]] || redis_online_preflight
+  else
+    [[ -d "${REDIS_DATA_DIR}" && -w "${REDIS_DATA_DIR}" ]] || die "${EXIT_REFUSED}" "REDIS_DATA_DIR ${REDIS_DATA_DIR} is not a writable folder; mount the Redis data volume there"
+  fi
+}
+
+# safety_first_redis: the safety backup a restore would take (see safety_first_postgresql).
+safety_first_redis() {
+  [[ "${OPT_MODE}" == online || "$(redis_cli PING 2>/dev/null)" == PONG ]] || return 0
+  safety_backup redis
 }
 
 # redis --recover: main has run recover_redis_journal after taking the lock; say how it went.
@@ -4523,22 +4767,45 @@ extract_into() {
   save_statuses "${PIPESTATUS[@]}"
 }
 
-restore_files() {
-  local dest="${1:-${FILES_DIR}}" staging tree rel record i parent create=0 root="" resumed=0
-  local sha moved=0 total=0 placed=0
-  local -a st conflicts=() entries=() kinds=() records=() missing=()
-  local -A dir_times=() dir_modes=() in_place=()
-  require_type files
-  # A destination that does not exist yet is created (after the backup is verified) where its
-  # parent is a writable folder: a restore to a new place. A missing parent is a mistake.
+# files_dest_check DEST: a destination that does not exist yet is created (after the backup is
+# verified) where its parent is a writable folder: a restore to a new place (then this fails). A
+# missing parent is a mistake.
+files_dest_check() {
+  local dest="$1" parent
   if [[ ! -e "${dest}" && ! -L "${dest}" ]]; then
     parent="$(dirname -- "${dest}")"
     [[ -d "${parent}" && -w "${parent}" ]] ||
       die "${EXIT_REFUSED}" "files: destination ${dest} does not exist, and its parent folder ${parent} does not exist or is not writable; create ${dest} first, or fix the path"
-    create=1
-  else
-    [[ -d "${dest}" && -w "${dest}" ]] || die "${EXIT_REFUSED}" "files: destination ${dest} is not a writable folder; create it or fix its permissions"
+    return 1
   fi
+  [[ -d "${dest}" && -w "${dest}" ]] || die "${EXIT_REFUSED}" "files: destination ${dest} is not a writable folder; create it or fix its permissions"
+}
+
+# preflight_files [DEST]: after verify (its list of entries): for restore_script.sh all, which
+# checks every type before it restores any: the destination, and without --force no file or link
+# of the backup already there (restore_files checks it again, folders and links in detail).
+preflight_files() {
+  local dest="${1:-${FILES_DIR}}" rel
+  local -a conflicts=()
+  files_dest_check "${dest}" || return 0
+  ((OPT_FORCE == 0)) || return 0
+  while IFS= read -r rel; do
+    rel="${rel#./}"
+    [[ -n "${rel}" && "${rel}" != */ ]] || continue
+    [[ ! -e "${dest}/${rel}" && ! -L "${dest}/${rel}" ]] || conflicts+=("${rel}")
+  done <"${WORK_DIR}/content.list"
+  if ((${#conflicts[@]} > 0)); then
+    die "${EXIT_REFUSED}" "files: ${#conflicts[@]} entries already exist in ${dest} (e.g. $(quoted_list "${conflicts[@]:0:3}")); pass --force to overwrite them. Nothing was changed."
+  fi
+}
+
+restore_files() {
+  local dest="${1:-${FILES_DIR}}" staging tree rel record i create=0 root="" resumed=0
+  local sha moved=0 total=0 placed=0
+  local -a st conflicts=() entries=() kinds=() records=() missing=()
+  local -A dir_times=() dir_modes=() in_place=()
+  require_type files
+  files_dest_check "${dest}" || create=1
   verify_backup
   check_member_names
   if ((create)); then
@@ -4690,6 +4957,8 @@ OPT_MODE=online
 BACKUP_FILE=""
 BACKUP_TYPE=""
 RUN_KIND=""
+# The command of this run (verify, info, all, a type).
+RUN_COMMAND=""
 # The sha256 FILE.sha256 gives (empty with --no-checksum): what a restore reads must match it.
 EXPECTED_SHA256=""
 # What verify --deep found, in a few words ("12 tables, 3456 rows", "5 keys", "7 files"): each
@@ -4724,6 +4993,17 @@ Commands:
       extract into DEST (default FILES_DIR; created when only its parent exists); existing
       files are kept unless --force. A restore stopped while moving entries into place says
       how far it got; run the same command again to complete it
+  all [TIMESTAMP] [DEST] [--target-db NAME] [--clean] [--no-owner] [--mode online|file]
+      [--force] [--no-safety-backup]
+      restore the backups of one run together (postgresql, redis, files,
+      in that order): the run TIMESTAMP (YYYYMMDD_HHMMSS), or the newest with a complete
+      backup of every type. Every backup is verified, and every target checked, before
+      anything is touched; then the safety backups are taken; then each type is restored as
+      its own command does, with the options that apply to it (DEST and --force: files). A
+      missing POSTGRES_DB is created, and the roles the backup names that the server lacks.
+      A failure midway stops there and says how far it got: the types before it are
+      restored, the failed one is left as its own restore leaves a failure, the rest are
+      untouched; the safety backups hold the targets from before
 
 Options:
   --no-checksum  (every command but info) go on without FILE.sha256
@@ -5044,13 +5324,148 @@ safety_part() {
   "backup_$1" "${RUN_TS}" "${RUN_EPOCH}"
 }
 
+# Set when restore_script.sh all has taken the safety backups of every target (the restores then
+# take none of their own).
+SAFETY_TAKEN=0
+
 # safety_backup TYPE [DATABASE]: a backup of the target, named like any backup, before changing it.
 safety_backup() {
   local type="$1" db="${2:-${POSTGRES_DB}}" rc
+  ((SAFETY_TAKEN == 0)) || return 0
   log INFO "${type}: taking a safety backup of the target first"
   run_step safety_part "${type}" "${db}"
   rc="${STEP_RC}"
   ((rc == 0)) || die "${EXIT_FAILED}" "${type}: the safety backup failed, so nothing was restored (pass --no-safety-backup to restore without one)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# all: the backups of one run, every type, verified together before any is restored.
+
+# The backup of each type that all restores, by type (all_pick_run), the run, and the backups
+# all_pick_run saw ("STAMP/TYPE" -> name).
+declare -A ALL_FILES=()
+declare -A ALL_FILES_OF=()
+ALL_STAMP=""
+
+# The types all has restored, and the one it is restoring (for the report of a failure).
+ALL_DONE=()
+ALL_CURRENT=""
+
+# all_runs_text STAMP...: "20250101_030000 (postgresql, redis)" for each run.
+all_runs_text() {
+  local stamp type have out=""
+  for stamp in "$@"; do
+    have=""
+    for type in "${BACKUP_TYPES[@]}"; do
+      [[ -z "${ALL_FILES_OF["${stamp}/${type}"]:-}" ]] || have+="${have:+, }${type}"
+    done
+    out+="${out:+; }${stamp} (${have})"
+  done
+  printf '%s' "${out:-none}"
+}
+
+# all_pick_run [TIMESTAMP]: ALL_STAMP and ALL_FILES from the backups named on stdin (newest first,
+# as list_backups gives them: only complete ones, with their .sha256): the run TIMESTAMP, else
+# the newest run with a backup of every type. A run that lacks a type is refused (exit 6),
+# naming what there is.
+all_pick_run() {
+  local want="$1" name stamp type
+  local -a stamps=() missing=() complete=()
+  while IFS= read -r name; do
+    parse_name "${name}" || continue
+    [[ " ${stamps[*]} " == *" ${NAME_STAMP} "* ]] || stamps+=("${NAME_STAMP}")
+    [[ -n "${ALL_FILES_OF["${NAME_STAMP}/${NAME_TYPE}"]:-}" ]] || ALL_FILES_OF["${NAME_STAMP}/${NAME_TYPE}"]="${name}"
+  done
+  for stamp in "${stamps[@]}"; do
+    missing=()
+    for type in "${BACKUP_TYPES[@]}"; do
+      [[ -n "${ALL_FILES_OF["${stamp}/${type}"]:-}" ]] || missing+=("${type}")
+    done
+    ((${#missing[@]} > 0)) || complete+=("${stamp}")
+    [[ "${stamp}" != "${want}" ]] || break
+  done
+  if [[ -n "${want}" ]]; then
+    if [[ " ${stamps[*]} " != *" ${want} "* ]]; then
+      die "${EXIT_REFUSED}" "all: no backup of the run ${want} in ${BACKUP_DIR} (only backups with their .sha256 count); runs there, newest first: $(all_runs_text "${stamps[@]:0:5}"). Nothing was changed."
+    fi
+    ((${#missing[@]} == 0)) ||
+      die "${EXIT_REFUSED}" "all: the run ${want} has no complete backup of ${missing[*]} (only backups with their .sha256 count): it has $(all_runs_text "${want}"); runs with every type: ${complete[*]:-none}. Nothing was changed."
+    ALL_STAMP="${want}"
+  else
+    ((${#complete[@]} > 0)) ||
+      die "${EXIT_REFUSED}" "all: no run in ${BACKUP_DIR} has a complete backup of every type (${BACKUP_TYPES[*]}; only backups with their .sha256 count); runs there, newest first: $(all_runs_text "${stamps[@]:0:5}"). Nothing was changed."
+    ALL_STAMP="${complete[0]}"
+  fi
+  for type in "${BACKUP_TYPES[@]}"; do
+    ALL_FILES["${type}"]="${BACKUP_DIR}/${ALL_FILES_OF["${ALL_STAMP}/${type}"]}"
+  done
+}
+
+# all_select TYPE: the backup of TYPE is the one the checks and the restore work on.
+all_select() {
+  resolve_backup "${ALL_FILES[$1]}"
+  EXPECTED_SHA256=""
+  SCHEMAS_OUT=""
+}
+
+# restore_all [TIMESTAMP] [DEST]: resolve the run, verify every backup and check every target,
+# take the safety backups, then restore each type.
+restore_all() {
+  local want="" type
+  if (($# > 0)) && [[ "$1" =~ ^[0-9]{8}_[0-9]{6}$ ]]; then
+    want="$1"
+    shift
+  fi
+  all_pick_run "${want}" < <(list_backups)
+  if [[ -n "${want}" ]]; then
+    log INFO "all: restoring the run ${ALL_STAMP}"
+  else
+    log INFO "all: restoring the run ${ALL_STAMP}, the newest with a complete backup of every type"
+  fi
+  # (Backups of a replica are fetched here, into ALL_FILES; from here on they are local files.)
+  for type in "${BACKUP_TYPES[@]}"; do
+    all_select "${type}"
+    log INFO "all: checking ${BACKUP_FILE##*/} and its target"
+    verify_backup
+    if declare -F "preflight_${type}" >/dev/null; then
+      "preflight_${type}" "$@"
+    fi
+  done
+  log INFO "all: every backup of the run ${ALL_STAMP} passed its checks, and every target may be restored"
+  if ((OPT_NO_SAFETY)); then
+    log WARN "all: no safety backups (--no-safety-backup)"
+  else
+    for type in "${BACKUP_TYPES[@]}"; do
+      all_select "${type}"
+      if declare -F "safety_first_${type}" >/dev/null; then
+        "safety_first_${type}"
+      fi
+    done
+    SAFETY_TAKEN=1
+  fi
+  for type in "${BACKUP_TYPES[@]}"; do
+    all_select "${type}"
+    ALL_CURRENT="${type}"
+    "restore_${type}" "$@"
+    ALL_DONE+=("${type}")
+    ALL_CURRENT=""
+  done
+  log INFO "all: restored the run ${ALL_STAMP}: ${ALL_DONE[*]}"
+}
+
+# all_report CODE: how far a failed all got.
+all_report() {
+  local type
+  local -a rest=()
+  (($1 != 0)) && [[ "${RUN_COMMAND}" == all && -n "${ALL_STAMP}" ]] || return 0
+  for type in "${BACKUP_TYPES[@]}"; do
+    [[ " ${ALL_DONE[*]} ${ALL_CURRENT} " == *" ${type} "* ]] || rest+=("${type}")
+  done
+  if [[ -z "${ALL_DONE[*]}${ALL_CURRENT}" ]]; then
+    log ERROR "all: the run ${ALL_STAMP} was not restored; nothing was changed"
+  else
+    log ERROR "all: the restore of the run ${ALL_STAMP} stopped: restored: ${ALL_DONE[*]:-none}; failed (see above): ${ALL_CURRENT:-none}; not restored: ${rest[*]:-none}. The safety backups taken first (the newest postgresql_backup_* and redis_backup_* files) hold the targets from before; run the same command again, or restore the rest one by one"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -5062,6 +5477,7 @@ safety_backup() {
 run_finished() {
   local code="$1"
   type_hooks restore_finished || true
+  all_report "${code}"
   [[ -n "${RUN_KIND}" ]] || return 0
   status_add_run "${RUN_KIND}" "${BACKUP_TYPE:-redis}" "${code}" "${BACKUP_FILE##*/}"
   status_finish
@@ -5117,6 +5533,10 @@ main() {
   if ((OPT_RECOVER)); then
     [[ "${command}" == redis ]] || usage_error "--recover is for the redis command only"
     ((${#positional[@]} == 1)) || usage_error "redis --recover takes no FILE"
+  elif [[ "${command}" == all ]]; then
+    ((${#positional[@]} <= 3)) || usage_error "all takes an optional TIMESTAMP and DEST"
+    ((${#positional[@]} < 3)) || [[ "${positional[1]}" =~ ^[0-9]{8}_[0-9]{6}$ ]] ||
+      usage_error "all: '${positional[1]}' is not a TIMESTAMP (YYYYMMDD_HHMMSS, as in the backups' names)"
   else
     ((${#positional[@]} >= 2)) || usage_error "a command and a backup FILE are required"
   fi
@@ -5126,13 +5546,16 @@ main() {
   local -A takes=(
     [verify]="--deep --no-checksum"
     [info]=""
+    [all]="--target-db --clean --no-owner --no-safety-backup --mode --force --no-checksum"
     [postgresql]="--target-db --clean --no-owner --no-safety-backup --no-checksum"
     [redis]="--mode --recover --no-safety-backup --no-checksum"
     [files]="--force --no-checksum"
   )
   local -A takes_dest=([files]=1)
   [[ -v "takes[${command}]" ]] || usage_error "unknown command '${command}'"
-  if [[ -n "${takes_dest[${command}]:-}" ]]; then
+  if [[ "${command}" == all ]]; then
+    :
+  elif [[ -n "${takes_dest[${command}]:-}" ]]; then
     ((${#positional[@]} <= 3)) || usage_error "${command} takes FILE and an optional DEST"
   else
     ((${#positional[@]} == 2 - OPT_RECOVER)) || usage_error "${command} takes one FILE"
@@ -5145,9 +5568,10 @@ main() {
   trap_signals
   trap 'finish_run $?' EXIT
   check_settings
+  RUN_COMMAND="${command}"
   make_work_dir "restore_script.sh ${command} ${positional[1]:-}"
   RESTORE_RDB="${WORK_DIR}/restore.rdb"
-  ((OPT_RECOVER)) || resolve_backup "${positional[1]}"
+  ((OPT_RECOVER)) || [[ "${command}" == all ]] || resolve_backup "${positional[1]}"
   if [[ "${command}" == info ]]; then
     cmd_info
     return 0
@@ -5163,6 +5587,12 @@ main() {
   recover_redis_journal
   if ((OPT_RECOVER)); then
     cmd_recover_redis
+    return 0
+  fi
+  if [[ "${command}" == all ]]; then
+    log INFO "all ${positional[*]:1} started"
+    PG_CREATE_MISSING=1
+    restore_all "${positional[@]:1}"
     return 0
   fi
   log INFO "${command} ${BACKUP_FILE##*/} (${BACKUP_TYPE}) started"

@@ -25,6 +25,7 @@ from devtools.sandbox import (
     RedisServer,
     free_port,
     sql_ident,
+    sql_literal,
     start_postgres,
     start_redis,
 )
@@ -232,6 +233,22 @@ def reader_role(pg: PostgresServer) -> Iterator[str]:
         yield name
     finally:
         pg.psql(f"DROP ROLE IF EXISTS {sql_ident(name)}", "postgres")
+
+
+@pytest.fixture
+def admin(pg: PostgresServer) -> Iterator[tuple[str, str]]:
+    """A superuser with a password, for POSTGRES_ADMIN_USER (the application role stays
+    without CREATEDB)."""
+    name = f"gym_admin_{uuid.uuid4().hex[:8]}"
+    password = "admin 'pw' $x ñ"
+    pg.psql(
+        f"CREATE ROLE {sql_ident(name)} LOGIN SUPERUSER PASSWORD {sql_literal(password)}",
+        "postgres",
+    )
+    try:
+        yield name, password
+    finally:
+        pg.psql(f"DROP ROLE {sql_ident(name)}", "postgres")
 
 
 @pytest.fixture

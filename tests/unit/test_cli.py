@@ -262,3 +262,18 @@ def test_an_explicit_flavor_wins_over_the_existing_render() -> None:
     assert again.exit_code == 0, again.output
     assert "FROM alpine:3.20" in Path("out/Dockerfile").read_text()
     assert "ARG PG_MAJOR=16" in Path("out/Dockerfile").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["restore", "postgresql"], "`restore postgresql` needs a backup FILE."),
+        (["restore", "redis", "x.rdb.gz", "/tmp"], "DEST is for `restore files` and"),
+    ],
+)
+def test_restore_arguments_that_do_not_fit_the_command_are_usage_errors(
+    args: list[str], message: str
+) -> None:
+    result = runner.invoke(app, [*args, "--local"])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
