@@ -98,7 +98,7 @@ if TYPE_CHECKING:
     RedisMode = str
 else:
     BackupChoice = Literal[("full", *(t.name for t in BACKUP_TYPES))]
-    RestoreChoice = Literal[tuple(t.name for t in BACKUP_TYPES)]
+    RestoreChoice = Literal[(*(t.name for t in BACKUP_TYPES), "all")]
     RedisMode = Literal[REDIS_MODES]
 
 
@@ -209,10 +209,16 @@ def config_check(env: EnvOption = None) -> None:
                 t.strftime("%Y-%m-%d %H:%M %Z") for t in config.next_runs(schedule, tz)
             )
             typer.echo(f"  {name:<22} {schedule:<14} {runs}")
-        if settings.encrypted:
+        if settings.encryption == "public-key":
+            recipient = settings.values["ENCRYPTION_RECIPIENT"]
+            typer.echo(f"Encryption: on (GPG AES256 to the public key in {recipient}).")
+        elif settings.encrypted:
             typer.echo("Encryption: on (GPG symmetric AES256).")
         else:
-            typer.echo("Encryption: OFF; set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to encrypt.")
+            typer.echo(
+                "Encryption: OFF; set ENCRYPTION_KEY (or ENCRYPTION_KEY_FILE), or "
+                "ENCRYPTION_RECIPIENT, to encrypt."
+            )
 
 
 def _fail_on(code: int, what: str) -> None:
@@ -381,10 +387,18 @@ def info(file: BackupFile, local: LocalOption = False, env: EnvOption = None) ->
 
 @app.command()
 def restore(
-    what: Annotated[RestoreChoice, typer.Argument(help="What to restore into.")],
-    file: BackupFile,
+    what: Annotated[
+        RestoreChoice, typer.Argument(help="What to restore into; all: every type of one run.")
+    ],
+    file: Annotated[
+        str | None,
+        typer.Argument(
+            help="A backup: a path, or a name in BACKUP_DIR; for all, the run's TIMESTAMP "
+            "(YYYYMMDD_HHMMSS; default the newest with every type)."
+        ),
+    ] = None,
     dest: Annotated[
-        str | None, typer.Argument(help="files only: the folder (default FILES_DIR).")
+        str | None, typer.Argument(help="files and all: the folder (default FILES_DIR).")
     ] = None,
     local: LocalOption = False,
     env: EnvOption = None,
@@ -409,22 +423,27 @@ def restore(
 ) -> None:
     """Restore a backup; it is verified first.
 
-    A failure leaves the target as it was.
+    A failure leaves the target as it was. `restore all [TIMESTAMP] [DEST]` verifies the backups
+    of one run, every type, before it restores them together (see the README).
     """
     with reporting_errors():
-        args = [what, file]
+        args = [what]
+        if file is not None:
+            args.append(file)
+        elif what != "all":
+            raise UserError(f"`restore {what}` needs a backup FILE.", exit_code=2)
         if dest is not None:
-            if what != "files":
-                raise UserError("DEST is for `restore files` only.", exit_code=2)
+            if what not in ("files", "all"):
+                raise UserError("DEST is for `restore files` and `restore all` only.", exit_code=2)
             args.append(dest)
         if target_db:
             args += ["--target-db", target_db]
-        if what == "redis":
+        if what in ("redis", "all"):
             args += ["--mode", mode]
         args += _flags(clean=clean, no_owner=no_owner, no_safety_backup=no_safety_backup)
         args += _flags(force=force)
         _run(local, env, "restore_script.sh", args, for_run=True)
-        if what == "redis" and mode == "file":
+        if what in ("redis", "all") and mode == "file":
             _restart_redis(local, env)
 
 

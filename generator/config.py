@@ -56,6 +56,8 @@ class Setting:
     choices: tuple[str, ...] = ()  # a CHOICE setting's values
     # Set to empty, it is empty (a schedule turned off), not its default; unset, it has its default.
     empty_is_off: bool = False
+    # A secret whose value may span lines (a private key, a list of passphrases).
+    multiline: bool = False
 
     @property
     def secret(self) -> bool:
@@ -89,9 +91,9 @@ SETTINGS: tuple[Setting, ...] = (
         "POSTGRES_ADMIN_USER",
         "",
         Kind.NAME,
-        "Role that creates and drops databases for 'restore --target-db' and 'verify --deep' "
-        "(empty: POSTGRES_USER, which then needs CREATEDB); never used for backups or to load "
-        "a dump.",
+        "Role that creates and drops databases for 'restore --target-db' and 'verify --deep', "
+        "and the roles a restore onto a new server lacks (empty: POSTGRES_USER, which then "
+        "needs CREATEDB, CREATEROLE); never used for backups or to load a dump.",
     ),
     Setting(
         "POSTGRES_ADMIN_PASSWORD",
@@ -126,7 +128,40 @@ SETTINGS: tuple[Setting, ...] = (
         "ENCRYPTION_KEY",
         None,
         Kind.SECRET,
-        "Passphrase for GPG AES256 encryption; unset means unencrypted backups.",
+        "Passphrase for GPG AES256 encryption; unset (and no ENCRYPTION_RECIPIENT) means "
+        "unencrypted backups.",
+    ),
+    Setting(
+        "ENCRYPTION_RECIPIENT",
+        "",
+        Kind.ABS_PATH,
+        "OpenPGP public key file (armored or binary, one key, mounted read-only): backups are "
+        "encrypted to it (GPG AES256) and this host cannot read them back; restores then need "
+        "DECRYPTION_KEY_FILE. Not together with ENCRYPTION_KEY.",
+    ),
+    Setting(
+        "ENCRYPTION_KEY_PREVIOUS",
+        None,
+        Kind.SECRET,
+        "Older ENCRYPTION_KEY passphrases, one a line, tried after ENCRYPTION_KEY when a "
+        "backup is decrypted (never to encrypt): backups made before a key change keep "
+        "restoring.",
+        multiline=True,
+    ),
+    Setting(
+        "DECRYPTION_KEY",
+        None,
+        Kind.SECRET,
+        "The OpenPGP private key(s) (armored) of ENCRYPTION_RECIPIENT, older ones too, for "
+        "restores of public-key backups; give it (as DECRYPTION_KEY_FILE) only when "
+        "restoring, never to the service.",
+        multiline=True,
+    ),
+    Setting(
+        "DECRYPTION_KEY_PASSPHRASE",
+        None,
+        Kind.SECRET,
+        "Passphrase of the private key in DECRYPTION_KEY, if it has one.",
     ),
     Setting(
         "TZ",
@@ -407,7 +442,16 @@ class Settings:
     @property
     def encrypted(self) -> bool:
         """Whether a run with these settings encrypts (decided again by the script at run time)."""
-        return "ENCRYPTION_KEY" in self.secrets or "ENCRYPTION_KEY_FILE" in self.secrets
+        return self.encryption != "none"
+
+    @property
+    def encryption(self) -> str:
+        """How a run with these settings encrypts: ``public-key``, ``symmetric`` or ``none``."""
+        if self.values.get("ENCRYPTION_RECIPIENT"):
+            return "public-key"
+        if "ENCRYPTION_KEY" in self.secrets or "ENCRYPTION_KEY_FILE" in self.secrets:
+            return "symmetric"
+        return "none"
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -463,6 +507,7 @@ def load_settings(
         values[setting.name] = value
     if not any(p.startswith("COMPRESSION_LEVEL:") for p in problems):
         problems += _level_problems(values)
+    problems += _encryption_problems(values, secrets)
     if problems:
         raise ConfigError(problems)
     return Settings(values=values, secrets=secrets, source=env_file)
@@ -481,6 +526,20 @@ def _level_problems(values: Mapping[str, str]) -> list[str]:
         f"COMPRESSION_LEVEL: {level} is out of range for {codec.name}; use {low} to {high}, "
         f"or leave it empty for {codec.default_level}."
     ]
+
+
+# The one message for both encryption settings at once (the scripts say the same at run time).
+BOTH_KEYS_PROBLEM = (
+    "ENCRYPTION_RECIPIENT: ENCRYPTION_KEY is set too; keep only one of them (a public key: "
+    "this host cannot read its backups; a passphrase: it can). To restore backups made with "
+    "the passphrase after switching, give it as ENCRYPTION_KEY_PREVIOUS when restoring."
+)
+
+
+def _encryption_problems(values: Mapping[str, str], secrets: Mapping[str, str]) -> list[str]:
+    """Public-key and passphrase encryption are not set together: which one wins is no guess."""
+    keyed = "ENCRYPTION_KEY" in secrets or "ENCRYPTION_KEY_FILE" in secrets
+    return [BOTH_KEYS_PROBLEM] if values.get("ENCRYPTION_RECIPIENT") and keyed else []
 
 
 def _near_misses(from_file: Mapping[str, str]) -> list[str]:
@@ -509,7 +568,7 @@ def _collect_secret(  # noqa: PLR0911 - one return per rule
     if value is not None and path is not None:
         return [f"{name}: both {name} and {file_key} are set; keep only one of them."]
     if value is not None:
-        if "\n" in value or "\0" in value:
+        if "\0" in value or ("\n" in value and not setting.multiline):
             return [f"{name}: contains a line break or NUL byte; use a single-line value."]
         secrets[name] = value
         return []

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from generator import __version__, backup_types
-from generator.config import FLAVOR_PG_MAJOR, SETTINGS, Kind, Settings, bounds
+from generator.config import BOTH_KEYS_PROBLEM, FLAVOR_PG_MAJOR, SETTINGS, Kind, Settings, bounds
 from generator.errors import EXIT_CODES, UserError
 
 if TYPE_CHECKING:
@@ -206,6 +206,8 @@ def render(settings: Settings, flavor: str = DEFAULT_FLAVOR) -> dict[str, str]:
         "apprise_version": APPRISE_VERSION,
         "setting_names": [s.name for s in SETTINGS if not s.secret],
         "secret_names": [s.name for s in SETTINGS if s.secret],
+        "multiline_secrets": [s.name for s in SETTINGS if s.secret and s.multiline],
+        "both_keys_problem": BOTH_KEYS_PROBLEM,
         "named_volumes": _named_volumes(settings),
         "depends_on": _depends_on(settings),
     }

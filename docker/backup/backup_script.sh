@@ -37,6 +37,7 @@ unset LANGUAGE
 : "${CLEANUP_SCHEDULE:=0 3 * * 0}"
 : "${RESTORE_DRILL_SCHEDULE=30 4 * * 0}"
 : "${BACKUP_RETENTION_DAYS:=90}"
+: "${ENCRYPTION_RECIPIENT:=}"
 : "${TZ:=America/Argentina/Buenos_Aires}"
 : "${BACKUP_DIR:=/backups}"
 : "${FILES_DIR:=/data}"
@@ -530,12 +531,18 @@ check_choice() {
   _choice_problems+=("${name}: '${!name}' must be one of: $*")
 }
 
+# The secrets whose value may span lines (private keys, lists of passphrases); every other
+# secret is one line.
+readonly MULTILINE_SECRETS=(ENCRYPTION_KEY_PREVIOUS DECRYPTION_KEY)
+
 # secret_problem VAR: what is wrong with how VAR or VAR_FILE is given; nothing when it is fine.
 # The one rule for secrets: file_env applies it, the entrypoint collects every problem with it.
 secret_problem() {
   local var="$1"
   local file_var="${var}_FILE"
-  local value="${!var:-}" file="${!file_var:-}"
+  local value="${!var:-}" file="${!file_var:-}" lines=$'\n'
+  # A multi-line secret may hold line breaks: test for a character no value holds instead.
+  [[ " ${MULTILINE_SECRETS[*]} " != *" ${var} "* ]] || lines=$'\1'
   if [[ -n "${value}" && -n "${file}" ]]; then
     printf 'both %s and %s are set; keep only one of them' "${var}" "${file_var}"
   elif [[ -n "${file}" ]] && [[ ! -r "${file}" || ! -f "${file}" ]]; then
@@ -545,10 +552,10 @@ secret_problem() {
     # An empty key file must not quietly turn encryption (or a password) off.
     if [[ -z "${value}" ]]; then
       printf "%s: '%s' is empty; put the %s in it, or unset %s" "${file_var}" "${file}" "${var}" "${file_var}"
-    elif [[ "${value}" == *$'\n'* ]]; then
+    elif [[ "${value}" == *"${lines}"* ]]; then
       printf '%s (in %s) contains a line break; use a single-line value' "${var}" "${file}"
     fi
-  elif [[ "${value}" == *$'\n'* ]]; then
+  elif [[ "${value}" == *"${lines}"* ]]; then
     printf '%s contains a line break; use a single-line value' "${var}"
   fi
 }
@@ -566,17 +573,29 @@ file_env() {
   printf -v "${var}" '%s' "${value}"
 }
 
+# load_secrets: every secret from its variable or its _FILE; then the encryption settings agree.
 load_secrets() {
   file_env POSTGRES_PASSWORD
   file_env POSTGRES_ADMIN_PASSWORD
   file_env REDIS_PASSWORD
   file_env ENCRYPTION_KEY
+  file_env ENCRYPTION_KEY_PREVIOUS
+  file_env DECRYPTION_KEY
+  file_env DECRYPTION_KEY_PASSPHRASE
   file_env ALERT_URLS
   file_env HEALTHCHECK_PING_URL
+  [[ -z "${ENCRYPTION_KEY}" || -z "${ENCRYPTION_RECIPIENT}" ]] ||
+    die "${EXIT_REFUSED}" 'ENCRYPTION_RECIPIENT: ENCRYPTION_KEY is set too; keep only one of them (a public key: this host cannot read its backups; a passphrase: it can). To restore backups made with the passphrase after switching, give it as ENCRYPTION_KEY_PREVIOUS when restoring.'
 }
 
+# New backups are encrypted: to a passphrase (ENCRYPTION_KEY) or a public key (public_key_on).
 encryption_on() {
-  [[ -n "${ENCRYPTION_KEY:-}" ]]
+  [[ -n "${ENCRYPTION_KEY:-}" || -n "${ENCRYPTION_RECIPIENT:-}" ]]
+}
+
+# New backups are encrypted to the public key in ENCRYPTION_RECIPIENT: this host cannot read them.
+public_key_on() {
+  [[ -n "${ENCRYPTION_RECIPIENT:-}" ]]
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -906,16 +925,263 @@ gpg_run() {
     --no-symkey-cache --no-permission-warning "$@"
 }
 
-# The passphrase goes through file descriptor 3, never on a command line. The key is derived
-# from it with the most S2K iterations OpenPGP can say (65011712 bytes hashed, what gpg picks
-# itself on most machines): given here, gpg-agent need not calibrate it first (over a second).
+# encrypt: stdin to stdout, encrypted. To a passphrase: it goes through file descriptor 3, never
+# on a command line; the key is derived from it with the most S2K iterations OpenPGP can say
+# (65011712 bytes hashed, what gpg picks itself on most machines): given here, gpg-agent need not
+# calibrate it first (over a second). To a public key (ENCRYPTION_RECIPIENT): gpg reads the key
+# from the file, without importing it or asking whether it is trusted (recipient_check has
+# checked it); the session key is random, AES256.
 encrypt() {
-  gpg_run --symmetric --cipher-algo AES256 --s2k-digest-algo SHA512 --s2k-count 65011712 \
-    --compress-algo none --passphrase-fd 3 --output - 3<<<"${ENCRYPTION_KEY}"
+  if public_key_on; then
+    gpg_run --encrypt --recipient-file "${ENCRYPTION_RECIPIENT}" --cipher-algo AES256 \
+      --compress-algo none --output -
+  else
+    gpg_run --symmetric --cipher-algo AES256 --s2k-digest-algo SHA512 --s2k-count 65011712 \
+      --compress-algo none --passphrase-fd 3 --output - 3<<<"${ENCRYPTION_KEY}"
+  fi
 }
 
+# decrypt: stdin to stdout, decrypted. The passphrase given on fd 3 is DECRYPT_PASSPHRASE when
+# prepare_decrypt set it (an older passphrase, or that of the private key), else ENCRYPTION_KEY.
+# A public-key backup is decrypted by the private key prepare_decrypt imported into GNUPG_DIR.
 decrypt() {
-  gpg_run --decrypt --passphrase-fd 3 --output - 3<<<"${ENCRYPTION_KEY}"
+  gpg_run --decrypt --passphrase-fd 3 --output - 3<<<"${DECRYPT_PASSPHRASE-${ENCRYPTION_KEY:-}}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Public-key encryption (ENCRYPTION_RECIPIENT) and decryption keys (DECRYPTION_KEY,
+# ENCRYPTION_KEY_PREVIOUS).
+
+# What drill and verify --deep say when a public-key backup cannot be read on this host: the
+# drill skips the type on it (and does not alert), as on "needs CREATEDB".
+readonly NEEDS_DECRYPTION_KEY="needs DECRYPTION_KEY_FILE"
+
+# The key ID (of the encryption subkey) and the fingerprint of ENCRYPTION_RECIPIENT's key.
+RECIPIENT_KEYID=""
+RECIPIENT_FPR=""
+
+# recipient_check: ENCRYPTION_RECIPIENT is a readable file holding exactly one OpenPGP public key
+# (no private key) that can encrypt; sets RECIPIENT_KEYID (the subkey gpg encrypts to: its own
+# choice, read from a message encrypted to it) and RECIPIENT_FPR. Fails the run (exit 6) with
+# what to do otherwise.
+recipient_check() {
+  local file="${ENCRYPTION_RECIPIENT}" fix count=0 secret=0
+  local -a field
+  fix="export the public key alone with: gpg --export --armor KEY-ID > FILE"
+  [[ -f "${file}" && -r "${file}" ]] ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: cannot read '${file}'; mount the public key file there (read-only) or fix the path (${fix})"
+  while IFS=: read -r -a field; do
+    case "${field[0]}" in
+      pub) count=$((count + 1)) ;;
+      sec) secret=1 count=$((count + 1)) ;;
+      fpr) [[ -n "${RECIPIENT_FPR}" ]] || RECIPIENT_FPR="${field[9]}" ;;
+    esac
+  done < <(gpg_run --with-colons --import-options show-only --import <"${file}" 2>/dev/null || true)
+  ((secret == 0)) ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: '${file}' holds a PRIVATE key, which must never be on this host; ${fix}, and keep the private key off this host (see the README)"
+  ((count == 1)) ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: '${file}' holds ${count} OpenPGP keys; it must hold exactly one public key: ${fix}"
+  RECIPIENT_KEYID="$(: | encrypt 2>"${WORK_DIR}/recipient.err" | gpg_run --no-keyring --list-packets 2>/dev/null |
+    sed -n 's/^:pubkey enc packet: .*keyid \([0-9A-F]*\).*/\1/p' | head -n 1)" || true
+  [[ -n "${RECIPIENT_KEYID}" ]] ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: the key ${RECIPIENT_FPR} in '${file}' cannot encrypt (no usable encryption subkey: expired, revoked or sign-only?)$(stage_message recipient); extend or replace it, then ${fix}"
+}
+
+# require_recipient: before a backup is made (in its part, so that a refusal is that part's
+# failure, in its status and alerts): the public key it is encrypted to is usable.
+require_recipient() {
+  ! public_key_on || [[ -n "${RECIPIENT_KEYID}" ]] || recipient_check
+}
+
+# encryption_kind FILE: how a .gpg backup is encrypted, from the tag of its first OpenPGP packet:
+# public-key (1: a session key encrypted to a public key), symmetric (3: to a passphrase), or
+# unknown.
+encryption_kind() {
+  local byte tag=0
+  byte="$(od -An -tu1 -N1 -- "$1" 2>/dev/null)" || true
+  byte="${byte//[[:space:]]/}"
+  if is_uint "${byte}" && ((byte & 128)); then
+    if ((byte & 64)); then tag=$((byte & 63)); else tag=$(((byte >> 2) & 15)); fi
+  fi
+  case "${tag}" in
+    1) printf 'public-key\n' ;;
+    3) printf 'symmetric\n' ;;
+    *) printf 'unknown\n' ;;
+  esac
+}
+
+# backup_key_ids FILE: the key IDs a public-key backup is encrypted to, one a line, from its first
+# packets (read before any private key is imported: gpg then only lists them).
+backup_key_ids() {
+  head -c 65536 -- "$1" | gpg_run --no-keyring --list-packets 2>/dev/null |
+    sed -n 's/^:pubkey enc packet: .*keyid \([0-9A-F]*\).*/\1/p' || true
+}
+
+# The names of the keys tried on a backup (never their values), for the wrong-key message; the
+# key IDs of the private keys DECRYPTION_KEY holds and those the backup is encrypted to.
+KEYS_TRIED=()
+DECRYPTION_KEY_IDS=()
+BACKUP_KEY_IDS=()
+DECRYPT_KIND=""
+
+# prepare_decrypt FILE: what decrypting the .gpg backup FILE needs, ready: for a public-key one,
+# the private keys of DECRYPTION_KEY imported into this run's GNUPG_DIR (never a user's keyring;
+# removed with it on every way out) and DECRYPTION_KEY_PASSPHRASE to unlock them; for a
+# passphrase, the one that decrypts it (select_passphrase). Refuses (exit 6) when no key is
+# given, and says which one is needed.
+prepare_decrypt() {
+  local file="$1" name="${1##*/}" id
+  DECRYPT_KIND="$(encryption_kind "${file}")"
+  if [[ "${DECRYPT_KIND}" == public-key ]]; then
+    mapfile -t BACKUP_KEY_IDS < <(backup_key_ids "${file}")
+    [[ -n "${DECRYPTION_KEY}" ]] ||
+      die "${EXIT_REFUSED}" "${name} is encrypted to a public key (key ID ${BACKUP_KEY_IDS[*]:-unknown}), and this host cannot read it: it ${NEEDS_DECRYPTION_KEY}. Give the private key for this command only: DECRYPTION_KEY_FILE=/path/to/private-key.asc (and DECRYPTION_KEY_PASSPHRASE_FILE when it has a passphrase)"
+    if ((${#DECRYPTION_KEY_IDS[@]} == 0)); then
+      gpg_run --import 2>"${WORK_DIR}/import.err" <<<"${DECRYPTION_KEY}" ||
+        die "${EXIT_REFUSED}" "DECRYPTION_KEY: cannot import the private key(s) it holds$(stage_message import); give the armored private key (gpg --export-secret-keys --armor KEY-ID)"
+      mapfile -t DECRYPTION_KEY_IDS < <(gpg_run --with-colons --list-secret-keys 2>/dev/null |
+        awk -F: '($1 == "sec" || $1 == "ssb") && $12 ~ /e/ { print $5 }')
+      ((${#DECRYPTION_KEY_IDS[@]} > 0)) ||
+        die "${EXIT_REFUSED}" "DECRYPTION_KEY holds no private key that can decrypt (a public key only?); give the private key: gpg --export-secret-keys --armor KEY-ID"
+    fi
+    KEYS_TRIED=()
+    for id in "${DECRYPTION_KEY_IDS[@]}"; do
+      KEYS_TRIED+=("private key ${id}")
+    done
+    DECRYPT_PASSPHRASE="${DECRYPTION_KEY_PASSPHRASE}"
+    return 0
+  fi
+  [[ -n "${ENCRYPTION_KEY}" || -n "${ENCRYPTION_KEY_PREVIOUS}" ]] ||
+    die "${EXIT_REFUSED}" "${name} is encrypted: set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to its passphrase (or ENCRYPTION_KEY_PREVIOUS_FILE, for a passphrase used before)"
+  select_passphrase "${file}"
+}
+
+# select_passphrase FILE: the passphrase that decrypts FILE, in DECRYPT_PASSPHRASE: ENCRYPTION_KEY,
+# else each line of ENCRYPTION_KEY_PREVIOUS in turn (their names in KEYS_TRIED). With more than
+# one, each is tried on the first 64 KiB: gpg rejects a wrong passphrase at once ("Bad session
+# key", from the check bytes of the session key), and the whole decode judges the one that is
+# not rejected. When all are rejected, DECRYPT_PASSPHRASE is the first (the decode then reports
+# the wrong key).
+select_passphrase() {
+  local file="$1" line i=0
+  local -a values=()
+  KEYS_TRIED=()
+  if [[ -n "${ENCRYPTION_KEY}" ]]; then
+    KEYS_TRIED+=(ENCRYPTION_KEY)
+    values+=("${ENCRYPTION_KEY}")
+  fi
+  while IFS= read -r line; do
+    i=$((i + 1))
+    [[ -n "${line}" ]] || continue
+    KEYS_TRIED+=("ENCRYPTION_KEY_PREVIOUS line ${i}")
+    values+=("${line}")
+  done <<<"${ENCRYPTION_KEY_PREVIOUS}"
+  DECRYPT_PASSPHRASE="${values[0]}"
+  ((${#values[@]} > 1)) || return 0
+  for i in "${!values[@]}"; do
+    head -c 65536 -- "${file}" | gpg_run --decrypt --passphrase-fd 3 --output - \
+      3<<<"${values[i]}" >/dev/null 2>"${WORK_DIR}/trial.err" || true
+    if ! grep -qs 'Bad session key' "${WORK_DIR}/trial.err"; then
+      DECRYPT_PASSPHRASE="${values[i]}"
+      ((i == 0)) || log INFO "decrypt: ${KEYS_TRIED[i]} decrypts ${file##*/} (an older passphrase)"
+      return 0
+    fi
+  done
+}
+
+# wrong_key ERR_FILE: gpg's errors (of a decode) say that no key given decrypts the backup.
+wrong_key() {
+  grep -qs -e 'Bad session key' -e 'decryption failed: No secret key' "$1"
+}
+
+# wrong_key_reason: why no key given decrypts the backup, naming the keys tried (never values).
+wrong_key_reason() {
+  local tried="${KEYS_TRIED[*]}" id
+  if [[ "${DECRYPT_KIND}" == public-key ]]; then
+    for id in "${BACKUP_KEY_IDS[@]}"; do
+      if [[ " ${DECRYPTION_KEY_IDS[*]} " == *" ${id} "* ]]; then
+        printf 'wrong encryption key: the private key %s in DECRYPTION_KEY_FILE is the right one, but DECRYPTION_KEY_PASSPHRASE %s' \
+          "${id}" "$([[ -n "${DECRYPTION_KEY_PASSPHRASE}" ]] && printf 'does not unlock it' || printf 'is not set, and it has a passphrase')"
+        return 0
+      fi
+    done
+    tried="${DECRYPTION_KEY_IDS[*]}"
+    printf 'wrong encryption key: the backup is encrypted to key ID %s, and DECRYPTION_KEY_FILE holds none of it (tried the private keys %s)' \
+      "${BACKUP_KEY_IDS[*]:-unknown}" "${tried// /, }"
+  elif [[ "${tried}" == ENCRYPTION_KEY ]]; then
+    printf 'wrong encryption key: ENCRYPTION_KEY does not decrypt this backup'
+  else
+    tried="$(printf '%s, ' "${KEYS_TRIED[@]}")"
+    printf 'wrong encryption key: none of the passphrases tried decrypts this backup (tried %s)' "${tried%, }"
+  fi
+}
+
+# packet_check: (a stage) the stored bytes of a public-key backup on stdin, listed by gpg without
+# a private key (none is on the host), into WORK_DIR/packets.out and packets.err; then read to the
+# end, so that the writer never stops on it. packets_verdict judges the listing.
+packet_check() {
+  # (--no-keyring: no keyring is needed, and gpg would read the keybox encrypt may be creating in
+  # the same GNUPG_DIR at that moment, as if it were part of the message)
+  gpg_run --no-keyring --list-packets >"${WORK_DIR}/packets.out" 2>"${WORK_DIR}/packets.err" || true
+  cat >/dev/null
+}
+
+# packets_of FILE: packet_check of a stored backup (a step).
+packets_of() {
+  packet_check <"$1"
+}
+
+# packets_verdict SIZE [KEYID]: whether packet_check's listing is that of a complete OpenPGP
+# message encrypted to a public key, as encrypt writes one: one or more session keys encrypted to
+# public keys (to KEYID, when given), then one integrity-protected encrypted data packet, reaching
+# exactly the end of the SIZE bytes: gpg reads it through its (partial) lengths, and says so when
+# the data stop early or bytes follow it. Prints what it found, or the problem (and fails).
+# BACKUP_KEY_IDS: the key IDs it is encrypted to.
+packets_verdict() {
+  local size="$1" expected="${2:-}" line data=0 protected=0 other="" end="" problem=""
+  BACKUP_KEY_IDS=()
+  while IFS= read -r line; do
+    case "${line}" in
+      "# off="*)
+        if [[ "${line}" =~ ^#\ off=([0-9]+)\ ctb=[0-9a-f]+\ tag=(18|20)\ hlen=([0-9]+)\ plen=([0-9]+)(\ new-ctb)?$ ]]; then
+          end=$((BASH_REMATCH[1] + BASH_REMATCH[3] + BASH_REMATCH[4]))
+        fi
+        ;;
+      ":pubkey enc packet:"*keyid*)
+        ((data == 0)) || other="a session key after the data"
+        BACKUP_KEY_IDS+=("${line##*keyid }")
+        ;;
+      ":encrypted data packet:"* | ":aead encrypted packet:"*)
+        data=$((data + 1))
+        [[ "${line}" != ":aead"* ]] || protected=1
+        ;;
+      *"mdc_method: 2"*) protected=1 ;;
+      :*) other="${line}" ;;
+    esac
+  done <"${WORK_DIR}/packets.out"
+  # gpg says whom it is encrypted to, and that it has no private key: anything else is a problem.
+  problem="$(grep -v -e '^gpg: encrypted with ' -e '^gpg: decryption failed: No secret key' \
+    -e '^ *"' -- "${WORK_DIR}/packets.err" 2>/dev/null | head -n 3 | tr '\n' ' ')" || true
+  if ((${#BACKUP_KEY_IDS[@]} == 0)); then
+    problem="no session key encrypted to a public key; ${problem}"
+  elif [[ -n "${expected}" && " ${BACKUP_KEY_IDS[*]} " != *" ${expected} "* ]]; then
+    problem="encrypted to key ID ${BACKUP_KEY_IDS[*]}, not ${expected} (ENCRYPTION_RECIPIENT); ${problem}"
+  elif ((data != 1)); then
+    problem="${data} encrypted data packets, not one; ${problem}"
+  elif ((protected == 0)); then
+    problem="the encrypted data is not integrity-protected; ${problem}"
+  elif [[ -n "${other}" ]]; then
+    problem="an unexpected packet (${other}); ${problem}"
+  elif [[ -n "${end}" ]] && ((end != size)); then
+    problem="the encrypted data should end at byte ${end}, but the file holds ${size}; ${problem}"
+  fi
+  if [[ -n "${problem// /}" ]]; then
+    problem="${problem% }"
+    printf '%s' "${problem%;}"
+    return 1
+  fi
+  printf 'an OpenPGP message to public key ID %s: its session key, then integrity-protected encrypted data complete to the last byte' \
+    "${BACKUP_KEY_IDS[*]}"
 }
 
 # encode: stdin to stdout, compressed and, when a key is set, encrypted.
@@ -1015,15 +1281,6 @@ stage_message() {
   local text
   text="$(head -c 600 -- "${file}" | tr '\n' ' ')"
   printf ': %s' "${text% }"
-}
-
-# wrong_key_reason: why a decode failed when gpg's message (in WORK_DIR/decode.err) says the key
-# is wrong, with gpg's own words, for the log, the exit message and the alerts.
-wrong_key_reason() {
-  local said
-  said="$(grep -m 1 'Bad session key' -- "${WORK_DIR}/decode.err" 2>/dev/null | head -c 200)" || said=""
-  printf 'wrong encryption key: ENCRYPTION_KEY does not decrypt this backup (%s)' \
-    "${said:-gpg: Bad session key}"
 }
 
 disk_full() {
@@ -1500,9 +1757,17 @@ encrypt_stage_name() {
   if encryption_on; then printf 'encrypt'; else printf 'write'; fi
 }
 
-# encrypt_if_keyed: stdin to stdout, encrypted when ENCRYPTION_KEY is set, else as it is.
+# encrypt_if_keyed: stdin to stdout, encrypted when a key is set, else as it is. To a public key,
+# the compressed stream is also given, before gpg, to the check of store_to (PLAIN_FIFO): the
+# stored bytes cannot be decrypted on this host. Fails when tee or gpg does.
+PLAIN_FIFO=""
 encrypt_if_keyed() {
-  if encryption_on; then
+  if public_key_on; then
+    tee -- "${PLAIN_FIFO}" | encrypt
+    local -a st=("${PIPESTATUS[@]}")
+    ((st[1] != 0)) || return "${st[0]}"
+    return "${st[1]}"
+  elif encryption_on; then
     encrypt
   else
     cat
@@ -1538,12 +1803,26 @@ decode_and_check() {
 # it is compressed, encrypted when a key is set, and written to PARTIAL, while tee gives the same
 # stored bytes to sha256_hex (WORK_DIR/stored.sum) and to decode_check, which decodes them as they
 # come and checks the content: what gets a final name was decoded whole, without reading the
-# file back. Statuses: source compress encrypt|write tee decode count check hash (check_store).
+# file back. Statuses: source compress encrypt|write tee decode count check hash packets
+# (check_store).
+#
+# Encrypted to a public key, the stored bytes cannot be decrypted here (the point: a host that is
+# broken into cannot read its own backups). What gets a final name is then checked in two parts:
+# decode_check decodes the compressed stream as it enters gpg (PLAIN_FIFO) and checks its
+# content, and packet_check reads the stored bytes with gpg, without a private key. Proven: the
+# content gpg was given is complete and valid; gpg exited 0; and the stored bytes, hashed as they
+# were written, are a complete OpenPGP message: a session key encrypted to ENCRYPTION_RECIPIENT's
+# key ID, then one integrity-protected (MDC) encrypted data packet whose lengths run exactly to
+# the last byte: not cut short, nothing after it. Not proven: that the encrypted data decrypt to
+# that content; only the private key can show it (its MDC is checked then): `verify` with
+# DECRYPTION_KEY_FILE, or a drill given it.
 store_to() {
   local type="$1" partial="$2"
   shift 2
   local hash_fifo="${WORK_DIR}/stored-hash.fifo" check_fifo="${WORK_DIR}/stored-check.fifo"
-  local hasher checker hash_rc=0 decode_st="1 1 1" progress=""
+  local hasher checker packer="" hash_rc=0 decode_st="1 1 1" packets_rc=0 progress="" name
+  # The concurrent decode of a new backup takes the passphrase it is written with.
+  local DECRYPT_PASSPHRASE="${ENCRYPTION_KEY}"
   local -a st
   if [[ -t 2 ]]; then
     show_progress "${type}" "${partial}" &
@@ -1552,8 +1831,19 @@ store_to() {
   mkfifo -m 600 -- "${hash_fifo}" "${check_fifo}"
   sha256_hex <"${hash_fifo}" >"${WORK_DIR}/stored.sum" 2>"${WORK_DIR}/hash.err" &
   hasher=$!
-  decode_check "${partial##*/}" "${type}" <"${check_fifo}" &
-  checker=$!
+  name="${partial##*/}"
+  if public_key_on; then
+    PLAIN_FIFO="${WORK_DIR}/stored-plain.fifo"
+    mkfifo -m 600 -- "${PLAIN_FIFO}"
+    # the compressed stream, decoded as a backup of that name without .gpg would be
+    decode_check "${name%.gpg.partial}.partial" "${type}" <"${PLAIN_FIFO}" &
+    checker=$!
+    packet_check <"${check_fifo}" &
+    packer=$!
+  else
+    decode_check "${name}" "${type}" <"${check_fifo}" &
+    checker=$!
+  fi
   "$@" | compress 2>"${WORK_DIR}/compress.err" |
     encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" |
     tee -- "${hash_fifo}" "${check_fifo}" >"${partial}" 2>"${WORK_DIR}/tee.err"
@@ -1566,10 +1856,16 @@ store_to() {
   # A reader still waiting for its writer (tee could not start) must not be left waiting.
   release_fifo "${hash_fifo}"
   release_fifo "${check_fifo}"
+  [[ -z "${packer}" ]] || release_fifo "${PLAIN_FIFO}"
   wait "${hasher}" || hash_rc=$?
   wait "${checker}" || true
   [[ ! -s "${WORK_DIR}/decode.st" ]] || decode_st="$(<"${WORK_DIR}/decode.st")"
-  save_statuses "${st[@]}" "${decode_st}" "${hash_rc}"
+  if [[ -n "${packer}" ]]; then
+    wait "${packer}" || true
+    packets_verdict "$(file_size "${partial}" 2>/dev/null || printf 0)" "${RECIPIENT_KEYID}" \
+      >"${WORK_DIR}/packets.verdict" || packets_rc=1
+  fi
+  save_statuses "${st[@]}" "${decode_st}" "${hash_rc}" "${packets_rc}"
 }
 
 # show_progress TYPE PARTIAL: for a run started by hand on a terminal, what PARTIAL holds so far
@@ -1601,7 +1897,7 @@ check_store() {
   shift 2
   local -a st=("$@") names
   local i write_failed=0
-  names=("${source}" compress "$(encrypt_stage_name)" tee decode count check hash)
+  names=("${source}" compress "$(encrypt_stage_name)" tee decode count check hash packets)
   for i in 0 1 2 3; do
     ((st[i] == 0 || st[i] == 141)) || grep -qs 'Broken pipe' "${WORK_DIR}/${names[i]}.err" ||
       write_failed=1
@@ -1616,6 +1912,9 @@ check_store() {
   done
   check_pipeline "${type}" "${names[@]:0:4}" -- "${st[@]:0:4}"
   ((st[7] == 0)) || die "${EXIT_FAILED}" "${type}: could not hash the stored bytes$(stage_message hash)"
+  if ((${st[8]:-0} != 0)); then
+    die "${EXIT_VERIFY}" "${type}: the new backup failed verification (the stored bytes are not a complete OpenPGP message to ENCRYPTION_RECIPIENT: $(<"${WORK_DIR}/packets.verdict")); nothing was written under a final name"
+  fi
   # A type's own check of what it wrote, when it has one beyond a whole decode.
   if declare -F "stored_check_${type}" >/dev/null; then
     "stored_check_${type}"
@@ -1651,14 +1950,27 @@ finish_backup() {
   PART_FILE="${name}" PART_STORED="${stored}" PART_RAW="${RAW_SIZE}"
   printf -v PART_SECONDS '%d.%03d' $((duration_us / 1000000)) $((duration_us % 1000000 / 1000))
   publishing_done
-  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), ${PART_SECONDS}s)"
+  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_words), ${PART_SECONDS}s)"
+}
+
+# encryption_words: how new backups are encrypted, for the log.
+encryption_words() {
+  if public_key_on; then
+    printf 'encrypted to public key ID %s' "${RECIPIENT_KEYID:-(not checked yet)}"
+  elif encryption_on; then
+    printf 'encrypted'
+  else
+    printf 'not encrypted'
+  fi
 }
 
 write_manifest() {
   local type="$1" name="$2" epoch="$3" stored="$4" hash="$5" duration_us="$6"
   local source_json="$7" server_version="$8" tools_json="$9" fields="${10}"
   local encryption='null' server='null'
-  if encryption_on; then
+  if public_key_on; then
+    encryption='{"format": "openpgp-public-key", "cipher": "AES256", "recipient_key_id": "'"${RECIPIENT_KEYID}"'", "recipient_fingerprint": "'"${RECIPIENT_FPR}"'", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
+  elif encryption_on; then
     encryption='{"format": "openpgp-symmetric", "cipher": "AES256", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
   fi
   [[ -z "${server_version}" ]] || server="$(json_str "${server_version}")"
@@ -1793,6 +2105,7 @@ run_part() {
   trap 'part_finished $?' EXIT
   trap_signals
   make_work_dir
+  require_recipient
   "backup_$1" "$2" "$3"
 }
 # --- Status: what every run did, and what follows from it. Each run (backup, cleanup, restore,
@@ -2394,6 +2707,12 @@ drill_part() {
     log WARN "drill ${type}: skipped: needs CREATEDB: the scratch database of verify --deep needs a role that may create databases; set POSTGRES_ADMIN_USER (and POSTGRES_ADMIN_PASSWORD) to one, or give the role ${POSTGRES_USER} CREATEDB (restore.log has the ALTER ROLE to run)"
     return 0
   fi
+  # A public-key backup, and no private key on this host (as it should be): nothing to alert on.
+  if ((rc == EXIT_REFUSED)) && grep -qF -- "${NEEDS_DECRYPTION_KEY}" "${WORK_DIR}/verify.err"; then
+    PART_SKIPPED=1 PART_DETAIL="${NEEDS_DECRYPTION_KEY}"
+    log WARN "drill ${type}: skipped: ${NEEDS_DECRYPTION_KEY}: ${PART_FILE} is encrypted to a public key, and this host has no private key to read it (by design); drill it where the private key is, with DECRYPTION_KEY_FILE given to that run only (see the README)"
+    return 0
+  fi
   cat -- "${WORK_DIR}/verify.err" >&2
   if ((rc == 0)); then
     # verify's last line: "verify NAME: every check passed; found 12 tables, 3456 rows"
@@ -2435,6 +2754,10 @@ drill_interrupted_state() {
 # the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
 
 readonly SQL_TRAILER='-- PostgreSQL database dump complete'
+# The roles block at the head of a backup (dump_roles): SQL comments to psql.
+readonly ROLES_BEGIN='-- gym-backup roles (pg_dumpall --globals-only --no-role-passwords): restore_script.sh creates those a new server lacks'
+readonly ROLES_PREFIX='--| '
+readonly ROLES_END='-- gym-backup roles end'
 # What a refusal for want of CREATEDB says (require_createdb); a drill tells it from a failure by it.
 readonly PG_NO_CREATEDB='may not create databases'
 
@@ -2535,11 +2858,30 @@ check_pg_versions() {
   fi
 }
 
-# dump_postgresql: the plain SQL dump of POSTGRES_DB on stdout (store_to's source).
+# dump_postgresql: the roles of the server (dump_roles), then the plain SQL dump of POSTGRES_DB,
+# on stdout (store_to's source).
 dump_postgresql() {
+  : >"${WORK_DIR}/pg_dump.err"
+  dump_roles 2>>"${WORK_DIR}/pg_dump.err" || return 1
   pg_run pg_dump --no-password --clean --if-exists --quote-all-identifiers \
     -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
-    2>"${WORK_DIR}/pg_dump.err"
+    2>>"${WORK_DIR}/pg_dump.err"
+}
+
+# dump_roles: the roles of the server, for a restore onto a new server that lacks them: the
+# CREATE ROLE, ALTER ROLE and role GRANT lines of pg_dumpall --globals-only --no-role-passwords
+# (which reads pg_roles: no superuser needed, and no password hash in the backup), each behind
+# ROLES_PREFIX, between ROLES_BEGIN and ROLES_END, at the head of the file. To psql they are
+# comments: a plain load of the file ignores them; restore_script.sh reads them (pg_create_roles).
+dump_roles() {
+  local -a st
+  printf '%s\n' "${ROLES_BEGIN}"
+  pg_run pg_dumpall --no-password --globals-only --no-role-passwords --quote-all-identifiers \
+    -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -l "${POSTGRES_DB}" |
+    sed -n "/^\(CREATE ROLE\|ALTER ROLE\|GRANT\) /s/^/${ROLES_PREFIX}/p"
+  st=("${PIPESTATUS[@]}")
+  ((st[0] == 0 && st[1] == 0)) || return 1
+  printf '%s\n' "${ROLES_END}"
 }
 
 backup_postgresql() {
@@ -2549,7 +2891,7 @@ backup_postgresql() {
   final="${BACKUP_DIR}/$(backup_name postgresql "${ts}")"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
-  require_tools pg_dump psql "$(compressor)"
+  require_tools pg_dump pg_dumpall psql "$(compressor)"
   [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "postgresql: POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
   server_num="$(postgres_query 'SHOW server_version_num')"
   check_pg_versions "$(pg_dump --version)" "${server_num}"
@@ -3228,7 +3570,8 @@ Commands:
               reported and left alone; with --dry-run, says of each backup what keeps it
   drill       restore drill: restore_script.sh verify --deep of the newest backup of each
               type (a scratch database or redis-server); fails when any type fails, and
-              skips a type without a backup, or PostgreSQL without CREATEDB (no --dry-run)
+              skips a type without a backup, PostgreSQL without CREATEDB, or a backup
+              encrypted to a public key without DECRYPTION_KEY_FILE (no --dry-run)
   alert-test  send a test notice to the ALERT_URLS (Apprise URLs), to check that alerts
               reach you; exit 0 when it was delivered
 
@@ -3260,7 +3603,7 @@ cmd_backup() {
   pick_timestamp
   local run="backup ${what}"
   ((DRY_RUN == 0)) || run="backup ${what} dry run (nothing is written)"
-  log INFO "${run} started: run ${RUN_TS} ($(encryption_on && printf 'encrypted, AES256' || printf 'NOT encrypted: ENCRYPTION_KEY is not set'))"
+  log INFO "${run} started: run ${RUN_TS} ($(run_encryption_words))"
   # The dead man's switch (HEALTHCHECK_PING_URL) learns that a full backup started.
   [[ "${what}" != full ]] || ((DRY_RUN)) || ping_deadman start || true
   local type rc first_failure=0
@@ -3276,6 +3619,17 @@ cmd_backup() {
     ((rc == 0 || first_failure != 0)) || first_failure="${rc}"
   done
   exit "${first_failure}"
+}
+
+# How this run encrypts, for its first line.
+run_encryption_words() {
+  if public_key_on; then
+    printf 'encrypted, AES256, to the public key in %s: this host cannot decrypt them' "${ENCRYPTION_RECIPIENT}"
+  elif encryption_on; then
+    printf 'encrypted, AES256'
+  else
+    printf 'NOT encrypted: neither ENCRYPTION_KEY nor ENCRYPTION_RECIPIENT is set'
+  fi
 }
 
 # run_finished CODE: the end of every run (finish_run): the summary line of a run of parts,

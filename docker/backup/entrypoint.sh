@@ -40,6 +40,7 @@ unset LANGUAGE
 : "${CLEANUP_SCHEDULE:=0 3 * * 0}"
 : "${RESTORE_DRILL_SCHEDULE=30 4 * * 0}"
 : "${BACKUP_RETENTION_DAYS:=90}"
+: "${ENCRYPTION_RECIPIENT:=}"
 : "${TZ:=America/Argentina/Buenos_Aires}"
 : "${BACKUP_DIR:=/backups}"
 : "${FILES_DIR:=/data}"
@@ -533,12 +534,18 @@ check_choice() {
   _choice_problems+=("${name}: '${!name}' must be one of: $*")
 }
 
+# The secrets whose value may span lines (private keys, lists of passphrases); every other
+# secret is one line.
+readonly MULTILINE_SECRETS=(ENCRYPTION_KEY_PREVIOUS DECRYPTION_KEY)
+
 # secret_problem VAR: what is wrong with how VAR or VAR_FILE is given; nothing when it is fine.
 # The one rule for secrets: file_env applies it, the entrypoint collects every problem with it.
 secret_problem() {
   local var="$1"
   local file_var="${var}_FILE"
-  local value="${!var:-}" file="${!file_var:-}"
+  local value="${!var:-}" file="${!file_var:-}" lines=$'\n'
+  # A multi-line secret may hold line breaks: test for a character no value holds instead.
+  [[ " ${MULTILINE_SECRETS[*]} " != *" ${var} "* ]] || lines=$'\1'
   if [[ -n "${value}" && -n "${file}" ]]; then
     printf 'both %s and %s are set; keep only one of them' "${var}" "${file_var}"
   elif [[ -n "${file}" ]] && [[ ! -r "${file}" || ! -f "${file}" ]]; then
@@ -548,10 +555,10 @@ secret_problem() {
     # An empty key file must not quietly turn encryption (or a password) off.
     if [[ -z "${value}" ]]; then
       printf "%s: '%s' is empty; put the %s in it, or unset %s" "${file_var}" "${file}" "${var}" "${file_var}"
-    elif [[ "${value}" == *$'\n'* ]]; then
+    elif [[ "${value}" == *"${lines}"* ]]; then
       printf '%s (in %s) contains a line break; use a single-line value' "${var}" "${file}"
     fi
-  elif [[ "${value}" == *$'\n'* ]]; then
+  elif [[ "${value}" == *"${lines}"* ]]; then
     printf '%s contains a line break; use a single-line value' "${var}"
   fi
 }
@@ -569,17 +576,29 @@ file_env() {
   printf -v "${var}" '%s' "${value}"
 }
 
+# load_secrets: every secret from its variable or its _FILE; then the encryption settings agree.
 load_secrets() {
   file_env POSTGRES_PASSWORD
   file_env POSTGRES_ADMIN_PASSWORD
   file_env REDIS_PASSWORD
   file_env ENCRYPTION_KEY
+  file_env ENCRYPTION_KEY_PREVIOUS
+  file_env DECRYPTION_KEY
+  file_env DECRYPTION_KEY_PASSPHRASE
   file_env ALERT_URLS
   file_env HEALTHCHECK_PING_URL
+  [[ -z "${ENCRYPTION_KEY}" || -z "${ENCRYPTION_RECIPIENT}" ]] ||
+    die "${EXIT_REFUSED}" 'ENCRYPTION_RECIPIENT: ENCRYPTION_KEY is set too; keep only one of them (a public key: this host cannot read its backups; a passphrase: it can). To restore backups made with the passphrase after switching, give it as ENCRYPTION_KEY_PREVIOUS when restoring.'
 }
 
+# New backups are encrypted: to a passphrase (ENCRYPTION_KEY) or a public key (public_key_on).
 encryption_on() {
-  [[ -n "${ENCRYPTION_KEY:-}" ]]
+  [[ -n "${ENCRYPTION_KEY:-}" || -n "${ENCRYPTION_RECIPIENT:-}" ]]
+}
+
+# New backups are encrypted to the public key in ENCRYPTION_RECIPIENT: this host cannot read them.
+public_key_on() {
+  [[ -n "${ENCRYPTION_RECIPIENT:-}" ]]
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -909,16 +928,263 @@ gpg_run() {
     --no-symkey-cache --no-permission-warning "$@"
 }
 
-# The passphrase goes through file descriptor 3, never on a command line. The key is derived
-# from it with the most S2K iterations OpenPGP can say (65011712 bytes hashed, what gpg picks
-# itself on most machines): given here, gpg-agent need not calibrate it first (over a second).
+# encrypt: stdin to stdout, encrypted. To a passphrase: it goes through file descriptor 3, never
+# on a command line; the key is derived from it with the most S2K iterations OpenPGP can say
+# (65011712 bytes hashed, what gpg picks itself on most machines): given here, gpg-agent need not
+# calibrate it first (over a second). To a public key (ENCRYPTION_RECIPIENT): gpg reads the key
+# from the file, without importing it or asking whether it is trusted (recipient_check has
+# checked it); the session key is random, AES256.
 encrypt() {
-  gpg_run --symmetric --cipher-algo AES256 --s2k-digest-algo SHA512 --s2k-count 65011712 \
-    --compress-algo none --passphrase-fd 3 --output - 3<<<"${ENCRYPTION_KEY}"
+  if public_key_on; then
+    gpg_run --encrypt --recipient-file "${ENCRYPTION_RECIPIENT}" --cipher-algo AES256 \
+      --compress-algo none --output -
+  else
+    gpg_run --symmetric --cipher-algo AES256 --s2k-digest-algo SHA512 --s2k-count 65011712 \
+      --compress-algo none --passphrase-fd 3 --output - 3<<<"${ENCRYPTION_KEY}"
+  fi
 }
 
+# decrypt: stdin to stdout, decrypted. The passphrase given on fd 3 is DECRYPT_PASSPHRASE when
+# prepare_decrypt set it (an older passphrase, or that of the private key), else ENCRYPTION_KEY.
+# A public-key backup is decrypted by the private key prepare_decrypt imported into GNUPG_DIR.
 decrypt() {
-  gpg_run --decrypt --passphrase-fd 3 --output - 3<<<"${ENCRYPTION_KEY}"
+  gpg_run --decrypt --passphrase-fd 3 --output - 3<<<"${DECRYPT_PASSPHRASE-${ENCRYPTION_KEY:-}}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Public-key encryption (ENCRYPTION_RECIPIENT) and decryption keys (DECRYPTION_KEY,
+# ENCRYPTION_KEY_PREVIOUS).
+
+# What drill and verify --deep say when a public-key backup cannot be read on this host: the
+# drill skips the type on it (and does not alert), as on "needs CREATEDB".
+readonly NEEDS_DECRYPTION_KEY="needs DECRYPTION_KEY_FILE"
+
+# The key ID (of the encryption subkey) and the fingerprint of ENCRYPTION_RECIPIENT's key.
+RECIPIENT_KEYID=""
+RECIPIENT_FPR=""
+
+# recipient_check: ENCRYPTION_RECIPIENT is a readable file holding exactly one OpenPGP public key
+# (no private key) that can encrypt; sets RECIPIENT_KEYID (the subkey gpg encrypts to: its own
+# choice, read from a message encrypted to it) and RECIPIENT_FPR. Fails the run (exit 6) with
+# what to do otherwise.
+recipient_check() {
+  local file="${ENCRYPTION_RECIPIENT}" fix count=0 secret=0
+  local -a field
+  fix="export the public key alone with: gpg --export --armor KEY-ID > FILE"
+  [[ -f "${file}" && -r "${file}" ]] ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: cannot read '${file}'; mount the public key file there (read-only) or fix the path (${fix})"
+  while IFS=: read -r -a field; do
+    case "${field[0]}" in
+      pub) count=$((count + 1)) ;;
+      sec) secret=1 count=$((count + 1)) ;;
+      fpr) [[ -n "${RECIPIENT_FPR}" ]] || RECIPIENT_FPR="${field[9]}" ;;
+    esac
+  done < <(gpg_run --with-colons --import-options show-only --import <"${file}" 2>/dev/null || true)
+  ((secret == 0)) ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: '${file}' holds a PRIVATE key, which must never be on this host; ${fix}, and keep the private key off this host (see the README)"
+  ((count == 1)) ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: '${file}' holds ${count} OpenPGP keys; it must hold exactly one public key: ${fix}"
+  RECIPIENT_KEYID="$(: | encrypt 2>"${WORK_DIR}/recipient.err" | gpg_run --no-keyring --list-packets 2>/dev/null |
+    sed -n 's/^:pubkey enc packet: .*keyid \([0-9A-F]*\).*/\1/p' | head -n 1)" || true
+  [[ -n "${RECIPIENT_KEYID}" ]] ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: the key ${RECIPIENT_FPR} in '${file}' cannot encrypt (no usable encryption subkey: expired, revoked or sign-only?)$(stage_message recipient); extend or replace it, then ${fix}"
+}
+
+# require_recipient: before a backup is made (in its part, so that a refusal is that part's
+# failure, in its status and alerts): the public key it is encrypted to is usable.
+require_recipient() {
+  ! public_key_on || [[ -n "${RECIPIENT_KEYID}" ]] || recipient_check
+}
+
+# encryption_kind FILE: how a .gpg backup is encrypted, from the tag of its first OpenPGP packet:
+# public-key (1: a session key encrypted to a public key), symmetric (3: to a passphrase), or
+# unknown.
+encryption_kind() {
+  local byte tag=0
+  byte="$(od -An -tu1 -N1 -- "$1" 2>/dev/null)" || true
+  byte="${byte//[[:space:]]/}"
+  if is_uint "${byte}" && ((byte & 128)); then
+    if ((byte & 64)); then tag=$((byte & 63)); else tag=$(((byte >> 2) & 15)); fi
+  fi
+  case "${tag}" in
+    1) printf 'public-key\n' ;;
+    3) printf 'symmetric\n' ;;
+    *) printf 'unknown\n' ;;
+  esac
+}
+
+# backup_key_ids FILE: the key IDs a public-key backup is encrypted to, one a line, from its first
+# packets (read before any private key is imported: gpg then only lists them).
+backup_key_ids() {
+  head -c 65536 -- "$1" | gpg_run --no-keyring --list-packets 2>/dev/null |
+    sed -n 's/^:pubkey enc packet: .*keyid \([0-9A-F]*\).*/\1/p' || true
+}
+
+# The names of the keys tried on a backup (never their values), for the wrong-key message; the
+# key IDs of the private keys DECRYPTION_KEY holds and those the backup is encrypted to.
+KEYS_TRIED=()
+DECRYPTION_KEY_IDS=()
+BACKUP_KEY_IDS=()
+DECRYPT_KIND=""
+
+# prepare_decrypt FILE: what decrypting the .gpg backup FILE needs, ready: for a public-key one,
+# the private keys of DECRYPTION_KEY imported into this run's GNUPG_DIR (never a user's keyring;
+# removed with it on every way out) and DECRYPTION_KEY_PASSPHRASE to unlock them; for a
+# passphrase, the one that decrypts it (select_passphrase). Refuses (exit 6) when no key is
+# given, and says which one is needed.
+prepare_decrypt() {
+  local file="$1" name="${1##*/}" id
+  DECRYPT_KIND="$(encryption_kind "${file}")"
+  if [[ "${DECRYPT_KIND}" == public-key ]]; then
+    mapfile -t BACKUP_KEY_IDS < <(backup_key_ids "${file}")
+    [[ -n "${DECRYPTION_KEY}" ]] ||
+      die "${EXIT_REFUSED}" "${name} is encrypted to a public key (key ID ${BACKUP_KEY_IDS[*]:-unknown}), and this host cannot read it: it ${NEEDS_DECRYPTION_KEY}. Give the private key for this command only: DECRYPTION_KEY_FILE=/path/to/private-key.asc (and DECRYPTION_KEY_PASSPHRASE_FILE when it has a passphrase)"
+    if ((${#DECRYPTION_KEY_IDS[@]} == 0)); then
+      gpg_run --import 2>"${WORK_DIR}/import.err" <<<"${DECRYPTION_KEY}" ||
+        die "${EXIT_REFUSED}" "DECRYPTION_KEY: cannot import the private key(s) it holds$(stage_message import); give the armored private key (gpg --export-secret-keys --armor KEY-ID)"
+      mapfile -t DECRYPTION_KEY_IDS < <(gpg_run --with-colons --list-secret-keys 2>/dev/null |
+        awk -F: '($1 == "sec" || $1 == "ssb") && $12 ~ /e/ { print $5 }')
+      ((${#DECRYPTION_KEY_IDS[@]} > 0)) ||
+        die "${EXIT_REFUSED}" "DECRYPTION_KEY holds no private key that can decrypt (a public key only?); give the private key: gpg --export-secret-keys --armor KEY-ID"
+    fi
+    KEYS_TRIED=()
+    for id in "${DECRYPTION_KEY_IDS[@]}"; do
+      KEYS_TRIED+=("private key ${id}")
+    done
+    DECRYPT_PASSPHRASE="${DECRYPTION_KEY_PASSPHRASE}"
+    return 0
+  fi
+  [[ -n "${ENCRYPTION_KEY}" || -n "${ENCRYPTION_KEY_PREVIOUS}" ]] ||
+    die "${EXIT_REFUSED}" "${name} is encrypted: set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to its passphrase (or ENCRYPTION_KEY_PREVIOUS_FILE, for a passphrase used before)"
+  select_passphrase "${file}"
+}
+
+# select_passphrase FILE: the passphrase that decrypts FILE, in DECRYPT_PASSPHRASE: ENCRYPTION_KEY,
+# else each line of ENCRYPTION_KEY_PREVIOUS in turn (their names in KEYS_TRIED). With more than
+# one, each is tried on the first 64 KiB: gpg rejects a wrong passphrase at once ("Bad session
+# key", from the check bytes of the session key), and the whole decode judges the one that is
+# not rejected. When all are rejected, DECRYPT_PASSPHRASE is the first (the decode then reports
+# the wrong key).
+select_passphrase() {
+  local file="$1" line i=0
+  local -a values=()
+  KEYS_TRIED=()
+  if [[ -n "${ENCRYPTION_KEY}" ]]; then
+    KEYS_TRIED+=(ENCRYPTION_KEY)
+    values+=("${ENCRYPTION_KEY}")
+  fi
+  while IFS= read -r line; do
+    i=$((i + 1))
+    [[ -n "${line}" ]] || continue
+    KEYS_TRIED+=("ENCRYPTION_KEY_PREVIOUS line ${i}")
+    values+=("${line}")
+  done <<<"${ENCRYPTION_KEY_PREVIOUS}"
+  DECRYPT_PASSPHRASE="${values[0]}"
+  ((${#values[@]} > 1)) || return 0
+  for i in "${!values[@]}"; do
+    head -c 65536 -- "${file}" | gpg_run --decrypt --passphrase-fd 3 --output - \
+      3<<<"${values[i]}" >/dev/null 2>"${WORK_DIR}/trial.err" || true
+    if ! grep -qs 'Bad session key' "${WORK_DIR}/trial.err"; then
+      DECRYPT_PASSPHRASE="${values[i]}"
+      ((i == 0)) || log INFO "decrypt: ${KEYS_TRIED[i]} decrypts ${file##*/} (an older passphrase)"
+      return 0
+    fi
+  done
+}
+
+# wrong_key ERR_FILE: gpg's errors (of a decode) say that no key given decrypts the backup.
+wrong_key() {
+  grep -qs -e 'Bad session key' -e 'decryption failed: No secret key' "$1"
+}
+
+# wrong_key_reason: why no key given decrypts the backup, naming the keys tried (never values).
+wrong_key_reason() {
+  local tried="${KEYS_TRIED[*]}" id
+  if [[ "${DECRYPT_KIND}" == public-key ]]; then
+    for id in "${BACKUP_KEY_IDS[@]}"; do
+      if [[ " ${DECRYPTION_KEY_IDS[*]} " == *" ${id} "* ]]; then
+        printf 'wrong encryption key: the private key %s in DECRYPTION_KEY_FILE is the right one, but DECRYPTION_KEY_PASSPHRASE %s' \
+          "${id}" "$([[ -n "${DECRYPTION_KEY_PASSPHRASE}" ]] && printf 'does not unlock it' || printf 'is not set, and it has a passphrase')"
+        return 0
+      fi
+    done
+    tried="${DECRYPTION_KEY_IDS[*]}"
+    printf 'wrong encryption key: the backup is encrypted to key ID %s, and DECRYPTION_KEY_FILE holds none of it (tried the private keys %s)' \
+      "${BACKUP_KEY_IDS[*]:-unknown}" "${tried// /, }"
+  elif [[ "${tried}" == ENCRYPTION_KEY ]]; then
+    printf 'wrong encryption key: ENCRYPTION_KEY does not decrypt this backup'
+  else
+    tried="$(printf '%s, ' "${KEYS_TRIED[@]}")"
+    printf 'wrong encryption key: none of the passphrases tried decrypts this backup (tried %s)' "${tried%, }"
+  fi
+}
+
+# packet_check: (a stage) the stored bytes of a public-key backup on stdin, listed by gpg without
+# a private key (none is on the host), into WORK_DIR/packets.out and packets.err; then read to the
+# end, so that the writer never stops on it. packets_verdict judges the listing.
+packet_check() {
+  # (--no-keyring: no keyring is needed, and gpg would read the keybox encrypt may be creating in
+  # the same GNUPG_DIR at that moment, as if it were part of the message)
+  gpg_run --no-keyring --list-packets >"${WORK_DIR}/packets.out" 2>"${WORK_DIR}/packets.err" || true
+  cat >/dev/null
+}
+
+# packets_of FILE: packet_check of a stored backup (a step).
+packets_of() {
+  packet_check <"$1"
+}
+
+# packets_verdict SIZE [KEYID]: whether packet_check's listing is that of a complete OpenPGP
+# message encrypted to a public key, as encrypt writes one: one or more session keys encrypted to
+# public keys (to KEYID, when given), then one integrity-protected encrypted data packet, reaching
+# exactly the end of the SIZE bytes: gpg reads it through its (partial) lengths, and says so when
+# the data stop early or bytes follow it. Prints what it found, or the problem (and fails).
+# BACKUP_KEY_IDS: the key IDs it is encrypted to.
+packets_verdict() {
+  local size="$1" expected="${2:-}" line data=0 protected=0 other="" end="" problem=""
+  BACKUP_KEY_IDS=()
+  while IFS= read -r line; do
+    case "${line}" in
+      "# off="*)
+        if [[ "${line}" =~ ^#\ off=([0-9]+)\ ctb=[0-9a-f]+\ tag=(18|20)\ hlen=([0-9]+)\ plen=([0-9]+)(\ new-ctb)?$ ]]; then
+          end=$((BASH_REMATCH[1] + BASH_REMATCH[3] + BASH_REMATCH[4]))
+        fi
+        ;;
+      ":pubkey enc packet:"*keyid*)
+        ((data == 0)) || other="a session key after the data"
+        BACKUP_KEY_IDS+=("${line##*keyid }")
+        ;;
+      ":encrypted data packet:"* | ":aead encrypted packet:"*)
+        data=$((data + 1))
+        [[ "${line}" != ":aead"* ]] || protected=1
+        ;;
+      *"mdc_method: 2"*) protected=1 ;;
+      :*) other="${line}" ;;
+    esac
+  done <"${WORK_DIR}/packets.out"
+  # gpg says whom it is encrypted to, and that it has no private key: anything else is a problem.
+  problem="$(grep -v -e '^gpg: encrypted with ' -e '^gpg: decryption failed: No secret key' \
+    -e '^ *"' -- "${WORK_DIR}/packets.err" 2>/dev/null | head -n 3 | tr '\n' ' ')" || true
+  if ((${#BACKUP_KEY_IDS[@]} == 0)); then
+    problem="no session key encrypted to a public key; ${problem}"
+  elif [[ -n "${expected}" && " ${BACKUP_KEY_IDS[*]} " != *" ${expected} "* ]]; then
+    problem="encrypted to key ID ${BACKUP_KEY_IDS[*]}, not ${expected} (ENCRYPTION_RECIPIENT); ${problem}"
+  elif ((data != 1)); then
+    problem="${data} encrypted data packets, not one; ${problem}"
+  elif ((protected == 0)); then
+    problem="the encrypted data is not integrity-protected; ${problem}"
+  elif [[ -n "${other}" ]]; then
+    problem="an unexpected packet (${other}); ${problem}"
+  elif [[ -n "${end}" ]] && ((end != size)); then
+    problem="the encrypted data should end at byte ${end}, but the file holds ${size}; ${problem}"
+  fi
+  if [[ -n "${problem// /}" ]]; then
+    problem="${problem% }"
+    printf '%s' "${problem%;}"
+    return 1
+  fi
+  printf 'an OpenPGP message to public key ID %s: its session key, then integrity-protected encrypted data complete to the last byte' \
+    "${BACKUP_KEY_IDS[*]}"
 }
 
 # encode: stdin to stdout, compressed and, when a key is set, encrypted.
@@ -1020,15 +1286,6 @@ stage_message() {
   printf ': %s' "${text% }"
 }
 
-# wrong_key_reason: why a decode failed when gpg's message (in WORK_DIR/decode.err) says the key
-# is wrong, with gpg's own words, for the log, the exit message and the alerts.
-wrong_key_reason() {
-  local said
-  said="$(grep -m 1 'Bad session key' -- "${WORK_DIR}/decode.err" 2>/dev/null | head -c 200)" || said=""
-  printf 'wrong encryption key: ENCRYPTION_KEY does not decrypt this backup (%s)' \
-    "${said:-gpg: Bad session key}"
-}
-
 disk_full() {
   grep -qs 'No space left on device' "${WORK_DIR}"/*.err && return 0
   (($(free_bytes "${BACKUP_DIR}") < 1048576))
@@ -1108,8 +1365,8 @@ readonly CRONTAB_FILE=/etc/gym-backup/crontab
 readonly STOP_WAIT=20
 SCHEDULER_PID=""
 # Every setting a job may need; a secret is passed as its value or its _FILE, never both.
-readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE RESTORE_DRILL_SCHEDULE BACKUP_RETENTION_DAYS TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN KEEP_DAILY KEEP_WEEKLY KEEP_MONTHLY REDIS_DATA_DIR REDIS_DBFILENAME REDIS_APPENDDIRNAME REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION ALERT_REPEAT ALERT_TIMEOUT BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
-readonly SECRET_SETTINGS=(POSTGRES_PASSWORD POSTGRES_ADMIN_PASSWORD REDIS_PASSWORD ENCRYPTION_KEY ALERT_URLS HEALTHCHECK_PING_URL)
+readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE RESTORE_DRILL_SCHEDULE BACKUP_RETENTION_DAYS ENCRYPTION_RECIPIENT TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN KEEP_DAILY KEEP_WEEKLY KEEP_MONTHLY REDIS_DATA_DIR REDIS_DBFILENAME REDIS_APPENDDIRNAME REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION ALERT_REPEAT ALERT_TIMEOUT BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
+readonly SECRET_SETTINGS=(POSTGRES_PASSWORD POSTGRES_ADMIN_PASSWORD REDIS_PASSWORD ENCRYPTION_KEY ENCRYPTION_KEY_PREVIOUS DECRYPTION_KEY DECRYPTION_KEY_PASSPHRASE ALERT_URLS HEALTHCHECK_PING_URL)
 readonly REQUIRED_SECRETS=(POSTGRES_PASSWORD)
 
 problems=()
@@ -1149,6 +1406,9 @@ check_environment() {
   check_schedule BACKUP_SCHEDULE
   check_schedule CLEANUP_SCHEDULE
   check_schedule RESTORE_DRILL_SCHEDULE --may-be-empty
+  if [[ -n "${ENCRYPTION_RECIPIENT:-}" && -n "${ENCRYPTION_KEY:-}${ENCRYPTION_KEY_FILE:-}" ]]; then
+    problem 'ENCRYPTION_RECIPIENT: ENCRYPTION_KEY is set too; keep only one of them (a public key: this host cannot read its backups; a passphrase: it can). To restore backups made with the passphrase after switching, give it as ENCRYPTION_KEY_PREVIOUS when restoring.'
+  fi
   case "${BACKUP_ON_START}" in
     true | false) ;;
     *) problem "BACKUP_ON_START='${BACKUP_ON_START}' must be true or false." ;;
@@ -1257,8 +1517,11 @@ main() {
   ((status != EXIT_REFUSED)) || refuse "${checked}"
   [[ -z "${checked}" ]] || printf '%s\n' "${checked}" >&2
   ((status == 0)) || exit "${status}"
-  if [[ -z "${ENCRYPTION_KEY:-}" && -z "${ENCRYPTION_KEY_FILE:-}" ]]; then
-    log WARN "ENCRYPTION_KEY is not set: backups will NOT be encrypted. Set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to encrypt them."
+  if [[ -z "${ENCRYPTION_KEY:-}" && -z "${ENCRYPTION_KEY_FILE:-}" && -z "${ENCRYPTION_RECIPIENT:-}" ]]; then
+    log WARN "ENCRYPTION_KEY is not set: backups will NOT be encrypted. Set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE (or ENCRYPTION_RECIPIENT, a public key file) to encrypt them."
+  fi
+  if [[ -n "${DECRYPTION_KEY:-}${DECRYPTION_KEY_FILE:-}" ]]; then
+    log WARN "DECRYPTION_KEY is given to the service: whoever breaks into this host can read every backup. Give it (DECRYPTION_KEY_FILE) only to a restore run, and keep it off this host."
   fi
   apply_tz
   write_job_env

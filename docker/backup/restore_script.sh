@@ -37,6 +37,7 @@ unset LANGUAGE
 : "${CLEANUP_SCHEDULE:=0 3 * * 0}"
 : "${RESTORE_DRILL_SCHEDULE=30 4 * * 0}"
 : "${BACKUP_RETENTION_DAYS:=90}"
+: "${ENCRYPTION_RECIPIENT:=}"
 : "${TZ:=America/Argentina/Buenos_Aires}"
 : "${BACKUP_DIR:=/backups}"
 : "${FILES_DIR:=/data}"
@@ -530,12 +531,18 @@ check_choice() {
   _choice_problems+=("${name}: '${!name}' must be one of: $*")
 }
 
+# The secrets whose value may span lines (private keys, lists of passphrases); every other
+# secret is one line.
+readonly MULTILINE_SECRETS=(ENCRYPTION_KEY_PREVIOUS DECRYPTION_KEY)
+
 # secret_problem VAR: what is wrong with how VAR or VAR_FILE is given; nothing when it is fine.
 # The one rule for secrets: file_env applies it, the entrypoint collects every problem with it.
 secret_problem() {
   local var="$1"
   local file_var="${var}_FILE"
-  local value="${!var:-}" file="${!file_var:-}"
+  local value="${!var:-}" file="${!file_var:-}" lines=$'\n'
+  # A multi-line secret may hold line breaks: test for a character no value holds instead.
+  [[ " ${MULTILINE_SECRETS[*]} " != *" ${var} "* ]] || lines=$'\1'
   if [[ -n "${value}" && -n "${file}" ]]; then
     printf 'both %s and %s are set; keep only one of them' "${var}" "${file_var}"
   elif [[ -n "${file}" ]] && [[ ! -r "${file}" || ! -f "${file}" ]]; then
@@ -545,10 +552,10 @@ secret_problem() {
     # An empty key file must not quietly turn encryption (or a password) off.
     if [[ -z "${value}" ]]; then
       printf "%s: '%s' is empty; put the %s in it, or unset %s" "${file_var}" "${file}" "${var}" "${file_var}"
-    elif [[ "${value}" == *$'\n'* ]]; then
+    elif [[ "${value}" == *"${lines}"* ]]; then
       printf '%s (in %s) contains a line break; use a single-line value' "${var}" "${file}"
     fi
-  elif [[ "${value}" == *$'\n'* ]]; then
+  elif [[ "${value}" == *"${lines}"* ]]; then
     printf '%s contains a line break; use a single-line value' "${var}"
   fi
 }
@@ -566,17 +573,29 @@ file_env() {
   printf -v "${var}" '%s' "${value}"
 }
 
+# load_secrets: every secret from its variable or its _FILE; then the encryption settings agree.
 load_secrets() {
   file_env POSTGRES_PASSWORD
   file_env POSTGRES_ADMIN_PASSWORD
   file_env REDIS_PASSWORD
   file_env ENCRYPTION_KEY
+  file_env ENCRYPTION_KEY_PREVIOUS
+  file_env DECRYPTION_KEY
+  file_env DECRYPTION_KEY_PASSPHRASE
   file_env ALERT_URLS
   file_env HEALTHCHECK_PING_URL
+  [[ -z "${ENCRYPTION_KEY}" || -z "${ENCRYPTION_RECIPIENT}" ]] ||
+    die "${EXIT_REFUSED}" 'ENCRYPTION_RECIPIENT: ENCRYPTION_KEY is set too; keep only one of them (a public key: this host cannot read its backups; a passphrase: it can). To restore backups made with the passphrase after switching, give it as ENCRYPTION_KEY_PREVIOUS when restoring.'
 }
 
+# New backups are encrypted: to a passphrase (ENCRYPTION_KEY) or a public key (public_key_on).
 encryption_on() {
-  [[ -n "${ENCRYPTION_KEY:-}" ]]
+  [[ -n "${ENCRYPTION_KEY:-}" || -n "${ENCRYPTION_RECIPIENT:-}" ]]
+}
+
+# New backups are encrypted to the public key in ENCRYPTION_RECIPIENT: this host cannot read them.
+public_key_on() {
+  [[ -n "${ENCRYPTION_RECIPIENT:-}" ]]
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -906,16 +925,263 @@ gpg_run() {
     --no-symkey-cache --no-permission-warning "$@"
 }
 
-# The passphrase goes through file descriptor 3, never on a command line. The key is derived
-# from it with the most S2K iterations OpenPGP can say (65011712 bytes hashed, what gpg picks
-# itself on most machines): given here, gpg-agent need not calibrate it first (over a second).
+# encrypt: stdin to stdout, encrypted. To a passphrase: it goes through file descriptor 3, never
+# on a command line; the key is derived from it with the most S2K iterations OpenPGP can say
+# (65011712 bytes hashed, what gpg picks itself on most machines): given here, gpg-agent need not
+# calibrate it first (over a second). To a public key (ENCRYPTION_RECIPIENT): gpg reads the key
+# from the file, without importing it or asking whether it is trusted (recipient_check has
+# checked it); the session key is random, AES256.
 encrypt() {
-  gpg_run --symmetric --cipher-algo AES256 --s2k-digest-algo SHA512 --s2k-count 65011712 \
-    --compress-algo none --passphrase-fd 3 --output - 3<<<"${ENCRYPTION_KEY}"
+  if public_key_on; then
+    gpg_run --encrypt --recipient-file "${ENCRYPTION_RECIPIENT}" --cipher-algo AES256 \
+      --compress-algo none --output -
+  else
+    gpg_run --symmetric --cipher-algo AES256 --s2k-digest-algo SHA512 --s2k-count 65011712 \
+      --compress-algo none --passphrase-fd 3 --output - 3<<<"${ENCRYPTION_KEY}"
+  fi
 }
 
+# decrypt: stdin to stdout, decrypted. The passphrase given on fd 3 is DECRYPT_PASSPHRASE when
+# prepare_decrypt set it (an older passphrase, or that of the private key), else ENCRYPTION_KEY.
+# A public-key backup is decrypted by the private key prepare_decrypt imported into GNUPG_DIR.
 decrypt() {
-  gpg_run --decrypt --passphrase-fd 3 --output - 3<<<"${ENCRYPTION_KEY}"
+  gpg_run --decrypt --passphrase-fd 3 --output - 3<<<"${DECRYPT_PASSPHRASE-${ENCRYPTION_KEY:-}}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Public-key encryption (ENCRYPTION_RECIPIENT) and decryption keys (DECRYPTION_KEY,
+# ENCRYPTION_KEY_PREVIOUS).
+
+# What drill and verify --deep say when a public-key backup cannot be read on this host: the
+# drill skips the type on it (and does not alert), as on "needs CREATEDB".
+readonly NEEDS_DECRYPTION_KEY="needs DECRYPTION_KEY_FILE"
+
+# The key ID (of the encryption subkey) and the fingerprint of ENCRYPTION_RECIPIENT's key.
+RECIPIENT_KEYID=""
+RECIPIENT_FPR=""
+
+# recipient_check: ENCRYPTION_RECIPIENT is a readable file holding exactly one OpenPGP public key
+# (no private key) that can encrypt; sets RECIPIENT_KEYID (the subkey gpg encrypts to: its own
+# choice, read from a message encrypted to it) and RECIPIENT_FPR. Fails the run (exit 6) with
+# what to do otherwise.
+recipient_check() {
+  local file="${ENCRYPTION_RECIPIENT}" fix count=0 secret=0
+  local -a field
+  fix="export the public key alone with: gpg --export --armor KEY-ID > FILE"
+  [[ -f "${file}" && -r "${file}" ]] ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: cannot read '${file}'; mount the public key file there (read-only) or fix the path (${fix})"
+  while IFS=: read -r -a field; do
+    case "${field[0]}" in
+      pub) count=$((count + 1)) ;;
+      sec) secret=1 count=$((count + 1)) ;;
+      fpr) [[ -n "${RECIPIENT_FPR}" ]] || RECIPIENT_FPR="${field[9]}" ;;
+    esac
+  done < <(gpg_run --with-colons --import-options show-only --import <"${file}" 2>/dev/null || true)
+  ((secret == 0)) ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: '${file}' holds a PRIVATE key, which must never be on this host; ${fix}, and keep the private key off this host (see the README)"
+  ((count == 1)) ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: '${file}' holds ${count} OpenPGP keys; it must hold exactly one public key: ${fix}"
+  RECIPIENT_KEYID="$(: | encrypt 2>"${WORK_DIR}/recipient.err" | gpg_run --no-keyring --list-packets 2>/dev/null |
+    sed -n 's/^:pubkey enc packet: .*keyid \([0-9A-F]*\).*/\1/p' | head -n 1)" || true
+  [[ -n "${RECIPIENT_KEYID}" ]] ||
+    die "${EXIT_REFUSED}" "ENCRYPTION_RECIPIENT: the key ${RECIPIENT_FPR} in '${file}' cannot encrypt (no usable encryption subkey: expired, revoked or sign-only?)$(stage_message recipient); extend or replace it, then ${fix}"
+}
+
+# require_recipient: before a backup is made (in its part, so that a refusal is that part's
+# failure, in its status and alerts): the public key it is encrypted to is usable.
+require_recipient() {
+  ! public_key_on || [[ -n "${RECIPIENT_KEYID}" ]] || recipient_check
+}
+
+# encryption_kind FILE: how a .gpg backup is encrypted, from the tag of its first OpenPGP packet:
+# public-key (1: a session key encrypted to a public key), symmetric (3: to a passphrase), or
+# unknown.
+encryption_kind() {
+  local byte tag=0
+  byte="$(od -An -tu1 -N1 -- "$1" 2>/dev/null)" || true
+  byte="${byte//[[:space:]]/}"
+  if is_uint "${byte}" && ((byte & 128)); then
+    if ((byte & 64)); then tag=$((byte & 63)); else tag=$(((byte >> 2) & 15)); fi
+  fi
+  case "${tag}" in
+    1) printf 'public-key\n' ;;
+    3) printf 'symmetric\n' ;;
+    *) printf 'unknown\n' ;;
+  esac
+}
+
+# backup_key_ids FILE: the key IDs a public-key backup is encrypted to, one a line, from its first
+# packets (read before any private key is imported: gpg then only lists them).
+backup_key_ids() {
+  head -c 65536 -- "$1" | gpg_run --no-keyring --list-packets 2>/dev/null |
+    sed -n 's/^:pubkey enc packet: .*keyid \([0-9A-F]*\).*/\1/p' || true
+}
+
+# The names of the keys tried on a backup (never their values), for the wrong-key message; the
+# key IDs of the private keys DECRYPTION_KEY holds and those the backup is encrypted to.
+KEYS_TRIED=()
+DECRYPTION_KEY_IDS=()
+BACKUP_KEY_IDS=()
+DECRYPT_KIND=""
+
+# prepare_decrypt FILE: what decrypting the .gpg backup FILE needs, ready: for a public-key one,
+# the private keys of DECRYPTION_KEY imported into this run's GNUPG_DIR (never a user's keyring;
+# removed with it on every way out) and DECRYPTION_KEY_PASSPHRASE to unlock them; for a
+# passphrase, the one that decrypts it (select_passphrase). Refuses (exit 6) when no key is
+# given, and says which one is needed.
+prepare_decrypt() {
+  local file="$1" name="${1##*/}" id
+  DECRYPT_KIND="$(encryption_kind "${file}")"
+  if [[ "${DECRYPT_KIND}" == public-key ]]; then
+    mapfile -t BACKUP_KEY_IDS < <(backup_key_ids "${file}")
+    [[ -n "${DECRYPTION_KEY}" ]] ||
+      die "${EXIT_REFUSED}" "${name} is encrypted to a public key (key ID ${BACKUP_KEY_IDS[*]:-unknown}), and this host cannot read it: it ${NEEDS_DECRYPTION_KEY}. Give the private key for this command only: DECRYPTION_KEY_FILE=/path/to/private-key.asc (and DECRYPTION_KEY_PASSPHRASE_FILE when it has a passphrase)"
+    if ((${#DECRYPTION_KEY_IDS[@]} == 0)); then
+      gpg_run --import 2>"${WORK_DIR}/import.err" <<<"${DECRYPTION_KEY}" ||
+        die "${EXIT_REFUSED}" "DECRYPTION_KEY: cannot import the private key(s) it holds$(stage_message import); give the armored private key (gpg --export-secret-keys --armor KEY-ID)"
+      mapfile -t DECRYPTION_KEY_IDS < <(gpg_run --with-colons --list-secret-keys 2>/dev/null |
+        awk -F: '($1 == "sec" || $1 == "ssb") && $12 ~ /e/ { print $5 }')
+      ((${#DECRYPTION_KEY_IDS[@]} > 0)) ||
+        die "${EXIT_REFUSED}" "DECRYPTION_KEY holds no private key that can decrypt (a public key only?); give the private key: gpg --export-secret-keys --armor KEY-ID"
+    fi
+    KEYS_TRIED=()
+    for id in "${DECRYPTION_KEY_IDS[@]}"; do
+      KEYS_TRIED+=("private key ${id}")
+    done
+    DECRYPT_PASSPHRASE="${DECRYPTION_KEY_PASSPHRASE}"
+    return 0
+  fi
+  [[ -n "${ENCRYPTION_KEY}" || -n "${ENCRYPTION_KEY_PREVIOUS}" ]] ||
+    die "${EXIT_REFUSED}" "${name} is encrypted: set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to its passphrase (or ENCRYPTION_KEY_PREVIOUS_FILE, for a passphrase used before)"
+  select_passphrase "${file}"
+}
+
+# select_passphrase FILE: the passphrase that decrypts FILE, in DECRYPT_PASSPHRASE: ENCRYPTION_KEY,
+# else each line of ENCRYPTION_KEY_PREVIOUS in turn (their names in KEYS_TRIED). With more than
+# one, each is tried on the first 64 KiB: gpg rejects a wrong passphrase at once ("Bad session
+# key", from the check bytes of the session key), and the whole decode judges the one that is
+# not rejected. When all are rejected, DECRYPT_PASSPHRASE is the first (the decode then reports
+# the wrong key).
+select_passphrase() {
+  local file="$1" line i=0
+  local -a values=()
+  KEYS_TRIED=()
+  if [[ -n "${ENCRYPTION_KEY}" ]]; then
+    KEYS_TRIED+=(ENCRYPTION_KEY)
+    values+=("${ENCRYPTION_KEY}")
+  fi
+  while IFS= read -r line; do
+    i=$((i + 1))
+    [[ -n "${line}" ]] || continue
+    KEYS_TRIED+=("ENCRYPTION_KEY_PREVIOUS line ${i}")
+    values+=("${line}")
+  done <<<"${ENCRYPTION_KEY_PREVIOUS}"
+  DECRYPT_PASSPHRASE="${values[0]}"
+  ((${#values[@]} > 1)) || return 0
+  for i in "${!values[@]}"; do
+    head -c 65536 -- "${file}" | gpg_run --decrypt --passphrase-fd 3 --output - \
+      3<<<"${values[i]}" >/dev/null 2>"${WORK_DIR}/trial.err" || true
+    if ! grep -qs 'Bad session key' "${WORK_DIR}/trial.err"; then
+      DECRYPT_PASSPHRASE="${values[i]}"
+      ((i == 0)) || log INFO "decrypt: ${KEYS_TRIED[i]} decrypts ${file##*/} (an older passphrase)"
+      return 0
+    fi
+  done
+}
+
+# wrong_key ERR_FILE: gpg's errors (of a decode) say that no key given decrypts the backup.
+wrong_key() {
+  grep -qs -e 'Bad session key' -e 'decryption failed: No secret key' "$1"
+}
+
+# wrong_key_reason: why no key given decrypts the backup, naming the keys tried (never values).
+wrong_key_reason() {
+  local tried="${KEYS_TRIED[*]}" id
+  if [[ "${DECRYPT_KIND}" == public-key ]]; then
+    for id in "${BACKUP_KEY_IDS[@]}"; do
+      if [[ " ${DECRYPTION_KEY_IDS[*]} " == *" ${id} "* ]]; then
+        printf 'wrong encryption key: the private key %s in DECRYPTION_KEY_FILE is the right one, but DECRYPTION_KEY_PASSPHRASE %s' \
+          "${id}" "$([[ -n "${DECRYPTION_KEY_PASSPHRASE}" ]] && printf 'does not unlock it' || printf 'is not set, and it has a passphrase')"
+        return 0
+      fi
+    done
+    tried="${DECRYPTION_KEY_IDS[*]}"
+    printf 'wrong encryption key: the backup is encrypted to key ID %s, and DECRYPTION_KEY_FILE holds none of it (tried the private keys %s)' \
+      "${BACKUP_KEY_IDS[*]:-unknown}" "${tried// /, }"
+  elif [[ "${tried}" == ENCRYPTION_KEY ]]; then
+    printf 'wrong encryption key: ENCRYPTION_KEY does not decrypt this backup'
+  else
+    tried="$(printf '%s, ' "${KEYS_TRIED[@]}")"
+    printf 'wrong encryption key: none of the passphrases tried decrypts this backup (tried %s)' "${tried%, }"
+  fi
+}
+
+# packet_check: (a stage) the stored bytes of a public-key backup on stdin, listed by gpg without
+# a private key (none is on the host), into WORK_DIR/packets.out and packets.err; then read to the
+# end, so that the writer never stops on it. packets_verdict judges the listing.
+packet_check() {
+  # (--no-keyring: no keyring is needed, and gpg would read the keybox encrypt may be creating in
+  # the same GNUPG_DIR at that moment, as if it were part of the message)
+  gpg_run --no-keyring --list-packets >"${WORK_DIR}/packets.out" 2>"${WORK_DIR}/packets.err" || true
+  cat >/dev/null
+}
+
+# packets_of FILE: packet_check of a stored backup (a step).
+packets_of() {
+  packet_check <"$1"
+}
+
+# packets_verdict SIZE [KEYID]: whether packet_check's listing is that of a complete OpenPGP
+# message encrypted to a public key, as encrypt writes one: one or more session keys encrypted to
+# public keys (to KEYID, when given), then one integrity-protected encrypted data packet, reaching
+# exactly the end of the SIZE bytes: gpg reads it through its (partial) lengths, and says so when
+# the data stop early or bytes follow it. Prints what it found, or the problem (and fails).
+# BACKUP_KEY_IDS: the key IDs it is encrypted to.
+packets_verdict() {
+  local size="$1" expected="${2:-}" line data=0 protected=0 other="" end="" problem=""
+  BACKUP_KEY_IDS=()
+  while IFS= read -r line; do
+    case "${line}" in
+      "# off="*)
+        if [[ "${line}" =~ ^#\ off=([0-9]+)\ ctb=[0-9a-f]+\ tag=(18|20)\ hlen=([0-9]+)\ plen=([0-9]+)(\ new-ctb)?$ ]]; then
+          end=$((BASH_REMATCH[1] + BASH_REMATCH[3] + BASH_REMATCH[4]))
+        fi
+        ;;
+      ":pubkey enc packet:"*keyid*)
+        ((data == 0)) || other="a session key after the data"
+        BACKUP_KEY_IDS+=("${line##*keyid }")
+        ;;
+      ":encrypted data packet:"* | ":aead encrypted packet:"*)
+        data=$((data + 1))
+        [[ "${line}" != ":aead"* ]] || protected=1
+        ;;
+      *"mdc_method: 2"*) protected=1 ;;
+      :*) other="${line}" ;;
+    esac
+  done <"${WORK_DIR}/packets.out"
+  # gpg says whom it is encrypted to, and that it has no private key: anything else is a problem.
+  problem="$(grep -v -e '^gpg: encrypted with ' -e '^gpg: decryption failed: No secret key' \
+    -e '^ *"' -- "${WORK_DIR}/packets.err" 2>/dev/null | head -n 3 | tr '\n' ' ')" || true
+  if ((${#BACKUP_KEY_IDS[@]} == 0)); then
+    problem="no session key encrypted to a public key; ${problem}"
+  elif [[ -n "${expected}" && " ${BACKUP_KEY_IDS[*]} " != *" ${expected} "* ]]; then
+    problem="encrypted to key ID ${BACKUP_KEY_IDS[*]}, not ${expected} (ENCRYPTION_RECIPIENT); ${problem}"
+  elif ((data != 1)); then
+    problem="${data} encrypted data packets, not one; ${problem}"
+  elif ((protected == 0)); then
+    problem="the encrypted data is not integrity-protected; ${problem}"
+  elif [[ -n "${other}" ]]; then
+    problem="an unexpected packet (${other}); ${problem}"
+  elif [[ -n "${end}" ]] && ((end != size)); then
+    problem="the encrypted data should end at byte ${end}, but the file holds ${size}; ${problem}"
+  fi
+  if [[ -n "${problem// /}" ]]; then
+    problem="${problem% }"
+    printf '%s' "${problem%;}"
+    return 1
+  fi
+  printf 'an OpenPGP message to public key ID %s: its session key, then integrity-protected encrypted data complete to the last byte' \
+    "${BACKUP_KEY_IDS[*]}"
 }
 
 # encode: stdin to stdout, compressed and, when a key is set, encrypted.
@@ -1015,15 +1281,6 @@ stage_message() {
   local text
   text="$(head -c 600 -- "${file}" | tr '\n' ' ')"
   printf ': %s' "${text% }"
-}
-
-# wrong_key_reason: why a decode failed when gpg's message (in WORK_DIR/decode.err) says the key
-# is wrong, with gpg's own words, for the log, the exit message and the alerts.
-wrong_key_reason() {
-  local said
-  said="$(grep -m 1 'Bad session key' -- "${WORK_DIR}/decode.err" 2>/dev/null | head -c 200)" || said=""
-  printf 'wrong encryption key: ENCRYPTION_KEY does not decrypt this backup (%s)' \
-    "${said:-gpg: Bad session key}"
 }
 
 disk_full() {
@@ -1500,9 +1757,17 @@ encrypt_stage_name() {
   if encryption_on; then printf 'encrypt'; else printf 'write'; fi
 }
 
-# encrypt_if_keyed: stdin to stdout, encrypted when ENCRYPTION_KEY is set, else as it is.
+# encrypt_if_keyed: stdin to stdout, encrypted when a key is set, else as it is. To a public key,
+# the compressed stream is also given, before gpg, to the check of store_to (PLAIN_FIFO): the
+# stored bytes cannot be decrypted on this host. Fails when tee or gpg does.
+PLAIN_FIFO=""
 encrypt_if_keyed() {
-  if encryption_on; then
+  if public_key_on; then
+    tee -- "${PLAIN_FIFO}" | encrypt
+    local -a st=("${PIPESTATUS[@]}")
+    ((st[1] != 0)) || return "${st[0]}"
+    return "${st[1]}"
+  elif encryption_on; then
     encrypt
   else
     cat
@@ -1538,12 +1803,26 @@ decode_and_check() {
 # it is compressed, encrypted when a key is set, and written to PARTIAL, while tee gives the same
 # stored bytes to sha256_hex (WORK_DIR/stored.sum) and to decode_check, which decodes them as they
 # come and checks the content: what gets a final name was decoded whole, without reading the
-# file back. Statuses: source compress encrypt|write tee decode count check hash (check_store).
+# file back. Statuses: source compress encrypt|write tee decode count check hash packets
+# (check_store).
+#
+# Encrypted to a public key, the stored bytes cannot be decrypted here (the point: a host that is
+# broken into cannot read its own backups). What gets a final name is then checked in two parts:
+# decode_check decodes the compressed stream as it enters gpg (PLAIN_FIFO) and checks its
+# content, and packet_check reads the stored bytes with gpg, without a private key. Proven: the
+# content gpg was given is complete and valid; gpg exited 0; and the stored bytes, hashed as they
+# were written, are a complete OpenPGP message: a session key encrypted to ENCRYPTION_RECIPIENT's
+# key ID, then one integrity-protected (MDC) encrypted data packet whose lengths run exactly to
+# the last byte: not cut short, nothing after it. Not proven: that the encrypted data decrypt to
+# that content; only the private key can show it (its MDC is checked then): `verify` with
+# DECRYPTION_KEY_FILE, or a drill given it.
 store_to() {
   local type="$1" partial="$2"
   shift 2
   local hash_fifo="${WORK_DIR}/stored-hash.fifo" check_fifo="${WORK_DIR}/stored-check.fifo"
-  local hasher checker hash_rc=0 decode_st="1 1 1" progress=""
+  local hasher checker packer="" hash_rc=0 decode_st="1 1 1" packets_rc=0 progress="" name
+  # The concurrent decode of a new backup takes the passphrase it is written with.
+  local DECRYPT_PASSPHRASE="${ENCRYPTION_KEY}"
   local -a st
   if [[ -t 2 ]]; then
     show_progress "${type}" "${partial}" &
@@ -1552,8 +1831,19 @@ store_to() {
   mkfifo -m 600 -- "${hash_fifo}" "${check_fifo}"
   sha256_hex <"${hash_fifo}" >"${WORK_DIR}/stored.sum" 2>"${WORK_DIR}/hash.err" &
   hasher=$!
-  decode_check "${partial##*/}" "${type}" <"${check_fifo}" &
-  checker=$!
+  name="${partial##*/}"
+  if public_key_on; then
+    PLAIN_FIFO="${WORK_DIR}/stored-plain.fifo"
+    mkfifo -m 600 -- "${PLAIN_FIFO}"
+    # the compressed stream, decoded as a backup of that name without .gpg would be
+    decode_check "${name%.gpg.partial}.partial" "${type}" <"${PLAIN_FIFO}" &
+    checker=$!
+    packet_check <"${check_fifo}" &
+    packer=$!
+  else
+    decode_check "${name}" "${type}" <"${check_fifo}" &
+    checker=$!
+  fi
   "$@" | compress 2>"${WORK_DIR}/compress.err" |
     encrypt_if_keyed 2>"${WORK_DIR}/$(encrypt_stage_name).err" |
     tee -- "${hash_fifo}" "${check_fifo}" >"${partial}" 2>"${WORK_DIR}/tee.err"
@@ -1566,10 +1856,16 @@ store_to() {
   # A reader still waiting for its writer (tee could not start) must not be left waiting.
   release_fifo "${hash_fifo}"
   release_fifo "${check_fifo}"
+  [[ -z "${packer}" ]] || release_fifo "${PLAIN_FIFO}"
   wait "${hasher}" || hash_rc=$?
   wait "${checker}" || true
   [[ ! -s "${WORK_DIR}/decode.st" ]] || decode_st="$(<"${WORK_DIR}/decode.st")"
-  save_statuses "${st[@]}" "${decode_st}" "${hash_rc}"
+  if [[ -n "${packer}" ]]; then
+    wait "${packer}" || true
+    packets_verdict "$(file_size "${partial}" 2>/dev/null || printf 0)" "${RECIPIENT_KEYID}" \
+      >"${WORK_DIR}/packets.verdict" || packets_rc=1
+  fi
+  save_statuses "${st[@]}" "${decode_st}" "${hash_rc}" "${packets_rc}"
 }
 
 # show_progress TYPE PARTIAL: for a run started by hand on a terminal, what PARTIAL holds so far
@@ -1601,7 +1897,7 @@ check_store() {
   shift 2
   local -a st=("$@") names
   local i write_failed=0
-  names=("${source}" compress "$(encrypt_stage_name)" tee decode count check hash)
+  names=("${source}" compress "$(encrypt_stage_name)" tee decode count check hash packets)
   for i in 0 1 2 3; do
     ((st[i] == 0 || st[i] == 141)) || grep -qs 'Broken pipe' "${WORK_DIR}/${names[i]}.err" ||
       write_failed=1
@@ -1616,6 +1912,9 @@ check_store() {
   done
   check_pipeline "${type}" "${names[@]:0:4}" -- "${st[@]:0:4}"
   ((st[7] == 0)) || die "${EXIT_FAILED}" "${type}: could not hash the stored bytes$(stage_message hash)"
+  if ((${st[8]:-0} != 0)); then
+    die "${EXIT_VERIFY}" "${type}: the new backup failed verification (the stored bytes are not a complete OpenPGP message to ENCRYPTION_RECIPIENT: $(<"${WORK_DIR}/packets.verdict")); nothing was written under a final name"
+  fi
   # A type's own check of what it wrote, when it has one beyond a whole decode.
   if declare -F "stored_check_${type}" >/dev/null; then
     "stored_check_${type}"
@@ -1651,14 +1950,27 @@ finish_backup() {
   PART_FILE="${name}" PART_STORED="${stored}" PART_RAW="${RAW_SIZE}"
   printf -v PART_SECONDS '%d.%03d' $((duration_us / 1000000)) $((duration_us % 1000000 / 1000))
   publishing_done
-  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_on && printf 'encrypted' || printf 'not encrypted'), ${PART_SECONDS}s)"
+  log INFO "${type}: wrote ${name} ($(human_size "${stored}"), $(encryption_words), ${PART_SECONDS}s)"
+}
+
+# encryption_words: how new backups are encrypted, for the log.
+encryption_words() {
+  if public_key_on; then
+    printf 'encrypted to public key ID %s' "${RECIPIENT_KEYID:-(not checked yet)}"
+  elif encryption_on; then
+    printf 'encrypted'
+  else
+    printf 'not encrypted'
+  fi
 }
 
 write_manifest() {
   local type="$1" name="$2" epoch="$3" stored="$4" hash="$5" duration_us="$6"
   local source_json="$7" server_version="$8" tools_json="$9" fields="${10}"
   local encryption='null' server='null'
-  if encryption_on; then
+  if public_key_on; then
+    encryption='{"format": "openpgp-public-key", "cipher": "AES256", "recipient_key_id": "'"${RECIPIENT_KEYID}"'", "recipient_fingerprint": "'"${RECIPIENT_FPR}"'", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
+  elif encryption_on; then
     encryption='{"format": "openpgp-symmetric", "cipher": "AES256", "tool": '"$(json_str "$(first_line gpg --version)")"'}'
   fi
   [[ -z "${server_version}" ]] || server="$(json_str "${server_version}")"
@@ -1793,6 +2105,7 @@ run_part() {
   trap 'part_finished $?' EXIT
   trap_signals
   make_work_dir
+  require_recipient
   "backup_$1" "$2" "$3"
 }
 # --- Status: what every run did, and what follows from it. Each run (backup, cleanup, restore,
@@ -2223,6 +2536,10 @@ status_finish() {
 # the restore part is restore_script.sh's only; the health part is healthcheck.sh's.
 
 readonly SQL_TRAILER='-- PostgreSQL database dump complete'
+# The roles block at the head of a backup (dump_roles): SQL comments to psql.
+readonly ROLES_BEGIN='-- gym-backup roles (pg_dumpall --globals-only --no-role-passwords): restore_script.sh creates those a new server lacks'
+readonly ROLES_PREFIX='--| '
+readonly ROLES_END='-- gym-backup roles end'
 # What a refusal for want of CREATEDB says (require_createdb); a drill tells it from a failure by it.
 readonly PG_NO_CREATEDB='may not create databases'
 
@@ -2323,11 +2640,30 @@ check_pg_versions() {
   fi
 }
 
-# dump_postgresql: the plain SQL dump of POSTGRES_DB on stdout (store_to's source).
+# dump_postgresql: the roles of the server (dump_roles), then the plain SQL dump of POSTGRES_DB,
+# on stdout (store_to's source).
 dump_postgresql() {
+  : >"${WORK_DIR}/pg_dump.err"
+  dump_roles 2>>"${WORK_DIR}/pg_dump.err" || return 1
   pg_run pg_dump --no-password --clean --if-exists --quote-all-identifiers \
     -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
-    2>"${WORK_DIR}/pg_dump.err"
+    2>>"${WORK_DIR}/pg_dump.err"
+}
+
+# dump_roles: the roles of the server, for a restore onto a new server that lacks them: the
+# CREATE ROLE, ALTER ROLE and role GRANT lines of pg_dumpall --globals-only --no-role-passwords
+# (which reads pg_roles: no superuser needed, and no password hash in the backup), each behind
+# ROLES_PREFIX, between ROLES_BEGIN and ROLES_END, at the head of the file. To psql they are
+# comments: a plain load of the file ignores them; restore_script.sh reads them (pg_create_roles).
+dump_roles() {
+  local -a st
+  printf '%s\n' "${ROLES_BEGIN}"
+  pg_run pg_dumpall --no-password --globals-only --no-role-passwords --quote-all-identifiers \
+    -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -l "${POSTGRES_DB}" |
+    sed -n "/^\(CREATE ROLE\|ALTER ROLE\|GRANT\) /s/^/${ROLES_PREFIX}/p"
+  st=("${PIPESTATUS[@]}")
+  ((st[0] == 0 && st[1] == 0)) || return 1
+  printf '%s\n' "${ROLES_END}"
 }
 
 backup_postgresql() {
@@ -2337,7 +2673,7 @@ backup_postgresql() {
   final="${BACKUP_DIR}/$(backup_name postgresql "${ts}")"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
-  require_tools pg_dump psql "$(compressor)"
+  require_tools pg_dump pg_dumpall psql "$(compressor)"
   [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "postgresql: POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
   server_num="$(postgres_query 'SHOW server_version_num')"
   check_pg_versions "$(pg_dump --version)" "${server_num}"
@@ -2379,6 +2715,17 @@ stored_check_postgresql() {
 SCRATCH_DB=""
 
 CREATED_DB=""
+
+# The roles a restore created (pg_create_roles): dropped again when it fails.
+CREATED_ROLES=()
+
+# The database that statements about the server run in (roles, CREATE and DROP DATABASE):
+# POSTGRES_DB, or the maintenance database postgres on a new server that lacks POSTGRES_DB
+# (pg_find_server_db).
+PG_SERVER_DB=""
+
+# A restore that may create POSTGRES_DB when it is missing (restore_script.sh all: a new server).
+PG_CREATE_MISSING=0
 
 # The schemas a PostgreSQL restore replaced (the restore's report counts only their tables).
 CLEANED_SCHEMAS=()
@@ -2478,7 +2825,7 @@ as_admin() {
 create_database() {
   local name="$1"
   [[ -n "${POSTGRES_ADMIN_USER}" ]] || require_createdb "$2" "$3"
-  as_admin postgres_query "CREATE DATABASE $(sql_ident "${name}") OWNER $(sql_ident "${POSTGRES_USER}")" >/dev/null
+  as_admin postgres_query_in "${PG_SERVER_DB:-${POSTGRES_DB}}" "CREATE DATABASE $(sql_ident "${name}") OWNER $(sql_ident "${POSTGRES_USER}")" >/dev/null
 }
 
 drop_database() {
@@ -2488,7 +2835,7 @@ drop_database() {
 # drop_database_as_user NAME: as POSTGRES_USER (as_admin may have set it); never dies.
 drop_database_as_user() {
   pg_run psql -X -q -w -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
-    -d "${POSTGRES_DB}" -c "DROP DATABASE IF EXISTS $(sql_ident "$1") WITH (FORCE)" >/dev/null 2>&1
+    -d "${PG_SERVER_DB:-${POSTGRES_DB}}" -c "DROP DATABASE IF EXISTS $(sql_ident "$1") WITH (FORCE)" >/dev/null 2>&1
 }
 
 drop_scratch_db() {
@@ -2665,7 +3012,7 @@ pg_load() {
 # Why the decode failed (LOAD_CODE, LOAD_REASON), in the words of verify; a wrong key is exit 5.
 decode_failure() {
   LOAD_CODE="${EXIT_VERIFY}"
-  if grep -qs 'Bad session key' "${WORK_DIR}/decode.err"; then
+  if [[ "${BACKUP_FILE}" == *.gpg ]] && wrong_key "${WORK_DIR}/decode.err"; then
     LOAD_CODE="${EXIT_WRONG_KEY}"
     LOAD_REASON="$(wrong_key_reason)"
   elif [[ "${BACKUP_FILE}" == *.gpg ]] && grep -qs '^gpg: ' "${WORK_DIR}/decode.err"; then
@@ -2697,7 +3044,171 @@ list_relations() {
 }
 
 database_exists() {
-  [[ -n "$(postgres_query "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "$1")")" ]]
+  [[ -n "$(pg_server_query "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "$1")")" ]]
+}
+
+# pg_server_query SQL: a query about the server, in PG_SERVER_DB: as POSTGRES_USER, but on a new
+# server (PG_SERVER_DB postgres), where POSTGRES_USER may not exist yet, as the administrator.
+pg_server_query() {
+  if [[ "${PG_SERVER_DB:-${POSTGRES_DB}}" == "${POSTGRES_DB}" ]]; then
+    postgres_query "$1"
+  else
+    as_admin postgres_query_in "${PG_SERVER_DB}" "$1"
+  fi
+}
+
+# pg_can_connect DB: whether POSTGRES_USER (as_admin may have set it) gets into DB; says nothing.
+pg_can_connect() {
+  pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
+    -d "$1" -c 'SELECT 1' >/dev/null 2>&1
+}
+
+# pg_find_server_db: PG_SERVER_DB. A server where POSTGRES_USER cannot get into POSTGRES_DB, and
+# where the administrator's connection (as_admin) finds no POSTGRES_DB in the maintenance database
+# postgres, is a new server; else a connection that fails ends the run with the reason.
+pg_find_server_db() {
+  PG_SERVER_DB="${POSTGRES_DB}"
+  ! pg_can_connect "${POSTGRES_DB}" || return 0
+  if as_admin pg_can_connect postgres && [[ -z "$(as_admin postgres_query_in postgres "SELECT 1 FROM pg_database WHERE datname = $(sql_literal "${POSTGRES_DB}")")" ]]; then
+    PG_SERVER_DB=postgres
+    return 0
+  fi
+  postgres_query 'SELECT 1' >/dev/null
+}
+
+# pg_backup_roles FILE: the role statements of the backup's roles block (dump_roles), without
+# their prefix, into FILE; fails (1) when the backup has none (made before backups carried them),
+# or (2) when it does not decode. Only the head of the backup is decoded.
+pg_backup_roles() {
+  local -a st
+  set +o errexit
+  decode "${BACKUP_FILE}" 2>/dev/null | awk -v begin="${ROLES_BEGIN}" -v end="${ROLES_END}" -v prefix="${ROLES_PREFIX}" '
+    NR == 1 && $0 != begin { exit }
+    $0 == end { found = 1; exit }
+    substr($0, 1, length(prefix)) == prefix { print substr($0, length(prefix) + 1) }
+    END { exit found ? 0 : 1 }
+  ' >"$1"
+  st=("${PIPESTATUS[@]}")
+  set -o errexit
+  ((st[1] == 0)) && return 0
+  ((st[0] == 0 || st[0] == 141)) || return 2
+  return 1
+}
+
+# sql_unquote "NAME": the name of a quoted identifier.
+sql_unquote() {
+  local name="${1:1:-1}"
+  printf '%s' "${name//\"\"/\"}"
+}
+
+# pg_create_roles: the roles the backup names (its roles block) that the server lacks are created
+# before the load, in one transaction on the administrator's connection (POSTGRES_ADMIN_USER, else
+# POSTGRES_USER, which then needs CREATEROLE), with their attributes, settings and memberships but
+# no password: POSTGRES_USER itself, when created, gets POSTGRES_PASSWORD (the load logs in as
+# it). Roles that exist are left as they are (a restore onto the same server changes no role);
+# superusers of the old server are not created. Only statements of a known shape are read from
+# the backup, and the SQL is written here: nothing in the backup runs as the administrator.
+pg_create_roles() {
+  local roles="${WORK_DIR}/roles.sql" line name group member attrs param stmt sql="" created_login=""
+  local q='"([^"]|"")+"' lit="'([^']|'')*'"
+  local attr_re="^( (NO)?(SUPERUSER|INHERIT|CREATEROLE|CREATEDB|LOGIN|REPLICATION|BYPASSRLS)| CONNECTION LIMIT -?[0-9]+| VALID UNTIL ${lit})*\$"
+  local -a names=() grants=() settings=() skipped=()
+  local -A exists=() attrs_of=() create=()
+  local found=0
+  pg_backup_roles "${roles}" || found=$?
+  if ((found != 0)); then
+    # A backup that does not decode fails the load, which says why.
+    ((found == 2)) || log INFO "postgresql: ${BACKUP_FILE##*/} carries no roles (made by an older version): roles the server lacks are not created"
+    : >"${roles}"
+  fi
+  while IFS= read -r name; do
+    exists["${name}"]=1
+  done < <(pg_server_query 'SELECT rolname FROM pg_catalog.pg_roles')
+  while IFS= read -r line; do
+    if [[ "${line}" =~ ^CREATE\ ROLE\ (${q})\;$ ]]; then
+      names+=("$(sql_unquote "${BASH_REMATCH[1]}")")
+    elif [[ "${line}" =~ ^ALTER\ ROLE\ (${q})\ WITH(.*)\;$ ]]; then
+      name="$(sql_unquote "${BASH_REMATCH[1]}")"
+      attrs="${BASH_REMATCH[3]}"
+      [[ ! "${attrs}" =~ ${attr_re} ]] || attrs_of["${name}"]="${attrs}"
+    elif [[ "${line}" =~ ^ALTER\ ROLE\ (${q})\ SET\ (${q})\ TO\ (${lit}(,\ ${lit})*|[A-Za-z0-9_.-]+)\;$ ]]; then
+      settings+=("$(sql_unquote "${BASH_REMATCH[1]}")"$'\t'"$(sql_unquote "${BASH_REMATCH[3]}")"$'\t'"${line}")
+    elif [[ "${line}" =~ ^GRANT\ (${q})\ TO\ (${q})((\ WITH\ [A-Z]+\ [A-Z]+)(,\ [A-Z]+\ [A-Z]+)*)?(\ GRANTED\ BY\ ${q})?\;$ ]]; then
+      grants+=("$(sql_unquote "${BASH_REMATCH[1]}")"$'\t'"$(sql_unquote "${BASH_REMATCH[3]}")"$'\t'"${BASH_REMATCH[5]}")
+    fi
+  done <"${roles}"
+  # POSTGRES_USER is needed whether the backup names it or not.
+  if [[ -z "${attrs_of["${POSTGRES_USER}"]+set}" ]]; then
+    names+=("${POSTGRES_USER}")
+    attrs_of["${POSTGRES_USER}"]=" LOGIN"
+  fi
+  for name in "${names[@]}"; do
+    [[ -z "${exists["${name}"]:-}" && -z "${create["${name}"]:-}" ]] || continue
+    attrs="${attrs_of["${name}"]:-}"
+    if [[ " ${attrs} " == *" SUPERUSER "* ]]; then
+      skipped+=("${name}")
+      continue
+    fi
+    create["${name}"]=1
+    if [[ "${name}" == "${POSTGRES_USER}" ]]; then
+      attrs="${attrs// NOLOGIN/}"
+      attrs="${attrs// LOGIN/} LOGIN PASSWORD $(sql_literal "${POSTGRES_PASSWORD}")"
+    elif [[ " ${attrs} " == *" LOGIN "* ]]; then
+      created_login+="${created_login:+, }${name}"
+    fi
+    sql+="CREATE ROLE $(sql_ident "${name}")${attrs:+ WITH${attrs}};"$'\n'
+  done
+  ((${#skipped[@]} == 0)) || log WARN "postgresql: not created, superusers of the old server: ${skipped[*]}"
+  ((${#create[@]} > 0)) || return 0
+  # A role's settings: only those any user may set for itself (context user), not one that
+  # only a superuser may set (session_preload_libraries...).
+  local -A user_param=()
+  while IFS= read -r name; do
+    user_param["${name}"]=1
+  done < <(pg_server_query "SELECT name FROM pg_catalog.pg_settings WHERE context = 'user'")
+  for line in "${settings[@]}"; do
+    IFS=$'\t' read -r name param stmt <<<"${line}"
+    [[ -n "${create["${name}"]:-}" && -n "${user_param["${param}"]:-}" ]] || continue
+    sql+="${stmt}"$'\n'
+  done
+  for line in "${grants[@]}"; do
+    IFS=$'\t' read -r group member attrs <<<"${line}"
+    [[ -n "${create["${group}"]:-}" || -n "${create["${member}"]:-}" ]] || continue
+    [[ -n "${create["${group}"]:-}${exists["${group}"]:-}" && -n "${create["${member}"]:-}${exists["${member}"]:-}" ]] || continue
+    sql+="GRANT $(sql_ident "${group}") TO $(sql_ident "${member}")${attrs};"$'\n'
+  done
+  names=("${!create[@]}")
+  log INFO "postgresql: creating the roles of the backup that the server lacks: ${names[*]}"
+  if ! printf 'BEGIN;\n%sCOMMIT;\n' "${sql}" | as_admin pg_script "${PG_SERVER_DB}"; then
+    die "${EXIT_REFUSED}" "postgresql: could not create the roles ${names[*]} that the backup names and the server lacks$(stage_message psql); set POSTGRES_ADMIN_USER (and POSTGRES_ADMIN_PASSWORD) to a role that may create them (a superuser), or pass --no-owner. Nothing was changed."
+  fi
+  CREATED_ROLES=("${names[@]}")
+  if [[ -n "${created_login}" ]]; then
+    log WARN "postgresql: created the login roles ${created_login} WITHOUT a password (backups never hold one): set each with ALTER ROLE name PASSWORD '...' before the application logs in"
+  fi
+  [[ -z "${create["${POSTGRES_USER}"]:-}" ]] || log INFO "postgresql: created ${POSTGRES_USER} (POSTGRES_USER) with POSTGRES_PASSWORD as its password"
+}
+
+# pg_script DB: the SQL on stdin, in DB as POSTGRES_USER (as_admin may have set it), stopping at
+# the first error (psql.err).
+pg_script() {
+  pg_run psql -X -w -q -v ON_ERROR_STOP=1 -v VERBOSITY=verbose -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" \
+    -U "${POSTGRES_USER}" -d "$1" -f - >/dev/null 2>"${WORK_DIR}/psql.err"
+}
+
+# The roles this failed restore created go again (nothing of the backup was committed).
+drop_created_roles() {
+  ((${#CREATED_ROLES[@]} > 0)) || return 0
+  local name sql=""
+  for name in "${CREATED_ROLES[@]}"; do
+    sql+="DROP ROLE IF EXISTS $(sql_ident "${name}");"$'\n'
+  done
+  if printf '%s' "${sql}" | as_admin pg_script "${PG_SERVER_DB}"; then
+    log WARN "postgresql: dropped the roles this failed restore had created: ${CREATED_ROLES[*]}"
+  else
+    log WARN "postgresql: could not drop the roles this failed restore created (${CREATED_ROLES[*]}); drop them by hand"
+  fi
+  CREATED_ROLES=()
 }
 
 # dump_schemas: the schemas of the dump, as prepare_sql listed them in SCHEMAS_OUT (by a --clean
@@ -2782,22 +3293,45 @@ END
 SQL
 }
 
-restore_postgresql() {
-  local target="${OPT_TARGET_DB:-${POSTGRES_DB}}" relations=0 exists=0 preamble="" state
-  require_type postgresql
+# What preflight_postgresql found: whether the target database exists, and how many tables,
+# views and sequences it holds.
+PG_TARGET_EXISTS=0
+
+PG_TARGET_RELATIONS=0
+
+# preflight_postgresql: what a restore needs before it changes anything: the tools, a connection,
+# and a target it may restore into (refused: one that holds tables, without --clean).
+preflight_postgresql() {
+  local target="${OPT_TARGET_DB:-${POSTGRES_DB}}"
+  PG_TARGET_EXISTS=0
+  PG_TARGET_RELATIONS=0
   require_tools psql pg_dump
   require_safe_psql
   [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
-  postgres_query 'SELECT 1' >/dev/null
+  pg_find_server_db
   if database_exists "${target}"; then
-    exists=1
-    relations="$(list_relations "${target}" | grep -c . || true)"
-  elif [[ -z "${OPT_TARGET_DB}" ]]; then
+    PG_TARGET_EXISTS=1
+    PG_TARGET_RELATIONS="$(list_relations "${target}" | grep -c . || true)"
+  elif [[ -z "${OPT_TARGET_DB}" && "${PG_CREATE_MISSING}" == 0 ]]; then
     die "${EXIT_REFUSED}" "database ${target} does not exist; create it, or pass --target-db NAME to create a new one"
   fi
-  if ((relations > 0 && OPT_CLEAN == 0)); then
-    die "${EXIT_REFUSED}" "database ${target} already holds ${relations} tables, views or sequences; pass --clean to replace everything in the schemas the backup contains (a safety backup is taken first), or --target-db NEW to restore beside it. Nothing was changed."
+  if ((PG_TARGET_RELATIONS > 0 && OPT_CLEAN == 0)); then
+    die "${EXIT_REFUSED}" "database ${target} already holds ${PG_TARGET_RELATIONS} tables, views or sequences; pass --clean to replace everything in the schemas the backup contains (a safety backup is taken first), or --target-db NEW to restore beside it. Nothing was changed."
   fi
+}
+
+# safety_first_postgresql: the safety backup a restore would take (restore_script.sh all takes
+# them all before it restores anything).
+safety_first_postgresql() {
+  ((PG_TARGET_RELATIONS == 0)) || safety_backup postgresql "${OPT_TARGET_DB:-${POSTGRES_DB}}"
+}
+
+restore_postgresql() {
+  local target="${OPT_TARGET_DB:-${POSTGRES_DB}}" relations=0 exists=0 preamble="" state
+  require_type postgresql
+  preflight_postgresql
+  exists="${PG_TARGET_EXISTS}"
+  relations="${PG_TARGET_RELATIONS}"
   if ((relations > 0)); then
     # --clean drops the schemas of the dump first: it needs them all, from a whole decode
     # before the target is touched (which checks the backup whole, too).
@@ -2809,6 +3343,10 @@ restore_postgresql() {
     # its own first.
     check_before_load
   fi
+  # The roles first (a new server lacks them; the new database's owner among them), then a
+  # login as POSTGRES_USER.
+  ((OPT_NO_OWNER)) || pg_create_roles
+  postgres_query_in "${PG_SERVER_DB}" 'SELECT 1' >/dev/null
   if ((exists == 0)); then
     printf '%s\n' "${target}" >"${WORK_DIR}/created-db"
     create_database "${target}" "--target-db ${target}" "; or create the database ${target} (owned by ${POSTGRES_USER}) first"
@@ -2832,6 +3370,7 @@ restore_postgresql() {
     die "${LOAD_CODE}" "postgresql: the restore failed and was ${state}: ${LOAD_REASON}"
   fi
   CREATED_DB=""
+  CREATED_ROLES=()
   rm -f -- "${WORK_DIR}/created-db"
   ((${#CLEANED_SCHEMAS[@]} > 0)) || mapfile -t CLEANED_SCHEMAS < <(dump_schemas | cut -f2 | sort -u)
   log INFO "postgresql: restored ${BACKUP_FILE##*/} into ${target}: $(table_report "${target}" "${CLEANED_SCHEMAS[@]}")"
@@ -2858,6 +3397,7 @@ interrupted_postgresql() {
 restore_finished_postgresql() {
   drop_scratch_db
   drop_created_db
+  drop_created_roles
 }
 
 # leftover_postgresql DIR: drop the scratch database of a killed verify --deep, and the database
@@ -3871,11 +4411,28 @@ restart_live_redis() {
 
 restore_redis() {
   require_type redis
-  require_tools redis-cli
-  redis_journal_repaired
-  [[ "${OPT_MODE}" != online ]] || redis_check_reachable
+  preflight_redis
   verify_backup
   "restore_redis_${OPT_MODE}"
+}
+
+# preflight_redis: what a restore needs before it changes anything (restore_redis_MODE checks
+# the rest, but for restore_script.sh all, which checks every type before it restores any).
+preflight_redis() {
+  require_tools redis-cli
+  redis_journal_repaired
+  if [[ "${OPT_MODE}" == online ]]; then
+    redis_check_reachable
+    [[ "${RUN_COMMAND}" != all ]] || redis_online_preflight
+  else
+    [[ -d "${REDIS_DATA_DIR}" && -w "${REDIS_DATA_DIR}" ]] || die "${EXIT_REFUSED}" "REDIS_DATA_DIR ${REDIS_DATA_DIR} is not a writable folder; mount the Redis data volume there"
+  fi
+}
+
+# safety_first_redis: the safety backup a restore would take (see safety_first_postgresql).
+safety_first_redis() {
+  [[ "${OPT_MODE}" == online || "$(redis_cli PING 2>/dev/null)" == PONG ]] || return 0
+  safety_backup redis
 }
 
 # redis --recover: main has run recover_redis_journal after taking the lock; say how it went.
@@ -4233,22 +4790,45 @@ extract_into() {
   save_statuses "${PIPESTATUS[@]}"
 }
 
-restore_files() {
-  local dest="${1:-${FILES_DIR}}" staging tree rel record i parent create=0 root="" resumed=0
-  local sha moved=0 total=0 placed=0
-  local -a st conflicts=() entries=() kinds=() records=() missing=()
-  local -A dir_times=() dir_modes=() in_place=()
-  require_type files
-  # A destination that does not exist yet is created (after the backup is verified) where its
-  # parent is a writable folder: a restore to a new place. A missing parent is a mistake.
+# files_dest_check DEST: a destination that does not exist yet is created (after the backup is
+# verified) where its parent is a writable folder: a restore to a new place (then this fails). A
+# missing parent is a mistake.
+files_dest_check() {
+  local dest="$1" parent
   if [[ ! -e "${dest}" && ! -L "${dest}" ]]; then
     parent="$(dirname -- "${dest}")"
     [[ -d "${parent}" && -w "${parent}" ]] ||
       die "${EXIT_REFUSED}" "files: destination ${dest} does not exist, and its parent folder ${parent} does not exist or is not writable; create ${dest} first, or fix the path"
-    create=1
-  else
-    [[ -d "${dest}" && -w "${dest}" ]] || die "${EXIT_REFUSED}" "files: destination ${dest} is not a writable folder; create it or fix its permissions"
+    return 1
   fi
+  [[ -d "${dest}" && -w "${dest}" ]] || die "${EXIT_REFUSED}" "files: destination ${dest} is not a writable folder; create it or fix its permissions"
+}
+
+# preflight_files [DEST]: after verify (its list of entries): for restore_script.sh all, which
+# checks every type before it restores any: the destination, and without --force no file or link
+# of the backup already there (restore_files checks it again, folders and links in detail).
+preflight_files() {
+  local dest="${1:-${FILES_DIR}}" rel
+  local -a conflicts=()
+  files_dest_check "${dest}" || return 0
+  ((OPT_FORCE == 0)) || return 0
+  while IFS= read -r rel; do
+    rel="${rel#./}"
+    [[ -n "${rel}" && "${rel}" != */ ]] || continue
+    [[ ! -e "${dest}/${rel}" && ! -L "${dest}/${rel}" ]] || conflicts+=("${rel}")
+  done <"${WORK_DIR}/content.list"
+  if ((${#conflicts[@]} > 0)); then
+    die "${EXIT_REFUSED}" "files: ${#conflicts[@]} entries already exist in ${dest} (e.g. $(quoted_list "${conflicts[@]:0:3}")); pass --force to overwrite them. Nothing was changed."
+  fi
+}
+
+restore_files() {
+  local dest="${1:-${FILES_DIR}}" staging tree rel record i create=0 root="" resumed=0
+  local sha moved=0 total=0 placed=0
+  local -a st conflicts=() entries=() kinds=() records=() missing=()
+  local -A dir_times=() dir_modes=() in_place=()
+  require_type files
+  files_dest_check "${dest}" || create=1
   verify_backup
   check_member_names
   if ((create)); then
@@ -4400,6 +4980,8 @@ OPT_MODE=online
 BACKUP_FILE=""
 BACKUP_TYPE=""
 RUN_KIND=""
+# The command of this run (verify, info, all, a type).
+RUN_COMMAND=""
 # The sha256 FILE.sha256 gives (empty with --no-checksum): what a restore reads must match it.
 EXPECTED_SHA256=""
 # What verify --deep found, in a few words ("12 tables, 3456 rows", "5 keys", "7 files"): each
@@ -4415,7 +4997,9 @@ FILE is a path, or the bare name of a backup in BACKUP_DIR. FILE.sha256 is check
 Commands:
   verify FILE [--deep] [--no-checksum]
       check the checksum, decryption, decompression and content; --deep also restores into a
-      scratch database or redis-server (then removes it) and reports tables, rows and keys
+      scratch database or redis-server (then removes it) and reports tables, rows and keys.
+      A backup encrypted to a public key: without DECRYPTION_KEY_FILE, only the checksum and
+      its OpenPGP structure (--deep and restores need the private key)
   info FILE
       type, creation time, sizes, encryption, compression, checksum state, source, versions
   postgresql FILE [--target-db NAME] [--clean] [--no-owner] [--no-safety-backup]
@@ -4432,6 +5016,17 @@ Commands:
       extract into DEST (default FILES_DIR; created when only its parent exists); existing
       files are kept unless --force. A restore stopped while moving entries into place says
       how far it got; run the same command again to complete it
+  all [TIMESTAMP] [DEST] [--target-db NAME] [--clean] [--no-owner] [--mode online|file]
+      [--force] [--no-safety-backup]
+      restore the backups of one run together (postgresql, redis, files,
+      in that order): the run TIMESTAMP (YYYYMMDD_HHMMSS), or the newest with a complete
+      backup of every type. Every backup is verified, and every target checked, before
+      anything is touched; then the safety backups are taken; then each type is restored as
+      its own command does, with the options that apply to it (DEST and --force: files). A
+      missing POSTGRES_DB is created, and the roles the backup names that the server lacks.
+      A failure midway stops there and says how far it got: the types before it are
+      restored, the failed one is left as its own restore leaves a failure, the rest are
+      untouched; the safety backups hold the targets from before
 
 Options:
   --no-checksum  (every command but info) go on without FILE.sha256
@@ -4505,7 +5100,7 @@ check_decode() {
   set -o errexit
   RDB_COPY=""
   if ((st[0] != 0 || st[1] != 0)); then
-    if grep -qs 'Bad session key' "${WORK_DIR}/decode.err"; then
+    if ((NAME_ENCRYPTED)) && wrong_key "${WORK_DIR}/decode.err"; then
       check_failed "${EXIT_WRONG_KEY}" decrypt "$(wrong_key_reason)"
     fi
     if ((NAME_ENCRYPTED)) && grep -qs '^gpg: ' "${WORK_DIR}/decode.err"; then
@@ -4513,7 +5108,9 @@ check_decode() {
     fi
     check_failed "${EXIT_VERIFY}" decompress "the compressed data is damaged or truncated$(stage_message decode)"
   fi
-  if ((NAME_ENCRYPTED)); then
+  if [[ "${DECRYPT_KIND}" == public-key ]]; then
+    check_ok decrypt "OpenPGP public-key encryption to key ID ${BACKUP_KEY_IDS[*]}, the private key decrypts it"
+  elif ((NAME_ENCRYPTED)); then
     check_ok decrypt "OpenPGP symmetric encryption, the key decrypts it"
   else
     log INFO "check decrypt: skipped (the backup is not encrypted)"
@@ -4532,13 +5129,27 @@ verify_backup() {
   check_decode
 }
 
-# require_decode: what decoding the backup needs: its key when it is encrypted, and the tools.
+# require_decode: what decoding the backup needs: its key when it is encrypted (prepare_decrypt),
+# and the tools.
 require_decode() {
   if ((NAME_ENCRYPTED)); then
-    encryption_on || die "${EXIT_REFUSED}" "${BACKUP_FILE##*/} is encrypted: set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to its passphrase"
     require_tools gpg
+    prepare_decrypt "${BACKUP_FILE}"
   fi
   require_tools "$(codec_tool "${NAME_CODEC}")"
+}
+
+# check_packets: a public-key backup checked without its private key: gpg lists its OpenPGP
+# packets (packets_verdict: the key ID it is encrypted to; a session key, then integrity-protected
+# data complete to the last byte). Its content cannot be checked on this host.
+check_packets() {
+  require_tools gpg
+  run_step packets_of "${BACKUP_FILE}"
+  local verdict
+  verdict="$(packets_verdict "$(file_size "${BACKUP_FILE}")")" ||
+    check_failed "${EXIT_VERIFY}" packets "the encrypted data is damaged or truncated: ${verdict}"
+  check_ok packets "${verdict}"
+  log INFO "check decrypt: skipped: the content of a public-key backup ${NEEDS_DECRYPTION_KEY} (the private key, kept off this host)"
 }
 
 # check_before_load: for a restore that decodes the whole backup while it loads it, and commits
@@ -4583,6 +5194,14 @@ interrupted_state() {
 }
 
 cmd_verify() {
+  # Without the private key, plain verify checks what it can: the checksum and the packets.
+  if ((NAME_ENCRYPTED && OPT_DEEP == 0)) && [[ -z "${DECRYPTION_KEY}" ]] &&
+    [[ "$(encryption_kind "${BACKUP_FILE}")" == public-key ]]; then
+    check_checksum
+    check_packets
+    log INFO "verify ${BACKUP_FILE##*/}: the checksum and the OpenPGP structure passed; its content was not checked: it ${NEEDS_DECRYPTION_KEY}"
+    return 0
+  fi
   verify_backup
   if ((OPT_DEEP)); then
     "deep_${BACKUP_TYPE}"
@@ -4654,7 +5273,14 @@ cmd_info() {
     other) checksum="MISMATCH: ${name}.sha256 is for '${SIDECAR_NAME}'" ;;
     *) checksum="MISMATCH: the file differs from ${name}.sha256" ;;
   esac
-  if [[ "${name}" == *.gpg ]]; then
+  if [[ "${name}" == *.gpg && "$(encryption_kind "${file}")" == public-key ]]; then
+    encryption="yes, OpenPGP public key"
+    if command -v gpg >/dev/null 2>&1; then
+      local ids
+      ids="$(backup_key_ids "${file}" | tr '\n' ' ')"
+      [[ -z "${ids}" ]] || encryption+=" (to key ID ${ids% }; restores need its private key: DECRYPTION_KEY_FILE)"
+    fi
+  elif [[ "${name}" == *.gpg ]]; then
     encryption="yes, OpenPGP symmetric"
     if command -v gpg >/dev/null 2>&1; then
       local cipher
@@ -4716,18 +5342,154 @@ safety_part() {
   PARTIALS=()
   BACKUP_PURPOSE="safety backup before restoring ${BACKUP_FILE##*/}"
   make_work_dir
+  require_recipient
   POSTGRES_DB="$2"
   pick_timestamp
   "backup_$1" "${RUN_TS}" "${RUN_EPOCH}"
 }
 
+# Set when restore_script.sh all has taken the safety backups of every target (the restores then
+# take none of their own).
+SAFETY_TAKEN=0
+
 # safety_backup TYPE [DATABASE]: a backup of the target, named like any backup, before changing it.
 safety_backup() {
   local type="$1" db="${2:-${POSTGRES_DB}}" rc
+  ((SAFETY_TAKEN == 0)) || return 0
   log INFO "${type}: taking a safety backup of the target first"
   run_step safety_part "${type}" "${db}"
   rc="${STEP_RC}"
   ((rc == 0)) || die "${EXIT_FAILED}" "${type}: the safety backup failed, so nothing was restored (pass --no-safety-backup to restore without one)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# all: the backups of one run, every type, verified together before any is restored.
+
+# The backup of each type that all restores, by type (all_pick_run), the run, and the backups
+# all_pick_run saw ("STAMP/TYPE" -> name).
+declare -A ALL_FILES=()
+declare -A ALL_FILES_OF=()
+ALL_STAMP=""
+
+# The types all has restored, and the one it is restoring (for the report of a failure).
+ALL_DONE=()
+ALL_CURRENT=""
+
+# all_runs_text STAMP...: "20250101_030000 (postgresql, redis)" for each run.
+all_runs_text() {
+  local stamp type have out=""
+  for stamp in "$@"; do
+    have=""
+    for type in "${BACKUP_TYPES[@]}"; do
+      [[ -z "${ALL_FILES_OF["${stamp}/${type}"]:-}" ]] || have+="${have:+, }${type}"
+    done
+    out+="${out:+; }${stamp} (${have})"
+  done
+  printf '%s' "${out:-none}"
+}
+
+# all_pick_run [TIMESTAMP]: ALL_STAMP and ALL_FILES from the backups named on stdin (newest first,
+# as list_backups gives them: only complete ones, with their .sha256): the run TIMESTAMP, else
+# the newest run with a backup of every type. A run that lacks a type is refused (exit 6),
+# naming what there is.
+all_pick_run() {
+  local want="$1" name stamp type
+  local -a stamps=() missing=() complete=()
+  while IFS= read -r name; do
+    parse_name "${name}" || continue
+    [[ " ${stamps[*]} " == *" ${NAME_STAMP} "* ]] || stamps+=("${NAME_STAMP}")
+    [[ -n "${ALL_FILES_OF["${NAME_STAMP}/${NAME_TYPE}"]:-}" ]] || ALL_FILES_OF["${NAME_STAMP}/${NAME_TYPE}"]="${name}"
+  done
+  for stamp in "${stamps[@]}"; do
+    missing=()
+    for type in "${BACKUP_TYPES[@]}"; do
+      [[ -n "${ALL_FILES_OF["${stamp}/${type}"]:-}" ]] || missing+=("${type}")
+    done
+    ((${#missing[@]} > 0)) || complete+=("${stamp}")
+    [[ "${stamp}" != "${want}" ]] || break
+  done
+  if [[ -n "${want}" ]]; then
+    if [[ " ${stamps[*]} " != *" ${want} "* ]]; then
+      die "${EXIT_REFUSED}" "all: no backup of the run ${want} in ${BACKUP_DIR} (only backups with their .sha256 count); runs there, newest first: $(all_runs_text "${stamps[@]:0:5}"). Nothing was changed."
+    fi
+    ((${#missing[@]} == 0)) ||
+      die "${EXIT_REFUSED}" "all: the run ${want} has no complete backup of ${missing[*]} (only backups with their .sha256 count): it has $(all_runs_text "${want}"); runs with every type: ${complete[*]:-none}. Nothing was changed."
+    ALL_STAMP="${want}"
+  else
+    ((${#complete[@]} > 0)) ||
+      die "${EXIT_REFUSED}" "all: no run in ${BACKUP_DIR} has a complete backup of every type (${BACKUP_TYPES[*]}; only backups with their .sha256 count); runs there, newest first: $(all_runs_text "${stamps[@]:0:5}"). Nothing was changed."
+    ALL_STAMP="${complete[0]}"
+  fi
+  for type in "${BACKUP_TYPES[@]}"; do
+    ALL_FILES["${type}"]="${BACKUP_DIR}/${ALL_FILES_OF["${ALL_STAMP}/${type}"]}"
+  done
+}
+
+# all_select TYPE: the backup of TYPE is the one the checks and the restore work on.
+all_select() {
+  resolve_backup "${ALL_FILES[$1]}"
+  EXPECTED_SHA256=""
+  SCHEMAS_OUT=""
+}
+
+# restore_all [TIMESTAMP] [DEST]: resolve the run, verify every backup and check every target,
+# take the safety backups, then restore each type.
+restore_all() {
+  local want="" type
+  if (($# > 0)) && [[ "$1" =~ ^[0-9]{8}_[0-9]{6}$ ]]; then
+    want="$1"
+    shift
+  fi
+  all_pick_run "${want}" < <(list_backups)
+  if [[ -n "${want}" ]]; then
+    log INFO "all: restoring the run ${ALL_STAMP}"
+  else
+    log INFO "all: restoring the run ${ALL_STAMP}, the newest with a complete backup of every type"
+  fi
+  # (Backups of a replica are fetched here, into ALL_FILES; from here on they are local files.)
+  for type in "${BACKUP_TYPES[@]}"; do
+    all_select "${type}"
+    log INFO "all: checking ${BACKUP_FILE##*/} and its target"
+    verify_backup
+    if declare -F "preflight_${type}" >/dev/null; then
+      "preflight_${type}" "$@"
+    fi
+  done
+  log INFO "all: every backup of the run ${ALL_STAMP} passed its checks, and every target may be restored"
+  if ((OPT_NO_SAFETY)); then
+    log WARN "all: no safety backups (--no-safety-backup)"
+  else
+    for type in "${BACKUP_TYPES[@]}"; do
+      all_select "${type}"
+      if declare -F "safety_first_${type}" >/dev/null; then
+        "safety_first_${type}"
+      fi
+    done
+    SAFETY_TAKEN=1
+  fi
+  for type in "${BACKUP_TYPES[@]}"; do
+    all_select "${type}"
+    ALL_CURRENT="${type}"
+    "restore_${type}" "$@"
+    ALL_DONE+=("${type}")
+    ALL_CURRENT=""
+  done
+  log INFO "all: restored the run ${ALL_STAMP}: ${ALL_DONE[*]}"
+}
+
+# all_report CODE: how far a failed all got.
+all_report() {
+  local type
+  local -a rest=()
+  (($1 != 0)) && [[ "${RUN_COMMAND}" == all && -n "${ALL_STAMP}" ]] || return 0
+  for type in "${BACKUP_TYPES[@]}"; do
+    [[ " ${ALL_DONE[*]} ${ALL_CURRENT} " == *" ${type} "* ]] || rest+=("${type}")
+  done
+  if [[ -z "${ALL_DONE[*]}${ALL_CURRENT}" ]]; then
+    log ERROR "all: the run ${ALL_STAMP} was not restored; nothing was changed"
+  else
+    log ERROR "all: the restore of the run ${ALL_STAMP} stopped: restored: ${ALL_DONE[*]:-none}; failed (see above): ${ALL_CURRENT:-none}; not restored: ${rest[*]:-none}. The safety backups taken first (the newest postgresql_backup_* and redis_backup_* files) hold the targets from before; run the same command again, or restore the rest one by one"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -4739,6 +5501,7 @@ safety_backup() {
 run_finished() {
   local code="$1"
   type_hooks restore_finished || true
+  all_report "${code}"
   [[ -n "${RUN_KIND}" ]] || return 0
   status_add_run "${RUN_KIND}" "${BACKUP_TYPE:-redis}" "${code}" "${BACKUP_FILE##*/}"
   status_finish
@@ -4794,6 +5557,10 @@ main() {
   if ((OPT_RECOVER)); then
     [[ "${command}" == redis ]] || usage_error "--recover is for the redis command only"
     ((${#positional[@]} == 1)) || usage_error "redis --recover takes no FILE"
+  elif [[ "${command}" == all ]]; then
+    ((${#positional[@]} <= 3)) || usage_error "all takes an optional TIMESTAMP and DEST"
+    ((${#positional[@]} < 3)) || [[ "${positional[1]}" =~ ^[0-9]{8}_[0-9]{6}$ ]] ||
+      usage_error "all: '${positional[1]}' is not a TIMESTAMP (YYYYMMDD_HHMMSS, as in the backups' names)"
   else
     ((${#positional[@]} >= 2)) || usage_error "a command and a backup FILE are required"
   fi
@@ -4803,13 +5570,16 @@ main() {
   local -A takes=(
     [verify]="--deep --no-checksum"
     [info]=""
+    [all]="--target-db --clean --no-owner --no-safety-backup --mode --force --no-checksum"
     [postgresql]="--target-db --clean --no-owner --no-safety-backup --no-checksum"
     [redis]="--mode --recover --no-safety-backup --no-checksum"
     [files]="--force --no-checksum"
   )
   local -A takes_dest=([files]=1)
   [[ -v "takes[${command}]" ]] || usage_error "unknown command '${command}'"
-  if [[ -n "${takes_dest[${command}]:-}" ]]; then
+  if [[ "${command}" == all ]]; then
+    :
+  elif [[ -n "${takes_dest[${command}]:-}" ]]; then
     ((${#positional[@]} <= 3)) || usage_error "${command} takes FILE and an optional DEST"
   else
     ((${#positional[@]} == 2 - OPT_RECOVER)) || usage_error "${command} takes one FILE"
@@ -4822,9 +5592,10 @@ main() {
   trap_signals
   trap 'finish_run $?' EXIT
   check_settings
+  RUN_COMMAND="${command}"
   make_work_dir "restore_script.sh ${command} ${positional[1]:-}"
   RESTORE_RDB="${WORK_DIR}/restore.rdb"
-  ((OPT_RECOVER)) || resolve_backup "${positional[1]}"
+  ((OPT_RECOVER)) || [[ "${command}" == all ]] || resolve_backup "${positional[1]}"
   if [[ "${command}" == info ]]; then
     cmd_info
     return 0
@@ -4840,6 +5611,12 @@ main() {
   recover_redis_journal
   if ((OPT_RECOVER)); then
     cmd_recover_redis
+    return 0
+  fi
+  if [[ "${command}" == all ]]; then
+    log INFO "all ${positional[*]:1} started"
+    PG_CREATE_MISSING=1
+    restore_all "${positional[@]:1}"
     return 0
   fi
   log INFO "${command} ${BACKUP_FILE##*/} (${BACKUP_TYPE}) started"

@@ -29,6 +29,7 @@ from tests.support import (
     paused_fork,
     redis_settings,
     run_ok,
+    runs_pg_dump,
     start_script,
     table_lock,
     wait_for,
@@ -56,6 +57,8 @@ def test_sigterm_to_the_script_alone_stops_a_waiting_dump_at_once(
     with table_lock(pg, payments_db, "billing.summary", "ACCESS EXCLUSIVE"):
         run = start_script(rendered_scripts, BACKUP, "postgresql", env=env)
         wait_for(lambda: list(backups.glob("*.partial")), "the dump to start", timeout=60)
+        # the roles (pg_dumpall) come first: pg_dump itself, waiting for the lock
+        wait_for(lambda: runs_pg_dump(descendants(run.pid)), "pg_dump to start", timeout=60)
         steps = descendants(run.pid)
         os.kill(run.pid, signal.SIGTERM)
         # pg_dump would wait for the lock for ever: the run must end while it is still held
@@ -68,7 +71,7 @@ def test_sigterm_to_the_script_alone_stops_a_waiting_dump_at_once(
     ) in err
     assert "interrupted by SIGTERM" in (backups / "backup.log").read_text()
     assert not [p for p in backups.iterdir() if p.name.startswith("postgresql_backup_")]
-    assert any("pg_dump" in " ".join(argv) for _, argv in steps)
+    assert runs_pg_dump(steps)
     for pid, argv in steps:
         assert not Path(f"/proc/{pid}").exists(), f"left running: {argv}"
     assert [p.name for p in tmp_path.glob("gym-backup-*")] == []

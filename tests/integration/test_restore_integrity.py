@@ -13,8 +13,6 @@ import gzip
 import os
 import shutil
 import signal
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -408,22 +406,6 @@ def test_a_function_whose_body_has_lines_starting_with_a_backslash_restores_unch
 
 
 # ------------------------------------------------------------- an administrator creates databases
-
-
-@pytest.fixture
-def admin(pg: PostgresServer) -> Iterator[tuple[str, str]]:
-    """A superuser with a password, for POSTGRES_ADMIN_USER (the application role stays
-    without CREATEDB)."""
-    name = f"gym_admin_{uuid.uuid4().hex[:8]}"
-    password = "admin 'pw' $x ñ"
-    pg.psql(
-        f"CREATE ROLE {sql_ident(name)} LOGIN SUPERUSER PASSWORD {sql_literal(password)}",
-        "postgres",
-    )
-    try:
-        yield name, password
-    finally:
-        pg.psql(f"DROP ROLE {sql_ident(name)}", "postgres")
 
 
 def test_an_admin_creates_the_database_but_the_dump_loads_as_the_application_role(

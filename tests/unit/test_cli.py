@@ -298,3 +298,18 @@ def test_drill_and_alert_test_run_in_the_container_and_pass_its_exit_code_on(
     assert calls.read_text() == f"gym_backup /usr/local/bin/backup_script.sh {command}\n"
     assert said in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["restore", "postgresql"], "`restore postgresql` needs a backup FILE."),
+        (["restore", "redis", "x.rdb.gz", "/tmp"], "DEST is for `restore files` and"),
+    ],
+)
+def test_restore_arguments_that_do_not_fit_the_command_are_usage_errors(
+    args: list[str], message: str
+) -> None:
+    result = runner.invoke(app, [*args, "--local"])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr

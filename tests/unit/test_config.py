@@ -216,3 +216,29 @@ def test_a_run_refuses_an_empty_secret_file(tmp_path: Path) -> None:
         f"ENCRYPTION_KEY_FILE: {empty} is empty; put the ENCRYPTION_KEY in it, "
         "or unset ENCRYPTION_KEY_FILE."
     ]
+
+
+def test_a_public_key_recipient_is_an_absolute_path_and_turns_public_key_encryption_on() -> None:
+    assert load_settings(None, {}).encryption == "none"
+    settings = load_settings(None, {"ENCRYPTION_RECIPIENT": "/run/gym-backup/public.asc"})
+    assert settings.encryption == "public-key"
+    assert settings.encrypted
+    assert problems_of(None, {"ENCRYPTION_RECIPIENT": "public.asc"}) == [
+        "ENCRYPTION_RECIPIENT: 'public.asc' is not an absolute path; write it starting with '/'."
+    ]
+
+
+@pytest.mark.parametrize("key", ["ENCRYPTION_KEY", "ENCRYPTION_KEY_FILE"])
+def test_a_passphrase_and_a_public_key_together_are_refused_as_ambiguous(key: str) -> None:
+    environ = {"ENCRYPTION_RECIPIENT": "/keys/public.asc", key: "/run/secrets/k"}
+    assert problems_of(None, environ) == [config.BOTH_KEYS_PROBLEM]
+    assert "ENCRYPTION_KEY_PREVIOUS" in config.BOTH_KEYS_PROBLEM
+
+
+def test_only_the_key_settings_may_span_lines() -> None:
+    multiline = {"DECRYPTION_KEY": "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nxyz\n"}
+    multiline["ENCRYPTION_KEY_PREVIOUS"] = "first\nsecond"
+    assert load_settings(None, multiline).secrets == multiline
+    assert problems_of(None, {"ENCRYPTION_KEY": "one\ntwo"}) == [
+        "ENCRYPTION_KEY: contains a line break or NUL byte; use a single-line value."
+    ]
