@@ -10,12 +10,15 @@ STAMP := $(VENV)/.installed-stamp
 # The committed render comes from .env.example alone, never from this shell's environment.
 CLEAN_ENV := env -i PATH="$$PATH" HOME="$$HOME" LANG=C.UTF-8
 
-# command:Debian package, for what the scripts and the tests run on this host.
+# command:Debian package, for what the scripts and the tests run on this host (rclone for the
+# off-site copies; sshd serves the tests' SFTP targets). Looked up with the sbin folders on PATH,
+# as a user's PATH may lack them (sshd is /usr/sbin/sshd).
 SYSTEM_TOOLS := pg_dump:postgresql-client psql:postgresql-client pg_ctlcluster:postgresql \
 	redis-server:redis-server redis-cli:redis-tools redis-check-rdb:redis-tools \
 	gpg:gnupg gpgconf:gnupg pigz:pigz zstd:zstd strace:strace flock:util-linux tar:tar gzip:gzip \
 	sha256sum:coreutils runuser:util-linux git:git promtool:prometheus \
-	prometheus-node-exporter:prometheus-node-exporter apprise:apprise curl:curl timeout:coreutils
+	prometheus-node-exporter:prometheus-node-exporter apprise:apprise curl:curl timeout:coreutils \
+	rclone:rclone sshd:openssh-server
 # The locale the tests run the scripts (and a PostgreSQL server) in, to prove nothing depends on
 # the language: generated from the locales package's data.
 TEST_LOCALE := de_DE.UTF-8
@@ -32,6 +35,7 @@ help: ## Show the targets
 .PHONY: system-deps
 system-deps: ## Install the missing system packages (apt, as root)
 	@missing=(); \
+	PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"; \
 	for pair in $(SYSTEM_TOOLS); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing+=("$${pair##*:}"); \
 	done; \

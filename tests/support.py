@@ -18,6 +18,7 @@ import http.server
 import io
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -29,12 +30,13 @@ import tarfile
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar
 
 import pytest
 
@@ -113,10 +115,17 @@ NewDb = Callable[..., str]  # conftest's ``new_db`` factory
 # ------------------------------------------------------------------------------ running
 
 
+# Where system daemons live (sshd is /usr/sbin/sshd), which a user's PATH may lack.
+SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
 def tool(name: str) -> str:
-    """The path of a development tool (ruff, shellcheck...): make install puts them beside this
-    Python; the test is skipped when it is missing."""
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    """The path of a development tool (ruff, shellcheck, moto_server...) or system command (rclone,
+    sshd): make install puts the first beside this Python, the others on PATH or in the sbin
+    folders; the test is skipped when it is missing."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(
+        name, path=f"{os.environ.get('PATH', '')}:{SBIN_PATH}"
+    )
     if not found:
         pytest.skip(f"{name} is not installed (make install puts it in .venv)")
     return found
@@ -1480,3 +1489,549 @@ def alert_state(backup_dir: Path) -> dict[str, list[str]]:
         return {}
     rows = [line.split("\t") for line in path.read_text().splitlines() if line]
     return {row[0]: row[1:] for row in rows}
+
+
+# ------------------------------------------------------------------------------ remotes
+
+# The off-site targets of the replica tests: real servers on 127.0.0.1 that real rclone copies to,
+# started by the fixtures (conftest's ``sftp_full``, ``sftp_only``, ``s3_server`` and ``remotes``).
+#
+# What rclone (Debian 12's 1.60) compares on each, as test_remotes.py proves:
+# - SFTP with a login shell (``sftpfull``): md5 and sha1, computed by running ``md5sum`` and
+#   ``sha1sum`` on the server over SSH. rclone 1.60's sftp backend has no sha256, so the .sha256
+#   sidecar cannot be compared by rclone itself; ``rclone check`` compares md5.
+# - SFTP with ``ForceCommand internal-sftp`` (``sftponly``): no hash at all. ``rclone check`` then
+#   compares sizes only and still exits 0 ("1 hashes could not be checked"); only a read-back
+#   (``rclone check --download``, or ``rclone cat`` into sha256sum against the sidecar) verifies.
+# - S3 (moto): md5, the ETag of a single-part upload.
+# Left to itself, rclone probes an SFTP server's shell and hash commands at its first connection
+# and WRITES what it found into the config file (shell_type, md5sum_command, sha1sum_command): the
+# sections below pin exactly what the probe finds, so the file stays as written.
+
+# rclone failing fast on a target that is down: one try, short connect and idle timeouts (the
+# flags --retries 1 --low-level-retries 1 --contimeout 2s --timeout 5s, as rclone reads them from
+# its environment). With rclone's defaults a refused connection takes some 45 s to give up.
+RCLONE_QUICK = {
+    "RCLONE_RETRIES": "1",
+    "RCLONE_LOW_LEVEL_RETRIES": "1",
+    "RCLONE_CONTIMEOUT": "2s",
+    "RCLONE_TIMEOUT": "5s",
+}
+# (shell_type, md5sum_command, sha1sum_command) as rclone's probe writes them, by login shell or
+# not: over internal-sftp only, the probe still says "unix" but every hash command fails.
+RCLONE_HASHES = {True: ("unix", "md5sum", "sha1sum"), False: ("unix", "none", "none")}
+S3_REGION = "us-east-1"
+# moto's IAM keys are random: the same seed before the same calls gives the same keys again.
+_MOTO_SEED = 20240101
+_SERVER_START_TIMEOUT = 30.0
+# What each S3 remote's keys may do. "s3nodelete" is the REPLICA_PRUNE=false case: it may list,
+# read and write, and every delete is refused (an explicit Deny, as an append-only policy would).
+S3_POLICIES: dict[str, dict[str, object]] = {
+    "s3": {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    },
+    "s3nodelete": {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "s3:PutObject",
+                    "s3:GetObject",
+                    "s3:ListBucket",
+                    "s3:GetBucketLocation",
+                    "s3:ListBucketMultipartUploads",
+                    "s3:ListMultipartUploadParts",
+                    "s3:AbortMultipartUpload",
+                ],
+                "Resource": "*",
+            },
+            {
+                "Effect": "Deny",
+                "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion", "s3:DeleteBucket"],
+                "Resource": "*",
+            },
+        ],
+    },
+}
+
+
+def rclone_env() -> dict[str, str]:
+    """The environment rclone runs in for the tests: PATH, HOME, the language and
+    :data:`RCLONE_QUICK` only. An inherited AWS_* or RCLONE_* variable changes what rclone does
+    (AWS_CA_BUNDLE, set on this host, alone makes every S3 remote fail:
+    "LoadCustomCABundleError")."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        **RCLONE_QUICK,
+    }
+
+
+def rclone(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Real rclone with the config file ``config``, failing fast, in :func:`rclone_env`; its
+    output captured."""
+    return subprocess.run(
+        [tool("rclone"), "--config", str(config), *args],
+        env=rclone_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def write_rclone_config(path: Path, sections: Mapping[str, Mapping[str, str]]) -> Path:
+    """An rclone config file (mode 0600 from its creation) with one section per remote name."""
+    text = "".join(
+        f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in section.items()) + "\n"
+        for name, section in sections.items()
+    )
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+def end_process(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """Stop ``process`` and what it started (it leads its own session): SIGTERM to the group,
+    SIGKILL after ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on ``port`` of 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
+@dataclass
+class LoopbackServer:
+    """A server process on a fixed port of 127.0.0.1 that a test may stop (the target is down:
+    connections are refused) and start again on the same port, with the same keys and data."""
+
+    name: str
+    folder: Path  # its configuration, keys and log
+    port: int
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False, init=False)
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / "server.log"
+
+    def prepare(self) -> None:
+        """Write what the server needs in ``folder`` for ``port`` (before the first start)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start the server's process (in a session of its own), not waiting for it."""
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        """Whether the started server answers."""
+        return port_open(self.port)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no server log)"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        """Start the server (when it is not running) and wait until it answers."""
+        if self.running:
+            return
+        process = self.process = self.launch()
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise SandboxError(
+                    f"{self.name} server exited with {process.returncode} on port {self.port}:\n"
+                    f"{self.log_tail()}"
+                )
+            return self.ready()
+
+        wait_for(answers, f"the {self.name} server on port {self.port}", _SERVER_START_TIMEOUT)
+
+    def stop(self) -> None:
+        """Stop the server and its live connections; the port refuses connections after."""
+        self.end()
+
+    def end(self) -> None:
+        """Stop the server for good (nothing is kept for a next start)."""
+        process, self.process = self.process, None
+        end_process(process)
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The server stopped for the block, started again on the same port after it."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+    def _spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        with self.log_file.open("ab") as log:
+            return subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.folder,
+                env=dict(env),
+                start_new_session=True,
+            )
+
+
+@dataclass
+class SftpServer(LoopbackServer):
+    """A real OpenSSH ``sshd`` serving SFTP on 127.0.0.1 to the current user with key
+    authentication only (its own host key, a client key pair, both in ``folder``). With
+    ``login_shell`` the login runs commands (rclone computes md5/sha1 with them); without it
+    every session is ``internal-sftp`` (ForceCommand), so rclone has no remote hash. Remote
+    paths are this host's absolute paths: the tests read and corrupt a target's files on disk,
+    below ``root``."""
+
+    login_shell: bool = True
+    root: Path = Path()  # where the tests' targets are, on this host's disk
+
+    @property
+    def client_key(self) -> Path:
+        return self.folder / "client_key"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.folder / "known_hosts"
+
+    @property
+    def user(self) -> str:
+        return pwd.getpwuid(os.getuid()).pw_name
+
+    def prepare(self) -> None:
+        """Write the host key, the client key pair, authorized_keys, known_hosts and
+        sshd_config in ``folder`` (sshd checks the configuration)."""
+        super().prepare()
+        self.root.mkdir(parents=True, exist_ok=True)
+        host_key = self.folder / "host_key"
+        for key in (host_key, self.client_key):
+            if not key.exists():
+                subprocess.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.name, "-f",
+                     str(key)],
+                    check=True, capture_output=True, timeout=30,
+                )  # fmt: skip
+        authorized = self.folder / "authorized_keys"
+        authorized.write_text(Path(f"{self.client_key}.pub").read_text())
+        authorized.chmod(0o600)
+        kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
+        self.known_hosts.write_text(f"[{LOOPBACK}]:{self.port} {kind} {blob}\n")
+        settings = [
+            f"ListenAddress {LOOPBACK}:{self.port}",
+            f"HostKey {host_key}",
+            f"PidFile {self.folder / 'sshd.pid'}",
+            f"AuthorizedKeysFile {authorized}",
+            "AuthenticationMethods publickey",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password",
+            f"AllowUsers {self.user}",
+            "UsePAM no",
+            "StrictModes no",  # the keys are in a pytest folder, not in a private ~/.ssh
+            "PrintMotd no",
+            "X11Forwarding no",
+            "AllowTcpForwarding no",
+            "Subsystem sftp internal-sftp",
+            *([] if self.login_shell else ["ForceCommand internal-sftp"]),
+        ]
+        config = self.folder / "sshd_config"
+        config.write_text("\n".join(settings) + "\n")
+        if os.geteuid() == 0:
+            # sshd started as root insists on its privilege separation folder (the package's
+            # service makes it at boot)
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        subprocess.run([tool("sshd"), "-t", "-f", str(config)], check=True, timeout=30)
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        sshd = tool("sshd")  # sshd re-executes itself: it needs its absolute path
+        return self._spawn([sshd, "-D", "-e", "-f", str(self.folder / "sshd_config")], {})
+
+    def sections(self, *, probe: bool = False) -> dict[str, dict[str, str]]:
+        """The rclone section of this server, by key file and known_hosts (no password); with
+        ``probe``, without the pinned shell and hash commands (rclone finds and saves them)."""
+        section = {
+            "type": "sftp",
+            "host": LOOPBACK,
+            "port": str(self.port),
+            "user": self.user,
+            "key_file": str(self.client_key),
+            "known_hosts_file": str(self.known_hosts),
+        }
+        if not probe:
+            shell_type, md5, sha1 = RCLONE_HASHES[self.login_shell]
+            section |= {"shell_type": shell_type, "md5sum_command": md5, "sha1sum_command": sha1}
+        return {self.name: section}
+
+
+if TYPE_CHECKING:
+    from mypy_boto3_iam import IAMClient
+    from mypy_boto3_s3 import S3Client
+
+
+@dataclass
+class S3Server(LoopbackServer):
+    """A real S3 API on 127.0.0.1: ``moto_server`` (moto[server]), with IAM enforced. Each
+    remote name of :data:`S3_POLICIES` has an IAM user and access keys in ``keys``. moto keeps its
+    data in memory: :meth:`stop` saves the buckets' objects and :meth:`start` puts them back (and
+    the same users with the same keys), so a target that was down comes back as it was."""
+
+    keys: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+    saved: dict[str, dict[str, tuple[bytes, dict[str, str]]]] = field(
+        default_factory=dict, repr=False
+    )
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        moto = tool("moto_server")  # the venv's, beside this Python
+        return self._spawn([moto, "-H", LOOPBACK, "-p", str(self.port)], rclone_env())
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2) as answer:  # noqa: S310
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    def _moto_api(self, path: str, data: bytes) -> None:
+        request = urllib.request.Request(  # noqa: S310 - our own http URL
+            f"{self.endpoint}/moto-api/{path}",
+            data=data,
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+            pass
+
+    def client(self, remote: str = "s3") -> S3Client:
+        """A boto3 S3 client with the keys of ``remote`` (``s3`` may do anything)."""
+        import boto3  # noqa: PLC0415 - only the replica tests need it
+
+        key_id, secret = self.keys[remote]
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=S3_REGION,
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+        )
+
+    def start(self) -> None:
+        """Start moto, make the users (the same keys as before a stop) and put back the saved
+        buckets, then enforce IAM: from there every request needs a user's keys."""
+        if self.running:
+            return
+        super().start()
+        import boto3  # noqa: PLC0415 - only the replica tests need it
+
+        # Before IAM is enforced any keys are accepted; moto's random keys follow its seed.
+        self._moto_api(f"seed?a={_MOTO_SEED}", b"")
+        iam: IAMClient = boto3.client(
+            "iam",
+            endpoint_url=self.endpoint,
+            region_name=S3_REGION,
+            aws_access_key_id="setup",
+            aws_secret_access_key="setup",
+        )
+        keys = {}
+        for remote, policy in S3_POLICIES.items():
+            iam.create_user(UserName=remote)
+            iam.put_user_policy(
+                UserName=remote, PolicyName=remote, PolicyDocument=json.dumps(policy)
+            )
+            made = iam.create_access_key(UserName=remote)["AccessKey"]
+            keys[remote] = (made["AccessKeyId"], made["SecretAccessKey"])
+        if self.keys and keys != self.keys:
+            raise SandboxError("moto gave other keys after a restart: its seed no longer holds")
+        self.keys = keys
+        # moto's own switch (what INITIAL_NO_AUTH_ACTION_COUNT sets at start): enforce from now
+        self._moto_api("reset-auth", b"0")
+        s3 = self.client()
+        for bucket, objects in self.saved.items():
+            s3.create_bucket(Bucket=bucket)
+            for key, (data, metadata) in objects.items():
+                s3.put_object(Bucket=bucket, Key=key, Body=data, Metadata=metadata)
+        self.saved = {}
+
+    def stop(self) -> None:
+        if self.running:
+            self.saved = {bucket: self.objects(bucket) for bucket in self.buckets()}
+        self.end()
+
+    def buckets(self) -> list[str]:
+        return [b["Name"] for b in self.client().list_buckets().get("Buckets", []) if "Name" in b]
+
+    def objects(self, bucket: str, prefix: str = "") -> dict[str, tuple[bytes, dict[str, str]]]:
+        """Every object of ``bucket`` under ``prefix``: its bytes and user metadata."""
+        s3 = self.client()
+        found = {}
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                got = s3.get_object(Bucket=bucket, Key=item["Key"])
+                found[item["Key"]] = (got["Body"].read(), got.get("Metadata", {}))
+        return found
+
+    def sections(self, *, probe: bool = False) -> dict[str, dict[str, str]]:
+        """One rclone section per remote name of :data:`S3_POLICIES`, by access keys; the
+        buckets exist (``no_check_bucket``: rclone neither checks nor creates them)."""
+        del probe  # S3 has nothing to probe
+        return {
+            remote: {
+                "type": "s3",
+                "provider": "Other",
+                "endpoint": self.endpoint,
+                "region": S3_REGION,
+                "access_key_id": key_id,
+                "secret_access_key": secret,
+                "force_path_style": "true",
+                "no_check_bucket": "true",
+            }
+            for remote, (key_id, secret) in self.keys.items()
+        }
+
+
+RemoteServer: TypeAlias = SftpServer | S3Server
+ServerT = TypeVar("ServerT", SftpServer, S3Server)
+
+
+@contextlib.contextmanager
+def serving(server: ServerT) -> Iterator[ServerT]:
+    """``server`` prepared and started for the block (on another free port when its port was
+    taken meanwhile), stopped after."""
+    for attempt in range(1, 4):
+        server.prepare()
+        try:
+            server.start()
+        except SandboxError:
+            if attempt == 3 or "in use" not in server.log_tail():
+                raise
+            server.port = free_port()
+        else:
+            break
+    try:
+        yield server
+    finally:
+        server.end()
+
+
+@dataclass(frozen=True)
+class Target:
+    """One off-site target of a test, empty at first: ``spec`` is its rclone ``remote:path``
+    (REPLICA_TARGETS takes ``NAME=spec``). Read and change what it holds directly, as the
+    server stores it (by names relative to the target): on disk below ``folder`` for SFTP, as
+    the objects under ``prefix`` of ``bucket`` for S3."""
+
+    remote: str
+    spec: str
+    server: RemoteServer
+    folder: Path | None = None  # SFTP: the target's folder on this host's disk
+    bucket: str = ""  # S3: the bucket and the prefix of the target's objects
+    prefix: str = ""
+
+    def files(self) -> dict[str, bytes]:
+        """Every file of the target (relative name -> bytes)."""
+        if self.folder is not None:
+            return {
+                str(p.relative_to(self.folder)): p.read_bytes()
+                for p in sorted(self.folder.rglob("*"))
+                if p.is_file()
+            }
+        assert isinstance(self.server, S3Server)
+        objects = self.server.objects(self.bucket, self.prefix)
+        return {key.removeprefix(self.prefix): data for key, (data, _) in objects.items()}
+
+    def write(self, name: str, data: bytes) -> None:
+        """Store ``data`` as the target's file ``name`` behind rclone's back (to corrupt it)."""
+        if self.folder is not None:
+            path = self.folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            return
+        assert isinstance(self.server, S3Server)
+        self.server.client().put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data)
+
+    def delete(self, name: str) -> None:
+        """Remove the target's file ``name`` behind rclone's back."""
+        if self.folder is not None:
+            (self.folder / name).unlink()
+            return
+        assert isinstance(self.server, S3Server)
+        self.server.client().delete_object(Bucket=self.bucket, Key=self.prefix + name)
+
+
+@dataclass(frozen=True)
+class Remotes:
+    """conftest's ``remotes``: an rclone config file (mode 0600) defining every remote, and one
+    fresh target of this test on each: ``sftpfull``, ``sftponly``, ``s3``, ``s3nodelete``."""
+
+    config: Path
+    targets: dict[str, Target]
+
+    def __getitem__(self, remote: str) -> Target:
+        return self.targets[remote]
+
+    def rclone(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """:func:`rclone` with this config file."""
+        return rclone(self.config, *args, timeout=timeout)
+
+    def env(self, *remotes: str) -> dict[str, str]:
+        """The settings of a run that copies to the targets of ``remotes`` (each under its
+        remote's name): REPLICA_TARGETS, REPLICA_RCLONE_CONFIG_FILE, and rclone failing fast."""
+        targets = ",".join(f"{remote}={self.targets[remote].spec}" for remote in remotes)
+        return {
+            "REPLICA_TARGETS": targets,
+            "REPLICA_RCLONE_CONFIG_FILE": str(self.config),
+            **RCLONE_QUICK,
+        }
+
+
+def make_remotes(
+    base: Path, sftp_servers: Sequence[SftpServer], s3: S3Server, *, probe: bool = False
+) -> Remotes:
+    """Fresh targets on the running servers for one test (a folder below each SFTP root, a new
+    bucket for each S3 remote), and the rclone config file ``base/rclone.conf`` for them."""
+    tag = f"t{uuid.uuid4().hex[:12]}"
+    targets: dict[str, Target] = {}
+    sections: dict[str, dict[str, str]] = {}
+    for sftp in sftp_servers:
+        folder = sftp.root / tag
+        folder.mkdir()
+        targets[sftp.name] = Target(sftp.name, f"{sftp.name}:{folder}", sftp, folder=folder)
+        sections |= sftp.sections(probe=probe)
+    for remote in S3_POLICIES:
+        bucket = f"{tag}-{remote}"
+        s3.client().create_bucket(Bucket=bucket)
+        targets[remote] = Target(remote, f"{remote}:{bucket}", s3, bucket=bucket)
+    sections |= s3.sections()
+    base.mkdir(parents=True, exist_ok=True)
+    return Remotes(write_rclone_config(base / "rclone.conf", sections), targets)

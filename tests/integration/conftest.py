@@ -23,6 +23,7 @@ import pytest
 from devtools.sandbox import (
     PostgresServer,
     RedisServer,
+    free_port,
     sql_ident,
     start_postgres,
     start_redis,
@@ -38,15 +39,20 @@ from tests.support import (
     HttpReceiver,
     MakeEnv,
     NewDb,
+    Remotes,
     RunScript,
+    S3Server,
+    SftpServer,
     SmtpReceiver,
     Sources,
     backed_up_sources,
     createdb_privilege,
     http_receiver,
+    make_remotes,
     processes_in,
     run_direct,
     script_env,
+    serving,
     smtp_receiver,
     write_files,
 )
@@ -271,3 +277,52 @@ def mailbox() -> Iterator[SmtpReceiver]:
     """A real SMTP server on 127.0.0.1 (login required, no TLS) recording the mails it accepts."""
     with smtp_receiver() as receiver:
         yield receiver
+
+
+@pytest.fixture(scope="session")
+def sftp_full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
+    """A real sshd on 127.0.0.1 serving SFTP by key to the current user, with a login shell:
+    rclone compares md5/sha1 computed on the server (``md5sum`` over SSH). Remote name
+    ``sftpfull``; the targets are below ``.root`` on this host's disk."""
+    base = tmp_path_factory.mktemp("sftpfull")
+    server = SftpServer(
+        "sftpfull", base / "server", free_port(), login_shell=True, root=base / "root"
+    )
+    with serving(server):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sftp_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
+    """As ``sftp_full`` but every session is ``internal-sftp`` (no shell): rclone has no remote
+    hash, a copy is verified only by reading it back. Remote name ``sftponly``."""
+    base = tmp_path_factory.mktemp("sftponly")
+    server = SftpServer(
+        "sftponly", base / "server", free_port(), login_shell=False, root=base / "root"
+    )
+    with serving(server):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 API on 127.0.0.1 (moto_server) enforcing IAM: remote ``s3`` may do anything,
+    ``s3nodelete`` may list, read and write but never delete."""
+    with serving(S3Server("s3", tmp_path_factory.mktemp("s3"), free_port())) as server:
+        yield server
+
+
+@pytest.fixture
+def remotes(
+    tmp_path: Path, sftp_full: SftpServer, sftp_only: SftpServer, s3_server: S3Server
+) -> Iterator[Remotes]:
+    """Empty off-site targets of this test, one on each remote (``remotes["sftpfull"]``,
+    ``"sftponly"``, ``"s3"``, ``"s3nodelete"``: ``.spec`` is the rclone ``remote:path``), and
+    ``remotes.config``, the rclone config file (mode 0600, ``tmp_path/rclone.conf``) defining the
+    four. A server a test stopped (``target.server.down()``) is running again after the test."""
+    made = make_remotes(tmp_path, [sftp_full, sftp_only], s3_server)
+    try:
+        yield made
+    finally:
+        for server in (sftp_full, sftp_only, s3_server):
+            server.start()
