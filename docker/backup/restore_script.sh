@@ -2327,11 +2327,16 @@ replica_known() {
   die "${EXIT_USAGE}" "no target '$1' in REPLICA_TARGETS (${REPLICA_NAMES[*]:-none is set})"
 }
 
-# replica_rclone ARGS...: rclone with the limits above (its config from RCLONE_CONFIG).
+# replica_rclone ARGS...: rclone with the limits above (its config from RCLONE_CONFIG); rclone's
+# own variables (RCLONE_RETRIES, RCLONE_TIMEOUT...) set in the environment win over them.
 replica_rclone() {
-  rclone --contimeout "${REPLICA_CONNECT_TIMEOUT}" --timeout "${REPLICA_IO_TIMEOUT}" \
-    --retries "${REPLICA_RETRIES}" --retries-sleep 1s \
-    --low-level-retries "${REPLICA_LOW_LEVEL_RETRIES}" "$@"
+  local -a limits=()
+  [[ -n "${RCLONE_CONTIMEOUT:-}" ]] || limits+=(--contimeout "${REPLICA_CONNECT_TIMEOUT}")
+  [[ -n "${RCLONE_TIMEOUT:-}" ]] || limits+=(--timeout "${REPLICA_IO_TIMEOUT}")
+  [[ -n "${RCLONE_RETRIES:-}" ]] || limits+=(--retries "${REPLICA_RETRIES}")
+  [[ -n "${RCLONE_RETRIES_SLEEP:-}" ]] || limits+=(--retries-sleep 1s)
+  [[ -n "${RCLONE_LOW_LEVEL_RETRIES:-}" ]] || limits+=(--low-level-retries "${REPLICA_LOW_LEVEL_RETRIES}")
+  rclone "${limits[@]}" "$@"
 }
 
 # replica_path TARGET [NAME]: the target's place, or NAME in it, as rclone names it.
@@ -2353,9 +2358,9 @@ replica_scrub() {
   local name value text
   text="$(sed -E 's#^[0-9]{4}/[0-9]{2}/[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} ##')"
   while IFS= read -r name; do
-    [[ "${name}" == RCLONE_* && "${name}" != RCLONE_CONFIG ]] || continue
+    [[ "${name}" == RCLONE_CONFIG_* && "${name}" != *_TYPE ]] || continue
     value="${!name}"
-    ((${#value} < 4)) || text="${text//"${value}"/(${name})}"
+    ((${#value} < 6)) || text="${text//"${value}"/(${name})}"
   done < <(compgen -e)
   printf '%s\n' "${text}"
 }
