@@ -253,7 +253,7 @@ def test_a_target_that_is_down_keeps_the_local_backups_alerts_and_is_caught_up_n
     assert_copied(backups, target.files(), names)
     assert f"replica {target.name} ok (copied 6 backup(s)" in caught_up.stdout
     # newest first: this run's own backups, then the three it missed
-    copied = re.findall(rf"replica {target.name}: copied (\S+) ", caught_up.stdout)
+    copied = re.findall(rf"replica {target.name}: copied (\S+_backup_\S+) ", caught_up.stdout)
     assert set(copied[:3]) == names - first
     assert set(copied[3:]) == first
     assert f"replica:{target.name}" not in attention(backups)
