@@ -2507,7 +2507,7 @@ replica_transfer() {
   : >"${WORK_DIR}/rclone.err"
   {
     rc=0
-    replica_rclone copyto "${limit[@]}" --stats "${REPLICA_STATS}" --stats-one-line \
+    replica_rclone copyto --no-check-dest "${limit[@]}" --stats "${REPLICA_STATS}" --stats-one-line \
       --stats-log-level NOTICE -- "${src}" "${dst}" 2>&1 >/dev/null || rc=$?
     printf '%s\n' "${rc}" >"${WORK_DIR}/rclone.rc"
   } | replica_relay "${target}"
@@ -2567,6 +2567,10 @@ replica_complete() {
   list_backups
 }
 
+# The hashes a target was found not to compute (" no-sha256 no-md5"): a part is one target, whose
+# later copies are not asked again.
+REPLICA_HASHES=""
+
 # replica_verify TARGET NAME: the copy of NAME on the target has the bytes of the local one: its
 # SHA-256 there (compared with NAME.sha256), else its MD5 there, else the copy read back and
 # hashed here. REPLICA_VERIFIED says how.
@@ -2576,16 +2580,20 @@ replica_verify() {
   remote="$(replica_path "${target}" "${name}")"
   want="$(cut -c1-64 -- "${BACKUP_DIR}/${name}.sha256")"
   REPLICA_VERIFIED=""
-  got="$(replica_rclone hashsum sha256 -- "${remote}" 2>"${err}")" || got=""
+  got=""
+  [[ "${REPLICA_HASHES}" == *no-sha256* ]] || got="$(replica_rclone hashsum sha256 -- "${remote}" 2>"${err}")" || got=""
   got="${got:0:64}"
+  [[ "${got}" =~ ^[0-9a-f]{64}$ ]] || REPLICA_HASHES+=" no-sha256"
   if [[ "${got}" =~ ^[0-9a-f]{64}$ ]]; then
     [[ "${got}" == "${want}" ]] ||
       replica_fail "the copy of ${name} on ${target} has another SHA-256 (${got}) than ${name}.sha256 (${want})" || return 1
     REPLICA_VERIFIED="SHA-256 computed on the target"
     return 0
   fi
-  got="$(replica_rclone hashsum md5 -- "${remote}" 2>"${err}")" || got=""
+  got=""
+  [[ "${REPLICA_HASHES}" == *no-md5* ]] || got="$(replica_rclone hashsum md5 -- "${remote}" 2>"${err}")" || got=""
   got="${got:0:32}"
+  [[ "${got}" =~ ^[0-9a-f]{32}$ ]] || REPLICA_HASHES+=" no-md5"
   if [[ "${got}" =~ ^[0-9a-f]{32}$ ]]; then
     want="$(md5sum <"${BACKUP_DIR}/${name}")" || replica_fail "cannot hash ${name} here" || return 1
     [[ "${got}" == "${want:0:32}" ]] ||

@@ -2398,7 +2398,7 @@ replica_transfer() {
   : >"${WORK_DIR}/rclone.err"
   {
     rc=0
-    replica_rclone copyto "${limit[@]}" --stats "${REPLICA_STATS}" --stats-one-line \
+    replica_rclone copyto --no-check-dest "${limit[@]}" --stats "${REPLICA_STATS}" --stats-one-line \
       --stats-log-level NOTICE -- "${src}" "${dst}" 2>&1 >/dev/null || rc=$?
     printf '%s\n' "${rc}" >"${WORK_DIR}/rclone.rc"
   } | replica_relay "${target}"

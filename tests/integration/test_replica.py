@@ -155,7 +155,12 @@ def test_a_full_backup_is_copied_to_the_target_and_verified_there(
     assert result.stdout.count(f"verified: {VERIFIED[kind]}") == 3
     assert re.search(rf"replica {target.name}: copied \S+ \(.+ in [0-9.]+s, .+/s\)", result.stdout)
     assert f"replica {target.name} ok (copied 3 backup(s)" in result.stdout
-    assert metric(backups, f'gym_backup_replica_last_success_timestamp_seconds{{target="{target.name}"}}') > 0
+    assert (
+        metric(
+            backups, f'gym_backup_replica_last_success_timestamp_seconds{{target="{target.name}"}}'
+        )
+        > 0
+    )
     listed = run_ok(run_script, BACKUP, "list", "--replica", target.name, env=env).stdout
     for name in names:
         assert name in listed
@@ -209,7 +214,9 @@ def test_from_refuses_what_is_not_a_backup_name(
         result = run_script(RESTORE, "verify", bad, "--from", "usb", env=env)
         assert result.returncode == 6, result.stdout + result.stderr
         assert "is not a backup's name" in result.stderr
-    result = run_script(RESTORE, "info", "redis_backup_20240101_000000.rdb.gz", "--from", "nas", env=env)
+    result = run_script(
+        RESTORE, "info", "redis_backup_20240101_000000.rdb.gz", "--from", "nas", env=env
+    )
     assert result.returncode == 2
     assert "no target 'nas' in REPLICA_TARGETS" in result.stderr
 
@@ -316,9 +323,7 @@ def test_cleanup_prunes_the_target_with_the_local_rules(
     request: pytest.FixtureRequest,
 ) -> None:
     target = offsite(kind, tmp_path, request)
-    env = backup_env(
-        tmp_path, REPLICA_ALLOW_PLAINTEXT="true", KEEP_MIN="1", **target.settings
-    )
+    env = backup_env(tmp_path, REPLICA_ALLOW_PLAINTEXT="true", KEEP_MIN="1", **target.settings)
     backups = tmp_path / "backups"
     made = old_backups(backups)
     run_ok(run_script, BACKUP, "sync", env=env)
@@ -328,16 +333,16 @@ def test_cleanup_prunes_the_target_with_the_local_rules(
     target.write(stray, b"half a copy")
 
     dry = run_ok(run_script, BACKUP, "cleanup", "--dry-run", env=env)
-    assert f"replica {target.name}: would prune 6 of 15 backup(s)" in dry.stdout
+    assert f"replica {target.name}: would prune 9 of 15 backup(s)" in dry.stdout
     assert len(target.files()) == 46
     result = run_ok(run_script, BACKUP, "cleanup", env=env)
 
     kept = local_backups(backups)
-    assert len(kept) == 9  # 1, 2 days old and within 90 days; 100 days and older go but KEEP_MIN
+    assert len(kept) == 6  # within BACKUP_RETENTION_DAYS=90: 1 and 2 days old, of each type
     held = target.files()
     assert {n for n in held if not n.endswith((".sha256", ".manifest.json"))} == kept | {stray}
     assert_copied(backups, held, kept)
-    assert f"replica {target.name}: pruned 6 of 15 backup(s)" in result.stdout
+    assert f"replica {target.name}: pruned 9 of 15 backup(s)" in result.stdout
     assert status_json(backups)["replicas"][target.name]["last_prune"]["result"] == "ok"  # type: ignore[index]
 
 
@@ -345,7 +350,9 @@ def test_with_replica_prune_false_credentials_that_cannot_delete_are_enough(
     backup_env: MakeEnv, run_script: RunScript, tmp_path: Path, remotes: Remotes
 ) -> None:
     target = remotes["s3nodelete"]
-    env = backup_env(tmp_path, REPLICA_ALLOW_PLAINTEXT="true", KEEP_MIN="1", **remotes.env("s3nodelete"))
+    env = backup_env(
+        tmp_path, REPLICA_ALLOW_PLAINTEXT="true", KEEP_MIN="1", **remotes.env("s3nodelete")
+    )
     backups = tmp_path / "backups"
     made = old_backups(backups)
     run_ok(run_script, BACKUP, "sync", env=env)
@@ -359,7 +366,7 @@ def test_with_replica_prune_false_credentials_that_cannot_delete_are_enough(
 
     result = run_ok(run_script, BACKUP, "cleanup", env={**env, "REPLICA_PRUNE": "false"})
     assert "REPLICA_PRUNE=false: the targets (s3nodelete) are not pruned" in result.stdout
-    assert len(local_backups(backups)) == 9
+    assert len(local_backups(backups)) == 6
     assert len(target.files()) == 45
     # the next backups still go there: adding needs no delete right
     key_env = {**env, "ENCRYPTION_KEY": KEY, "REPLICA_PRUNE": "false"}
@@ -416,7 +423,10 @@ def test_after_losing_backup_dir_everything_is_restored_from_the_target_onto_fre
             **target.settings,
         )
         run_ok(run_script, BACKUP, "full", env=env)
-    names = {kind_: next(n for n in local_backups(tmp_path / "backups") if n.startswith(kind_)) for kind_ in TYPES}
+    names = {
+        kind_: next(n for n in local_backups(tmp_path / "backups") if n.startswith(kind_))
+        for kind_ in TYPES
+    }
     written_db = pg.dump(source_db)
     written_files = tree_state(uploads)
     # the host's disk is gone: no BACKUP_DIR, no source servers; the settings and the key remain
@@ -427,10 +437,17 @@ def test_after_losing_backup_dir_everything_is_restored_from_the_target_onto_fre
     assert all(name in listed for name in names.values())
 
     with start_redis(tmp_path / "new-redis", password=REDIS_PASSWORD) as new_redis:
-        new_env = {**env, **fresh_pg.env(), **new_redis.env(), "FILES_DIR": str(tmp_path / "new-uploads")}
+        new_env = {
+            **env,
+            **fresh_pg.env(),
+            **new_redis.env(),
+            "FILES_DIR": str(tmp_path / "new-uploads"),
+        }
         (tmp_path / "new-uploads").mkdir()
         for part in TYPES:
-            result = run_ok(run_script, RESTORE, part, names[part], "--from", target.name, env=new_env)
+            result = run_ok(
+                run_script, RESTORE, part, names[part], "--from", target.name, env=new_env
+            )
             assert f"fetched {names[part]} from {target.name}" in result.stdout
         restored_redis = redis_state(new_redis)
 
