@@ -1223,6 +1223,13 @@ check_environment() {
   check_schedule BACKUP_SCHEDULE
   check_schedule CLEANUP_SCHEDULE
   check_schedule RESTORE_DRILL_SCHEDULE --may-be-empty
+  replica_parse
+  for name in "${REPLICA_PROBLEMS[@]}"; do
+    problem "${name}."
+  done
+  if [[ -n "${REPLICA_RCLONE_CONFIG_FILE}" && ! -r "${REPLICA_RCLONE_CONFIG_FILE}" ]]; then
+    problem "REPLICA_RCLONE_CONFIG_FILE: cannot read '${REPLICA_RCLONE_CONFIG_FILE}'; mount the rclone config file there (read-only is enough) or fix the path."
+  fi
   case "${BACKUP_ON_START}" in
     true | false) ;;
     *) problem "BACKUP_ON_START='${BACKUP_ON_START}' must be true or false." ;;
@@ -1283,6 +1290,12 @@ write_job_env() {
         [[ -z "${!name:-}" ]] || printf 'export %s=%q\n' "${name}" "${!name}"
       fi
     done
+    # rclone's own variables (RCLONE_CONFIG_NAME_KEY...: the remotes of REPLICA_TARGETS and
+    # their keys), which only this file, mode 0400 on tmpfs, hands on.
+    while IFS= read -r name; do
+      [[ "${name}" == RCLONE_* ]] || continue
+      printf 'export %s=%q\n' "${name}" "${!name}"
+    done < <(compgen -e)
   } >"${JOB_ENV}.partial"
   chmod 0400 -- "${JOB_ENV}.partial"
   mv -f -- "${JOB_ENV}.partial" "${JOB_ENV}"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.sandbox import PostgresServer, RedisServer, start_postgres, start_redis
+from devtools.sandbox import PostgresServer, start_postgres, start_redis
 from tests.support import (
     BACKUP,
     KEY,
@@ -144,7 +144,7 @@ def test_a_full_backup_is_copied_to_the_target_and_verified_there(
     request: pytest.FixtureRequest,
 ) -> None:
     target = offsite(kind, tmp_path, request)
-    env = backup_env(tmp_path, encryption_key=KEY, **target.settings)
+    env = {**backup_env(tmp_path, encryption_key=KEY), **target.settings}
 
     result = run_ok(run_script, BACKUP, "full", env=env)
 
@@ -190,7 +190,7 @@ def test_a_changed_copy_on_the_target_is_found_by_verify_from(
     request: pytest.FixtureRequest,
 ) -> None:
     target = offsite(kind, tmp_path, request)
-    env = backup_env(tmp_path, encryption_key=KEY, **target.settings)
+    env = {**backup_env(tmp_path, encryption_key=KEY), **target.settings}
     run_ok(run_script, BACKUP, "redis", env=env)
     (name,) = local_backups(tmp_path / "backups")
     run_ok(run_script, RESTORE, "verify", name, "--from", target.name, env=env)
@@ -233,7 +233,7 @@ def test_a_target_that_is_down_keeps_the_local_backups_alerts_and_is_caught_up_n
     request: pytest.FixtureRequest,
 ) -> None:
     target = offsite(kind, tmp_path, request)
-    env = backup_env(tmp_path, encryption_key=KEY, **target.settings)
+    env = {**backup_env(tmp_path, encryption_key=KEY), **target.settings}
     backups = tmp_path / "backups"
     with target.down():
         started = time.monotonic()
@@ -277,7 +277,7 @@ def test_unencrypted_backups_are_not_copied_to_an_rclone_remote(
     request: pytest.FixtureRequest,
 ) -> None:
     target = offsite(kind, tmp_path, request)
-    env = backup_env(tmp_path, **target.settings)
+    env = {**backup_env(tmp_path), **target.settings}
 
     result = run_script(BACKUP, "files", env=env)
 
@@ -297,7 +297,7 @@ def test_a_local_folder_target_takes_unencrypted_backups(
     backup_env: MakeEnv, run_script: RunScript, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     target = offsite("path", tmp_path, request)
-    env = backup_env(tmp_path, **target.settings)
+    env = {**backup_env(tmp_path), **target.settings}
     run_ok(run_script, BACKUP, "files", env=env)
     assert_copied(tmp_path / "backups", target.files(), local_backups(tmp_path / "backups"))
 
@@ -323,7 +323,7 @@ def test_cleanup_prunes_the_target_with_the_local_rules(
     request: pytest.FixtureRequest,
 ) -> None:
     target = offsite(kind, tmp_path, request)
-    env = backup_env(tmp_path, REPLICA_ALLOW_PLAINTEXT="true", KEEP_MIN="1", **target.settings)
+    env = {**backup_env(tmp_path, REPLICA_ALLOW_PLAINTEXT="true", KEEP_MIN="1"), **target.settings}
     backups = tmp_path / "backups"
     made = old_backups(backups)
     run_ok(run_script, BACKUP, "sync", env=env)
@@ -350,9 +350,10 @@ def test_with_replica_prune_false_credentials_that_cannot_delete_are_enough(
     backup_env: MakeEnv, run_script: RunScript, tmp_path: Path, remotes: Remotes
 ) -> None:
     target = remotes["s3nodelete"]
-    env = backup_env(
-        tmp_path, REPLICA_ALLOW_PLAINTEXT="true", KEEP_MIN="1", **remotes.env("s3nodelete")
-    )
+    env = {
+        **backup_env(tmp_path, REPLICA_ALLOW_PLAINTEXT="true", KEEP_MIN="1"),
+        **remotes.env("s3nodelete"),
+    }
     backups = tmp_path / "backups"
     made = old_backups(backups)
     run_ok(run_script, BACKUP, "sync", env=env)
@@ -414,14 +415,16 @@ def test_after_losing_backup_dir_everything_is_restored_from_the_target_onto_fre
     with start_redis(tmp_path / "src-redis", password=REDIS_PASSWORD) as source_redis:
         load_redis_dataset(source_redis)
         written_redis = redis_state(source_redis)
-        env = backup_env(
-            tmp_path,
-            encryption_key=KEY,
-            redis=source_redis,
-            files_dir=uploads,
-            POSTGRES_DB=source_db,
+        env = {
+            **backup_env(
+                tmp_path,
+                encryption_key=KEY,
+                redis=source_redis,
+                files_dir=uploads,
+                POSTGRES_DB=source_db,
+            ),
             **target.settings,
-        )
+        }
         run_ok(run_script, BACKUP, "full", env=env)
     names = {
         kind_: next(n for n in local_backups(tmp_path / "backups") if n.startswith(kind_))
