@@ -166,6 +166,15 @@ def test_a_full_backup_is_copied_to_the_target_and_verified_there(
         assert name in listed
     assert "3 backup(s) (postgresql 1, redis 1, files 1)" in listed
     assert "0 backup(s) of" in listed
+    # the rclone config's keys are in no output and no log (rclone read them from the file)
+    config = env.get("REPLICA_RCLONE_CONFIG_FILE")
+    if config:
+        keys = re.findall(
+            r"^(?:secret_access_key|access_key_id) = (\S+)$", Path(config).read_text(), re.M
+        )
+        logs = result.stdout + result.stderr + listed + (backups / "backup.log").read_text()
+        assert keys or kind != "s3"
+        assert all(key not in logs for key in keys)
 
 
 def test_an_rclone_local_remote_is_a_target_too(
@@ -251,6 +260,9 @@ def test_a_target_that_is_down_keeps_the_local_backups_alerts_and_is_caught_up_n
     gauge = f'gym_backup_replica_last_success_timestamp_seconds{{target="{target.name}"}}'
     assert metric(backups, gauge) == 0
     assert not any(name.endswith(".sha256") for name in target.files())
+    status = run_script(BACKUP, "status", env=env)
+    assert status.returncode == 7
+    assert f"off-site copies: {target.name} failed" in status.stdout
 
     time.sleep(1.1)  # the next run's backups get another timestamp
     caught_up = run_ok(run_script, BACKUP, "full", env=env)
