@@ -61,6 +61,7 @@ class Offsite:
     """One target of a test: its name in REPLICA_TARGETS, the settings that reach it, what it
     holds (read behind rclone's back), a way to change a file there, and to take it down."""
 
+    kind: str
     name: str
     settings: dict[str, str]
     files: Callable[[], dict[str, bytes]]
@@ -94,11 +95,24 @@ def offsite(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Offsit
             (folder / name).write_bytes(data)
 
         return Offsite(
-            "usb", {"REPLICA_TARGETS": f"usb={folder}"}, files, write, lambda: folder_gone(folder)
+            kind,
+            "usb",
+            {"REPLICA_TARGETS": f"usb={folder}"},
+            files,
+            write,
+            lambda: folder_gone(folder),
         )
     remotes: Remotes = request.getfixturevalue("remotes")
     target = remotes[kind]
-    return Offsite(kind, remotes.env(kind), target.files, target.write, target.server.down)
+    return Offsite(kind, kind, remotes.env(kind), target.files, target.write, target.server.down)
+
+
+@pytest.fixture
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Offsite:
+    """The target of the kind the test is parametrized with (indirect)."""
+    kind = request.param
+    assert isinstance(kind, str)
+    return offsite(kind, tmp_path, request)
 
 
 def local_backups(backup_dir: Path) -> set[str]:
@@ -135,15 +149,13 @@ def metric(backup_dir: Path, line_start: str) -> float:
 # ------------------------------------------------------------------------------ copies
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", KINDS, indirect=True)
 def test_a_full_backup_is_copied_to_the_target_and_verified_there(
-    kind: str,
+    target: Offsite,
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
-    request: pytest.FixtureRequest,
 ) -> None:
-    target = offsite(kind, tmp_path, request)
     env = {**backup_env(tmp_path, encryption_key=KEY), **target.settings}
 
     result = run_ok(run_script, BACKUP, "full", env=env)
@@ -152,7 +164,7 @@ def test_a_full_backup_is_copied_to_the_target_and_verified_there(
     names = local_backups(backups)
     assert len(names) == 3
     assert_copied(backups, target.files(), names)
-    assert result.stdout.count(f"verified: {VERIFIED[kind]}") == 3
+    assert result.stdout.count(f"verified: {VERIFIED[target.kind]}") == 3
     assert re.search(rf"replica {target.name}: copied \S+ \(.+ in [0-9.]+s, .+/s\)", result.stdout)
     assert f"replica {target.name} ok (copied 3 backup(s)" in result.stdout
     assert (
@@ -173,7 +185,7 @@ def test_a_full_backup_is_copied_to_the_target_and_verified_there(
             r"^(?:secret_access_key|access_key_id) = (\S+)$", Path(config).read_text(), re.M
         )
         logs = result.stdout + result.stderr + listed + (backups / "backup.log").read_text()
-        assert keys or kind != "s3"
+        assert keys or target.kind != "s3"
         assert all(key not in logs for key in keys)
 
 
@@ -190,15 +202,13 @@ def test_an_rclone_local_remote_is_a_target_too(
     assert_copied(tmp_path / "backups", held, {name})
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", KINDS, indirect=True)
 def test_a_changed_copy_on_the_target_is_found_by_verify_from(
-    kind: str,
+    target: Offsite,
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
-    request: pytest.FixtureRequest,
 ) -> None:
-    target = offsite(kind, tmp_path, request)
     env = {**backup_env(tmp_path, encryption_key=KEY), **target.settings}
     run_ok(run_script, BACKUP, "redis", env=env)
     (name,) = local_backups(tmp_path / "backups")
@@ -233,15 +243,13 @@ def test_from_refuses_what_is_not_a_backup_name(
 # ------------------------------------------------------------------------------ failures
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", KINDS, indirect=True)
 def test_a_target_that_is_down_keeps_the_local_backups_alerts_and_is_caught_up_next_run(
-    kind: str,
+    target: Offsite,
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
-    request: pytest.FixtureRequest,
 ) -> None:
-    target = offsite(kind, tmp_path, request)
     env = {**backup_env(tmp_path, encryption_key=KEY), **target.settings}
     backups = tmp_path / "backups"
     with target.down():
@@ -280,15 +288,13 @@ def test_a_target_that_is_down_keeps_the_local_backups_alerts_and_is_caught_up_n
     assert metric(backups, gauge) > 0
 
 
-@pytest.mark.parametrize("kind", ["sftponly", "s3"])
+@pytest.mark.parametrize("target", ["sftponly", "s3"], indirect=True)
 def test_unencrypted_backups_are_not_copied_to_an_rclone_remote(
-    kind: str,
+    target: Offsite,
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
-    request: pytest.FixtureRequest,
 ) -> None:
-    target = offsite(kind, tmp_path, request)
     env = {**backup_env(tmp_path), **target.settings}
 
     result = run_script(BACKUP, "files", env=env)
@@ -326,15 +332,13 @@ def old_backups(backup_dir: Path) -> dict[str, str]:
     return made
 
 
-@pytest.mark.parametrize("kind", ["path", "sftpfull", "s3"])
+@pytest.mark.parametrize("target", ["path", "sftpfull", "s3"], indirect=True)
 def test_cleanup_prunes_the_target_with_the_local_rules(
-    kind: str,
+    target: Offsite,
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
-    request: pytest.FixtureRequest,
 ) -> None:
-    target = offsite(kind, tmp_path, request)
     env = {**backup_env(tmp_path, REPLICA_ALLOW_PLAINTEXT="true", KEEP_MIN="1"), **target.settings}
     backups = tmp_path / "backups"
     made = old_backups(backups)
@@ -409,18 +413,16 @@ INSERT INTO payments (member, amount) SELECT 1 + i % 500, i * 1.25 FROM generate
 """
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", KINDS, indirect=True)
 def test_after_losing_backup_dir_everything_is_restored_from_the_target_onto_fresh_servers(
-    kind: str,
+    target: Offsite,
     pg: PostgresServer,
     fresh_pg: PostgresServer,
     new_db: Callable[..., str],
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
-    request: pytest.FixtureRequest,
 ) -> None:
-    target = offsite(kind, tmp_path, request)
     source_db = new_db()
     pg.psql(SOURCE_SQL, source_db, superuser=False)
     uploads = make_uploads(tmp_path / "uploads")
