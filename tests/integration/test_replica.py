@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import time
@@ -213,6 +214,9 @@ def test_a_changed_copy_on_the_target_is_found_by_verify_from(
     run_ok(run_script, BACKUP, "redis", env=env)
     (name,) = local_backups(tmp_path / "backups")
     run_ok(run_script, RESTORE, "verify", name, "--from", target.name, env=env)
+    shown = run_ok(run_script, RESTORE, "info", name, "--from", target.name, env=env).stdout
+    assert f"checksum:     ok (matches {name}.sha256)" in shown
+    assert "type:         redis" in shown
     data = bytearray(target.files()[name])
     data[len(data) // 2] ^= 0x10
     target.write(name, bytes(data))
@@ -472,3 +476,29 @@ def test_after_losing_backup_dir_everything_is_restored_from_the_target_onto_fre
     assert restored_redis.digest == written_redis.digest
     assert restored_redis.keys == written_redis.keys
     assert tree_state(tmp_path / "new-uploads") == written_files
+
+
+def test_uploads_log_their_progress_and_keep_to_replica_bwlimit(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    (uploads / "photo.raw").write_bytes(os.urandom(1_500_000))
+    folder = tmp_path / "usb"
+    env = backup_env(
+        tmp_path,
+        encryption_key=KEY,
+        files_dir=uploads,
+        REPLICA_TARGETS=f"usb={folder}",
+        REPLICA_BWLIMIT="500k",
+    )
+    result = run_ok(run_script, BACKUP, "files", env=env)
+
+    (name,) = local_backups(tmp_path / "backups")
+    size = (tmp_path / "backups" / name).stat().st_size
+    seconds = float(re.search(rf"copied {name} \(.+ in ([0-9.]+)s", result.stdout)[1])  # type: ignore[index]
+    assert seconds >= size / (500 * 1024) - 1.5, "REPLICA_BWLIMIT was not applied"
+    log = (tmp_path / "backups" / "backup.log").read_text()
+    assert re.search(
+        r"replica usb: rclone: NOTICE: +[0-9.]+ \S+ / [0-9.]+ \S+, 100%, [0-9.]+ \S+/s", log
+    )
