@@ -5025,11 +5025,11 @@ main() {
   # option another command takes is an error here, not silently ignored.
   local option
   local -A takes=(
-    [verify]="--deep --no-checksum --from"
-    [info]="--from"
-    [postgresql]="--target-db --clean --no-owner --no-safety-backup --no-checksum --from"
-    [redis]="--mode --recover --no-safety-backup --no-checksum --from"
-    [files]="--force --no-checksum --from"
+    [verify]="--deep --no-checksum"
+    [info]=""
+    [postgresql]="--target-db --clean --no-owner --no-safety-backup --no-checksum"
+    [redis]="--mode --recover --no-safety-backup --no-checksum"
+    [files]="--force --no-checksum"
   )
   local -A takes_dest=([files]=1)
   [[ -v "takes[${command}]" ]] || usage_error "unknown command '${command}'"
@@ -5038,7 +5038,9 @@ main() {
   else
     ((${#positional[@]} == 2 - OPT_RECOVER)) || usage_error "${command} takes one FILE"
   fi
+  # Every command that takes a FILE takes --from NAME.
   for option in "${given[@]}"; do
+    [[ "${option}" != --from ]] || ((OPT_RECOVER)) || continue
     [[ " ${takes[${command}]} " == *" ${option} "* ]] || usage_error "${command} does not take ${option}"
   done
   [[ "${OPT_MODE}" == online || "${OPT_MODE}" == file ]] || usage_error "--mode is online or file, not '${OPT_MODE}'"
@@ -5048,12 +5050,12 @@ main() {
   check_settings
   make_work_dir "restore_script.sh ${command} ${positional[1]:-}"
   RESTORE_RDB="${WORK_DIR}/restore.rdb"
+  # --from NAME: FILE is fetched from that target first (replica_fetch, _replica.sh.j2).
   if [[ -n "${OPT_FROM}" ]]; then
     replica_fetch "${OPT_FROM}" "${positional[1]}" "${WORK_DIR}/from"
-    resolve_backup "${WORK_DIR}/from/${positional[1]}"
-  elif ((OPT_RECOVER == 0)); then
-    resolve_backup "${positional[1]}"
+    positional[1]="${WORK_DIR}/from/${positional[1]}"
   fi
+  ((OPT_RECOVER)) || resolve_backup "${positional[1]}"
   if [[ "${command}" == info ]]; then
     cmd_info
     return 0
