@@ -5049,12 +5049,12 @@ main() {
   trap 'finish_run $?' EXIT
   check_settings
   make_work_dir "restore_script.sh ${command} ${positional[1]:-}"
-  RESTORE_RDB="${WORK_DIR}/restore.rdb"
   # --from NAME: FILE is fetched from that target first (replica_fetch, _replica.sh.j2).
   if [[ -n "${OPT_FROM}" ]]; then
     replica_fetch "${OPT_FROM}" "${positional[1]}" "${WORK_DIR}/from"
     positional[1]="${WORK_DIR}/from/${positional[1]}"
   fi
+  RESTORE_RDB="${WORK_DIR}/restore.rdb"
   ((OPT_RECOVER)) || resolve_backup "${positional[1]}"
   if [[ "${command}" == info ]]; then
     cmd_info
