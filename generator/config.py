@@ -503,13 +503,13 @@ def load_settings(
         elif setting.kind in (Kind.PORT, Kind.INT) and value:
             value = str(int(value))  # decimal, as the scripts read it: 010 is 10, 08 is 8
         values[setting.name] = value
-    if not any(p.startswith("COMPRESSION_LEVEL:") for p in problems):
-        problems += _level_problems(values)
     rclone_env = {
         k: v for k, v in {**from_file, **environ}.items() if k.startswith(RCLONE_PREFIX) and v
     }
     if for_run and not any(p.startswith("REPLICA_") for p in problems):
         problems += _remote_problems(values, rclone_env)
+    if not any(p.startswith("COMPRESSION_LEVEL:") for p in problems):
+        problems += _level_problems(values)
     if problems:
         raise ConfigError(problems)
     return Settings(values=values, secrets=secrets, source=env_file, rclone_env=rclone_env)

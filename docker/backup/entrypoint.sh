@@ -1220,9 +1220,6 @@ check_environment() {
   for name in "${SECRET_SETTINGS[@]}"; do
     check_secret "${name}"
   done
-  check_schedule BACKUP_SCHEDULE
-  check_schedule CLEANUP_SCHEDULE
-  check_schedule RESTORE_DRILL_SCHEDULE --may-be-empty
   replica_parse
   for name in "${REPLICA_PROBLEMS[@]}"; do
     problem "${name}."
@@ -1230,6 +1227,9 @@ check_environment() {
   if [[ -n "${REPLICA_RCLONE_CONFIG_FILE}" && ! -r "${REPLICA_RCLONE_CONFIG_FILE}" ]]; then
     problem "REPLICA_RCLONE_CONFIG_FILE: cannot read '${REPLICA_RCLONE_CONFIG_FILE}'; mount the rclone config file there (read-only is enough) or fix the path."
   fi
+  check_schedule BACKUP_SCHEDULE
+  check_schedule CLEANUP_SCHEDULE
+  check_schedule RESTORE_DRILL_SCHEDULE --may-be-empty
   case "${BACKUP_ON_START}" in
     true | false) ;;
     *) problem "BACKUP_ON_START='${BACKUP_ON_START}' must be true or false." ;;
