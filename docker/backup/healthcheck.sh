@@ -1616,13 +1616,14 @@ status_model() {
   [[ -r "${runs}" ]] || runs=/dev/null
   [[ -r "${counts}" ]] || counts=/dev/null
   [[ -r "${alerts}" ]] || alerts=/dev/null
+  # The targets of REPLICA_TARGETS (_replica.sh.j2), which the awk program reads in ENVIRON.
+  local -x STATUS_TARGETS=""
+  ! declare -F replica_target_names >/dev/null || STATUS_TARGETS="$(replica_target_names | tr '\n' ' ')"
   status_inventory >"${out}/inventory"
   df_line="$(df -Pk -- "${BACKUP_DIR}" 2>/dev/null | awk 'NR == 2 { print $2, $3, $4 }')" || df_line=""
   read -r size used free <<<"${df_line:-0 0 0}"
   running="$(lock_busy_holder 2>/dev/null)" || running=""
-  local targets=""
-  ! declare -F replica_target_names >/dev/null || targets="$(replica_target_names | tr '\n' ' ')"
-  awk -F '\t' -v now="${EPOCHSECONDS}" -v types="${BACKUP_TYPES[*]}" -v targets="${targets% }" \
+  awk -F '\t' -v now="${EPOCHSECONDS}" -v types="${BACKUP_TYPES[*]}" \
     -v max_age="${ALERT_MAX_AGE}" -v max_duration="${ALERT_MAX_DURATION}" \
     -v disk_percent="${ALERT_DISK_PERCENT}" -v since="${since}" \
     -v scheduler_down="${scheduler_down}" -v size=$((size * 1024)) -v used=$((used * 1024)) \
@@ -1663,7 +1664,7 @@ function cond(key, msg) { ncond++; ckey[ncond] = key; cmsg[ncond] = msg }
 function metric(name, type, help) {
   printf("# HELP %s %s\n# TYPE %s %s\n", name, help, name, type) > prom_out
 }
-BEGIN { ntypes = split(types, T, " "); ntargets = split(targets, G, " ") }
+BEGIN { ntypes = split(types, T, " "); ntargets = split(ENVIRON["STATUS_TARGETS"], G, " ") }
 FILENAME == f_counts { split($0, f, "\t"); nc++; ck[nc] = f[1]; ct[nc] = f[2]; cr[nc] = f[3]; cv[nc] = f[4]; next }
 FILENAME == f_inventory { split($0, f, " "); inv_n[f[1]] = f[2]; inv_b[f[1]] = f[3]; next }
 FILENAME == f_alerts { known[$1] = 1; na++; ak[na] = $1; as[na] = $2; al[na] = $3; ad[na] = $4; next }
@@ -1712,12 +1713,6 @@ END {
       cond("drill:" ty, msg)
     }
   }
-  for (k in last) {
-    if ((k in last) && fld(at(last, k), 11) == "encryption" && fld(at(last, k), 4) != "ok") {
-      split(k, kt, SUBSEP)
-      cond("encryption", "an encryption or decryption error in the last " kt[1] " of " kt[2] " (" when(fld(at(last, k), 1)) "): " fld(at(last, k), 12))
-    }
-  }
   # The off-site copies (REPLICA_TARGETS): the last copy to a target, or its last prune, failed.
   for (g = 1; g <= ntargets; g++) {
     k = "replica" SUBSEP G[g]
@@ -1731,6 +1726,12 @@ END {
       msg = "pruning the target " G[g] " failed on " when(fld(at(last, k), 1))
       if (fld(at(last, k), 12) != "") msg = msg ": " fld(at(last, k), 12)
       cond("replica_prune:" G[g], msg)
+    }
+  }
+  for (k in last) {
+    if ((k in last) && fld(at(last, k), 11) == "encryption" && fld(at(last, k), 4) != "ok") {
+      split(k, kt, SUBSEP)
+      cond("encryption", "an encryption or decryption error in the last " kt[1] " of " kt[2] " (" when(fld(at(last, k), 1)) "): " fld(at(last, k), 12))
     }
   }
   if (lastbackup != "" && max_duration > 0 && fld(lastbackup, 14) > max_duration)
