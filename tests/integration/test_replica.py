@@ -209,8 +209,12 @@ def test_a_changed_copy_on_the_target_is_found_by_verify_from(
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
+    short_tmp: Path,
 ) -> None:
-    env = {**backup_env(tmp_path, encryption_key=KEY), **target.settings}
+    env = {
+        **backup_env(tmp_path, encryption_key=KEY, TMPDIR=str(short_tmp)),
+        **target.settings,
+    }
     run_ok(run_script, BACKUP, "redis", env=env)
     (name,) = local_backups(tmp_path / "backups")
     run_ok(run_script, RESTORE, "verify", name, "--from", target.name, env=env)
@@ -225,8 +229,9 @@ def test_a_changed_copy_on_the_target_is_found_by_verify_from(
 
     assert result.returncode == 4, result.stdout + result.stderr
     assert "the file was changed or damaged" in result.stdout + result.stderr
-    # the fetched copy lived in the run's private folder only
+    # the fetched copy lived in the run's private folder only, which is gone
     assert local_backups(tmp_path / "backups") == {name}
+    assert [p for p in short_tmp.rglob("*") if "_backup_" in p.name] == []
 
 
 def test_from_refuses_what_is_not_a_backup_name(
