@@ -2838,8 +2838,6 @@ replica_transfer() {
   return "${rc}"
 }
 
-# The target a replica step works on (a part of its own: see replica_part).
-REPLICA_PART=""
 # Why the last replica_* function that failed did (one line, secrets left out).
 REPLICA_ERROR=""
 
@@ -2889,6 +2887,8 @@ replica_complete() {
   local BACKUP_DIR="$1"
   list_backups
 }
+# The target a replica step works on (a part of its own: see replica_part).
+REPLICA_PART=""
 
 # The hashes a target was found not to compute (" no-sha256 no-md5"): a part is one target, whose
 # later copies are not asked again.

@@ -2729,6 +2729,55 @@ replica_transfer() {
   return "${rc}"
 }
 
+# Why the last replica_* function that failed did (one line, secrets left out).
+REPLICA_ERROR=""
+
+# replica_fail MESSAGE: fail the function that calls it (status 1), REPLICA_ERROR saying why.
+replica_fail() {
+  REPLICA_ERROR="$1"
+  return 1
+}
+
+# replica_mirror TARGET DIR: DIR (new) mirrors what the target holds: its backups' sidecars
+# fetched, each other name as a sparse file of its size there, each folder as a folder (names
+# rclone cannot give back safely are left out). A target's folder that does not exist yet holds
+# nothing.
+replica_mirror() {
+  local target="$1" dir="$2" size name rc=0 err="${WORK_DIR}/rclone-list.err"
+  local -a wanted=()
+  mkdir -p -- "${dir}"
+  replica_rclone lsf --format sp --separator $'\t' -- "$(replica_path "${target}")" \
+    >"${dir}.list" 2>"${err}" || rc=$?
+  if ((rc == 3)) && grep -qs 'directory not found' "${err}"; then
+    : >"${dir}.list"
+  elif ((rc != 0)); then
+    replica_fail "cannot list ${target} ($(replica_path "${target}")): rclone exit ${rc}: $(replica_said "${err}")"
+    return 1
+  fi
+  while IFS=$'\t' read -r size name; do
+    [[ "${name}" =~ ^[A-Za-z0-9][A-Za-z0-9._+-]*/?$ && "${name}" != *..* ]] || continue
+    if [[ "${name}" == */ ]]; then
+      mkdir -p -- "${dir}/${name%/}"
+    elif [[ "${name}" == *_backup_*.sha256 || "${name}" == *_backup_*.manifest.json ]]; then
+      wanted+=("${name}")
+    elif is_uint "${size}"; then
+      truncate -s "${size}" -- "${dir}/${name}"
+    fi
+  done <"${dir}.list"
+  ((${#wanted[@]} > 0)) || return 0
+  printf '%s\n' "${wanted[@]}" >"${dir}.wanted"
+  rc=0
+  replica_rclone copy --no-traverse --files-from-raw "${dir}.wanted" -- \
+    "$(replica_path "${target}")" "${dir}" 2>"${err}" || rc=$?
+  ((rc == 0)) || replica_fail "cannot read the sidecars on ${target}: rclone exit ${rc}: $(replica_said "${err}")"
+}
+
+# replica_complete MIRROR: the backups complete on a target (a backup_class "backup" in its
+# mirror), newest first.
+replica_complete() {
+  local BACKUP_DIR="$1"
+  list_backups
+}
 # replica_fetch TARGET FILE DIR: fetch the backup FILE (a backup's name: no path, the target is
 # not trusted) and its sidecars from the target into DIR (the run's private folder); the restore
 # then verifies them as any backup.
@@ -5254,11 +5303,13 @@ Commands:
       missing POSTGRES_DB is created, and the roles the backup names that the server lacks.
       A failure midway stops there and says how far it got: the types before it are
       restored, the failed one is left as its own restore leaves a failure, the rest are
-      untouched; the safety backups hold the targets from before
+      untouched; the safety backups hold the targets from before. With --from NAME, the run
+      is picked among the backups complete on that target, and its backups are fetched first
 
 Options:
   --no-checksum  (every command but info) go on without FILE.sha256
-  --from NAME    fetch FILE from the target NAME of REPLICA_TARGETS (rclone) first
+  --from NAME    fetch FILE (all: the run's backups) from the target NAME of REPLICA_TARGETS
+                 (rclone) first
   -h, --help     show this help
 
 Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy, 4 verification failed, 5 wrong encryption key,
@@ -5653,6 +5704,17 @@ all_pick_run() {
   done
 }
 
+# all_pick_run_from TARGET [TIMESTAMP]: all_pick_run on the backups complete on the target (those
+# with their .sha256 there), as its listing and sidecars say (replica_mirror).
+all_pick_run_from() {
+  local target="$1" want="$2"
+  replica_setup
+  replica_known "${target}"
+  replica_mirror "${target}" "${WORK_DIR}/mirror" ||
+    die "${EXIT_FAILED}" "all: ${REPLICA_ERROR}; nothing was changed"
+  all_pick_run "${want}" < <(replica_complete "${WORK_DIR}/mirror")
+}
+
 # all_select TYPE: the backup of TYPE is the one the checks and the restore work on.
 all_select() {
   resolve_backup "${ALL_FILES[$1]}"
@@ -5668,13 +5730,24 @@ restore_all() {
     want="$1"
     shift
   fi
-  all_pick_run "${want}" < <(list_backups)
-  if [[ -n "${want}" ]]; then
-    log INFO "all: restoring the run ${ALL_STAMP}"
+  if [[ -n "${OPT_FROM}" ]]; then
+    all_pick_run_from "${OPT_FROM}" "${want}"
   else
-    log INFO "all: restoring the run ${ALL_STAMP}, the newest with a complete backup of every type"
+    all_pick_run "${want}" < <(list_backups)
   fi
-  # (Backups of a replica are fetched here, into ALL_FILES; from here on they are local files.)
+  if [[ -n "${want}" ]]; then
+    log INFO "all: restoring the run ${ALL_STAMP}${OPT_FROM:+ from ${OPT_FROM}}"
+  else
+    log INFO "all: restoring the run ${ALL_STAMP}${OPT_FROM:+ from ${OPT_FROM}}, the newest with a complete backup of every type"
+  fi
+  # From a replica, the run's backups are fetched into the run's folder: from here on they are
+  # local files, checked as any.
+  if [[ -n "${OPT_FROM}" ]]; then
+    for type in "${BACKUP_TYPES[@]}"; do
+      replica_fetch "${OPT_FROM}" "${ALL_FILES_OF["${ALL_STAMP}/${type}"]}" "${WORK_DIR}/from-${type}"
+      ALL_FILES["${type}"]="${WORK_DIR}/from-${type}/${ALL_FILES_OF["${ALL_STAMP}/${type}"]}"
+    done
+  fi
   for type in "${BACKUP_TYPES[@]}"; do
     all_select "${type}"
     log INFO "all: checking ${BACKUP_FILE##*/} and its target"
@@ -5831,7 +5904,7 @@ main() {
   RUN_COMMAND="${command}"
   make_work_dir "restore_script.sh ${command} ${positional[1]:-}"
   # --from NAME: FILE is fetched from that target first (replica_fetch, _replica.sh.j2).
-  if [[ -n "${OPT_FROM}" ]]; then
+  if [[ -n "${OPT_FROM}" && "${command}" != all ]]; then
     replica_fetch "${OPT_FROM}" "${positional[1]}" "${WORK_DIR}/from"
     positional[1]="${WORK_DIR}/from/${positional[1]}"
   fi

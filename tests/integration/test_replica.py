@@ -485,6 +485,56 @@ def test_after_losing_backup_dir_everything_is_restored_from_the_target_onto_fre
     assert tree_state(tmp_path / "new-uploads") == written_files
 
 
+@pytest.mark.parametrize("target", ["sftponly"], indirect=True)
+def test_restore_all_from_the_target_fetches_the_newest_complete_run_onto_fresh_servers(
+    target: Offsite,
+    pg: PostgresServer,
+    fresh_pg: PostgresServer,
+    new_db: Callable[..., str],
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    source_db = new_db()
+    pg.psql(SOURCE_SQL, source_db, superuser=False)
+    uploads = make_uploads(tmp_path / "uploads")
+    with start_redis(tmp_path / "src-redis", password=REDIS_PASSWORD) as source_redis:
+        load_redis_dataset(source_redis)
+        written_redis = redis_state(source_redis)
+        env = {
+            **backup_env(
+                tmp_path,
+                encryption_key=KEY,
+                redis=source_redis,
+                files_dir=uploads,
+                POSTGRES_DB=source_db,
+            ),
+            **target.settings,
+        }
+        run_ok(run_script, BACKUP, "full", env=env)
+        # a newer run that is not complete (PostgreSQL only) is not the one all picks
+        time.sleep(1.1)
+        run_ok(run_script, BACKUP, "postgresql", env=env)
+    written_db = pg.dump(source_db)
+    written_files = tree_state(uploads)
+    shutil.rmtree(tmp_path / "backups")
+    fresh_pg.dropdb(PG_DB)
+    fresh_pg.createdb(PG_DB)
+
+    with start_redis(tmp_path / "new-redis", password=REDIS_PASSWORD) as new_redis:
+        new_env = {**env, **fresh_pg.env(), **new_redis.env()}
+        dest = tmp_path / "new-uploads"
+        result = run_ok(run_script, RESTORE, "all", str(dest), "--from", target.name, env=new_env)
+        restored_redis = redis_state(new_redis)
+
+    for part in TYPES:
+        assert f"fetched {part}_backup_" in result.stdout
+    assert "the newest with a complete backup of every type" in result.stdout
+    assert fresh_pg.dump(PG_DB) == written_db
+    assert restored_redis.digest == written_redis.digest
+    assert tree_state(dest) == written_files
+
+
 def test_uploads_log_their_progress_and_keep_to_replica_bwlimit(
     backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:
