@@ -282,11 +282,51 @@ def backup(
         _run(local, env, "backup_script.sh", [what, *_flags(dry_run=dry_run)], for_run=True)
 
 
+ReplicaOption = Annotated[
+    str | None,
+    typer.Option("--replica", help="A target of REPLICA_TARGETS (its NAME).", metavar="NAME"),
+]
+FromOption = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        help="Fetch FILE (a backup's name) from this target of REPLICA_TARGETS first.",
+        metavar="NAME",
+    ),
+]
+
+
+def _named(option: str, value: str | None) -> list[str]:
+    """``[option, value]`` when the value is given."""
+    return [option, value] if value else []
+
+
 @app.command("list")
-def list_backups(local: LocalOption = False, env: EnvOption = None) -> None:
-    """List the backups, newest first, with totals and free space."""
+def list_backups(
+    local: LocalOption = False, env: EnvOption = None, replica: ReplicaOption = None
+) -> None:
+    """List the backups, newest first, with totals and free space.
+
+    With --replica NAME, what that off-site target holds, and how many local backups it misses.
+    """
     with reporting_errors():
-        _run(local, env, "backup_script.sh", ["list"], for_run=False)
+        _run(local, env, "backup_script.sh", ["list", *_named("--replica", replica)], for_run=False)
+
+
+@app.command()
+def sync(
+    local: LocalOption = False,
+    env: EnvOption = None,
+    replica: ReplicaOption = None,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Copy to the off-site targets what they miss, now.
+
+    Every backup run does it too; this is for after a target was down or was added.
+    """
+    with reporting_errors():
+        args = ["sync", *_named("--replica", replica), *_flags(dry_run=dry_run)]
+        _run(local, env, "backup_script.sh", args, for_run=True)
 
 
 @app.command()
@@ -368,21 +408,29 @@ def verify(
     no_checksum: Annotated[
         bool, typer.Option("--no-checksum", help="Verify without the FILE.sha256 sidecar.")
     ] = False,
+    from_target: FromOption = None,
 ) -> None:
     """Check a backup: checksum, decryption, decompression and content."""
     with reporting_errors():
         args = ["verify", file, *_flags(deep=deep, no_checksum=no_checksum)]
+        args += _named("--from", from_target)
         _run(local, env, "restore_script.sh", args, for_run=False)
 
 
 @app.command()
-def info(file: BackupFile, local: LocalOption = False, env: EnvOption = None) -> None:
+def info(
+    file: BackupFile,
+    local: LocalOption = False,
+    env: EnvOption = None,
+    from_target: FromOption = None,
+) -> None:
     """Show what a backup is: type, time, sizes, encryption, source.
 
     Also its checksum state and the server version, from the manifest and the file itself.
     """
     with reporting_errors():
-        _run(local, env, "restore_script.sh", ["info", file], for_run=False)
+        args = ["info", file, *_named("--from", from_target)]
+        _run(local, env, "restore_script.sh", args, for_run=False)
 
 
 @app.command()
@@ -420,6 +468,7 @@ def restore(
     force: Annotated[
         bool, typer.Option("--force", help="files: overwrite files that exist in DEST.")
     ] = False,
+    from_target: FromOption = None,
 ) -> None:
     """Restore a backup; it is verified first.
 
@@ -442,6 +491,7 @@ def restore(
             args += ["--mode", mode]
         args += _flags(clean=clean, no_owner=no_owner, no_safety_backup=no_safety_backup)
         args += _flags(force=force)
+        args += _named("--from", from_target)
         _run(local, env, "restore_script.sh", args, for_run=True)
         if what in ("redis", "all") and mode == "file":
             _restart_redis(local, env)

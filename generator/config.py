@@ -40,6 +40,8 @@ class Kind(enum.Enum):
     CHOICE = "choice"
     IMAGE = "image"
     SECRET = "secret"  # noqa: S105 - the kind of a setting, not a password
+    TARGETS = "targets"
+    BWLIMIT = "bwlimit"
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,42 @@ SETTINGS: tuple[Setting, ...] = (
         "Dead man's switch (healthchecks.io or compatible): each full backup pings "
         "URL/start, then URL on success or URL/fail, with its last log lines.",
     ),
+    Setting(
+        "REPLICA_TARGETS",
+        "",
+        Kind.TARGETS,
+        "Off-site copies: comma-separated NAME=remote:path (an rclone remote) or NAME=/path "
+        "(a local folder, e.g. a USB disk); each backup is copied and verified there after it is "
+        "written, and what a target misses is copied at the next run (empty: none).",
+    ),
+    Setting(
+        "REPLICA_RCLONE_CONFIG_FILE",
+        "",
+        Kind.ABS_PATH,
+        "The rclone config file that defines the remotes of REPLICA_TARGETS (empty: rclone's "
+        "RCLONE_CONFIG_* variables, or its own default file).",
+    ),
+    Setting(
+        "REPLICA_PRUNE",
+        "true",
+        Kind.BOOL,
+        "Cleanup also prunes each target with the same rules as BACKUP_DIR; false leaves it to "
+        "the target's own lifecycle rules (credentials without a delete right).",
+    ),
+    Setting(
+        "REPLICA_ALLOW_PLAINTEXT",
+        "false",
+        Kind.BOOL,
+        "Copy unencrypted backups to rclone remotes too (refused by default: set "
+        "ENCRYPTION_KEY); a local folder target takes them either way.",
+    ),
+    Setting(
+        "REPLICA_BWLIMIT",
+        "",
+        Kind.BWLIMIT,
+        "Upload bandwidth limit, as rclone's --bwlimit (e.g. 2M, or '08:00,512k 19:00,off'); "
+        "empty: none.",
+    ),
     Setting("BACKUP_CONTAINER", "gym_backup", Kind.NAME, "Name of the backup container."),
     Setting("BACKUP_IMAGE", "gym-backup:latest", Kind.IMAGE, "Tag of the backup image."),
     Setting(
@@ -419,10 +457,13 @@ class Settings:
     values: Mapping[str, str]
     secrets: Mapping[str, str] = field(default_factory=dict)
     source: Path | None = None
+    # rclone's own variables (RCLONE_CONFIG_NAME_KEY...: remotes, their keys): passed to the
+    # scripts, never shown nor rendered.
+    rclone_env: Mapping[str, str] = field(default_factory=dict)
 
     def environment(self) -> dict[str, str]:
         """Every setting as environment variables, to run the rendered scripts with."""
-        return {**self.values, **self.secrets}
+        return {**self.rclone_env, **self.values, **self.secrets}
 
     def masked(self) -> dict[str, str]:
         """Every setting for display, secrets replaced by a mask (``_FILE`` paths are shown)."""
@@ -437,6 +478,8 @@ class Settings:
                 shown[file_key] = self.secrets[file_key]
             else:
                 shown[name] = "(not set)"
+        for name in sorted(self.rclone_env):
+            shown[name] = MASK
         return shown
 
     @property
@@ -505,12 +548,17 @@ def load_settings(
         elif setting.kind in (Kind.PORT, Kind.INT) and value:
             value = str(int(value))  # decimal, as the scripts read it: 010 is 10, 08 is 8
         values[setting.name] = value
+    rclone_env = {
+        k: v for k, v in {**from_file, **environ}.items() if k.startswith(RCLONE_PREFIX) and v
+    }
+    if for_run and not any(p.startswith("REPLICA_") for p in problems):
+        problems += _remote_problems(values, rclone_env)
     if not any(p.startswith("COMPRESSION_LEVEL:") for p in problems):
         problems += _level_problems(values)
     problems += _encryption_problems(values, secrets)
     if problems:
         raise ConfigError(problems)
-    return Settings(values=values, secrets=secrets, source=env_file)
+    return Settings(values=values, secrets=secrets, source=env_file, rclone_env=rclone_env)
 
 
 def _level_problems(values: Mapping[str, str]) -> list[str]:
@@ -617,7 +665,114 @@ _RULES: Mapping[Kind, Callable[[Setting, str], str | None]] = {
     Kind.TEXT: _matches(
         re.compile(r"[^\s:'\"]+"), "must be a path or a name without spaces, quotes or ':'."
     ),
+    Kind.TARGETS: lambda _, v: _check_targets(v),
+    Kind.BWLIMIT: _matches(
+        re.compile(r"[0-9A-Za-z.:,| -]+"),
+        "is not an rclone --bwlimit value (e.g. 2M, 10M:1M or '08:00,512k 19:00,off').",
+    ),
 }
+
+
+# REPLICA_TARGETS: NAME=DEST entries; DEST is an absolute path (a local folder) or REMOTE:PATH,
+# REMOTE a remote of the rclone config or ``:backend`` (configured by rclone's own RCLONE_*
+# variables; connection-string parameters would put secrets in the settings and on command
+# lines). _replica.sh.j2's replica_targets applies the same rules at run time.
+_TARGET_NAME_RE = re.compile(r"[a-z0-9_-]+")
+_REMOTE_RE = re.compile(r"(?P<remote>:[a-z0-9]+|[A-Za-z0-9_.+@-]+):(?P<path>[^\n]*)")
+# What rclone variables a run passes on: its own configuration (RCLONE_CONFIG_NAME_KEY...).
+RCLONE_PREFIX = "RCLONE_"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One entry of REPLICA_TARGETS: its name, where it copies to, and its rclone remote (None
+    for a local folder)."""
+
+    name: str
+    dest: str
+    remote: str | None
+
+
+def parse_targets(value: str) -> tuple[list[Target], list[str]]:
+    """The targets of a REPLICA_TARGETS value, and what is wrong with it."""
+    targets: list[Target] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        name, sep, dest = entry.partition("=")
+        name, dest = name.strip(), dest.strip()
+        if not sep or not dest:
+            problems.append(f"{entry!r} is not NAME=remote:path or NAME=/path")
+            continue
+        if not _TARGET_NAME_RE.fullmatch(name):
+            problems.append(f"the target name {name!r} is not made of a-z, 0-9, _ and -")
+            continue
+        if name in seen:
+            problems.append(f"the target name {name!r} is given twice")
+            continue
+        seen.add(name)
+        if dest.startswith("/") and "\n" not in dest:
+            targets.append(Target(name, dest, None))
+            continue
+        match = _REMOTE_RE.fullmatch(dest)
+        if match is None:
+            problems.append(
+                f"{name}: {dest!r} is neither an absolute path nor remote:path (an rclone "
+                "remote's name, or :backend without parameters)"
+            )
+            continue
+        targets.append(Target(name, dest, match["remote"]))
+    return targets, problems
+
+
+def _check_targets(value: str) -> str | None:
+    _, problems = parse_targets(value)
+    return "; ".join(problems) + "." if problems else None
+
+
+def _config_sections(path: Path) -> set[str] | None:
+    """The remotes an rclone config file defines (its [sections]); None when it is encrypted."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if "RCLONE_ENCRYPT_V0:" in text:
+        return None
+    return set(re.findall(r"^[ \t]*\[([^\]\n]+)\][ \t]*$", text, re.M))
+
+
+def rclone_env_name(remote: str) -> str:
+    """The variable that defines a remote's type in the environment, as rclone names it."""
+    return f"{RCLONE_PREFIX}CONFIG_{remote.upper().replace('-', '_')}_TYPE"
+
+
+def _remote_problems(values: Mapping[str, str], rclone_env: Mapping[str, str]) -> list[str]:
+    """Each target's remote is defined: in the config file or by RCLONE_CONFIG_NAME_TYPE (not
+    contacted)."""
+    targets, _ = parse_targets(values.get("REPLICA_TARGETS", ""))
+    config_file = values.get("REPLICA_RCLONE_CONFIG_FILE", "")
+    sections: set[str] | None = set()
+    problems: list[str] = []
+    if config_file:
+        if not os.access(config_file, os.R_OK) or not Path(config_file).is_file():
+            return [
+                f"REPLICA_RCLONE_CONFIG_FILE: {config_file} does not exist or is not readable; "
+                "fix the path."
+            ]
+        sections = _config_sections(Path(config_file))
+    for target in targets:
+        remote = target.remote
+        if remote is None or remote.startswith(":") or sections is None:
+            continue
+        if remote in sections or rclone_env.get(rclone_env_name(remote)):
+            continue
+        where = f"{config_file} has no [{remote}] section" if config_file else "no config file"
+        problems.append(
+            f"REPLICA_TARGETS: {target.name}: the rclone remote {remote!r} is not defined "
+            f"({where}, and {rclone_env_name(remote)} is not set); define it with `rclone "
+            "config` in REPLICA_RCLONE_CONFIG_FILE, or with RCLONE_CONFIG_* variables."
+        )
+    return problems
 
 
 def _check(setting: Setting, value: str) -> str | None:

@@ -89,6 +89,14 @@ def show(facts: Mapping[str, Any], console: Console | None = None) -> None:
         if kind.get("last_drill")
     ]
     console.print(f"last drill: {'; '.join(drills) if drills else 'never'}")
+    copies = [
+        f"{name} {target['last_run']['result'] if target.get('last_run') else 'never'}"
+        + (f" {_when(target['last_run'])}" if target.get("last_run") else "")
+        + (f" (last ok {_when(target['last_success'])})" if target.get("last_success") else "")
+        for name, target in facts.get("replicas", {}).items()
+    ]
+    if copies:
+        console.print(f"off-site copies: {'; '.join(copies)}", markup=False)
     if facts.get("running"):
         console.print(f"running now: {facts['running']}")
     if facts["attention"]:

@@ -61,6 +61,11 @@ unset LANGUAGE
 : "${ALERT_MAX_DURATION:=3600}"
 : "${ALERT_REPEAT:=86400}"
 : "${ALERT_TIMEOUT:=30}"
+: "${REPLICA_TARGETS:=}"
+: "${REPLICA_RCLONE_CONFIG_FILE:=}"
+: "${REPLICA_PRUNE:=true}"
+: "${REPLICA_ALLOW_PLAINTEXT:=false}"
+: "${REPLICA_BWLIMIT:=}"
 : "${BACKUP_CONTAINER:=gym_backup}"
 : "${BACKUP_IMAGE:=gym-backup:latest}"
 : "${UPLOADS_SOURCE:=./uploads}"
@@ -2286,6 +2291,9 @@ status_model() {
   [[ -r "${runs}" ]] || runs=/dev/null
   [[ -r "${counts}" ]] || counts=/dev/null
   [[ -r "${alerts}" ]] || alerts=/dev/null
+  # The targets of REPLICA_TARGETS (_replica.sh.j2), which the awk program reads in ENVIRON.
+  local -x STATUS_TARGETS=""
+  ! declare -F replica_target_names >/dev/null || STATUS_TARGETS="$(replica_target_names | tr '\n' ' ')"
   status_inventory >"${out}/inventory"
   df_line="$(df -Pk -- "${BACKUP_DIR}" 2>/dev/null | awk 'NR == 2 { print $2, $3, $4 }')" || df_line=""
   read -r size used free <<<"${df_line:-0 0 0}"
@@ -2333,7 +2341,7 @@ function cond(key, msg) { ncond++; ckey[ncond] = key; cmsg[ncond] = msg }
 function metric(name, type, help) {
   printf("# HELP %s %s\n# TYPE %s %s\n", name, help, name, type) > prom_out
 }
-BEGIN { ntypes = split(types, T, " ") }
+BEGIN { ntypes = split(types, T, " "); ntargets = split(ENVIRON["STATUS_TARGETS"], G, " ") }
 FILENAME == f_counts { split($0, f, "\t"); nc++; ck[nc] = f[1]; ct[nc] = f[2]; cr[nc] = f[3]; cv[nc] = f[4]; next }
 FILENAME == f_inventory { split($0, f, " "); inv_n[f[1]] = f[2]; inv_b[f[1]] = f[3]; next }
 FILENAME == f_alerts { known[$1] = 1; na++; ak[na] = $1; as[na] = $2; al[na] = $3; ad[na] = $4; next }
@@ -2382,6 +2390,21 @@ END {
       cond("drill:" ty, msg)
     }
   }
+  # The off-site copies (REPLICA_TARGETS): the last copy to a target, or its last prune, failed.
+  for (g = 1; g <= ntargets; g++) {
+    k = "replica" SUBSEP G[g]
+    if ((k in last) && fld(at(last, k), 4) != "ok" && fld(at(last, k), 4) != "skipped") {
+      msg = "copies to the target " G[g] " have failed since " when(streak_since[k]) " (" streak[k] " run(s) in a row); the local backups are kept and the next run copies what it misses"
+      if (fld(at(last, k), 12) != "") msg = msg "; last error: " fld(at(last, k), 12)
+      cond("replica:" G[g], msg)
+    }
+    k = "prune" SUBSEP G[g]
+    if ((k in last) && fld(at(last, k), 4) != "ok" && fld(at(last, k), 4) != "skipped") {
+      msg = "pruning the target " G[g] " failed on " when(fld(at(last, k), 1))
+      if (fld(at(last, k), 12) != "") msg = msg ": " fld(at(last, k), 12)
+      cond("replica_prune:" G[g], msg)
+    }
+  }
   for (k in last) {
     if ((k in last) && fld(at(last, k), 11) == "encryption" && fld(at(last, k), 4) != "ok") {
       split(k, kt, SUBSEP)
@@ -2421,7 +2444,12 @@ END {
     printf("      \"interval_seconds\": %s, \"backups\": %.0f, \"backups_bytes\": %.0f,\n", jnum(interval[ty] == "" ? "" : int(interval[ty])), inv_n[ty], inv_b[ty]) > json_out
     printf("      \"last_drill\": %s\n    }", record(at(last, kd))) > json_out
   }
-  printf("\n  },\n  \"last_cleanup\": %s,\n", record(at(last, "cleanup" SUBSEP "all"))) > json_out
+  printf("\n  },\n  \"replicas\": {") > json_out
+  for (g = 1; g <= ntargets; g++) {
+    k = "replica" SUBSEP G[g]
+    printf("%s\n    %s: {\"last_run\": %s, \"last_success\": %s, \"last_prune\": %s}", (g > 1 ? "," : ""), jstr(G[g]), record(at(last, k)), record(at(lastok, k)), record(at(last, "prune" SUBSEP G[g]))) > json_out
+  }
+  printf("%s},\n  \"last_cleanup\": %s,\n", (ntargets ? "\n  " : ""), record(at(last, "cleanup" SUBSEP "all"))) > json_out
   printf("  \"runs_total\": [") > json_out
   for (i = 1; i <= nc; i++) printf("%s\n    {\"kind\": %s, \"type\": %s, \"result\": %s, \"count\": %.0f}", (i > 1 ? "," : ""), jstr(ck[i]), jstr(ct[i]), jstr(cr[i]), cv[i]) > json_out
   printf("%s],\n  \"history\": [", (nc ? "\n  " : "")) > json_out
@@ -2433,6 +2461,8 @@ END {
   printf("gym_backup_info{version=\"%s\"} 1\n", plabel(version)) > prom_out
   metric("gym_backup_last_success_timestamp_seconds", "gauge", "When the last successful backup of the type finished (0: none yet).")
   for (t = 1; t <= ntypes; t++) { k = "backup" SUBSEP T[t]; printf("gym_backup_last_success_timestamp_seconds{type=\"%s\"} %.0f\n", T[t], ((k in lastok) ? fld(at(lastok, k), 1) : 0)) > prom_out }
+  metric("gym_backup_replica_last_success_timestamp_seconds", "gauge", "When the last copy to the target (REPLICA_TARGETS) that left it holding every local backup finished (0: none yet).")
+  for (g = 1; g <= ntargets; g++) { k = "replica" SUBSEP G[g]; printf("gym_backup_replica_last_success_timestamp_seconds{target=\"%s\"} %.0f\n", plabel(G[g]), ((k in lastok) ? fld(at(lastok, k), 1) : 0)) > prom_out }
   metric("gym_backup_last_run_timestamp_seconds", "gauge", "When the last run of the kind and type finished.")
   for (j in last) { split(j, kt, SUBSEP); printf("gym_backup_last_run_timestamp_seconds{kind=\"%s\",type=\"%s\"} %.0f\n", kt[1], kt[2], fld(at(last, j), 1)) > prom_out }
   metric("gym_backup_last_run_success", "gauge", "1 when the last run of the kind and type succeeded (or was skipped), else 0.")
@@ -2477,6 +2507,14 @@ END {
   printf("last drill: %s\n", (drills == "" ? "never" : drills)) > text_out
   kc = "cleanup" SUBSEP "all"
   printf("last cleanup: %s\n", ((kc in last) ? fld(at(last, kc), 4) " " when(fld(at(last, kc), 1)) : "never")) > text_out
+  if (ntargets) {
+    copies = ""
+    for (g = 1; g <= ntargets; g++) {
+      k = "replica" SUBSEP G[g]
+      copies = copies (g > 1 ? "; " : "") G[g] " " ((k in last) ? fld(at(last, k), 4) " " when(fld(at(last, k), 1)) : "never") ((k in lastok) && fld(at(last, k), 4) != "ok" ? " (last ok " when(fld(at(lastok, k), 1)) ")" : "")
+    }
+    printf("off-site copies: %s\n", copies) > text_out
+  }
   if (running != "") printf("running now: %s\n", running) > text_out
   if (ncond == 0) printf("\nall good: nothing needs attention\n") > text_out
   else {
@@ -2639,6 +2677,566 @@ tier_settings() {
     text+="${text:+, }${tier}=${!tier}"
   done
   printf '%s' "${text}"
+}
+# --- Off-site copies (REPLICA_TARGETS), with rclone: everything about them is here.
+# A target is NAME=remote:path (an rclone remote of REPLICA_RCLONE_CONFIG_FILE or of rclone's
+# RCLONE_CONFIG_* variables) or NAME=/path (a local folder). After a backup run, each backup it
+# wrote is copied to every target, the file first and its .manifest.json and .sha256 last: on a
+# target, as in BACKUP_DIR, a backup is complete only once its .sha256 naming it is there (no
+# rename, so credentials that may only add objects do). Each copy is verified: by the target's
+# SHA-256 or MD5 where rclone can compute one, else by reading it back. The same run then copies
+# every backup the target misses (catch-up), newest first. cleanup prunes each target with the
+# rules of BACKUP_DIR (REPLICA_PRUNE); restore_script.sh --from NAME fetches a backup from one.
+#
+# What is on a target is judged by the same code as BACKUP_DIR (backup_class, list_backups,
+# retention_decide): replica_mirror lays out a local folder that mirrors it, with its sidecars
+# fetched and each other name as a sparse file of its size there.
+
+# The targets (replica_targets): their names in order, where each copies to, and which are local
+# folders (given as an absolute path).
+REPLICA_NAMES=()
+declare -A REPLICA_DEST=() REPLICA_LOCAL=()
+
+# replica_parse: REPLICA_TARGETS into REPLICA_NAMES, REPLICA_DEST and REPLICA_LOCAL, with the
+# rules of generator/config.py's parse_targets; the problems in REPLICA_PROBLEMS.
+replica_parse() {
+  local entry name dest
+  local -a entries
+  REPLICA_NAMES=() REPLICA_PROBLEMS=()
+  REPLICA_DEST=() REPLICA_LOCAL=()
+  if [[ "${REPLICA_TARGETS}" == *$'\n'* ]]; then
+    REPLICA_PROBLEMS+=("REPLICA_TARGETS: contains a line break; separate the targets with ','")
+    return 0
+  fi
+  IFS=',' read -r -a entries <<<"${REPLICA_TARGETS}"
+  for entry in "${entries[@]}"; do
+    entry="$(replica_trim "${entry}")"
+    [[ -n "${entry}" ]] || continue
+    name="$(replica_trim "${entry%%=*}")"
+    dest="$(replica_trim "${entry#*=}")"
+    if [[ "${entry}" != *=* || -z "${dest}" ]]; then
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: '${entry}' is not NAME=remote:path or NAME=/path")
+    elif [[ ! "${name}" =~ ^[a-z0-9_-]+$ ]]; then
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: the target name '${name}' is not made of a-z, 0-9, _ and -")
+    elif [[ -v "REPLICA_DEST[${name}]" ]]; then
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: the target name '${name}' is given twice")
+    elif [[ "${dest}" == /* ]]; then
+      REPLICA_NAMES+=("${name}")
+      REPLICA_DEST[${name}]="${dest}"
+      # shellcheck disable=SC2034 # read by the scripts that copy
+      REPLICA_LOCAL[${name}]=1
+    elif [[ "${dest}" =~ ^(:[a-z0-9]+|[A-Za-z0-9_.+@-]+): ]]; then
+      REPLICA_NAMES+=("${name}")
+      REPLICA_DEST[${name}]="${dest}"
+    else
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: ${name}: '${dest}' is neither an absolute path nor remote:path (an rclone remote's name, or :backend without parameters)")
+    fi
+  done
+}
+
+replica_trim() {
+  local text="$1"
+  text="${text#"${text%%[![:space:]]*}"}"
+  printf '%s' "${text%"${text##*[![:space:]]}"}"
+}
+
+# replica_target_names: the names of the targets that are well given, one a line (the status
+# layer's view: it never fails).
+replica_target_names() {
+  replica_parse
+  ((${#REPLICA_NAMES[@]} == 0)) || printf '%s\n' "${REPLICA_NAMES[@]}"
+}
+
+# replica_targets: parse REPLICA_TARGETS, or refuse the run (exit 6) naming every problem.
+replica_targets() {
+  local problem
+  replica_parse
+  ((${#REPLICA_PROBLEMS[@]} > 0)) || return 0
+  for problem in "${REPLICA_PROBLEMS[@]}"; do
+    log ERROR "${problem}"
+  done
+  die "${EXIT_REFUSED}" "invalid REPLICA_TARGETS (${#REPLICA_PROBLEMS[@]} problem(s)); fix it in the .env file or the environment"
+}
+
+# rclone's limits: a target that is down fails in seconds (connection refused at once, no answer
+# within REPLICA_CONNECT_TIMEOUT), a stalled transfer after REPLICA_IO_TIMEOUT without data; each
+# copy is tried REPLICA_RETRIES times. Upload progress goes to the log every REPLICA_STATS.
+readonly REPLICA_CONNECT_TIMEOUT=5s REPLICA_IO_TIMEOUT=30s REPLICA_RETRIES=2
+readonly REPLICA_LOW_LEVEL_RETRIES=2 REPLICA_STATS=10s
+# replica_setup: the targets, and rclone ready to reach them (its config file in RCLONE_CONFIG,
+# which rclone reads: the file's contents never pass through a command line or the log).
+replica_setup() {
+  replica_targets
+  ((${#REPLICA_NAMES[@]} > 0)) || return 0
+  require_tools rclone
+  if [[ -n "${REPLICA_RCLONE_CONFIG_FILE}" ]]; then
+    [[ -r "${REPLICA_RCLONE_CONFIG_FILE}" && -f "${REPLICA_RCLONE_CONFIG_FILE}" ]] ||
+      die "${EXIT_REFUSED}" "REPLICA_RCLONE_CONFIG_FILE: cannot read '${REPLICA_RCLONE_CONFIG_FILE}'; check the path and its permissions"
+    export RCLONE_CONFIG="${REPLICA_RCLONE_CONFIG_FILE}"
+  fi
+}
+
+# replica_known NAME: NAME is one of the targets, or refuse (exit 2: a usage error).
+replica_known() {
+  [[ -v "REPLICA_DEST[$1]" ]] && return 0
+  die "${EXIT_USAGE}" "no target '$1' in REPLICA_TARGETS (${REPLICA_NAMES[*]:-none is set})"
+}
+
+# replica_rclone ARGS...: rclone with the limits above (its config from RCLONE_CONFIG); rclone's
+# own variables (RCLONE_RETRIES, RCLONE_TIMEOUT...) set in the environment win over them.
+replica_rclone() {
+  local -a limits=()
+  [[ -n "${RCLONE_CONTIMEOUT:-}" ]] || limits+=(--contimeout "${REPLICA_CONNECT_TIMEOUT}")
+  [[ -n "${RCLONE_TIMEOUT:-}" ]] || limits+=(--timeout "${REPLICA_IO_TIMEOUT}")
+  [[ -n "${RCLONE_RETRIES:-}" ]] || limits+=(--retries "${REPLICA_RETRIES}")
+  [[ -n "${RCLONE_RETRIES_SLEEP:-}" ]] || limits+=(--retries-sleep 1s)
+  [[ -n "${RCLONE_LOW_LEVEL_RETRIES:-}" ]] || limits+=(--low-level-retries "${REPLICA_LOW_LEVEL_RETRIES}")
+  rclone "${limits[@]}" "$@"
+}
+
+# replica_path TARGET [NAME]: the target's place, or NAME in it, as rclone names it.
+replica_path() {
+  local dest="${REPLICA_DEST[$1]}"
+  [[ -n "${2:-}" ]] || {
+    printf '%s' "${dest}"
+    return 0
+  }
+  case "${dest}" in
+    *: | */) printf '%s%s' "${dest}" "$2" ;;
+    *) printf '%s/%s' "${dest}" "$2" ;;
+  esac
+}
+
+# replica_scrub: stdin to stdout with the values of rclone's own variables (RCLONE_CONFIG_*: keys,
+# passwords) left out, and rclone's date and time at the start of each line.
+replica_scrub() {
+  local name value text
+  text="$(sed -E 's#^[0-9]{4}/[0-9]{2}/[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} ##')"
+  while IFS= read -r name; do
+    [[ "${name}" == RCLONE_CONFIG_* && "${name}" != *_TYPE ]] || continue
+    value="${!name}"
+    ((${#value} < 6)) || text="${text//"${value}"/(${name})}"
+  done < <(compgen -e)
+  printf '%s\n' "${text}"
+}
+
+# replica_said FILE: what rclone said last in FILE (its error lines, else its last line), as one
+# line without secrets.
+replica_said() {
+  local said
+  [[ -s "$1" ]] || return 0
+  said="$(grep -E 'ERROR|Failed|NOTICE: Fatal|CRITICAL' -- "$1" | tail -n 3)" || true
+  [[ -n "${said}" ]] || said="$(tail -n 2 -- "$1")"
+  said="$(printf '%s\n' "${said}" | replica_scrub | tr '\n' ' ')"
+  said="${said% }"
+  printf '%s' "${said:0:600}"
+}
+
+# replica_relay TARGET: rclone's messages on stdin into the log (its progress, every
+# REPLICA_STATS) and WORK_DIR/rclone.err, secrets left out.
+replica_relay() {
+  local line
+  while IFS= read -r line; do
+    line="$(printf '%s\n' "${line}" | replica_scrub)"
+    [[ -n "${line// /}" ]] || continue
+    printf '%s\n' "${line}" >>"${WORK_DIR}/rclone.err"
+    log INFO "replica $1: rclone: ${line}"
+  done
+}
+
+# replica_transfer TARGET SRC DST: rclone copyto SRC DST (bandwidth limited to REPLICA_BWLIMIT,
+# its progress in the log every REPLICA_STATS); rclone's messages in WORK_DIR/rclone.err.
+replica_transfer() {
+  local target="$1" src="$2" dst="$3" rc=1
+  local -a limit=()
+  [[ -z "${REPLICA_BWLIMIT}" ]] || limit=(--bwlimit "${REPLICA_BWLIMIT}")
+  : >"${WORK_DIR}/rclone.err"
+  {
+    rc=0
+    replica_rclone copyto --no-check-dest "${limit[@]}" --stats "${REPLICA_STATS}" --stats-one-line \
+      --stats-log-level NOTICE -- "${src}" "${dst}" 2>&1 >/dev/null || rc=$?
+    printf '%s\n' "${rc}" >"${WORK_DIR}/rclone.rc"
+  } | replica_relay "${target}"
+  read -r rc <"${WORK_DIR}/rclone.rc" || rc=1
+  return "${rc}"
+}
+
+# Why the last replica_* function that failed did (one line, secrets left out).
+REPLICA_ERROR=""
+
+# replica_fail MESSAGE: fail the function that calls it (status 1), REPLICA_ERROR saying why.
+replica_fail() {
+  REPLICA_ERROR="$1"
+  return 1
+}
+
+# replica_mirror TARGET DIR: DIR (new) mirrors what the target holds: its backups' sidecars
+# fetched, each other name as a sparse file of its size there, each folder as a folder (names
+# rclone cannot give back safely are left out). A target's folder that does not exist yet holds
+# nothing.
+replica_mirror() {
+  local target="$1" dir="$2" size name rc=0 err="${WORK_DIR}/rclone-list.err"
+  local -a wanted=()
+  mkdir -p -- "${dir}"
+  replica_rclone lsf --format sp --separator $'\t' -- "$(replica_path "${target}")" \
+    >"${dir}.list" 2>"${err}" || rc=$?
+  if ((rc == 3)) && grep -qs 'directory not found' "${err}"; then
+    : >"${dir}.list"
+  elif ((rc != 0)); then
+    replica_fail "cannot list ${target} ($(replica_path "${target}")): rclone exit ${rc}: $(replica_said "${err}")"
+    return 1
+  fi
+  while IFS=$'\t' read -r size name; do
+    [[ "${name}" =~ ^[A-Za-z0-9][A-Za-z0-9._+-]*/?$ && "${name}" != *..* ]] || continue
+    if [[ "${name}" == */ ]]; then
+      mkdir -p -- "${dir}/${name%/}"
+    elif [[ "${name}" == *_backup_*.sha256 || "${name}" == *_backup_*.manifest.json ]]; then
+      wanted+=("${name}")
+    elif is_uint "${size}"; then
+      truncate -s "${size}" -- "${dir}/${name}"
+    fi
+  done <"${dir}.list"
+  ((${#wanted[@]} > 0)) || return 0
+  printf '%s\n' "${wanted[@]}" >"${dir}.wanted"
+  rc=0
+  replica_rclone copy --no-traverse --files-from-raw "${dir}.wanted" -- \
+    "$(replica_path "${target}")" "${dir}" 2>"${err}" || rc=$?
+  ((rc == 0)) || replica_fail "cannot read the sidecars on ${target}: rclone exit ${rc}: $(replica_said "${err}")"
+}
+
+# replica_complete MIRROR: the backups complete on a target (a backup_class "backup" in its
+# mirror), newest first.
+replica_complete() {
+  local BACKUP_DIR="$1"
+  list_backups
+}
+# The target a replica step works on (a part of its own: see replica_part).
+REPLICA_PART=""
+
+# The hashes a target was found not to compute (" no-sha256 no-md5"): a part is one target, whose
+# later copies are not asked again.
+REPLICA_HASHES=""
+
+# replica_verify TARGET NAME: the copy of NAME on the target has the bytes of the local one: its
+# SHA-256 there (compared with NAME.sha256), else its MD5 there, else the copy read back and
+# hashed here. REPLICA_VERIFIED says how.
+replica_verify() {
+  local target="$1" name="$2" want got rc=0 err="${WORK_DIR}/rclone-verify.err"
+  local remote
+  remote="$(replica_path "${target}" "${name}")"
+  want="$(cut -c1-64 -- "${BACKUP_DIR}/${name}.sha256")"
+  REPLICA_VERIFIED=""
+  got=""
+  [[ "${REPLICA_HASHES}" == *no-sha256* ]] || got="$(replica_rclone hashsum sha256 -- "${remote}" 2>"${err}")" || got=""
+  got="${got:0:64}"
+  [[ "${got}" =~ ^[0-9a-f]{64}$ ]] || REPLICA_HASHES+=" no-sha256"
+  if [[ "${got}" =~ ^[0-9a-f]{64}$ ]]; then
+    [[ "${got}" == "${want}" ]] ||
+      replica_fail "the copy of ${name} on ${target} has another SHA-256 (${got}) than ${name}.sha256 (${want})" || return 1
+    REPLICA_VERIFIED="SHA-256 computed on the target"
+    return 0
+  fi
+  got=""
+  [[ "${REPLICA_HASHES}" == *no-md5* ]] || got="$(replica_rclone hashsum md5 -- "${remote}" 2>"${err}")" || got=""
+  got="${got:0:32}"
+  [[ "${got}" =~ ^[0-9a-f]{32}$ ]] || REPLICA_HASHES+=" no-md5"
+  if [[ "${got}" =~ ^[0-9a-f]{32}$ ]]; then
+    want="$(md5sum <"${BACKUP_DIR}/${name}")" || replica_fail "cannot hash ${name} here" || return 1
+    [[ "${got}" == "${want:0:32}" ]] ||
+      replica_fail "the copy of ${name} on ${target} has another MD5 (${got}) than the local file (${want:0:32})" || return 1
+    REPLICA_VERIFIED="MD5 computed by the target"
+    return 0
+  fi
+  # No hash there (an SFTP account without a shell, say): read the copy back.
+  got="$(replica_rclone cat -- "${remote}" 2>"${err}" | sha256_hex)" || rc=$?
+  ((rc == 0)) || replica_fail "cannot read back the copy of ${name} on ${target}: $(replica_said "${err}")" || return 1
+  [[ "${got}" == "${want}" ]] ||
+    replica_fail "the copy of ${name} on ${target}, read back, has another SHA-256 (${got}) than ${name}.sha256 (${want})" || return 1
+  REPLICA_VERIFIED="read back and hashed here (the target computes no hash)"
+}
+
+# replica_put TARGET FILE: copy BACKUP_DIR/FILE to the target under its name.
+replica_put() {
+  local rc=0
+  replica_transfer "$1" "${BACKUP_DIR}/$2" "$(replica_path "$1" "$2")" || rc=$?
+  ((rc == 0)) || replica_fail "copying $2 to $1 failed (rclone exit ${rc}): $(replica_said "${WORK_DIR}/rclone.err")"
+}
+
+# replica_copy TARGET NAME: one backup to one target: the file, verified, then its manifest and
+# last its .sha256 (read back: the backup counts there from then on). Logs the size and the rate.
+replica_copy() {
+  local target="$1" name="$2" started size us back
+  started="${EPOCHREALTIME}"
+  size="$(file_size "${BACKUP_DIR}/${name}")"
+  replica_put "${target}" "${name}" || return 1
+  us=$((${EPOCHREALTIME/./} - ${started/./}))
+  replica_verify "${target}" "${name}" || return 1
+  if [[ -f "${BACKUP_DIR}/${name}.manifest.json" ]]; then
+    replica_put "${target}" "${name}.manifest.json" || return 1
+  fi
+  replica_put "${target}" "${name}.sha256" || return 1
+  back="$(replica_rclone cat -- "$(replica_path "${target}" "${name}.sha256")" 2>"${WORK_DIR}/rclone-verify.err")" ||
+    replica_fail "cannot read back ${name}.sha256 on ${target}: $(replica_said "${WORK_DIR}/rclone-verify.err")" || return 1
+  [[ "${back}" == "$(<"${BACKUP_DIR}/${name}.sha256")" ]] ||
+    replica_fail "${name}.sha256 on ${target} differs from the local one after the copy" || return 1
+  ((us > 0)) || us=1
+  REPLICA_BYTES=$((REPLICA_BYTES + size))
+  log INFO "replica ${target}: copied ${name} ($(human_size "${size}") in $((us / 1000000)).$(printf '%03d' $((us % 1000000 / 1000)))s, $(human_size $((size * 1000000 / us)))/s), verified: ${REPLICA_VERIFIED}"
+}
+
+# replica_plaintext_refused TARGET NAME: NAME is not encrypted and the target is an rclone remote
+# (a local folder takes it), and REPLICA_ALLOW_PLAINTEXT is not true.
+replica_plaintext_refused() {
+  [[ "${REPLICA_ALLOW_PLAINTEXT}" != true && -z "${REPLICA_LOCAL[$1]:-}" ]] || return 1
+  parse_name "$2" && ((NAME_ENCRYPTED == 0))
+}
+
+# replica_sync TARGET [--dry-run]: copy to the target every backup of BACKUP_DIR it misses, newest
+# first (this run's own first: they are the newest); stop at the first failure (a target that is
+# down fails the same way for every file). Unencrypted backups are refused for an rclone remote
+# (replica_plaintext_refused): the encrypted ones still go, then the run fails (exit 6).
+replica_sync() {
+  local target="$1" name mirror="${WORK_DIR}/mirror" copied=0 there=0 n=0
+  local -a local_names missing=() refused=()
+  local -A complete=()
+  REPLICA_BYTES=0
+  replica_setup
+  replica_mirror "${target}" "${mirror}" || die "${EXIT_FAILED}" "replica ${target}: ${REPLICA_ERROR}"
+  while IFS= read -r name; do
+    [[ -z "${name}" ]] || complete[${name}]=1
+  done < <(replica_complete "${mirror}")
+  mapfile -t local_names < <(list_backups)
+  for name in "${local_names[@]}"; do
+    [[ -n "${name}" ]] || continue
+    n=$((n + 1))
+    if [[ -v "complete[${name}]" ]]; then
+      there=$((there + 1))
+    elif replica_plaintext_refused "${target}" "${name}"; then
+      refused+=("${name}")
+    else
+      missing+=("${name}")
+    fi
+  done
+  if ((DRY_RUN)); then
+    for name in "${missing[@]}"; do
+      log INFO "replica ${target}: would copy ${name}"
+    done
+  else
+    for name in "${missing[@]}"; do
+      replica_copy "${target}" "${name}" ||
+        die "${EXIT_FAILED}" "replica ${target}: ${REPLICA_ERROR}; ${copied} of ${#missing[@]} missing backup(s) copied, the next run copies the rest (the local backups are kept)"
+      copied=$((copied + 1))
+      PART_FILE="${PART_FILE:-${name}}"
+    done
+  fi
+  PART_STORED="${REPLICA_BYTES}"
+  PART_DETAIL="$( ((DRY_RUN)) && printf 'would copy' || printf 'copied') ${#missing[@]} backup(s) ($(human_size "${REPLICA_BYTES}")); ${there} of ${n} were there already"
+  if ((${#refused[@]} > 0)); then
+    die "${EXIT_REFUSED}" "replica ${target}: refusing to copy ${#refused[@]} unencrypted backup(s) (${refused[0]}$( ((${#refused[@]} == 1)) || printf ', ...')) to the rclone remote $(replica_path "${target}"): set ENCRYPTION_KEY (or ENCRYPTION_KEY_FILE) so that backups are encrypted, and move older unencrypted ones out of BACKUP_DIR; or set REPLICA_ALLOW_PLAINTEXT=true to copy them as they are"
+  fi
+  log INFO "replica ${target}: ${PART_DETAIL}"
+}
+
+# replica_part TARGET: the sync of one target, a part of its own (a step: see run_part), its
+# result in RUN_DIR_OF_RUN/replica/result.TARGET for the run's records (kind replica).
+replica_part() {
+  set -o errexit
+  REPLICA_PART="$1"
+  PART_TYPE="$1"
+  RUN_DIR_OF_RUN="${RUN_DIR_OF_RUN}/replica"
+  trap 'part_finished $?' EXIT
+  trap_signals
+  make_work_dir
+  replica_sync "$1"
+}
+
+# The targets this run copied to (replica_run), for its records and its summary.
+REPLICA_RAN=()
+
+# replica_run: sync every target (each a step: one failing does not stop the others); the first
+# failure's exit code in REPLICA_RC.
+replica_run() {
+  local target
+  REPLICA_RC=0
+  ((${#REPLICA_NAMES[@]} > 0)) || return 0
+  mkdir -p -- "${RUN_DIR_OF_RUN}/replica"
+  for target in "${REPLICA_NAMES[@]}"; do
+    REPLICA_RAN+=("${target}")
+    run_step replica_part "${target}"
+    ((STEP_RC == 0 || REPLICA_RC != 0)) || REPLICA_RC="${STEP_RC}"
+  done
+}
+
+# replica_result TARGET FIELD: a field of a target's result in this run (empty: none).
+replica_result() {
+  sed -n "s/^$2=//p" "${RUN_DIR_OF_RUN}/replica/result.$1" 2>/dev/null | head -n 1
+}
+
+# replica_summary ARRAY: how each target of this run ended, for the run's summary line; fails
+# when any copy failed.
+replica_summary() {
+  local -n _summary="$1"
+  local target rc failed=0
+  for target in "${REPLICA_RAN[@]}"; do
+    rc="$(replica_result "${target}" code)"
+    if [[ -z "${rc}" ]]; then
+      _summary+=("replica ${target} not finished")
+      failed=1
+    elif ((rc != 0)); then
+      _summary+=("replica ${target} FAILED (exit ${rc}: $(replica_result "${target}" error))")
+      failed=1
+    else
+      _summary+=("replica ${target} ok ($(replica_result "${target}" detail))")
+    fi
+  done
+  return "${failed}"
+}
+
+# replica_records STOPPED: the records of this run's copies (kind replica, type the target).
+replica_records() {
+  ((${#REPLICA_RAN[@]} == 0)) ||
+    status_add_parts replica "${RUN_DIR_OF_RUN}/replica" "$1" "${REPLICA_RAN[@]}"
+  ((${#REPLICA_PRUNED[@]} == 0)) ||
+    status_add_parts prune "${RUN_DIR_OF_RUN}/prune" "$1" "${REPLICA_PRUNED[@]}"
+}
+
+# cmd_sync: backup_script.sh sync: copy to every target (or --replica NAME) what it misses now.
+cmd_sync() {
+  load_secrets
+  prepare_backup_dir
+  replica_setup
+  ((${#REPLICA_NAMES[@]} > 0)) || die "${EXIT_REFUSED}" "REPLICA_TARGETS is empty: no target to copy to"
+  if [[ -n "${OPT_REPLICA}" ]]; then
+    replica_known "${OPT_REPLICA}"
+    REPLICA_NAMES=("${OPT_REPLICA}")
+  fi
+  ((DRY_RUN)) || acquire_lock sync
+  ((DRY_RUN)) || clean_leftovers --partials
+  RUN_KIND=sync
+  log INFO "sync$( ((DRY_RUN == 0)) || printf ' dry run'): copying to ${REPLICA_NAMES[*]} what they miss"
+  replica_run
+  local -a summary=()
+  if replica_summary summary; then
+    log INFO "sync finished: ${summary[*]}"
+  else
+    log ERROR "sync FAILED: ${summary[*]}"
+  fi
+  exit "${REPLICA_RC}"
+}
+
+# cmd_list_replica TARGET: backup_script.sh list --replica NAME: what the target holds, as list
+# shows BACKUP_DIR, and the local backups it misses.
+cmd_list_replica() {
+  local target="$1" mirror="${WORK_DIR}/mirror" name lacking=0
+  local -A complete=()
+  replica_setup
+  replica_known "${target}"
+  replica_mirror "${target}" "${mirror}" || die "${EXIT_FAILED}" "replica ${target}: ${REPLICA_ERROR}"
+  replica_list_mirror "${mirror}" "on ${target} ($(replica_path "${target}"))"
+  while IFS= read -r name; do
+    [[ -z "${name}" ]] || complete[${name}]=1
+  done < <(replica_complete "${mirror}")
+  if [[ -d "${BACKUP_DIR}" ]]; then
+    while IFS= read -r name; do
+      [[ -z "${name}" || -v "complete[${name}]" ]] || lacking=$((lacking + 1))
+    done < <(list_backups)
+    printf '%s backup(s) of %s missing there (sync, or the next backup run, copies them)\n' "${lacking}" "${BACKUP_DIR}"
+  fi
+}
+
+# replica_list_mirror MIRROR WHERE: list's table of a target's mirror.
+replica_list_mirror() {
+  local BACKUP_DIR="$1"
+  list_table "$2"
+}
+
+# replica_prune TARGET NOW: cleanup on one target (a step): delete the backups retention_decide
+# keeps by no rule, as prune_type does in BACKUP_DIR (never all of a type), then the sidecars
+# of what is gone; a dry run says what it would do.
+replica_prune() {
+  local target="$1" now="$2" type name mirror="${WORK_DIR}/mirror" suffix deleted=0 counted=0
+  local -a names doomed=() files=() sidecars=()
+  replica_setup
+  replica_mirror "${target}" "${mirror}" || die "${EXIT_FAILED}" "replica ${target}: ${REPLICA_ERROR}"
+  for type in "${BACKUP_TYPES[@]}"; do
+    mapfile -t names < <(BACKUP_DIR="${mirror}" list_backups "${type}")
+    [[ -n "${names[0]:-}" ]] || names=()
+    counted=$((counted + ${#names[@]}))
+    retention_decide "${now}" "${names[@]}"
+    doomed=()
+    for name in "${names[@]}"; do
+      [[ -v "RETAIN_KEEP[${name}]" ]] || doomed+=("${name}")
+    done
+    if ((${#doomed[@]} > 0 && ${#doomed[@]} >= ${#names[@]})); then
+      log WARN "replica ${target}: ${type}: refusing to delete all ${#names[@]} backups of this type"
+      continue
+    fi
+    for name in "${doomed[@]}"; do
+      log INFO "replica ${target}: $( ((DRY_RUN)) && printf 'would delete' || printf 'delete') ${name}: ${RETAIN_DROP[${name}]}"
+      files+=("${name}")
+      for suffix in "${SIDECARS[@]}"; do
+        [[ ! -e "${mirror}/${name}.${suffix}" ]] || sidecars+=("${name}.${suffix}")
+      done
+    done
+  done
+  # Sidecars whose backup is not there (a copy or a prune that was cut short).
+  for name in "${mirror}"/*_backup_*.sha256 "${mirror}"/*_backup_*.manifest.json; do
+    [[ -f "${name}" ]] || continue
+    suffix="${name%.sha256}"
+    suffix="${suffix%.manifest.json}"
+    [[ -e "${suffix}" ]] || sidecars+=("${name##*/}")
+  done
+  if ((DRY_RUN == 0)); then
+    replica_delete "${target}" "${files[@]}" || die "${EXIT_FAILED}" "replica ${target}: ${REPLICA_ERROR}"
+    replica_delete "${target}" "${sidecars[@]}" || die "${EXIT_FAILED}" "replica ${target}: ${REPLICA_ERROR}"
+    deleted="${#files[@]}"
+  fi
+  PART_DETAIL="$( ((DRY_RUN)) && printf 'would prune %s' "${#files[@]}" || printf 'pruned %s' "${deleted}") of ${counted} backup(s)"
+  log INFO "replica ${target}: ${PART_DETAIL}"
+}
+
+# replica_delete TARGET NAME...: delete NAMEs on the target (one rclone call).
+replica_delete() {
+  local target="$1" rc=0 list="${WORK_DIR}/delete.list"
+  shift
+  (($# > 0)) || return 0
+  printf '%s\n' "$@" >"${list}"
+  replica_rclone delete --files-from-raw "${list}" --max-depth 1 -- "$(replica_path "${target}")" \
+    2>"${WORK_DIR}/rclone-delete.err" || rc=$?
+  ((rc == 0)) || replica_fail "deleting $# file(s) failed (rclone exit ${rc}: $(replica_said "${WORK_DIR}/rclone-delete.err")); do its credentials allow deleting? With REPLICA_PRUNE=false the target's own lifecycle rules prune it"
+}
+
+# replica_prune_part TARGET NOW: replica_prune as a part of its own (records of kind prune).
+replica_prune_part() {
+  set -o errexit
+  REPLICA_PART="$1"
+  PART_TYPE="$1"
+  RUN_DIR_OF_RUN="${RUN_DIR_OF_RUN}/prune"
+  trap 'part_finished $?' EXIT
+  trap_signals
+  make_work_dir
+  replica_prune "$1" "$2"
+}
+
+# The targets this cleanup pruned.
+REPLICA_PRUNED=()
+
+# replica_prune_all NOW: cleanup's part: prune every target (REPLICA_PRUNE); the first failure's
+# exit code in REPLICA_RC.
+replica_prune_all() {
+  local target
+  REPLICA_RC=0
+  ((${#REPLICA_NAMES[@]} > 0)) || return 0
+  if [[ "${REPLICA_PRUNE}" != true ]]; then
+    log INFO "REPLICA_PRUNE=false: the targets (${REPLICA_NAMES[*]}) are not pruned; their own lifecycle rules do it"
+    return 0
+  fi
+  mkdir -p -- "${RUN_DIR_OF_RUN}/prune"
+  for target in "${REPLICA_NAMES[@]}"; do
+    REPLICA_PRUNED+=("${target}")
+    run_step replica_prune_part "${target}" "$1"
+    ((STEP_RC == 0 || REPLICA_RC != 0)) || REPLICA_RC="${STEP_RC}"
+  done
 }
 # --- Restore drills (backup_script.sh drill): the newest backup of each type goes through
 # restore_script.sh verify --deep, into a scratch database or redis-server. Each type is a part of
@@ -3548,10 +4146,12 @@ RUN_CURRENT=""
 # list and status, which change nothing).
 RUN_KIND=""
 OPT_JSON=0
+# list --replica NAME, sync --replica NAME: the target.
+OPT_REPLICA=""
 
 usage() {
   cat <<'EOF'
-Usage: backup_script.sh COMMAND [--dry-run] [--json]
+Usage: backup_script.sh COMMAND [--dry-run] [--json] [--replica NAME]
 
 Commands:
   full        back up PostgreSQL, Redis and the files, with one timestamp for the run
@@ -3559,7 +4159,10 @@ Commands:
   redis       snapshot the Redis dataset (RDB)
   files       archive FILES_DIR (tar)
   list        list the backups in BACKUP_DIR, newest first, with totals and free space, and
-              what cleanup does not count (unverifiable, named in the future, not a backup)
+              what cleanup does not count (unverifiable, named in the future, not a backup);
+              with --replica NAME, what the target NAME of REPLICA_TARGETS holds
+  sync        copy to every target of REPLICA_TARGETS (or --replica NAME) each backup it
+              misses, newest first, verified (every backup run does it too)
   status      per type the last success and its age, size, duration, success rate and how
               often backups ran; storage; what needs attention (then exits 7); --json prints
               the same facts as JSON
@@ -3567,7 +4170,8 @@ Commands:
               the newest KEEP_MIN, the newest of each of the KEEP_DAILY days, KEEP_WEEKLY
               ISO weeks and KEEP_MONTHLY months that have one), stale .partial files, orphan
               sidecars and logs older than 7 days; names that are not verifiable backups are
-              reported and left alone; with --dry-run, says of each backup what keeps it
+              reported and left alone; with --dry-run, says of each backup what keeps it;
+              then the same on each target of REPLICA_TARGETS (unless REPLICA_PRUNE=false)
   drill       restore drill: restore_script.sh verify --deep of the newest backup of each
               type (a scratch database or redis-server); fails when any type fails, and
               skips a type without a backup, PostgreSQL without CREATEDB, or a backup
@@ -3578,10 +4182,12 @@ Commands:
 Options:
   --dry-run   say what would be done (and check the servers are reachable); write nothing
   --json      (status) the facts as JSON, as in BACKUP_DIR/status.json
+  --replica NAME  (list, sync) the target NAME of REPLICA_TARGETS
   -h, --help  show this help
 
-Each backup FILE gets FILE.sha256 and FILE.manifest.json next to it. Settings come from the
-environment (see the README); secrets may be given as VAR_FILE.
+Each backup FILE gets FILE.sha256 and FILE.manifest.json next to it; a backup run then copies
+it to the targets of REPLICA_TARGETS (rclone). Settings come from the environment (see the
+README); secrets may be given as VAR_FILE.
 Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy, 4 verification failed, 5 wrong encryption key,
 6 refused (a precondition not met), 7 status needs attention.
 EOF
@@ -3595,6 +4201,7 @@ cmd_backup() {
   local -a types=("${what}")
   [[ "${what}" != full ]] || types=("${BACKUP_TYPES[@]}")
   load_secrets
+  replica_targets
   prepare_backup_dir
   ((DRY_RUN)) || acquire_lock "backup ${what}"
   ((DRY_RUN)) || clean_leftovers --partials
@@ -3618,6 +4225,16 @@ cmd_backup() {
     RUN_CURRENT=""
     ((rc == 0 || first_failure != 0)) || first_failure="${rc}"
   done
+  # Then the off-site copies: what this run wrote and what a target misses (a failed copy keeps
+  # the local backups, and fails the run).
+  if ((${#REPLICA_NAMES[@]} > 0)); then
+    if ((DRY_RUN)); then
+      log INFO "the backups would then be copied to ${REPLICA_NAMES[*]}"
+    else
+      replica_run
+      ((REPLICA_RC == 0 || first_failure != 0)) || first_failure="${REPLICA_RC}"
+    fi
+  fi
   exit "${first_failure}"
 }
 
@@ -3645,6 +4262,7 @@ run_finished() {
         ;;
       cleanup) status_add_run cleanup all "${code}" "" ;;
     esac
+    replica_records "${RUN_INTERRUPTED:+interrupted by ${RUN_INTERRUPTED}}"
     status_finish
   fi
 }
@@ -3670,16 +4288,22 @@ parts_summary() {
       summary+=("${type} ok${detail:+ (${detail})}")
     fi
   done
+  # A failed off-site copy fails the run, but the local backups stand (the health check's
+  # .last_success is about them).
+  local replica_failed=0
+  replica_summary summary || replica_failed=1
   for warning in "${RUN_WARNINGS[@]}"; do
     summary+=("(warning: ${warning})")
   done
   # A signal's own message has said how the run ended.
   if [[ -z "${RUN_INTERRUPTED}" ]]; then
-    if ((code == 0 && failed == 0)); then
+    if ((code == 0 && failed == 0 && replica_failed == 0)); then
       log INFO "${RUN_NAME} finished: ${summary[*]}"
-      [[ "${RUN_NAME}" != "backup full" ]] || mark_success
     else
       log ERROR "${RUN_NAME} FAILED: ${summary[*]}"
+    fi
+    if ((failed == 0 && (code == 0 || replica_failed))) && [[ "${RUN_NAME}" == "backup full" ]]; then
+      mark_success
     fi
   fi
   # The dead man's switch hears how every full backup ended (its body: the log's last lines).
@@ -3699,6 +4323,10 @@ interrupted_state() {
   local -a not_started=()
   if [[ "${RUN_KIND}" == drill ]]; then
     drill_interrupted_state
+    return 0
+  fi
+  if [[ -n "${REPLICA_PART}" ]]; then
+    printf 'the work on the target %s was stopped; the backups in BACKUP_DIR are complete, and the next run copies what the target misses' "${REPLICA_PART}"
     return 0
   fi
   if [[ -n "${PART_TYPE}" ]]; then
@@ -3737,7 +4365,17 @@ mark_success() {
 # list shows what cleanup sees: backups, then (marked) the unverifiable ones and those named in the
 # future, and the other names that look like backups but are not.
 cmd_list() {
+  if [[ -n "${OPT_REPLICA}" ]]; then
+    cmd_list_replica "${OPT_REPLICA}"
+    return 0
+  fi
   [[ -d "${BACKUP_DIR}" ]] || die "${EXIT_REFUSED}" "BACKUP_DIR ${BACKUP_DIR} does not exist"
+  list_table "$(human_size "$(free_bytes "${BACKUP_DIR}")") free in ${BACKUP_DIR}"
+}
+
+# list_table WHERE: the list of BACKUP_DIR (or of a target's mirror), its totals line ending in
+# WHERE.
+list_table() {
   local -a names rows=() others=()
   local -A notes=()
   local name now="${EPOCHSECONDS}"
@@ -3754,8 +4392,9 @@ cmd_list() {
     esac
   done
   mapfile -t rows < <(newest_first "${rows[@]}")
-  if ((${#rows[@]} == 0)); then
-    printf 'No backups in %s.\n' "${BACKUP_DIR}"
+  if [[ -z "${rows[0]:-}" ]]; then
+    rows=()
+    printf 'No backups %s.\n' "$([[ "$1" == on\ * ]] && printf '%s' "${1%% (*}" || printf 'in %s' "${BACKUP_DIR}")"
   else
     printf '%-10s  %-19s  %10s  %-9s  %s\n' TYPE CREATED SIZE ENCRYPTED FILE
   fi
@@ -3781,9 +4420,9 @@ cmd_list() {
       "${encrypted}" "${name}" "${note}"
   done
   ((${#others[@]} == 0)) || printf '%s\n' "${others[@]}"
-  printf '%s backup(s) (postgresql %s, redis %s, files %s), %s in all; %s free in %s\n' \
+  printf '%s backup(s) (postgresql %s, redis %s, files %s), %s in all; %s\n' \
     "${counted}" "${counts[postgresql]:-0}" "${counts[redis]:-0}" "${counts[files]:-0}" \
-    "$(human_size "${total}")" "$(human_size "$(free_bytes "${BACKUP_DIR}")")" "${BACKUP_DIR}"
+    "$(human_size "${total}")" "$1"
 }
 
 # status: the facts of status.json as text (or --json), computed now; exit EXIT_ATTENTION when a
@@ -3827,6 +4466,10 @@ cmd_cleanup() {
   done
   remove_orphan_sidecars
   prune_logs "${now}"
+  # Then each target of REPLICA_TARGETS, with the same rules.
+  replica_setup
+  replica_prune_all "${now}"
+  exit "${REPLICA_RC}"
 }
 
 # Say which names look like backups but do not count (cleanup leaves them all alone).
@@ -3926,24 +4569,33 @@ usage_error() {
 }
 
 main() {
-  local command="" arg
-  for arg in "$@"; do
-    case "${arg}" in
+  local command=""
+  while (($# > 0)); do
+    case "$1" in
       -h | --help)
         usage
         exit "${EXIT_OK}"
         ;;
       --dry-run) DRY_RUN=1 ;;
       --json) OPT_JSON=1 ;;
-      -*) usage_error "unknown option '${arg}'" ;;
+      --replica)
+        (($# > 1)) || usage_error "--replica needs a target's name"
+        OPT_REPLICA="$2"
+        shift
+        ;;
+      --replica=*) OPT_REPLICA="${1#*=}" ;;
+      -*) usage_error "unknown option '$1'" ;;
       *)
-        [[ -z "${command}" ]] || usage_error "unexpected argument '${arg}'"
-        command="${arg}"
+        [[ -z "${command}" ]] || usage_error "unexpected argument '$1'"
+        command="$1"
         ;;
     esac
+    shift
   done
   [[ -n "${command}" ]] || usage_error "a command is required"
   ((OPT_JSON == 0)) || [[ "${command}" == status ]] || usage_error "--json is for the status command"
+  [[ -z "${OPT_REPLICA}" || "${command}" == list || "${command}" == sync ]] ||
+    usage_error "--replica is for the list and sync commands"
   trap 'on_error $? ${LINENO}' ERR
   trap_signals
   trap 'finish_run $?' EXIT
@@ -3954,6 +4606,7 @@ main() {
     list) cmd_list ;;
     status) cmd_status ;;
     cleanup) cmd_cleanup ;;
+    sync) cmd_sync ;;
     drill) cmd_drill ;;
     alert-test) cmd_alert_test ;;
     *) usage_error "unknown command '${command}'" ;;

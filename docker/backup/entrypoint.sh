@@ -64,6 +64,11 @@ unset LANGUAGE
 : "${ALERT_MAX_DURATION:=3600}"
 : "${ALERT_REPEAT:=86400}"
 : "${ALERT_TIMEOUT:=30}"
+: "${REPLICA_TARGETS:=}"
+: "${REPLICA_RCLONE_CONFIG_FILE:=}"
+: "${REPLICA_PRUNE:=true}"
+: "${REPLICA_ALLOW_PLAINTEXT:=false}"
+: "${REPLICA_BWLIMIT:=}"
 : "${BACKUP_CONTAINER:=gym_backup}"
 : "${BACKUP_IMAGE:=gym-backup:latest}"
 : "${UPLOADS_SOURCE:=./uploads}"
@@ -1355,6 +1360,86 @@ require_tools() {
     die "${EXIT_REFUSED}" "missing tools: ${missing[*]}; install them (see the README's requirements)"
   fi
 }
+# --- Off-site copies (REPLICA_TARGETS), with rclone: everything about them is here.
+# A target is NAME=remote:path (an rclone remote of REPLICA_RCLONE_CONFIG_FILE or of rclone's
+# RCLONE_CONFIG_* variables) or NAME=/path (a local folder). After a backup run, each backup it
+# wrote is copied to every target, the file first and its .manifest.json and .sha256 last: on a
+# target, as in BACKUP_DIR, a backup is complete only once its .sha256 naming it is there (no
+# rename, so credentials that may only add objects do). Each copy is verified: by the target's
+# SHA-256 or MD5 where rclone can compute one, else by reading it back. The same run then copies
+# every backup the target misses (catch-up), newest first. cleanup prunes each target with the
+# rules of BACKUP_DIR (REPLICA_PRUNE); restore_script.sh --from NAME fetches a backup from one.
+#
+# What is on a target is judged by the same code as BACKUP_DIR (backup_class, list_backups,
+# retention_decide): replica_mirror lays out a local folder that mirrors it, with its sidecars
+# fetched and each other name as a sparse file of its size there.
+
+# The targets (replica_targets): their names in order, where each copies to, and which are local
+# folders (given as an absolute path).
+REPLICA_NAMES=()
+declare -A REPLICA_DEST=() REPLICA_LOCAL=()
+
+# replica_parse: REPLICA_TARGETS into REPLICA_NAMES, REPLICA_DEST and REPLICA_LOCAL, with the
+# rules of generator/config.py's parse_targets; the problems in REPLICA_PROBLEMS.
+replica_parse() {
+  local entry name dest
+  local -a entries
+  REPLICA_NAMES=() REPLICA_PROBLEMS=()
+  REPLICA_DEST=() REPLICA_LOCAL=()
+  if [[ "${REPLICA_TARGETS}" == *$'\n'* ]]; then
+    REPLICA_PROBLEMS+=("REPLICA_TARGETS: contains a line break; separate the targets with ','")
+    return 0
+  fi
+  IFS=',' read -r -a entries <<<"${REPLICA_TARGETS}"
+  for entry in "${entries[@]}"; do
+    entry="$(replica_trim "${entry}")"
+    [[ -n "${entry}" ]] || continue
+    name="$(replica_trim "${entry%%=*}")"
+    dest="$(replica_trim "${entry#*=}")"
+    if [[ "${entry}" != *=* || -z "${dest}" ]]; then
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: '${entry}' is not NAME=remote:path or NAME=/path")
+    elif [[ ! "${name}" =~ ^[a-z0-9_-]+$ ]]; then
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: the target name '${name}' is not made of a-z, 0-9, _ and -")
+    elif [[ -v "REPLICA_DEST[${name}]" ]]; then
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: the target name '${name}' is given twice")
+    elif [[ "${dest}" == /* ]]; then
+      REPLICA_NAMES+=("${name}")
+      REPLICA_DEST[${name}]="${dest}"
+      # shellcheck disable=SC2034 # read by the scripts that copy
+      REPLICA_LOCAL[${name}]=1
+    elif [[ "${dest}" =~ ^(:[a-z0-9]+|[A-Za-z0-9_.+@-]+): ]]; then
+      REPLICA_NAMES+=("${name}")
+      REPLICA_DEST[${name}]="${dest}"
+    else
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: ${name}: '${dest}' is neither an absolute path nor remote:path (an rclone remote's name, or :backend without parameters)")
+    fi
+  done
+}
+
+replica_trim() {
+  local text="$1"
+  text="${text#"${text%%[![:space:]]*}"}"
+  printf '%s' "${text%"${text##*[![:space:]]}"}"
+}
+
+# replica_target_names: the names of the targets that are well given, one a line (the status
+# layer's view: it never fails).
+replica_target_names() {
+  replica_parse
+  ((${#REPLICA_NAMES[@]} == 0)) || printf '%s\n' "${REPLICA_NAMES[@]}"
+}
+
+# replica_targets: parse REPLICA_TARGETS, or refuse the run (exit 6) naming every problem.
+replica_targets() {
+  local problem
+  replica_parse
+  ((${#REPLICA_PROBLEMS[@]} > 0)) || return 0
+  for problem in "${REPLICA_PROBLEMS[@]}"; do
+    log ERROR "${problem}"
+  done
+  die "${EXIT_REFUSED}" "invalid REPLICA_TARGETS (${#REPLICA_PROBLEMS[@]} problem(s)); fix it in the .env file or the environment"
+}
+
 readonly LOG_FILE=""
 readonly RUN_DIR=/dev/shm/gym-backup
 readonly JOB_ENV="${RUN_DIR}/env.sh"
@@ -1365,7 +1450,7 @@ readonly CRONTAB_FILE=/etc/gym-backup/crontab
 readonly STOP_WAIT=20
 SCHEDULER_PID=""
 # Every setting a job may need; a secret is passed as its value or its _FILE, never both.
-readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE RESTORE_DRILL_SCHEDULE BACKUP_RETENTION_DAYS ENCRYPTION_RECIPIENT TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN KEEP_DAILY KEEP_WEEKLY KEEP_MONTHLY REDIS_DATA_DIR REDIS_DBFILENAME REDIS_APPENDDIRNAME REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION ALERT_REPEAT ALERT_TIMEOUT BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
+readonly JOB_SETTINGS=(POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_ADMIN_USER REDIS_HOST REDIS_PORT BACKUP_SCHEDULE CLEANUP_SCHEDULE RESTORE_DRILL_SCHEDULE BACKUP_RETENTION_DAYS ENCRYPTION_RECIPIENT TZ BACKUP_DIR FILES_DIR FILES_EXCLUDE COMPRESSION COMPRESSION_LEVEL COMPRESSION_THREADS KEEP_MIN KEEP_DAILY KEEP_WEEKLY KEEP_MONTHLY REDIS_DATA_DIR REDIS_DBFILENAME REDIS_APPENDDIRNAME REDIS_RESTORE_HOST PG_MAJOR BACKUP_ON_START HEALTH_MAX_AGE ALERT_MAX_AGE ALERT_DISK_PERCENT ALERT_MAX_DURATION ALERT_REPEAT ALERT_TIMEOUT REPLICA_TARGETS REPLICA_RCLONE_CONFIG_FILE REPLICA_PRUNE REPLICA_ALLOW_PLAINTEXT REPLICA_BWLIMIT BACKUP_CONTAINER BACKUP_IMAGE UPLOADS_SOURCE REDIS_DATA_SOURCE REDIS_CONTAINER LOCK_TIMEOUT)
 readonly SECRET_SETTINGS=(POSTGRES_PASSWORD POSTGRES_ADMIN_PASSWORD REDIS_PASSWORD ENCRYPTION_KEY ENCRYPTION_KEY_PREVIOUS DECRYPTION_KEY DECRYPTION_KEY_PASSPHRASE ALERT_URLS HEALTHCHECK_PING_URL)
 readonly REQUIRED_SECRETS=(POSTGRES_PASSWORD)
 
@@ -1403,6 +1488,13 @@ check_environment() {
   for name in "${SECRET_SETTINGS[@]}"; do
     check_secret "${name}"
   done
+  replica_parse
+  for name in "${REPLICA_PROBLEMS[@]}"; do
+    problem "${name}."
+  done
+  if [[ -n "${REPLICA_RCLONE_CONFIG_FILE}" && ! -r "${REPLICA_RCLONE_CONFIG_FILE}" ]]; then
+    problem "REPLICA_RCLONE_CONFIG_FILE: cannot read '${REPLICA_RCLONE_CONFIG_FILE}'; mount the rclone config file there (read-only is enough) or fix the path."
+  fi
   check_schedule BACKUP_SCHEDULE
   check_schedule CLEANUP_SCHEDULE
   check_schedule RESTORE_DRILL_SCHEDULE --may-be-empty
@@ -1469,6 +1561,12 @@ write_job_env() {
         [[ -z "${!name:-}" ]] || printf 'export %s=%q\n' "${name}" "${!name}"
       fi
     done
+    # rclone's own variables (RCLONE_CONFIG_NAME_KEY...: the remotes of REPLICA_TARGETS and
+    # their keys), which only this file, mode 0400 on tmpfs, hands on.
+    while IFS= read -r name; do
+      [[ "${name}" == RCLONE_* ]] || continue
+      printf 'export %s=%q\n' "${name}" "${!name}"
+    done < <(compgen -e)
   } >"${JOB_ENV}.partial"
   chmod 0400 -- "${JOB_ENV}.partial"
   mv -f -- "${JOB_ENV}.partial" "${JOB_ENV}"

@@ -64,6 +64,11 @@ unset LANGUAGE
 : "${ALERT_MAX_DURATION:=3600}"
 : "${ALERT_REPEAT:=86400}"
 : "${ALERT_TIMEOUT:=30}"
+: "${REPLICA_TARGETS:=}"
+: "${REPLICA_RCLONE_CONFIG_FILE:=}"
+: "${REPLICA_PRUNE:=true}"
+: "${REPLICA_ALLOW_PLAINTEXT:=false}"
+: "${REPLICA_BWLIMIT:=}"
 : "${BACKUP_CONTAINER:=gym_backup}"
 : "${BACKUP_IMAGE:=gym-backup:latest}"
 : "${UPLOADS_SOURCE:=./uploads}"
@@ -1895,6 +1900,9 @@ status_model() {
   [[ -r "${runs}" ]] || runs=/dev/null
   [[ -r "${counts}" ]] || counts=/dev/null
   [[ -r "${alerts}" ]] || alerts=/dev/null
+  # The targets of REPLICA_TARGETS (_replica.sh.j2), which the awk program reads in ENVIRON.
+  local -x STATUS_TARGETS=""
+  ! declare -F replica_target_names >/dev/null || STATUS_TARGETS="$(replica_target_names | tr '\n' ' ')"
   status_inventory >"${out}/inventory"
   df_line="$(df -Pk -- "${BACKUP_DIR}" 2>/dev/null | awk 'NR == 2 { print $2, $3, $4 }')" || df_line=""
   read -r size used free <<<"${df_line:-0 0 0}"
@@ -1942,7 +1950,7 @@ function cond(key, msg) { ncond++; ckey[ncond] = key; cmsg[ncond] = msg }
 function metric(name, type, help) {
   printf("# HELP %s %s\n# TYPE %s %s\n", name, help, name, type) > prom_out
 }
-BEGIN { ntypes = split(types, T, " ") }
+BEGIN { ntypes = split(types, T, " "); ntargets = split(ENVIRON["STATUS_TARGETS"], G, " ") }
 FILENAME == f_counts { split($0, f, "\t"); nc++; ck[nc] = f[1]; ct[nc] = f[2]; cr[nc] = f[3]; cv[nc] = f[4]; next }
 FILENAME == f_inventory { split($0, f, " "); inv_n[f[1]] = f[2]; inv_b[f[1]] = f[3]; next }
 FILENAME == f_alerts { known[$1] = 1; na++; ak[na] = $1; as[na] = $2; al[na] = $3; ad[na] = $4; next }
@@ -1991,6 +1999,21 @@ END {
       cond("drill:" ty, msg)
     }
   }
+  # The off-site copies (REPLICA_TARGETS): the last copy to a target, or its last prune, failed.
+  for (g = 1; g <= ntargets; g++) {
+    k = "replica" SUBSEP G[g]
+    if ((k in last) && fld(at(last, k), 4) != "ok" && fld(at(last, k), 4) != "skipped") {
+      msg = "copies to the target " G[g] " have failed since " when(streak_since[k]) " (" streak[k] " run(s) in a row); the local backups are kept and the next run copies what it misses"
+      if (fld(at(last, k), 12) != "") msg = msg "; last error: " fld(at(last, k), 12)
+      cond("replica:" G[g], msg)
+    }
+    k = "prune" SUBSEP G[g]
+    if ((k in last) && fld(at(last, k), 4) != "ok" && fld(at(last, k), 4) != "skipped") {
+      msg = "pruning the target " G[g] " failed on " when(fld(at(last, k), 1))
+      if (fld(at(last, k), 12) != "") msg = msg ": " fld(at(last, k), 12)
+      cond("replica_prune:" G[g], msg)
+    }
+  }
   for (k in last) {
     if ((k in last) && fld(at(last, k), 11) == "encryption" && fld(at(last, k), 4) != "ok") {
       split(k, kt, SUBSEP)
@@ -2030,7 +2053,12 @@ END {
     printf("      \"interval_seconds\": %s, \"backups\": %.0f, \"backups_bytes\": %.0f,\n", jnum(interval[ty] == "" ? "" : int(interval[ty])), inv_n[ty], inv_b[ty]) > json_out
     printf("      \"last_drill\": %s\n    }", record(at(last, kd))) > json_out
   }
-  printf("\n  },\n  \"last_cleanup\": %s,\n", record(at(last, "cleanup" SUBSEP "all"))) > json_out
+  printf("\n  },\n  \"replicas\": {") > json_out
+  for (g = 1; g <= ntargets; g++) {
+    k = "replica" SUBSEP G[g]
+    printf("%s\n    %s: {\"last_run\": %s, \"last_success\": %s, \"last_prune\": %s}", (g > 1 ? "," : ""), jstr(G[g]), record(at(last, k)), record(at(lastok, k)), record(at(last, "prune" SUBSEP G[g]))) > json_out
+  }
+  printf("%s},\n  \"last_cleanup\": %s,\n", (ntargets ? "\n  " : ""), record(at(last, "cleanup" SUBSEP "all"))) > json_out
   printf("  \"runs_total\": [") > json_out
   for (i = 1; i <= nc; i++) printf("%s\n    {\"kind\": %s, \"type\": %s, \"result\": %s, \"count\": %.0f}", (i > 1 ? "," : ""), jstr(ck[i]), jstr(ct[i]), jstr(cr[i]), cv[i]) > json_out
   printf("%s],\n  \"history\": [", (nc ? "\n  " : "")) > json_out
@@ -2042,6 +2070,8 @@ END {
   printf("gym_backup_info{version=\"%s\"} 1\n", plabel(version)) > prom_out
   metric("gym_backup_last_success_timestamp_seconds", "gauge", "When the last successful backup of the type finished (0: none yet).")
   for (t = 1; t <= ntypes; t++) { k = "backup" SUBSEP T[t]; printf("gym_backup_last_success_timestamp_seconds{type=\"%s\"} %.0f\n", T[t], ((k in lastok) ? fld(at(lastok, k), 1) : 0)) > prom_out }
+  metric("gym_backup_replica_last_success_timestamp_seconds", "gauge", "When the last copy to the target (REPLICA_TARGETS) that left it holding every local backup finished (0: none yet).")
+  for (g = 1; g <= ntargets; g++) { k = "replica" SUBSEP G[g]; printf("gym_backup_replica_last_success_timestamp_seconds{target=\"%s\"} %.0f\n", plabel(G[g]), ((k in lastok) ? fld(at(lastok, k), 1) : 0)) > prom_out }
   metric("gym_backup_last_run_timestamp_seconds", "gauge", "When the last run of the kind and type finished.")
   for (j in last) { split(j, kt, SUBSEP); printf("gym_backup_last_run_timestamp_seconds{kind=\"%s\",type=\"%s\"} %.0f\n", kt[1], kt[2], fld(at(last, j), 1)) > prom_out }
   metric("gym_backup_last_run_success", "gauge", "1 when the last run of the kind and type succeeded (or was skipped), else 0.")
@@ -2086,6 +2116,14 @@ END {
   printf("last drill: %s\n", (drills == "" ? "never" : drills)) > text_out
   kc = "cleanup" SUBSEP "all"
   printf("last cleanup: %s\n", ((kc in last) ? fld(at(last, kc), 4) " " when(fld(at(last, kc), 1)) : "never")) > text_out
+  if (ntargets) {
+    copies = ""
+    for (g = 1; g <= ntargets; g++) {
+      k = "replica" SUBSEP G[g]
+      copies = copies (g > 1 ? "; " : "") G[g] " " ((k in last) ? fld(at(last, k), 4) " " when(fld(at(last, k), 1)) : "never") ((k in lastok) && fld(at(last, k), 4) != "ok" ? " (last ok " when(fld(at(lastok, k), 1)) ")" : "")
+    }
+    printf("off-site copies: %s\n", copies) > text_out
+  }
   if (running != "") printf("running now: %s\n", running) > text_out
   if (ncond == 0) printf("\nall good: nothing needs attention\n") > text_out
   else {
@@ -2140,6 +2178,86 @@ status_finish() {
   ((rc == 0)) || log WARN "status: could not write ${STATUS_JSON_NAME} or ${STATUS_METRICS_NAME} in ${BACKUP_DIR} (is it full?)"
   return 0
 }
+# --- Off-site copies (REPLICA_TARGETS), with rclone: everything about them is here.
+# A target is NAME=remote:path (an rclone remote of REPLICA_RCLONE_CONFIG_FILE or of rclone's
+# RCLONE_CONFIG_* variables) or NAME=/path (a local folder). After a backup run, each backup it
+# wrote is copied to every target, the file first and its .manifest.json and .sha256 last: on a
+# target, as in BACKUP_DIR, a backup is complete only once its .sha256 naming it is there (no
+# rename, so credentials that may only add objects do). Each copy is verified: by the target's
+# SHA-256 or MD5 where rclone can compute one, else by reading it back. The same run then copies
+# every backup the target misses (catch-up), newest first. cleanup prunes each target with the
+# rules of BACKUP_DIR (REPLICA_PRUNE); restore_script.sh --from NAME fetches a backup from one.
+#
+# What is on a target is judged by the same code as BACKUP_DIR (backup_class, list_backups,
+# retention_decide): replica_mirror lays out a local folder that mirrors it, with its sidecars
+# fetched and each other name as a sparse file of its size there.
+
+# The targets (replica_targets): their names in order, where each copies to, and which are local
+# folders (given as an absolute path).
+REPLICA_NAMES=()
+declare -A REPLICA_DEST=() REPLICA_LOCAL=()
+
+# replica_parse: REPLICA_TARGETS into REPLICA_NAMES, REPLICA_DEST and REPLICA_LOCAL, with the
+# rules of generator/config.py's parse_targets; the problems in REPLICA_PROBLEMS.
+replica_parse() {
+  local entry name dest
+  local -a entries
+  REPLICA_NAMES=() REPLICA_PROBLEMS=()
+  REPLICA_DEST=() REPLICA_LOCAL=()
+  if [[ "${REPLICA_TARGETS}" == *$'\n'* ]]; then
+    REPLICA_PROBLEMS+=("REPLICA_TARGETS: contains a line break; separate the targets with ','")
+    return 0
+  fi
+  IFS=',' read -r -a entries <<<"${REPLICA_TARGETS}"
+  for entry in "${entries[@]}"; do
+    entry="$(replica_trim "${entry}")"
+    [[ -n "${entry}" ]] || continue
+    name="$(replica_trim "${entry%%=*}")"
+    dest="$(replica_trim "${entry#*=}")"
+    if [[ "${entry}" != *=* || -z "${dest}" ]]; then
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: '${entry}' is not NAME=remote:path or NAME=/path")
+    elif [[ ! "${name}" =~ ^[a-z0-9_-]+$ ]]; then
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: the target name '${name}' is not made of a-z, 0-9, _ and -")
+    elif [[ -v "REPLICA_DEST[${name}]" ]]; then
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: the target name '${name}' is given twice")
+    elif [[ "${dest}" == /* ]]; then
+      REPLICA_NAMES+=("${name}")
+      REPLICA_DEST[${name}]="${dest}"
+      # shellcheck disable=SC2034 # read by the scripts that copy
+      REPLICA_LOCAL[${name}]=1
+    elif [[ "${dest}" =~ ^(:[a-z0-9]+|[A-Za-z0-9_.+@-]+): ]]; then
+      REPLICA_NAMES+=("${name}")
+      REPLICA_DEST[${name}]="${dest}"
+    else
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: ${name}: '${dest}' is neither an absolute path nor remote:path (an rclone remote's name, or :backend without parameters)")
+    fi
+  done
+}
+
+replica_trim() {
+  local text="$1"
+  text="${text#"${text%%[![:space:]]*}"}"
+  printf '%s' "${text%"${text##*[![:space:]]}"}"
+}
+
+# replica_target_names: the names of the targets that are well given, one a line (the status
+# layer's view: it never fails).
+replica_target_names() {
+  replica_parse
+  ((${#REPLICA_NAMES[@]} == 0)) || printf '%s\n' "${REPLICA_NAMES[@]}"
+}
+
+# replica_targets: parse REPLICA_TARGETS, or refuse the run (exit 6) naming every problem.
+replica_targets() {
+  local problem
+  replica_parse
+  ((${#REPLICA_PROBLEMS[@]} > 0)) || return 0
+  for problem in "${REPLICA_PROBLEMS[@]}"; do
+    log ERROR "${problem}"
+  done
+  die "${EXIT_REFUSED}" "invalid REPLICA_TARGETS (${#REPLICA_PROBLEMS[@]} problem(s)); fix it in the .env file or the environment"
+}
+
 # --- The postgresql backup type (PostgreSQL): its backup, content check, deep verify and
 # restore (generator/backup_types.py has its row). Both scripts include the backup part;
 # the restore part is restore_script.sh's only; the health part is healthcheck.sh's.

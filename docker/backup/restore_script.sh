@@ -61,6 +61,11 @@ unset LANGUAGE
 : "${ALERT_MAX_DURATION:=3600}"
 : "${ALERT_REPEAT:=86400}"
 : "${ALERT_TIMEOUT:=30}"
+: "${REPLICA_TARGETS:=}"
+: "${REPLICA_RCLONE_CONFIG_FILE:=}"
+: "${REPLICA_PRUNE:=true}"
+: "${REPLICA_ALLOW_PLAINTEXT:=false}"
+: "${REPLICA_BWLIMIT:=}"
 : "${BACKUP_CONTAINER:=gym_backup}"
 : "${BACKUP_IMAGE:=gym-backup:latest}"
 : "${UPLOADS_SOURCE:=./uploads}"
@@ -2286,6 +2291,9 @@ status_model() {
   [[ -r "${runs}" ]] || runs=/dev/null
   [[ -r "${counts}" ]] || counts=/dev/null
   [[ -r "${alerts}" ]] || alerts=/dev/null
+  # The targets of REPLICA_TARGETS (_replica.sh.j2), which the awk program reads in ENVIRON.
+  local -x STATUS_TARGETS=""
+  ! declare -F replica_target_names >/dev/null || STATUS_TARGETS="$(replica_target_names | tr '\n' ' ')"
   status_inventory >"${out}/inventory"
   df_line="$(df -Pk -- "${BACKUP_DIR}" 2>/dev/null | awk 'NR == 2 { print $2, $3, $4 }')" || df_line=""
   read -r size used free <<<"${df_line:-0 0 0}"
@@ -2333,7 +2341,7 @@ function cond(key, msg) { ncond++; ckey[ncond] = key; cmsg[ncond] = msg }
 function metric(name, type, help) {
   printf("# HELP %s %s\n# TYPE %s %s\n", name, help, name, type) > prom_out
 }
-BEGIN { ntypes = split(types, T, " ") }
+BEGIN { ntypes = split(types, T, " "); ntargets = split(ENVIRON["STATUS_TARGETS"], G, " ") }
 FILENAME == f_counts { split($0, f, "\t"); nc++; ck[nc] = f[1]; ct[nc] = f[2]; cr[nc] = f[3]; cv[nc] = f[4]; next }
 FILENAME == f_inventory { split($0, f, " "); inv_n[f[1]] = f[2]; inv_b[f[1]] = f[3]; next }
 FILENAME == f_alerts { known[$1] = 1; na++; ak[na] = $1; as[na] = $2; al[na] = $3; ad[na] = $4; next }
@@ -2382,6 +2390,21 @@ END {
       cond("drill:" ty, msg)
     }
   }
+  # The off-site copies (REPLICA_TARGETS): the last copy to a target, or its last prune, failed.
+  for (g = 1; g <= ntargets; g++) {
+    k = "replica" SUBSEP G[g]
+    if ((k in last) && fld(at(last, k), 4) != "ok" && fld(at(last, k), 4) != "skipped") {
+      msg = "copies to the target " G[g] " have failed since " when(streak_since[k]) " (" streak[k] " run(s) in a row); the local backups are kept and the next run copies what it misses"
+      if (fld(at(last, k), 12) != "") msg = msg "; last error: " fld(at(last, k), 12)
+      cond("replica:" G[g], msg)
+    }
+    k = "prune" SUBSEP G[g]
+    if ((k in last) && fld(at(last, k), 4) != "ok" && fld(at(last, k), 4) != "skipped") {
+      msg = "pruning the target " G[g] " failed on " when(fld(at(last, k), 1))
+      if (fld(at(last, k), 12) != "") msg = msg ": " fld(at(last, k), 12)
+      cond("replica_prune:" G[g], msg)
+    }
+  }
   for (k in last) {
     if ((k in last) && fld(at(last, k), 11) == "encryption" && fld(at(last, k), 4) != "ok") {
       split(k, kt, SUBSEP)
@@ -2421,7 +2444,12 @@ END {
     printf("      \"interval_seconds\": %s, \"backups\": %.0f, \"backups_bytes\": %.0f,\n", jnum(interval[ty] == "" ? "" : int(interval[ty])), inv_n[ty], inv_b[ty]) > json_out
     printf("      \"last_drill\": %s\n    }", record(at(last, kd))) > json_out
   }
-  printf("\n  },\n  \"last_cleanup\": %s,\n", record(at(last, "cleanup" SUBSEP "all"))) > json_out
+  printf("\n  },\n  \"replicas\": {") > json_out
+  for (g = 1; g <= ntargets; g++) {
+    k = "replica" SUBSEP G[g]
+    printf("%s\n    %s: {\"last_run\": %s, \"last_success\": %s, \"last_prune\": %s}", (g > 1 ? "," : ""), jstr(G[g]), record(at(last, k)), record(at(lastok, k)), record(at(last, "prune" SUBSEP G[g]))) > json_out
+  }
+  printf("%s},\n  \"last_cleanup\": %s,\n", (ntargets ? "\n  " : ""), record(at(last, "cleanup" SUBSEP "all"))) > json_out
   printf("  \"runs_total\": [") > json_out
   for (i = 1; i <= nc; i++) printf("%s\n    {\"kind\": %s, \"type\": %s, \"result\": %s, \"count\": %.0f}", (i > 1 ? "," : ""), jstr(ck[i]), jstr(ct[i]), jstr(cr[i]), cv[i]) > json_out
   printf("%s],\n  \"history\": [", (nc ? "\n  " : "")) > json_out
@@ -2433,6 +2461,8 @@ END {
   printf("gym_backup_info{version=\"%s\"} 1\n", plabel(version)) > prom_out
   metric("gym_backup_last_success_timestamp_seconds", "gauge", "When the last successful backup of the type finished (0: none yet).")
   for (t = 1; t <= ntypes; t++) { k = "backup" SUBSEP T[t]; printf("gym_backup_last_success_timestamp_seconds{type=\"%s\"} %.0f\n", T[t], ((k in lastok) ? fld(at(lastok, k), 1) : 0)) > prom_out }
+  metric("gym_backup_replica_last_success_timestamp_seconds", "gauge", "When the last copy to the target (REPLICA_TARGETS) that left it holding every local backup finished (0: none yet).")
+  for (g = 1; g <= ntargets; g++) { k = "replica" SUBSEP G[g]; printf("gym_backup_replica_last_success_timestamp_seconds{target=\"%s\"} %.0f\n", plabel(G[g]), ((k in lastok) ? fld(at(lastok, k), 1) : 0)) > prom_out }
   metric("gym_backup_last_run_timestamp_seconds", "gauge", "When the last run of the kind and type finished.")
   for (j in last) { split(j, kt, SUBSEP); printf("gym_backup_last_run_timestamp_seconds{kind=\"%s\",type=\"%s\"} %.0f\n", kt[1], kt[2], fld(at(last, j), 1)) > prom_out }
   metric("gym_backup_last_run_success", "gauge", "1 when the last run of the kind and type succeeded (or was skipped), else 0.")
@@ -2477,6 +2507,14 @@ END {
   printf("last drill: %s\n", (drills == "" ? "never" : drills)) > text_out
   kc = "cleanup" SUBSEP "all"
   printf("last cleanup: %s\n", ((kc in last) ? fld(at(last, kc), 4) " " when(fld(at(last, kc), 1)) : "never")) > text_out
+  if (ntargets) {
+    copies = ""
+    for (g = 1; g <= ntargets; g++) {
+      k = "replica" SUBSEP G[g]
+      copies = copies (g > 1 ? "; " : "") G[g] " " ((k in last) ? fld(at(last, k), 4) " " when(fld(at(last, k), 1)) : "never") ((k in lastok) && fld(at(last, k), 4) != "ok" ? " (last ok " when(fld(at(lastok, k), 1)) ")" : "")
+    }
+    printf("off-site copies: %s\n", copies) > text_out
+  }
   if (running != "") printf("running now: %s\n", running) > text_out
   if (ncond == 0) printf("\nall good: nothing needs attention\n") > text_out
   else {
@@ -2530,6 +2568,264 @@ status_finish() {
   status_unlock
   ((rc == 0)) || log WARN "status: could not write ${STATUS_JSON_NAME} or ${STATUS_METRICS_NAME} in ${BACKUP_DIR} (is it full?)"
   return 0
+}
+# --- Off-site copies (REPLICA_TARGETS), with rclone: everything about them is here.
+# A target is NAME=remote:path (an rclone remote of REPLICA_RCLONE_CONFIG_FILE or of rclone's
+# RCLONE_CONFIG_* variables) or NAME=/path (a local folder). After a backup run, each backup it
+# wrote is copied to every target, the file first and its .manifest.json and .sha256 last: on a
+# target, as in BACKUP_DIR, a backup is complete only once its .sha256 naming it is there (no
+# rename, so credentials that may only add objects do). Each copy is verified: by the target's
+# SHA-256 or MD5 where rclone can compute one, else by reading it back. The same run then copies
+# every backup the target misses (catch-up), newest first. cleanup prunes each target with the
+# rules of BACKUP_DIR (REPLICA_PRUNE); restore_script.sh --from NAME fetches a backup from one.
+#
+# What is on a target is judged by the same code as BACKUP_DIR (backup_class, list_backups,
+# retention_decide): replica_mirror lays out a local folder that mirrors it, with its sidecars
+# fetched and each other name as a sparse file of its size there.
+
+# The targets (replica_targets): their names in order, where each copies to, and which are local
+# folders (given as an absolute path).
+REPLICA_NAMES=()
+declare -A REPLICA_DEST=() REPLICA_LOCAL=()
+
+# replica_parse: REPLICA_TARGETS into REPLICA_NAMES, REPLICA_DEST and REPLICA_LOCAL, with the
+# rules of generator/config.py's parse_targets; the problems in REPLICA_PROBLEMS.
+replica_parse() {
+  local entry name dest
+  local -a entries
+  REPLICA_NAMES=() REPLICA_PROBLEMS=()
+  REPLICA_DEST=() REPLICA_LOCAL=()
+  if [[ "${REPLICA_TARGETS}" == *$'\n'* ]]; then
+    REPLICA_PROBLEMS+=("REPLICA_TARGETS: contains a line break; separate the targets with ','")
+    return 0
+  fi
+  IFS=',' read -r -a entries <<<"${REPLICA_TARGETS}"
+  for entry in "${entries[@]}"; do
+    entry="$(replica_trim "${entry}")"
+    [[ -n "${entry}" ]] || continue
+    name="$(replica_trim "${entry%%=*}")"
+    dest="$(replica_trim "${entry#*=}")"
+    if [[ "${entry}" != *=* || -z "${dest}" ]]; then
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: '${entry}' is not NAME=remote:path or NAME=/path")
+    elif [[ ! "${name}" =~ ^[a-z0-9_-]+$ ]]; then
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: the target name '${name}' is not made of a-z, 0-9, _ and -")
+    elif [[ -v "REPLICA_DEST[${name}]" ]]; then
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: the target name '${name}' is given twice")
+    elif [[ "${dest}" == /* ]]; then
+      REPLICA_NAMES+=("${name}")
+      REPLICA_DEST[${name}]="${dest}"
+      # shellcheck disable=SC2034 # read by the scripts that copy
+      REPLICA_LOCAL[${name}]=1
+    elif [[ "${dest}" =~ ^(:[a-z0-9]+|[A-Za-z0-9_.+@-]+): ]]; then
+      REPLICA_NAMES+=("${name}")
+      REPLICA_DEST[${name}]="${dest}"
+    else
+      REPLICA_PROBLEMS+=("REPLICA_TARGETS: ${name}: '${dest}' is neither an absolute path nor remote:path (an rclone remote's name, or :backend without parameters)")
+    fi
+  done
+}
+
+replica_trim() {
+  local text="$1"
+  text="${text#"${text%%[![:space:]]*}"}"
+  printf '%s' "${text%"${text##*[![:space:]]}"}"
+}
+
+# replica_target_names: the names of the targets that are well given, one a line (the status
+# layer's view: it never fails).
+replica_target_names() {
+  replica_parse
+  ((${#REPLICA_NAMES[@]} == 0)) || printf '%s\n' "${REPLICA_NAMES[@]}"
+}
+
+# replica_targets: parse REPLICA_TARGETS, or refuse the run (exit 6) naming every problem.
+replica_targets() {
+  local problem
+  replica_parse
+  ((${#REPLICA_PROBLEMS[@]} > 0)) || return 0
+  for problem in "${REPLICA_PROBLEMS[@]}"; do
+    log ERROR "${problem}"
+  done
+  die "${EXIT_REFUSED}" "invalid REPLICA_TARGETS (${#REPLICA_PROBLEMS[@]} problem(s)); fix it in the .env file or the environment"
+}
+
+# rclone's limits: a target that is down fails in seconds (connection refused at once, no answer
+# within REPLICA_CONNECT_TIMEOUT), a stalled transfer after REPLICA_IO_TIMEOUT without data; each
+# copy is tried REPLICA_RETRIES times. Upload progress goes to the log every REPLICA_STATS.
+readonly REPLICA_CONNECT_TIMEOUT=5s REPLICA_IO_TIMEOUT=30s REPLICA_RETRIES=2
+readonly REPLICA_LOW_LEVEL_RETRIES=2 REPLICA_STATS=10s
+# replica_setup: the targets, and rclone ready to reach them (its config file in RCLONE_CONFIG,
+# which rclone reads: the file's contents never pass through a command line or the log).
+replica_setup() {
+  replica_targets
+  ((${#REPLICA_NAMES[@]} > 0)) || return 0
+  require_tools rclone
+  if [[ -n "${REPLICA_RCLONE_CONFIG_FILE}" ]]; then
+    [[ -r "${REPLICA_RCLONE_CONFIG_FILE}" && -f "${REPLICA_RCLONE_CONFIG_FILE}" ]] ||
+      die "${EXIT_REFUSED}" "REPLICA_RCLONE_CONFIG_FILE: cannot read '${REPLICA_RCLONE_CONFIG_FILE}'; check the path and its permissions"
+    export RCLONE_CONFIG="${REPLICA_RCLONE_CONFIG_FILE}"
+  fi
+}
+
+# replica_known NAME: NAME is one of the targets, or refuse (exit 2: a usage error).
+replica_known() {
+  [[ -v "REPLICA_DEST[$1]" ]] && return 0
+  die "${EXIT_USAGE}" "no target '$1' in REPLICA_TARGETS (${REPLICA_NAMES[*]:-none is set})"
+}
+
+# replica_rclone ARGS...: rclone with the limits above (its config from RCLONE_CONFIG); rclone's
+# own variables (RCLONE_RETRIES, RCLONE_TIMEOUT...) set in the environment win over them.
+replica_rclone() {
+  local -a limits=()
+  [[ -n "${RCLONE_CONTIMEOUT:-}" ]] || limits+=(--contimeout "${REPLICA_CONNECT_TIMEOUT}")
+  [[ -n "${RCLONE_TIMEOUT:-}" ]] || limits+=(--timeout "${REPLICA_IO_TIMEOUT}")
+  [[ -n "${RCLONE_RETRIES:-}" ]] || limits+=(--retries "${REPLICA_RETRIES}")
+  [[ -n "${RCLONE_RETRIES_SLEEP:-}" ]] || limits+=(--retries-sleep 1s)
+  [[ -n "${RCLONE_LOW_LEVEL_RETRIES:-}" ]] || limits+=(--low-level-retries "${REPLICA_LOW_LEVEL_RETRIES}")
+  rclone "${limits[@]}" "$@"
+}
+
+# replica_path TARGET [NAME]: the target's place, or NAME in it, as rclone names it.
+replica_path() {
+  local dest="${REPLICA_DEST[$1]}"
+  [[ -n "${2:-}" ]] || {
+    printf '%s' "${dest}"
+    return 0
+  }
+  case "${dest}" in
+    *: | */) printf '%s%s' "${dest}" "$2" ;;
+    *) printf '%s/%s' "${dest}" "$2" ;;
+  esac
+}
+
+# replica_scrub: stdin to stdout with the values of rclone's own variables (RCLONE_CONFIG_*: keys,
+# passwords) left out, and rclone's date and time at the start of each line.
+replica_scrub() {
+  local name value text
+  text="$(sed -E 's#^[0-9]{4}/[0-9]{2}/[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} ##')"
+  while IFS= read -r name; do
+    [[ "${name}" == RCLONE_CONFIG_* && "${name}" != *_TYPE ]] || continue
+    value="${!name}"
+    ((${#value} < 6)) || text="${text//"${value}"/(${name})}"
+  done < <(compgen -e)
+  printf '%s\n' "${text}"
+}
+
+# replica_said FILE: what rclone said last in FILE (its error lines, else its last line), as one
+# line without secrets.
+replica_said() {
+  local said
+  [[ -s "$1" ]] || return 0
+  said="$(grep -E 'ERROR|Failed|NOTICE: Fatal|CRITICAL' -- "$1" | tail -n 3)" || true
+  [[ -n "${said}" ]] || said="$(tail -n 2 -- "$1")"
+  said="$(printf '%s\n' "${said}" | replica_scrub | tr '\n' ' ')"
+  said="${said% }"
+  printf '%s' "${said:0:600}"
+}
+
+# replica_relay TARGET: rclone's messages on stdin into the log (its progress, every
+# REPLICA_STATS) and WORK_DIR/rclone.err, secrets left out.
+replica_relay() {
+  local line
+  while IFS= read -r line; do
+    line="$(printf '%s\n' "${line}" | replica_scrub)"
+    [[ -n "${line// /}" ]] || continue
+    printf '%s\n' "${line}" >>"${WORK_DIR}/rclone.err"
+    log INFO "replica $1: rclone: ${line}"
+  done
+}
+
+# replica_transfer TARGET SRC DST: rclone copyto SRC DST (bandwidth limited to REPLICA_BWLIMIT,
+# its progress in the log every REPLICA_STATS); rclone's messages in WORK_DIR/rclone.err.
+replica_transfer() {
+  local target="$1" src="$2" dst="$3" rc=1
+  local -a limit=()
+  [[ -z "${REPLICA_BWLIMIT}" ]] || limit=(--bwlimit "${REPLICA_BWLIMIT}")
+  : >"${WORK_DIR}/rclone.err"
+  {
+    rc=0
+    replica_rclone copyto --no-check-dest "${limit[@]}" --stats "${REPLICA_STATS}" --stats-one-line \
+      --stats-log-level NOTICE -- "${src}" "${dst}" 2>&1 >/dev/null || rc=$?
+    printf '%s\n' "${rc}" >"${WORK_DIR}/rclone.rc"
+  } | replica_relay "${target}"
+  read -r rc <"${WORK_DIR}/rclone.rc" || rc=1
+  return "${rc}"
+}
+
+# Why the last replica_* function that failed did (one line, secrets left out).
+REPLICA_ERROR=""
+
+# replica_fail MESSAGE: fail the function that calls it (status 1), REPLICA_ERROR saying why.
+replica_fail() {
+  REPLICA_ERROR="$1"
+  return 1
+}
+
+# replica_mirror TARGET DIR: DIR (new) mirrors what the target holds: its backups' sidecars
+# fetched, each other name as a sparse file of its size there, each folder as a folder (names
+# rclone cannot give back safely are left out). A target's folder that does not exist yet holds
+# nothing.
+replica_mirror() {
+  local target="$1" dir="$2" size name rc=0 err="${WORK_DIR}/rclone-list.err"
+  local -a wanted=()
+  mkdir -p -- "${dir}"
+  replica_rclone lsf --format sp --separator $'\t' -- "$(replica_path "${target}")" \
+    >"${dir}.list" 2>"${err}" || rc=$?
+  if ((rc == 3)) && grep -qs 'directory not found' "${err}"; then
+    : >"${dir}.list"
+  elif ((rc != 0)); then
+    replica_fail "cannot list ${target} ($(replica_path "${target}")): rclone exit ${rc}: $(replica_said "${err}")"
+    return 1
+  fi
+  while IFS=$'\t' read -r size name; do
+    [[ "${name}" =~ ^[A-Za-z0-9][A-Za-z0-9._+-]*/?$ && "${name}" != *..* ]] || continue
+    if [[ "${name}" == */ ]]; then
+      mkdir -p -- "${dir}/${name%/}"
+    elif [[ "${name}" == *_backup_*.sha256 || "${name}" == *_backup_*.manifest.json ]]; then
+      wanted+=("${name}")
+    elif is_uint "${size}"; then
+      truncate -s "${size}" -- "${dir}/${name}"
+    fi
+  done <"${dir}.list"
+  ((${#wanted[@]} > 0)) || return 0
+  printf '%s\n' "${wanted[@]}" >"${dir}.wanted"
+  rc=0
+  replica_rclone copy --no-traverse --files-from-raw "${dir}.wanted" -- \
+    "$(replica_path "${target}")" "${dir}" 2>"${err}" || rc=$?
+  ((rc == 0)) || replica_fail "cannot read the sidecars on ${target}: rclone exit ${rc}: $(replica_said "${err}")"
+}
+
+# replica_complete MIRROR: the backups complete on a target (a backup_class "backup" in its
+# mirror), newest first.
+replica_complete() {
+  local BACKUP_DIR="$1"
+  list_backups
+}
+# replica_fetch TARGET FILE DIR: fetch the backup FILE (a backup's name: no path, the target is
+# not trusted) and its sidecars from the target into DIR (the run's private folder); the restore
+# then verifies them as any backup.
+replica_fetch() {
+  local target="$1" name="$2" dir="$3" started us size rc=0
+  if [[ "${name}" == */* || "${name}" == .* ]] || ! parse_name "${name}"; then
+    die "${EXIT_REFUSED}" "'${name}' is not a backup's name (TYPE_backup_YYYYMMDD_HHMMSS ending in $(name_endings)); --from takes a name that 'backup_script.sh list --replica ${target}' shows, not a path"
+  fi
+  replica_setup
+  replica_known "${target}"
+  mkdir -m 700 -- "${dir}"
+  started="${EPOCHREALTIME}"
+  log INFO "fetching ${name} from ${target} ($(replica_path "${target}"))"
+  run_step replica_transfer "${target}" "$(replica_path "${target}" "${name}")" "${dir}/${name}"
+  rc="${STEP_RC}"
+  [[ -s "${dir}/${name}" ]] || rc=$((rc == 0 ? 3 : rc))
+  ((rc == 0)) || die "${EXIT_FAILED}" "cannot fetch ${name} from ${target} (rclone exit ${rc}: $(replica_said "${WORK_DIR}/rclone.err")); 'backup_script.sh list --replica ${target}' shows what it holds"
+  printf '%s\n%s\n' "${name}.sha256" "${name}.manifest.json" >"${WORK_DIR}/fetch.list"
+  replica_rclone copy --no-traverse --files-from-raw "${WORK_DIR}/fetch.list" -- \
+    "$(replica_path "${target}")" "${dir}" 2>"${WORK_DIR}/rclone-sidecars.err" ||
+    die "${EXIT_FAILED}" "cannot fetch the sidecars of ${name} from ${target}: $(replica_said "${WORK_DIR}/rclone-sidecars.err")"
+  us=$((${EPOCHREALTIME/./} - ${started/./}))
+  ((us > 0)) || us=1
+  size="$(file_size "${dir}/${name}")"
+  log INFO "fetched ${name} from ${target}: $(human_size "${size}") in $((us / 1000000)).$(printf '%03d' $((us % 1000000 / 1000)))s ($(human_size $((size * 1000000 / us)))/s); verifying it as any backup"
 }
 # --- The postgresql backup type (PostgreSQL): its backup, content check, deep verify and
 # restore (generator/backup_types.py has its row). Both scripts include the backup part;
@@ -4976,6 +5272,8 @@ OPT_NO_SAFETY=0
 OPT_RECOVER=0
 OPT_FORCE=0
 OPT_TARGET_DB=""
+# --from NAME: fetch FILE from the target NAME of REPLICA_TARGETS (replica_fetch).
+OPT_FROM=""
 OPT_MODE=online
 BACKUP_FILE=""
 BACKUP_TYPE=""
@@ -4993,6 +5291,8 @@ usage() {
 Usage: restore_script.sh COMMAND FILE [DEST] [options]
 
 FILE is a path, or the bare name of a backup in BACKUP_DIR. FILE.sha256 is checked first.
+With --from NAME, FILE is the name of a backup on the target NAME of REPLICA_TARGETS: it is
+fetched with its sidecars into the run's private folder, then verified and used as a local one.
 
 Commands:
   verify FILE [--deep] [--no-checksum]
@@ -5026,10 +5326,13 @@ Commands:
       missing POSTGRES_DB is created, and the roles the backup names that the server lacks.
       A failure midway stops there and says how far it got: the types before it are
       restored, the failed one is left as its own restore leaves a failure, the rest are
-      untouched; the safety backups hold the targets from before
+      untouched; the safety backups hold the targets from before. With --from NAME, the run
+      is picked among the backups complete on that target, and its backups are fetched first
 
 Options:
   --no-checksum  (every command but info) go on without FILE.sha256
+  --from NAME    fetch FILE (all: the run's backups) from the target NAME of REPLICA_TARGETS
+                 (rclone) first
   -h, --help     show this help
 
 Exit codes: 0 ok, 1 failed, 2 usage, 3 lock busy, 4 verification failed, 5 wrong encryption key,
@@ -5425,6 +5728,17 @@ all_pick_run() {
   done
 }
 
+# all_pick_run_from TARGET [TIMESTAMP]: all_pick_run on the backups complete on the target (those
+# with their .sha256 there), as its listing and sidecars say (replica_mirror).
+all_pick_run_from() {
+  local target="$1" want="$2"
+  replica_setup
+  replica_known "${target}"
+  replica_mirror "${target}" "${WORK_DIR}/mirror" ||
+    die "${EXIT_FAILED}" "all: ${REPLICA_ERROR}; nothing was changed"
+  all_pick_run "${want}" < <(replica_complete "${WORK_DIR}/mirror")
+}
+
 # all_select TYPE: the backup of TYPE is the one the checks and the restore work on.
 all_select() {
   resolve_backup "${ALL_FILES[$1]}"
@@ -5440,13 +5754,24 @@ restore_all() {
     want="$1"
     shift
   fi
-  all_pick_run "${want}" < <(list_backups)
-  if [[ -n "${want}" ]]; then
-    log INFO "all: restoring the run ${ALL_STAMP}"
+  if [[ -n "${OPT_FROM}" ]]; then
+    all_pick_run_from "${OPT_FROM}" "${want}"
   else
-    log INFO "all: restoring the run ${ALL_STAMP}, the newest with a complete backup of every type"
+    all_pick_run "${want}" < <(list_backups)
   fi
-  # (Backups of a replica are fetched here, into ALL_FILES; from here on they are local files.)
+  if [[ -n "${want}" ]]; then
+    log INFO "all: restoring the run ${ALL_STAMP}${OPT_FROM:+ from ${OPT_FROM}}"
+  else
+    log INFO "all: restoring the run ${ALL_STAMP}${OPT_FROM:+ from ${OPT_FROM}}, the newest with a complete backup of every type"
+  fi
+  # From a replica, the run's backups are fetched into the run's folder: from here on they are
+  # local files, checked as any.
+  if [[ -n "${OPT_FROM}" ]]; then
+    for type in "${BACKUP_TYPES[@]}"; do
+      replica_fetch "${OPT_FROM}" "${ALL_FILES_OF["${ALL_STAMP}/${type}"]}" "${WORK_DIR}/from-${type}"
+      ALL_FILES["${type}"]="${WORK_DIR}/from-${type}/${ALL_FILES_OF["${ALL_STAMP}/${type}"]}"
+    done
+  fi
   for type in "${BACKUP_TYPES[@]}"; do
     all_select "${type}"
     log INFO "all: checking ${BACKUP_FILE##*/} and its target"
@@ -5548,6 +5873,12 @@ main() {
         shift
         ;;
       --mode=*) OPT_MODE="${1#*=}" ;;
+      --from)
+        (($# > 1)) || usage_error "--from needs a target's name"
+        OPT_FROM="$2"
+        shift
+        ;;
+      --from=*) OPT_FROM="${1#*=}" ;;
       -*) usage_error "unknown option '$1'" ;;
       *) positional+=("$1") ;;
     esac
@@ -5584,7 +5915,9 @@ main() {
   else
     ((${#positional[@]} == 2 - OPT_RECOVER)) || usage_error "${command} takes one FILE"
   fi
+  # Every command that takes a FILE takes --from NAME.
   for option in "${given[@]}"; do
+    [[ "${option}" != --from ]] || ((OPT_RECOVER)) || continue
     [[ " ${takes[${command}]} " == *" ${option} "* ]] || usage_error "${command} does not take ${option}"
   done
   [[ "${OPT_MODE}" == online || "${OPT_MODE}" == file ]] || usage_error "--mode is online or file, not '${OPT_MODE}'"
@@ -5594,6 +5927,11 @@ main() {
   check_settings
   RUN_COMMAND="${command}"
   make_work_dir "restore_script.sh ${command} ${positional[1]:-}"
+  # --from NAME: FILE is fetched from that target first (replica_fetch, _replica.sh.j2).
+  if [[ -n "${OPT_FROM}" && "${command}" != all ]]; then
+    replica_fetch "${OPT_FROM}" "${positional[1]}" "${WORK_DIR}/from"
+    positional[1]="${WORK_DIR}/from/${positional[1]}"
+  fi
   RESTORE_RDB="${WORK_DIR}/restore.rdb"
   ((OPT_RECOVER)) || [[ "${command}" == all ]] || resolve_backup "${positional[1]}"
   if [[ "${command}" == info ]]; then

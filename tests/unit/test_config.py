@@ -242,3 +242,46 @@ def test_only_the_key_settings_may_span_lines() -> None:
     assert problems_of(None, {"ENCRYPTION_KEY": "one\ntwo"}) == [
         "ENCRYPTION_KEY: contains a line break or NUL byte; use a single-line value."
     ]
+
+
+@pytest.mark.parametrize(
+    ("targets", "problem"),
+    [
+        ("offsite", "'offsite' is not NAME=remote:path or NAME=/path"),
+        ("Off=/mnt/usb", "the target name 'Off' is not made of a-z, 0-9, _ and -"),
+        ("a=/x,a=/y", "the target name 'a' is given twice"),
+        ("a=relative/path", "'relative/path' is neither an absolute path nor remote:path"),
+        ("a=:s3,access_key_id=AKIA:bucket", "':s3' is neither an absolute path nor remote:path"),
+    ],
+)
+def test_replica_targets_are_checked_entry_by_entry(targets: str, problem: str) -> None:
+    (found,) = problems_of(None, {"REPLICA_TARGETS": targets})
+    assert found.startswith("REPLICA_TARGETS: ")
+    assert problem in found
+
+
+def test_config_check_finds_each_target_remote_in_the_config_file_or_rclone_variables(
+    tmp_path: Path,
+) -> None:
+    rclone_conf = tmp_path / "rclone.conf"
+    rclone_conf.write_text("[nas]\ntype = sftp\nhost = 192.0.2.1\n\n[ s3-eu ]\ntype = s3\n")
+    given = {
+        "POSTGRES_PASSWORD": "x",
+        "REPLICA_RCLONE_CONFIG_FILE": str(rclone_conf),
+        "REPLICA_TARGETS": "a=nas:/gym, b=offsite-eu:gym, usb=/mnt/usb, c=:local:/tmp/x",
+    }
+    (problem,) = problems_of(None, given, for_run=True)
+    assert "b: the rclone remote 'offsite-eu' is not defined" in problem
+    assert "RCLONE_CONFIG_OFFSITE_EU_TYPE is not set" in problem
+    # rclone's own variable defines it; it is passed to the scripts, never shown
+    settings = load_settings(None, {**given, "RCLONE_CONFIG_OFFSITE_EU_TYPE": "s3"}, for_run=True)
+    assert settings.environment()["RCLONE_CONFIG_OFFSITE_EU_TYPE"] == "s3"
+    assert settings.masked()["RCLONE_CONFIG_OFFSITE_EU_TYPE"] == MASK
+    # a file that is not there
+    missing = problems_of(
+        None, {**given, "REPLICA_RCLONE_CONFIG_FILE": str(tmp_path / "nope")}, for_run=True
+    )
+    assert missing == [
+        f"REPLICA_RCLONE_CONFIG_FILE: {tmp_path / 'nope'} does not exist or is not readable; "
+        "fix the path."
+    ]
