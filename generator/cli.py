@@ -371,6 +371,29 @@ def cleanup(
         _run(local, env, "backup_script.sh", ["cleanup", *_flags(dry_run=dry_run)], for_run=False)
 
 
+@app.command()
+def drill(local: LocalOption = False, env: EnvOption = None) -> None:
+    """Run a restore drill now.
+
+    verify --deep of the newest backup of each type, into a scratch database or redis-server;
+    the result goes into status and the metrics, and a failure alerts. The exit code is the
+    first failure's (a type without a backup, or PostgreSQL without CREATEDB, is skipped).
+    """
+    with reporting_errors():
+        _run(local, env, "backup_script.sh", ["drill"], for_run=True)
+
+
+@app.command("alert-test")
+def alert_test(local: LocalOption = False, env: EnvOption = None) -> None:
+    """Send a test notice to the ALERT_URLS.
+
+    It checks that alerts reach you: the exit code is 0 when the notice was delivered, 1 when
+    it was not (apprise's messages say why, the URLs left out), 6 when ALERT_URLS is not set.
+    """
+    with reporting_errors():
+        _run(local, env, "backup_script.sh", ["alert-test"], for_run=False)
+
+
 BackupFile = Annotated[str, typer.Argument(help="A backup: a path, or a name in BACKUP_DIR.")]
 
 

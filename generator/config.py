@@ -319,7 +319,8 @@ SETTINGS: tuple[Setting, ...] = (
         "ALERT_MAX_DURATION",
         "3600",
         Kind.INT,
-        "Seconds a backup run may take before it needs attention; 0: never.",
+        "Seconds a backup run, or any run still going, may take before it needs attention; "
+        "0: never.",
         minimum=0,
         maximum=7 * 86400,
     ),

@@ -39,7 +39,9 @@ def human_age(seconds: float | None) -> str:
         return f"{days}d {hours}h"
     if hours:
         return f"{hours}h {rest // 60}m"
-    return f"{rest // 60}m"
+    if rest >= 60:
+        return f"{rest // 60}m"
+    return f"{rest}s"
 
 
 def _when(record: Mapping[str, Any] | None) -> str:

@@ -1320,10 +1320,12 @@ first_line() {
 # ---------------------------------------------------------------------------------------------
 # Logs: rotated daily to NAME.YYYYMMDD; cleanup deletes them after LOG_KEEP_DAYS days.
 
+# rotate_logs [NAME...]: those logs (by default all three).
 rotate_logs() {
   local log_name path day today
+  (($# > 0)) || set -- backup.log cron.log restore.log
   today="$(date +%Y%m%d)"
-  for log_name in backup.log cron.log restore.log; do
+  for log_name in "$@"; do
     path="${BACKUP_DIR}/${log_name}"
     [[ -s "${path}" ]] || continue
     day="$(date -r "${path}" +%Y%m%d)"

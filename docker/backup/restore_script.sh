@@ -1317,10 +1317,12 @@ first_line() {
 # ---------------------------------------------------------------------------------------------
 # Logs: rotated daily to NAME.YYYYMMDD; cleanup deletes them after LOG_KEEP_DAYS days.
 
+# rotate_logs [NAME...]: those logs (by default all three).
 rotate_logs() {
   local log_name path day today
+  (($# > 0)) || set -- backup.log cron.log restore.log
   today="$(date +%Y%m%d)"
-  for log_name in backup.log cron.log restore.log; do
+  for log_name in "$@"; do
     path="${BACKUP_DIR}/${log_name}"
     [[ -s "${path}" ]] || continue
     day="$(date -r "${path}" +%Y%m%d)"
@@ -2263,13 +2265,29 @@ status_inventory() {
   done
 }
 
+# status_running: the run going on now, another than this one: RUNNING, who holds the lock
+# (acquire_lock's "WHAT (pid N, started TIME)"; empty when no run does, or this run itself does),
+# and RUNNING_SINCE, when it took the lock (the lock file's time: acquire_lock writes it then).
+status_running() {
+  local lock_file="${BACKUP_DIR}/.gym-backup.lock"
+  RUNNING="$(lock_busy_holder 2>/dev/null)" || RUNNING=""
+  RUNNING_SINCE=0
+  [[ -n "${RUNNING}" ]] || return 0
+  if [[ "${RUNNING}" == *"(pid $$, started "* ]]; then
+    RUNNING=""
+    return 0
+  fi
+  RUNNING_SINCE="$(date -r "${lock_file}" +%s 2>/dev/null)" || RUNNING_SINCE=0
+  is_uint "${RUNNING_SINCE}" || RUNNING_SINCE=0
+}
+
 # status_model OUT_DIR [SINCE] [SCHEDULER_DOWN]: every fact, derived once, as files in OUT_DIR:
 # status.json, gym_backup.prom, conditions (KEY<TAB>MESSAGE, what needs attention now) and
 # status.txt (the status command's text). SINCE: when the service started (for "no backup yet").
 status_model() {
   local out="$1" since="${2:-0}" scheduler_down="${3:-}"
   local runs="${BACKUP_DIR}/${STATUS_RUNS_NAME}" counts="${BACKUP_DIR}/${STATUS_COUNTS_NAME}"
-  local alerts="${BACKUP_DIR}/.alerts" df_line size=0 used=0 free=0 running=""
+  local alerts="${BACKUP_DIR}/.alerts" df_line size=0 used=0 free=0 RUNNING="" RUNNING_SINCE=0
   [[ -r "${runs}" ]] || runs=/dev/null
   [[ -r "${counts}" ]] || counts=/dev/null
   [[ -r "${alerts}" ]] || alerts=/dev/null
@@ -2279,13 +2297,14 @@ status_model() {
   status_inventory >"${out}/inventory"
   df_line="$(df -Pk -- "${BACKUP_DIR}" 2>/dev/null | awk 'NR == 2 { print $2, $3, $4 }')" || df_line=""
   read -r size used free <<<"${df_line:-0 0 0}"
-  running="$(lock_busy_holder 2>/dev/null)" || running=""
+  status_running
   awk -F '\t' -v now="${EPOCHSECONDS}" -v types="${BACKUP_TYPES[*]}" \
     -v max_age="${ALERT_MAX_AGE}" -v max_duration="${ALERT_MAX_DURATION}" \
     -v disk_percent="${ALERT_DISK_PERCENT}" -v since="${since}" \
     -v scheduler_down="${scheduler_down}" -v size=$((size * 1024)) -v used=$((used * 1024)) \
     -v free=$((free * 1024)) -v version="${GYM_BACKUP_VERSION}" \
-    -v schema="${STATUS_SCHEMA_VERSION}" -v backup_dir="${BACKUP_DIR}" -v running="${running}" \
+    -v schema="${STATUS_SCHEMA_VERSION}" -v backup_dir="${BACKUP_DIR}" -v running="${RUNNING}" \
+    -v running_since="${RUNNING_SINCE}" \
     -v f_runs="${runs}" -v f_counts="${counts}" -v f_alerts="${alerts}" \
     -v f_inventory="${out}/inventory" -v json_out="${out}/status.json" \
     -v prom_out="${out}/gym_backup.prom" -v cond_out="${out}/conditions" \
@@ -2306,6 +2325,7 @@ function iso(t) { return (t == "" || t == 0 ? "" : strftime("%Y-%m-%dT%H:%M:%S%z
 function when(t) { return (t == "" || t == 0 ? "never" : strftime("%Y-%m-%d %H:%M", t)) }
 function age(s,   d, h, m) {
   if (s < 0) s = 0
+  if (s < 60) return int(s) "s"
   d = int(s / 86400); h = int((s % 86400) / 3600); m = int((s % 3600) / 60)
   if (d > 0) return d "d " h "h"
   if (h > 0) return h "h " m "m"
@@ -2391,7 +2411,10 @@ END {
       cond("encryption", "an encryption or decryption error in the last " kt[1] " of " kt[2] " (" when(fld(at(last, k), 1)) "): " fld(at(last, k), 12))
     }
   }
-  if (lastbackup != "" && max_duration > 0 && fld(lastbackup, 14) > max_duration)
+  # A run still going (it holds the lock) is looked at first: it also keeps the next backups waiting.
+  if (running != "" && running_since > 0 && max_duration > 0 && now - running_since > max_duration)
+    cond("duration", "a run is still going after " age(now - running_since) ", longer than ALERT_MAX_DURATION (" age(max_duration) "): " running "; the next backups wait for it")
+  else if (lastbackup != "" && max_duration > 0 && fld(lastbackup, 14) > max_duration)
     cond("duration", "the last backup run (" fld(lastbackup, 13) ") took " age(fld(lastbackup, 14)) ", longer than ALERT_MAX_DURATION (" age(max_duration) ")")
   pct = (used + free > 0 ? int(used * 100 / (used + free) + 0.5) : 0)
   if (disk_percent > 0 && pct > disk_percent)
@@ -5346,7 +5369,8 @@ check_ok() {
 check_failed() {
   local code="$1" name="$2" detail="$3"
   log ERROR "check ${name}: FAILED (${detail})"
-  die "${code}" "${BACKUP_FILE##*/} failed the ${name} check; nothing was changed"
+  # The reason goes into the final line too: status, the metrics' history and the alerts quote it.
+  die "${code}" "${BACKUP_FILE##*/} failed the ${name} check: ${detail}; nothing was changed"
 }
 
 check_checksum() {

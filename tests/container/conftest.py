@@ -2,10 +2,10 @@
 
 `make test-container` runs them (it starts a Docker engine when it can). The stack is a compose
 project in a temporary folder laid out like the gym system's: its own docker-compose.yml with
-the postgres and redis services, the rendered service in docker/backup/ (joined with
-docker-compose.backup.yml, profile production), a .env both read, and a test override with
-short health-check intervals. Ports are published on 127.0.0.1 only; containers address each
-other by service name.
+the postgres and redis services (and a receiver of alerts and pings, standins/receiver), the
+rendered service in docker/backup/ (joined with docker-compose.backup.yml, profile production),
+a .env both read, and a test override with short health-check intervals. Ports are published
+on 127.0.0.1 only; containers address each other by service name.
 """
 
 from __future__ import annotations
@@ -67,9 +67,15 @@ services:
       interval: 1s
       timeout: 5s
       retries: 60
+  # Where the alerts and pings of the monitoring test go (the test reads GET /received).
+  receiver:
+    build: {context: "@RECEIVER_CONTEXT@"}
+    image: gym-test-receiver:latest
+    environment: {RECEIVER_DELAY: "0.5"}
+    ports: ["127.0.0.1::8080"]
 volumes:
   redis_data:
-"""
+""".replace("@RECEIVER_CONTEXT@", str(HERE / "standins" / "receiver"))
 
 TEST_OVERRIDE = """\
 version: "3.9"

@@ -1,4 +1,5 @@
-"""The backup service in real containers: schedule, docker exec, restore, health, restarts.
+"""The backup service in real containers: schedule, docker exec, restore, health, restarts,
+the scheduled drill, alerts and pings.
 
 The scenarios share one stack and run in this order: the schedule first (it needs a quiet
 container), the health and stop scenarios last.
@@ -6,9 +7,14 @@ container), the health and stop scenarios last.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
+import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +33,9 @@ from tests.container.conftest import (
     Stack,
     docker,
 )
-from tests.support import BACKUP_NAME, CODECS, GYM_BACKUP
+from tests.support import BACKUP_NAME, CODECS, GYM_BACKUP, with_sidecars
+
+IMAGE = "gym-backup:container-test"
 
 
 def backups(folder: Path) -> dict[str, list[str]]:
@@ -125,6 +133,167 @@ def test_docker_exec_backup_full_writes_all_three_backups(stack: Stack) -> None:
     assert check.returncode == 0, check.stdout
 
 
+# The monitoring scenario's own container: the image under test on the stack's network, with a
+# restore drill and a full backup every minute, alerts and pings to the stack's receiver service.
+MONITORED = "gym_backup_monitoring_test"
+# Secrets of ALERT_URLS (a webhook's password, the token in its path) and of the ping URL.
+HOOK_PASSWORD = "hook-pass-c0nta1ner"
+HOOK_TOKEN = "hook-tok-8f3e"
+PING_TOKEN = "ping-tok-41aa"
+
+
+def received(receiver: str) -> list[dict[str, str]]:
+    """What the receiver service at URL ``receiver`` recorded (method, path, authorization,
+    body), oldest first."""
+    with urllib.request.urlopen(f"{receiver}/received", timeout=10) as answer:  # noqa: S310 - http
+        found: list[dict[str, str]] = json.loads(answer.read())
+    return found
+
+
+def notices(receiver: str) -> list[dict[str, str]]:
+    """The Apprise json:// notices the receiver got (title, message, type)."""
+    return [
+        json.loads(r["body"])
+        for r in received(receiver)
+        if r["method"] == "POST" and r["path"] == f"/{HOOK_TOKEN}"
+    ]
+
+
+def pings(receiver: str) -> list[tuple[str, str]]:
+    """The dead man's switch pings the receiver got: (method, what) with what "start", "fail"
+    or "" (success)."""
+    base = f"/ping/{PING_TOKEN}"
+    return [
+        (r["method"], r["path"].removeprefix(base).lstrip("/"))
+        for r in received(receiver)
+        if r["path"].startswith(base)
+    ]
+
+
+def command_lines(container: str) -> str:
+    """The command lines of every process in ``container`` (as ``ps`` shows them)."""
+    script = 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " <"$f"; echo; done 2>/dev/null'
+    return docker("exec", container, "sh", "-c", script, check=False, timeout=30).stdout
+
+
+def in_monitored(*args: str) -> subprocess.CompletedProcess[str]:
+    return docker("exec", MONITORED, *args, check=False, timeout=300)
+
+
+def test_cron_runs_the_drill_and_alerts_and_pings_reach_a_receiver_from_the_container(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """One cron firing (a minute at most) of a container whose full backup fails (FILES_DIR is
+    missing) and whose drill checks the stack's backups: the drill's result in status and the
+    metrics, the alert and the pings at the receiver; then a good run sends the recovery."""
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    for names in backups(stack.backups).values():
+        for name in with_sidecars(names[-1]):
+            shutil.copy2(stack.backups / name, folder / name)
+    data = tmp_path / "data"  # FILES_DIR=/data/uploads is missing until the recovery
+    data.mkdir()
+    hook = f"json://gym:{HOOK_PASSWORD}@receiver:8080/{HOOK_TOKEN}"
+    settings = (stack.folder / ".env").read_text() + (
+        "RESTORE_DRILL_SCHEDULE=* * * * *\nFILES_DIR=/data/uploads\n"
+        f"ALERT_URLS={hook}\nHEALTHCHECK_PING_URL=http://receiver:8080/ping/{PING_TOKEN}\n"
+    )
+    (tmp_path / "monitored.env").write_text(settings, encoding="utf-8")
+    secrets = (HOOK_PASSWORD, HOOK_TOKEN, PING_TOKEN)
+    receiver = f"http://127.0.0.1:{stack.port('receiver', 8080)}"  # (docker-compose is slow)
+    # cron must be up before the minute turns (else this waits for the next one).
+    if datetime.now(UTC).second > 55:
+        time.sleep(61 - datetime.now(UTC).second)
+    docker(
+        *("run", "--detach", "--name", MONITORED, "--network", f"{PROJECT_NAME}_default"),
+        *("--env-file", str(tmp_path / "monitored.env")),
+        *("--volume", f"{folder}:/backups", "--volume", f"{data}:/data", IMAGE),
+    )
+    try:
+        lines: set[str] = set()
+        cron_log = folder / "cron.log"
+
+        def drilled() -> bool:
+            """status.json has the drill's records (written after its last log line)."""
+            status_file = folder / "status.json"
+            if not status_file.exists():
+                return False
+            types = json.loads(status_file.read_text())["types"].values()
+            return all(of_type["last_drill"] for of_type in types)
+
+        def fired() -> bool:
+            """The first firing has run the drill and the backup, sent the alert and pings."""
+            lines.update(command_lines(MONITORED).splitlines())
+            text = cron_log.read_text() if cron_log.exists() else ""
+            return (
+                re.search(r"\] drill (finished|FAILED): ", text) is not None
+                and drilled()
+                and "backup full FAILED: " in text
+                and ("POST", "fail") in pings(receiver)
+                and any(n["title"] == "gym-backup ALERT: failed:files" for n in notices(receiver))
+            )
+
+        deadline = time.monotonic() + 150
+        while not fired():
+            if time.monotonic() > deadline:
+                log = cron_log.read_text() if cron_log.exists() else ""
+                raise AssertionError(f"no drill, alert and pings from cron in time:\n{log}")
+            time.sleep(0.3)
+
+        # The drill, in status and the metrics (read in the container) and in the logs.
+        facts = json.loads(in_monitored("cat", "/backups/status.json").stdout)
+        found = {"postgresql": "tables", "redis": "keys", "files": "files"}
+        for kind, unit in found.items():
+            drill = facts["types"][kind]["last_drill"]
+            assert (drill["kind"], drill["result"]) == ("drill", "ok"), drill
+            assert unit in drill["detail"], drill
+        metrics = in_monitored("cat", "/backups/metrics/gym_backup.prom").stdout
+        for kind in found:
+            assert f'gym_backup_last_run_success{{kind="drill",type="{kind}"}} 1' in metrics
+        assert 'gym_backup_attention{alert="failed:files"} 1' in metrics
+        shown = in_monitored("/usr/local/bin/backup_script.sh", "status")
+        assert shown.returncode == 7, shown.stdout + shown.stderr
+        assert "last drill: postgresql ok " in shown.stdout
+        assert "drill finished: postgresql ok (" in cron_log.read_text()
+        assert "drill redis: redis_backup_" in (folder / "backup.log").read_text()
+
+        # The alert from the scheduled run, and its pings: /start, then /fail with the log's end.
+        [alert] = [n for n in notices(receiver) if n["title"] == "gym-backup ALERT: failed:files"]
+        assert "FILES_DIR /data/uploads does not exist" in alert["message"]
+        assert pings(receiver)[:2] == [("GET", "start"), ("POST", "fail")]
+        fail = next(r for r in received(receiver) if r["path"].endswith("/fail"))
+        assert "[ERROR] backup full FAILED: " in fail["body"]
+        [hook_auth] = {
+            r["authorization"]
+            for r in received(receiver)
+            if r["method"] == "POST" and r["path"] == f"/{HOOK_TOKEN}"
+        }
+        assert hook_auth == "Basic " + base64.b64encode(f"gym:{HOOK_PASSWORD}".encode()).decode()
+
+        # A good run clears it: the recovery notice and a success ping.
+        (data / "uploads").mkdir()
+        (data / "uploads" / "socia.jpg").write_bytes(b"photo")
+        good = in_monitored("/usr/local/bin/backup_script.sh", "full")
+        assert good.returncode == 0, good.stderr
+        assert any(n["title"] == "gym-backup resolved: failed:files" for n in notices(receiver))
+        assert ("POST", "") in pings(receiver)[2:], pings(receiver)
+
+        # The secrets: in no command line (Docker's or the container's processes), no log.
+        assert any("apprise" in line for line in lines), "apprise was never seen running"
+        started = docker(
+            "inspect", "--format", "{{json .Path}} {{json .Args}} {{json .Config.Cmd}}", MONITORED
+        ).stdout
+        logs = docker("logs", MONITORED)
+        texts = [started, *lines, logs.stdout, logs.stderr, command_lines(MONITORED)]
+        texts += [(folder / name).read_text() for name in ("cron.log", "backup.log", "restore.log")]
+        texts += [(folder / name).read_text() for name in ("status.json", ".alerts")]
+        for text in texts:
+            for secret in secrets:
+                assert secret not in text
+    finally:
+        docker("rm", "--force", MONITORED, check=False)
+
+
 @pytest.mark.parametrize("codec", CODECS)
 def test_a_restore_round_trip_through_docker_exec(codec: str, stack: Stack) -> None:
     psql(
@@ -193,9 +362,6 @@ def test_the_health_check_follows_postgresql_down_and_back(stack: Stack) -> None
     finally:
         docker("start", postgres)
     stack.wait_for_health("healthy", timeout=90)
-
-
-IMAGE = "gym-backup:container-test"
 
 
 def test_a_one_off_backup_without_the_password_exits_6(stack: Stack) -> None:

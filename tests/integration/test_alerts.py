@@ -9,6 +9,7 @@ as the status layer calls them; ``alert-test`` and the start ping through the sc
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.support import (
     SmtpReceiver,
     alert_state,
     backups_of,
+    holding_the_lock,
     run_ok,
     silent_port,
     source_and_run,
@@ -401,3 +403,81 @@ def test_a_dead_ping_receiver_returns_within_alert_timeout(
     log = backup_log(env)
     assert "dead man's switch: the fail ping was NOT sent (curl exit " in log
     assert HOOK_TOKEN not in log
+
+
+# ------------------------------------------------------------------------ what an alert says
+
+
+def test_a_wrong_encryption_key_alert_gives_the_precise_reason(
+    backup_env: MakeEnv, run_script: RunScript, webhook: HttpReceiver, tmp_path: Path
+) -> None:
+    env = backup_env(tmp_path, encryption_key="the right key")
+    run_ok(run_script, BACKUP, "redis", env=env)
+    [backup] = backups_of(tmp_path / "backups", "redis")
+    wrong = {**env, "ENCRYPTION_KEY": "not the key", "ALERT_URLS": webhook.url("hook", "json")}
+    result = run_script("restore_script.sh", "verify", backup.name, env=wrong)
+    assert result.returncode == 5, result.stdout + result.stderr
+
+    [alert] = webhook.posted("/hook")
+    assert alert["title"] == "gym-backup ALERT: encryption"
+    message = alert["message"]
+    assert isinstance(message, str)
+    reason = (
+        f"{backup.name} failed the decrypt check: wrong encryption key: ENCRYPTION_KEY does not "
+        "decrypt this backup; nothing was changed"
+    )
+    assert message.startswith("an encryption or decryption error in the last verify of redis (")
+    assert reason in message
+    log = (tmp_path / "backups" / "restore.log").read_text()
+    assert "[WARN] alert: encryption: an encryption or decryption error in the last verify" in log
+    assert reason in log
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d \[(INFO|WARN|ERROR)\] .+")
+
+
+def test_the_health_checks_alerts_go_to_backup_log_rotated_only_under_the_run_lock(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    # The health check finds no scheduler on this host: its refresh raises "scheduler".
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = backup_env(tmp_path, TMPDIR=str(scratch))
+    backups = Path(env["BACKUP_DIR"])
+    log = backups / "backup.log"
+    two_days_ago = time.time() - 2 * DAY
+    day = time.strftime("%Y%m%d", time.gmtime(two_days_ago))
+    old = "2000-01-01T00:00:00+00:00 [INFO] a line of a run two days ago\n"
+
+    def refresh() -> None:
+        """A health check whose refresh is due; wait until it has logged its alert."""
+        (backups / ".alerts").unlink(missing_ok=True)
+        status_file = backups / "status.json"
+        if status_file.exists():
+            os.utime(status_file, (time.time() - 600, time.time() - 600))
+        log.write_text(old)
+        os.utime(log, (two_days_ago, two_days_ago))
+        started = time.time() - 1
+        run_script("healthcheck.sh", env=env)
+
+        def refreshed() -> bool:
+            written = status_file.exists() and status_file.stat().st_mtime >= started
+            return written and not list(scratch.glob("gym-health.*"))
+
+        wait_for(refreshed, "the refresh (status.json written, its folder removed)")
+
+    # A run holds the lock: the log is not rotated under it (the run does that).
+    with holding_the_lock(backups, "backup full (pid 1, started 2000-01-01T00:00:00+00:00)"):
+        refresh()
+    assert log.read_text().startswith(old)
+    assert "[WARN] alert: scheduler: the scheduler is not running" in log.read_text()
+    assert not list(backups.glob("backup.log.*"))
+
+    refresh()
+    assert (backups / f"backup.log.{day}").read_text() == old
+    lines = log.read_text().splitlines()
+    assert lines, "nothing logged"
+    for line in lines:
+        assert LOG_LINE.fullmatch(line), line
+    assert any("[WARN] alert: scheduler: the scheduler is not running" in line for line in lines)
+    assert oct(log.stat().st_mode & 0o777) == "0o600"

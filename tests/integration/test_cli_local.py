@@ -11,7 +11,7 @@ from pathlib import Path
 from devtools.demo import write_env_file
 from devtools.sandbox import PostgresServer, RedisServer
 from generator.config import KNOWN_KEYS
-from tests.support import GYM_BACKUP
+from tests.support import GYM_BACKUP, HttpReceiver
 
 
 def clean_environ(tmp_path: Path) -> dict[str, str]:
@@ -194,3 +194,47 @@ def test_off_site_copies_through_the_cli_with_a_remote_from_rclone_variables_in_
     synced = cli("sync", "--local", "--env", str(env_file), cwd=tmp_path, env=env)
     assert synced.returncode == 0, synced.stderr
     assert (offsite / name).read_bytes() == (tmp_path / "backups" / name).read_bytes()
+
+
+def test_drill_and_alert_test_local_run_the_scripts_and_pass_their_exit_codes_on(
+    tmp_path: Path, pg: PostgresServer, redis_auth: RedisServer, webhook: HttpReceiver
+) -> None:
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "uploads" / "socio.jpg").write_bytes(b"photo")
+    settings = {
+        **pg.env(),
+        **redis_auth.env(),
+        "BACKUP_DIR": str(tmp_path / "backups"),
+        "FILES_DIR": str(tmp_path / "uploads"),
+        "TZ": "UTC",
+    }
+    env_file = write_env_file(tmp_path / ".env", settings)
+    env = clean_environ(tmp_path)
+
+    def run(*args: str, file: Path = env_file) -> subprocess.CompletedProcess[str]:
+        return cli(*args, "--local", "--env", str(file), cwd=tmp_path, env=env)
+
+    assert run("backup", "files").returncode == 0
+    drilled = run("drill")
+    assert drilled.returncode == 0, drilled.stderr
+    assert "drill files: files_backup_" in drilled.stdout
+    assert ": ok, 1 files (" in drilled.stdout
+    facts = json.loads(run("status", "--json").stdout)
+    assert facts["types"]["files"]["last_drill"]["result"] == "ok"
+
+    # A damaged backup fails the drill with verify's exit code (4).
+    [backup] = (tmp_path / "backups").glob("files_backup_*.tar.gz")
+    backup.write_bytes(b"not a backup")
+    failed = run("drill")
+    assert failed.returncode == 4, failed.stderr
+    assert "error: backup_script.sh drill: verification failed" in failed.stderr
+
+    refused = run("alert-test")
+    assert refused.returncode == 6, refused.stderr
+    assert "ALERT_URLS is not set" in refused.stderr
+    with_urls = write_env_file(
+        tmp_path / "alerts.env", {**settings, "ALERT_URLS": webhook.url("hook", "json")}
+    )
+    sent = run("alert-test", file=with_urls)
+    assert sent.returncode == 0, sent.stderr
+    assert [p["title"] for p in webhook.posted("/hook")] == ["gym-backup test notice"]

@@ -21,6 +21,7 @@ import pytest
 from devtools.sandbox import PostgresServer, free_port
 from tests.support import (
     KEY,
+    HttpReceiver,
     MakeEnv,
     RunScript,
     descendants,
@@ -321,3 +322,61 @@ def test_node_exporter_serves_the_metrics(
     finally:
         exporter.terminate()
         exporter.wait(timeout=10)
+
+
+def test_a_run_still_going_past_alert_max_duration_is_flagged_by_status_and_the_health_check(
+    tmp_path: Path,
+    pg: PostgresServer,
+    payments_db: str,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    rendered_scripts: Path,
+    webhook: HttpReceiver,
+) -> None:
+    env = backup_env(
+        tmp_path,
+        POSTGRES_DB=payments_db,
+        ALERT_MAX_DURATION="6",
+        ALERT_URLS=webhook.url("hook", "json"),
+        TMPDIR=str(tmp_path),
+    )
+    backups = Path(env["BACKUP_DIR"])
+    # pg_dump waits for the lock: the run holds the run lock for as long as the test wants.
+    with table_lock(pg, payments_db, "billing.summary", "ACCESS EXCLUSIVE"):
+        run = start_script(rendered_scripts, "backup_script.sh", "postgresql", env=env)
+        wait_for(lambda: list(backups.glob("*.partial")), "the dump to start", timeout=60)
+        assert status(run_script, env).returncode == 0, "flagged before ALERT_MAX_DURATION"
+        shown = status(run_script, env, "--json")
+        deadline = time.monotonic() + 30
+        while shown.returncode != EXIT_ATTENTION:
+            assert time.monotonic() < deadline, shown.stdout + shown.stderr
+            time.sleep(0.5)
+            shown = status(run_script, env, "--json")
+        facts = json.loads(shown.stdout)
+        assert facts["running"].startswith(f"backup postgresql (pid {run.pid}, started ")
+        [attention] = facts["attention"]
+        assert attention["alert"] == "duration"
+        message = attention["message"]
+        assert message.startswith("a run is still going after ")
+        assert ", longer than ALERT_MAX_DURATION (6s): " in message
+        assert f"backup postgresql (pid {run.pid}, started " in message
+        # The health check's refresh (in the background) sees it too, sends it and logs it.
+        probe = run_script("healthcheck.sh", env=env)
+        assert probe.returncode == 1  # no scheduler runs on this host
+        delivered = "[INFO] alert duration: the new notice was delivered"
+        log = backups / "backup.log"
+        wait_for(lambda: delivered in log.read_text(), "the health check's duration alert")
+        assert "[WARN] alert: duration: a run is still going after " in log.read_text()
+        [sent] = [p for p in webhook.posted("/hook") if p["title"] == "gym-backup ALERT: duration"]
+        assert isinstance(sent["message"], str)
+        assert sent["message"].startswith("a run is still going after ")
+        assert f"(pid {run.pid}, started " in sent["message"]
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    # Finished, it is the last backup run that took too long; this run is not "running".
+    facts = status_json(backups)
+    assert facts["running"] is None
+    # (the health check found no scheduler on this host: that stays until it sees one)
+    attention = {a["alert"]: a["message"] for a in facts["attention"]}
+    assert set(attention) == {"duration", "scheduler"}
+    assert attention["duration"].startswith("the last backup run (")

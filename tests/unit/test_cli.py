@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.config import KNOWN_KEYS
-from tests.support import ROOT, write_env
+from tests.support import GYM_BACKUP, ROOT, write_env
 
 runner = CliRunner()
 
@@ -136,6 +136,8 @@ COMMANDS = [
     ["backup"],
     ["list"],
     ["cleanup"],
+    ["drill"],
+    ["alert-test"],
     ["verify"],
     ["info"],
     ["restore"],
@@ -203,9 +205,15 @@ def test_without_a_dotenv_here_the_error_says_where_it_looked(tmp_path: Path) ->
 FAKE_DOCKER = """\
 #!/bin/sh
 # A stand-in for the docker client: the engine answers; `build` prints 30 lines and exits with
-# FAKE_BUILD_EXIT (0 by default).
+# FAKE_BUILD_EXIT (0 by default); every container runs; `exec` writes its arguments to
+# FAKE_EXEC_LOG and exits with FAKE_EXEC_EXIT (0 by default).
 case "$1" in
   info) echo 20.10.24 ;;
+  inspect) echo running ;;
+  exec)
+    shift
+    echo "$*" >>"$FAKE_EXEC_LOG"
+    exit "${FAKE_EXEC_EXIT:-0}" ;;
   build)
     i=1
     while [ "$i" -le 30 ]; do echo "build output line $i"; i=$((i + 1)); done
@@ -262,6 +270,34 @@ def test_an_explicit_flavor_wins_over_the_existing_render() -> None:
     assert again.exit_code == 0, again.output
     assert "FROM alpine:3.20" in Path("out/Dockerfile").read_text()
     assert "ARG PG_MAJOR=16" in Path("out/Dockerfile").read_text()
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "said"),
+    [
+        ("drill", 0, ""),
+        ("drill", 4, "error: backup_script.sh drill: verification failed"),
+        ("alert-test", 1, "error: backup_script.sh alert-test: failed"),
+        ("alert-test", 6, "error: backup_script.sh alert-test: refused: a precondition"),
+    ],
+)
+def test_drill_and_alert_test_run_in_the_container_and_pass_its_exit_code_on(
+    fake_docker: Path, tmp_path: Path, command: str, code: int, said: str
+) -> None:
+    calls = tmp_path / "exec.log"
+    result = subprocess.run(
+        [str(GYM_BACKUP), command],
+        cwd=tmp_path,
+        env={**os.environ, "FAKE_EXEC_LOG": str(calls), "FAKE_EXEC_EXIT": str(code)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == code, result.stderr
+    assert calls.read_text() == f"gym_backup /usr/local/bin/backup_script.sh {command}\n"
+    assert said in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
