@@ -152,50 +152,6 @@ def test_make_run_demo_backs_up_sample_gym_data(tmp_path: Path) -> None:
     assert "3 backup(s)" in result.stdout + result.stderr
 
 
-def test_off_site_copies_through_the_cli_with_a_remote_from_rclone_variables_in_the_env_file(
-    tmp_path: Path, pg: PostgresServer, redis_auth: RedisServer
-) -> None:
-    offsite = tmp_path / "offsite"
-    settings = {
-        **pg.env(),
-        **redis_auth.env(),
-        "ENCRYPTION_KEY": "a passphrase",
-        "BACKUP_DIR": str(tmp_path / "backups"),
-        "FILES_DIR": str(tmp_path),
-        "TZ": "UTC",
-        "REPLICA_TARGETS": f"off=nas:{offsite}",
-        # the remote is rclone's own variable: passed to the scripts, shown masked
-        "RCLONE_CONFIG_NAS_TYPE": "local",
-    }
-    env_file = write_env_file(tmp_path / ".env", settings)
-    env = clean_environ(tmp_path)
-    checked = cli("config", "check", "--env", str(env_file), cwd=tmp_path, env=env)
-    assert checked.returncode == 0, checked.stderr
-    assert "RCLONE_CONFIG_NAS_TYPE   ********" in checked.stdout
-    undefined = write_env_file(
-        tmp_path / "undefined.env", {**settings, "REPLICA_TARGETS": "off=elsewhere:/x"}
-    )
-    refused = cli("config", "check", "--env", str(undefined), cwd=tmp_path, env=env)
-    assert refused.returncode == 1
-    assert "the rclone remote 'elsewhere' is not defined" in refused.stderr
-    assert "RCLONE_CONFIG_ELSEWHERE_TYPE is not set" in refused.stderr
-
-    made = cli("backup", "postgresql", "--local", "--env", str(env_file), cwd=tmp_path, env=env)
-    assert made.returncode == 0, made.stderr
-    (name,) = [p.name for p in (tmp_path / "backups").glob("postgresql_backup_*.gpg")]
-    assert (offsite / name).read_bytes() == (tmp_path / "backups" / name).read_bytes()
-    (offsite / name).unlink()
-    listed = cli(
-        "list", "--replica", "off", "--local", "--env", str(env_file), cwd=tmp_path, env=env
-    )
-    assert listed.returncode == 0, listed.stderr
-    assert "No backups on off." in listed.stdout  # its sidecars are there, the backup is not
-    assert "1 backup(s) of" in listed.stdout
-    synced = cli("sync", "--local", "--env", str(env_file), cwd=tmp_path, env=env)
-    assert synced.returncode == 0, synced.stderr
-    assert (offsite / name).read_bytes() == (tmp_path / "backups" / name).read_bytes()
-
-
 def test_drill_and_alert_test_local_run_the_scripts_and_pass_their_exit_codes_on(
     tmp_path: Path, pg: PostgresServer, redis_auth: RedisServer, webhook: HttpReceiver
 ) -> None:
@@ -238,3 +194,47 @@ def test_drill_and_alert_test_local_run_the_scripts_and_pass_their_exit_codes_on
     sent = run("alert-test", file=with_urls)
     assert sent.returncode == 0, sent.stderr
     assert [p["title"] for p in webhook.posted("/hook")] == ["gym-backup test notice"]
+
+
+def test_off_site_copies_through_the_cli_with_a_remote_from_rclone_variables_in_the_env_file(
+    tmp_path: Path, pg: PostgresServer, redis_auth: RedisServer
+) -> None:
+    offsite = tmp_path / "offsite"
+    settings = {
+        **pg.env(),
+        **redis_auth.env(),
+        "ENCRYPTION_KEY": "a passphrase",
+        "BACKUP_DIR": str(tmp_path / "backups"),
+        "FILES_DIR": str(tmp_path),
+        "TZ": "UTC",
+        "REPLICA_TARGETS": f"off=nas:{offsite}",
+        # the remote is rclone's own variable: passed to the scripts, shown masked
+        "RCLONE_CONFIG_NAS_TYPE": "local",
+    }
+    env_file = write_env_file(tmp_path / ".env", settings)
+    env = clean_environ(tmp_path)
+    checked = cli("config", "check", "--env", str(env_file), cwd=tmp_path, env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert "RCLONE_CONFIG_NAS_TYPE   ********" in checked.stdout
+    undefined = write_env_file(
+        tmp_path / "undefined.env", {**settings, "REPLICA_TARGETS": "off=elsewhere:/x"}
+    )
+    refused = cli("config", "check", "--env", str(undefined), cwd=tmp_path, env=env)
+    assert refused.returncode == 1
+    assert "the rclone remote 'elsewhere' is not defined" in refused.stderr
+    assert "RCLONE_CONFIG_ELSEWHERE_TYPE is not set" in refused.stderr
+
+    made = cli("backup", "postgresql", "--local", "--env", str(env_file), cwd=tmp_path, env=env)
+    assert made.returncode == 0, made.stderr
+    (name,) = [p.name for p in (tmp_path / "backups").glob("postgresql_backup_*.gpg")]
+    assert (offsite / name).read_bytes() == (tmp_path / "backups" / name).read_bytes()
+    (offsite / name).unlink()
+    listed = cli(
+        "list", "--replica", "off", "--local", "--env", str(env_file), cwd=tmp_path, env=env
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "No backups on off." in listed.stdout  # its sidecars are there, the backup is not
+    assert "1 backup(s) of" in listed.stdout
+    synced = cli("sync", "--local", "--env", str(env_file), cwd=tmp_path, env=env)
+    assert synced.returncode == 0, synced.stderr
+    assert (offsite / name).read_bytes() == (tmp_path / "backups" / name).read_bytes()

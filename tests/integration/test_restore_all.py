@@ -181,7 +181,9 @@ def test_all_with_one_corrupted_backup_touches_none_of_the_three_targets(
     result = run_script(RESTORE, "all", stamp, "--clean", "--force", env=env)
 
     assert result.returncode == 4, result.stdout + result.stderr
-    assert f"{last.name} failed the checksum check; nothing was changed" in result.stderr
+    assert (
+        f"{last.name} failed the checksum check: the sha256 of {last.name} is not" in result.stderr
+    )
     assert f"all: the run {stamp} was not restored; nothing was changed" in result.stderr
     assert states(pg, own_redis, db, files) == changed
     # no safety backup either: nothing was started
