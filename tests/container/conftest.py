@@ -4,8 +4,12 @@
 project in a temporary folder laid out like the gym system's: its own docker-compose.yml with
 the postgres and redis services (and a receiver of alerts and pings, standins/receiver), the
 rendered service in docker/backup/ (joined with docker-compose.backup.yml, profile production),
-a .env both read, and a test override with short health-check intervals. Ports are published
-on 127.0.0.1 only; containers address each other by service name.
+a .env both read, and a test override with short health-check intervals. An off-site SFTP
+server (standins/sftp, service ``sftp-nas``) takes the service's copies as a user would set it up
+(docker-compose.nas.yml: an rclone config, the client key and the pinned host key mounted
+read-only; REPLICA_TARGETS in the service's environment, not in .env, so the containers the tests
+start from .env do not copy). Ports are published on 127.0.0.1 only; containers address each
+other by service name.
 """
 
 from __future__ import annotations
@@ -76,6 +80,40 @@ services:
 volumes:
   redis_data:
 """.replace("@RECEIVER_CONTEXT@", str(HERE / "standins" / "receiver"))
+
+# The off-site target: the replica's remote "nas" is the sftp-nas service, by key, its host key
+# pinned; the files under nas/ in the stack's folder (written by the stack_folder fixture).
+NAS_SERVICE = "sftp-nas"
+NAS_FOLDER = "/backups/gym"
+NAS_RCLONE_CONFIG = f"""\
+[nas]
+type = sftp
+host = {NAS_SERVICE}
+user = gymbackup
+key_file = /run/secrets/nas_key
+known_hosts_file = /run/secrets/nas_known_hosts
+shell_type = unix
+md5sum_command = md5sum
+sha1sum_command = sha1sum
+"""
+NAS_COMPOSE = """\
+version: "3.9"
+services:
+  sftp-nas:
+    build: {context: "@SFTP_CONTEXT@"}
+    image: gym-test-sftp:latest
+    volumes:
+      - "@NAS@/host_key:/etc/ssh/host_key:ro"
+      - "@NAS@/nas_key.pub:/etc/ssh/authorized_keys/gymbackup:ro"
+  backup:
+    environment:
+      REPLICA_TARGETS: nas=nas:@NAS_FOLDER@
+      REPLICA_RCLONE_CONFIG_FILE: /run/secrets/rclone.conf
+    volumes:
+      - "@NAS@/rclone.conf:/run/secrets/rclone.conf:ro"
+      - "@NAS@/nas_key:/run/secrets/nas_key:ro"
+      - "@NAS@/known_hosts:/run/secrets/nas_known_hosts:ro"
+"""
 
 TEST_OVERRIDE = """\
 version: "3.9"
@@ -171,7 +209,39 @@ def compose_files(folder: Path) -> list[Path]:
         folder / "docker-compose.yml",
         folder / "docker" / "backup" / "docker-compose.backup.yml",
         folder / "docker-compose.test.yml",
+        folder / "docker-compose.nas.yml",
     ]
+
+
+def ssh_key_pair(key: Path) -> None:
+    """A new ed25519 key pair without passphrase: ``key`` (mode 0600) and ``key``.pub."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key.name, "-f", str(key)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def write_nas_files(folder: Path) -> None:
+    """What the service needs for its SFTP target, in ``folder``/nas: the client key pair, the
+    server's host key (so the client can pin it in known_hosts) and the rclone config; and the
+    compose file that mounts them."""
+    nas = folder / "nas"
+    (nas / "host_key").mkdir(parents=True)
+    host_key = nas / "host_key" / "ssh_host_ed25519_key"
+    ssh_key_pair(host_key)
+    ssh_key_pair(nas / "nas_key")
+    kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
+    (nas / "known_hosts").write_text(f"{NAS_SERVICE} {kind} {blob}\n", encoding="utf-8")
+    (nas / "rclone.conf").write_text(NAS_RCLONE_CONFIG, encoding="utf-8")
+    (nas / "rclone.conf").chmod(0o600)
+    compose = (
+        NAS_COMPOSE.replace("@SFTP_CONTEXT@", str(HERE / "standins" / "sftp"))
+        .replace("@NAS@", str(nas))
+        .replace("@NAS_FOLDER@", NAS_FOLDER)
+    )
+    (folder / "docker-compose.nas.yml").write_text(compose, encoding="utf-8")
 
 
 @pytest.fixture(scope="session")
@@ -188,6 +258,7 @@ def stack_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / ".env").write_text(TEST_ENV, encoding="utf-8")
     (folder / "docker-compose.yml").write_text(GYM_COMPOSE, encoding="utf-8")
     (folder / "docker-compose.test.yml").write_text(TEST_OVERRIDE, encoding="utf-8")
+    write_nas_files(folder)
     (folder / "backups").mkdir()
     uploads = folder / "uploads" / "members" / "fotos"
     uploads.mkdir(parents=True)

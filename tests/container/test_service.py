@@ -8,6 +8,7 @@ container), the health and stop scenarios last.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -26,6 +27,8 @@ from generator.config import load_settings
 from tests.container.conftest import (
     CONTAINER,
     ENCRYPTION_KEY,
+    NAS_FOLDER,
+    NAS_SERVICE,
     PG_PASSWORD,
     PROJECT_NAME,
     REDIS_PASSWORD,
@@ -90,27 +93,84 @@ def psql(stack: Stack, sql: str) -> str:
     return result.stdout.strip()
 
 
-def test_the_schedule_really_fires_with_a_hostile_postgres_password(stack: Stack) -> None:
-    start = started_at()
+def first_scheduled_full(stack: Stack) -> list[str]:
+    """The backups of the first scheduled full backup since the container started (waited for:
+    a cron firing, a minute at most, and the run's records in the metrics)."""
+    start = started_at().replace(second=0)
+    cron_log = stack.backups / "cron.log"
+    metrics = stack.backups / "metrics" / "gym_backup.prom"
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
-        cron_log = stack.backups / "cron.log"
-        found = backups(stack.backups)
-        fresh = [
-            n for names in found.values() for n in names if created_at(n) >= start.replace(second=0)
-        ]
-        if cron_log.exists() and "backup full finished" in cron_log.read_text() and len(fresh) >= 3:
-            break
+        fresh = [n for names in backups(stack.backups).values() for n in names[:1]]
+        if (
+            cron_log.exists()
+            and "backup full finished" in cron_log.read_text()
+            and len(fresh) == 3
+            and all(created_at(n) >= start for n in fresh)
+            and metrics.exists()
+            and 'gym_backup_last_run_timestamp_seconds{kind="backup"' in metrics.read_text()
+        ):
+            return fresh
         time.sleep(2)
-    else:
-        log = (
-            (stack.backups / "cron.log").read_text()
-            if (stack.backups / "cron.log").exists()
-            else ""
-        )
-        raise AssertionError(f"no scheduled backup within the wait; cron.log:\n{log[-2000:]}")
-    assert "postgresql: wrote postgresql_backup_" in cron_log.read_text()
-    assert PG_PASSWORD not in cron_log.read_text()
+    log = cron_log.read_text() if cron_log.exists() else ""
+    raise AssertionError(f"no scheduled backup within the wait; cron.log:\n{log[-2000:]}")
+
+
+def test_the_schedule_really_fires_with_a_hostile_postgres_password(stack: Stack) -> None:
+    first_scheduled_full(stack)
+    cron_log = (stack.backups / "cron.log").read_text()
+    assert "postgresql: wrote postgresql_backup_" in cron_log
+    assert PG_PASSWORD not in cron_log
+
+
+def sha256s(stack: Stack, service: str, folder: str, names: list[str]) -> dict[str, str]:
+    """The SHA-256 of the files ``names`` in ``folder`` of ``service``'s container."""
+    paths = [f"{folder}/{name}" for name in names]
+    found = docker("exec", stack.container(service), "sha256sum", *paths, check=False)
+    assert found.returncode == 0, found.stderr
+    return {
+        line.split()[1].rsplit("/", 1)[1]: line.split()[0] for line in found.stdout.splitlines()
+    }
+
+
+def test_the_scheduled_run_copies_its_backups_to_the_sftp_nas_by_key(stack: Stack) -> None:
+    """REPLICA_TARGETS=nas=nas:/backups/gym, the remote in a mounted rclone config (key_file,
+    known_hosts_file pinning the server's host key): the first scheduled full backup copies its
+    three backups and their sidecars to the sftp-nas service; status, the metrics, list
+    --replica and verify --from see them; the key is nowhere it should not be."""
+    names = first_scheduled_full(stack)
+    files = sorted(f for name in names for f in with_sidecars(name))
+    assert len(files) == 9
+    local = {f: hashlib.sha256((stack.backups / f).read_bytes()).hexdigest() for f in files}
+    assert sha256s(stack, NAS_SERVICE, NAS_FOLDER, files) == local
+
+    cron_log = (stack.backups / "cron.log").read_text()
+    assert "replica nas ok (copied 3 backup(s)" in cron_log
+    assert cron_log.count("verified: MD5 computed by the target") >= 3
+    assert "Failed to save config" not in cron_log  # the pinned hash commands: nothing to save
+    status = json.loads((stack.backups / "status.json").read_text())
+    assert status["replicas"]["nas"]["last_run"]["result"] == "ok"
+    gauge = 'gym_backup_replica_last_success_timestamp_seconds{target="nas"} '
+    metrics = (stack.backups / "metrics" / "gym_backup.prom").read_text()
+    [line] = [line for line in metrics.splitlines() if line.startswith(gauge)]
+    assert float(line.split()[-1]) >= started_at().timestamp()
+
+    listed = stack.exec("/usr/local/bin/backup_script.sh", "list", "--replica", "nas")
+    assert listed.returncode == 0, listed.stderr
+    assert all(name in listed.stdout for name in names), listed.stdout
+    verified = stack.exec("/usr/local/bin/restore_script.sh", "verify", names[0], "--from", "nas")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    key = (stack.folder / "nas" / "nas_key").read_text().splitlines()[1]  # a line of its body
+    logs = docker("logs", CONTAINER)
+    seen = {
+        "docker inspect": docker("inspect", CONTAINER).stdout,
+        "the command lines": command_lines(CONTAINER),
+        "docker logs": logs.stdout + logs.stderr,
+        **{log.name: log.read_text() for log in stack.backups.glob("*.log")},
+        "list and verify": listed.stdout + listed.stderr + verified.stdout + verified.stderr,
+    }
+    assert [where for where, text in seen.items() if key in text] == []
 
 
 def test_docker_exec_backup_full_writes_all_three_backups(stack: Stack) -> None:
