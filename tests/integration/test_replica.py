@@ -32,7 +32,9 @@ from tests.support import (
     REDIS_PASSWORD,
     RESTORE,
     TYPES,
+    Entry,
     MakeEnv,
+    RedisState,
     Remotes,
     RunScript,
     alert_state,
@@ -424,8 +426,20 @@ INSERT INTO payments (member, amount) SELECT 1 + i % 500, i * 1.25 FROM generate
 """
 
 
-@pytest.mark.parametrize("target", KINDS, indirect=True)
-def test_after_losing_backup_dir_everything_is_restored_from_the_target_onto_fresh_servers(
+@dataclass
+class LostHost:
+    """What remains of a host whose disk was lost (its settings and key) and what its backups
+    were taken from."""
+
+    env: dict[str, str]
+    names: dict[str, str]  # the full backup's file of each type
+    db: str  # pg_dump of the source database
+    redis: RedisState
+    files: dict[str, Entry]
+
+
+@pytest.fixture
+def lost_host(
     target: Offsite,
     pg: PostgresServer,
     fresh_pg: PostgresServer,
@@ -433,40 +447,60 @@ def test_after_losing_backup_dir_everything_is_restored_from_the_target_onto_fre
     backup_env: MakeEnv,
     run_script: RunScript,
     tmp_path: Path,
+) -> Callable[..., LostHost]:
+    """lost_host(*LATER): a full backup of data of each type, copied to the target, then a run of
+    each type of LATER; then the host's disk is gone: no BACKUP_DIR, no source servers, and the
+    fresh PostgreSQL has an empty POSTGRES_DB."""
+
+    def lose(*later: str) -> LostHost:
+        source_db = new_db()
+        pg.psql(SOURCE_SQL, source_db, superuser=False)
+        uploads = make_uploads(tmp_path / "uploads")
+        with start_redis(tmp_path / "src-redis", password=REDIS_PASSWORD) as source_redis:
+            load_redis_dataset(source_redis)
+            written_redis = redis_state(source_redis)
+            env = {
+                **backup_env(
+                    tmp_path,
+                    encryption_key=KEY,
+                    redis=source_redis,
+                    files_dir=uploads,
+                    POSTGRES_DB=source_db,
+                ),
+                **target.settings,
+            }
+            run_ok(run_script, BACKUP, "full", env=env)
+            names = {
+                kind_: next(n for n in local_backups(tmp_path / "backups") if n.startswith(kind_))
+                for kind_ in TYPES
+            }
+            for part in later:
+                time.sleep(1.1)  # a later run: a later timestamp
+                run_ok(run_script, BACKUP, part, env=env)
+        lost = LostHost(env, names, pg.dump(source_db), written_redis, tree_state(uploads))
+        shutil.rmtree(tmp_path / "backups")
+        fresh_pg.dropdb(PG_DB)
+        fresh_pg.createdb(PG_DB)
+        return lost
+
+    return lose
+
+
+@pytest.mark.parametrize("target", KINDS, indirect=True)
+def test_after_losing_backup_dir_everything_is_restored_from_the_target_onto_fresh_servers(
+    target: Offsite,
+    fresh_pg: PostgresServer,
+    lost_host: Callable[..., LostHost],
+    run_script: RunScript,
+    tmp_path: Path,
 ) -> None:
-    source_db = new_db()
-    pg.psql(SOURCE_SQL, source_db, superuser=False)
-    uploads = make_uploads(tmp_path / "uploads")
-    with start_redis(tmp_path / "src-redis", password=REDIS_PASSWORD) as source_redis:
-        load_redis_dataset(source_redis)
-        written_redis = redis_state(source_redis)
-        env = {
-            **backup_env(
-                tmp_path,
-                encryption_key=KEY,
-                redis=source_redis,
-                files_dir=uploads,
-                POSTGRES_DB=source_db,
-            ),
-            **target.settings,
-        }
-        run_ok(run_script, BACKUP, "full", env=env)
-    names = {
-        kind_: next(n for n in local_backups(tmp_path / "backups") if n.startswith(kind_))
-        for kind_ in TYPES
-    }
-    written_db = pg.dump(source_db)
-    written_files = tree_state(uploads)
-    # the host's disk is gone: no BACKUP_DIR, no source servers; the settings and the key remain
-    shutil.rmtree(tmp_path / "backups")
-    fresh_pg.dropdb(PG_DB)
-    fresh_pg.createdb(PG_DB)
-    listed = run_ok(run_script, BACKUP, "list", "--replica", target.name, env=env).stdout
-    assert all(name in listed for name in names.values())
+    lost = lost_host()
+    listed = run_ok(run_script, BACKUP, "list", "--replica", target.name, env=lost.env).stdout
+    assert all(name in listed for name in lost.names.values())
 
     with start_redis(tmp_path / "new-redis", password=REDIS_PASSWORD) as new_redis:
         new_env = {
-            **env,
+            **lost.env,
             **fresh_pg.env(),
             **new_redis.env(),
             "FILES_DIR": str(tmp_path / "new-uploads"),
@@ -474,65 +508,39 @@ def test_after_losing_backup_dir_everything_is_restored_from_the_target_onto_fre
         (tmp_path / "new-uploads").mkdir()
         for part in TYPES:
             result = run_ok(
-                run_script, RESTORE, part, names[part], "--from", target.name, env=new_env
+                run_script, RESTORE, part, lost.names[part], "--from", target.name, env=new_env
             )
-            assert f"fetched {names[part]} from {target.name}" in result.stdout
+            assert f"fetched {lost.names[part]} from {target.name}" in result.stdout
         restored_redis = redis_state(new_redis)
 
-    assert fresh_pg.dump(PG_DB) == written_db
-    assert restored_redis.digest == written_redis.digest
-    assert restored_redis.keys == written_redis.keys
-    assert tree_state(tmp_path / "new-uploads") == written_files
+    assert fresh_pg.dump(PG_DB) == lost.db
+    assert restored_redis.digest == lost.redis.digest
+    assert restored_redis.keys == lost.redis.keys
+    assert tree_state(tmp_path / "new-uploads") == lost.files
 
 
 @pytest.mark.parametrize("target", ["sftponly"], indirect=True)
 def test_restore_all_from_the_target_fetches_the_newest_complete_run_onto_fresh_servers(
     target: Offsite,
-    pg: PostgresServer,
     fresh_pg: PostgresServer,
-    new_db: Callable[..., str],
-    backup_env: MakeEnv,
+    lost_host: Callable[..., LostHost],
     run_script: RunScript,
     tmp_path: Path,
 ) -> None:
-    source_db = new_db()
-    pg.psql(SOURCE_SQL, source_db, superuser=False)
-    uploads = make_uploads(tmp_path / "uploads")
-    with start_redis(tmp_path / "src-redis", password=REDIS_PASSWORD) as source_redis:
-        load_redis_dataset(source_redis)
-        written_redis = redis_state(source_redis)
-        env = {
-            **backup_env(
-                tmp_path,
-                encryption_key=KEY,
-                redis=source_redis,
-                files_dir=uploads,
-                POSTGRES_DB=source_db,
-            ),
-            **target.settings,
-        }
-        run_ok(run_script, BACKUP, "full", env=env)
-        # a newer run that is not complete (PostgreSQL only) is not the one all picks
-        time.sleep(1.1)
-        run_ok(run_script, BACKUP, "postgresql", env=env)
-    written_db = pg.dump(source_db)
-    written_files = tree_state(uploads)
-    shutil.rmtree(tmp_path / "backups")
-    fresh_pg.dropdb(PG_DB)
-    fresh_pg.createdb(PG_DB)
-
+    # a newer run that is not complete (PostgreSQL only) is not the one all picks
+    lost = lost_host("postgresql")
     with start_redis(tmp_path / "new-redis", password=REDIS_PASSWORD) as new_redis:
-        new_env = {**env, **fresh_pg.env(), **new_redis.env()}
+        new_env = {**lost.env, **fresh_pg.env(), **new_redis.env()}
         dest = tmp_path / "new-uploads"
         result = run_ok(run_script, RESTORE, "all", str(dest), "--from", target.name, env=new_env)
         restored_redis = redis_state(new_redis)
 
-    for part in TYPES:
-        assert f"fetched {part}_backup_" in result.stdout
+    for name in lost.names.values():
+        assert f"fetched {name} from {target.name}" in result.stdout
     assert "the newest with a complete backup of every type" in result.stdout
-    assert fresh_pg.dump(PG_DB) == written_db
-    assert restored_redis.digest == written_redis.digest
-    assert tree_state(dest) == written_files
+    assert fresh_pg.dump(PG_DB) == lost.db
+    assert restored_redis.digest == lost.redis.digest
+    assert tree_state(dest) == lost.files
 
 
 def test_uploads_log_their_progress_and_keep_to_replica_bwlimit(
