@@ -82,7 +82,8 @@ volumes:
 """.replace("@RECEIVER_CONTEXT@", str(HERE / "standins" / "receiver"))
 
 # The off-site target: the replica's remote "nas" is the sftp-nas service, by key, its host key
-# pinned; the files under nas/ in the stack's folder (written by the stack_folder fixture).
+# pinned; the files under nas/ in the stack's folder (written by the stack_folder fixture). The
+# key file is named by RCLONE_CONFIG_NAS_KEY_FILE in the service's environment (NAS_COMPOSE).
 NAS_SERVICE = "sftp-nas"
 NAS_FOLDER = "/backups/gym"
 NAS_RCLONE_CONFIG = f"""\
@@ -90,7 +91,6 @@ NAS_RCLONE_CONFIG = f"""\
 type = sftp
 host = {NAS_SERVICE}
 user = gymbackup
-key_file = /run/secrets/nas_key
 known_hosts_file = /run/secrets/nas_known_hosts
 shell_type = unix
 md5sum_command = md5sum
@@ -109,6 +109,9 @@ services:
     environment:
       REPLICA_TARGETS: nas=nas:@NAS_FOLDER@
       REPLICA_RCLONE_CONFIG_FILE: /run/secrets/rclone.conf
+      # One key of the remote as rclone's own variable, which the entrypoint hands to the cron
+      # jobs: without it a scheduled copy cannot log in.
+      RCLONE_CONFIG_NAS_KEY_FILE: /run/secrets/nas_key
     volumes:
       - "@NAS@/rclone.conf:/run/secrets/rclone.conf:ro"
       - "@NAS@/nas_key:/run/secrets/nas_key:ro"

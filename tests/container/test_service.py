@@ -134,8 +134,9 @@ def sha256s(stack: Stack, service: str, folder: str, names: list[str]) -> dict[s
 
 
 def test_the_scheduled_run_copies_its_backups_to_the_sftp_nas_by_key(stack: Stack) -> None:
-    """REPLICA_TARGETS=nas=nas:/backups/gym, the remote in a mounted rclone config (key_file,
-    known_hosts_file pinning the server's host key): the first scheduled full backup copies its
+    """REPLICA_TARGETS=nas=nas:/backups/gym, the remote in a mounted rclone config
+    (known_hosts_file pinning the server's host key) and its key_file in rclone's own variable
+    RCLONE_CONFIG_NAS_KEY_FILE: the first scheduled full backup copies its
     three backups and their sidecars to the sftp-nas service; status, the metrics, list
     --replica and verify --from see them; the key is nowhere it should not be."""
     names = first_scheduled_full(stack)
