@@ -74,8 +74,9 @@ run: install ## The main job: real servers, sample gym data, a full encrypted ba
 	$(BIN)/python -m devtools.demo
 
 .PHONY: test
+# The tests run on every core (pytest-xdist, -n auto): each worker starts its own throwaway servers.
 test: install lint check-generated ## Lint, check the committed render, unit and integration tests
-	$(BIN)/pytest -q -m "not container"
+	$(BIN)/pytest -q -m "not container" -n auto
 
 .PHONY: test-container
 test-container: install ## The container tests (Debian flavour); starts a Docker engine as root
