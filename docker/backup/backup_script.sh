@@ -3484,16 +3484,18 @@ dump_roles() {
 
 backup_postgresql() {
   local ts="$1" epoch="$2"
-  local final partial server_num server_version started
-  local -a st
+  local final partial server_num server_version started dump_version
   final="${BACKUP_DIR}/$(backup_name postgresql "${ts}")"
   partial="${final}.partial"
   started="${EPOCHREALTIME}"
   require_tools pg_dump pg_dumpall psql "$(compressor)"
   [[ -n "${POSTGRES_PASSWORD}" ]] || die "${EXIT_REFUSED}" "postgresql: POSTGRES_PASSWORD is not set; set it or POSTGRES_PASSWORD_FILE"
-  server_num="$(postgres_query 'SHOW server_version_num')"
-  check_pg_versions "$(pg_dump --version)" "${server_num}"
-  server_version="$(postgres_query 'SHOW server_version')"
+  # one connection for both ("150020 15.20 (Debian ...)")
+  server_version="$(postgres_query "SELECT current_setting('server_version_num') || ' ' || current_setting('server_version')")"
+  server_num="${server_version%% *}"
+  server_version="${server_version#* }"
+  dump_version="$(pg_dump --version)"
+  check_pg_versions "${dump_version}" "${server_num}"
   if ((DRY_RUN)); then
     log INFO "dry run: would dump ${POSTGRES_DB} from ${POSTGRES_HOST}:${POSTGRES_PORT} (PostgreSQL ${server_version}) into ${final}"
     return 0
@@ -3505,7 +3507,7 @@ backup_postgresql() {
   check_store postgresql pg_dump "${STEP_ST[@]}"
   finish_backup postgresql "${partial}" "${final}" "${epoch}" "${started}" \
     "{\"host\": $(json_str "${POSTGRES_HOST}"), \"port\": ${POSTGRES_PORT}, \"database\": $(json_str "${POSTGRES_DB}"), \"user\": $(json_str "${POSTGRES_USER}")}" \
-    "${server_version}" "\"pg_dump\": $(json_str "$(first_line pg_dump --version)")"
+    "${server_version}" "\"pg_dump\": $(json_str "${dump_version%%$'\n'*}")"
 }
 
 # A --clean restore's verify also lists the schemas of the dump, in this file (prepare_sql).
