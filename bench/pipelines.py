@@ -54,6 +54,13 @@ SOURCES = {
     "redis": 'redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" --rdb -',
     "files": 'tar -C "$FILES_DIR" -cf - .',
 }
+# What gym-backup checks of a new backup while it is written, done by hand: the content as its
+# type does it, read to its end (a check that stops early must not break the pipe before it).
+CHECKS = {
+    "postgresql": "tail -c 1024 | grep -c 'PostgreSQL database dump complete' >/dev/null",
+    "redis": "{ redis-check-rdb /dev/stdin >/dev/null && cat >/dev/null; }",
+    "files": "{ tar -tf - >/dev/null && cat >/dev/null; }",
+}
 # The limits: reading only. tar skips reading the files when it writes to /dev/null itself, so
 # its archive goes through cat; redis-cli --rdb writes a file.
 LIMITS = {
@@ -204,6 +211,15 @@ def reference_cases(envs: Environments, kind: str, out: Path) -> list[Case]:
         script = f'{source} | {codec.compress} | {ENCRYPT} >"$1"'
         key = f"{kind}.{'usual' if codec is GZIP else 'zstd'}"
         cases.append(WritesFile(key, label, bash(script, str(output)), env, output))
+    # The bare zstd pipeline with the one-pass check of gym-backup, by hand: the stored bytes,
+    # as they are written, decrypted, decompressed and their content checked.
+    output = out / f"{kind}.checked.zst.gpg"
+    script = (
+        f'{source} | {ZSTD.compress} | {ENCRYPT} | tee "$1" | {DECRYPT} | {ZSTD.decompress} | '
+        f"{CHECKS[kind]}"
+    )
+    label = "checked zstd: | zstd | gpg | tee FILE | gpg -d | zstd -d | check"
+    cases.append(WritesFile(f"{kind}.zstdcheck", label, bash(script, str(output)), env, output))
     return cases
 
 

@@ -118,8 +118,11 @@ def backup_tables(results: Results, data: Dataset) -> list[str]:
     for kind in TYPES:
         limit, usual, bare = (results[f"{kind}.{k}"] for k in ("limit", "usual", "zstd"))
         rows = []
-        for key in ("limit", "usual", "zstd", "gym.gzip", "gym.zstd"):
-            result = results[f"{kind}.{key}"]
+        checked = results.get(f"{kind}.zstdcheck")
+        for key in ("limit", "usual", "zstd", "zstdcheck", "gym.gzip", "gym.zstd"):
+            result = results.get(f"{kind}.{key}")
+            if result is None:
+                continue
             target = ""
             if key == "gym.gzip":
                 value = ratio(result.seconds, usual.seconds)
@@ -127,6 +130,9 @@ def backup_tables(results: Results, data: Dataset) -> list[str]:
             elif key == "gym.zstd":
                 value = ratio(result.seconds, bare.seconds)
                 target = f"≤ {ZSTD_VS_BARE} x zstd pipe: {verdict(value, ZSTD_VS_BARE)}"
+                by_hand = ratio(result.seconds, checked.seconds if checked else None)
+                if by_hand is not None:
+                    target += f" ({by_hand:.2f} x the checked zstd pipe)"
             rows.append(_row(result, limit.seconds, usual.seconds, bare.seconds, target))
         lines += [f"**{TYPE_TITLES[kind]}** ({what[kind]} {raw[kind] / MB:.0f} MB)", ""]
         lines += [*table(header, rows), ""]
@@ -177,6 +183,7 @@ def summary(first: Results, second: Results, sizes: Sequence[Dataset]) -> list[s
         "limit",
         "usual: gzip -6 | gpg",
         "zstd -3 -T2 | gpg",
+        "the same, checked as written",
         "gym-backup gzip",
         "gym-backup zstd",
     ]
@@ -187,6 +194,7 @@ def summary(first: Results, second: Results, sizes: Sequence[Dataset]) -> list[s
             cell(f"{kind}.limit"),
             cell(f"{kind}.usual"),
             cell(f"{kind}.zstd"),
+            cell(f"{kind}.zstdcheck", f"{kind}.zstd", "zstd pipe"),
             cell(f"{kind}.gym.gzip", f"{kind}.usual"),
             cell(f"{kind}.gym.zstd", f"{kind}.zstd", "zstd pipe"),
         ]
