@@ -3689,7 +3689,7 @@ redis_bgsave() {
 # rdb_saves has grown past it; polled often at first, less as it lasts. Fails (RDB_FALLBACK) after
 # DEADLINE (in EPOCHSECONDS) or when INFO fails.
 redis_wait_saves() {
-  local saves="$1" deadline="$2" info now pause=0.005
+  local saves="$1" deadline="$2" info now pause=0.005 polls=0
   while :; do
     info="$(redis_persistence)"
     now="$(info_field "${info}" rdb_saves)"
@@ -3705,11 +3705,13 @@ redis_wait_saves() {
       return 1
     fi
     sleep "${pause}"
+    # Every 20 ms for the first second (a small dataset's save is done within it: a longer pause
+    # would be most of the wait), then every 100 ms.
+    polls=$((polls + 1))
     case "${pause}" in
       0.005) pause=0.01 ;;
       0.01) pause=0.02 ;;
-      0.02) pause=0.05 ;;
-      *) pause=0.1 ;;
+      *) ((polls < 50)) || pause=0.1 ;;
     esac
   done
 }
