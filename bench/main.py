@@ -5,9 +5,10 @@ It builds its data (bench/data.py) at BENCH_SCALE, renders the scripts, and time
 each case the median of BENCH_RUNS runs taken in turn (A, B, C, A, B, C...: compare within a run,
 not across runs): per type the limit, ``| gzip -6 | gpg``, ``| zstd -3 -T2 | gpg``, the same
 checked as it is written (``| tee FILE | gpg -d | zstd -d | CHECK``: gym-backup's one-pass check,
-by hand) and ``backup_script.sh TYPE`` with COMPRESSION gzip and zstd, then ``full`` in both, then restores
-against a raw ``gpg -d | pigz -d | psql --single-transaction`` load; then, at a tenth of the size,
-the backups and restores again for their peak memory (and the small Redis snapshot's time).
+by hand) and ``backup_script.sh TYPE`` with COMPRESSION gzip and zstd, then ``full`` in both,
+then restores against a raw ``gpg -d | pigz -d | psql --single-transaction`` load; then, at a
+tenth of the size, the backups and restores again for their peak memory (and the small Redis
+snapshot's time).
 It prints the tables with the issue's targets (met / not met: never a failure) and writes them to
 bench/results/latest.md (BENCH_OUT). A row that fails says "not available" and the run goes on.
 """
