@@ -3483,6 +3483,9 @@ pg_create_roles() {
   done
   names=("${!create[@]}")
   log INFO "postgresql: creating the roles of the backup that the server lacks: ${names[*]}"
+  # If this run is killed, the next one drops them again while nothing depends on them
+  # (leftover_postgresql).
+  printf '%s\n' "${names[@]}" >"${WORK_DIR}/created-roles"
   if ! printf 'BEGIN;\n%sCOMMIT;\n' "${sql}" | as_admin pg_script "${PG_SERVER_DB}"; then
     die "${EXIT_REFUSED}" "postgresql: could not create the roles ${names[*]} that the backup names and the server lacks$(stage_message psql); set POSTGRES_ADMIN_USER (and POSTGRES_ADMIN_PASSWORD) to a role that may create them (a superuser), or pass --no-owner. Nothing was changed."
   fi
@@ -3513,6 +3516,38 @@ drop_created_roles() {
     log WARN "postgresql: could not drop the roles this failed restore created (${CREATED_ROLES[*]}); drop them by hand"
   fi
   CREATED_ROLES=()
+  rm -f -- "${WORK_DIR}/created-roles"
+}
+
+# drop_left_roles FILE: the roles a killed restore had created (FILE: a name a line), dropped
+# while nothing depends on them: no object in any database is theirs and no privilege names them
+# (pg_shdepend). One that something depends on (the restore had committed, or the application
+# uses it already) is left, and named.
+drop_left_roles() {
+  local name sql="" unused
+  local -a names=() dropped=() kept=()
+  while IFS= read -r name; do
+    [[ -z "${name}" ]] || names+=("${name}")
+  done <"$1"
+  ((${#names[@]} > 0)) || return 0
+  pg_find_server_db
+  mapfile -t unused < <(as_admin postgres_query_in "${PG_SERVER_DB}" "SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname = ANY ($(sql_array "${names[@]}")) AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend d WHERE d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND d.refobjid = r.oid)" | grep . || true)
+  for name in "${names[@]}"; do
+    if printf '%s\n' "${unused[@]}" | grep -qxF -- "${name}"; then
+      dropped+=("${name}")
+      sql+="DROP ROLE IF EXISTS $(sql_ident "${name}");"$'\n'
+    else
+      kept+=("${name}")
+    fi
+  done
+  if ((${#dropped[@]} > 0)); then
+    if printf '%s' "${sql}" | as_admin pg_script "${PG_SERVER_DB}"; then
+      log WARN "postgresql: dropped the roles that a killed restore had created: ${dropped[*]}"
+    else
+      log WARN "postgresql: could not drop the roles that a killed restore had created (${dropped[*]}); drop them by hand"
+    fi
+  fi
+  ((${#kept[@]} == 0)) || log WARN "postgresql: left the roles that a killed restore had created and that are in use or gone now: ${kept[*]}"
 }
 
 # dump_schemas: the schemas of the dump, as prepare_sql listed them in SCHEMAS_OUT (by a --clean
@@ -3674,7 +3709,7 @@ restore_postgresql() {
   fi
   CREATED_DB=""
   CREATED_ROLES=()
-  rm -f -- "${WORK_DIR}/created-db"
+  rm -f -- "${WORK_DIR}/created-db" "${WORK_DIR}/created-roles"
   log INFO "postgresql: restored ${BACKUP_FILE##*/} into ${target}: $(load_report)"
 }
 
@@ -3702,10 +3737,14 @@ restore_finished_postgresql() {
   drop_created_roles
 }
 
-# leftover_postgresql DIR: drop the scratch database of a killed verify --deep, and the database
-# a killed --target-db restore had created (only while it holds no tables: it had not committed).
+# leftover_postgresql DIR: drop the scratch database of a killed verify --deep, the database
+# a killed --target-db restore had created (only while it holds no tables: it had not committed),
+# and the roles a killed restore had created (only while nothing depends on them).
 leftover_postgresql() {
   local dir="$1" db
+  [[ -s "${dir}/scratch-db" || -s "${dir}/created-db" || -s "${dir}/created-roles" ]] || return 0
+  # POSTGRES_DB may not exist (a new server the killed restore was to create it on)
+  pg_find_server_db
   if [[ -s "${dir}/scratch-db" ]]; then
     db="$(<"${dir}/scratch-db")"
     [[ "${db}" != gym_backup_verify_* ]] || ! drop_database "${db}" ||
@@ -3717,6 +3756,8 @@ leftover_postgresql() {
       drop_database "${db}" && log WARN "dropped the empty database ${db} that a killed restore had created"
     fi
   fi
+  # after the database: its owner may be one of them
+  [[ ! -s "${dir}/created-roles" ]] || drop_left_roles "${dir}/created-roles"
   return 0
 }
 # --- The redis backup type (Redis): its backup, content check, deep verify and

@@ -31,9 +31,11 @@ from devtools.sandbox import (
 from tests.support import (
     BACKUP,
     KEY,
+    PG_USER,
     RESTORE,
     TYPES,
     MakeEnv,
+    NewDb,
     RunScript,
     Sources,
     copy_backup,
@@ -888,3 +890,73 @@ def test_help_exits_0_and_shows_every_command(
     for command in ("verify FILE", "info FILE", "postgresql FILE", "redis FILE", "files FILE"):
         assert command in result.stdout
     assert "Exit codes:" in result.stdout
+
+
+@pytest.mark.parametrize("used", [False, True], ids=["unused", "used-since"])
+def test_the_roles_a_killed_restore_created_on_a_new_server_are_dropped_by_the_next_run(
+    used: bool,
+    pg: PostgresServer,
+    new_db: NewDb,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    rendered_scripts: Path,
+    tmp_path: Path,
+) -> None:
+    db = new_db()
+    # enough rows that the load outlasts the test's look at the new server's roles
+    pg.psql(
+        "CREATE TABLE members (id int, note text);"
+        "INSERT INTO members SELECT i, repeat('socio ', 20) FROM generate_series(1, 400000) i",
+        db,
+        superuser=False,
+    )
+    env = backup_env(tmp_path, POSTGRES_DB=db)
+    run_ok(run_script, BACKUP, "postgresql", env=env)
+    backup = only_backup(tmp_path / "backups", "postgresql", encrypted=False)
+    with start_postgres(
+        tmp_path / "new-pg", db="admin_db", user="new_admin", password="admin pw"
+    ) as new_pg:
+        new_pg.psql('ALTER ROLE "new_admin" SUPERUSER', "postgres")
+        new_env = {
+            **env,
+            "POSTGRES_HOST": new_pg.host,
+            "POSTGRES_PORT": str(new_pg.port),
+            "POSTGRES_ADMIN_USER": "new_admin",
+            "POSTGRES_ADMIN_PASSWORD": "admin pw",
+        }
+        restore = start_script(
+            rendered_scripts,
+            RESTORE,
+            "postgresql",
+            backup.name,
+            "--target-db",
+            db,
+            env=new_env,
+            new_session=True,
+        )
+
+        def roles() -> list[str]:
+            return new_pg.psql("SELECT rolname FROM pg_roles", "postgres").split()
+
+        wait_for(lambda: PG_USER in roles(), "the role the restore creates")
+        os.killpg(restore.pid, signal.SIGKILL)  # as docker kill: no trap runs
+        restore.communicate(timeout=60)
+        assert restore.returncode == -signal.SIGKILL
+        if used:  # something on the server depends on the role since: it stays
+            new_pg.psql(f'GRANT CONNECT ON DATABASE "admin_db" TO "{PG_USER}"', "postgres")
+
+        result = run_ok(run_script, RESTORE, "verify", backup.name, env=new_env)
+
+        assert "[ERROR]" not in result.stderr
+        assert db not in new_pg.psql("SELECT datname FROM pg_database", "postgres").split()
+        if used:
+            assert (
+                "left the roles that a killed restore had created and that are in use or gone "
+                f"now: {PG_USER}"
+            ) in result.stderr
+            assert PG_USER in roles()
+        else:
+            assert f"dropped the roles that a killed restore had created: {PG_USER}" in (
+                result.stderr
+            )
+            assert PG_USER not in roles()
