@@ -3524,8 +3524,8 @@ drop_created_roles() {
 # (pg_shdepend). One that something depends on (the restore had committed, or the application
 # uses it already) is left, and named.
 drop_left_roles() {
-  local name sql="" unused
-  local -a names=() dropped=() kept=()
+  local name sql=""
+  local -a names=() unused=() dropped=() kept=()
   while IFS= read -r name; do
     [[ -z "${name}" ]] || names+=("${name}")
   done <"$1"
