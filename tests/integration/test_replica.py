@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,13 +40,16 @@ from tests.support import (
     RunScript,
     alert_state,
     backups_of,
+    descendants,
     load_redis_dataset,
     make_backup,
     make_uploads,
     redis_state,
     run_ok,
     stamp,
+    start_script,
     tree_state,
+    wait_for,
     with_sidecars,
 )
 
@@ -567,3 +571,47 @@ def test_uploads_log_their_progress_and_keep_to_replica_bwlimit(
     assert re.search(
         r"replica usb: rclone: NOTICE: +[0-9.]+ \S+ / [0-9.]+ \S+, 100%, [0-9.]+ \S+/s", log
     )
+
+
+@pytest.mark.parametrize("target", ["path", "sftpfull"], indirect=True)
+def test_a_run_killed_while_copying_leaves_no_copy_that_looks_whole_and_the_next_run_makes_it(
+    target: Offsite,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    rendered_scripts: Path,
+    tmp_path: Path,
+) -> None:
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    (uploads / "photo.raw").write_bytes(os.urandom(1_500_000))
+    env = {
+        **backup_env(tmp_path, encryption_key=KEY, files_dir=uploads, REPLICA_BWLIMIT="100k"),
+        **target.settings,
+    }
+    backups = tmp_path / "backups"
+    run = start_script(rendered_scripts, BACKUP, "files", env=env, new_session=True)
+
+    def copying() -> bool:
+        return any(
+            "copyto" in argv and any(arg.endswith(".tar.gz.gpg") for arg in argv)
+            for _, argv in descendants(run.pid)
+        )
+
+    wait_for(copying, "rclone copying the backup", timeout=60)
+    time.sleep(1)  # part of it is there
+    os.killpg(run.pid, signal.SIGKILL)  # as docker kill: no trap runs
+    run.communicate(timeout=60)
+    assert run.returncode == -signal.SIGKILL
+
+    (name,) = local_backups(backups)
+    held = target.files()
+    # the checksum goes last: a target without it holds no copy of that backup yet
+    assert f"{name}.sha256" not in held
+    assert held.get(name) != (backups / name).read_bytes()
+
+    env.pop("REPLICA_BWLIMIT")
+    synced = run_ok(run_script, BACKUP, "sync", env=env)
+
+    assert "cleaned up after a run that did not finish" in synced.stderr
+    assert f"replica {target.name}: copied {name} " in synced.stdout
+    assert_copied(backups, target.files(), {name})
