@@ -2773,6 +2773,12 @@ replica_setup() {
     [[ -r "${REPLICA_RCLONE_CONFIG_FILE}" && -f "${REPLICA_RCLONE_CONFIG_FILE}" ]] ||
       die "${EXIT_REFUSED}" "REPLICA_RCLONE_CONFIG_FILE: cannot read '${REPLICA_RCLONE_CONFIG_FILE}'; check the path and its permissions"
     export RCLONE_CONFIG="${REPLICA_RCLONE_CONFIG_FILE}"
+  elif [[ ! -v RCLONE_CONFIG && ! -e "${XDG_CONFIG_HOME:-${HOME:-/root}/.config}/rclone/rclone.conf" &&
+    ! -e "${HOME:-/root}/.rclone.conf" ]]; then
+    # No config file (folder targets, or remotes from RCLONE_CONFIG_* variables alone): an empty
+    # RCLONE_CONFIG keeps rclone's config in memory, without its "Config file ... not found"
+    # notice in the log on every call.
+    export RCLONE_CONFIG=""
   fi
 }
 

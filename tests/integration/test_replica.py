@@ -335,6 +335,8 @@ def test_a_local_folder_target_takes_unencrypted_backups(
     env = {**backup_env(tmp_path), **target.settings}
     run_ok(run_script, BACKUP, "files", env=env)
     assert_copied(tmp_path / "backups", target.files(), local_backups(tmp_path / "backups"))
+    # rclone, with no config file to read, says nothing about it
+    assert "not found - using defaults" not in (tmp_path / "backups/backup.log").read_text()
 
 
 # ------------------------------------------------------------------------------ retention
