@@ -530,8 +530,12 @@ def descendants(pid: int) -> list[tuple[int, list[str]]]:
 
 
 def runs_pg_dump(processes: list[tuple[int, list[str]]]) -> bool:
-    """Whether a pg_dump (not the pg_dumpall before it) is among ``processes`` (descendants)."""
-    return any(argv and Path(argv[0]).name == "pg_dump" for _, argv in processes)
+    """Whether a pg_dump dumping (not the pg_dumpall before it, nor the ``pg_dump --version``
+    before that) is among ``processes`` (descendants)."""
+    return any(
+        argv and Path(argv[0]).name == "pg_dump" and "--version" not in argv
+        for _, argv in processes
+    )
 
 
 # ------------------------------------------------------------------------------ PostgreSQL
