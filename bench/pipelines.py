@@ -129,9 +129,7 @@ class Environments:
 
     def base(self) -> dict[str, str]:
         return {
-            # the server's own client programs first: Debian's /usr/bin/pg_dump and psql are a
-            # Perl wrapper (pg_wrapper) that adds about 50 ms to every call
-            "PATH": f"{self.data.pg.bindir}:{_path()}",
+            "PATH": self.data.pg.client_path(_path()),
             "HOME": str(self.home),
             "LANG": "C.UTF-8",
             "TZ": "UTC",

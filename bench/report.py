@@ -116,13 +116,12 @@ def backup_tables(results: Results, data: Dataset) -> list[str]:
     ]
     lines: list[str] = []
     for kind in TYPES:
-        limit, usual, bare = (results[f"{kind}.{k}"] for k in ("limit", "usual", "zstd"))
+        limit, usual, bare, checked = (
+            results[f"{kind}.{k}"] for k in ("limit", "usual", "zstd", "zstdcheck")
+        )
         rows = []
-        checked = results.get(f"{kind}.zstdcheck")
         for key in ("limit", "usual", "zstd", "zstdcheck", "gym.gzip", "gym.zstd"):
-            result = results.get(f"{kind}.{key}")
-            if result is None:
-                continue
+            result = results[f"{kind}.{key}"]
             target = ""
             if key == "gym.gzip":
                 value = ratio(result.seconds, usual.seconds)
@@ -130,7 +129,7 @@ def backup_tables(results: Results, data: Dataset) -> list[str]:
             elif key == "gym.zstd":
                 value = ratio(result.seconds, bare.seconds)
                 target = f"≤ {ZSTD_VS_BARE} x zstd pipe: {verdict(value, ZSTD_VS_BARE)}"
-                by_hand = ratio(result.seconds, checked.seconds if checked else None)
+                by_hand = ratio(result.seconds, checked.seconds)
                 if by_hand is not None:
                     target += f" ({by_hand:.2f} x the checked zstd pipe)"
             rows.append(_row(result, limit.seconds, usual.seconds, bare.seconds, target))

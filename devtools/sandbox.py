@@ -202,6 +202,12 @@ class PostgresServer:
 
     # ---- clients
 
+    def client_path(self, path: str) -> str:
+        """``path`` (a PATH) with this server's client programs first, as in the Debian image:
+        Debian's /usr/bin/psql and pg_dump are a Perl wrapper (pg_wrapper) that adds about 50 ms
+        to every call."""
+        return f"{self.bindir}:{path}"
+
     def client_env(self, *, superuser: bool = True) -> dict[str, str]:
         """The environment of a client: ours without PG* settings, and for :attr:`user` (not the
         superuser) its password in ``PGPASSWORD``."""

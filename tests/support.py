@@ -1313,9 +1313,7 @@ def script_env(
     backups = base / "backups"
     backups.mkdir(parents=True, exist_ok=True)
     env = {
-        # the server's client programs first (as in the Debian image): Debian's /usr/bin/psql
-        # is a Perl wrapper that adds about 50 ms to every call
-        "PATH": f"{pg.bindir}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
+        "PATH": pg.client_path(os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")),
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "TZ": "UTC",

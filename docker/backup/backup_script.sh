@@ -3714,10 +3714,10 @@ redis_wait_saves() {
     # Every 20 ms for the first second (a small dataset's save is done within it: a longer pause
     # would be most of the wait), then every 100 ms.
     polls=$((polls + 1))
-    case "${pause}" in
-      0.005) pause=0.01 ;;
-      0.01) pause=0.02 ;;
-      *) ((polls < 50)) || pause=0.1 ;;
+    case "${polls}" in
+      1) pause=0.01 ;;
+      2) pause=0.02 ;;
+      50) pause=0.1 ;;
     esac
   done
 }

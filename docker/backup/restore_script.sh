@@ -3512,11 +3512,7 @@ pg_script() {
 # The roles this failed restore created go again (nothing of the backup was committed).
 drop_created_roles() {
   ((${#CREATED_ROLES[@]} > 0)) || return 0
-  local name sql=""
-  for name in "${CREATED_ROLES[@]}"; do
-    sql+="DROP ROLE IF EXISTS $(sql_ident "${name}");"$'\n'
-  done
-  if printf '%s' "${sql}" | as_admin pg_script "${PG_SERVER_DB}"; then
+  if drop_roles "${CREATED_ROLES[@]}"; then
     log WARN "postgresql: dropped the roles this failed restore had created: ${CREATED_ROLES[*]}"
   else
     log WARN "postgresql: could not drop the roles this failed restore created (${CREATED_ROLES[*]}); drop them by hand"
@@ -3525,32 +3521,37 @@ drop_created_roles() {
   rm -f -- "${WORK_DIR}/created-roles"
 }
 
+# drop_roles NAME...: drop those roles on the POSTGRES_ADMIN_USER connection (one transaction).
+drop_roles() {
+  local name sql=""
+  for name in "$@"; do
+    sql+="DROP ROLE IF EXISTS $(sql_ident "${name}");"$'\n'
+  done
+  printf '%s' "${sql}" | as_admin pg_script "${PG_SERVER_DB}"
+}
+
 # drop_left_roles FILE: the roles a killed restore had created (FILE: a name a line), dropped
 # while nothing depends on them: no object in any database is theirs and no privilege names them
 # (pg_shdepend). One that something depends on (the restore had committed, or the application
-# uses it already) is left, and named.
+# uses it already) is left, and named. PG_SERVER_DB is set (pg_find_server_db).
 drop_left_roles() {
-  local name sql=""
-  local -a names=() unused=() dropped=() kept=()
-  while IFS= read -r name; do
-    [[ -z "${name}" ]] || names+=("${name}")
-  done <"$1"
+  local name
+  local -a names=() unused=() kept=()
+  local -A drop=()
+  mapfile -t names < <(grep . "$1" || true)
   ((${#names[@]} > 0)) || return 0
-  pg_find_server_db
   mapfile -t unused < <(as_admin postgres_query_in "${PG_SERVER_DB}" "SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname = ANY ($(sql_array "${names[@]}")) AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend d WHERE d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND d.refobjid = r.oid)" | grep . || true)
-  for name in "${names[@]}"; do
-    if printf '%s\n' "${unused[@]}" | grep -qxF -- "${name}"; then
-      dropped+=("${name}")
-      sql+="DROP ROLE IF EXISTS $(sql_ident "${name}");"$'\n'
-    else
-      kept+=("${name}")
-    fi
+  for name in "${unused[@]}"; do
+    drop["${name}"]=1
   done
-  if ((${#dropped[@]} > 0)); then
-    if printf '%s' "${sql}" | as_admin pg_script "${PG_SERVER_DB}"; then
-      log WARN "postgresql: dropped the roles that a killed restore had created: ${dropped[*]}"
+  for name in "${names[@]}"; do
+    [[ -n "${drop["${name}"]:-}" ]] || kept+=("${name}")
+  done
+  if ((${#unused[@]} > 0)); then
+    if drop_roles "${unused[@]}"; then
+      log WARN "postgresql: dropped the roles that a killed restore had created: ${unused[*]}"
     else
-      log WARN "postgresql: could not drop the roles that a killed restore had created (${dropped[*]}); drop them by hand"
+      log WARN "postgresql: could not drop the roles that a killed restore had created (${unused[*]}); drop them by hand"
     fi
   fi
   ((${#kept[@]} == 0)) || log WARN "postgresql: left the roles that a killed restore had created and that are in use or gone now: ${kept[*]}"
@@ -3947,10 +3948,10 @@ redis_wait_saves() {
     # Every 20 ms for the first second (a small dataset's save is done within it: a longer pause
     # would be most of the wait), then every 100 ms.
     polls=$((polls + 1))
-    case "${pause}" in
-      0.005) pause=0.01 ;;
-      0.01) pause=0.02 ;;
-      *) ((polls < 50)) || pause=0.1 ;;
+    case "${polls}" in
+      1) pause=0.01 ;;
+      2) pause=0.02 ;;
+      50) pause=0.1 ;;
     esac
   done
 }
