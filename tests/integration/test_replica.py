@@ -617,3 +617,60 @@ def test_a_run_killed_while_copying_leaves_no_copy_that_looks_whole_and_the_next
     assert "cleaned up after a run that did not finish" in synced.stderr
     assert f"replica {target.name}: copied {name} " in synced.stdout
     assert_copied(backups, target.files(), {name})
+
+
+@pytest.mark.parametrize("target", ["path", "sftpfull"], indirect=True)
+def test_a_restore_killed_while_fetching_from_the_target_changes_nothing_and_the_next_one_restores(
+    target: Offsite,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    rendered_scripts: Path,
+    tmp_path: Path,
+) -> None:
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    (uploads / "photo.raw").write_bytes(os.urandom(1_500_000))
+    env = {**backup_env(tmp_path, encryption_key=KEY, files_dir=uploads), **target.settings}
+    run_ok(run_script, BACKUP, "files", env=env)
+    backups = tmp_path / "backups"
+    (name,) = local_backups(backups)
+    backed_up = tree_state(uploads)
+    (backups / name).unlink()  # only the target has it now
+    (uploads / "photo.raw").write_bytes(b"changed since the backup\n")
+    changed = tree_state(uploads)
+    backup_files = {p.name for p in backups.glob("*_backup_*")}
+
+    slow = {**env, "REPLICA_BWLIMIT": "100k"}
+    run = start_script(
+        rendered_scripts,
+        RESTORE,
+        "files",
+        name,
+        "--force",
+        "--from",
+        target.name,
+        env=slow,
+        new_session=True,
+    )
+
+    def fetching() -> bool:
+        return any(
+            "copyto" in argv and any(arg.endswith(name) for arg in argv)
+            for _, argv in descendants(run.pid)
+        )
+
+    wait_for(fetching, "rclone fetching the backup", timeout=60)
+    time.sleep(1)  # part of it is here
+    os.killpg(run.pid, signal.SIGKILL)  # as docker kill: no trap runs
+    run.communicate(timeout=60)
+    assert run.returncode == -signal.SIGKILL
+
+    assert tree_state(uploads) == changed
+    assert {p.name for p in backups.glob("*_backup_*")} == backup_files
+
+    restored = run_ok(run_script, RESTORE, "files", name, "--force", "--from", target.name, env=env)
+
+    assert "cleaned up after a run that did not finish" in restored.stderr
+    assert f"fetched {name} from {target.name}" in restored.stdout
+    assert tree_state(uploads) == backed_up
+    assert not (backups / name).exists(), "a fetched backup stays in the run's private folder"
