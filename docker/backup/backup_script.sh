@@ -3564,7 +3564,8 @@ redis_check_reachable() {
 readonly REDIS_BGSAVE_TIMEOUT=600
 
 # The server's RDB file in REDIS_DATA_DIR (redis_rdb_file), and the descriptor that holds it open
-# once the BGSAVE wrote it (redis_bgsave); why the snapshot goes through redis-cli --rdb instead.
+# once the BGSAVE wrote it (redis_bgsave, in store_to's source); why the snapshot goes through
+# redis-cli --rdb instead.
 RDB_PATH=""
 RDB_FD=""
 RDB_FALLBACK=""
@@ -3722,11 +3723,22 @@ redis_wait_saves() {
   done
 }
 
-# snapshot_redis_file: the RDB file that RDB_FD holds open, on stdout (store_to's source); the
-# status of its reading in WORK_DIR/source.st.
+# snapshot_redis_file OUT_FD ASKED: (store_to's source) have the server write its RDB file anew
+# (redis_bgsave, its log lines to OUT_FD), then that file on stdout. The later stages start
+# meanwhile: gpg derives its keys (about 0.2 s each, the check's after the writer's) while the
+# server saves, not after it. In WORK_DIR: source.st, the status of the reading, or "fallback"
+# (nothing read) with the reason in fallback.why when the server's file cannot be used; rdb.size,
+# the size of the file read (held open: whatever a later save renames over it).
 snapshot_redis_file() {
-  cat <&"${RDB_FD}" 2>"${WORK_DIR}/read.err"
-  local rc=$?
+  local out="$1" asked="$2" rc=0
+  if ! redis_bgsave >&"${out}"; then
+    printf '%s\n' "${RDB_FALLBACK}" >"${WORK_DIR}/fallback.why"
+    printf 'fallback\n' >"${WORK_DIR}/source.st"
+    return 1
+  fi
+  log INFO "redis: snapshot of ${REDIS_HOST}:${REDIS_PORT} from ${RDB_PATH} after BGSAVE (saved in $(((${EPOCHREALTIME/./} - ${asked/./}) / 1000)) ms)" >&"${out}"
+  cat <&"${RDB_FD}" 2>"${WORK_DIR}/read.err" || rc=$?
+  stat -L -c %s -- "/proc/self/fd/${RDB_FD}" >"${WORK_DIR}/rdb.size" 2>/dev/null || true
   printf '%s\n' "${rc}" >"${WORK_DIR}/source.st"
   return "${rc}"
 }
@@ -3740,21 +3752,27 @@ snapshot_redis() {
   return "${st[1]}"
 }
 
-# store_redis_file PARTIAL: store the RDB file the BGSAVE wrote (RDB_FD) into PARTIAL; what was
-# stored decodes to as many bytes as the file holds.
+# store_redis_file PARTIAL ASKED: store the RDB file a BGSAVE asked for at ASKED writes into
+# PARTIAL; what was stored decodes to as many bytes as the file holds. Fails, with the reason in
+# RDB_FALLBACK, when the server's file cannot be used (PARTIAL is then for the fallback to
+# rewrite).
 store_redis_file() {
-  local partial="$1" rc=0 size
-  run_step store_to redis "${partial}" snapshot_redis_file
+  local partial="$1" asked="$2" rc=0 size="" out
+  : >"${WORK_DIR}/source.st"
+  exec {out}>&1
+  run_step store_to redis "${partial}" snapshot_redis_file "${out}" "${asked}"
+  exec {out}>&-
   [[ ! -s "${WORK_DIR}/source.st" ]] || read -r rc <"${WORK_DIR}/source.st"
+  if [[ "${rc}" == fallback ]]; then
+    RDB_FALLBACK="$(<"${WORK_DIR}/fallback.why")"
+    return 1
+  fi
   # (cat's exit 141 is SIGPIPE: a later stage stopped reading, and is the cause.)
   ((rc == 0 || rc == 141)) || die "${EXIT_FAILED}" "redis: cannot read ${RDB_PATH}$(stage_message read)"
   check_store redis read "${STEP_ST[@]}"
-  # The descriptor still holds the file that was read, whatever was renamed over it since.
-  size="$(stat -L -c %s -- "/proc/self/fd/${RDB_FD}")"
-  exec {RDB_FD}<&-
-  RDB_FD=""
+  [[ ! -s "${WORK_DIR}/rdb.size" ]] || size="$(<"${WORK_DIR}/rdb.size")"
   [[ "${size}" == "${RAW_SIZE}" ]] ||
-    die "${EXIT_VERIFY}" "redis: the backup holds ${RAW_SIZE} bytes of RDB, but ${RDB_PATH} has ${size}"
+    die "${EXIT_VERIFY}" "redis: the backup holds ${RAW_SIZE} bytes of RDB, but ${RDB_PATH} has ${size:-an unknown number of bytes}"
 }
 
 # store_redis_replica PARTIAL: store the snapshot redis-cli --rdb receives into PARTIAL; what
@@ -3800,9 +3818,7 @@ backup_redis() {
   # ever written (with ENCRYPTION_KEY set, no plaintext touches a disk); redis-check-rdb reads it
   # as it is decoded.
   asked="${EPOCHREALTIME}"
-  if redis_rdb_file && redis_bgsave; then
-    log INFO "redis: snapshot of ${REDIS_HOST}:${REDIS_PORT} from ${RDB_PATH} after BGSAVE (saved in $(((${EPOCHREALTIME/./} - ${asked/./}) / 1000)) ms)"
-    store_redis_file "${partial}"
+  if redis_rdb_file && store_redis_file "${partial}" "${asked}"; then
     method=bgsave
   else
     log INFO "redis: snapshot of ${REDIS_HOST}:${REDIS_PORT} through redis-cli --rdb (replication): ${RDB_FALLBACK}"
