@@ -380,7 +380,7 @@ run_alive() {
   local cmdline=""
   kill -0 "$1" 2>/dev/null || return 1
   [[ -r "/proc/$1/cmdline" ]] || return 0
-  cmdline="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 0
+  cmdline="$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline")" || return 0
   [[ "${cmdline}" == *backup_script.sh* || "${cmdline}" == *restore_script.sh* ]]
 }
 
@@ -424,7 +424,7 @@ clean_leftovers() {
     # Servers a killed run started (a temporary redis-server) record their PID in NAME.pid.
     while IFS= read -r -d '' file; do
       proc="$(<"${file}")"
-      if is_uint "${proc}" && [[ "$(tr '\0' ' ' <"/proc/${proc}/cmdline" 2>/dev/null)" == *redis-server* ]]; then
+      if is_uint "${proc}" && [[ "$(tr '\0' ' ' 2>/dev/null <"/proc/${proc}/cmdline")" == *redis-server* ]]; then
         kill "${proc}" 2>/dev/null || true
       fi
     done < <(find "${dir}" -name '*.pid' -type f -print0 2>/dev/null)
@@ -606,15 +606,29 @@ public_key_on() {
 # ---------------------------------------------------------------------------------------------
 # Redis clients.
 
+# How long a Redis command may wait for its answer (redis-cli has no timeout of its own before
+# Redis 7.2): a stopped server (SIGSTOP), or a port that accepts and never answers, would hold
+# the run and its lock for ever.
+readonly REDIS_TIMEOUT=20
+
 # redis_cli_at HOST PORT PASSWORD ARGS...: the password travels in REDISCLI_AUTH, never in argv.
+# Without an answer within REDIS_TIMEOUT seconds, exit 124 and say so on stderr; an --rdb
+# transfer takes as long as it takes.
 redis_cli_at() {
-  local host="$1" port="$2" password="$3"
+  local host="$1" port="$2" password="$3" rc=0
   shift 3
+  local -a limit=(timeout -k 2 "${REDIS_TIMEOUT}")
+  [[ "${1:-}" != --rdb ]] || limit=()
   if [[ -n "${password}" ]]; then
-    REDISCLI_AUTH="${password}" redis-cli -h "${host}" -p "${port}" "$@"
+    REDISCLI_AUTH="${password}" "${limit[@]}" redis-cli -h "${host}" -p "${port}" "$@" || rc=$?
   else
-    redis-cli -h "${host}" -p "${port}" "$@"
+    "${limit[@]}" redis-cli -h "${host}" -p "${port}" "$@" || rc=$?
   fi
+  if ((rc == 124 || rc == 137)) && ((${#limit[@]} > 0)); then
+    printf 'no answer from %s:%s within %ss (is the server stopped or overloaded?)\n' \
+      "${host}" "${port}" "${REDIS_TIMEOUT}" >&2
+  fi
+  return "${rc}"
 }
 
 redis_cli() {
@@ -3786,6 +3800,9 @@ store_redis_replica() {
     if disk_full; then
       die "${EXIT_FAILED}" "redis: ${BACKUP_DIR} is full ($(human_size "$(free_bytes "${BACKUP_DIR}")") free); free space there or point BACKUP_DIR at a larger volume"
     fi
+    if [[ "$(redis_cli PING 2>/dev/null)" != PONG ]]; then
+      die "${EXIT_FAILED}" "redis: ${REDIS_HOST}:${REDIS_PORT} stopped answering during the snapshot$(stage_message redis-cli); check the server (its log, whether it restarted) and run the backup again"
+    fi
     die "${EXIT_FAILED}" "redis: the server refused or broke off the snapshot$(stage_message redis-cli); redis-cli --rdb needs the SYNC command, which some managed services disable or rename"
   fi
   check_store redis payload "${STEP_ST[@]}"
@@ -4011,7 +4028,7 @@ stop_orphan_temp_redis() {
   [[ -n "${pid}" && -r "/proc/${pid}/comm" ]] || return 0
   [[ "$(<"/proc/${pid}/comm")" == redis-server* ]] 2>/dev/null || return 0
   cwd="$(readlink -- "/proc/${pid}/cwd" 2>/dev/null)" || true
-  title="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null)" || true
+  title="$(tr '\0' ' ' 2>/dev/null <"/proc/${pid}/cmdline")" || true
   if [[ "${cwd% (deleted)}" != "${JOURNAL[temp_dir]:-}" &&
     "${title}" != *" ${JOURNAL[temp_host]:-}:${JOURNAL[temp_port]:-} "* ]]; then
     return 0

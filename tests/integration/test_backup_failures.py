@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.support import (
     MakeEnv,
     NewDb,
     RunScript,
+    descendants,
     folder_state,
     holding_the_lock,
     kill_stage_when_writing,
@@ -93,6 +95,8 @@ def test_wrong_postgres_password_is_not_followed_by_a_misleading_version_error(
     ("problem", "hint"),
     [
         pytest.param("down", "check REDIS_HOST and REDIS_PORT", id="server-down"),
+        # a port that takes the connection and never answers (a stopped or hung server)
+        pytest.param("silent", "no answer from 127.0.0.1:", id="server-silent"),
         pytest.param("no-password", "set REDIS_PASSWORD", id="password-missing"),
         pytest.param("wrong-password", "check REDIS_PASSWORD", id="password-wrong"),
     ],
@@ -106,14 +110,18 @@ def test_unreachable_redis_fails_with_a_hint_naming_the_setting(
     run_ok(run_script, BACKUP, "redis", env=env)
     before = folder_state(backups)
     broken = dict(env)
+    silent = socket.create_server(("127.0.0.1", 0))  # listens, never accepts nor answers
     if problem == "down":
         broken["REDIS_PORT"] = str(free_port())
+    elif problem == "silent":
+        broken["REDIS_PORT"] = str(silent.getsockname()[1])
     elif problem == "no-password":
         del broken["REDIS_PASSWORD"]
     else:
         broken["REDIS_PASSWORD"] = "not it"
 
-    result = run_script(BACKUP, "redis", env=broken)
+    with silent:
+        result = run_script(BACKUP, "redis", env=broken)
 
     assert result.returncode == EXIT_FAILED
     assert f"redis: cannot reach 127.0.0.1:{broken['REDIS_PORT']}" in result.stderr
@@ -485,4 +493,27 @@ def test_a_redis_that_refuses_sync_gives_a_clear_error(
     assert result.returncode == EXIT_FAILED
     assert "redis: the server refused or broke off the snapshot" in result.stderr
     assert "redis-cli --rdb needs the SYNC command" in result.stderr
+    assert not [p for p in (tmp_path / "backups").iterdir() if "_backup_" in p.name]
+
+
+def test_a_redis_that_dies_during_the_snapshot_is_named_as_the_cause(
+    backup_env: MakeEnv, rendered_scripts: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "redis-dies"
+    # the transfer waits for the sync delay: the server dies meanwhile
+    with redis_on(data, extra=["repl-diskless-sync-delay 30"]) as redis:
+        redis.cli("SET", "k", "v")
+        env = backup_env(tmp_path, redis=redis)  # no REDIS_DATA_DIR: through redis-cli --rdb
+        run = start_script(rendered_scripts, BACKUP, "redis", env=env)
+        wait_for(
+            lambda: any("--rdb" in argv for _, argv in descendants(run.pid)),
+            "redis-cli --rdb to wait for the transfer",
+        )
+        assert redis.process is not None
+        redis.process.kill()
+        out, err = run.communicate(timeout=120)
+
+    assert run.returncode == EXIT_FAILED
+    assert f"redis: 127.0.0.1:{redis.port} stopped answering during the snapshot" in err
+    assert "needs the SYNC command" not in err
     assert not [p for p in (tmp_path / "backups").iterdir() if "_backup_" in p.name]
