@@ -511,7 +511,7 @@ def test_a_redis_that_dies_during_the_snapshot_is_named_as_the_cause(
         )
         assert redis.process is not None
         redis.process.kill()
-        out, err = run.communicate(timeout=120)
+        _, err = run.communicate(timeout=120)
 
     assert run.returncode == EXIT_FAILED
     assert f"redis: 127.0.0.1:{redis.port} stopped answering during the snapshot" in err
