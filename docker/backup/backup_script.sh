@@ -2507,7 +2507,7 @@ END {
   for (t = 1; t <= ntypes; t++) { k = "backup" SUBSEP T[t]; if ((k in lastok)) printf("gym_backup_last_success_stored_bytes{type=\"%s\"} %.0f\n", T[t], fld(at(lastok, k), 8)) > prom_out }
   metric("gym_backup_runs_total", "counter", "Runs by kind, type and result.")
   for (i = 1; i <= nc; i++) printf("gym_backup_runs_total{kind=\"%s\",type=\"%s\",result=\"%s\"} %.0f\n", ck[i], ct[i], cr[i], cv[i]) > prom_out
-  metric("gym_backup_backups", "gauge", "Backups of the type in BACKUP_DIR that count (verifiable, not in the future).")
+  metric("gym_backup_backups", "gauge", "Backups of the type in BACKUP_DIR that count (verifiable, of their manifest size, not in the future).")
   for (t = 1; t <= ntypes; t++) printf("gym_backup_backups{type=\"%s\"} %.0f\n", T[t], inv_n[T[t]]) > prom_out
   metric("gym_backup_backups_bytes", "gauge", "Bytes of the backups of the type in BACKUP_DIR.")
   for (t = 1; t <= ntypes; t++) printf("gym_backup_backups_bytes{type=\"%s\"} %.0f\n", T[t], inv_b[T[t]]) > prom_out
