@@ -29,13 +29,15 @@ class BackupType:
 @dataclass(frozen=True)
 class Codec:
     """A compression format: its name (COMPRESSION, manifests), its file-name extension, the range
-    of COMPRESSION_LEVEL with it and the level when that is unset, and the image packages of its
-    tools per flavour (the scripts pick the tool: codec_tool in _common.sh.j2)."""
+    of COMPRESSION_LEVEL with it and the level when that is unset, the bytes every stream of it
+    starts with (in hex: cleanup checks the backups it keeps against it), and the image packages
+    of its tools per flavour (the scripts pick the tool: codec_tool in _common.sh.j2)."""
 
     name: str
     extension: str
     levels: tuple[int, int]
     default_level: int
+    magic: str
     packages: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
@@ -84,8 +86,10 @@ BACKUP_TYPES: tuple[BackupType, ...] = (
 
 CODECS: tuple[Codec, ...] = (
     # pigz: parallel gzip (the plain gzip stream any gunzip reads); gzip where pigz is missing.
-    Codec("gzip", "gz", (1, 9), 6, {"alpine": ("gzip", "pigz"), "debian": ("gzip", "pigz")}),
-    Codec("zstd", "zst", (1, 19), 3, {"alpine": ("zstd",), "debian": ("zstd",)}),
+    Codec(
+        "gzip", "gz", (1, 9), 6, "1f8b08", {"alpine": ("gzip", "pigz"), "debian": ("gzip", "pigz")}
+    ),
+    Codec("zstd", "zst", (1, 19), 3, "28b52ffd", {"alpine": ("zstd",), "debian": ("zstd",)}),
 )
 DEFAULT_CODEC = "gzip"
 CODEC_BY_NAME: Mapping[str, Codec] = {c.name: c for c in CODECS}

@@ -284,6 +284,18 @@ def make_backup(backups: Path, kind: str, when: str, *, sidecar: bool = True) ->
     return name
 
 
+def restamped_copy(real: Path, new_stamp: str) -> Path:
+    """Copy a real backup and its manifest to the same name with another timestamp, with a
+    ``.sha256`` that names the copy (cleanup counts only backups whose sidecar names them)."""
+    _, day, clock = name_parts(real.name)
+    new_name = real.name.replace(f"_{day}_{clock}.", f"_{new_stamp}.")
+    target = real.with_name(new_name)
+    shutil.copyfile(real, target)
+    shutil.copyfile(real.with_name(f"{real.name}.manifest.json"), f"{target}.manifest.json")
+    write_sidecar(target)
+    return target
+
+
 def flip_middle_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x10

@@ -786,16 +786,36 @@ backup_dir_names() {
   ((${#stamps[@]} == 0)) || stamp_epochs "${stamps[@]}"
 }
 
+# manifest_stored_size FILE: the size_stored_bytes of FILE.manifest.json in MANIFEST_SIZE, or
+# empty when there is no manifest or it gives no believable size (a whole number of at most 15
+# digits). Read by bash alone (no process: backup_class asks for every backup); a manifest is
+# about 1.5 KiB, the size among its first lines.
+MANIFEST_SIZE=""
+manifest_stored_size() {
+  local text="" re=$'\n  "size_stored_bytes": ([0-9]{1,15}),?\n'
+  MANIFEST_SIZE=""
+  [[ -f "$1.manifest.json" && ! -L "$1.manifest.json" ]] || return 0
+  IFS= read -r -N 8192 text 2>/dev/null <"$1.manifest.json" || true
+  [[ ! "${text}" =~ ${re} ]] || MANIFEST_SIZE=$((10#${BASH_REMATCH[1]}))
+}
+
 # backup_class PATH [NOW]: what a name matching *_backup_* is, in BACKUP_CLASS:
-#   backup        a regular, non-empty file with a valid name and date, whose .sha256 names it:
-#                 the only kind that counts (KEEP_MIN, the newest of a type) or is ever pruned;
+#   backup        a regular, non-empty file with a valid name and date, whose .sha256 names it
+#                 and whose size is the one its manifest gives (when it has one): the only kind
+#                 that counts (KEEP_MIN, the newest of a type) or is ever pruned;
 #   unverifiable  the same without a .sha256 that names it: not counted, not deleted;
+#   damaged       the same with a size other than its manifest's size_stored_bytes (truncated,
+#                 or another file under its name), or found damaged by cleanup (backup_intact);
+#                 not counted, not deleted;
 #   future        a backup named more than FUTURE_SLACK seconds after NOW: not counted, not
 #                 deleted (it would take the place of the newest real backup);
 #   other         anything else: not a backup, left alone.
-# BACKUP_WHY says why for the last three; BACKUP_EPOCH is the time in the name, when valid.
+# A backup without a manifest (or whose manifest gives no size) is judged without its size.
+# BACKUP_WHY says why for all but a backup; BACKUP_EPOCH is the time in the name, when valid.
+# Only names and sizes are looked at, so that a target's mirror (_replica.sh.j2: sidecars and
+# sizes, no content) is judged the same; cleanup reads the backups it keeps (backup_intact).
 backup_class() {
-  local path="$1" now="${2:-${EPOCHSECONDS}}" name="${1##*/}"
+  local path="$1" now="${2:-${EPOCHSECONDS}}" name="${1##*/}" size
   BACKUP_CLASS=other
   BACKUP_WHY=""
   BACKUP_EPOCH=""
@@ -820,6 +840,10 @@ backup_class() {
   elif ! sidecar_names "${path}"; then
     BACKUP_CLASS=unverifiable
     BACKUP_WHY="no .sha256 sidecar that names it"
+  elif manifest_stored_size "${path}" && [[ -n "${MANIFEST_SIZE}" ]] &&
+    size="$(file_size "${path}")" && ((size != MANIFEST_SIZE)); then
+    BACKUP_CLASS=damaged
+    BACKUP_WHY="${size} bytes, but its manifest says ${MANIFEST_SIZE}"
   elif ((BACKUP_EPOCH > now + FUTURE_SLACK)); then
     BACKUP_CLASS=future
     BACKUP_WHY="clock skew or a TZ change?"
@@ -828,11 +852,15 @@ backup_class() {
   fi
 }
 
+# What to do about a damaged backup (list, cleanup).
+readonly DAMAGED_FIX="check it (restore_script.sh verify FILE), then move it and its sidecars out of BACKUP_DIR"
+
 # backup_verdict: what list and cleanup say about the name backup_class looked at last.
 backup_verdict() {
   case "${BACKUP_CLASS}" in
     backup) printf 'a backup' ;;
     unverifiable) printf 'unverifiable (%s): not counted, not deleted' "${BACKUP_WHY}" ;;
+    damaged) printf 'damaged (%s): not counted, not deleted; %s' "${BACKUP_WHY}" "${DAMAGED_FIX}" ;;
     future) printf 'named in the future (%s): not counted, not deleted' "${BACKUP_WHY}" ;;
     *) printf 'not a backup (%s), left alone' "${BACKUP_WHY}" ;;
   esac
@@ -2170,11 +2198,11 @@ status_add() {
   STATUS_RECORDS+=("${record}")
 }
 
-# status_add_run KIND TYPE CODE FILE: the one record of a run that has no parts (cleanup,
+# status_add_run KIND TYPE CODE FILE [DETAIL]: the one record of a run that has no parts (cleanup,
 # restore, verify), ended with CODE (its status from part_status), what its die said.
 status_add_run() {
   part_status "$3"
-  status_add "$1" "$2" "${PART_STATUS}" "$3" "$(status_elapsed)" "" "" "$4" "" \
+  status_add "$1" "$2" "${PART_STATUS}" "$3" "$(status_elapsed)" "" "" "$4" "${5:-}" \
     "$(reported_error alert)" "$(reported_error error)"
 }
 
@@ -2404,6 +2432,10 @@ END {
       cond("drill:" ty, msg)
     }
   }
+  # The last cleanup found damaged backups (left in place, not counted).
+  kc = "cleanup" SUBSEP "all"
+  if ((kc in last) && fld(at(last, kc), 11) == "damaged")
+    cond("damaged", "the last cleanup (" when(fld(at(last, kc), 1)) ") found backups it neither counts nor deletes: " fld(at(last, kc), 10) "; check them (restore_script.sh verify FILE), then move them and their sidecars out of BACKUP_DIR")
   # The off-site copies (REPLICA_TARGETS): the last copy to a target, or its last prune, failed.
   for (g = 1; g <= ntargets; g++) {
     k = "replica" SUBSEP G[g]
@@ -2489,7 +2521,7 @@ END {
   for (t = 1; t <= ntypes; t++) { k = "backup" SUBSEP T[t]; if ((k in lastok)) printf("gym_backup_last_success_stored_bytes{type=\"%s\"} %.0f\n", T[t], fld(at(lastok, k), 8)) > prom_out }
   metric("gym_backup_runs_total", "counter", "Runs by kind, type and result.")
   for (i = 1; i <= nc; i++) printf("gym_backup_runs_total{kind=\"%s\",type=\"%s\",result=\"%s\"} %.0f\n", ck[i], ct[i], cr[i], cv[i]) > prom_out
-  metric("gym_backup_backups", "gauge", "Backups of the type in BACKUP_DIR that count (verifiable, not in the future).")
+  metric("gym_backup_backups", "gauge", "Backups of the type in BACKUP_DIR that count (verifiable, of their manifest size, not in the future).")
   for (t = 1; t <= ntypes; t++) printf("gym_backup_backups{type=\"%s\"} %.0f\n", T[t], inv_n[T[t]]) > prom_out
   metric("gym_backup_backups_bytes", "gauge", "Bytes of the backups of the type in BACKUP_DIR.")
   for (t = 1; t <= ntypes; t++) printf("gym_backup_backups_bytes{type=\"%s\"} %.0f\n", T[t], inv_b[T[t]]) > prom_out
@@ -4303,7 +4335,7 @@ run_finished() {
       backup | drill)
         status_add_parts "${RUN_KIND}" "${RUN_DIR_OF_RUN:-}" "${RUN_INTERRUPTED:+interrupted by ${RUN_INTERRUPTED}}" "${RUN_TYPES[@]}"
         ;;
-      cleanup) status_add_run cleanup all "${code}" "" ;;
+      cleanup) status_add_run cleanup all "${code}" "" "${CLEANUP_DETAIL}" ;;
     esac
     replica_records "${RUN_INTERRUPTED:+interrupted by ${RUN_INTERRUPTED}}"
     status_finish
@@ -4405,8 +4437,9 @@ mark_success() {
   fi
 }
 
-# list shows what cleanup sees: backups, then (marked) the unverifiable ones and those named in the
-# future, and the other names that look like backups but are not.
+# list shows what cleanup sees: backups, then (marked) the unverifiable, damaged and future-named
+# ones, and the other names that look like backups but are not. (It reads no backup: one whose
+# SHA-256 is wrong is found by cleanup, before it deletes anything, and by verify.)
 cmd_list() {
   if [[ -n "${OPT_REPLICA}" ]]; then
     cmd_list_replica "${OPT_REPLICA}"
@@ -4427,7 +4460,7 @@ list_table() {
     backup_class "${BACKUP_DIR}/${name}" "${now}"
     case "${BACKUP_CLASS}" in
       backup) rows+=("${name}") ;;
-      unverifiable | future)
+      unverifiable | damaged | future)
         rows+=("${name}")
         notes[${name}]="  ($(backup_verdict))"
         ;;
@@ -4507,6 +4540,7 @@ cmd_cleanup() {
   for type in "${BACKUP_TYPES[@]}"; do
     prune_type "${type}" "${now}"
   done
+  report_damaged
   remove_orphan_sidecars
   prune_logs "${now}"
   # Then each target of REPLICA_TARGETS, with the same rules.
@@ -4515,6 +4549,11 @@ cmd_cleanup() {
   exit "${REPLICA_RC}"
 }
 
+# The damaged backups this cleanup found (backup_class, backup_intact), and what its record in
+# the status says of them.
+DAMAGED_FOUND=()
+CLEANUP_DETAIL=""
+
 # Say which names look like backups but do not count (cleanup leaves them all alone).
 report_uncounted() {
   local now="$1" name
@@ -4522,8 +4561,19 @@ report_uncounted() {
   backup_dir_names names
   for name in "${names[@]}"; do
     backup_class "${BACKUP_DIR}/${name}" "${now}"
+    [[ "${BACKUP_CLASS}" != damaged ]] || DAMAGED_FOUND+=("${name}")
     [[ "${BACKUP_CLASS}" == backup ]] || log WARN "${name}: $(backup_verdict)"
   done
+}
+
+# report_damaged: one line for the damaged backups cleanup left in place; its record in the
+# status carries them (the "damaged" alert) until a cleanup finds none.
+report_damaged() {
+  ((${#DAMAGED_FOUND[@]} > 0)) || return 0
+  CLEANUP_DETAIL="${#DAMAGED_FOUND[@]} damaged: ${DAMAGED_FOUND[*]}"
+  # shellcheck disable=SC2034 # read by status_add_run (reported_error)
+  FOUND_ALERT=damaged
+  log WARN "cleanup left ${#DAMAGED_FOUND[@]} damaged backup(s) in place, not counted as backups: ${DAMAGED_FOUND[*]}; ${DAMAGED_FIX}"
 }
 
 # delete_or_say PATH REASON: delete PATH, or in a dry run say that it would and why.
@@ -4539,16 +4589,25 @@ delete_or_say() {
 
 # prune_type TYPE NOW: delete the backups of TYPE that retention_decide keeps by no rule, with
 # their sidecars, and never all of them; a dry run says of each backup what keeps it or that it
-# would go. Only backups count (backup_class).
+# would go. Only backups count (backup_class); before any is deleted, the newest KEEP_MIN are
+# read (intact_newest), and a damaged one gives its place to the next older one.
 prune_type() {
   local type="$1" now="$2"
   local -a names doomed=()
   local name suffix
   mapfile -t names < <(list_backups "${type}")
+  [[ -n "${names[0]:-}" ]] || names=()
   retention_decide "${now}" "${names[@]}"
   for name in "${names[@]}"; do
     [[ -v "RETAIN_KEEP[${name}]" ]] || doomed+=("${name}")
   done
+  if ((${#doomed[@]} > 0)) && intact_newest "${type}" names; then
+    retention_decide "${now}" "${names[@]}"
+    doomed=()
+    for name in "${names[@]}"; do
+      [[ -v "RETAIN_KEEP[${name}]" ]] || doomed+=("${name}")
+    done
+  fi
   if ((${#doomed[@]} > 0 && ${#doomed[@]} >= ${#names[@]})); then
     log WARN "${type}: refusing to delete all ${#names[@]} backups of this type"
     return 0
@@ -4564,6 +4623,69 @@ prune_type() {
     done
   done
   log INFO "${type}: $( ((DRY_RUN)) && printf 'would prune' || printf 'pruned') ${#doomed[@]} of ${#names[@]} backup(s)"
+}
+
+# The bytes every stream of each codec starts with, in hex (backup_intact, below).
+declare -rA CODEC_MAGIC=([gzip]=1f8b08 [zstd]=28b52ffd)
+
+# backup_intact FILE: whether the backup FILE holds what its name and its .sha256 say: it starts
+# as its outer layer does (an OpenPGP message for .gpg, else its codec's stream) and its SHA-256
+# is the one its .sha256 gives (the whole file is read). INTACT_WHY says why not. It proves no
+# more: a file written to look like a backup, with its own .sha256, passes (only decoding it, as
+# verify does, would tell).
+INTACT_WHY=""
+backup_intact() {
+  local file="$1" magic="" want
+  INTACT_WHY=""
+  parse_name "${file}" || {
+    INTACT_WHY="not a backup's name"
+    return 1
+  }
+  if ((NAME_ENCRYPTED)); then
+    if [[ "$(encryption_kind "${file}")" == unknown ]]; then
+      INTACT_WHY="it does not start as an OpenPGP encrypted message"
+      return 1
+    fi
+  else
+    want="${CODEC_MAGIC[${NAME_CODEC}]}"
+    magic="$(od -An -tx1 -N $((${#want} / 2)) -- "${file}" 2>/dev/null)" || magic=""
+    if [[ "${magic//[[:space:]]/}" != "${want}" ]]; then
+      INTACT_WHY="it does not start as a ${NAME_CODEC} stream"
+      return 1
+    fi
+  fi
+  sidecar_check "${file}"
+  case "${SIDECAR_STATE}" in
+    ok) return 0 ;;
+    mismatch) INTACT_WHY="its SHA-256 is not the one its .sha256 gives" ;;
+    *) INTACT_WHY="its .sha256 is gone or names another file" ;;
+  esac
+  return 1
+}
+
+# intact_newest TYPE ARRAY: the newest KEEP_MIN backups in ARRAY (of TYPE, newest first) are read
+# (backup_intact: the start of the file and its SHA-256); one that is not intact is damaged:
+# reported, taken out of ARRAY (not counted, not deleted), and the next older one is read in its
+# place, until KEEP_MIN are intact or none is left. Fails when it took none out.
+intact_newest() {
+  local type="$1" name found=0
+  local -n _backups="$2"
+  local -a intact=()
+  for name in "${_backups[@]}"; do
+    if ((found < KEEP_MIN)); then
+      if ! backup_intact "${BACKUP_DIR}/${name}"; then
+        BACKUP_CLASS=damaged BACKUP_WHY="${INTACT_WHY}"
+        log WARN "${name}: $(backup_verdict)"
+        DAMAGED_FOUND+=("${name}")
+        continue
+      fi
+      found=$((found + 1))
+    fi
+    intact+=("${name}")
+  done
+  ((found == 0)) || log INFO "${type}: the newest ${found} backup(s), kept by KEEP_MIN=${KEEP_MIN}, are intact (start and SHA-256 checked)"
+  ((${#intact[@]} < ${#_backups[@]})) || return 1
+  _backups=("${intact[@]}")
 }
 
 # .partial files are only ever written under the lock, which cleanup holds: any left are stale. A

@@ -789,16 +789,36 @@ backup_dir_names() {
   ((${#stamps[@]} == 0)) || stamp_epochs "${stamps[@]}"
 }
 
+# manifest_stored_size FILE: the size_stored_bytes of FILE.manifest.json in MANIFEST_SIZE, or
+# empty when there is no manifest or it gives no believable size (a whole number of at most 15
+# digits). Read by bash alone (no process: backup_class asks for every backup); a manifest is
+# about 1.5 KiB, the size among its first lines.
+MANIFEST_SIZE=""
+manifest_stored_size() {
+  local text="" re=$'\n  "size_stored_bytes": ([0-9]{1,15}),?\n'
+  MANIFEST_SIZE=""
+  [[ -f "$1.manifest.json" && ! -L "$1.manifest.json" ]] || return 0
+  IFS= read -r -N 8192 text 2>/dev/null <"$1.manifest.json" || true
+  [[ ! "${text}" =~ ${re} ]] || MANIFEST_SIZE=$((10#${BASH_REMATCH[1]}))
+}
+
 # backup_class PATH [NOW]: what a name matching *_backup_* is, in BACKUP_CLASS:
-#   backup        a regular, non-empty file with a valid name and date, whose .sha256 names it:
-#                 the only kind that counts (KEEP_MIN, the newest of a type) or is ever pruned;
+#   backup        a regular, non-empty file with a valid name and date, whose .sha256 names it
+#                 and whose size is the one its manifest gives (when it has one): the only kind
+#                 that counts (KEEP_MIN, the newest of a type) or is ever pruned;
 #   unverifiable  the same without a .sha256 that names it: not counted, not deleted;
+#   damaged       the same with a size other than its manifest's size_stored_bytes (truncated,
+#                 or another file under its name), or found damaged by cleanup (backup_intact);
+#                 not counted, not deleted;
 #   future        a backup named more than FUTURE_SLACK seconds after NOW: not counted, not
 #                 deleted (it would take the place of the newest real backup);
 #   other         anything else: not a backup, left alone.
-# BACKUP_WHY says why for the last three; BACKUP_EPOCH is the time in the name, when valid.
+# A backup without a manifest (or whose manifest gives no size) is judged without its size.
+# BACKUP_WHY says why for all but a backup; BACKUP_EPOCH is the time in the name, when valid.
+# Only names and sizes are looked at, so that a target's mirror (_replica.sh.j2: sidecars and
+# sizes, no content) is judged the same; cleanup reads the backups it keeps (backup_intact).
 backup_class() {
-  local path="$1" now="${2:-${EPOCHSECONDS}}" name="${1##*/}"
+  local path="$1" now="${2:-${EPOCHSECONDS}}" name="${1##*/}" size
   BACKUP_CLASS=other
   BACKUP_WHY=""
   BACKUP_EPOCH=""
@@ -823,6 +843,10 @@ backup_class() {
   elif ! sidecar_names "${path}"; then
     BACKUP_CLASS=unverifiable
     BACKUP_WHY="no .sha256 sidecar that names it"
+  elif manifest_stored_size "${path}" && [[ -n "${MANIFEST_SIZE}" ]] &&
+    size="$(file_size "${path}")" && ((size != MANIFEST_SIZE)); then
+    BACKUP_CLASS=damaged
+    BACKUP_WHY="${size} bytes, but its manifest says ${MANIFEST_SIZE}"
   elif ((BACKUP_EPOCH > now + FUTURE_SLACK)); then
     BACKUP_CLASS=future
     BACKUP_WHY="clock skew or a TZ change?"
@@ -831,11 +855,15 @@ backup_class() {
   fi
 }
 
+# What to do about a damaged backup (list, cleanup).
+readonly DAMAGED_FIX="check it (restore_script.sh verify FILE), then move it and its sidecars out of BACKUP_DIR"
+
 # backup_verdict: what list and cleanup say about the name backup_class looked at last.
 backup_verdict() {
   case "${BACKUP_CLASS}" in
     backup) printf 'a backup' ;;
     unverifiable) printf 'unverifiable (%s): not counted, not deleted' "${BACKUP_WHY}" ;;
+    damaged) printf 'damaged (%s): not counted, not deleted; %s' "${BACKUP_WHY}" "${DAMAGED_FIX}" ;;
     future) printf 'named in the future (%s): not counted, not deleted' "${BACKUP_WHY}" ;;
     *) printf 'not a backup (%s), left alone' "${BACKUP_WHY}" ;;
   esac

@@ -37,13 +37,13 @@ from tests.support import (
     make_uploads,
     name_parts,
     only_backup,
+    restamped_copy,
     run_gpg,
     run_ok,
     stamp,
     tar_members,
     tree_state,
     with_sidecars,
-    write_sidecar,
 )
 
 MANIFEST_FIELDS = {
@@ -79,18 +79,6 @@ def human_size(size: int) -> str:
         scaled //= 1024
         unit += 1
     return f"{size} B" if unit == 0 else f"{scaled}.{tenths} {units[unit]}"
-
-
-def restamped_copy(real: Path, new_stamp: str) -> Path:
-    """Copy a real backup and its manifest to the same name with another timestamp, with a
-    ``.sha256`` that names the copy (cleanup counts only backups whose sidecar names them)."""
-    _, day, clock = name_parts(real.name)
-    new_name = real.name.replace(f"_{day}_{clock}.", f"_{new_stamp}.")
-    target = real.with_name(new_name)
-    shutil.copyfile(real, target)
-    shutil.copyfile(real.with_name(f"{real.name}.manifest.json"), f"{target}.manifest.json")
-    write_sidecar(target)
-    return target
 
 
 def extract_tar(tar_bytes: bytes, tmp_path: Path, name: str) -> Path:

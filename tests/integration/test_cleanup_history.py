@@ -10,6 +10,7 @@ tests assert exactly which names survive and what the script says about each of 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import subprocess
@@ -22,20 +23,30 @@ import pytest
 from tests.support import (
     BACKUP,
     EXTENSIONS,
+    KEY,
     LIST_ROW,
     MakeEnv,
     RunScript,
+    flip_middle_byte,
+    folder_state,
     holding_the_lock,
     make_backup,
     name_of,
     names_in,
+    only_backup,
+    restamped_copy,
     run_ok,
     stamp,
+    truncate_half,
     with_sidecars,
+    write_sidecar,
 )
 
 UNVERIFIABLE = "unverifiable (no .sha256 sidecar that names it): not counted, not deleted"
 FUTURE = "named in the future (clock skew or a TZ change?): not counted, not deleted"
+DAMAGED_FIX = (
+    "check it (restore_script.sh verify FILE), then move it and its sidecars out of BACKUP_DIR"
+)
 LAST_YEAR = datetime.now(UTC).year - 1
 # month 13, February 30 and hour 25 are not dates (the checks must not be fooled by them)
 IMPOSSIBLE = [f"{LAST_YEAR}1301_020000", f"{LAST_YEAR}0230_020000", f"{LAST_YEAR}0115_250000"]
@@ -43,6 +54,10 @@ IMPOSSIBLE = [f"{LAST_YEAR}1301_020000", f"{LAST_YEAR}0230_020000", f"{LAST_YEAR
 
 def not_a_backup(why: str) -> str:
     return f"not a backup ({why}), left alone"
+
+
+def damaged(why: str) -> str:
+    return f"damaged ({why}): not counted, not deleted; {DAMAGED_FIX}"
 
 
 def bad_date() -> str:
@@ -312,6 +327,157 @@ def test_a_backup_without_a_sidecar_is_unverifiable_never_counted_never_deleted(
     assert real in before
     assert reports(output(result)) == dict.fromkeys(unsigned.values(), UNVERIFIABLE)
     assert "postgresql: pruned 0 of 1 backup(s)" in result.stdout
+
+
+def restamped_history(
+    backups: Path, kind: str, ages: tuple[int, ...], *, encrypted: bool
+) -> dict[int, Path]:
+    """Copies of the one real backup of ``kind`` the scripts made, named ``ages`` days old, with
+    its manifest and a ``.sha256`` naming each copy; the original and its sidecars are removed."""
+    real = only_backup(backups, kind, encrypted=encrypted)
+    copies = {days: restamped_copy(real, stamp(days)) for days in ages}
+    for name in with_sidecars(real.name):
+        (backups / name).unlink()
+    return copies
+
+
+@dataclass
+class Truncated:
+    """Four copies of a real Redis backup, the three newest cut to half their size (their
+    ``.sha256`` and manifest as the scripts wrote them), with BACKUP_RETENTION_DAYS=1, KEEP_MIN=3:
+    the oldest is the only intact backup."""
+
+    env: dict[str, str]
+    backups: Path
+    intact: Path
+    damaged: dict[str, str]  # name -> what cleanup and list say of it
+
+
+@pytest.fixture
+def truncated(backup_env: MakeEnv, run_script: RunScript, tmp_path: Path) -> Truncated:
+    env = backup_env(tmp_path, BACKUP_RETENTION_DAYS="1", KEEP_MIN="3")
+    backups = tmp_path / "backups"
+    run_ok(run_script, BACKUP, "redis", env=env)
+    copies = restamped_history(backups, "redis", (300, 3, 2, 1), encrypted=False)
+    stored = copies[300].stat().st_size
+    reported = {}
+    for days in (3, 2, 1):
+        truncate_half(copies[days])
+        size = copies[days].stat().st_size
+        reported[copies[days].name] = damaged(f"{size} bytes, but its manifest says {stored}")
+    return Truncated(env=env, backups=backups, intact=copies[300], damaged=reported)
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["for-real", "dry-run"])
+def test_backups_whose_size_is_not_their_manifests_take_no_keep_min_slot_and_are_not_deleted(
+    truncated: Truncated, run_script: RunScript, dry_run: bool
+) -> None:
+    before = folder_state(truncated.backups)
+
+    result = run_ok(
+        run_script, BACKUP, "cleanup", *(["--dry-run"] if dry_run else []), env=truncated.env
+    )
+
+    out = output(result)
+    assert folder_state(truncated.backups) == before
+    assert deletions(out, dry_run=dry_run) == set()
+    assert reports(out) == truncated.damaged
+    assert (
+        f"[WARN] cleanup left 3 damaged backup(s) in place, not counted as backups: "
+        f"{' '.join(sorted(truncated.damaged))}; {DAMAGED_FIX}\n"
+    ) in out
+    assert f"redis: {'would prune' if dry_run else 'pruned'} 0 of 1 backup(s)\n" in out
+    if dry_run:
+        assert f"keep {truncated.intact.name}: newest 1/3 (KEEP_MIN)\n" in out
+
+
+def test_list_marks_a_backup_whose_size_is_not_its_manifests_as_damaged(
+    truncated: Truncated, run_script: RunScript
+) -> None:
+    result = run_ok(run_script, BACKUP, "list", env=truncated.env)
+
+    lines = result.stdout.splitlines()
+    rows = [m for line in lines[1:-1] if (m := LIST_ROW.fullmatch(line))]
+    assert {m["name"]: m["note"] for m in rows} == {truncated.intact.name: None} | truncated.damaged
+    assert lines[-1].startswith("1 backup(s) (postgresql 0, redis 1, files 0), ")
+
+
+def test_damaged_backups_need_attention_until_a_cleanup_finds_none(
+    truncated: Truncated, run_script: RunScript
+) -> None:
+    run_ok(run_script, BACKUP, "cleanup", env=truncated.env)
+
+    status = run_script(BACKUP, "status", "--json", env=truncated.env)
+    assert status.returncode == 7, output(status)
+    [attention] = json.loads(status.stdout)["attention"]
+    assert attention["alert"] == "damaged"
+    assert all(name in attention["message"] for name in truncated.damaged)
+
+    for name in truncated.damaged:  # the operator moves them away
+        for path in with_sidecars(name):
+            (truncated.backups / path).unlink()
+    run_ok(run_script, BACKUP, "cleanup", env=truncated.env)
+
+    assert (
+        json.loads(run_ok(run_script, BACKUP, "status", "--json", env=truncated.env).stdout)[
+            "attention"
+        ]
+        == []
+    )
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["for-real", "dry-run"])
+def test_a_keep_min_backup_whose_sha256_is_wrong_gives_its_place_to_the_next_intact_one(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path, dry_run: bool
+) -> None:
+    env = backup_env(tmp_path, BACKUP_RETENTION_DAYS="1", KEEP_MIN="2")
+    backups = tmp_path / "backups"
+    run_ok(run_script, BACKUP, "redis", env=env)
+    copies = restamped_history(backups, "redis", (500, 400, 300, 3, 2, 1), encrypted=False)
+    for days in (3, 2, 1):
+        flip_middle_byte(copies[days])  # same size: only reading it shows the damage
+    before = names_in(backups)
+
+    result = run_ok(run_script, BACKUP, "cleanup", *(["--dry-run"] if dry_run else []), env=env)
+
+    out = output(result)
+    oldest = copies[500].name
+    assert names_in(backups) == (before if dry_run else before - with_sidecars(oldest))
+    assert deletions(out, dry_run=dry_run) == with_sidecars(oldest)
+    wrong = damaged("its SHA-256 is not the one its .sha256 gives")
+    assert reports(out) == {copies[days].name: wrong for days in (3, 2, 1)}
+    assert f"{'would delete' if dry_run else 'deleted'} {oldest}: {pruned(500, 1, 2)}\n" in out
+    assert "redis: the newest 2 backup(s), kept by KEEP_MIN=2, are intact" in out
+    if dry_run:
+        assert f"keep {copies[300].name}: newest 1/2 (KEEP_MIN)\n" in out
+        assert f"keep {copies[400].name}: newest 2/2 (KEEP_MIN)\n" in out
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["for-real", "dry-run"])
+def test_junk_with_its_own_sha256_named_as_the_newest_backups_does_not_prune_the_real_ones(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path, dry_run: bool
+) -> None:
+    env = backup_env(tmp_path, encryption_key=KEY, BACKUP_RETENTION_DAYS="30", KEEP_MIN="3")
+    backups = tmp_path / "backups"
+    run_ok(run_script, BACKUP, "postgresql", env=env)
+    real = restamped_history(backups, "postgresql", (100, 200, 300, 400), encrypted=True)
+    junk = []
+    for days in (1, 2, 3):  # no manifest: nothing to compare their size with
+        path = backups / f"postgresql_backup_{stamp(days)}.sql.gz.gpg"
+        path.write_bytes(b"junk\n")
+        write_sidecar(path)
+        junk.append(path.name)
+    before = names_in(backups)
+
+    result = run_ok(run_script, BACKUP, "cleanup", *(["--dry-run"] if dry_run else []), env=env)
+
+    out = output(result)
+    oldest = real[400].name
+    assert names_in(backups) == (before if dry_run else before - with_sidecars(oldest))
+    not_pgp = damaged("it does not start as an OpenPGP encrypted message")
+    assert reports(out) == dict.fromkeys(junk, not_pgp)
+    assert f"{'would delete' if dry_run else 'deleted'} {oldest}: {pruned(400, 30, 3)}\n" in out
+    assert f"postgresql: {'would prune' if dry_run else 'pruned'} 1 of 4 backup(s)\n" in out
 
 
 @pytest.mark.parametrize(

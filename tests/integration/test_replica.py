@@ -44,7 +44,9 @@ from tests.support import (
     load_redis_dataset,
     make_backup,
     make_uploads,
+    only_backup,
     redis_state,
+    restamped_copy,
     run_ok,
     stamp,
     start_script,
@@ -379,6 +381,37 @@ def test_cleanup_prunes_the_target_with_the_local_rules(
     assert_copied(backups, held, kept)
     assert f"replica {target.name}: pruned 9 of 15 backup(s)" in result.stdout
     assert status_json(backups)["replicas"][target.name]["last_prune"]["result"] == "ok"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("target", ["path"], indirect=True)
+def test_a_copy_cut_short_on_the_target_is_damaged_there_takes_no_keep_min_slot_and_is_copied_again(
+    target: Offsite,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    env = {
+        **backup_env(tmp_path, BACKUP_RETENTION_DAYS="1", KEEP_MIN="1"),
+        **target.settings,
+    }
+    backups = tmp_path / "backups"
+    run_ok(run_script, BACKUP, "redis", env=env)
+    newest = only_backup(backups, "redis", encrypted=False)
+    old = restamped_copy(newest, stamp(300)).name
+    run_ok(run_script, BACKUP, "sync", env=env)
+    whole = newest.read_bytes()
+    target.write(newest.name, whole[: len(whole) // 2])  # its sidecars as they were copied
+
+    listed = run_ok(run_script, BACKUP, "list", "--replica", target.name, env=env).stdout
+    result = run_ok(run_script, BACKUP, "cleanup", env=env)
+
+    assert f"{newest.name}  (damaged ({len(whole) // 2} bytes, but its manifest says " in listed
+    assert f"replica {target.name}: pruned 0 of 1 backup(s)" in result.stdout
+    assert set(with_sidecars(old)) <= set(target.files())  # the only whole copy there stays
+    assert not (backups / old).exists()  # here the newest is whole: the old one went
+    synced = run_ok(run_script, BACKUP, "sync", env=env)
+    assert f"replica {target.name}: copied {newest.name} " in synced.stdout
+    assert target.files()[newest.name] == whole
 
 
 def test_with_replica_prune_false_credentials_that_cannot_delete_are_enough(
