@@ -10,15 +10,22 @@ STAMP := $(VENV)/.installed-stamp
 # The committed render comes from .env.example alone, never from this shell's environment.
 CLEAN_ENV := env -i PATH="$$PATH" HOME="$$HOME" LANG=C.UTF-8
 
-# command:Debian package, for what the scripts and the tests run on this host (rclone for the
-# off-site copies; sshd serves the tests' SFTP targets). Looked up with the sbin folders on PATH,
-# as a user's PATH may lack them (sshd is /usr/sbin/sshd).
-SYSTEM_TOOLS := pg_dump:postgresql-client psql:postgresql-client pg_ctlcluster:postgresql \
+# command:Debian package, for what the scripts run on this host (RUN_TOOLS: all `make run`
+# needs) and what only the tests add (TEST_TOOLS: rclone for the off-site copies, sshd serving the
+# tests' SFTP targets, promtool and node_exporter checking the metrics). Looked up with the sbin
+# folders on PATH, as a user's PATH may lack them (sshd is /usr/sbin/sshd).
+RUN_TOOLS := pg_dump:postgresql-client psql:postgresql-client pg_ctlcluster:postgresql \
 	redis-server:redis-server redis-cli:redis-tools redis-check-rdb:redis-tools \
-	gpg:gnupg gpgconf:gnupg pigz:pigz zstd:zstd strace:strace flock:util-linux tar:tar gzip:gzip \
-	sha256sum:coreutils runuser:util-linux git:git promtool:prometheus \
-	prometheus-node-exporter:prometheus-node-exporter apprise:apprise curl:curl timeout:coreutils \
+	gpg:gnupg gpgconf:gnupg pigz:pigz zstd:zstd flock:util-linux tar:tar gzip:gzip \
+	sha256sum:coreutils runuser:util-linux timeout:coreutils
+TEST_TOOLS := strace:strace git:git promtool:prometheus \
+	prometheus-node-exporter:prometheus-node-exporter apprise:apprise curl:curl \
 	rclone:rclone sshd:openssh-server
+# package:service of the test tools that start a system service when installed: the tests run
+# their own, so a service this install added is stopped and disabled again (one that was there
+# before is left alone).
+TEST_SERVICES := prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter \
+	openssh-server:ssh
 # The locale the tests run the scripts (and a PostgreSQL server) in, to prove nothing depends on
 # the language: generated from the locales package's data.
 TEST_LOCALE := de_DE.UTF-8
@@ -32,16 +39,19 @@ help: ## Show the targets
 	awk -v bold="$$bold" -v plain="$$plain" 'BEGIN {FS = ":.*## "} \
 	  /^[a-zA-Z_-]+:.*## / {printf "  %s%-16s%s %s\n", bold, $$1, plain, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: system-deps
-system-deps: ## Install the missing system packages (apt, as root)
+# apt_install TOOLS [locale]: install the packages of the missing TOOLS (command:package), and
+# with "locale" the tests' locale too.
+define apt_install
 	@missing=(); \
 	PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"; \
-	for pair in $(SYSTEM_TOOLS); do \
+	for pair in $(1); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing+=("$${pair##*:}"); \
 	done; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv); \
 	[ -e /usr/share/zoneinfo/America/Argentina/Buenos_Aires ] || missing+=(tzdata); \
-	[ -e /usr/share/i18n/locales/$(TEST_LOCALE_SOURCE) ] || missing+=(locales); \
+	if [ "$(2)" = locale ]; then \
+	  [ -e /usr/share/i18n/locales/$(TEST_LOCALE_SOURCE) ] || missing+=(locales); \
+	fi; \
 	if [ $${#missing[@]} -gt 0 ]; then \
 	  pkgs=$$(printf '%s\n' "$${missing[@]}" | sort -u | tr '\n' ' '); \
 	  if [ "$$(id -u)" -ne 0 ]; then \
@@ -49,8 +59,14 @@ system-deps: ## Install the missing system packages (apt, as root)
 	  fi; \
 	  echo "==> apt-get install $$pkgs"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; \
+	  for pair in $(TEST_SERVICES); do \
+	    case " $$pkgs " in *" $${pair%%:*} "*) ;; *) continue ;; esac; \
+	    [ -d /run/systemd/system ] || continue; \
+	    echo "==> systemctl disable --now $${pair##*:} (installed for the tests, which start their own)"; \
+	    systemctl disable --now "$${pair##*:}" >/dev/null 2>&1 || true; \
+	  done; \
 	fi; \
-	if ! locale -a 2>/dev/null | grep -qix '$(subst .UTF-8,.utf-\?8,$(TEST_LOCALE))'; then \
+	if [ "$(2)" = locale ] && ! locale -a 2>/dev/null | grep -qix '$(subst .UTF-8,.utf-\?8,$(TEST_LOCALE))'; then \
 	  if [ "$$(id -u)" -ne 0 ]; then \
 	    echo "note: the locale tests need $(TEST_LOCALE); as root run: localedef -i $(TEST_LOCALE_SOURCE) -f UTF-8 $(TEST_LOCALE)" >&2; \
 	  else \
@@ -58,6 +74,15 @@ system-deps: ## Install the missing system packages (apt, as root)
 	    localedef -i $(TEST_LOCALE_SOURCE) -f UTF-8 $(TEST_LOCALE); \
 	  fi; \
 	fi
+endef
+
+.PHONY: system-deps
+system-deps: ## Install the missing system packages of the scripts and the tests (apt, as root)
+	$(call apt_install,$(RUN_TOOLS) $(TEST_TOOLS),locale)
+
+.PHONY: run-deps
+run-deps: ## Install the missing system packages `make run` needs (apt, as root)
+	$(call apt_install,$(RUN_TOOLS),)
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing gym-backup with its dev tools"
@@ -70,7 +95,7 @@ $(STAMP): pyproject.toml
 install: system-deps $(STAMP) ## Set up everything: system packages and the venv
 
 .PHONY: run
-run: install ## The main job: real servers, sample gym data, a full encrypted backup, list
+run: run-deps $(STAMP) ## The main job: real servers, sample gym data, a full encrypted backup, list
 	$(BIN)/python -m devtools.demo
 
 .PHONY: test
