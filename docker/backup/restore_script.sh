@@ -1230,6 +1230,19 @@ sha256_hex() {
   fi
 }
 
+# hash_through: stdin to stdout unchanged; the sha256 of every byte that passed, in
+# WORK_DIR/read.sha256. Fails when the reader downstream stopped before the end.
+hash_through() {
+  local fifo="${WORK_DIR}/hash.fifo" rc=0 pid
+  mkfifo -m 600 -- "${fifo}"
+  sha256_hex <"${fifo}" >"${WORK_DIR}/read.sha256" &
+  pid=$!
+  tee -- "${fifo}" || rc=$?
+  wait "${pid}" || rc=1
+  rm -f -- "${fifo}"
+  return "${rc}"
+}
+
 # sidecar_check FILE: how FILE compares with its FILE.sha256 ("HASH  NAME", or "HASH *NAME"), in
 # SIDECAR_STATE: ok, missing, other (it names another file: SIDECAR_NAME), or mismatch; the hash
 # it gives in SIDECAR_SHA256.
@@ -3176,19 +3189,6 @@ require_createdb() {
   can="$(postgres_query "SELECT rolcreatedb OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")"
   [[ "${can}" == t ]] ||
     die "${EXIT_REFUSED}" "postgresql: $1 needs a new database, and ${POSTGRES_USER} ${PG_NO_CREATEDB}; as a superuser run: ALTER ROLE $(sql_ident "${POSTGRES_USER}") CREATEDB$2, or set POSTGRES_ADMIN_USER to a role that may. Nothing was changed."
-}
-
-# hash_through: stdin to stdout unchanged; the sha256 of every byte that passed, in
-# WORK_DIR/read.sha256. Fails when the reader downstream stopped before the end.
-hash_through() {
-  local fifo="${WORK_DIR}/hash.fifo" rc=0 pid
-  mkfifo -m 600 -- "${fifo}"
-  sha256_hex <"${fifo}" >"${WORK_DIR}/read.sha256" &
-  pid=$!
-  tee -- "${fifo}" || rc=$?
-  wait "${pid}" || rc=1
-  rm -f -- "${fifo}"
-  return "${rc}"
 }
 
 # load_stream STRIP FD: the backup, hashed as read, decoded and prepared, to FD (pg_load's step).
