@@ -5320,6 +5320,18 @@ restore_files() {
     root="${JOURNAL_ROOT}"
     records=("${JOURNAL_RECORDS[@]}")
     log INFO "files: found ${staging}, left by this restore (started ${JOURNAL_STARTED}), which stopped while moving entries into ${dest} with $(staged_count "${tree}") files and links not moved yet: completing it"
+    # What waits there was checked when it was extracted, but it lies in DEST since, where others
+    # may write: it is checked again before anything more of it is moved.
+    # (No tree: the stopped run had moved everything, and removed it, but not yet the journal.)
+    STAGED_PROBLEM=""
+    if [[ -L "${tree}" || (-e "${tree}" && ! -d "${tree}") ]]; then
+      STAGED_PROBLEM="a link or a file where its folder tree was"
+    elif [[ -d "${tree}" ]]; then
+      staged_problem "${tree}" || true
+    fi
+    if [[ -n "${STAGED_PROBLEM}" ]]; then
+      die "${EXIT_REFUSED}" "files: ${staging}, the staging folder of this restore, was changed since it stopped: it holds ${STAGED_PROBLEM}; refusing to move anything more of it into ${dest}. Find out who changed it; then remove what does not belong there and run the same restore again, or give the restore up (${dest} stays as it is now, partly restored): chmod -R u+rwx $(printf '%q' "${staging}") && rm -rf $(printf '%q' "${staging}"). Nothing more was changed."
+    fi
   else
     staging="$(mktemp -d "${dest}/.gym-restore.XXXXXXXX")"
     RESTORE_STAGING="${staging}"

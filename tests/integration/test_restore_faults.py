@@ -816,6 +816,59 @@ def test_a_files_restore_killed_while_moving_into_a_new_folder_is_completed_by_t
     assert staging_folders(new) == []
 
 
+@pytest.mark.parametrize("planted", ["link", "hard-link"])
+def test_a_killed_files_restore_whose_staged_tree_was_changed_since_moves_nothing_more(
+    planted: str,
+    many_files: tuple[Path, Path],
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    rendered_scripts: Path,
+    tmp_path: Path,
+) -> None:
+    uploads, made = many_files
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    env = backup_env(tmp_path, files_dir=dest)
+    backup = copy_backup(made, tmp_path / "backups")
+    restore = start_script(rendered_scripts, RESTORE, "files", backup.name, str(dest), env=env)
+    wait_for_moves(dest, restore)
+    os.kill(restore.pid, signal.SIGKILL)
+    restore.communicate(timeout=60)
+    with holding_the_lock(tmp_path / "backups", "the test, after the kill"):
+        (staging,) = staging_folders(dest)
+    # someone with access to DEST puts a link to a secret in place of a file still staged
+    staged = next((staging / "tree").rglob("foto *.jpg"))
+    rel = staged.relative_to(staging / "tree")
+    secret = write_files(tmp_path / "outside", {"secret.txt": b"not for DEST"}) / "secret.txt"
+    staged.unlink()
+    if planted == "link":
+        staged.symlink_to("/etc/shadow")
+        problem = f"links that point outside the destination: {rel} -> /etc/shadow"
+    else:
+        staged.hardlink_to(secret)
+        problem = f"files hard-linked to files outside the destination: '{rel}'"
+    before = tree_state(dest)
+
+    refused = run_script(RESTORE, "files", backup.name, str(dest), env=env, timeout=300)
+
+    assert refused.returncode == 6, refused.stdout + refused.stderr
+    assert (
+        f"files: {staging}, the staging folder of this restore, was changed since it stopped: it "
+        f"holds {problem}; refusing to move anything more of it into {dest}."
+    ) in refused.stderr
+    assert f"rm -rf {staging}. Nothing more was changed." in refused.stderr
+    assert tree_state(dest) == before
+
+    # the operator puts the file back: the same restore then completes
+    staged.unlink()
+    shutil.copy2(uploads / rel, staged)
+    run_ok(run_script, RESTORE, "files", backup.name, str(dest), env=env, timeout=300)
+
+    assert tree_state(dest) == tree_state(uploads)
+    assert staging_folders(dest) == []
+    assert secret.stat().st_nlink == 1
+
+
 @pytest.mark.parametrize(
     ("leftover", "code", "message"),
     [
