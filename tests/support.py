@@ -1285,10 +1285,12 @@ def evil_files_backup(backup_dir: Path, members: Sequence[tuple[tarfile.TarInfo,
     return path
 
 
-def tar_file(name: str, data: bytes = b"evil\n") -> tuple[tarfile.TarInfo, bytes]:
+def tar_file(
+    name: str, data: bytes = b"evil\n", mode: int = 0o644
+) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.size = len(data)
-    info.mode = 0o644
+    info.mode = mode
     return info, data
 
 
@@ -1303,6 +1305,17 @@ def tar_symlink(name: str, target: str) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.type = tarfile.SYMTYPE
     info.linkname = target
+    return info, b""
+
+
+def tar_node(name: str, kind: bytes, mode: int = 0o666) -> tuple[tarfile.TarInfo, bytes]:
+    """A member that is no file, folder or link: ``kind`` tarfile.CHRTYPE or BLKTYPE (device
+    1,1: /dev/mem's), or FIFOTYPE; owned by root."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.devmajor, info.devminor = 1, 1
+    info.uid = info.gid = 0
     return info, b""
 
 

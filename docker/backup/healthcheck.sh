@@ -1275,6 +1275,19 @@ sha256_hex() {
   fi
 }
 
+# hash_through: stdin to stdout unchanged; the sha256 of every byte that passed, in
+# WORK_DIR/read.sha256. Fails when the reader downstream stopped before the end.
+hash_through() {
+  local fifo="${WORK_DIR}/hash.fifo" rc=0 pid
+  mkfifo -m 600 -- "${fifo}"
+  sha256_hex <"${fifo}" >"${WORK_DIR}/read.sha256" &
+  pid=$!
+  tee -- "${fifo}" || rc=$?
+  wait "${pid}" || rc=1
+  rm -f -- "${fifo}"
+  return "${rc}"
+}
+
 # sidecar_check FILE: how FILE compares with its FILE.sha256 ("HASH  NAME", or "HASH *NAME"), in
 # SIDECAR_STATE: ok, missing, other (it names another file: SIDECAR_NAME), or mismatch; the hash
 # it gives in SIDECAR_SHA256.

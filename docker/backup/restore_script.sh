@@ -1272,6 +1272,19 @@ sha256_hex() {
   fi
 }
 
+# hash_through: stdin to stdout unchanged; the sha256 of every byte that passed, in
+# WORK_DIR/read.sha256. Fails when the reader downstream stopped before the end.
+hash_through() {
+  local fifo="${WORK_DIR}/hash.fifo" rc=0 pid
+  mkfifo -m 600 -- "${fifo}"
+  sha256_hex <"${fifo}" >"${WORK_DIR}/read.sha256" &
+  pid=$!
+  tee -- "${fifo}" || rc=$?
+  wait "${pid}" || rc=1
+  rm -f -- "${fifo}"
+  return "${rc}"
+}
+
 # sidecar_check FILE: how FILE compares with its FILE.sha256 ("HASH  NAME", or "HASH *NAME"), in
 # SIDECAR_STATE: ok, missing, other (it names another file: SIDECAR_NAME), or mismatch; the hash
 # it gives in SIDECAR_SHA256.
@@ -3224,19 +3237,6 @@ require_createdb() {
     die "${EXIT_REFUSED}" "postgresql: $1 needs a new database, and ${POSTGRES_USER} ${PG_NO_CREATEDB}; as a superuser run: ALTER ROLE $(sql_ident "${POSTGRES_USER}") CREATEDB$2, or set POSTGRES_ADMIN_USER to a role that may. Nothing was changed."
 }
 
-# hash_through: stdin to stdout unchanged; the sha256 of every byte that passed, in
-# WORK_DIR/read.sha256. Fails when the reader downstream stopped before the end.
-hash_through() {
-  local fifo="${WORK_DIR}/hash.fifo" rc=0 pid
-  mkfifo -m 600 -- "${fifo}"
-  sha256_hex <"${fifo}" >"${WORK_DIR}/read.sha256" &
-  pid=$!
-  tee -- "${fifo}" || rc=$?
-  wait "${pid}" || rc=1
-  rm -f -- "${fifo}"
-  return "${rc}"
-}
-
 # load_stream STRIP FD: the backup, hashed as read, decoded and prepared, to FD (pg_load's step).
 load_stream() {
   hash_through <"${BACKUP_FILE}" 2>"${WORK_DIR}/read.err" |
@@ -5038,21 +5038,93 @@ check_member_names() {
   fi
 }
 
-# Refuse links that point outside the staging folder (it becomes DEST).
-check_links() {
-  local staging="$1" link target resolved
-  local -a bad=()
+# staged_problem TREE: what in a staged tree must not be moved into DEST, in STAGED_PROBLEM
+# (a few words and examples), or nothing (0): anything but regular files, folders and links
+# (device nodes, FIFOs, sockets: an uploads folder holds none, and a restore run as root would
+# recreate them as they were archived), links that point outside it (it becomes DEST), and files
+# hard-linked to a file outside DEST (tar links only the archive's own files; such a link, made
+# in a staging folder left in DEST, would bring that file into DEST).
+staged_problem() {
+  local tree="$1" dest="${1%/*/*}" entry link target resolved id
+  local -a special=() bad=()
+  local -A kind=([b]="block device" [c]="character device" [p]=FIFO [s]=socket)
+  local -A links_of=() example=() in_dest=()
+  STAGED_PROBLEM=""
+  # (find's lists go through files: a find that fails must not pass for an empty list)
+  find "${tree}" -mindepth 1 \( -type b -o -type c -o -type p -o -type s \) \
+    -printf '%y/%P\0' >"${WORK_DIR}/special.list" ||
+    die "${EXIT_FAILED}" "files: could not list the staged entries in ${tree}; nothing was changed in ${tree%/*/*}"
+  while IFS= read -r -d '' entry; do
+    special+=("'${entry#*/}' (${kind["${entry%%/*}"]})")
+  done <"${WORK_DIR}/special.list"
+  if ((${#special[@]} > 0)); then
+    STAGED_PROBLEM="${#special[@]} device nodes, FIFOs or sockets (e.g. ${special[*]:0:3}); a files restore brings back only regular files, folders and links"
+    return 1
+  fi
+  find "${tree}" -type l -print0 >"${WORK_DIR}/links.list" ||
+    die "${EXIT_FAILED}" "files: could not list the staged links in ${tree}; nothing was changed in ${tree%/*/*}"
   while IFS= read -r -d '' link; do
     target="$(readlink -- "${link}")"
     if [[ "${target}" == /* ]]; then
-      bad+=("${link#"${staging}"/} -> ${target}")
+      bad+=("${link#"${tree}"/} -> ${target}")
       continue
     fi
     resolved="$(realpath -m -- "${link%/*}/${target}")"
-    [[ "${resolved}" == "${staging}" || "${resolved}" == "${staging}"/* ]] || bad+=("${link#"${staging}"/} -> ${target}")
-  done < <(find "${staging}" -type l -print0)
+    [[ "${resolved}" == "${tree}" || "${resolved}" == "${tree}"/* ]] || bad+=("${link#"${tree}"/} -> ${target}")
+  done <"${WORK_DIR}/links.list"
   if ((${#bad[@]} > 0)); then
-    die "${EXIT_REFUSED}" "files: the archive holds links that point outside the destination: ${bad[*]:0:5}; refusing to restore it. Nothing was changed."
+    STAGED_PROBLEM="links that point outside the destination: ${bad[*]:0:5}"
+    return 1
+  fi
+  find "${tree}" -type f -links +1 -printf '%D:%i/%n/%P\0' >"${WORK_DIR}/hard.list" ||
+    die "${EXIT_FAILED}" "files: could not list the staged files in ${tree}; nothing was changed in ${dest}"
+  while IFS= read -r -d '' entry; do
+    id="${entry%%/*}"
+    entry="${entry#*/}"
+    links_of["${id}"]="${entry%%/*}"
+    example["${id}"]="${entry#*/}"
+    in_dest["${id}"]=$((${in_dest["${id}"]:-0} + 1))
+  done <"${WORK_DIR}/hard.list"
+  for id in "${!links_of[@]}"; do
+    ((${in_dest["${id}"]} >= ${links_of["${id}"]})) || bad+=("${id}")
+  done
+  ((${#bad[@]} > 0)) || return 0
+  # Not all staged: each of their links must be in DEST (moved into place already, by a restore
+  # that was stopped). A folder find cannot read counts none: the restore stops rather than guess.
+  in_dest=()
+  find "${dest}" -xdev -type f -links +1 -printf '%D:%i\n' >"${WORK_DIR}/dest-hard.list" 2>/dev/null || true
+  while IFS= read -r id; do
+    [[ -z "${links_of["${id}"]+set}" ]] || in_dest["${id}"]=$((${in_dest["${id}"]:-0} + 1))
+  done <"${WORK_DIR}/dest-hard.list"
+  bad=()
+  for id in "${!links_of[@]}"; do
+    ((${in_dest["${id}"]:-0} >= ${links_of["${id}"]})) || bad+=("'${example["${id}"]}'")
+  done
+  if ((${#bad[@]} > 0)); then
+    STAGED_PROBLEM="files hard-linked to files outside the destination: ${bad[*]:0:5}"
+    return 1
+  fi
+}
+
+# strip_setid TREE: the staged files with the set-user-ID or set-group-ID bit lose it, with a
+# warning that names them: an uploads folder needs none, and a restore run as root would give
+# them back their owner (root's included). Folders keep theirs (set-group-ID on a shared folder
+# makes new files take its group).
+strip_setid() {
+  local tree="$1" entry mode owner rel
+  local -a setid=()
+  find "${tree}" -type f -perm /6000 -printf '%m/%U/%P\0' >"${WORK_DIR}/setid.list" ||
+    die "${EXIT_FAILED}" "files: could not list the staged files in ${tree}; nothing was changed in ${tree%/*/*}"
+  while IFS= read -r -d '' entry; do
+    mode="${entry%%/*}"
+    entry="${entry#*/}"
+    owner="${entry%%/*}"
+    rel="${entry#*/}"
+    setid+=("'${rel}' (mode 0${mode}, owner ${owner})")
+    chmod u-s,g-s -- "${tree}/${rel}"
+  done <"${WORK_DIR}/setid.list"
+  if ((${#setid[@]} > 0)); then
+    log WARN "files: ${#setid[@]} files of the backup had the set-user-ID or set-group-ID bit: restored without it (e.g. ${setid[*]:0:3}); an uploads folder needs neither. Set it again by hand (chmod u+s/g+s) if one really does"
   fi
 }
 
@@ -5200,11 +5272,44 @@ files_staging_cleanup() {
   log ERROR "files: the restore of ${BACKUP_FILE##*/} into ${staging%/*} did not finish: $((${total:-0} - left)) of ${total:-0} files and links were moved into place, ${left} were not (they wait in ${staging}), and the folders' modes and times are not set yet. Run the same restore again to complete it: $(files_command "${staging%/*}")"
 }
 
-# extract_into FOLDER: the backup, decoded and extracted there (a step).
+# extract_into FOLDER: the backup, hashed as it is read (WORK_DIR/read.sha256), decoded and
+# extracted there (a step). The rest of the stream after tar's end-of-archive is read too: the
+# hash is of every byte of the file. Statuses: read decode tar.
 extract_into() {
-  decode "${BACKUP_FILE}" 2>"${WORK_DIR}/decode.err" |
-    tar -C "$1" --same-permissions --numeric-owner -xf - 2>"${WORK_DIR}/tar.err"
+  hash_through <"${BACKUP_FILE}" 2>"${WORK_DIR}/read.err" |
+    decode_stream "${BACKUP_FILE##*/}" 2>"${WORK_DIR}/decode.err" |
+    { tar -C "$1" --same-permissions --numeric-owner -xf - 2>"${WORK_DIR}/tar.err" && cat >/dev/null; }
   save_statuses "${PIPESTATUS[@]}"
+}
+
+# check_extracted TREE SHA STATUS...: after extract_into TREE, what was extracted is the backup
+# that was verified, whole: every byte read has the sha256 SHA (FILE.sha256's, or read before the
+# extraction), and each stage exited 0. A file replaced between the verification and the
+# extraction, or changed while it was read, fails the verification (4).
+check_extracted() {
+  local tree="$1" sha="$2" dest="${1%/*/*}" name="${BACKUP_FILE##*/}" read_sha now_sha status
+  local failed=0
+  shift 2
+  for status in "$@"; do
+    ((status == 0)) || failed=1
+  done
+  local changed="files: ${name} changed while it was read: the bytes extracted are not the ones verified (their sha256 is not ${sha:0:12}...); nothing was changed in ${dest}. Restore it again once nothing replaces or writes to it"
+  read_sha="$(cat -- "${WORK_DIR}/read.sha256" 2>/dev/null)" || read_sha=""
+  if (($1 == 0)) && [[ "${read_sha}" != "${sha}" ]]; then
+    die "${EXIT_VERIFY}" "${changed}"
+  fi
+  # The links and special files first: tar also fails on an archive that writes through one of
+  # its own links, and on a device node that a user other than root may not create.
+  staged_problem "${tree}" ||
+    die "${EXIT_REFUSED}" "files: the archive holds ${STAGED_PROBLEM}; refusing to restore it. Nothing was changed."
+  ((failed)) || return 0
+  if grep -qs 'Cannot mknod' "${WORK_DIR}/tar.err"; then
+    die "${EXIT_REFUSED}" "files: the archive holds device nodes, which tar could not create$(stage_message tar); a files restore brings back only regular files, folders and links: refusing to restore it. Nothing was changed."
+  fi
+  # A stage that failed may have stopped the read early: is the file still the one verified?
+  now_sha="$(sha256_hex <"${BACKUP_FILE}" 2>/dev/null)" || now_sha=""
+  [[ "${now_sha}" == "${sha}" ]] || die "${EXIT_VERIFY}" "${changed}"
+  die "${EXIT_FAILED}" "files: extracting failed$(stage_message read)$(stage_message decode)$(stage_message tar); nothing was changed in ${dest}"
 }
 
 # files_dest_check DEST: a destination that does not exist yet is created (after the backup is
@@ -5264,6 +5369,18 @@ restore_files() {
     root="${JOURNAL_ROOT}"
     records=("${JOURNAL_RECORDS[@]}")
     log INFO "files: found ${staging}, left by this restore (started ${JOURNAL_STARTED}), which stopped while moving entries into ${dest} with $(staged_count "${tree}") files and links not moved yet: completing it"
+    # What waits there was checked when it was extracted, but it lies in DEST since, where others
+    # may write: it is checked again before anything more of it is moved.
+    # (No tree: the stopped run had moved everything, and removed it, but not yet the journal.)
+    STAGED_PROBLEM=""
+    if [[ -L "${tree}" || (-e "${tree}" && ! -d "${tree}") ]]; then
+      STAGED_PROBLEM="a link or a file where its folder tree was"
+    elif [[ -d "${tree}" ]]; then
+      staged_problem "${tree}" || true
+    fi
+    if [[ -n "${STAGED_PROBLEM}" ]]; then
+      die "${EXIT_REFUSED}" "files: ${staging}, the staging folder of this restore, was changed since it stopped: it holds ${STAGED_PROBLEM}; refusing to move anything more of it into ${dest}. Find out who changed it; then remove what does not belong there and run the same restore again, or give the restore up (${dest} stays as it is now, partly restored): chmod -R u+rwx $(printf '%q' "${staging}") && rm -rf $(printf '%q' "${staging}"). Nothing more was changed."
+    fi
   else
     staging="$(mktemp -d "${dest}/.gym-restore.XXXXXXXX")"
     RESTORE_STAGING="${staging}"
@@ -5281,10 +5398,9 @@ restore_files() {
     find "${tree}" -mindepth 1 -printf '%y/%T@/%m/%P\0' >"${WORK_DIR}/entries"
     mapfile -d '' -t records <"${WORK_DIR}/entries"
     find "${tree}" -type d -exec chmod u+rwx -- {} +
-    # The links first: tar also fails on an archive that writes through one of its own links.
-    check_links "${tree}"
-    ((st[0] == 0 && st[1] == 0)) || die "${EXIT_FAILED}" "files: extracting failed$(stage_message tar); nothing was changed in ${dest}"
+    check_extracted "${tree}" "${sha}" "${st[@]}"
   fi
+  [[ ! -d "${tree}" ]] || strip_setid "${tree}"
   for record in "${records[@]}"; do
     kinds+=("${record%%/*}")
     record="${record#*/}"

@@ -51,10 +51,12 @@ from tests.support import (
     table_lock,
     tar_dir,
     tar_file,
+    tar_node,
     tar_symlink,
     tree_state,
     truncate_half,
     wait_for,
+    write_files,
     write_sidecar,
 )
 
@@ -413,6 +415,9 @@ def malicious_members(case: str, outside: Path) -> list[tuple[tarfile.TarInfo, b
             tar_symlink("up", "../outside"),
             tar_file("up/pwned"),
         ],
+        "character-device": [*root, tar_dir("d"), tar_node("d/mem", tarfile.CHRTYPE)],
+        "block-device": [*root, tar_node("disco", tarfile.BLKTYPE, 0o660)],
+        "fifo": [*root, tar_node("cola", tarfile.FIFOTYPE)],
     }
     return cases[case]
 
@@ -428,6 +433,9 @@ def malicious_members(case: str, outside: Path) -> list[tuple[tarfile.TarInfo, b
             ("relative-symlink", "links that point outside the destination"),
             ("write-through-absolute-symlink", "links that point outside the destination"),
             ("write-through-relative-symlink", "links that point outside the destination"),
+            ("character-device", "1 device nodes, FIFOs or sockets (e.g. 'd/mem' (character"),
+            ("block-device", "1 device nodes, FIFOs or sockets (e.g. 'disco' (block device))"),
+            ("fifo", "1 device nodes, FIFOs or sockets (e.g. 'cola' (FIFO)); a files restore"),
         ]
     ],
 )
@@ -489,6 +497,89 @@ def test_a_files_backup_with_hard_links_to_outside_files_fails_and_writes_nothin
     assert tree_state(outside) == outside_before
     assert tree_state(dest) == dest_before
     assert (outside / "secret.txt").stat().st_nlink == 1
+
+
+def test_set_user_and_group_id_bits_of_files_are_dropped_with_a_warning_naming_them(
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    env = backup_env(tmp_path, files_dir=dest)
+    root_owned = tar_file("bin/shell", b"#!/bin/sh\n", 0o4755)
+    root_owned[0].uid = root_owned[0].gid = 0
+    shared = tar_dir("compartido")
+    shared[0].mode = 0o2775
+    backup = evil_files_backup(
+        tmp_path / "backups",
+        [
+            tar_dir("."),
+            tar_dir("bin"),
+            root_owned,
+            shared,
+            tar_file("compartido/grupo.sh", b"#!/bin/sh\n", 0o2750),
+            tar_file("ok.txt", b"fine\n", 0o644),
+        ],
+    )
+
+    result = run_ok(run_script, RESTORE, "files", backup.name, str(dest), env=env)
+
+    warning = next(line for line in result.stderr.splitlines() if "set-user-ID" in line)
+    assert (
+        "files: 2 files of the backup had the set-user-ID or set-group-ID bit: restored without it"
+    ) in warning
+    assert "'bin/shell' (mode 04755, owner 0)" in warning
+    assert "'compartido/grupo.sh' (mode 02750, owner 0)" in warning
+    modes = {rel: entry[1] for rel, entry in tree_state(dest).items()}
+    assert modes == {
+        "bin": 0o755,
+        "bin/shell": 0o755,
+        "compartido": 0o2775,  # a folder keeps it: new files there take its group
+        "compartido/grupo.sh": 0o750,
+        "ok.txt": 0o644,
+    }
+    assert (dest / "ok.txt").read_bytes() == b"fine\n"
+
+
+def test_a_files_backup_replaced_after_its_verification_is_refused_and_nothing_is_written(
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    rendered_scripts: Path,
+    tmp_path: Path,
+) -> None:
+    # 16 MB that do not compress: the verification reads them for a while before the extraction
+    uploads = write_files(
+        tmp_path / "uploads", {"grande.bin": os.urandom(16 << 20), "a/uno.txt": b"uno\n"}
+    )
+    env = backup_env(tmp_path, files_dir=uploads)
+    run_ok(run_script, BACKUP, "files", env=env)
+    backup = only_backup(tmp_path / "backups", "files", encrypted=False)
+    other = evil_files_backup(tmp_path / "other", [tar_dir("."), tar_file("pwned.txt")])
+    swap = backup.with_name(f"{backup.name}.new")
+    shutil.copyfile(other, swap)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "existing.txt").write_text("already here")
+    before = tree_state(dest)
+
+    restore = start_script(rendered_scripts, RESTORE, "files", backup.name, str(dest), env=env)
+    assert restore.stdout is not None
+    for line in restore.stdout:
+        if "check checksum: ok" in line:
+            # checked: from now on the file is replaced, as `cp other X.new && mv X.new X` does
+            swap.replace(backup)
+            break
+    _, err = restore.communicate(timeout=120)
+
+    assert not swap.exists(), "the restore never said that the checksum matched"
+    assert restore.returncode == 4, err
+    assert (
+        f"files: {backup.name} changed while it was read: the bytes extracted are not the ones "
+        f"verified"
+    ) in err
+    assert f"nothing was changed in {dest}" in err
+    assert tree_state(dest) == before
 
 
 def test_files_restore_never_writes_through_a_link_in_dest(
@@ -723,6 +814,59 @@ def test_a_files_restore_killed_while_moving_into_a_new_folder_is_completed_by_t
         int(uploads.stat().st_mtime),
     )
     assert staging_folders(new) == []
+
+
+@pytest.mark.parametrize("planted", ["link", "hard-link"])
+def test_a_killed_files_restore_whose_staged_tree_was_changed_since_moves_nothing_more(
+    planted: str,
+    many_files: tuple[Path, Path],
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    rendered_scripts: Path,
+    tmp_path: Path,
+) -> None:
+    uploads, made = many_files
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    env = backup_env(tmp_path, files_dir=dest)
+    backup = copy_backup(made, tmp_path / "backups")
+    restore = start_script(rendered_scripts, RESTORE, "files", backup.name, str(dest), env=env)
+    wait_for_moves(dest, restore)
+    os.kill(restore.pid, signal.SIGKILL)
+    restore.communicate(timeout=60)
+    with holding_the_lock(tmp_path / "backups", "the test, after the kill"):
+        (staging,) = staging_folders(dest)
+    # someone with access to DEST puts a link to a secret in place of a file still staged
+    staged = next((staging / "tree").rglob("foto *.jpg"))
+    rel = staged.relative_to(staging / "tree")
+    secret = write_files(tmp_path / "outside", {"secret.txt": b"not for DEST"}) / "secret.txt"
+    staged.unlink()
+    if planted == "link":
+        staged.symlink_to("/etc/shadow")
+        problem = f"links that point outside the destination: {rel} -> /etc/shadow"
+    else:
+        staged.hardlink_to(secret)
+        problem = f"files hard-linked to files outside the destination: '{rel}'"
+    before = tree_state(dest)
+
+    refused = run_script(RESTORE, "files", backup.name, str(dest), env=env, timeout=300)
+
+    assert refused.returncode == 6, refused.stdout + refused.stderr
+    assert (
+        f"files: {staging}, the staging folder of this restore, was changed since it stopped: it "
+        f"holds {problem}; refusing to move anything more of it into {dest}."
+    ) in refused.stderr
+    assert f"rm -rf {staging}. Nothing more was changed." in refused.stderr
+    assert tree_state(dest) == before
+
+    # the operator puts the file back: the same restore then completes
+    staged.unlink()
+    shutil.copy2(uploads / rel, staged)
+    run_ok(run_script, RESTORE, "files", backup.name, str(dest), env=env, timeout=300)
+
+    assert tree_state(dest) == tree_state(uploads)
+    assert staging_folders(dest) == []
+    assert secret.stat().st_nlink == 1
 
 
 @pytest.mark.parametrize(
