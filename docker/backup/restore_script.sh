@@ -3413,16 +3413,22 @@ sql_unquote() {
 
 # pg_create_roles: the roles the backup names (its roles block) that the server lacks are created
 # before the load, in one transaction on the administrator's connection (POSTGRES_ADMIN_USER, else
-# POSTGRES_USER, which then needs CREATEROLE), with their attributes, settings and memberships but
-# no password: POSTGRES_USER itself, when created, gets POSTGRES_PASSWORD (the load logs in as
-# it). Roles that exist are left as they are (a restore onto the same server changes no role);
-# superusers of the old server are not created. Only statements of a known shape are read from
-# the backup, and the SQL is written here: nothing in the backup runs as the administrator.
+# POSTGRES_USER, which then needs CREATEROLE), with no password: POSTGRES_USER itself, when
+# created, gets POSTGRES_PASSWORD (the load logs in as it). A backup is untrusted input, so the
+# roles it creates never get more power than an application role: LOGIN, INHERIT, CREATEDB,
+# CONNECTION LIMIT, VALID UNTIL and the settings any user may set for itself are applied;
+# SUPERUSER roles are not created; CREATEROLE, REPLICATION and BYPASSRLS are left off; and only
+# the memberships among roles this run created are granted: never a role that existed (a
+# predefined pg_* role, the administrator, the application's own), never to one. What is left
+# out is named in a WARN with the statements to run by hand. Roles that exist are left as they
+# are (a restore onto the same server changes no role). Only statements of a known shape are
+# read from the backup, and the SQL is written here: nothing in the backup runs as the
+# administrator.
 pg_create_roles() {
   local roles="${WORK_DIR}/roles.sql" line name group member attrs param stmt sql="" created_login=""
-  local q='"([^"]|"")+"' lit="'([^']|'')*'"
+  local q='"([^"]|"")+"' lit="'([^']|'')*'" held held_sql="" grant_sql="" ident
   local attr_re="^( (NO)?(SUPERUSER|INHERIT|CREATEROLE|CREATEDB|LOGIN|REPLICATION|BYPASSRLS)| CONNECTION LIMIT -?[0-9]+| VALID UNTIL ${lit})*\$"
-  local -a names=() grants=() settings=() skipped=()
+  local -a names=() grants=() settings=() skipped=() reserved=() held_grants=()
   local -A exists=() attrs_of=() create=()
   local found=0
   pg_backup_roles "${roles}" || found=$?
@@ -3454,21 +3460,29 @@ pg_create_roles() {
   fi
   for name in "${names[@]}"; do
     [[ -z "${exists["${name}"]:-}" && -z "${create["${name}"]:-}" ]] || continue
-    attrs="${attrs_of["${name}"]:-}"
-    if [[ " ${attrs} " == *" SUPERUSER "* ]]; then
+    if [[ "${name}" == pg_* ]]; then
+      reserved+=("${name}")
+      continue
+    fi
+    pg_safe_role_attrs "${attrs_of["${name}"]:-}"
+    attrs="${PG_SAFE_ATTRS}"
+    if [[ " ${PG_HELD_ATTRS} " == *" SUPERUSER "* ]]; then
       skipped+=("${name}")
       continue
     fi
     create["${name}"]=1
+    ident="$(sql_ident "${name}")"
+    [[ -z "${PG_HELD_ATTRS}" ]] || held_sql+="${held_sql:+ }ALTER ROLE ${ident}${PG_HELD_ATTRS};"
     if [[ "${name}" == "${POSTGRES_USER}" ]]; then
       attrs="${attrs// NOLOGIN/}"
       attrs="${attrs// LOGIN/} LOGIN PASSWORD $(sql_literal "${POSTGRES_PASSWORD}")"
     elif [[ " ${attrs} " == *" LOGIN "* ]]; then
       created_login+="${created_login:+, }${name}"
     fi
-    sql+="CREATE ROLE $(sql_ident "${name}")${attrs:+ WITH${attrs}};"$'\n'
+    sql+="CREATE ROLE ${ident}${attrs:+ WITH${attrs}};"$'\n'
   done
-  ((${#skipped[@]} == 0)) || log WARN "postgresql: not created, superusers of the old server: ${skipped[*]}"
+  ((${#skipped[@]} == 0)) || log WARN "postgresql: not created, superusers of the old server: ${skipped[*]} (a restore never creates a superuser; create them by hand if they are wanted)"
+  ((${#reserved[@]} == 0)) || log WARN "postgresql: not created, roles of the backup whose names PostgreSQL reserves for its own roles: ${reserved[*]}"
   ((${#create[@]} > 0)) || return 0
   # A role's settings: only those any user may set for itself (context user), not one that
   # only a superuser may set (session_preload_libraries...).
@@ -3481,12 +3495,20 @@ pg_create_roles() {
     [[ -n "${create["${name}"]:-}" && -n "${user_param["${param}"]:-}" ]] || continue
     sql+="${stmt}"$'\n'
   done
+  # Memberships: only among the roles created here. One that involves a role this run did not
+  # create (a predefined pg_* role, the application's, the administrator's) is named, not granted;
+  # those between roles that all existed are the server's own business and left unsaid.
   for line in "${grants[@]}"; do
     IFS=$'\t' read -r group member attrs <<<"${line}"
     [[ -n "${create["${group}"]:-}" || -n "${create["${member}"]:-}" ]] || continue
-    [[ -n "${create["${group}"]:-}${exists["${group}"]:-}" && -n "${create["${member}"]:-}${exists["${member}"]:-}" ]] || continue
-    sql+="GRANT $(sql_ident "${group}") TO $(sql_ident "${member}")${attrs};"$'\n'
+    stmt="GRANT $(sql_ident "${group}") TO $(sql_ident "${member}")${attrs};"
+    if [[ -n "${create["${group}"]:-}" && -n "${create["${member}"]:-}" ]]; then
+      grant_sql+="${stmt}"$'\n'
+    else
+      held_grants+=("${stmt}")
+    fi
   done
+  sql+="${grant_sql}"
   names=("${!create[@]}")
   log INFO "postgresql: creating the roles of the backup that the server lacks: ${names[*]}"
   # If this run is killed, the next one drops them again while nothing depends on them
@@ -3496,10 +3518,41 @@ pg_create_roles() {
     die "${EXIT_REFUSED}" "postgresql: could not create the roles ${names[*]} that the backup names and the server lacks$(stage_message psql); set POSTGRES_ADMIN_USER (and POSTGRES_ADMIN_PASSWORD) to a role that may create them (a superuser), or pass --no-owner. Nothing was changed."
   fi
   CREATED_ROLES=("${names[@]}")
+  if [[ -n "${held_sql}" ]]; then
+    log WARN "postgresql: created roles WITHOUT attributes the backup gives them (a restore never gives a role CREATEROLE, REPLICATION or BYPASSRLS); if they are really needed, run as a superuser: ${held_sql}"
+  fi
+  if ((${#held_grants[@]} > 0)); then
+    log WARN "postgresql: NOT granted, memberships of the backup that involve a role this restore did not create (a restore grants no existing or predefined pg_* role, and makes no existing role a member of a new one): ${held_grants[*]} If they are really wanted, check them and run them as a superuser."
+  fi
   if [[ -n "${created_login}" ]]; then
     log WARN "postgresql: created the login roles ${created_login} WITHOUT a password (backups never hold one): set each with ALTER ROLE name PASSWORD '...' before the application logs in"
   fi
   [[ -z "${create["${POSTGRES_USER}"]:-}" ]] || log INFO "postgresql: created ${POSTGRES_USER} (POSTGRES_USER) with POSTGRES_PASSWORD as its password"
+}
+
+# What pg_safe_role_attrs found: the attributes a restore gives a role it creates, and those it
+# holds back (" CREATEROLE BYPASSRLS"; " SUPERUSER": the role is not created).
+PG_SAFE_ATTRS=""
+
+PG_HELD_ATTRS=""
+
+# pg_safe_role_attrs ATTRS: split the attributes of an ALTER ROLE ... WITH line (as pg_create_roles
+# matched them) into PG_SAFE_ATTRS and PG_HELD_ATTRS. The NO forms of the held ones are the
+# default, and dropped.
+pg_safe_role_attrs() {
+  local rest="$1" word lit="'([^']|'')*'"
+  local word_re="^ ((NO)?(SUPERUSER|INHERIT|CREATEROLE|CREATEDB|LOGIN|REPLICATION|BYPASSRLS)|CONNECTION LIMIT -?[0-9]+|VALID UNTIL ${lit})"
+  PG_SAFE_ATTRS=""
+  PG_HELD_ATTRS=""
+  while [[ "${rest}" =~ ${word_re} ]]; do
+    word="${BASH_REMATCH[0]}"
+    rest="${rest:${#word}}"
+    case "${word}" in
+      " SUPERUSER" | " CREATEROLE" | " REPLICATION" | " BYPASSRLS") PG_HELD_ATTRS+="${word}" ;;
+      " NOSUPERUSER" | " NOCREATEROLE" | " NOREPLICATION" | " NOBYPASSRLS") ;;
+      *) PG_SAFE_ATTRS+="${word}" ;;
+    esac
+  done
 }
 
 # pg_script DB: the SQL on stdin, in DB as POSTGRES_USER (as_admin may have set it), stopping at

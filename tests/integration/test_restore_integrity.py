@@ -13,6 +13,8 @@ import gzip
 import os
 import shutil
 import signal
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from tests.support import (
     CHANGE,
     ENCRYPTION,
     KEY,
+    PG_USER,
     RESTORE,
     MakeEnv,
     NewDb,
@@ -318,12 +321,22 @@ def test_clean_restore_refuses_to_drop_what_a_schema_outside_the_backup_uses(
 # ------------------------------------------------------------------ no psql command ever runs
 
 
-def hostile_dump(backup_dir: Path, payload: str) -> Path:
+# The head of a backup's roles block, as backup_script.sh writes it (dump_roles).
+ROLES_BEGIN = (
+    "-- gym-backup roles (pg_dumpall --globals-only --no-role-passwords): "
+    "restore_script.sh creates those a new server lacks"
+)
+
+
+def hostile_dump(backup_dir: Path, payload: str, roles: Sequence[str] = ()) -> Path:
     """A plain backup holding ``payload`` between two good statements, with a matching sidecar
-    and pg_dump's header and completion trailer: everything a real backup has."""
+    and pg_dump's header and completion trailer: everything a real backup has; with ``roles``
+    (statements as pg_dumpall writes them), a roles block at its head, as backups carry."""
     backup = backup_dir / "postgresql_backup_20240101_000000.sql.gz"
+    block = "".join(f"--| {line}\n" for line in roles)
     sql = (
-        "--\n-- PostgreSQL database dump\n--\n\n"
+        (f"{ROLES_BEGIN}\n{block}-- gym-backup roles end\n" if roles else "")
+        + "--\n-- PostgreSQL database dump\n--\n\n"
         "CREATE TABLE public.before_payload (x int);\n"
         f"{payload}\n"
         "CREATE TABLE public.after_payload (x int);\n"
@@ -450,3 +463,84 @@ def test_an_admin_creates_the_database_but_the_dump_loads_as_the_application_rol
     assert result.returncode == 1, result.stdout + result.stderr
     assert not marker.exists()
     assert planted not in database_names(pg)
+
+
+# ------------------------------------------------------------ the roles a backup carries
+
+
+def test_the_roles_of_a_hostile_backup_get_no_more_power_than_an_application_role(
+    pg: PostgresServer,
+    admin: tuple[str, str],
+    new_db: NewDb,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    evil, ally = (f"{what}_{uuid.uuid4().hex[:8]}" for what in ("evil", "ally"))
+    # the server's own folder: the server (running as postgres when the tests run as root) may
+    # write there, as a superuser's COPY TO PROGRAM shows
+    marker = pg.data_dir.parent / f"pwned-{uuid.uuid4().hex[:8]}"
+    pg.psql(f"COPY (SELECT 1) TO PROGRAM {sql_literal(f'id > {marker}')}")
+    assert marker.exists(), "the control: the server can write the marker"
+    marker.unlink()
+    roles = [
+        f'CREATE ROLE "{evil}";',
+        f'ALTER ROLE "{evil}" WITH NOSUPERUSER INHERIT CREATEROLE NOCREATEDB LOGIN REPLICATION '
+        "BYPASSRLS;",
+        f'CREATE ROLE "{ally}";',
+        f'ALTER ROLE "{ally}" WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB NOLOGIN '
+        "NOREPLICATION NOBYPASSRLS;",
+        f'GRANT "pg_execute_server_program" TO "{evil}" GRANTED BY "postgres";',
+        f'GRANT "postgres" TO "{evil}" GRANTED BY "postgres";',
+        f'GRANT "{evil}" TO "{PG_USER}" GRANTED BY "postgres";',
+        f'GRANT "{ally}" TO "{evil}" GRANTED BY "postgres";',
+    ]
+    name, password = admin
+    env = backup_env(tmp_path) | {"POSTGRES_ADMIN_USER": name, "POSTGRES_ADMIN_PASSWORD": password}
+    planted = new_db(create=False)
+    target = new_db(create=False)
+    try:
+        hostile = hostile_dump(
+            tmp_path / "backups",
+            f"COPY (SELECT 1) TO PROGRAM {sql_literal(f'id > {marker}')};",
+            roles,
+        )
+        refused = run_script(RESTORE, "postgresql", hostile.name, "--target-db", planted, env=env)
+        benign = hostile_dump(tmp_path / "backups", "SELECT 1;", roles)
+        restored = run_ok(
+            run_script, RESTORE, "postgresql", benign.name, "--target-db", target, env=env
+        )
+
+        assert not marker.exists(), "the program of the backup ran"
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "42501" in refused.stderr
+        assert planted not in database_names(pg)
+        attributes = pg.psql(
+            "SELECT rolname, rolsuper, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin "
+            f"FROM pg_roles WHERE rolname IN ({sql_literal(evil)}, {sql_literal(ally)}) "
+            "ORDER BY rolname = " + sql_literal(evil),
+            "postgres",
+        ).splitlines()
+        assert attributes == [f"{ally}|f|f|f|f|f", f"{evil}|f|f|f|f|t"]
+        memberships = pg.psql(
+            "SELECT g.rolname || ' TO ' || m.rolname FROM pg_auth_members a "
+            "JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member "
+            f"WHERE {sql_literal(evil)} IN (g.rolname, m.rolname)",
+            "postgres",
+        ).splitlines()
+        assert memberships == [f"{ally} TO {evil}"]
+        log = (tmp_path / "backups/restore.log").read_text()
+        for said in (restored.stderr, log):
+            assert (
+                f'ALTER ROLE "{evil}" CREATEROLE REPLICATION BYPASSRLS;' in said
+            ), restored.stderr
+            for grant in (
+                f'GRANT "pg_execute_server_program" TO "{evil}";',
+                f'GRANT "postgres" TO "{evil}";',
+                f'GRANT "{evil}" TO "{PG_USER}";',
+            ):
+                assert grant in said, restored.stderr
+            assert f'GRANT "{ally}" TO "{evil}";' not in said
+    finally:
+        pg.dropdb(target)
+        pg.psql(f"DROP ROLE IF EXISTS {sql_ident(evil)}, {sql_ident(ally)}", "postgres")
