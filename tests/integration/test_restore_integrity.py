@@ -9,12 +9,11 @@ run without the fault shows the restore would have changed it.
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 import signal
 import uuid
-from collections.abc import Sequence
+import zlib
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,9 @@ from tests.support import (
     database_names,
     decode,
     descendants,
+    hostile_dump,
     only_backup,
+    run_gpg,
     run_ok,
     start_script,
     table_lock,
@@ -87,6 +88,47 @@ def cut_at(dump: bytes, where: str) -> int:
         return dump.index(b"ADD CONSTRAINT") + 7
     # between statements: the whole dump but its completion trailer
     return dump.index(b"\n--\n-- PostgreSQL database dump complete") + 1
+
+
+@pytest.mark.parametrize("key", ENCRYPTION)
+@pytest.mark.usefixtures("createdb")
+def test_a_backup_whose_damage_only_its_end_tells_is_reported_as_damaged_not_as_bad_sql(
+    key: str | None,
+    pg: PostgresServer,
+    payments_db: str,
+    new_db: NewDb,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    gpg_home: Path,
+    tmp_path: Path,
+) -> None:
+    env = backup_env(tmp_path, encryption_key=key, POSTGRES_DB=payments_db)
+    run_ok(run_script, BACKUP, "postgresql", env=env)
+    backup = only_backup(tmp_path / "backups", "postgresql", encrypted=key is not None)
+    sql = decode(backup, key, gpg_home)
+    # Stored deflate blocks carry a damaged byte through as it is, to the gzip trailer's CRC at
+    # the end (as gpg releases plaintext before its integrity check at the end): psql gets a
+    # statement before the data that is not SQL, and fails first, while megabytes are to come.
+    packer = zlib.compressobj(0, zlib.DEFLATED, 31)
+    packed = bytearray(packer.compress(sql) + packer.flush())
+    packed[packed.index(b"\nCREATE TABLE ") + len("\nCREATE ")] = ord("X")
+    if key is None:
+        backup.write_bytes(bytes(packed))
+    else:
+        plain = tmp_path / "damaged.sql.gz"
+        plain.write_bytes(bytes(packed))
+        backup.unlink()
+        sealed = run_gpg(gpg_home, key, "--symmetric", "--output", str(backup), str(plain))
+        assert sealed.returncode == 0, sealed.stderr
+    write_sidecar(backup)
+    target = new_db(create=False)
+
+    result = run_script(RESTORE, "postgresql", backup.name, "--target-db", target, env=env)
+
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "the compressed data is damaged" in result.stderr
+    assert "42601" in result.stderr  # the consequence, named after the cause
+    assert target not in database_names(pg)
 
 
 @pytest.mark.parametrize(
@@ -319,32 +361,6 @@ def test_clean_restore_refuses_to_drop_what_a_schema_outside_the_backup_uses(
 
 
 # ------------------------------------------------------------------ no psql command ever runs
-
-
-# The head of a backup's roles block, as backup_script.sh writes it (dump_roles).
-ROLES_BEGIN = (
-    "-- gym-backup roles (pg_dumpall --globals-only --no-role-passwords): "
-    "restore_script.sh creates those a new server lacks"
-)
-
-
-def hostile_dump(backup_dir: Path, payload: str, roles: Sequence[str] = ()) -> Path:
-    """A plain backup holding ``payload`` between two good statements, with a matching sidecar
-    and pg_dump's header and completion trailer: everything a real backup has; with ``roles``
-    (statements as pg_dumpall writes them), a roles block at its head, as backups carry."""
-    backup = backup_dir / "postgresql_backup_20240101_000000.sql.gz"
-    block = "".join(f"--| {line}\n" for line in roles)
-    sql = (
-        (f"{ROLES_BEGIN}\n{block}-- gym-backup roles end\n" if roles else "")
-        + "--\n-- PostgreSQL database dump\n--\n\n"
-        "CREATE TABLE public.before_payload (x int);\n"
-        f"{payload}\n"
-        "CREATE TABLE public.after_payload (x int);\n"
-        "--\n-- PostgreSQL database dump complete\n--\n\n"
-    )
-    backup.write_bytes(gzip.compress(sql.encode()))
-    write_sidecar(backup)
-    return backup
 
 
 PAYLOADS = {
