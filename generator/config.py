@@ -94,8 +94,9 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         Kind.NAME,
         "Role that creates and drops databases for 'restore --target-db' and 'verify --deep', "
-        "and the roles a restore onto a new server lacks (empty: POSTGRES_USER, which then "
-        "needs CREATEDB, CREATEROLE); never used for backups or to load a dump.",
+        "and the roles a restore onto a new server lacks, with no more power than an "
+        "application role (empty: POSTGRES_USER, which then needs CREATEDB, CREATEROLE); never "
+        "used for backups or to load a dump.",
     ),
     Setting(
         "POSTGRES_ADMIN_PASSWORD",

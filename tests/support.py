@@ -296,6 +296,32 @@ def restamped_copy(real: Path, new_stamp: str) -> Path:
     return target
 
 
+# The head of a backup's roles block, as backup_script.sh writes it (dump_roles).
+ROLES_BEGIN = (
+    "-- gym-backup roles (pg_dumpall --globals-only --no-role-passwords): "
+    "restore_script.sh creates those a new server lacks"
+)
+
+
+def hostile_dump(backup_dir: Path, payload: str, roles: Sequence[str] = ()) -> Path:
+    """A plain backup holding ``payload`` between two good statements, with a matching sidecar
+    and pg_dump's header and completion trailer: everything a real backup has; with ``roles``
+    (statements as pg_dumpall writes them), a roles block at its head, as backups carry."""
+    backup = backup_dir / "postgresql_backup_20240101_000000.sql.gz"
+    block = "".join(f"--| {line}\n" for line in roles)
+    sql = (
+        (f"{ROLES_BEGIN}\n{block}-- gym-backup roles end\n" if roles else "")
+        + "--\n-- PostgreSQL database dump\n--\n\n"
+        "CREATE TABLE public.before_payload (x int);\n"
+        f"{payload}\n"
+        "CREATE TABLE public.after_payload (x int);\n"
+        "--\n-- PostgreSQL database dump complete\n--\n\n"
+    )
+    backup.write_bytes(gzip.compress(sql.encode()))
+    write_sidecar(backup)
+    return backup
+
+
 def flip_middle_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x10

@@ -428,10 +428,17 @@ clean_leftovers() {
         kill "${proc}" 2>/dev/null || true
       fi
     done < <(find "${dir}" -name '*.pid' -type f -print0 2>/dev/null)
-    leftover_hook "${dir}"
+    # (what it cannot undo yet, with a server down, stays for the next run)
+    leftover_hook "${dir}" || continue
     ! declare -F status_killed >/dev/null || status_killed "${dir}" "${what}"
     rm -rf -- "${dir}"
     log WARN "cleaned up after a run that did not finish (pid ${pid}: ${what% }): it was killed; its private files are removed"
+  done
+  # What a finished run could not undo (a PostgreSQL restore's pg_keep_for_next_run): the
+  # records go when leftover_hook has dealt with them.
+  for dir in "$(run_root)"/left.*; do
+    [[ -d "${dir}" && ! -L "${dir}" ]] || continue
+    ! leftover_hook "${dir}" || rm -rf -- "${dir}"
   done
   [[ "${1:-}" == --partials ]] || return 0
   for path in "${BACKUP_DIR}"/*_backup_*.partial; do
@@ -4436,9 +4443,10 @@ interrupted_state() {
   printf 'not started: %s' "${not_started[*]:-none}"
 }
 
-# leftover_hook DIR: nothing of a killed backup run needs more than removing its folder.
+# leftover_hook DIR: nothing of a killed backup run needs more than removing its folder; what a
+# restore kept for the next run (a left.PID folder) is for restore_script.sh.
 leftover_hook() {
-  return 0
+  [[ "${1##*/}" != left.* ]]
 }
 
 # The health check reads when the last full backup succeeded.

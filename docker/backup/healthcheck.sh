@@ -431,10 +431,17 @@ clean_leftovers() {
         kill "${proc}" 2>/dev/null || true
       fi
     done < <(find "${dir}" -name '*.pid' -type f -print0 2>/dev/null)
-    leftover_hook "${dir}"
+    # (what it cannot undo yet, with a server down, stays for the next run)
+    leftover_hook "${dir}" || continue
     ! declare -F status_killed >/dev/null || status_killed "${dir}" "${what}"
     rm -rf -- "${dir}"
     log WARN "cleaned up after a run that did not finish (pid ${pid}: ${what% }): it was killed; its private files are removed"
+  done
+  # What a finished run could not undo (a PostgreSQL restore's pg_keep_for_next_run): the
+  # records go when leftover_hook has dealt with them.
+  for dir in "$(run_root)"/left.*; do
+    [[ -d "${dir}" && ! -L "${dir}" ]] || continue
+    ! leftover_hook "${dir}" || rm -rf -- "${dir}"
   done
   [[ "${1:-}" == --partials ]] || return 0
   for path in "${BACKUP_DIR}"/*_backup_*.partial; do

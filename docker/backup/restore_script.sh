@@ -428,10 +428,17 @@ clean_leftovers() {
         kill "${proc}" 2>/dev/null || true
       fi
     done < <(find "${dir}" -name '*.pid' -type f -print0 2>/dev/null)
-    leftover_hook "${dir}"
+    # (what it cannot undo yet, with a server down, stays for the next run)
+    leftover_hook "${dir}" || continue
     ! declare -F status_killed >/dev/null || status_killed "${dir}" "${what}"
     rm -rf -- "${dir}"
     log WARN "cleaned up after a run that did not finish (pid ${pid}: ${what% }): it was killed; its private files are removed"
+  done
+  # What a finished run could not undo (a PostgreSQL restore's pg_keep_for_next_run): the
+  # records go when leftover_hook has dealt with them.
+  for dir in "$(run_root)"/left.*; do
+    [[ -d "${dir}" && ! -L "${dir}" ]] || continue
+    ! leftover_hook "${dir}" || rm -rf -- "${dir}"
   done
   [[ "${1:-}" == --partials ]] || return 0
   for path in "${BACKUP_DIR}"/*_backup_*.partial; do
@@ -3218,7 +3225,10 @@ drop_scratch_db() {
 # A database this run created for a restore that failed is dropped again: the target is as it was.
 drop_created_db() {
   [[ -n "${CREATED_DB}" ]] || return 0
-  drop_database "${CREATED_DB}" || log WARN "could not drop the database ${CREATED_DB} that this failed restore created; drop it by hand"
+  if ! drop_database "${CREATED_DB}"; then
+    pg_keep_for_next_run created-db
+    log WARN "postgresql: could not drop the database ${CREATED_DB} that this failed restore created; the next run drops it while it is empty (or drop it by hand)"
+  fi
   CREATED_DB=""
 }
 
@@ -3255,6 +3265,9 @@ LOAD_TOKEN=""
 
 LOAD_DB=""
 
+# What became of pg_load's transaction when it failed: rolled-back, unknown or partial.
+LOAD_OUTCOME=""
+
 # pg_load_stop: end pg_load after a signal; says what became of the database. Before COMMIT
 # was sent, psql is stopped (its session ends: rolled back); after, psql may finish (30 s).
 pg_load_stop() {
@@ -3265,12 +3278,23 @@ pg_load_stop() {
     is_running "${LOAD_PSQL_PID}" || break
     sleep 0.1
   done
-  if grep -qxF "gym-backup committed ${LOAD_TOKEN}" "${WORK_DIR}/psql.out" 2>/dev/null; then
-    printf 'the restore had committed just before the stop: %s holds the backup' "${LOAD_DB}"
-  elif [[ "${LOAD_PHASE}" == committing ]]; then
-    printf 'the stop came during COMMIT: whether %s holds the backup or is as it was is unknown; check it' "${LOAD_DB}"
+  case "$(pg_load_outcome)" in
+    committed) printf 'the restore had committed just before the stop: %s holds the backup' "${LOAD_DB}" ;;
+    unknown) printf 'the stop came during COMMIT: whether %s holds the backup or is as it was is unknown; check it' "${LOAD_DB}" ;;
+    *) printf 'the restore was stopped before its COMMIT and rolled back: %s is as it was' "${LOAD_DB}" ;;
+  esac
+}
+
+# pg_load_outcome: what became of the load a signal stopped (once pg_load_stop waited for
+# psql): committed, unknown (psql may have sent COMMIT, and gave no answer), or rolled-back.
+pg_load_outcome() {
+  local out="${WORK_DIR}/psql.out"
+  if grep -qxF "gym-backup committed ${LOAD_TOKEN}" "${out}" 2>/dev/null; then
+    printf committed
+  elif [[ "${LOAD_PHASE}" == committing ]] && { is_running "${LOAD_PSQL_PID}" || grep -qxF "gym-backup committing ${LOAD_TOKEN}" "${out}" 2>/dev/null; }; then
+    printf unknown
   else
-    printf 'the restore was stopped before its COMMIT and rolled back: %s is as it was' "${LOAD_DB}"
+    printf rolled-back
   fi
 }
 
@@ -3280,7 +3304,8 @@ pg_load_stop() {
 # Anything else (a cut file, a killed decoder, a signal, even SIGKILL of this script) ends psql's
 # input without COMMIT, and PostgreSQL rolls everything back. psql runs restricted with a key of
 # this run: no psql command in the backup (\!, \o |cmd, \copy, \i ...) is ever run.
-# Returns 0 when committed; else sets LOAD_CODE and LOAD_REASON, and returns 1.
+# Returns 0 when committed; else sets LOAD_CODE, LOAD_REASON and LOAD_OUTCOME (rolled-back;
+# unknown: the connection broke after COMMIT was sent; partial: GBK01), and returns 1.
 pg_load() {
   local db="$1" strip="$2" preamble="${3:-}"
   local fifo="${WORK_DIR}/load.fifo" key token fd psql_pid psql_rc=0 sent_commit=0 sqlstate
@@ -3289,6 +3314,7 @@ pg_load() {
   token="$(random_hex 12)"
   LOAD_CODE="${EXIT_FAILED}"
   LOAD_REASON=""
+  LOAD_OUTCOME=rolled-back
   : >"${WORK_DIR}/psql.err"
   mkfifo -m 600 -- "${fifo}"
   pg_run psql -X -q -t -A -v ON_ERROR_STOP=1 -v VERBOSITY=verbose -h "${POSTGRES_HOST}" \
@@ -3323,9 +3349,11 @@ pg_load() {
     LOAD_REASON="${BACKUP_FILE##*/} changed while it was read: its sha256 is no longer the one in ${BACKUP_FILE##*/}.sha256"
   elif ((st[0] == 0 && st[1] == 0 && st[2] == 0)); then
     # Everything was read and decoded: check that the dump did not end the transaction itself,
-    # then commit, then say so (the last line only prints once COMMIT has succeeded).
+    # then commit, then say so (the last line only prints once COMMIT has succeeded; the one
+    # before it once every statement before COMMIT has: psql then sends COMMIT).
     (
       printf "DO \$gym_backup\$ BEGIN IF pg_catalog.current_setting('gym_backup.xact', true) IS DISTINCT FROM pg_catalog.txid_current()::text THEN RAISE EXCEPTION USING ERRCODE = 'GBK01', MESSAGE = 'the backup ended the transaction of the restore itself (it holds COMMIT or ROLLBACK)'; END IF; END \$gym_backup\$;\n"
+      printf "SELECT 'gym-backup committing %s';\n" "${token}"
       printf 'COMMIT;\n'
       printf "SELECT 'gym-backup committed %s';\n" "${token}"
     ) 1>&"${fd}" 2>/dev/null && sent_commit=1 LOAD_PHASE=committing
@@ -3343,13 +3371,37 @@ pg_load() {
   # The server's source file and line are of no use to the user.
   sed -i '/^LOCATION:  /d' "${WORK_DIR}/psql.err" 2>/dev/null || true
   sqlstate="$(pg_sqlstate "${WORK_DIR}/psql.err")"
+  if ((sent_commit && psql_rc == 2)) && grep -qxF "gym-backup committing ${token}" "${WORK_DIR}/psql.out"; then
+    # The connection broke after psql sent COMMIT: the server may have run it. Its transaction
+    # (the first line psql printed) says, if the server answers.
+    case "$(pg_xact_status "${db}" "$(head -n 1 -- "${WORK_DIR}/psql.out")")" in
+      committed)
+        log WARN "postgresql: the connection to the server broke after COMMIT, which the server had run: ${db} holds the backup"
+        return 0
+        ;;
+      aborted) ;;
+      *) LOAD_OUTCOME=unknown ;;
+    esac
+  fi
+  # A decode stopped early (its reader, psql, failed first) may have been stopped before the
+  # damage it would have found: gpg releases plaintext before its integrity check at the end,
+  # and a decompressor before its checksum. After an error that damaged SQL may cause, the
+  # whole backup is decoded again, to nowhere: when it does not decode, the damage is the cause.
+  if ((psql_rc == 3 && st[1] != 0)) && pg_may_be_damage "${sqlstate}" && ! pg_decodes_whole; then
+    decode_failure
+    LOAD_REASON+="; psql, reading its damaged output, failed first (exit ${psql_rc})$(stage_message psql)"
+    return 1
+  fi
   if grep -qs 'backslash commands are restricted' "${WORK_DIR}/psql.err"; then
     LOAD_CODE="${EXIT_VERIFY}"
     LOAD_REASON="the backup holds a psql command (a line starting with a backslash: \\!, \\o, \\copy, \\i ...); refused, a backup is never run as a program$(stage_message psql)"
     return 1
   fi
   case "${sqlstate}" in
-    GBK01) LOAD_REASON="$(stage_message psql): part of it may have been applied; restore the safety backup if one was taken" ;;
+    GBK01)
+      LOAD_OUTCOME=partial
+      LOAD_REASON="$(stage_message psql): part of it may have been applied; restore the safety backup if one was taken"
+      ;;
     42704) LOAD_REASON="$(stage_message psql); the server lacks a role the dump names: pass --no-owner" ;;
     55P03) LOAD_REASON="$(stage_message psql); another session (the application?) held a lock for LOCK_TIMEOUT=${LOCK_TIMEOUT}s: stop it, or retry" ;;
     42501) LOAD_REASON="$(stage_message psql); ${POSTGRES_USER} lacks a privilege the dump needs (objects of other owners, or only a superuser may restore them: pass --no-owner, or see the README)" ;;
@@ -3358,11 +3410,34 @@ pg_load() {
       LOAD_REASON="$(stage_message psql)${LOAD_REASON:+; ${LOAD_REASON}}"
       ;;
   esac
-  if ((sent_commit && psql_rc == 2)); then
-    LOAD_REASON="the connection broke during COMMIT: check whether the restore was applied${LOAD_REASON}"
-  fi
   LOAD_REASON="psql failed (exit ${psql_rc})${LOAD_REASON}"
   return 1
+}
+
+# pg_xact_status DB XID: what became of transaction XID (committed, aborted, in progress), asked
+# in DB; nothing when the server does not answer.
+pg_xact_status() {
+  is_uint "$2" || return 0
+  pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
+    -d "$1" -c "SELECT pg_catalog.txid_status($2)" 2>/dev/null || true
+}
+
+# pg_may_be_damage SQLSTATE: whether psql's error may come from damaged SQL (not from a lock, a
+# privilege, a missing role, the server or this script's own checks).
+pg_may_be_damage() {
+  case "$1" in
+    55P03 | 42501 | 42704 | GBK* | 08* | 53* | 57*) return 1 ;;
+  esac
+}
+
+# pg_decodes_whole: the whole backup decodes (to nowhere); when not, decode.err says why.
+pg_decodes_whole() {
+  run_step decode_to_nowhere
+  ((STEP_RC == 0 && STEP_ST[0] == 0))
+}
+
+decode_to_nowhere() {
+  decode "${BACKUP_FILE}" >/dev/null 2>"${WORK_DIR}/decode.err"
 }
 
 # Why the decode failed (LOAD_CODE, LOAD_REASON), in the words of verify; a wrong key is exit 5.
@@ -3459,16 +3534,22 @@ sql_unquote() {
 
 # pg_create_roles: the roles the backup names (its roles block) that the server lacks are created
 # before the load, in one transaction on the administrator's connection (POSTGRES_ADMIN_USER, else
-# POSTGRES_USER, which then needs CREATEROLE), with their attributes, settings and memberships but
-# no password: POSTGRES_USER itself, when created, gets POSTGRES_PASSWORD (the load logs in as
-# it). Roles that exist are left as they are (a restore onto the same server changes no role);
-# superusers of the old server are not created. Only statements of a known shape are read from
-# the backup, and the SQL is written here: nothing in the backup runs as the administrator.
+# POSTGRES_USER, which then needs CREATEROLE), with no password: POSTGRES_USER itself, when
+# created, gets POSTGRES_PASSWORD (the load logs in as it). A backup is untrusted input, so the
+# roles it creates never get more power than an application role: LOGIN, INHERIT, CREATEDB,
+# CONNECTION LIMIT, VALID UNTIL and the settings any user may set for itself are applied;
+# SUPERUSER roles are not created; CREATEROLE, REPLICATION and BYPASSRLS are left off; and only
+# the memberships among roles this run created are granted: never a role that existed (a
+# predefined pg_* role, the administrator, the application's own), never to one. What is left
+# out is named in a WARN with the statements to run by hand. Roles that exist are left as they
+# are (a restore onto the same server changes no role). Only statements of a known shape are
+# read from the backup, and the SQL is written here: nothing in the backup runs as the
+# administrator.
 pg_create_roles() {
   local roles="${WORK_DIR}/roles.sql" line name group member attrs param stmt sql="" created_login=""
-  local q='"([^"]|"")+"' lit="'([^']|'')*'"
+  local q='"([^"]|"")+"' lit="'([^']|'')*'" held held_sql="" grant_sql="" ident
   local attr_re="^( (NO)?(SUPERUSER|INHERIT|CREATEROLE|CREATEDB|LOGIN|REPLICATION|BYPASSRLS)| CONNECTION LIMIT -?[0-9]+| VALID UNTIL ${lit})*\$"
-  local -a names=() grants=() settings=() skipped=()
+  local -a names=() grants=() settings=() skipped=() reserved=() held_grants=()
   local -A exists=() attrs_of=() create=()
   local found=0
   pg_backup_roles "${roles}" || found=$?
@@ -3500,21 +3581,29 @@ pg_create_roles() {
   fi
   for name in "${names[@]}"; do
     [[ -z "${exists["${name}"]:-}" && -z "${create["${name}"]:-}" ]] || continue
-    attrs="${attrs_of["${name}"]:-}"
-    if [[ " ${attrs} " == *" SUPERUSER "* ]]; then
+    if [[ "${name}" == pg_* ]]; then
+      reserved+=("${name}")
+      continue
+    fi
+    pg_safe_role_attrs "${attrs_of["${name}"]:-}"
+    attrs="${PG_SAFE_ATTRS}"
+    if [[ " ${PG_HELD_ATTRS} " == *" SUPERUSER "* ]]; then
       skipped+=("${name}")
       continue
     fi
     create["${name}"]=1
+    ident="$(sql_ident "${name}")"
+    [[ -z "${PG_HELD_ATTRS}" ]] || held_sql+="${held_sql:+ }ALTER ROLE ${ident}${PG_HELD_ATTRS};"
     if [[ "${name}" == "${POSTGRES_USER}" ]]; then
       attrs="${attrs// NOLOGIN/}"
       attrs="${attrs// LOGIN/} LOGIN PASSWORD $(sql_literal "${POSTGRES_PASSWORD}")"
     elif [[ " ${attrs} " == *" LOGIN "* ]]; then
       created_login+="${created_login:+, }${name}"
     fi
-    sql+="CREATE ROLE $(sql_ident "${name}")${attrs:+ WITH${attrs}};"$'\n'
+    sql+="CREATE ROLE ${ident}${attrs:+ WITH${attrs}};"$'\n'
   done
-  ((${#skipped[@]} == 0)) || log WARN "postgresql: not created, superusers of the old server: ${skipped[*]}"
+  ((${#skipped[@]} == 0)) || log WARN "postgresql: not created, superusers of the old server: ${skipped[*]} (a restore never creates a superuser; create them by hand if they are wanted)"
+  ((${#reserved[@]} == 0)) || log WARN "postgresql: not created, roles of the backup whose names PostgreSQL reserves for its own roles: ${reserved[*]}"
   ((${#create[@]} > 0)) || return 0
   # A role's settings: only those any user may set for itself (context user), not one that
   # only a superuser may set (session_preload_libraries...).
@@ -3527,12 +3616,20 @@ pg_create_roles() {
     [[ -n "${create["${name}"]:-}" && -n "${user_param["${param}"]:-}" ]] || continue
     sql+="${stmt}"$'\n'
   done
+  # Memberships: only among the roles created here. One that involves a role this run did not
+  # create (a predefined pg_* role, the application's, the administrator's) is named, not granted;
+  # those between roles that all existed are the server's own business and left unsaid.
   for line in "${grants[@]}"; do
     IFS=$'\t' read -r group member attrs <<<"${line}"
     [[ -n "${create["${group}"]:-}" || -n "${create["${member}"]:-}" ]] || continue
-    [[ -n "${create["${group}"]:-}${exists["${group}"]:-}" && -n "${create["${member}"]:-}${exists["${member}"]:-}" ]] || continue
-    sql+="GRANT $(sql_ident "${group}") TO $(sql_ident "${member}")${attrs};"$'\n'
+    stmt="GRANT $(sql_ident "${group}") TO $(sql_ident "${member}")${attrs};"
+    if [[ -n "${create["${group}"]:-}" && -n "${create["${member}"]:-}" ]]; then
+      grant_sql+="${stmt}"$'\n'
+    else
+      held_grants+=("${stmt}")
+    fi
   done
+  sql+="${grant_sql}"
   names=("${!create[@]}")
   log INFO "postgresql: creating the roles of the backup that the server lacks: ${names[*]}"
   # If this run is killed, the next one drops them again while nothing depends on them
@@ -3542,10 +3639,41 @@ pg_create_roles() {
     die "${EXIT_REFUSED}" "postgresql: could not create the roles ${names[*]} that the backup names and the server lacks$(stage_message psql); set POSTGRES_ADMIN_USER (and POSTGRES_ADMIN_PASSWORD) to a role that may create them (a superuser), or pass --no-owner. Nothing was changed."
   fi
   CREATED_ROLES=("${names[@]}")
+  if [[ -n "${held_sql}" ]]; then
+    log WARN "postgresql: created roles WITHOUT attributes the backup gives them (a restore never gives a role CREATEROLE, REPLICATION or BYPASSRLS); if they are really needed, run as a superuser: ${held_sql}"
+  fi
+  if ((${#held_grants[@]} > 0)); then
+    log WARN "postgresql: NOT granted, memberships of the backup that involve a role this restore did not create (a restore grants no existing or predefined pg_* role, and makes no existing role a member of a new one): ${held_grants[*]} If they are really wanted, check them and run them as a superuser."
+  fi
   if [[ -n "${created_login}" ]]; then
     log WARN "postgresql: created the login roles ${created_login} WITHOUT a password (backups never hold one): set each with ALTER ROLE name PASSWORD '...' before the application logs in"
   fi
   [[ -z "${create["${POSTGRES_USER}"]:-}" ]] || log INFO "postgresql: created ${POSTGRES_USER} (POSTGRES_USER) with POSTGRES_PASSWORD as its password"
+}
+
+# What pg_safe_role_attrs found: the attributes a restore gives a role it creates, and those it
+# holds back (" CREATEROLE BYPASSRLS"; " SUPERUSER": the role is not created).
+PG_SAFE_ATTRS=""
+
+PG_HELD_ATTRS=""
+
+# pg_safe_role_attrs ATTRS: split the attributes of an ALTER ROLE ... WITH line (as pg_create_roles
+# matched them) into PG_SAFE_ATTRS and PG_HELD_ATTRS. The NO forms of the held ones are the
+# default, and dropped.
+pg_safe_role_attrs() {
+  local rest="$1" word lit="'([^']|'')*'"
+  local word_re="^ ((NO)?(SUPERUSER|INHERIT|CREATEROLE|CREATEDB|LOGIN|REPLICATION|BYPASSRLS)|CONNECTION LIMIT -?[0-9]+|VALID UNTIL ${lit})"
+  PG_SAFE_ATTRS=""
+  PG_HELD_ATTRS=""
+  while [[ "${rest}" =~ ${word_re} ]]; do
+    word="${BASH_REMATCH[0]}"
+    rest="${rest:${#word}}"
+    case "${word}" in
+      " SUPERUSER" | " CREATEROLE" | " REPLICATION" | " BYPASSRLS") PG_HELD_ATTRS+="${word}" ;;
+      " NOSUPERUSER" | " NOCREATEROLE" | " NOREPLICATION" | " NOBYPASSRLS") ;;
+      *) PG_SAFE_ATTRS+="${word}" ;;
+    esac
+  done
 }
 
 # pg_script DB: the SQL on stdin, in DB as POSTGRES_USER (as_admin may have set it), stopping at
@@ -3561,7 +3689,8 @@ drop_created_roles() {
   if drop_roles "${CREATED_ROLES[@]}"; then
     log WARN "postgresql: dropped the roles this failed restore had created: ${CREATED_ROLES[*]}"
   else
-    log WARN "postgresql: could not drop the roles this failed restore created (${CREATED_ROLES[*]}); drop them by hand"
+    pg_keep_for_next_run created-roles
+    log WARN "postgresql: could not drop the roles this failed restore created (${CREATED_ROLES[*]}); the next run drops them while nothing depends on them (or drop them by hand)"
   fi
   CREATED_ROLES=()
   rm -f -- "${WORK_DIR}/created-roles"
@@ -3576,7 +3705,7 @@ drop_roles() {
   printf '%s' "${sql}" | as_admin pg_script "${PG_SERVER_DB}"
 }
 
-# drop_left_roles FILE: the roles a killed restore had created (FILE: a name a line), dropped
+# drop_left_roles FILE WHO: the roles WHO ("a killed restore") had created (FILE: a name a line), dropped
 # while nothing depends on them: no object in any database is theirs and no privilege names them
 # (pg_shdepend). One that something depends on (the restore had committed, or the application
 # uses it already) is left, and named. PG_SERVER_DB is set (pg_find_server_db).
@@ -3595,12 +3724,12 @@ drop_left_roles() {
   done
   if ((${#unused[@]} > 0)); then
     if drop_roles "${unused[@]}"; then
-      log WARN "postgresql: dropped the roles that a killed restore had created: ${unused[*]}"
+      log WARN "postgresql: dropped the roles that $2 had created: ${unused[*]}"
     else
-      log WARN "postgresql: could not drop the roles that a killed restore had created (${unused[*]}); drop them by hand"
+      log WARN "postgresql: could not drop the roles that $2 had created (${unused[*]}); drop them by hand"
     fi
   fi
-  ((${#kept[@]} == 0)) || log WARN "postgresql: left the roles that a killed restore had created and that are in use or gone now: ${kept[*]}"
+  ((${#kept[@]} == 0)) || log WARN "postgresql: left the roles that $2 had created and that are in use or gone now: ${kept[*]}"
 }
 
 # dump_schemas: the schemas of the dump, as prepare_sql listed them in SCHEMAS_OUT (by a --clean
@@ -3755,9 +3884,30 @@ restore_postgresql() {
   fi
   log INFO "postgresql: restoring ${BACKUP_FILE##*/} into ${target} in one transaction$( ((OPT_NO_OWNER)) && printf ' (without owners and grants)')"
   if ! pg_load "${target}" "${OPT_NO_OWNER}" "${preamble}"; then
-    state="rolled back: ${target} is as it was"
-    [[ -z "${CREATED_DB}" ]] || state="rolled back, and the database ${target} this run created is dropped again"
-    [[ "$(pg_sqlstate "${WORK_DIR}/psql.err")" != GBK01 ]] || state="stopped, and NOT all rolled back"
+    case "${LOAD_OUTCOME}" in
+      unknown)
+        # It may hold the backup: what this run created stays, and the next run drops it only
+        # while it is empty (leftover_postgresql).
+        state="${CREATED_DB:+; the database ${target} this run created is kept: the next run drops it if it is still empty}"
+        [[ -z "${CREATED_DB}" ]] || pg_keep_for_next_run created-db
+        CREATED_DB=""
+        ((relations == 0 || OPT_NO_SAFETY)) || state+="; the safety backup holds it as it was"
+        die "${LOAD_CODE}" "postgresql: the connection to the server broke after the restore's COMMIT was sent: whether ${target} holds the backup or is as it was is unknown; check it${state}: ${LOAD_REASON}"
+        ;;
+      partial) state="stopped, and NOT all rolled back" ;;
+      *) state="rolled back" ;;
+    esac
+    if [[ -n "${CREATED_DB}" ]]; then
+      if drop_database "${CREATED_DB}"; then
+        state+=", and the database ${target} this run created is dropped again"
+      else
+        pg_keep_for_next_run created-db
+        state+="; the database ${target} this run created could not be dropped: the next run drops it while it is empty"
+      fi
+      CREATED_DB=""
+    elif [[ "${LOAD_OUTCOME}" != partial ]]; then
+      state+=": ${target} is as it was"
+    fi
     die "${LOAD_CODE}" "postgresql: the restore failed and was ${state}: ${LOAD_REASON}"
   fi
   CREATED_DB=""
@@ -3781,21 +3931,64 @@ interrupted_postgresql() {
   local what
   what="$(pg_load_stop)" || return 1
   printf '%s' "${what}"
-  [[ -z "${CREATED_DB}" ]] || printf '; the database %s this run created is dropped again' "${CREATED_DB}"
+  [[ -n "${CREATED_DB}" ]] || return 0
+  case "$(pg_load_outcome)" in
+    committed) ;;
+    unknown) printf '; the database %s this run created is kept: the next run drops it if it is still empty' "${CREATED_DB}" ;;
+    *)
+      # (restore_finished_postgresql drops it again, when this could not: it says so then)
+      if drop_database "${CREATED_DB}"; then
+        printf '; the database %s this run created is dropped again' "${CREATED_DB}"
+      else
+        printf '; the database %s this run created could not be dropped yet' "${CREATED_DB}"
+      fi
+      ;;
+  esac
 }
 
 restore_finished_postgresql() {
   drop_scratch_db
+  if [[ -n "${LOAD_PHASE}" ]]; then
+    # A signal stopped the load: what it created holds the backup (committed), or may
+    # (unknown: kept for the next run, which drops it only while it is unused).
+    case "$(pg_load_outcome)" in
+      committed) CREATED_DB="" CREATED_ROLES=() ;;
+      unknown)
+        pg_keep_for_next_run created-db created-roles
+        CREATED_DB="" CREATED_ROLES=()
+        ;;
+    esac
+  fi
   drop_created_db
   drop_created_roles
 }
 
+# pg_keep_for_next_run NAME...: the records WORK_DIR/NAME (created-db, created-roles) of what
+# this run created and could not drop, or may not (its restore may have committed), kept in the
+# install's run folder for the next run: its clean_leftovers hands them to leftover_postgresql,
+# as it does a killed run's.
+pg_keep_for_next_run() {
+  local dir name
+  dir="$(run_root)/left.$$"
+  [[ -d "${dir}" ]] || mkdir -m 700 -- "${dir}" 2>/dev/null || return 0
+  for name in "$@"; do
+    [[ ! -s "${WORK_DIR}/${name}" ]] || cp -- "${WORK_DIR}/${name}" "${dir}/${name}" 2>/dev/null || true
+  done
+}
+
 # leftover_postgresql DIR: drop the scratch database of a killed verify --deep, the database
 # a killed --target-db restore had created (only while it holds no tables: it had not committed),
-# and the roles a killed restore had created (only while nothing depends on them).
+# and the roles a killed restore had created (only while nothing depends on them); the same for
+# what a finished restore kept for the next run (pg_keep_for_next_run). Fails, to be tried
+# again by the next run, while the server cannot be reached.
 leftover_postgresql() {
-  local dir="$1" db
+  local dir="$1" db who="a killed restore"
+  [[ "${dir##*/}" != left.* ]] || who="an earlier failed restore"
   [[ -s "${dir}/scratch-db" || -s "${dir}/created-db" || -s "${dir}/created-roles" ]] || return 0
+  if ! pg_can_connect "${POSTGRES_DB}" && ! as_admin pg_can_connect postgres; then
+    log WARN "postgresql: cannot reach the server to drop what an earlier restore created and left ($(cat -- "${dir}/scratch-db" "${dir}/created-db" "${dir}/created-roles" 2>/dev/null | tr '\n' ' ')); the next run tries again"
+    return 1
+  fi
   # POSTGRES_DB may not exist (a new server the killed restore was to create it on)
   pg_find_server_db
   if [[ -s "${dir}/scratch-db" ]]; then
@@ -3806,11 +3999,11 @@ leftover_postgresql() {
   if [[ -s "${dir}/created-db" ]]; then
     db="$(<"${dir}/created-db")"
     if database_exists "${db}" && [[ -z "$(list_relations "${db}")" ]]; then
-      drop_database "${db}" && log WARN "dropped the empty database ${db} that a killed restore had created"
+      drop_database "${db}" && log WARN "postgresql: dropped the empty database ${db} that ${who} had created"
     fi
   fi
   # after the database: its owner may be one of them
-  [[ ! -s "${dir}/created-roles" ]] || drop_left_roles "${dir}/created-roles"
+  [[ ! -s "${dir}/created-roles" ]] || drop_left_roles "${dir}/created-roles" "${who}"
   return 0
 }
 # --- The redis backup type (Redis): its backup, content check, deep verify and
@@ -6069,9 +6262,15 @@ run_finished() {
   status_finish
 }
 
-# leftover_hook DIR: a killed run's folder, before it is removed: each type removes what it left.
+# leftover_hook DIR: a killed run's folder, before it is removed, or what a run kept for the next
+# (a left.PID folder): each type removes what it left; fails while one cannot yet (its server is
+# down: the next run tries again).
 leftover_hook() {
-  type_hooks leftover "$1" || true
+  local type again=0
+  for type in "${BACKUP_TYPES[@]}"; do
+    ! declare -F "leftover_${type}" >/dev/null || "leftover_${type}" "$1" || again=1
+  done
+  return "${again}"
 }
 
 # ---------------------------------------------------------------------------------------------

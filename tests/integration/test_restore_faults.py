@@ -43,6 +43,7 @@ from tests.support import (
     evil_files_backup,
     flip_middle_byte,
     holding_the_lock,
+    hostile_dump,
     only_backup,
     run_direct,
     run_ok,
@@ -333,9 +334,77 @@ def test_postgresql_server_dying_mid_restore_leaves_the_database_as_it_was(
 
         assert stopped.is_set(), "the restore finished before the server could be stopped"
         assert result.returncode == 1, result.stdout + result.stderr
-        assert "the restore failed and was rolled back" in result.stderr
+        assert "the restore failed and was rolled back: dying_db is as it was" in result.stderr
+        assert "COMMIT" not in result.stderr
+        assert "unknown" not in result.stderr
         server.start()
         assert server.dump() == before
+
+
+# The SQL of a backup whose COMMIT takes 60 s: a deferred trigger sleeps then.
+SLOW_COMMIT = (
+    "CREATE TABLE public.slow (x int);\n"
+    "CREATE FUNCTION public.sleep_at_commit() RETURNS trigger LANGUAGE plpgsql AS "
+    "$f$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END $f$;\n"
+    "CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT ON public.slow DEFERRABLE INITIALLY DEFERRED "
+    "FOR EACH ROW EXECUTE FUNCTION public.sleep_at_commit();\n"
+    "INSERT INTO public.slow VALUES (1);"
+)
+
+
+@pytest.mark.parametrize("when", ["loading", "committing"])
+def test_a_server_stopped_mid_restore_gets_one_truthful_message_and_its_new_database_goes(
+    when: str,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    with start_postgres(tmp_path / "pg", db="app_db", user="app_user", password="app pw") as server:
+        server.psql('ALTER ROLE "app_user" CREATEDB', "postgres")
+        env = {**backup_env(tmp_path), **server.env()}
+        payload = SLOW_COMMIT if when == "committing" else "SELECT pg_sleep(60);"
+        backup = hostile_dump(tmp_path / "backups", payload)
+        stopped = threading.Event()
+        running = "query ILIKE 'COMMIT%'" if when == "committing" else "query LIKE '%pg_sleep%'"
+
+        def stop_at_the_statement() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                busy = server.psql(
+                    "SELECT count(*) FROM pg_stat_activity "  # noqa: S608 - no input
+                    f"WHERE datname = 'new_db' AND state = 'active' AND {running}",
+                    "postgres",
+                )
+                if busy != "0":
+                    server.stop()
+                    stopped.set()
+                    return
+                time.sleep(0.02)
+
+        killer = threading.Thread(target=stop_at_the_statement, daemon=True)
+        killer.start()
+        result = run_script(RESTORE, "postgresql", backup.name, "--target-db", "new_db", env=env)
+        killer.join(timeout=60)
+        assert stopped.is_set(), result.stdout + result.stderr
+        server.start()
+        databases = server.psql("SELECT datname FROM pg_database", "postgres").split()
+        again = run_ok(run_script, RESTORE, "verify", backup.name, env=env)
+
+        assert result.returncode == 1, result.stdout + result.stderr
+        errors = [line for line in result.stderr.splitlines() if "[ERROR]" in line]
+        assert len(errors) == 1, result.stderr
+        if when == "committing":
+            assert "whether new_db holds the backup or is as it was is unknown" in errors[0]
+            assert "the database new_db this run created is kept" in errors[0]
+            assert "rolled back" not in errors[0]
+        else:
+            assert "the restore failed and was rolled back" in errors[0]
+            assert "could not be dropped: the next run drops it while it is empty" in errors[0]
+            assert "is dropped again" not in result.stderr
+        # the empty database stays until the next run, which drops it
+        assert "new_db" in databases
+        assert "dropped the empty database new_db" in again.stderr
+        assert "new_db" not in server.psql("SELECT datname FROM pg_database", "postgres").split()
 
 
 # ------------------------------------------------------------------------------------- Redis

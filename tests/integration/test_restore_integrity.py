@@ -9,10 +9,11 @@ run without the fault shows the restore would have changed it.
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 import signal
+import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tests.support import (
     CHANGE,
     ENCRYPTION,
     KEY,
+    PG_USER,
     RESTORE,
     MakeEnv,
     NewDb,
@@ -30,7 +32,9 @@ from tests.support import (
     database_names,
     decode,
     descendants,
+    hostile_dump,
     only_backup,
+    run_gpg,
     run_ok,
     start_script,
     table_lock,
@@ -84,6 +88,47 @@ def cut_at(dump: bytes, where: str) -> int:
         return dump.index(b"ADD CONSTRAINT") + 7
     # between statements: the whole dump but its completion trailer
     return dump.index(b"\n--\n-- PostgreSQL database dump complete") + 1
+
+
+@pytest.mark.parametrize("key", ENCRYPTION)
+@pytest.mark.usefixtures("createdb")
+def test_a_backup_whose_damage_only_its_end_tells_is_reported_as_damaged_not_as_bad_sql(
+    key: str | None,
+    pg: PostgresServer,
+    payments_db: str,
+    new_db: NewDb,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    gpg_home: Path,
+    tmp_path: Path,
+) -> None:
+    env = backup_env(tmp_path, encryption_key=key, POSTGRES_DB=payments_db)
+    run_ok(run_script, BACKUP, "postgresql", env=env)
+    backup = only_backup(tmp_path / "backups", "postgresql", encrypted=key is not None)
+    sql = decode(backup, key, gpg_home)
+    # Stored deflate blocks carry a damaged byte through as it is, to the gzip trailer's CRC at
+    # the end (as gpg releases plaintext before its integrity check at the end): psql gets a
+    # statement before the data that is not SQL, and fails first, while megabytes are to come.
+    packer = zlib.compressobj(0, zlib.DEFLATED, 31)
+    packed = bytearray(packer.compress(sql) + packer.flush())
+    packed[packed.index(b"\nCREATE TABLE ") + len("\nCREATE ")] = ord("X")
+    if key is None:
+        backup.write_bytes(bytes(packed))
+    else:
+        plain = tmp_path / "damaged.sql.gz"
+        plain.write_bytes(bytes(packed))
+        backup.unlink()
+        sealed = run_gpg(gpg_home, key, "--symmetric", "--output", str(backup), str(plain))
+        assert sealed.returncode == 0, sealed.stderr
+    write_sidecar(backup)
+    target = new_db(create=False)
+
+    result = run_script(RESTORE, "postgresql", backup.name, "--target-db", target, env=env)
+
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "the compressed data is damaged" in result.stderr
+    assert "42601" in result.stderr  # the consequence, named after the cause
+    assert target not in database_names(pg)
 
 
 @pytest.mark.parametrize(
@@ -318,22 +363,6 @@ def test_clean_restore_refuses_to_drop_what_a_schema_outside_the_backup_uses(
 # ------------------------------------------------------------------ no psql command ever runs
 
 
-def hostile_dump(backup_dir: Path, payload: str) -> Path:
-    """A plain backup holding ``payload`` between two good statements, with a matching sidecar
-    and pg_dump's header and completion trailer: everything a real backup has."""
-    backup = backup_dir / "postgresql_backup_20240101_000000.sql.gz"
-    sql = (
-        "--\n-- PostgreSQL database dump\n--\n\n"
-        "CREATE TABLE public.before_payload (x int);\n"
-        f"{payload}\n"
-        "CREATE TABLE public.after_payload (x int);\n"
-        "--\n-- PostgreSQL database dump complete\n--\n\n"
-    )
-    backup.write_bytes(gzip.compress(sql.encode()))
-    write_sidecar(backup)
-    return backup
-
-
 PAYLOADS = {
     "shell-at-line-start": "\\! touch {marker}",
     "shell-mid-line": "SELECT 1; \\! touch {marker}",
@@ -450,3 +479,82 @@ def test_an_admin_creates_the_database_but_the_dump_loads_as_the_application_rol
     assert result.returncode == 1, result.stdout + result.stderr
     assert not marker.exists()
     assert planted not in database_names(pg)
+
+
+# ------------------------------------------------------------ the roles a backup carries
+
+
+def test_the_roles_of_a_hostile_backup_get_no_more_power_than_an_application_role(
+    pg: PostgresServer,
+    admin: tuple[str, str],
+    new_db: NewDb,
+    backup_env: MakeEnv,
+    run_script: RunScript,
+    tmp_path: Path,
+) -> None:
+    evil, ally = (f"{what}_{uuid.uuid4().hex[:8]}" for what in ("evil", "ally"))
+    # the server's own folder: the server (running as postgres when the tests run as root) may
+    # write there, as a superuser's COPY TO PROGRAM shows
+    marker = pg.data_dir.parent / f"pwned-{uuid.uuid4().hex[:8]}"
+    pg.psql(f"COPY (SELECT 1) TO PROGRAM {sql_literal(f'id > {marker}')}")
+    assert marker.exists(), "the control: the server can write the marker"
+    marker.unlink()
+    roles = [
+        f'CREATE ROLE "{evil}";',
+        f'ALTER ROLE "{evil}" WITH NOSUPERUSER INHERIT CREATEROLE NOCREATEDB LOGIN REPLICATION '
+        "BYPASSRLS;",
+        f'CREATE ROLE "{ally}";',
+        f'ALTER ROLE "{ally}" WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB NOLOGIN '
+        "NOREPLICATION NOBYPASSRLS;",
+        f'GRANT "pg_execute_server_program" TO "{evil}" GRANTED BY "postgres";',
+        f'GRANT "postgres" TO "{evil}" GRANTED BY "postgres";',
+        f'GRANT "{evil}" TO "{PG_USER}" GRANTED BY "postgres";',
+        f'GRANT "{ally}" TO "{evil}" GRANTED BY "postgres";',
+    ]
+    name, password = admin
+    env = backup_env(tmp_path) | {"POSTGRES_ADMIN_USER": name, "POSTGRES_ADMIN_PASSWORD": password}
+    planted = new_db(create=False)
+    target = new_db(create=False)
+    try:
+        hostile = hostile_dump(
+            tmp_path / "backups",
+            f"COPY (SELECT 1) TO PROGRAM {sql_literal(f'id > {marker}')};",
+            roles,
+        )
+        refused = run_script(RESTORE, "postgresql", hostile.name, "--target-db", planted, env=env)
+        benign = hostile_dump(tmp_path / "backups", "SELECT 1;", roles)
+        restored = run_ok(
+            run_script, RESTORE, "postgresql", benign.name, "--target-db", target, env=env
+        )
+
+        assert not marker.exists(), "the program of the backup ran"
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "42501" in refused.stderr
+        assert planted not in database_names(pg)
+        names = f"{sql_literal(ally)}, {sql_literal(evil)}"
+        attributes = pg.psql(
+            "SELECT rolname, rolsuper, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin "  # noqa: S608 - quoted literals
+            f"FROM pg_roles WHERE rolname IN ({names}) ORDER BY rolname = {sql_literal(evil)}",
+            "postgres",
+        ).splitlines()
+        assert attributes == [f"{ally}|f|f|f|f|f", f"{evil}|f|f|f|f|t"]
+        memberships = pg.psql(
+            "SELECT g.rolname || ' TO ' || m.rolname FROM pg_auth_members a "  # noqa: S608 - quoted literals
+            "JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member "
+            f"WHERE g.rolname IN ({names}) OR m.rolname IN ({names})",
+            "postgres",
+        ).splitlines()
+        assert memberships == [f"{ally} TO {evil}"]
+        log = (tmp_path / "backups/restore.log").read_text()
+        for said in (restored.stderr, log):
+            assert f'ALTER ROLE "{evil}" CREATEROLE REPLICATION BYPASSRLS;' in said, restored.stderr
+            for grant in (
+                f'GRANT "pg_execute_server_program" TO "{evil}";',
+                f'GRANT "postgres" TO "{evil}";',
+                f'GRANT "{evil}" TO "{PG_USER}";',
+            ):
+                assert grant in said, restored.stderr
+            assert f'GRANT "{ally}" TO "{evil}";' not in said
+    finally:
+        pg.dropdb(target)
+        pg.psql(f"DROP ROLE IF EXISTS {sql_ident(evil)}, {sql_ident(ally)}", "postgres")
