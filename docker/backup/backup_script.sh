@@ -873,10 +873,10 @@ backup_verdict() {
   esac
 }
 
-# list_backups [TYPE]: the backups (class "backup") in BACKUP_DIR, newest first by the time in
-# the name.
+# list_backups [TYPE [CLASSES]]: the backups (class "backup", or those of the classes in the
+# space-separated CLASSES) in BACKUP_DIR, newest first by the time in the name.
 list_backups() {
-  local type="${1:-}" now="${EPOCHSECONDS}" name stamp
+  local type="${1:-}" classes=" ${2:-backup} " now="${EPOCHSECONDS}" name stamp
   local -a names
   backup_dir_names names
   for name in "${names[@]}"; do
@@ -884,7 +884,7 @@ list_backups() {
     [[ -z "${type}" || "${NAME_TYPE}" == "${type}" ]] || continue
     stamp="${NAME_STAMP/_/}"
     backup_class "${BACKUP_DIR}/${name}" "${now}"
-    [[ "${BACKUP_CLASS}" != backup ]] || printf '%s %s\n' "${stamp}" "${name}"
+    [[ "${classes}" != *" ${BACKUP_CLASS} "* ]] || printf '%s %s\n' "${stamp}" "${name}"
   done | sort -k1,1r -k2,2 | cut -d" " -f2-
 }
 
@@ -1511,7 +1511,7 @@ alert_deliver() {
       <<<"${body}" >>"${ALERT_OUTPUT:-/dev/null}" 2>&1 || rc=$?
     ((rc != 0)) || return 0
     if ((rc == 124 || rc == 137)); then
-      ALERT_ERROR="no answer within ${left}s (ALERT_TIMEOUT=${ALERT_TIMEOUT})"
+      ALERT_ERROR="no answer within the ${left}s left of ALERT_TIMEOUT=${ALERT_TIMEOUT}s${ALERT_ERROR:+ (before: ${ALERT_ERROR})}"
       return 1
     fi
     ALERT_ERROR="apprise failed (exit ${rc}) ${try} time(s)"
@@ -3346,7 +3346,8 @@ cmd_drill() {
 }
 
 # drill_part TYPE: the drill of one type, a part of the run (run_step's subshell): the newest
-# backup of TYPE (a type without one is skipped), verified deep by restore_script.sh. Its output
+# backup of TYPE (a type without one is skipped), verified deep by restore_script.sh; a damaged
+# one (its size is not its manifest's) is the newest too, and fails the drill. Its output
 # follows the drill's (but for a refusal the drill skips: its warning says why); restore.log has
 # it all.
 drill_part() {
@@ -3357,7 +3358,7 @@ drill_part() {
   make_work_dir
   local type="$1" started elapsed_us rc=0 errors
   local -a names
-  mapfile -t names < <(list_backups "${type}")
+  mapfile -t names < <(list_backups "${type}" "backup damaged")
   if ((${#names[@]} == 0)); then
     PART_SKIPPED=1 PART_DETAIL="no backup yet"
     log INFO "drill ${type}: skipped: no backup yet in ${BACKUP_DIR}"

@@ -873,10 +873,10 @@ backup_verdict() {
   esac
 }
 
-# list_backups [TYPE]: the backups (class "backup") in BACKUP_DIR, newest first by the time in
-# the name.
+# list_backups [TYPE [CLASSES]]: the backups (class "backup", or those of the classes in the
+# space-separated CLASSES) in BACKUP_DIR, newest first by the time in the name.
 list_backups() {
-  local type="${1:-}" now="${EPOCHSECONDS}" name stamp
+  local type="${1:-}" classes=" ${2:-backup} " now="${EPOCHSECONDS}" name stamp
   local -a names
   backup_dir_names names
   for name in "${names[@]}"; do
@@ -884,7 +884,7 @@ list_backups() {
     [[ -z "${type}" || "${NAME_TYPE}" == "${type}" ]] || continue
     stamp="${NAME_STAMP/_/}"
     backup_class "${BACKUP_DIR}/${name}" "${now}"
-    [[ "${BACKUP_CLASS}" != backup ]] || printf '%s %s\n' "${stamp}" "${name}"
+    [[ "${classes}" != *" ${BACKUP_CLASS} "* ]] || printf '%s %s\n' "${stamp}" "${name}"
   done | sort -k1,1r -k2,2 | cut -d" " -f2-
 }
 
@@ -1511,7 +1511,7 @@ alert_deliver() {
       <<<"${body}" >>"${ALERT_OUTPUT:-/dev/null}" 2>&1 || rc=$?
     ((rc != 0)) || return 0
     if ((rc == 124 || rc == 137)); then
-      ALERT_ERROR="no answer within ${left}s (ALERT_TIMEOUT=${ALERT_TIMEOUT})"
+      ALERT_ERROR="no answer within the ${left}s left of ALERT_TIMEOUT=${ALERT_TIMEOUT}s${ALERT_ERROR:+ (before: ${ALERT_ERROR})}"
       return 1
     fi
     ALERT_ERROR="apprise failed (exit ${rc}) ${try} time(s)"
