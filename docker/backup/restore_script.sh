@@ -2911,9 +2911,32 @@ readonly ROLES_END='-- gym-backup roles end'
 # What a refusal for want of CREATEDB says (require_createdb); a drill tells it from a failure by it.
 readonly PG_NO_CREATEDB='may not create databases'
 
-# The password travels in the environment of the one command that needs it.
+# The password travels in the environment of the one command that needs it. The sessions of a
+# run carry its PID in their application_name (a later run ends those of a killed one:
+# pg_end_sessions_of).
 pg_run() {
-  PGPASSWORD="${POSTGRES_PASSWORD}" PGCONNECT_TIMEOUT=10 "$@"
+  PGPASSWORD="${POSTGRES_PASSWORD}" PGCONNECT_TIMEOUT=10 PGAPPNAME="gym-backup $$" "$@"
+}
+
+# pg_end_sessions_of PID: end the sessions the killed run PID left on the server, and wait (10 s
+# at most) until they are gone. Its psql is gone, but a server process finishes its statement
+# first: a CREATE DATABASE may still create the database, a load's transaction is still open.
+# What the run left is judged after that. Each role ends its own sessions (the administrator,
+# when it is a superuser, all).
+pg_end_sessions_of() {
+  local sql="SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity WHERE application_name = 'gym-backup $1'"
+  local i left
+  for ((i = 0; i < 50; i++)); do
+    left="$(as_admin pg_sessions_ended "${sql}")$(pg_sessions_ended "${sql}")"
+    [[ "${left}" =~ ^0*$ ]] && return 0
+    sleep 0.2
+  done
+  log WARN "postgresql: sessions of the killed run ${1} are still open on ${POSTGRES_HOST}:${POSTGRES_PORT} after 10 s"
+}
+
+pg_sessions_ended() {
+  pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
+    -d "${PG_SERVER_DB:-${POSTGRES_DB}}" -c "$1" 2>/dev/null || true
 }
 
 # postgres_query SQL: run one statement in POSTGRES_DB. psql exits 2 when it could not connect
@@ -3991,6 +4014,7 @@ leftover_postgresql() {
   fi
   # POSTGRES_DB may not exist (a new server the killed restore was to create it on)
   pg_find_server_db
+  [[ "${dir##*/}" != run.* ]] || pg_end_sessions_of "${dir##*/run.}"
   if [[ -s "${dir}/scratch-db" ]]; then
     db="$(<"${dir}/scratch-db")"
     [[ "${db}" != gym_backup_verify_* ]] || ! drop_database "${db}" ||
