@@ -3233,10 +3233,17 @@ drop_database() {
   as_admin drop_database_as_user "$1"
 }
 
-# drop_database_as_user NAME: as POSTGRES_USER (as_admin may have set it); never dies.
+# drop_database_as_user NAME: as POSTGRES_USER (as_admin may have set it), from another
+# database than NAME (the server's database may be NAME itself: POSTGRES_DB, which a killed
+# restore onto a new server had created); never dies.
 drop_database_as_user() {
-  pg_run psql -X -q -w -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
-    -d "${PG_SERVER_DB:-${POSTGRES_DB}}" -c "DROP DATABASE IF EXISTS $(sql_ident "$1") WITH (FORCE)" >/dev/null 2>&1
+  local from="${PG_SERVER_DB:-${POSTGRES_DB}}" other
+  for other in "${from}" postgres template1; do
+    [[ "${other}" != "$1" ]] || continue
+    pg_run psql -X -q -w -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
+      -d "${other}" -c "DROP DATABASE IF EXISTS $(sql_ident "$1") WITH (FORCE)" >/dev/null 2>&1 && return 0
+  done
+  return 1
 }
 
 drop_scratch_db() {
@@ -3863,6 +3870,16 @@ preflight_postgresql() {
   fi
 }
 
+# pg_warn_powerful_loader: the dump runs with POSTGRES_USER's privileges; say so when they reach
+# beyond its databases: a superuser (COPY ... TO PROGRAM runs commands on the server), or a role
+# with CREATEROLE before PostgreSQL 16 (it may grant itself pg_execute_server_program).
+pg_warn_powerful_loader() {
+  local power
+  power="$(postgres_query_in "${PG_SERVER_DB:-${POSTGRES_DB}}" "SELECT CASE WHEN rolsuper THEN 'is a superuser' WHEN rolcreaterole AND pg_catalog.current_setting('server_version_num')::int < 160000 THEN 'has CREATEROLE on PostgreSQL 15 or older' END FROM pg_catalog.pg_roles WHERE rolname = current_user" 2>/dev/null)" || return 0
+  [[ -n "${power}" ]] || return 0
+  log WARN "postgresql: ${POSTGRES_USER}, which loads the dump, ${power}: a hostile backup could run programs on the database server; load as an application role without it (see the README's Roles)"
+}
+
 # safety_first_postgresql: the safety backup a restore would take (restore_script.sh all takes
 # them all before it restores anything).
 safety_first_postgresql() {
@@ -3905,6 +3922,7 @@ restore_postgresql() {
       safety_backup postgresql "${target}"
     fi
   fi
+  pg_warn_powerful_loader
   log INFO "postgresql: restoring ${BACKUP_FILE##*/} into ${target} in one transaction$( ((OPT_NO_OWNER)) && printf ' (without owners and grants)')"
   if ! pg_load "${target}" "${OPT_NO_OWNER}" "${preamble}"; then
     case "${LOAD_OUTCOME}" in
@@ -4024,6 +4042,8 @@ leftover_postgresql() {
     db="$(<"${dir}/created-db")"
     if database_exists "${db}" && [[ -z "$(list_relations "${db}")" ]]; then
       drop_database "${db}" && log WARN "postgresql: dropped the empty database ${db} that ${who} had created"
+      # it was POSTGRES_DB, on a new server: the statements about roles go elsewhere now
+      [[ "${db}" != "${PG_SERVER_DB}" ]] || pg_find_server_db
     fi
   fi
   # after the database: its owner may be one of them

@@ -1173,3 +1173,26 @@ def test_the_roles_a_killed_restore_created_on_a_new_server_are_dropped_by_the_n
                 result.stderr
             )
             assert PG_USER not in roles()
+
+
+def test_a_restore_loaded_by_a_superuser_warns_that_a_backup_could_run_programs(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    with start_postgres(
+        tmp_path / "pg", db="su_db", user="gym_secure_user", password="su pw"
+    ) as server:
+        server.psql("CREATE TABLE members (id int)", superuser=False)
+        server.psql('ALTER ROLE "gym_secure_user" CREATEDB', "postgres")
+        env = {**backup_env(tmp_path), **server.env()}
+        run_ok(run_script, BACKUP, "postgresql", env=env)
+        backup = only_backup(tmp_path / "backups", "postgresql", encrypted=False)
+        plain = run_ok(run_script, RESTORE, "postgresql", backup.name, "--target-db", "a", env=env)
+        server.psql('ALTER ROLE "gym_secure_user" SUPERUSER', "postgres")
+
+        powerful = run_ok(
+            run_script, RESTORE, "postgresql", backup.name, "--target-db", "b", env=env
+        )
+
+    warning = "gym_secure_user, which loads the dump, is a superuser: a hostile backup could run"
+    assert warning not in plain.stderr
+    assert warning in powerful.stderr
