@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -608,6 +609,23 @@ def test_uploads_log_their_progress_and_keep_to_replica_bwlimit(
     )
 
 
+def kill_while_rclone_copies(run: subprocess.Popen[str], name_end: str) -> None:
+    """A second after rclone starts copying a file whose name ends with ``name_end`` (part of it
+    is there), SIGKILL the run's whole process group, as docker kill does: no trap runs."""
+
+    def copying() -> bool:
+        return any(
+            "copyto" in argv and any(arg.endswith(name_end) for arg in argv)
+            for _, argv in descendants(run.pid)
+        )
+
+    wait_for(copying, f"rclone copying ...{name_end}", timeout=60)
+    time.sleep(1)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.communicate(timeout=60)
+    assert run.returncode == -signal.SIGKILL
+
+
 @pytest.mark.parametrize("target", ["path", "sftpfull"], indirect=True)
 def test_a_run_killed_while_copying_leaves_no_copy_that_looks_whole_and_the_next_run_makes_it(
     target: Offsite,
@@ -625,18 +643,7 @@ def test_a_run_killed_while_copying_leaves_no_copy_that_looks_whole_and_the_next
     }
     backups = tmp_path / "backups"
     run = start_script(rendered_scripts, BACKUP, "files", env=env, new_session=True)
-
-    def copying() -> bool:
-        return any(
-            "copyto" in argv and any(arg.endswith(".tar.gz.gpg") for arg in argv)
-            for _, argv in descendants(run.pid)
-        )
-
-    wait_for(copying, "rclone copying the backup", timeout=60)
-    time.sleep(1)  # part of it is there
-    os.killpg(run.pid, signal.SIGKILL)  # as docker kill: no trap runs
-    run.communicate(timeout=60)
-    assert run.returncode == -signal.SIGKILL
+    kill_while_rclone_copies(run, ".tar.gz.gpg")
 
     (name,) = local_backups(backups)
     held = target.files()
@@ -685,18 +692,7 @@ def test_a_restore_killed_while_fetching_from_the_target_changes_nothing_and_the
         env=slow,
         new_session=True,
     )
-
-    def fetching() -> bool:
-        return any(
-            "copyto" in argv and any(arg.endswith(name) for arg in argv)
-            for _, argv in descendants(run.pid)
-        )
-
-    wait_for(fetching, "rclone fetching the backup", timeout=60)
-    time.sleep(1)  # part of it is here
-    os.killpg(run.pid, signal.SIGKILL)  # as docker kill: no trap runs
-    run.communicate(timeout=60)
-    assert run.returncode == -signal.SIGKILL
+    kill_while_rclone_copies(run, name)
 
     assert tree_state(uploads) == changed
     assert {p.name for p in backups.glob("*_backup_*")} == backup_files

@@ -763,6 +763,20 @@ def files_and_links(folder: Path) -> int:
     return count
 
 
+def restore_moving(
+    made: Path, backup_env: MakeEnv, scripts: Path, tmp_path: Path
+) -> tuple[Path, dict[str, str], Path, subprocess.Popen[str]]:
+    """A files restore of the backup ``made`` (copied into BACKUP_DIR) into a new DEST, started
+    and moving files into place: DEST, the run's environment, the backup, the running restore."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    env = backup_env(tmp_path, files_dir=dest)
+    backup = copy_backup(made, tmp_path / "backups")
+    restore = start_script(scripts, RESTORE, "files", backup.name, str(dest), env=env)
+    wait_for_moves(dest, restore)
+    return dest, env, backup, restore
+
+
 def wait_for_moves(dest: Path, restore: subprocess.Popen[str]) -> None:
     """Until the restore has moved a file into ``dest`` (it is then in its move phase)."""
     deadline = time.monotonic() + 120
@@ -784,13 +798,7 @@ def test_a_files_restore_terminated_while_moving_tells_how_far_it_got_and_a_reru
     tmp_path: Path,
 ) -> None:
     uploads, made = many_files
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    env = backup_env(tmp_path, files_dir=dest)
-    backup = copy_backup(made, tmp_path / "backups")
-
-    restore = start_script(rendered_scripts, RESTORE, "files", backup.name, str(dest), env=env)
-    wait_for_moves(dest, restore)
+    dest, env, backup, restore = restore_moving(made, backup_env, rendered_scripts, tmp_path)
     os.kill(restore.pid, signal.SIGTERM)
     _, err = restore.communicate(timeout=120)
 
@@ -895,12 +903,7 @@ def test_a_killed_files_restore_whose_staged_tree_was_changed_since_moves_nothin
     tmp_path: Path,
 ) -> None:
     uploads, made = many_files
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    env = backup_env(tmp_path, files_dir=dest)
-    backup = copy_backup(made, tmp_path / "backups")
-    restore = start_script(rendered_scripts, RESTORE, "files", backup.name, str(dest), env=env)
-    wait_for_moves(dest, restore)
+    dest, env, backup, restore = restore_moving(made, backup_env, rendered_scripts, tmp_path)
     os.kill(restore.pid, signal.SIGKILL)
     restore.communicate(timeout=60)
     with holding_the_lock(tmp_path / "backups", "the test, after the kill"):
