@@ -6432,7 +6432,12 @@ main() {
     return 0
   fi
   if [[ "${command}" == all ]]; then
-    log INFO "all ${positional[*]:1} started"
+    local arg
+    local -a shown=()
+    for arg in "${positional[@]:1}"; do
+      [[ -z "${arg}" ]] || shown+=("${arg}")
+    done
+    log INFO "all${shown[*]:+ ${shown[*]}} started"
     PG_CREATE_MISSING=1
     restore_all "${positional[@]:1}"
     return 0
