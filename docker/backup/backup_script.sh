@@ -1895,6 +1895,8 @@ store_to() {
     show_progress "${type}" "${partial}" &
     progress=$!
   fi
+  # (a second store_to of a part, after a fallback, finds the first one's)
+  rm -f -- "${hash_fifo}" "${check_fifo}"
   mkfifo -m 600 -- "${hash_fifo}" "${check_fifo}"
   sha256_hex <"${hash_fifo}" >"${WORK_DIR}/stored.sum" 2>"${WORK_DIR}/hash.err" &
   hasher=$!
@@ -3823,7 +3825,12 @@ snapshot_redis_file() {
   local out="$1" asked="$2" rc=0
   if ! redis_bgsave >&"${out}"; then
     printf '%s\n' "${RDB_FALLBACK}" >"${WORK_DIR}/fallback.why"
-    printf 'fallback\n' >"${WORK_DIR}/source.st"
+    # A server that stopped answering is not one to ask for a replication transfer instead.
+    if [[ "${RDB_FALLBACK}" == *"no answer from "* ]]; then
+      printf 'unanswered\n' >"${WORK_DIR}/source.st"
+    else
+      printf 'fallback\n' >"${WORK_DIR}/source.st"
+    fi
     return 1
   fi
   log INFO "redis: snapshot of ${REDIS_HOST}:${REDIS_PORT} from ${RDB_PATH} after BGSAVE (saved in $(((${EPOCHREALTIME/./} - ${asked/./}) / 1000)) ms)" >&"${out}"
@@ -3856,6 +3863,9 @@ store_redis_file() {
   if [[ "${rc}" == fallback ]]; then
     RDB_FALLBACK="$(<"${WORK_DIR}/fallback.why")"
     return 1
+  fi
+  if [[ "${rc}" == unanswered ]]; then
+    die "${EXIT_FAILED}" "redis: ${REDIS_HOST}:${REDIS_PORT} stopped answering during the snapshot ($(<"${WORK_DIR}/fallback.why")); check the server (stopped, overloaded?) and run the backup again"
   fi
   # (cat's exit 141 is SIGPIPE: a later stage stopped reading, and is the cause.)
   ((rc == 0 || rc == 141)) || die "${EXIT_FAILED}" "redis: cannot read ${RDB_PATH}$(stage_message read)"

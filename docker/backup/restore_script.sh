@@ -1895,6 +1895,8 @@ store_to() {
     show_progress "${type}" "${partial}" &
     progress=$!
   fi
+  # (a second store_to of a part, after a fallback, finds the first one's)
+  rm -f -- "${hash_fifo}" "${check_fifo}"
   mkfifo -m 600 -- "${hash_fifo}" "${check_fifo}"
   sha256_hex <"${hash_fifo}" >"${WORK_DIR}/stored.sum" 2>"${WORK_DIR}/hash.err" &
   hasher=$!
@@ -4250,7 +4252,12 @@ snapshot_redis_file() {
   local out="$1" asked="$2" rc=0
   if ! redis_bgsave >&"${out}"; then
     printf '%s\n' "${RDB_FALLBACK}" >"${WORK_DIR}/fallback.why"
-    printf 'fallback\n' >"${WORK_DIR}/source.st"
+    # A server that stopped answering is not one to ask for a replication transfer instead.
+    if [[ "${RDB_FALLBACK}" == *"no answer from "* ]]; then
+      printf 'unanswered\n' >"${WORK_DIR}/source.st"
+    else
+      printf 'fallback\n' >"${WORK_DIR}/source.st"
+    fi
     return 1
   fi
   log INFO "redis: snapshot of ${REDIS_HOST}:${REDIS_PORT} from ${RDB_PATH} after BGSAVE (saved in $(((${EPOCHREALTIME/./} - ${asked/./}) / 1000)) ms)" >&"${out}"
@@ -4283,6 +4290,9 @@ store_redis_file() {
   if [[ "${rc}" == fallback ]]; then
     RDB_FALLBACK="$(<"${WORK_DIR}/fallback.why")"
     return 1
+  fi
+  if [[ "${rc}" == unanswered ]]; then
+    die "${EXIT_FAILED}" "redis: ${REDIS_HOST}:${REDIS_PORT} stopped answering during the snapshot ($(<"${WORK_DIR}/fallback.why")); check the server (stopped, overloaded?) and run the backup again"
   fi
   # (cat's exit 141 is SIGPIPE: a later stage stopped reading, and is the cause.)
   ((rc == 0 || rc == 141)) || die "${EXIT_FAILED}" "redis: cannot read ${RDB_PATH}$(stage_message read)"
@@ -5263,15 +5273,21 @@ unsafe_name() {
   return 1
 }
 
-# Refuse absolute paths and .. members before anything is extracted.
+# Refuse absolute paths and .. members before anything is extracted, and members named like a
+# restore's staging folder (.gym-restore.*: a backup never holds one; in DEST it would stop every
+# later restore there, or pass for a stopped restore to complete).
 check_member_names() {
   local name
-  local -a bad=()
+  local -a bad=() staged_names=()
   while IFS= read -r name; do
     ! unsafe_name "${name}" || bad+=("${name}")
+    [[ "/${name}" != */.gym-restore.* ]] || staged_names+=("${name}")
   done <"${WORK_DIR}/content.list"
   if ((${#bad[@]} > 0)); then
     die "${EXIT_REFUSED}" "files: the archive holds unsafe paths (absolute or with ..): ${bad[*]:0:5}; refusing to extract it. Nothing was changed."
+  fi
+  if ((${#staged_names[@]} > 0)); then
+    die "${EXIT_REFUSED}" "files: the archive holds entries named like a restore's staging folder (.gym-restore.*), which no backup holds: ${staged_names[*]:0:3}; refusing to extract it. Nothing was changed."
   fi
 }
 
@@ -5368,6 +5384,23 @@ strip_setid() {
 # A folder, not a link to one.
 is_real_dir() {
   [[ -d "$1" && ! -L "$1" ]]
+}
+
+# own_private PATH: PATH is no link, belongs to this user, and no one else may write to it.
+own_private() {
+  local owner_mode
+  [[ ! -L "$1" && -e "$1" ]] || return 1
+  owner_mode="$(stat -c '%u %a' -- "$1" 2>/dev/null)" || return 1
+  [[ "${owner_mode% *}" == "${EUID}" ]] && (((8#${owner_mode#* } & 8#022) == 0))
+}
+
+# refuse_through_link DEST REL: die unless DEST/REL is reached without following a link (DEST
+# resolved): no folder on the way may be a link that could lead out of DEST.
+refuse_through_link() {
+  local parent="$1/$2"
+  parent="${parent%/*}"
+  [[ "$(realpath -m -- "${parent}" 2>/dev/null)" != "${parent}" ]] || return 0
+  die "${EXIT_REFUSED}" "files: ${1}/${2} would be reached through a link in ${1} (to $(realpath -m -- "${parent}" 2>/dev/null)): refusing to write there. Remove the link and run the same restore again."
 }
 
 # same_entry STAGED PLACED: PLACED is STAGED as it is meant to be (the same link target, or a
@@ -5473,6 +5506,11 @@ unfinished_restore() {
       rm -rf -- "${path}"
       log WARN "files: removed ${path}, left by a restore that was stopped before it moved anything into ${dest}"
       continue
+    fi
+    # This restore made it (mktemp -d: 0700, its user's) and wrote its journal; a folder or a
+    # journal anyone else could have made is not followed (its records say what to chown).
+    if ! own_private "${path}" || ! own_private "${path}/journal"; then
+      die "${EXIT_REFUSED}" "files: ${dest} holds ${path}, named like the staging folder of a restore, but it or its journal is not this user's alone (a restore makes them so): someone else made or changed it. Find out who; remove it to restore into ${dest}: chmod -R u+rwx $(printf '%q' "${path}") && rm -rf $(printf '%q' "${path}"). Nothing was changed."
     fi
     if read_files_journal "${path}/journal" && [[ -z "${found}" &&
       "${JOURNAL_BACKUP}" == "${BACKUP_FILE##*/}" && "${JOURNAL_SHA256}" == "${sha}" &&
@@ -5673,9 +5711,11 @@ restore_files() {
     die "${EXIT_REFUSED}" "files: ${#conflicts[@]} entries already exist in ${dest} (e.g. $(quoted_list "${conflicts[@]:0:3}")); pass --force to overwrite them. Nothing was changed."
   fi
   ((resumed)) || write_files_journal "${staging}" "${dest}" "${root}" "${sha}" "${WORK_DIR}/entries"
-  # Folders are created (or kept), everything else is moved in by rename.
+  # Folders are created (or kept), everything else is moved in by rename; nothing through a link
+  # in DEST (one planted since: parents come before their entries).
   for i in "${!entries[@]}"; do
     rel="${entries[i]}"
+    refuse_through_link "${dest}" "${rel}"
     if [[ "${kinds[i]}" == d ]]; then
       if ! is_real_dir "${dest}/${rel}"; then
         [[ ! -e "${dest}/${rel}" && ! -L "${dest}/${rel}" ]] || rm -f -- "${dest}/${rel}"
@@ -5696,6 +5736,8 @@ restore_files() {
   for ((i = ${#entries[@]} - 1; i >= 0; i--)); do
     rel="${entries[i]}"
     [[ -n "${dir_times["${rel}"]+set}" ]] || continue
+    refuse_through_link "${dest}" "${rel}"
+    is_real_dir "${dest}/${rel}" || continue
     chown --reference="${tree}/${rel}" -- "${dest}/${rel}" 2>/dev/null || true
     # "00": a numeric mode clears a folder's set-group-ID bit only with two leading zeros
     chmod "00${dir_modes["${rel}"]}" -- "${dest}/${rel}"

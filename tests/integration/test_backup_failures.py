@@ -517,3 +517,33 @@ def test_a_redis_that_dies_during_the_snapshot_is_named_as_the_cause(
     assert f"redis: 127.0.0.1:{redis.port} stopped answering during the snapshot" in err
     assert "needs the SYNC command" not in err
     assert not [p for p in (tmp_path / "backups").iterdir() if "_backup_" in p.name]
+
+
+def test_a_redis_that_stops_answering_while_it_saves_fails_the_backup_and_is_not_asked_again(
+    backup_env: MakeEnv, rendered_scripts: Path, tmp_path: Path
+) -> None:
+    # each key takes 0.1 s to save: the BGSAVE lasts seconds, and the server is stopped meanwhile
+    with redis_on(tmp_path / "redis-stops", extra=["rdb-key-save-delay 100000"]) as redis:
+        for i in range(60):
+            redis.cli("SET", f"k{i}", "v")
+        redis.cli("CONFIG", "SET", "rdb-key-save-delay", "0")
+        redis.cli("SAVE")  # REDIS_DATA_DIR holds its RDB file
+        redis.cli("CONFIG", "SET", "rdb-key-save-delay", "100000")
+        env = backup_env(tmp_path, redis=redis, REDIS_DATA_DIR=str(redis.dir))
+        run = start_script(rendered_scripts, BACKUP, "redis", env=env)
+        wait_for(
+            lambda: "rdb_bgsave_in_progress:1" in redis.cli("INFO", "persistence"),
+            "the BGSAVE to start",
+        )
+        assert redis.process is not None
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            _, err = run.communicate(timeout=120)
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+
+    assert run.returncode == EXIT_FAILED
+    assert f"redis: 127.0.0.1:{redis.port} stopped answering during the snapshot" in err
+    assert "no answer from" in err
+    assert "through redis-cli --rdb" not in err
+    assert not [p for p in (tmp_path / "backups").iterdir() if "_backup_" in p.name]

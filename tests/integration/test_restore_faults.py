@@ -487,6 +487,11 @@ def malicious_members(case: str, outside: Path) -> list[tuple[tarfile.TarInfo, b
         "character-device": [*root, tar_dir("d"), tar_node("d/mem", tarfile.CHRTYPE)],
         "block-device": [*root, tar_node("disco", tarfile.BLKTYPE, 0o660)],
         "fifo": [*root, tar_node("cola", tarfile.FIFOTYPE)],
+        "staging-folder": [
+            *root,
+            tar_dir(".gym-restore.ABCDEFGH"),
+            tar_file(".gym-restore.ABCDEFGH/journal", b"junk"),
+        ],
     }
     return cases[case]
 
@@ -505,6 +510,7 @@ def malicious_members(case: str, outside: Path) -> list[tuple[tarfile.TarInfo, b
             ("character-device", "1 device nodes, FIFOs or sockets (e.g. 'd/mem' (character"),
             ("block-device", "1 device nodes, FIFOs or sockets (e.g. 'disco' (block device))"),
             ("fifo", "1 device nodes, FIFOs or sockets (e.g. 'cola' (FIFO)); a files restore"),
+            ("staging-folder", "entries named like a restore's staging folder (.gym-restore.*)"),
         ]
     ],
 )
@@ -1199,3 +1205,44 @@ def test_a_restore_loaded_by_a_superuser_warns_that_a_backup_could_run_programs(
     warning = "gym_secure_user, which loads the dump, is a superuser: a hostile backup could run"
     assert warning not in plain.stderr
     assert warning in powerful.stderr
+
+
+def test_a_staging_folder_planted_in_dest_by_another_user_is_not_followed(
+    backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
+) -> None:
+    uploads = write_files(tmp_path / "uploads", {"socio.txt": b"member\n"})
+    env = backup_env(tmp_path, files_dir=uploads)
+    run_ok(run_script, BACKUP, "files", env=env)
+    backup = only_backup(tmp_path / "backups", "files", encrypted=False)
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    dest.chmod(0o1777)  # others may write there
+    (dest / "lnk").symlink_to(tmp_path)
+    # a journal that names this very restore, and a folder record through the link
+    staging = dest / ".gym-restore.AAAAAAAA"
+    staging.mkdir()
+    sha = Path(f"{backup}.sha256").read_text().split()[0]
+    fields = [
+        "gym-backup files restore journal 1",
+        f"backup={backup.name}",
+        f"sha256={sha}",
+        f"dest={dest}",
+        "root=0/6777/65534:65534",
+        "started=x",
+        "d/0/777/lnk/victim",
+    ]
+    (staging / "journal").write_bytes(b"".join(f.encode() + b"\0" for f in fields))
+    for path in (staging / "journal", staging):
+        os.chown(path, 65534, 65534)  # nobody's, as another user would leave it
+    before = tree_state(tmp_path / "victim"), victim.stat().st_mode, dest.stat()
+
+    result = run_script(RESTORE, "files", backup.name, str(dest), env=env)
+
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert "named like the staging folder of a restore, but it or its journal" in result.stderr
+    assert "Nothing was changed." in result.stderr
+    after = tree_state(tmp_path / "victim"), victim.stat().st_mode, dest.stat()
+    assert after[:2] == before[:2]
+    assert (after[2].st_mode, after[2].st_uid) == (before[2].st_mode, before[2].st_uid)
