@@ -54,6 +54,7 @@ from tests.support import (
     tree_state,
     wait_for,
     with_sidecars,
+    write_files,
 )
 
 # How each kind of target verifies a copy (the log's words).
@@ -586,9 +587,7 @@ def test_restore_all_from_the_target_fetches_the_newest_complete_run_onto_fresh_
 def test_uploads_log_their_progress_and_keep_to_replica_bwlimit(
     backup_env: MakeEnv, run_script: RunScript, tmp_path: Path
 ) -> None:
-    uploads = tmp_path / "uploads"
-    uploads.mkdir()
-    (uploads / "photo.raw").write_bytes(os.urandom(1_500_000))
+    uploads = write_files(tmp_path / "uploads", {"photo.raw": os.urandom(1_500_000)})
     folder = tmp_path / "usb"
     env = backup_env(
         tmp_path,
@@ -634,9 +633,7 @@ def test_a_run_killed_while_copying_leaves_no_copy_that_looks_whole_and_the_next
     rendered_scripts: Path,
     tmp_path: Path,
 ) -> None:
-    uploads = tmp_path / "uploads"
-    uploads.mkdir()
-    (uploads / "photo.raw").write_bytes(os.urandom(1_500_000))
+    uploads = write_files(tmp_path / "uploads", {"photo.raw": os.urandom(1_500_000)})
     env = {
         **backup_env(tmp_path, encryption_key=KEY, files_dir=uploads, REPLICA_BWLIMIT="100k"),
         **target.settings,
@@ -667,9 +664,7 @@ def test_a_restore_killed_while_fetching_from_the_target_changes_nothing_and_the
     rendered_scripts: Path,
     tmp_path: Path,
 ) -> None:
-    uploads = tmp_path / "uploads"
-    uploads.mkdir()
-    (uploads / "photo.raw").write_bytes(os.urandom(1_500_000))
+    uploads = write_files(tmp_path / "uploads", {"photo.raw": os.urandom(1_500_000)})
     env = {**backup_env(tmp_path, encryption_key=KEY, files_dir=uploads), **target.settings}
     run_ok(run_script, BACKUP, "files", env=env)
     backups = tmp_path / "backups"
