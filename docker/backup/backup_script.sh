@@ -3450,16 +3450,18 @@ pg_end_sessions_of() {
   local sql="SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity WHERE application_name = 'gym-backup $1'"
   local i left
   for ((i = 0; i < 50; i++)); do
-    left="$(as_admin pg_sessions_ended "${sql}")$(pg_sessions_ended "${sql}")"
+    left="$(as_admin pg_try_query "${PG_SERVER_DB:-${POSTGRES_DB}}" "${sql}")$(pg_try_query "${PG_SERVER_DB:-${POSTGRES_DB}}" "${sql}")"
     [[ "${left}" =~ ^0*$ ]] && return 0
     sleep 0.2
   done
   log WARN "postgresql: sessions of the killed run ${1} are still open on ${POSTGRES_HOST}:${POSTGRES_PORT} after 10 s"
 }
 
-pg_sessions_ended() {
+# pg_try_query DB SQL: the result of one statement in DB, as POSTGRES_USER; psql's status, and
+# no message: for the questions a failure of which is an answer too (never dies).
+pg_try_query() {
   pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
-    -d "${PG_SERVER_DB:-${POSTGRES_DB}}" -c "$1" 2>/dev/null || true
+    -d "$1" -c "$2" 2>/dev/null
 }
 
 # postgres_query SQL: run one statement in POSTGRES_DB. psql exits 2 when it could not connect

@@ -2929,16 +2929,18 @@ pg_end_sessions_of() {
   local sql="SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity WHERE application_name = 'gym-backup $1'"
   local i left
   for ((i = 0; i < 50; i++)); do
-    left="$(as_admin pg_sessions_ended "${sql}")$(pg_sessions_ended "${sql}")"
+    left="$(as_admin pg_try_query "${PG_SERVER_DB:-${POSTGRES_DB}}" "${sql}")$(pg_try_query "${PG_SERVER_DB:-${POSTGRES_DB}}" "${sql}")"
     [[ "${left}" =~ ^0*$ ]] && return 0
     sleep 0.2
   done
   log WARN "postgresql: sessions of the killed run ${1} are still open on ${POSTGRES_HOST}:${POSTGRES_PORT} after 10 s"
 }
 
-pg_sessions_ended() {
+# pg_try_query DB SQL: the result of one statement in DB, as POSTGRES_USER; psql's status, and
+# no message: for the questions a failure of which is an answer too (never dies).
+pg_try_query() {
   pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
-    -d "${PG_SERVER_DB:-${POSTGRES_DB}}" -c "$1" 2>/dev/null || true
+    -d "$1" -c "$2" 2>/dev/null
 }
 
 # postgres_query SQL: run one statement in POSTGRES_DB. psql exits 2 when it could not connect
@@ -3450,8 +3452,7 @@ pg_load() {
 # in DB; nothing when the server does not answer.
 pg_xact_status() {
   is_uint "$2" || return 0
-  pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
-    -d "$1" -c "SELECT pg_catalog.txid_status($2)" 2>/dev/null || true
+  pg_try_query "$1" "SELECT pg_catalog.txid_status($2)" || true
 }
 
 # pg_may_be_damage SQLSTATE: whether psql's error may come from damaged SQL (not from a lock, a
@@ -3522,8 +3523,7 @@ pg_server_query() {
 
 # pg_can_connect DB: whether POSTGRES_USER (as_admin may have set it) gets into DB; says nothing.
 pg_can_connect() {
-  pg_run psql -X -w -q -t -A -h "${POSTGRES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" \
-    -d "$1" -c 'SELECT 1' >/dev/null 2>&1
+  pg_try_query "$1" 'SELECT 1' >/dev/null
 }
 
 # pg_find_server_db: PG_SERVER_DB. A server where POSTGRES_USER cannot get into POSTGRES_DB, and
@@ -3877,7 +3877,7 @@ preflight_postgresql() {
 # with CREATEROLE before PostgreSQL 16 (it may grant itself pg_execute_server_program).
 pg_warn_powerful_loader() {
   local power
-  power="$(postgres_query_in "${PG_SERVER_DB:-${POSTGRES_DB}}" "SELECT CASE WHEN rolsuper THEN 'is a superuser' WHEN rolcreaterole AND pg_catalog.current_setting('server_version_num')::int < 160000 THEN 'has CREATEROLE on PostgreSQL 15 or older' END FROM pg_catalog.pg_roles WHERE rolname = current_user" 2>/dev/null)" || return 0
+  power="$(pg_try_query "${PG_SERVER_DB:-${POSTGRES_DB}}" "SELECT CASE WHEN rolsuper THEN 'is a superuser' WHEN rolcreaterole AND pg_catalog.current_setting('server_version_num')::int < 160000 THEN 'has CREATEROLE on PostgreSQL 15 or older' END FROM pg_catalog.pg_roles WHERE rolname = current_user")" || return 0
   [[ -n "${power}" ]] || return 0
   log WARN "postgresql: ${POSTGRES_USER}, which loads the dump, ${power}: a hostile backup could run programs on the database server; load as an application role without it (see the README's Roles)"
 }
